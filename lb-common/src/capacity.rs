@@ -1,0 +1,23 @@
+//! Map sizes and limits shared by the data plane and the agent.
+
+/// Most VIPs one balancer instance serves (per-VIP arrays are sized by this).
+pub const MAX_VIPS: u32 = 64;
+/// Most backends across all VIPs (backend ids are indexes below this).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Largest Maglev table (a prime). Every table slot array has this many entries; smaller tables use a prefix.
+pub const MAGLEV_MAX_TABLE_SIZE: u32 = 65_537;
+/// Default Maglev table size: the paper's recommendation (M > 100 x backends) for up to 655 backends.
+pub const MAGLEV_DEFAULT_TABLE_SIZE: u32 = 65_537;
+/// Tables per VIP: one live, one being written (see [`crate::vip::VipInfo::active_table`]).
+pub const MAGLEV_TABLES_PER_VIP: u32 = 2;
+/// Default number of flow-table entries.
+pub const FLOW_TABLE_DEFAULT_ENTRIES: u32 = 1 << 20;
+/// Most interfaces the balancer redirects to.
+pub const MAX_EGRESS_INTERFACES: u32 = 64;
+
+/// Bytes added in front of the inner packet by IPv4 (IPIP) encapsulation.
+pub const IPV4_ENCAP_OVERHEAD: u16 = 20;
+/// Bytes added in front of the inner packet by IPv6 (IP6IP6, IPv4-in-IPv6) encapsulation.
+pub const IPV6_ENCAP_OVERHEAD: u16 = 40;
+/// TTL / hop limit of the outer header the balancer adds.
+pub const OUTER_TTL: u8 = 64;

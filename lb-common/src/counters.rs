@@ -1,0 +1,133 @@
+//! Counted reasons for every verdict, and traffic counters per VIP and per backend.
+
+use crate::{assert_layout, userspace_pod};
+
+/// Why a packet got its verdict. Every packet either program sees is counted under exactly one.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
+    PassNotIp = 0,
+    /// IP, but no VIP matches (address, port, protocol): passed untouched.
+    PassNotVip,
+    /// The frame ends before the IP destination can be read: passed; the kernel drops runts itself.
+    PassUnparseable,
+    /// Encapsulated and sent back out of the ingress interface, next hop from the FIB.
+    TxFib,
+    /// Encapsulated and sent back out of the ingress interface to the configured fallback MAC.
+    TxFallback,
+    /// Encapsulated and redirected to another interface (DEVMAP), next hop from the FIB.
+    TxRedirect,
+    /// VIP traffic whose IP or L4 header is cut short.
+    DropTruncated,
+    /// VIP traffic with a malformed IP header (bad IHL, version or lengths).
+    DropBadHeader,
+    /// IPv4 packet with options to a VIP address.
+    DropIpv4Options,
+    /// IPv4 or IPv6 fragment to a VIP address (ports unknown, so no consistent backend).
+    DropFragment,
+    /// IPv6 packet to a VIP address with an extension header before TCP/UDP.
+    DropIpv6Extension,
+    /// VIP traffic that arrived with TTL / hop limit 0.
+    DropTtlExpired,
+    /// Would exceed the configured or route MTU once encapsulated.
+    DropTooBig,
+    /// The VIP has no usable backend.
+    DropNoBackend,
+    /// The packet could not be grown for the outer header.
+    DropEncapFailed,
+    /// The FIB's egress interface is not in the redirect map.
+    DropNoEgress,
+    /// Decapsulation program: an IPIP/IP6IP6 packet for a configured VIP, decapsulated and passed.
+    DecapPass,
+    /// Decapsulation program: not a tunnel packet; passed untouched.
+    DecapPassNotTunnel,
+    /// Decapsulation program: tunnel packet whose inner destination is not a configured VIP; passed untouched.
+    DecapPassUnknownVip,
+}
+
+impl Reason {
+    /// Number of reasons (size of the reason counter map).
+    pub const COUNT: u32 = Reason::DecapPassUnknownVip as u32 + 1;
+
+    /// Every reason, in counter-index order.
+    pub const ALL: [Reason; Reason::COUNT as usize] = [
+        Reason::PassNotIp,
+        Reason::PassNotVip,
+        Reason::PassUnparseable,
+        Reason::TxFib,
+        Reason::TxFallback,
+        Reason::TxRedirect,
+        Reason::DropTruncated,
+        Reason::DropBadHeader,
+        Reason::DropIpv4Options,
+        Reason::DropFragment,
+        Reason::DropIpv6Extension,
+        Reason::DropTtlExpired,
+        Reason::DropTooBig,
+        Reason::DropNoBackend,
+        Reason::DropEncapFailed,
+        Reason::DropNoEgress,
+        Reason::DecapPass,
+        Reason::DecapPassNotTunnel,
+        Reason::DecapPassUnknownVip,
+    ];
+
+    /// Stable snake_case name, used by the CLI and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassUnparseable => "pass_unparseable",
+            Reason::TxFib => "tx_fib",
+            Reason::TxFallback => "tx_fallback",
+            Reason::TxRedirect => "tx_redirect",
+            Reason::DropTruncated => "drop_truncated",
+            Reason::DropBadHeader => "drop_bad_header",
+            Reason::DropIpv4Options => "drop_ipv4_options",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropIpv6Extension => "drop_ipv6_extension",
+            Reason::DropTtlExpired => "drop_ttl_expired",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropEncapFailed => "drop_encap_failed",
+            Reason::DropNoEgress => "drop_no_egress",
+            Reason::DecapPass => "decap_pass",
+            Reason::DecapPassNotTunnel => "decap_pass_not_tunnel",
+            Reason::DecapPassUnknownVip => "decap_pass_unknown_vip",
+        }
+    }
+}
+
+/// Traffic counters of one VIP or backend (per CPU in the data plane; userspace sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows scheduled by the VIP's scheduler (flow-table misses).
+    pub new_flows: u64,
+}
+assert_layout!(TrafficCounters, size = 24, packets = 0, bytes = 8, new_flows = 16);
+
+/// Counter of one reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReasonCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+assert_layout!(ReasonCounter, size = 16, packets = 0, bytes = 8);
+userspace_pod!(TrafficCounters, ReasonCounter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_in_index_order() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.name());
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Flows: the 5-tuple key, the flow-table value, and the flow hash.
+
+use crate::{assert_layout, hash::murmur3_words, userspace_pod};
+
+/// Seed of the flow hash. Part of the fleet contract (see [`crate::hash`]).
+pub const FLOW_HASH_SEED: u32 = 0x4c42_5846; // "LBXF"
+
+/// A flow's 5-tuple as the data plane sees it. IPv4 addresses take the first 4 bytes of the
+/// 16-byte fields; the rest stays zero. Ports are in network byte order.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+assert_layout!(FlowKey, size = 40, src_addr = 0, dst_addr = 16, src_port = 32, dst_port = 34, protocol = 36, family = 37, _pad = 38);
+userspace_pod!(FlowKey, FlowState);
+
+impl FlowKey {
+    /// A key with its padding zeroed (the padding is hashed and compared as part of the key).
+    #[inline(always)]
+    pub const fn new(
+        family: u8,
+        protocol: u8,
+        src_addr: [u8; 16],
+        src_port: u16,
+        dst_addr: [u8; 16],
+        dst_port: u16,
+    ) -> Self {
+        Self {
+            src_addr,
+            dst_addr,
+            src_port: src_port.to_be_bytes(),
+            dst_port: dst_port.to_be_bytes(),
+            protocol,
+            family,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The key as ten little-endian words, the input of [`flow_hash`].
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 10] {
+        // SAFETY: FlowKey is 40 bytes, 4-aligned, all bytes initialised (padding is a field).
+        let raw: [u32; 10] = unsafe { core::mem::transmute_copy(self) };
+        let mut words = [0u32; 10];
+        let mut i = 0;
+        while i < 10 {
+            words[i] = u32::from_le(raw[i]);
+            i += 1;
+        }
+        words
+    }
+}
+
+/// The flow hash: chooses a flow's Maglev slot and varies the outer source address per flow.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    murmur3_words(&key.words(), FLOW_HASH_SEED)
+}
+
+/// Flow-table value: where an established flow goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowState {
+    /// Last packet time (`bpf_ktime_get_ns`), kept for UDP idle expiry.
+    pub last_seen_ns: u64,
+    /// Backend id (index into the backends map).
+    pub backend: u32,
+    pub _pad: [u8; 4],
+}
+assert_layout!(FlowState, size = 16, last_seen_ns = 0, backend = 8, _pad = 12);
+
+impl FlowState {
+    #[inline(always)]
+    pub const fn new(backend: u32, last_seen_ns: u64) -> Self {
+        Self { last_seen_ns, backend, _pad: [0; 4] }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::family;
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..4].copy_from_slice(&a);
+        out
+    }
+
+    /// Pins the flow hash: these values must never change between releases.
+    #[test]
+    fn flow_hash_test_vectors() {
+        let tcp4 = FlowKey::new(family::IPV4, 6, v4([198, 18, 0, 10]), 40000, v4([198, 18, 1, 1]), 80);
+        let udp4 = FlowKey::new(family::IPV4, 17, v4([198, 18, 0, 11]), 5353, v4([198, 18, 1, 2]), 53);
+        let mut a6 = [0u8; 16];
+        a6[0] = 0xfd;
+        a6[15] = 0x10;
+        let mut b6 = [0u8; 16];
+        b6[0] = 0xfd;
+        b6[15] = 0x01;
+        let tcp6 = FlowKey::new(family::IPV6, 6, a6, 50000, b6, 443);
+        let got = [flow_hash(&tcp4), flow_hash(&udp4), flow_hash(&tcp6), flow_hash(&FlowKey::default())];
+        assert_eq!(got, FLOW_HASH_VECTORS, "the flow hash changed: this would move every flow of a fleet");
+    }
+
+    const FLOW_HASH_VECTORS: [u32; 4] = [1_787_808_412, 4_021_127_563, 2_098_962_318, 1_632_371_310];
+
+    #[test]
+    fn any_field_changes_the_hash() {
+        let base = FlowKey::new(family::IPV4, 6, v4([198, 18, 0, 10]), 40000, v4([198, 18, 1, 1]), 80);
+        let mut other = base;
+        other.src_port = 40001u16.to_be_bytes();
+        assert_ne!(flow_hash(&base), flow_hash(&other));
+        let mut other = base;
+        other.protocol = 17;
+        assert_ne!(flow_hash(&base), flow_hash(&other));
+        let mut other = base;
+        other.dst_addr[3] = 2;
+        assert_ne!(flow_hash(&base), flow_hash(&other));
+    }
+}

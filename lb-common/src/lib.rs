@@ -1,0 +1,58 @@
+//! Everything the XDP data plane and the userspace agent must agree on, defined once.
+//!
+//! Layout:
+//! - [`hash`]: the word hash behind flow hashing and Maglev permutations (pinned by test vectors).
+//! - [`flow`]: the flow key (5-tuple), the flow-table value and [`flow::flow_hash`].
+//! - [`vip`]: VIP keys and per-VIP metadata (which Maglev table is live).
+//! - [`backend`]: backend records as the data plane reads them.
+//! - [`dataplane`]: the instance-wide data plane configuration (encapsulation source, MTU, ...).
+//! - [`counters`]: counted reasons for every verdict, and per-VIP/per-backend traffic counters.
+//! - [`maglev`]: the slot lookup shared by both sides and, with feature `user`, the table builder.
+//! - [`capacity`]: map sizes and limits.
+//!
+//! Every type that crosses the kernel boundary is `#[repr(C)]`, holds only integers and byte arrays,
+//! zeroes its explicit padding in its constructor, and has its size and field offsets asserted at
+//! compile time. Multi-byte protocol fields (addresses, ports) are kept as network-order byte arrays
+//! so that hashing them gives the same result on every host.
+#![no_std]
+
+#[cfg(feature = "user")]
+extern crate std;
+
+pub mod backend;
+pub mod capacity;
+pub mod counters;
+pub mod dataplane;
+pub mod flow;
+pub mod hash;
+pub mod maglev;
+pub mod vip;
+
+/// Address family tags stored in keys (`family` fields). Values follow Linux's AF_INET/AF_INET6.
+pub mod family {
+    pub const IPV4: u8 = 2;
+    pub const IPV6: u8 = 10;
+}
+
+/// Implements aya's `Pod` marker for shared types, so userspace can store them in maps.
+macro_rules! userspace_pod {
+    ($($ty:ty),+ $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: `repr(C)`, integers and byte arrays only, padding explicit: every bit pattern is valid.
+            unsafe impl aya::Pod for $ty {}
+        )+
+    };
+}
+pub(crate) use userspace_pod;
+
+/// Asserts a shared type's size and field offsets at compile time.
+macro_rules! assert_layout {
+    ($ty:ty, size = $size:expr, $($field:ident = $offset:expr),+ $(,)?) => {
+        const _: () = {
+            assert!(core::mem::size_of::<$ty>() == $size);
+            $(assert!(core::mem::offset_of!($ty, $field) == $offset);)+
+        };
+    };
+}
+pub(crate) use assert_layout;

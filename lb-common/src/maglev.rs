@@ -1,0 +1,265 @@
+//! Maglev consistent hashing (Eisenbud et al., NSDI 2016), weighted.
+//!
+//! The data plane only needs [`table_slot`]; the table itself is built in userspace by
+//! [`build_table`] (feature `user`) and handed over whole.
+
+/// The table slot of a flow: the one lookup both the data plane and `lb trace` perform.
+/// `table_size` must be non-zero (a VIP without backends has no table and is never looked up).
+#[inline(always)]
+pub fn table_slot(flow_hash: u32, table_size: u32) -> u32 {
+    flow_hash % table_size
+}
+
+/// Seeds of a backend's permutation (offset, skip). Part of the fleet contract, like the flow hash.
+pub const PERMUTATION_OFFSET_SEED: u32 = 0x4d47_4c31; // "MGL1"
+pub const PERMUTATION_SKIP_SEED: u32 = 0x4d47_4c32; // "MGL2"
+
+#[cfg(feature = "user")]
+pub use builder::*;
+
+#[cfg(feature = "user")]
+mod builder {
+    use std::vec::Vec;
+
+    use crate::{capacity::MAGLEV_MAX_TABLE_SIZE, hash::murmur3_words};
+
+    use super::{PERMUTATION_OFFSET_SEED, PERMUTATION_SKIP_SEED};
+
+    /// One backend as the builder sees it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct MaglevBackend {
+        /// Identity: the backend's address (IPv4 in the first 4 bytes) and family. It alone
+        /// decides the backend's permutation, so a backend keeps its preferences whatever else changes.
+        pub addr: [u8; 16],
+        pub family: u8,
+        /// Relative weight; 0 takes the backend out of the table.
+        pub weight: u32,
+        /// What the table stores for this backend (its backend id).
+        pub id: u32,
+    }
+
+    #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+    pub enum MaglevError {
+        #[error("Maglev table size {0} is not a prime; use a prime such as 251, 1021, 4093, 16381 or 65537")]
+        NotPrime(u32),
+        #[error("Maglev table size {size} is out of range 3..={MAGLEV_MAX_TABLE_SIZE}")]
+        SizeOutOfRange { size: u32 },
+        #[error("no backend with a non-zero weight")]
+        NoBackends,
+        #[error("backend {0} is listed twice")]
+        DuplicateBackend(std::string::String),
+        #[error("{backends} backends do not fit a table of {size} entries")]
+        TooManyBackends { backends: usize, size: u32 },
+    }
+
+    /// Whether `n` is prime (trial division; table sizes are small).
+    pub fn is_prime(n: u32) -> bool {
+        if n < 2 {
+            return false;
+        }
+        let mut d = 2u32;
+        while d.saturating_mul(d) <= n {
+            if n % d == 0 {
+                return false;
+            }
+            d += 1;
+        }
+        true
+    }
+
+    /// Builds a weighted Maglev table of `table_size` entries holding backend ids.
+    ///
+    /// Deterministic: the same backends give the same table in whatever order they are given.
+    /// Each backend gets its weighted share of entries to within one entry (largest-remainder
+    /// quotas), and the backends claim entries in paced rounds, each walking its own permutation,
+    /// so the table keeps Maglev's small disruption when a backend comes or goes.
+    pub fn build_table(backends: &[MaglevBackend], table_size: u32) -> Result<Vec<u32>, MaglevError> {
+        if !(3..=MAGLEV_MAX_TABLE_SIZE).contains(&table_size) {
+            return Err(MaglevError::SizeOutOfRange { size: table_size });
+        }
+        if !is_prime(table_size) {
+            return Err(MaglevError::NotPrime(table_size));
+        }
+        let mut live: Vec<MaglevBackend> = backends.iter().copied().filter(|b| b.weight > 0).collect();
+        if live.is_empty() {
+            return Err(MaglevError::NoBackends);
+        }
+        live.sort_by(|a, b| (a.family, a.addr).cmp(&(b.family, b.addr)));
+        if let Some(pair) = live.windows(2).find(|w| (w[0].family, w[0].addr) == (w[1].family, w[1].addr)) {
+            return Err(MaglevError::DuplicateBackend(describe(&pair[0])));
+        }
+        if live.len() > table_size as usize {
+            return Err(MaglevError::TooManyBackends { backends: live.len(), size: table_size });
+        }
+
+        let size = u64::from(table_size);
+        let quotas = quotas(&live, size);
+        let max_quota = *quotas.iter().max().expect("non-empty");
+
+        let (offsets, skips): (Vec<u64>, Vec<u64>) = live
+            .iter()
+            .map(|b| {
+                let words = identity_words(b);
+                let offset = u64::from(murmur3_words(&words, PERMUTATION_OFFSET_SEED)) % size;
+                let skip = u64::from(murmur3_words(&words, PERMUTATION_SKIP_SEED)) % (size - 1) + 1;
+                (offset, skip)
+            })
+            .unzip();
+        let mut next_candidate = offsets.clone();
+        let mut claimed = std::vec![0u64; live.len()];
+
+        const EMPTY: u32 = u32::MAX;
+        let mut table = std::vec![EMPTY; table_size as usize];
+        let mut filled = 0u64;
+        let mut round = 0u64;
+        while filled < size {
+            round += 1;
+            for i in 0..live.len() {
+                // Pacing: after round n a backend holds at most n * quota / max_quota entries,
+                // so light and heavy backends interleave instead of heavy ones taking the front.
+                if claimed[i] >= quotas[i] || claimed[i] * max_quota >= round * quotas[i] {
+                    continue;
+                }
+                let mut candidate = next_candidate[i];
+                while table[candidate as usize] != EMPTY {
+                    candidate = (candidate + skips[i]) % size;
+                }
+                table[candidate as usize] = live[i].id;
+                next_candidate[i] = (candidate + skips[i]) % size;
+                claimed[i] += 1;
+                filled += 1;
+            }
+        }
+        Ok(table)
+    }
+
+    /// Entries per backend: floor of the exact share, plus one for the largest remainders
+    /// (ties to the earlier backend in identity order), summing to `size`.
+    fn quotas(live: &[MaglevBackend], size: u64) -> Vec<u64> {
+        let total: u64 = live.iter().map(|b| u64::from(b.weight)).sum();
+        let mut quotas: Vec<u64> = live.iter().map(|b| size * u64::from(b.weight) / total).collect();
+        let assigned: u64 = quotas.iter().sum();
+        let mut by_remainder: Vec<usize> = (0..live.len()).collect();
+        by_remainder.sort_by_key(|&i| std::cmp::Reverse(size * u64::from(live[i].weight) % total));
+        for &i in by_remainder.iter().take((size - assigned) as usize) {
+            quotas[i] += 1;
+        }
+        quotas
+    }
+
+    fn identity_words(b: &MaglevBackend) -> [u32; 5] {
+        let mut bytes = [0u8; 20];
+        bytes[..16].copy_from_slice(&b.addr);
+        bytes[16] = b.family;
+        crate::hash::le_words(&bytes)
+    }
+
+    fn describe(b: &MaglevBackend) -> std::string::String {
+        use std::string::ToString;
+        if b.family == crate::family::IPV4 {
+            std::net::Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3]).to_string()
+        } else {
+            std::net::Ipv6Addr::from(b.addr).to_string()
+        }
+    }
+}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::family;
+
+    fn backend(n: u32, weight: u32) -> MaglevBackend {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[198, 18, (n >> 8) as u8 + 10, n as u8]);
+        MaglevBackend { addr, family: family::IPV4, weight, id: n }
+    }
+
+    fn counts(table: &[u32], ids: u32) -> Vec<u64> {
+        let mut counts = std::vec![0u64; ids as usize];
+        for &id in table {
+            counts[id as usize] += 1;
+        }
+        counts
+    }
+
+    fn changed(a: &[u32], b: &[u32]) -> f64 {
+        a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 / a.len() as f64
+    }
+
+    #[test]
+    fn one_backend_fills_the_table() {
+        let table = build_table(&[backend(7, 3)], 65_537).unwrap();
+        assert_eq!(table.len(), 65_537);
+        assert!(table.iter().all(|&id| id == 7));
+    }
+
+    #[test]
+    fn each_share_is_within_one_entry_of_its_weighted_target() {
+        for weights in [&[1u32, 1, 1][..], &[1, 2, 3], &[1, 100], &[5, 7, 11, 13, 17, 1, 1000]] {
+            let backends: Vec<_> = weights.iter().enumerate().map(|(i, &w)| backend(i as u32, w)).collect();
+            for size in [251u32, 4093, 65_537] {
+                let table = build_table(&backends, size).unwrap();
+                let total: u32 = weights.iter().sum();
+                for (i, count) in counts(&table, weights.len() as u32).into_iter().enumerate() {
+                    let target = f64::from(size) * f64::from(weights[i]) / f64::from(total);
+                    assert!((count as f64 - target).abs() < 1.0, "weights {weights:?} size {size}: backend {i} has {count}, target {target}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn order_of_backends_does_not_matter() {
+        let backends: Vec<_> = (0..50).map(|i| backend(i, 1 + i % 4)).collect();
+        let mut reversed = backends.clone();
+        reversed.reverse();
+        let mut rotated = backends.clone();
+        rotated.rotate_left(17);
+        let table = build_table(&backends, 4093).unwrap();
+        assert_eq!(table, build_table(&reversed, 4093).unwrap());
+        assert_eq!(table, build_table(&rotated, 4093).unwrap());
+    }
+
+    fn removal_disruption(n: u32) -> f64 {
+        let all: Vec<_> = (0..n).map(|i| backend(i, 1)).collect();
+        let without: Vec<_> = all.iter().copied().filter(|b| b.id != n / 2).collect();
+        changed(&build_table(&all, 65_537).unwrap(), &build_table(&without, 65_537).unwrap())
+    }
+
+    #[test]
+    fn removing_one_of_100_changes_at_most_1_6_percent() {
+        let moved = removal_disruption(100);
+        assert!(moved <= 0.016, "{:.3}% changed", moved * 100.0);
+    }
+
+    #[test]
+    fn removing_one_of_1000_changes_at_most_0_8_percent() {
+        let moved = removal_disruption(1000);
+        assert!(moved <= 0.008, "{:.3}% changed", moved * 100.0);
+    }
+
+    #[test]
+    fn a_weight_change_moves_little_more_than_the_share_it_changes() {
+        let before: Vec<_> = (0..10).map(|i| backend(i, 10)).collect();
+        let mut after = before.clone();
+        after[3].weight = 15;
+        let (a, b) = (build_table(&before, 65_537).unwrap(), build_table(&after, 65_537).unwrap());
+        // Backend 3 goes from 10/100 to 15/105 of the table: 4.29 points must move at least.
+        let minimum = 15.0 / 105.0 - 10.0 / 100.0;
+        let moved = changed(&a, &b);
+        assert!(moved <= 2.0 * minimum, "moved {:.2}%, minimum {:.2}%", moved * 100.0, minimum * 100.0);
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected() {
+        assert_eq!(build_table(&[backend(1, 1)], 65_536), Err(MaglevError::NotPrime(65_536)));
+        assert_eq!(build_table(&[backend(1, 1)], 131_071), Err(MaglevError::SizeOutOfRange { size: 131_071 }));
+        assert_eq!(build_table(&[backend(1, 0)], 251), Err(MaglevError::NoBackends));
+        assert!(matches!(build_table(&[backend(1, 1), backend(1, 2)], 251), Err(MaglevError::DuplicateBackend(_))));
+        let many: Vec<_> = (0..300).map(|i| backend(i, 1)).collect();
+        assert!(matches!(build_table(&many, 251), Err(MaglevError::TooManyBackends { .. })));
+    }
+}

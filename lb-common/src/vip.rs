@@ -1,0 +1,68 @@
+//! Virtual services: how a packet is matched to a VIP and which Maglev table the VIP uses.
+
+use crate::{assert_layout, userspace_pod};
+
+/// VIP match key: destination address, port (network order; 0 = all ports) and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub family: u8,
+}
+assert_layout!(VipKey, size = 20, addr = 0, port = 16, protocol = 18, family = 19);
+
+impl VipKey {
+    #[inline(always)]
+    pub const fn new(family: u8, addr: [u8; 16], port: u16, protocol: u8) -> Self {
+        Self { addr, port: port.to_be_bytes(), protocol, family }
+    }
+}
+
+/// Key of the set of VIP addresses. Packets to these addresses that the balancer cannot serve
+/// (fragments, IPv4 options, malformed headers) are dropped with a reason rather than passed on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipAddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+assert_layout!(VipAddrKey, size = 20, addr = 0, family = 16, _pad = 17);
+
+impl VipAddrKey {
+    #[inline(always)]
+    pub const fn new(family: u8, addr: [u8; 16]) -> Self {
+        Self { addr, family, _pad: [0; 3] }
+    }
+}
+
+/// What the data plane knows about a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipInfo {
+    /// Index of the VIP's counters and Maglev tables, below [`crate::capacity::MAX_VIPS`].
+    pub index: u32,
+    /// Entries of the VIP's Maglev table in use (a prime, at most `MAGLEV_MAX_TABLE_SIZE`).
+    pub table_size: u32,
+    /// Which of the VIP's two tables is live (0 or 1). The agent writes the other one and then
+    /// replaces this record in one map update, so a packet sees either the old or the new table,
+    /// never a half-written one.
+    pub active_table: u32,
+    pub flags: u32,
+}
+assert_layout!(VipInfo, size = 16, index = 0, table_size = 4, active_table = 8, flags = 12);
+userspace_pod!(VipKey, VipAddrKey, VipInfo);
+
+impl VipInfo {
+    pub const fn new(index: u32, table_size: u32, active_table: u32) -> Self {
+        Self { index, table_size, active_table, flags: 0 }
+    }
+
+    /// Index into the Maglev tables map of the live table.
+    #[inline(always)]
+    pub const fn live_table_slot(&self) -> u32 {
+        self.index * crate::capacity::MAGLEV_TABLES_PER_VIP + (self.active_table & 1)
+    }
+}
