@@ -1,1 +1,9 @@
-
+//! Test support for the in-kernel packet tests and the namespaced end-to-end tests.
+//!
+//! Layout:
+//! - [`privileged`]: root check and a private network namespace for the test process.
+//! - [`packet`]: building test frames and the expected encapsulated output.
+//! - [`xdp`]: running a loaded XDP program once through BPF_PROG_RUN.
+pub mod packet;
+pub mod privileged;
+pub mod xdp;

@@ -1,0 +1,112 @@
+//! IPIP / IP6IP6 (and IPv4-in-IPv6, IPv6-in-IPv4) encapsulation for direct server return.
+//!
+//! The inner packet is left exactly as the client sent it (TTL, checksums, options-free header),
+//! so the backend sees the client's packet once the outer header is stripped. The outer header:
+//! - family of the backend; protocol 4 (inner IPv4) or 41 (inner IPv6);
+//! - source: the configured prefix with its host bits taken from the flow hash, so backend NICs
+//!   spread flows across receive queues; IPv6 also carries the flow hash in the flow label;
+//! - TTL / hop limit [`OUTER_TTL`]: the tunnel is a fresh path from balancer to backend;
+//! - TOS / traffic class copied from the inner packet (DSCP and ECN, RFC 2983 uniform model and
+//!   RFC 6040 normal mode), so QoS and congestion marks apply on the way to the backend;
+//! - IPv4 DF copied from an inner IPv4 packet (RFC 2003), set for inner IPv6.
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{
+    backend::Backend,
+    capacity::{IPV4_ENCAP_OVERHEAD, IPV6_ENCAP_OVERHEAD, OUTER_TTL},
+    counters::Reason,
+    dataplane::{DataplaneConfig, encap_source},
+    family,
+};
+use lb_ebpf::{
+    access::{ptr_at_mut, read},
+    checksum,
+    l2::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, ether_type_offset},
+    l3::{IPPROTO_IPIP, IPPROTO_IPV6, Ip},
+};
+
+/// Where the outer packet goes, for the next-hop lookup.
+pub struct Outer {
+    pub family: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Outer IP packet length.
+    pub len: u16,
+}
+
+/// Prepends the outer header. After this, every packet pointer taken before is invalid.
+#[inline(always)]
+pub fn encapsulate(ctx: &XdpContext, ip: &Ip, backend: &Backend, cfg: &DataplaneConfig, hash: u32) -> Result<Outer, Reason> {
+    let v4_outer = backend.family == family::IPV4;
+    let overhead = if v4_outer { IPV4_ENCAP_OVERHEAD } else { IPV6_ENCAP_OVERHEAD };
+    let len = ip.packet_len.checked_add(overhead).ok_or(Reason::DropTooBig)?;
+    if len > cfg.mtu {
+        return Err(Reason::DropTooBig);
+    }
+    let inner_protocol = if ip.family == family::IPV4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+
+    // Save the link header (with its VLAN tag, if any) before moving the packet start.
+    let eth = read::<[u8; ETH_LEN]>(ctx, 0).ok_or(Reason::DropEncapFailed)?;
+    let tagged = ip.l3_offset != ETH_LEN;
+    let tag = if tagged { read::<[u8; 4]>(ctx, ETH_LEN).ok_or(Reason::DropEncapFailed)? } else { [0; 4] };
+
+    // SAFETY: the helper only moves the packet start; pointers are re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -i32::from(overhead)) } != 0 {
+        return Err(Reason::DropEncapFailed);
+    }
+
+    let l3 = ip.l3_offset;
+    write(ctx, 0, eth)?;
+    if tagged {
+        write(ctx, ETH_LEN, tag)?;
+    }
+    let ether_type = if v4_outer { ETH_P_IPV4 } else { ETH_P_IPV6 };
+    write(ctx, ether_type_offset(l3), ether_type.to_be_bytes())?;
+
+    let mut outer = Outer { family: backend.family, src: [0; 16], dst: backend.addr, len };
+    if v4_outer {
+        let src = encap_source(cfg.encap_src_v4, cfg.encap_src_v4_host_bits, hash);
+        outer.src[..4].copy_from_slice(&src);
+        let [len_hi, len_lo] = len.to_be_bytes();
+        let flags = if ip.family == family::IPV6 || ip.dont_fragment { 0x40 } else { 0 };
+        let d = backend.addr;
+        let mut h: [u8; 20] = [
+            0x45, ip.traffic_class, len_hi, len_lo, 0, 0, flags, 0, OUTER_TTL, inner_protocol, 0, 0,
+            src[0], src[1], src[2], src[3], d[0], d[1], d[2], d[3],
+        ];
+        let check = checksum::ipv4_header(&h);
+        h[10] = check[0];
+        h[11] = check[1];
+        write(ctx, l3, h)?;
+    } else {
+        let mut src = cfg.encap_src_v6;
+        let low = encap_source([src[12], src[13], src[14], src[15]], cfg.encap_src_v6_host_bits, hash);
+        src[12..].copy_from_slice(&low);
+        outer.src = src;
+        let tc = ip.traffic_class;
+        let label = hash & 0x000f_ffff;
+        let [pl_hi, pl_lo] = ip.packet_len.to_be_bytes();
+        let head: [u8; 8] = [
+            0x60 | (tc >> 4),
+            (tc << 4) | (label >> 16) as u8,
+            (label >> 8) as u8,
+            label as u8,
+            pl_hi,
+            pl_lo,
+            inner_protocol,
+            OUTER_TTL,
+        ];
+        write(ctx, l3, head)?;
+        write(ctx, l3 + 8, src)?;
+        write(ctx, l3 + 24, backend.addr)?;
+    }
+    Ok(outer)
+}
+
+#[inline(always)]
+fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), Reason> {
+    let p = ptr_at_mut::<T>(ctx, offset).ok_or(Reason::DropEncapFailed)?;
+    // SAFETY: ptr_at_mut checked that the whole T is inside the packet.
+    unsafe { p.write_unaligned(value) };
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The balancer: XDP fast path of the load balancer.
+//!
+//! A straight line of small stages: link and IP parsing (`lb_ebpf::l2`, `lb_ebpf::l3`) ->
+//! VIP lookup -> flow table or Maglev choice for new flows ([`choose_backend`]) ->
+//! encapsulation ([`encap`]) -> next hop and verdict ([`nexthop`]) -> counters ([`maps`]).
+//! Every packet is counted under exactly one [`Reason`]; nothing is logged per packet.
+#![no_std]
+#![no_main]
+
+mod encap;
+mod maps;
+mod nexthop;
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use lb_common::{
+    backend::Backend,
+    counters::Reason,
+    flow::{FlowKey, FlowState, flow_hash},
+    maglev::table_slot,
+    vip::{VipAddrKey, VipInfo, VipKey},
+};
+use lb_ebpf::{
+    access::frame_len,
+    l2::{self, ETH_LEN, Link},
+    l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3},
+};
+
+use crate::maps::{BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV_TABLES, VIP_ADDRS, VIP_STATS, VIPS};
+
+#[xdp]
+pub fn balancer(ctx: XdpContext) -> u32 {
+    let bytes = frame_len(&ctx) as u64;
+    let (action, reason) = balance(&ctx, bytes);
+    maps::count_reason(reason, bytes);
+    action
+}
+
+#[inline(always)]
+fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
+    let (ether_type, l3_offset) = match l2::parse(ctx) {
+        Link::Ip { ether_type, l3_offset } => (ether_type, l3_offset),
+        Link::Other => return (xdp_action::XDP_PASS, Reason::PassNotIp),
+        Link::Truncated => return (xdp_action::XDP_PASS, Reason::PassUnparseable),
+    };
+    let ip = match l3::parse(ctx, ether_type, l3_offset) {
+        L3::Ip(ip) => ip,
+        L3::Truncated => return (xdp_action::XDP_PASS, Reason::PassUnparseable),
+    };
+    if let Some(anomaly) = ip.anomaly {
+        return refuse_if_vip_address(&ip, anomaly);
+    }
+    if ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP {
+        return (xdp_action::XDP_PASS, Reason::PassNotVip);
+    }
+    let Some((src_port, dst_port)) = l3::ports(ctx, &ip) else {
+        return refuse_if_vip_address(&ip, Reason::DropTruncated);
+    };
+    let Some(vip) = find_vip(&ip, dst_port) else {
+        return (xdp_action::XDP_PASS, Reason::PassNotVip);
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return (xdp_action::XDP_DROP, Reason::DropNoEgress);
+    };
+
+    let key = FlowKey {
+        src_addr: ip.src,
+        dst_addr: ip.dst,
+        src_port,
+        dst_port,
+        protocol: ip.protocol,
+        family: ip.family,
+        _pad: [0; 2],
+    };
+    let hash = flow_hash(&key);
+    let Some((backend_id, backend, new_flow)) = choose_backend(&key, hash, &vip, cfg.udp_idle_timeout_ns) else {
+        maps::count_traffic(&VIP_STATS, vip.index, bytes, false);
+        return (xdp_action::XDP_DROP, Reason::DropNoBackend);
+    };
+    maps::count_traffic(&VIP_STATS, vip.index, bytes, new_flow);
+
+    let outer = match encap::encapsulate(ctx, &ip, &backend, cfg, hash) {
+        Ok(outer) => outer,
+        Err(reason) => return (xdp_action::XDP_DROP, reason),
+    };
+    let verdict = nexthop::forward(ctx, &outer, ip.l3_offset != ETH_LEN, cfg);
+    if verdict.0 != xdp_action::XDP_DROP {
+        maps::count_traffic(&BACKEND_STATS, backend_id, bytes, new_flow);
+    }
+    verdict
+}
+
+/// A packet the balancer cannot serve: dropped if it is addressed to a VIP, passed otherwise.
+#[inline(always)]
+fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> (u32, Reason) {
+    // SAFETY: plain lookup; the value is not used.
+    if unsafe { VIP_ADDRS.get(&VipAddrKey::new(ip.family, ip.dst)) }.is_some() {
+        (xdp_action::XDP_DROP, reason)
+    } else {
+        (xdp_action::XDP_PASS, Reason::PassNotVip)
+    }
+}
+
+/// The VIP for (destination, port, protocol), falling back to the address's all-ports VIP.
+#[inline(always)]
+fn find_vip(ip: &Ip, dst_port: [u8; 2]) -> Option<VipInfo> {
+    let mut key = VipKey { addr: ip.dst, port: dst_port, protocol: ip.protocol, family: ip.family };
+    // SAFETY: VIPS values are plain data, copied out at once.
+    if let Some(vip) = unsafe { VIPS.get(&key) } {
+        return Some(*vip);
+    }
+    key.port = [0; 2];
+    unsafe { VIPS.get(&key) }.copied()
+}
+
+/// The flow's backend: its flow-table entry if it has a live one, else a Maglev choice that is
+/// then remembered. Returns (backend id, backend, whether this is a new flow).
+#[inline(always)]
+fn choose_backend(key: &FlowKey, hash: u32, vip: &VipInfo, udp_idle_timeout_ns: u64) -> Option<(u32, Backend, bool)> {
+    let is_udp = key.protocol == IPPROTO_UDP;
+    let mut now = 0;
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend id,
+        // which is validated below.
+        let id = unsafe { (*state).backend };
+        if let Some(backend) = BACKENDS.get(id)
+            && backend.is_present()
+        {
+            if !is_udp {
+                return Some((id, *backend, false));
+            }
+            // SAFETY: as above.
+            now = unsafe { bpf_ktime_get_ns() };
+            let last_seen = unsafe { (*state).last_seen_ns };
+            if now.wrapping_sub(last_seen) <= udp_idle_timeout_ns {
+                unsafe { (*state).last_seen_ns = now };
+                return Some((id, *backend, false));
+            }
+        }
+    }
+
+    if vip.table_size == 0 {
+        return None;
+    }
+    let table = MAGLEV_TABLES.get(vip.live_table_slot())?;
+    let id = *table.get(table_slot(hash, vip.table_size) as usize)?;
+    let backend = BACKENDS.get(id)?;
+    if !backend.is_present() {
+        return None;
+    }
+    if is_udp && now == 0 {
+        // SAFETY: helper without arguments.
+        now = unsafe { bpf_ktime_get_ns() };
+    }
+    // A full table evicts its least recently used entry; an insert error only costs stickiness.
+    let _ = FLOWS.insert(key, FlowState::new(id, now), 0);
+    Some((id, *backend, true))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

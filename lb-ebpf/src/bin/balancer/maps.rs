@@ -1,0 +1,79 @@
+//! The balancer's maps, written by the agent and read here.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    backend::Backend,
+    capacity::{FLOW_TABLE_DEFAULT_ENTRIES, MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLES_PER_VIP, MAX_BACKENDS, MAX_EGRESS_INTERFACES, MAX_VIPS},
+    counters::{Reason, ReasonCounter, TrafficCounters},
+    dataplane::DataplaneConfig,
+    flow::{FlowKey, FlowState},
+    vip::{VipAddrKey, VipInfo, VipKey},
+};
+
+/// (address, port, protocol) -> VIP. Port 0 is an all-ports VIP.
+#[map]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Every address that has at least one VIP (value: how many).
+#[map]
+pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Backend id -> backend.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Two Maglev tables per VIP (index `vip * 2 + active_table`), each a whole table in one value,
+/// so the agent writes a table in one update and switches tables with one `VIPS` update.
+#[map]
+pub static MAGLEV_TABLES: Array<[u32; MAGLEV_MAX_TABLE_SIZE as usize]> =
+    Array::with_max_entries(MAX_VIPS * MAGLEV_TABLES_PER_VIP, 0);
+
+/// Flow table: established flows keep their backend. Per-CPU LRU lists (no common LRU) keep
+/// inserts from contending on one lock; the hash table itself is shared, so a flow whose packets
+/// move to another CPU still finds its entry.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+#[map]
+pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
+
+/// Interfaces the balancer may redirect to, keyed by ifindex.
+#[map]
+pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_EGRESS_INTERFACES, 0);
+
+#[map]
+pub static REASON_STATS: PerCpuArray<ReasonCounter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[inline(always)]
+pub fn count_reason(reason: Reason, bytes: u64) {
+    if let Some(c) = REASON_STATS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_traffic(map: &PerCpuArray<TrafficCounters>, index: u32, bytes: u64, new_flow: bool) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+            (*c).new_flows += u64::from(new_flow);
+        }
+    }
+}

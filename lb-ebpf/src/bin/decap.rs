@@ -1,0 +1,169 @@
+//! Backend-side decapsulation: strips the balancer's outer IPv4/IPv6 header from packets whose
+//! inner destination is a configured VIP and passes the inner packet to the stack.
+//!
+//! Needed because backends may lack the kernel's ipip/ip6_tunnel modules. Only option-free,
+//! unfragmented outer headers carrying IPv4 (protocol 4) or IPv6 (41) are decapsulated; anything
+//! else passes untouched. A Congestion Experienced mark on the outer header is copied to an
+//! ECN-capable inner packet (RFC 6040), so congestion signals survive the tunnel.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_xdp_adjust_head,
+    macros::{map, xdp},
+    maps::{HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::{
+    capacity::MAX_VIPS,
+    counters::{Reason, ReasonCounter},
+    family,
+    vip::VipAddrKey,
+};
+use lb_ebpf::{
+    access::{frame_len, ptr_at_mut, read},
+    checksum,
+    l2::{self, ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, Link, ether_type_offset},
+    l3::{IPPROTO_IPIP, IPPROTO_IPV6},
+};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+
+/// VIP addresses this backend serves.
+#[map]
+static DECAP_VIPS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+static REASON_STATS: PerCpuArray<ReasonCounter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+const ECN_MASK: u8 = 0b11;
+const ECN_CE: u8 = 0b11;
+
+#[xdp]
+pub fn decap(ctx: XdpContext) -> u32 {
+    let bytes = frame_len(&ctx) as u64;
+    let reason = decapsulate(&ctx);
+    if let Some(c) = REASON_STATS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn decapsulate(ctx: &XdpContext) -> Reason {
+    let Link::Ip { ether_type, l3_offset } = l2::parse(ctx) else {
+        return Reason::DecapPassNotTunnel;
+    };
+    let Some((outer_len, inner_protocol, outer_ecn)) = outer_header(ctx, ether_type, l3_offset) else {
+        return Reason::DecapPassNotTunnel;
+    };
+    let inner = l3_offset + outer_len;
+    let (inner_family, inner_ether_type, inner_dst) = if inner_protocol == IPPROTO_IPIP {
+        let Some(h) = read::<Ipv4Hdr>(ctx, inner) else {
+            return Reason::PassUnparseable;
+        };
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&h.dst_addr);
+        (family::IPV4, ETH_P_IPV4, dst)
+    } else {
+        let Some(h) = read::<Ipv6Hdr>(ctx, inner) else {
+            return Reason::PassUnparseable;
+        };
+        (family::IPV6, ETH_P_IPV6, h.dst_addr)
+    };
+    // SAFETY: plain lookup; the value is not used.
+    if unsafe { DECAP_VIPS.get(&VipAddrKey::new(inner_family, inner_dst)) }.is_none() {
+        return Reason::DecapPassUnknownVip;
+    }
+    if outer_ecn == ECN_CE {
+        propagate_congestion(ctx, inner, inner_family);
+    }
+
+    let Some(eth) = read::<[u8; ETH_LEN]>(ctx, 0) else {
+        return Reason::PassUnparseable;
+    };
+    let tagged = l3_offset != ETH_LEN;
+    let tag = read::<[u8; 4]>(ctx, ETH_LEN).unwrap_or([0; 4]);
+    // SAFETY: the helper only moves the packet start; pointers are re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
+        return Reason::PassUnparseable;
+    }
+    let written = write(ctx, 0, eth).and_then(|()| if tagged { write(ctx, ETH_LEN, tag) } else { Some(()) });
+    if written.and_then(|()| write(ctx, ether_type_offset(l3_offset), inner_ether_type.to_be_bytes())).is_none() {
+        // Cannot happen: the frame only got shorter by the outer header we just read past.
+        return Reason::PassUnparseable;
+    }
+    Reason::DecapPass
+}
+
+/// (outer header length, inner protocol, outer ECN bits) of a tunnel packet this program handles.
+#[inline(always)]
+fn outer_header(ctx: &XdpContext, ether_type: u16, l3_offset: usize) -> Option<(usize, u8, u8)> {
+    if ether_type == ETH_P_IPV4 {
+        let h = read::<Ipv4Hdr>(ctx, l3_offset)?;
+        let unfragmented = u16::from_be_bytes(h.frags) & 0x3fff == 0;
+        if h.vihl != 0x45 || !unfragmented || (h.proto != IPPROTO_IPIP && h.proto != IPPROTO_IPV6) {
+            return None;
+        }
+        Some((Ipv4Hdr::LEN, h.proto, h.tos & ECN_MASK))
+    } else {
+        let h = read::<Ipv6Hdr>(ctx, l3_offset)?;
+        if h.vcf[0] >> 4 != 6 || (h.next_hdr != IPPROTO_IPIP && h.next_hdr != IPPROTO_IPV6) {
+            return None;
+        }
+        let traffic_class = (h.vcf[0] << 4) | (h.vcf[1] >> 4);
+        Some((Ipv6Hdr::LEN, h.next_hdr, traffic_class & ECN_MASK))
+    }
+}
+
+/// Marks an ECN-capable inner packet Congestion Experienced.
+#[inline(always)]
+fn propagate_congestion(ctx: &XdpContext, inner: usize, inner_family: u8) {
+    if inner_family == family::IPV4 {
+        let Some(h) = ptr_at_mut::<Ipv4Hdr>(ctx, inner) else { return };
+        // SAFETY: ptr_at_mut checked the header is inside the packet.
+        unsafe {
+            let old_tos = (*h).tos;
+            if old_tos & ECN_MASK == 0 {
+                return;
+            }
+            let new_tos = old_tos | ECN_CE;
+            let old_word = u16::from_be_bytes([(*h).vihl, old_tos]);
+            let new_word = u16::from_be_bytes([(*h).vihl, new_tos]);
+            (*h).tos = new_tos;
+            (*h).check = checksum::replace_word((*h).check, old_word, new_word);
+        }
+    } else {
+        let Some(h) = ptr_at_mut::<Ipv6Hdr>(ctx, inner) else { return };
+        // SAFETY: as above. The ECN bits are the low two bits of the traffic class, which spans
+        // the low nibble of byte 0 and the high nibble of byte 1.
+        unsafe {
+            let ecn = ((*h).vcf[1] >> 4) & ECN_MASK;
+            if ecn != 0 {
+                (*h).vcf[1] |= ECN_CE << 4;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+    let p = ptr_at_mut::<T>(ctx, offset)?;
+    // SAFETY: ptr_at_mut checked that the whole T is inside the packet.
+    unsafe { p.write_unaligned(value) };
+    Some(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,147 @@
+//! IPv4 and IPv6 headers, classified for the balancer's policy.
+//!
+//! Parsing never decides alone whether to drop: a packet the balancer cannot serve is dropped only
+//! if it is addressed to a VIP; anything else passes to the kernel untouched. So the parser
+//! reports an `anomaly` and leaves the verdict to the caller, which knows the VIP addresses.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{counters::Reason, family};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+
+use crate::{
+    access::{frame_len, read},
+    l2::ETH_P_IPV4,
+};
+
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPV6: u8 = 41;
+const IPPROTO_FRAGMENT: u8 = 44;
+/// IPv6 extension headers other than the fragment header: hop-by-hop, routing, destination
+/// options, AH, mobility, HIP, shim6.
+const IPV6_EXTENSION_HEADERS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
+
+const IPV4_DONT_FRAGMENT: u16 = 0x4000;
+const IPV4_FRAGMENT_BITS: u16 = 0x3fff; // more-fragments flag and fragment offset
+
+/// An IP header as the balancer needs it.
+pub struct Ip {
+    pub family: u8,
+    /// IPv4 protocol or IPv6 next header.
+    pub protocol: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub l3_offset: usize,
+    /// Where the L4 header starts (only meaningful without an anomaly).
+    pub l4_offset: usize,
+    /// The whole IP packet's length, header included, per the header's length field.
+    pub packet_len: u16,
+    /// TOS / traffic class byte (DSCP and ECN).
+    pub traffic_class: u8,
+    /// IPv4 DF flag (always true for IPv6, which routers never fragment).
+    pub dont_fragment: bool,
+    /// Why the balancer cannot serve this packet, if it cannot.
+    pub anomaly: Option<Reason>,
+}
+
+/// Result of reading the IP header.
+pub enum L3 {
+    Ip(Ip),
+    /// The frame ends before the addresses: nothing can be said about it.
+    Truncated,
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, ether_type: u16, l3_offset: usize) -> L3 {
+    if ether_type == ETH_P_IPV4 { parse_ipv4(ctx, l3_offset) } else { parse_ipv6(ctx, l3_offset) }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> L3 {
+    let Some(h) = read::<Ipv4Hdr>(ctx, l3_offset) else {
+        return L3::Truncated;
+    };
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&h.src_addr);
+    dst[..4].copy_from_slice(&h.dst_addr);
+    let header_len = usize::from(h.vihl & 0x0f) * 4;
+    let packet_len = u16::from_be_bytes(h.tot_len);
+    let frags = u16::from_be_bytes(h.frags);
+    let available = frame_len(ctx) - l3_offset;
+    let anomaly = if h.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || usize::from(packet_len) < header_len {
+        Some(Reason::DropBadHeader)
+    } else if usize::from(packet_len) > available {
+        Some(Reason::DropTruncated)
+    } else if frags & IPV4_FRAGMENT_BITS != 0 {
+        Some(Reason::DropFragment)
+    } else if header_len != Ipv4Hdr::LEN {
+        Some(Reason::DropIpv4Options)
+    } else if h.ttl == 0 {
+        Some(Reason::DropTtlExpired)
+    } else {
+        None
+    };
+    L3::Ip(Ip {
+        family: family::IPV4,
+        protocol: h.proto,
+        src,
+        dst,
+        l3_offset,
+        l4_offset: l3_offset + Ipv4Hdr::LEN,
+        packet_len,
+        traffic_class: h.tos,
+        dont_fragment: frags & IPV4_DONT_FRAGMENT != 0,
+        anomaly,
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> L3 {
+    let Some(h) = read::<Ipv6Hdr>(ctx, l3_offset) else {
+        return L3::Truncated;
+    };
+    let packet_len = u16::from_be_bytes(h.payload_len).saturating_add(Ipv6Hdr::LEN as u16);
+    let available = frame_len(ctx) - l3_offset;
+    let next = h.next_hdr;
+    let anomaly = if h.vcf[0] >> 4 != 6 {
+        Some(Reason::DropBadHeader)
+    } else if usize::from(u16::from_be_bytes(h.payload_len)) + Ipv6Hdr::LEN > available {
+        Some(Reason::DropTruncated)
+    } else if next == IPPROTO_FRAGMENT {
+        Some(Reason::DropFragment)
+    } else if IPV6_EXTENSION_HEADERS.contains(&next) {
+        Some(Reason::DropIpv6Extension)
+    } else if h.hop_limit == 0 {
+        Some(Reason::DropTtlExpired)
+    } else {
+        None
+    };
+    L3::Ip(Ip {
+        family: family::IPV6,
+        protocol: next,
+        src: h.src_addr,
+        dst: h.dst_addr,
+        l3_offset,
+        l4_offset: l3_offset + Ipv6Hdr::LEN,
+        packet_len,
+        traffic_class: (h.vcf[0] << 4) | (h.vcf[1] >> 4),
+        dont_fragment: true,
+        anomaly,
+    })
+}
+
+/// Source and destination ports of a TCP or UDP packet (network order), if its whole minimal
+/// L4 header is inside both the frame and the IP packet.
+#[inline(always)]
+pub fn ports(ctx: &XdpContext, ip: &Ip) -> Option<([u8; 2], [u8; 2])> {
+    let min_header: usize = if ip.protocol == IPPROTO_TCP { 20 } else { 8 };
+    if ip.l4_offset - ip.l3_offset + min_header > usize::from(ip.packet_len) {
+        return None;
+    }
+    // The first four bytes of both headers are the ports; the rest must be present too.
+    read::<[u8; 4]>(ctx, ip.l4_offset + min_header - 4)?;
+    let p = read::<[u8; 4]>(ctx, ip.l4_offset)?;
+    Some(([p[0], p[1]], [p[2], p[3]]))
+}

@@ -1,0 +1,20 @@
+//! Builds the eBPF programs (crate `lb-ebpf`) for the BPF target and leaves the objects in OUT_DIR,
+//! where `lb_userspace::objects` embeds them.
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+/// The eBPF crate is built with this project's pinned stable toolchain; `-Z build-std=core`
+/// needs RUSTC_BOOTSTRAP for that nested build only.
+const TOOLCHAIN: &str = "1.95.0";
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
+    let root_dir = std::path::Path::new(&manifest_dir).join("../lb-ebpf");
+    let root_dir = root_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root_dir.display()))?;
+    // SAFETY: build scripts are single-threaded; the variable is for the nested cargo only.
+    unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    aya_build::build_ebpf(
+        [Package { name: "lb-ebpf", root_dir, ..Default::default() }],
+        Toolchain::Custom(TOOLCHAIN),
+    )
+}

@@ -1,0 +1,251 @@
+//! Typed handles on the loaded XDP programs and their maps.
+//!
+//! [`Balancer`] owns the balancer program and every map it reads; the agent is its only writer.
+//! Maglev tables are installed with [`Balancer::install_vip`]: the new table goes into the VIP's
+//! idle table slot and one `VIPS` update then makes it live, so the data plane never reads a
+//! half-written table.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    programs::{ProgramError, Xdp},
+};
+use lb_common::{
+    backend::Backend,
+    capacity::{MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLES_PER_VIP, MAX_BACKENDS, MAX_VIPS},
+    counters::{Reason, ReasonCounter, TrafficCounters},
+    dataplane::DataplaneConfig,
+    flow::{FlowKey, FlowState},
+    vip::{VipAddrKey, VipInfo, VipKey},
+};
+
+use crate::objects;
+
+/// One whole Maglev table as stored in a map value.
+pub type MaglevTable = [u32; MAGLEV_MAX_TABLE_SIZE as usize];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("eBPF map: {0}")]
+    Map(#[from] MapError),
+    #[error("redirect map: {0}")]
+    Egress(#[from] aya::maps::xdp::XdpMapError),
+    #[error("the eBPF object has no {kind} named {name}: was it built from this source tree?")]
+    Missing { kind: &'static str, name: &'static str },
+    #[error("VIP index {index} is out of range 0..{MAX_VIPS}")]
+    VipIndex { index: u32 },
+    #[error("backend id {id} is out of range 0..{MAX_BACKENDS}")]
+    BackendId { id: u32 },
+    #[error("Maglev table has {len} entries, more than {MAGLEV_MAX_TABLE_SIZE}")]
+    TableSize { len: usize },
+    #[error("VIP index {index} already belongs to another VIP")]
+    VipIndexInUse { index: u32 },
+}
+
+/// The balancer program and its maps.
+pub struct Balancer {
+    ebpf: Ebpf,
+    vips: HashMap<MapData, VipKey, VipInfo>,
+    vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    backends: Array<MapData, Backend>,
+    tables: Array<MapData, MaglevTable>,
+    flows: HashMap<MapData, FlowKey, FlowState>,
+    config: Array<MapData, DataplaneConfig>,
+    egress: DevMapHash<MapData>,
+    reason_stats: PerCpuArray<MapData, ReasonCounter>,
+    vip_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+}
+
+/// Sizes chosen at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct BalancerSizes {
+    pub flow_table_entries: u32,
+}
+
+impl Balancer {
+    /// Loads (does not attach) the balancer program and creates its maps.
+    pub fn load(sizes: BalancerSizes) -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new().map_max_entries("FLOWS", sizes.flow_table_entries).load(objects::BALANCER)?;
+        let program: &mut Xdp = program(&mut ebpf, "balancer")?;
+        program.load()?;
+        Ok(Self {
+            vips: take(&mut ebpf, "VIPS")?,
+            vip_addrs: take(&mut ebpf, "VIP_ADDRS")?,
+            backends: take(&mut ebpf, "BACKENDS")?,
+            tables: take(&mut ebpf, "MAGLEV_TABLES")?,
+            flows: take(&mut ebpf, "FLOWS")?,
+            config: take(&mut ebpf, "CONFIG")?,
+            egress: take(&mut ebpf, "EGRESS")?,
+            reason_stats: take(&mut ebpf, "REASON_STATS")?,
+            vip_stats: take(&mut ebpf, "VIP_STATS")?,
+            backend_stats: take(&mut ebpf, "BACKEND_STATS")?,
+            ebpf,
+        })
+    }
+
+    /// The loaded XDP program (to attach it, or to run it through BPF_PROG_RUN).
+    pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        program(&mut self.ebpf, "balancer")
+    }
+
+    pub fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
+        Ok(self.config.set(0, config, 0)?)
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        if id >= MAX_BACKENDS {
+            return Err(DataplaneError::BackendId { id });
+        }
+        Ok(self.backends.set(id, backend, 0)?)
+    }
+
+    /// Marks a backend id unused; flows pinned to it are rescheduled on their next packet.
+    pub fn clear_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.set_backend(id, &Backend::default())
+    }
+
+    /// Makes `table` (backend ids; its length is the table size) the live Maglev table of the VIP
+    /// `key` at counter/table index `index`, creating the VIP if needed. An empty table makes the
+    /// VIP drop its traffic (reason drop_no_backend).
+    pub fn install_vip(&mut self, key: &VipKey, index: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        if index >= MAX_VIPS {
+            return Err(DataplaneError::VipIndex { index });
+        }
+        if table.len() > MAGLEV_MAX_TABLE_SIZE as usize {
+            return Err(DataplaneError::TableSize { len: table.len() });
+        }
+        let current = self.vips.get(key, 0).ok();
+        if current.is_none() && self.vips.iter().filter_map(Result::ok).any(|(_, info)| info.index == index) {
+            return Err(DataplaneError::VipIndexInUse { index });
+        }
+        let next = current.map_or(0, |info| 1 - (info.active_table & 1));
+        let mut value: Box<MaglevTable> = vec![0u32; MAGLEV_MAX_TABLE_SIZE as usize]
+            .into_boxed_slice()
+            .try_into()
+            .expect("length is MAGLEV_MAX_TABLE_SIZE");
+        value[..table.len()].copy_from_slice(table);
+        self.tables.set(index * MAGLEV_TABLES_PER_VIP + next, &*value, 0)?;
+        self.vips.insert(key, VipInfo::new(index, table.len() as u32, next), 0)?;
+        if current.is_none() {
+            let addr = VipAddrKey::new(key.family, key.addr);
+            let count = self.vip_addrs.get(&addr, 0).unwrap_or(0);
+            self.vip_addrs.insert(addr, count + 1, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a VIP; its traffic then passes to the kernel.
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        self.vips.remove(key)?;
+        let addr = VipAddrKey::new(key.family, key.addr);
+        match self.vip_addrs.get(&addr, 0) {
+            Ok(count) if count > 1 => self.vip_addrs.insert(addr, count - 1, 0)?,
+            Ok(_) => self.vip_addrs.remove(&addr)?,
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Allows redirects to interface `ifindex`.
+    pub fn add_egress(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        Ok(self.egress.insert(ifindex, ifindex, None, 0)?)
+    }
+
+    /// The flow-table entry of a flow, if any.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowState> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Packets and bytes per reason, summed over CPUs, in [`Reason::ALL`] order.
+    pub fn reason_counters(&self) -> Result<Vec<ReasonCounter>, DataplaneError> {
+        Reason::ALL
+            .iter()
+            .map(|&r| {
+                let per_cpu = self.reason_stats.get(&(r as u32), 0)?;
+                Ok(sum_reason(&per_cpu))
+            })
+            .collect()
+    }
+
+    pub fn vip_counters(&self, index: u32) -> Result<TrafficCounters, DataplaneError> {
+        Ok(sum_traffic(&self.vip_stats.get(&index, 0)?))
+    }
+
+    pub fn backend_counters(&self, id: u32) -> Result<TrafficCounters, DataplaneError> {
+        Ok(sum_traffic(&self.backend_stats.get(&id, 0)?))
+    }
+}
+
+/// The decapsulation program and its maps.
+pub struct Decap {
+    ebpf: Ebpf,
+    vips: HashMap<MapData, VipAddrKey, u32>,
+    reason_stats: PerCpuArray<MapData, ReasonCounter>,
+}
+
+impl Decap {
+    pub fn load() -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new().load(objects::DECAP)?;
+        let program: &mut Xdp = program(&mut ebpf, "decap")?;
+        program.load()?;
+        Ok(Self { vips: take(&mut ebpf, "DECAP_VIPS")?, reason_stats: take(&mut ebpf, "REASON_STATS")?, ebpf })
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        program(&mut self.ebpf, "decap")
+    }
+
+    /// Decapsulate tunnel packets whose inner destination is `addr`.
+    pub fn add_vip(&mut self, addr: VipAddrKey) -> Result<(), DataplaneError> {
+        Ok(self.vips.insert(addr, 1, 0)?)
+    }
+
+    pub fn remove_vip(&mut self, addr: &VipAddrKey) -> Result<(), DataplaneError> {
+        Ok(self.vips.remove(addr)?)
+    }
+
+    pub fn reason_counters(&self) -> Result<Vec<ReasonCounter>, DataplaneError> {
+        Reason::ALL
+            .iter()
+            .map(|&r| Ok(sum_reason(&self.reason_stats.get(&(r as u32), 0)?)))
+            .collect()
+    }
+}
+
+/// Loads the minimal XDP_TX program benchmarks compare against.
+pub fn load_xdp_tx_baseline() -> Result<Ebpf, DataplaneError> {
+    let mut ebpf = Ebpf::load(objects::XDP_TX_BASELINE)?;
+    program(&mut ebpf, "xdp_tx_baseline")?.load()?;
+    Ok(ebpf)
+}
+
+/// The XDP program `name` of `ebpf`.
+pub fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    let missing = DataplaneError::Missing { kind: "XDP program", name };
+    ebpf.program_mut(name).ok_or(missing)?.try_into().map_err(|_| DataplaneError::Missing { kind: "XDP program", name })
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError> {
+    let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+    Ok(T::try_from(map)?)
+}
+
+fn sum_reason(per_cpu: &PerCpuValues<ReasonCounter>) -> ReasonCounter {
+    per_cpu.iter().fold(ReasonCounter::default(), |acc, c| ReasonCounter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
+}
+
+fn sum_traffic(per_cpu: &PerCpuValues<TrafficCounters>) -> TrafficCounters {
+    per_cpu.iter().fold(TrafficCounters::default(), |acc, c| TrafficCounters {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+        new_flows: acc.new_flows + c.new_flows,
+    })
+}
