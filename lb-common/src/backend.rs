@@ -6,20 +6,32 @@ use crate::{assert_layout, userspace_pod};
 pub const BACKEND_PRESENT: u8 = 1;
 
 /// A backend: the outer destination of encapsulated packets.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Backend {
     pub addr: [u8; 16],
     pub family: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
-assert_layout!(Backend, size = 20, addr = 0, family = 16, flags = 17, _pad = 18);
+assert_layout!(
+    Backend,
+    size = 24,
+    addr = 0,
+    family = 16,
+    flags = 17,
+    _pad = 18
+);
 userspace_pod!(Backend);
 
 impl Backend {
     pub const fn new(family: u8, addr: [u8; 16]) -> Self {
-        Self { addr, family, flags: BACKEND_PRESENT, _pad: [0; 2] }
+        Self {
+            addr,
+            family,
+            flags: BACKEND_PRESENT,
+            _pad: [0; 6],
+        }
     }
 
     #[inline(always)]

@@ -7,7 +7,7 @@ pub const FLOW_HASH_SEED: u32 = 0x4c42_5846; // "LBXF"
 
 /// A flow's 5-tuple as the data plane sees it. IPv4 addresses take the first 4 bytes of the
 /// 16-byte fields; the rest stays zero. Ports are in network byte order.
-#[repr(C, align(4))]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src_addr: [u8; 16],
@@ -18,7 +18,17 @@ pub struct FlowKey {
     pub family: u8,
     pub _pad: [u8; 2],
 }
-assert_layout!(FlowKey, size = 40, src_addr = 0, dst_addr = 16, src_port = 32, dst_port = 34, protocol = 36, family = 37, _pad = 38);
+assert_layout!(
+    FlowKey,
+    size = 40,
+    src_addr = 0,
+    dst_addr = 16,
+    src_port = 32,
+    dst_port = 34,
+    protocol = 36,
+    family = 37,
+    _pad = 38
+);
 userspace_pod!(FlowKey, FlowState);
 
 impl FlowKey {
@@ -46,7 +56,7 @@ impl FlowKey {
     /// The key as ten little-endian words, the input of [`flow_hash`].
     #[inline(always)]
     pub fn words(&self) -> [u32; 10] {
-        // SAFETY: FlowKey is 40 bytes, 4-aligned, all bytes initialised (padding is a field).
+        // SAFETY: FlowKey is 40 bytes, 8-aligned, all bytes initialised (padding is a field).
         let raw: [u32; 10] = unsafe { core::mem::transmute_copy(self) };
         let mut words = [0u32; 10];
         let mut i = 0;
@@ -72,14 +82,25 @@ pub struct FlowState {
     pub last_seen_ns: u64,
     /// Backend id (index into the backends map).
     pub backend: u32,
-    pub _pad: [u8; 4],
+    /// The flow's [`flow_hash`], kept so that packets of established flows need not rehash.
+    pub hash: u32,
 }
-assert_layout!(FlowState, size = 16, last_seen_ns = 0, backend = 8, _pad = 12);
+assert_layout!(
+    FlowState,
+    size = 16,
+    last_seen_ns = 0,
+    backend = 8,
+    hash = 12
+);
 
 impl FlowState {
     #[inline(always)]
-    pub const fn new(backend: u32, last_seen_ns: u64) -> Self {
-        Self { last_seen_ns, backend, _pad: [0; 4] }
+    pub const fn new(backend: u32, hash: u32, last_seen_ns: u64) -> Self {
+        Self {
+            last_seen_ns,
+            backend,
+            hash,
+        }
     }
 }
 
@@ -97,8 +118,22 @@ mod tests {
     /// Pins the flow hash: these values must never change between releases.
     #[test]
     fn flow_hash_test_vectors() {
-        let tcp4 = FlowKey::new(family::IPV4, 6, v4([198, 18, 0, 10]), 40000, v4([198, 18, 1, 1]), 80);
-        let udp4 = FlowKey::new(family::IPV4, 17, v4([198, 18, 0, 11]), 5353, v4([198, 18, 1, 2]), 53);
+        let tcp4 = FlowKey::new(
+            family::IPV4,
+            6,
+            v4([198, 18, 0, 10]),
+            40000,
+            v4([198, 18, 1, 1]),
+            80,
+        );
+        let udp4 = FlowKey::new(
+            family::IPV4,
+            17,
+            v4([198, 18, 0, 11]),
+            5353,
+            v4([198, 18, 1, 2]),
+            53,
+        );
         let mut a6 = [0u8; 16];
         a6[0] = 0xfd;
         a6[15] = 0x10;
@@ -106,15 +141,31 @@ mod tests {
         b6[0] = 0xfd;
         b6[15] = 0x01;
         let tcp6 = FlowKey::new(family::IPV6, 6, a6, 50000, b6, 443);
-        let got = [flow_hash(&tcp4), flow_hash(&udp4), flow_hash(&tcp6), flow_hash(&FlowKey::default())];
-        assert_eq!(got, FLOW_HASH_VECTORS, "the flow hash changed: this would move every flow of a fleet");
+        let got = [
+            flow_hash(&tcp4),
+            flow_hash(&udp4),
+            flow_hash(&tcp6),
+            flow_hash(&FlowKey::default()),
+        ];
+        assert_eq!(
+            got, FLOW_HASH_VECTORS,
+            "the flow hash changed: this would move every flow of a fleet"
+        );
     }
 
-    const FLOW_HASH_VECTORS: [u32; 4] = [1_787_808_412, 4_021_127_563, 2_098_962_318, 1_632_371_310];
+    const FLOW_HASH_VECTORS: [u32; 4] =
+        [1_787_808_412, 4_021_127_563, 2_098_962_318, 1_632_371_310];
 
     #[test]
     fn any_field_changes_the_hash() {
-        let base = FlowKey::new(family::IPV4, 6, v4([198, 18, 0, 10]), 40000, v4([198, 18, 1, 1]), 80);
+        let base = FlowKey::new(
+            family::IPV4,
+            6,
+            v4([198, 18, 0, 10]),
+            40000,
+            v4([198, 18, 1, 1]),
+            80,
+        );
         let mut other = base;
         other.src_port = 40001u16.to_be_bytes();
         assert_ne!(flow_hash(&base), flow_hash(&other));

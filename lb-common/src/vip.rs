@@ -3,43 +3,62 @@
 use crate::{assert_layout, userspace_pod};
 
 /// VIP match key: destination address, port (network order; 0 = all ports) and protocol.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct VipKey {
     pub addr: [u8; 16],
     pub port: [u8; 2],
     pub protocol: u8,
     pub family: u8,
+    pub _pad: [u8; 4],
 }
-assert_layout!(VipKey, size = 20, addr = 0, port = 16, protocol = 18, family = 19);
+assert_layout!(
+    VipKey,
+    size = 24,
+    addr = 0,
+    port = 16,
+    protocol = 18,
+    family = 19,
+    _pad = 20
+);
 
 impl VipKey {
     #[inline(always)]
     pub const fn new(family: u8, addr: [u8; 16], port: u16, protocol: u8) -> Self {
-        Self { addr, port: port.to_be_bytes(), protocol, family }
+        Self {
+            addr,
+            port: port.to_be_bytes(),
+            protocol,
+            family,
+            _pad: [0; 4],
+        }
     }
 }
 
 /// Key of the set of VIP addresses. Packets to these addresses that the balancer cannot serve
 /// (fragments, IPv4 options, malformed headers) are dropped with a reason rather than passed on.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct VipAddrKey {
     pub addr: [u8; 16],
     pub family: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
-assert_layout!(VipAddrKey, size = 20, addr = 0, family = 16, _pad = 17);
+assert_layout!(VipAddrKey, size = 24, addr = 0, family = 16, _pad = 17);
 
 impl VipAddrKey {
     #[inline(always)]
     pub const fn new(family: u8, addr: [u8; 16]) -> Self {
-        Self { addr, family, _pad: [0; 3] }
+        Self {
+            addr,
+            family,
+            _pad: [0; 7],
+        }
     }
 }
 
 /// What the data plane knows about a VIP.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VipInfo {
     /// Index of the VIP's counters and Maglev tables, below [`crate::capacity::MAX_VIPS`].
@@ -52,12 +71,24 @@ pub struct VipInfo {
     pub active_table: u32,
     pub flags: u32,
 }
-assert_layout!(VipInfo, size = 16, index = 0, table_size = 4, active_table = 8, flags = 12);
+assert_layout!(
+    VipInfo,
+    size = 16,
+    index = 0,
+    table_size = 4,
+    active_table = 8,
+    flags = 12
+);
 userspace_pod!(VipKey, VipAddrKey, VipInfo);
 
 impl VipInfo {
     pub const fn new(index: u32, table_size: u32, active_table: u32) -> Self {
-        Self { index, table_size, active_table, flags: 0 }
+        Self {
+            index,
+            table_size,
+            active_table,
+            flags: 0,
+        }
     }
 
     /// Index into the Maglev tables map of the live table.

@@ -1,13 +1,13 @@
 //! IPv4 header checksums (RFC 1071, incremental updates per RFC 1624).
 
-/// Checksum of a 20-byte IPv4 header whose checksum field is zero.
+/// Checksum of an IPv4 header given as its ten 16-bit words (the checksum word zero).
 #[inline(always)]
-pub fn ipv4_header(header: &[u8; 20]) -> [u8; 2] {
+pub fn ipv4_header(words: [u16; 10]) -> [u8; 2] {
     let mut sum: u32 = 0;
     let mut i = 0;
-    while i < 20 {
-        sum += u32::from(u16::from_be_bytes([header[i], header[i + 1]]));
-        i += 2;
+    while i < 10 {
+        sum += u32::from(words[i]);
+        i += 1;
     }
     fold(sum).to_be_bytes()
 }

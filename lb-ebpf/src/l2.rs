@@ -1,14 +1,14 @@
 //! Ethernet, with at most one 802.1Q / 802.1ad tag.
 
-use aya_ebpf::programs::XdpContext;
-use network_types::eth::EthHdr;
-
 use crate::access::read;
+use aya_ebpf::programs::XdpContext;
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+
+const ETHER_TYPE_OFFSET: usize = 12;
 
 /// Length of an Ethernet header without a tag.
 pub const ETH_LEN: usize = 14;
@@ -27,10 +27,10 @@ pub enum Link {
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Link {
-    let Some(eth) = read::<EthHdr>(ctx, 0) else {
+    let Some(outer_type) = read::<[u8; 2]>(ctx, ETHER_TYPE_OFFSET) else {
         return Link::Truncated;
     };
-    let mut ether_type = u16::from_be(eth.ether_type);
+    let mut ether_type = u16::from_be_bytes(outer_type);
     let mut l3_offset = ETH_LEN;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         // The inner ethertype sits after the 2-byte TCI.
@@ -41,7 +41,10 @@ pub fn parse(ctx: &XdpContext) -> Link {
         l3_offset = ETH_VLAN_LEN;
     }
     match ether_type {
-        ETH_P_IPV4 | ETH_P_IPV6 => Link::Ip { ether_type, l3_offset },
+        ETH_P_IPV4 | ETH_P_IPV6 => Link::Ip {
+            ether_type,
+            l3_offset,
+        },
         _ => Link::Other,
     }
 }

@@ -9,7 +9,7 @@ use lb_common::{counters::Reason, family};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    access::{frame_len, read},
+    access::{frame_len, ptr_at, read},
     l2::ETH_P_IPV4,
 };
 
@@ -25,13 +25,15 @@ const IPV6_EXTENSION_HEADERS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
 const IPV4_DONT_FRAGMENT: u16 = 0x4000;
 const IPV4_FRAGMENT_BITS: u16 = 0x3fff; // more-fragments flag and fragment offset
 
-/// An IP header as the balancer needs it.
+/// An IP header as the balancer needs it. 8-aligned, with the addresses first, so that copies of
+/// them on the stack may use 8-byte accesses (the verifier rejects misaligned stack access).
+#[repr(C, align(8))]
 pub struct Ip {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     pub family: u8,
     /// IPv4 protocol or IPv6 next header.
     pub protocol: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
     pub l3_offset: usize,
     /// Where the L4 header starts (only meaningful without an anomaly).
     pub l4_offset: usize,
@@ -54,14 +56,21 @@ pub enum L3 {
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, ether_type: u16, l3_offset: usize) -> L3 {
-    if ether_type == ETH_P_IPV4 { parse_ipv4(ctx, l3_offset) } else { parse_ipv6(ctx, l3_offset) }
+    if ether_type == ETH_P_IPV4 {
+        parse_ipv4(ctx, l3_offset)
+    } else {
+        parse_ipv6(ctx, l3_offset)
+    }
 }
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> L3 {
-    let Some(h) = read::<Ipv4Hdr>(ctx, l3_offset) else {
+    let Some(h) = ptr_at::<Ipv4Hdr>(ctx, l3_offset) else {
         return L3::Truncated;
     };
+    // SAFETY: ptr_at checked that the whole header is inside the packet; only the fields used
+    // are loaded.
+    let h = unsafe { &*h };
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src[..4].copy_from_slice(&h.src_addr);
@@ -70,19 +79,20 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> L3 {
     let packet_len = u16::from_be_bytes(h.tot_len);
     let frags = u16::from_be_bytes(h.frags);
     let available = frame_len(ctx) - l3_offset;
-    let anomaly = if h.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || usize::from(packet_len) < header_len {
-        Some(Reason::DropBadHeader)
-    } else if usize::from(packet_len) > available {
-        Some(Reason::DropTruncated)
-    } else if frags & IPV4_FRAGMENT_BITS != 0 {
-        Some(Reason::DropFragment)
-    } else if header_len != Ipv4Hdr::LEN {
-        Some(Reason::DropIpv4Options)
-    } else if h.ttl == 0 {
-        Some(Reason::DropTtlExpired)
-    } else {
-        None
-    };
+    let anomaly =
+        if h.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || usize::from(packet_len) < header_len {
+            Some(Reason::DropBadHeader)
+        } else if usize::from(packet_len) > available {
+            Some(Reason::DropTruncated)
+        } else if frags & IPV4_FRAGMENT_BITS != 0 {
+            Some(Reason::DropFragment)
+        } else if header_len != Ipv4Hdr::LEN {
+            Some(Reason::DropIpv4Options)
+        } else if h.ttl == 0 {
+            Some(Reason::DropTtlExpired)
+        } else {
+            None
+        };
     L3::Ip(Ip {
         family: family::IPV4,
         protocol: h.proto,
@@ -99,9 +109,11 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> L3 {
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> L3 {
-    let Some(h) = read::<Ipv6Hdr>(ctx, l3_offset) else {
+    let Some(h) = ptr_at::<Ipv6Hdr>(ctx, l3_offset) else {
         return L3::Truncated;
     };
+    // SAFETY: as for IPv4.
+    let h = unsafe { &*h };
     let packet_len = u16::from_be_bytes(h.payload_len).saturating_add(Ipv6Hdr::LEN as u16);
     let available = frame_len(ctx) - l3_offset;
     let next = h.next_hdr;

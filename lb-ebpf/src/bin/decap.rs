@@ -55,10 +55,15 @@ pub fn decap(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decapsulate(ctx: &XdpContext) -> Reason {
-    let Link::Ip { ether_type, l3_offset } = l2::parse(ctx) else {
+    let Link::Ip {
+        ether_type,
+        l3_offset,
+    } = l2::parse(ctx)
+    else {
         return Reason::DecapPassNotTunnel;
     };
-    let Some((outer_len, inner_protocol, outer_ecn)) = outer_header(ctx, ether_type, l3_offset) else {
+    let Some((outer_len, inner_protocol, outer_ecn)) = outer_header(ctx, ether_type, l3_offset)
+    else {
         return Reason::DecapPassNotTunnel;
     };
     let inner = l3_offset + outer_len;
@@ -92,8 +97,23 @@ fn decapsulate(ctx: &XdpContext) -> Reason {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return Reason::PassUnparseable;
     }
-    let written = write(ctx, 0, eth).and_then(|()| if tagged { write(ctx, ETH_LEN, tag) } else { Some(()) });
-    if written.and_then(|()| write(ctx, ether_type_offset(l3_offset), inner_ether_type.to_be_bytes())).is_none() {
+    let written = write(ctx, 0, eth).and_then(|()| {
+        if tagged {
+            write(ctx, ETH_LEN, tag)
+        } else {
+            Some(())
+        }
+    });
+    if written
+        .and_then(|()| {
+            write(
+                ctx,
+                ether_type_offset(l3_offset),
+                inner_ether_type.to_be_bytes(),
+            )
+        })
+        .is_none()
+    {
         // Cannot happen: the frame only got shorter by the outer header we just read past.
         return Reason::PassUnparseable;
     }
@@ -124,7 +144,9 @@ fn outer_header(ctx: &XdpContext, ether_type: u16, l3_offset: usize) -> Option<(
 #[inline(always)]
 fn propagate_congestion(ctx: &XdpContext, inner: usize, inner_family: u8) {
     if inner_family == family::IPV4 {
-        let Some(h) = ptr_at_mut::<Ipv4Hdr>(ctx, inner) else { return };
+        let Some(h) = ptr_at_mut::<Ipv4Hdr>(ctx, inner) else {
+            return;
+        };
         // SAFETY: ptr_at_mut checked the header is inside the packet.
         unsafe {
             let old_tos = (*h).tos;
@@ -138,7 +160,9 @@ fn propagate_congestion(ctx: &XdpContext, inner: usize, inner_family: u8) {
             (*h).check = checksum::replace_word((*h).check, old_word, new_word);
         }
     } else {
-        let Some(h) = ptr_at_mut::<Ipv6Hdr>(ctx, inner) else { return };
+        let Some(h) = ptr_at_mut::<Ipv6Hdr>(ctx, inner) else {
+            return;
+        };
         // SAFETY: as above. The ECN bits are the low two bits of the traffic class, which spans
         // the low nibble of byte 0 and the high nibble of byte 1.
         unsafe {

@@ -25,30 +25,52 @@ use lb_ebpf::{
     l3::{IPPROTO_IPIP, IPPROTO_IPV6, Ip},
 };
 
-/// Where the outer packet goes, for the next-hop lookup.
+/// Where the outer packet goes, for the next-hop lookup (8-aligned like [`Ip`]).
+#[repr(C, align(8))]
 pub struct Outer {
-    pub family: u8,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    pub family: u8,
     /// Outer IP packet length.
     pub len: u16,
 }
 
 /// Prepends the outer header. After this, every packet pointer taken before is invalid.
 #[inline(always)]
-pub fn encapsulate(ctx: &XdpContext, ip: &Ip, backend: &Backend, cfg: &DataplaneConfig, hash: u32) -> Result<Outer, Reason> {
+pub fn encapsulate(
+    ctx: &XdpContext,
+    ip: &Ip,
+    backend: &Backend,
+    cfg: &DataplaneConfig,
+    hash: u32,
+) -> Result<Outer, Reason> {
     let v4_outer = backend.family == family::IPV4;
-    let overhead = if v4_outer { IPV4_ENCAP_OVERHEAD } else { IPV6_ENCAP_OVERHEAD };
-    let len = ip.packet_len.checked_add(overhead).ok_or(Reason::DropTooBig)?;
+    let overhead = if v4_outer {
+        IPV4_ENCAP_OVERHEAD
+    } else {
+        IPV6_ENCAP_OVERHEAD
+    };
+    let len = ip
+        .packet_len
+        .checked_add(overhead)
+        .ok_or(Reason::DropTooBig)?;
     if len > cfg.mtu {
         return Err(Reason::DropTooBig);
     }
-    let inner_protocol = if ip.family == family::IPV4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let inner_protocol = if ip.family == family::IPV4 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
 
     // Save the link header (with its VLAN tag, if any) before moving the packet start.
     let eth = read::<[u8; ETH_LEN]>(ctx, 0).ok_or(Reason::DropEncapFailed)?;
     let tagged = ip.l3_offset != ETH_LEN;
-    let tag = if tagged { read::<[u8; 4]>(ctx, ETH_LEN).ok_or(Reason::DropEncapFailed)? } else { [0; 4] };
+    let tag = if tagged {
+        read::<[u8; 4]>(ctx, ETH_LEN).ok_or(Reason::DropEncapFailed)?
+    } else {
+        [0; 4]
+    };
 
     // SAFETY: the helper only moves the packet start; pointers are re-derived below.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -i32::from(overhead)) } != 0 {
@@ -63,24 +85,65 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, backend: &Backend, cfg: &Dataplane
     let ether_type = if v4_outer { ETH_P_IPV4 } else { ETH_P_IPV6 };
     write(ctx, ether_type_offset(l3), ether_type.to_be_bytes())?;
 
-    let mut outer = Outer { family: backend.family, src: [0; 16], dst: backend.addr, len };
+    let mut outer = Outer {
+        family: backend.family,
+        src: [0; 16],
+        dst: backend.addr,
+        len,
+    };
     if v4_outer {
         let src = encap_source(cfg.encap_src_v4, cfg.encap_src_v4_host_bits, hash);
         outer.src[..4].copy_from_slice(&src);
         let [len_hi, len_lo] = len.to_be_bytes();
-        let flags = if ip.family == family::IPV6 || ip.dont_fragment { 0x40 } else { 0 };
+        let flags = if ip.family == family::IPV6 || ip.dont_fragment {
+            0x40
+        } else {
+            0
+        };
         let d = backend.addr;
-        let mut h: [u8; 20] = [
-            0x45, ip.traffic_class, len_hi, len_lo, 0, 0, flags, 0, OUTER_TTL, inner_protocol, 0, 0,
-            src[0], src[1], src[2], src[3], d[0], d[1], d[2], d[3],
+        // Checksummed from the values, not by reading the header back.
+        let check = checksum::ipv4_header([
+            u16::from_be_bytes([0x45, ip.traffic_class]),
+            len,
+            0,
+            u16::from_be_bytes([flags, 0]),
+            u16::from_be_bytes([OUTER_TTL, inner_protocol]),
+            0,
+            u16::from_be_bytes([src[0], src[1]]),
+            u16::from_be_bytes([src[2], src[3]]),
+            u16::from_be_bytes([d[0], d[1]]),
+            u16::from_be_bytes([d[2], d[3]]),
+        ]);
+        let h: [u8; 20] = [
+            0x45,
+            ip.traffic_class,
+            len_hi,
+            len_lo,
+            0,
+            0,
+            flags,
+            0,
+            OUTER_TTL,
+            inner_protocol,
+            check[0],
+            check[1],
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            d[0],
+            d[1],
+            d[2],
+            d[3],
         ];
-        let check = checksum::ipv4_header(&h);
-        h[10] = check[0];
-        h[11] = check[1];
         write(ctx, l3, h)?;
     } else {
         let mut src = cfg.encap_src_v6;
-        let low = encap_source([src[12], src[13], src[14], src[15]], cfg.encap_src_v6_host_bits, hash);
+        let low = encap_source(
+            [src[12], src[13], src[14], src[15]],
+            cfg.encap_src_v6_host_bits,
+            hash,
+        );
         src[12..].copy_from_slice(&low);
         outer.src = src;
         let tc = ip.traffic_class;

@@ -11,7 +11,9 @@ mod encap;
 mod maps;
 mod nexthop;
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
+};
 use lb_common::{
     backend::Backend,
     counters::Reason,
@@ -25,7 +27,9 @@ use lb_ebpf::{
     l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3},
 };
 
-use crate::maps::{BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV_TABLES, VIP_ADDRS, VIP_STATS, VIPS};
+use crate::maps::{
+    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV_TABLES, VIP_ADDRS, VIP_STATS, VIPS,
+};
 
 #[xdp]
 pub fn balancer(ctx: XdpContext) -> u32 {
@@ -38,7 +42,10 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     let (ether_type, l3_offset) = match l2::parse(ctx) {
-        Link::Ip { ether_type, l3_offset } => (ether_type, l3_offset),
+        Link::Ip {
+            ether_type,
+            l3_offset,
+        } => (ether_type, l3_offset),
         Link::Other => return (xdp_action::XDP_PASS, Reason::PassNotIp),
         Link::Truncated => return (xdp_action::XDP_PASS, Reason::PassUnparseable),
     };
@@ -71,8 +78,9 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         family: ip.family,
         _pad: [0; 2],
     };
-    let hash = flow_hash(&key);
-    let Some((backend_id, backend, new_flow)) = choose_backend(&key, hash, &vip, cfg.udp_idle_timeout_ns) else {
+    let Some((backend_id, backend, hash, new_flow)) =
+        choose_backend(&key, &vip, cfg.udp_idle_timeout_ns)
+    else {
         maps::count_traffic(&VIP_STATS, vip.index, bytes, false);
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
@@ -103,7 +111,13 @@ fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> (u32, Reason) {
 /// The VIP for (destination, port, protocol), falling back to the address's all-ports VIP.
 #[inline(always)]
 fn find_vip(ip: &Ip, dst_port: [u8; 2]) -> Option<VipInfo> {
-    let mut key = VipKey { addr: ip.dst, port: dst_port, protocol: ip.protocol, family: ip.family };
+    let mut key = VipKey {
+        addr: ip.dst,
+        port: dst_port,
+        protocol: ip.protocol,
+        family: ip.family,
+        _pad: [0; 4],
+    };
     // SAFETY: VIPS values are plain data, copied out at once.
     if let Some(vip) = unsafe { VIPS.get(&key) } {
         return Some(*vip);
@@ -113,27 +127,31 @@ fn find_vip(ip: &Ip, dst_port: [u8; 2]) -> Option<VipInfo> {
 }
 
 /// The flow's backend: its flow-table entry if it has a live one, else a Maglev choice that is
-/// then remembered. Returns (backend id, backend, whether this is a new flow).
+/// then remembered. Returns (backend id, backend, flow hash, whether this is a new flow).
 #[inline(always)]
-fn choose_backend(key: &FlowKey, hash: u32, vip: &VipInfo, udp_idle_timeout_ns: u64) -> Option<(u32, Backend, bool)> {
+fn choose_backend(
+    key: &FlowKey,
+    vip: &VipInfo,
+    udp_idle_timeout_ns: u64,
+) -> Option<(u32, Backend, u32, bool)> {
     let is_udp = key.protocol == IPPROTO_UDP;
     let mut now = 0;
     if let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend id,
         // which is validated below.
-        let id = unsafe { (*state).backend };
+        let (id, hash) = unsafe { ((*state).backend, (*state).hash) };
         if let Some(backend) = BACKENDS.get(id)
             && backend.is_present()
         {
             if !is_udp {
-                return Some((id, *backend, false));
+                return Some((id, *backend, hash, false));
             }
             // SAFETY: as above.
-            now = unsafe { bpf_ktime_get_ns() };
+            now = unsafe { bpf_ktime_get_coarse_ns() };
             let last_seen = unsafe { (*state).last_seen_ns };
             if now.wrapping_sub(last_seen) <= udp_idle_timeout_ns {
                 unsafe { (*state).last_seen_ns = now };
-                return Some((id, *backend, false));
+                return Some((id, *backend, hash, false));
             }
         }
     }
@@ -141,6 +159,7 @@ fn choose_backend(key: &FlowKey, hash: u32, vip: &VipInfo, udp_idle_timeout_ns: 
     if vip.table_size == 0 {
         return None;
     }
+    let hash = flow_hash(key);
     let table = MAGLEV_TABLES.get(vip.live_table_slot())?;
     let id = *table.get(table_slot(hash, vip.table_size) as usize)?;
     let backend = BACKENDS.get(id)?;
@@ -149,11 +168,11 @@ fn choose_backend(key: &FlowKey, hash: u32, vip: &VipInfo, udp_idle_timeout_ns: 
     }
     if is_udp && now == 0 {
         // SAFETY: helper without arguments.
-        now = unsafe { bpf_ktime_get_ns() };
+        now = unsafe { bpf_ktime_get_coarse_ns() };
     }
     // A full table evicts its least recently used entry; an insert error only costs stickiness.
-    let _ = FLOWS.insert(key, FlowState::new(id, now), 0);
-    Some((id, *backend, true))
+    let _ = FLOWS.insert(key, FlowState::new(id, hash, now), 0);
+    Some((id, *backend, hash, true))
 }
 
 #[cfg(not(test))]

@@ -1,0 +1,300 @@
+//! Cost per packet of the balancer's paths, next to the minimal XDP_TX program, in one run.
+//!
+//! Method: BPF_PROG_RUN with repeat = 1 for every packet, so each run sees fresh input bytes
+//! (with repeat > 1 the kernel re-runs the program on its own output, and an encapsulating
+//! program then times the wrong path). The kernel reports each run's duration, which includes a
+//! fixed timer overhead that the baseline carries too. Rounds of every path are interleaved with
+//! rounds of the baseline so that machine noise hits all of them alike; each figure is the median
+//! over rounds of the mean ns per packet within a round.
+//!
+//! Usage: `cargo bench -p lb-tests --bench xdp_paths -- [--rounds N] [--packets N] [--json FILE]`
+//! (as root; `cargo xtask bench` does this).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use anyhow::{Context as _, ensure};
+use aya::programs::Xdp;
+use lb_common::{
+    backend::Backend,
+    dataplane::DataplaneConfig,
+    maglev::{MaglevBackend, build_table},
+    vip::VipKey,
+};
+use lb_tests::{
+    packet::{Flow, Protocol, Shape, frame, key_addr},
+    privileged::{enter_private_netns, require_root},
+    xdp::{XDP_PASS, XDP_TX, run_once},
+};
+use lb_userspace::dataplane::{Balancer, BalancerSizes, load_xdp_tx_baseline, program};
+
+const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
+
+struct Options {
+    rounds: usize,
+    packets: usize,
+    json: Option<String>,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut o = Options {
+        rounds: 15,
+        packets: 2000,
+        json: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rounds" => o.rounds = args.next().context("--rounds needs a number")?.parse()?,
+            "--packets" => o.packets = args.next().context("--packets needs a number")?.parse()?,
+            "--json" => o.json = Some(args.next().context("--json needs a file")?),
+            "--bench" => {} // passed by cargo bench
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    ensure!(
+        o.rounds > 0 && o.packets > 0,
+        "--rounds and --packets must be positive"
+    );
+    Ok(o)
+}
+
+fn balancer(flow_table_entries: u32) -> anyhow::Result<Balancer> {
+    let mut b = Balancer::load(BalancerSizes { flow_table_entries })?;
+    b.set_config(&DataplaneConfig {
+        udp_idle_timeout_ns: 30_000_000_000,
+        encap_src_v6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0).octets(),
+        encap_src_v4: [198, 18, 200, 0],
+        mtu: 1500,
+        encap_src_v4_host_bits: 8,
+        encap_src_v6_host_bits: 16,
+        fallback_dst_mac: [2, 0, 0, 0, 0, 0xfe],
+        _pad: [0; 2],
+    })?;
+    for (index, vip, protocol, backends) in [
+        (
+            0,
+            IpAddr::V4(VIP4),
+            17u8,
+            (1..=10u32)
+                .map(|i| (i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8))))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            1,
+            IpAddr::V6(VIP6),
+            17,
+            (11..=20u32)
+                .map(|i| {
+                    (
+                        i,
+                        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, i as u16)),
+                    )
+                })
+                .collect(),
+        ),
+    ] {
+        let mut maglev = Vec::new();
+        for (id, addr) in backends {
+            let (family, a) = key_addr(addr);
+            b.set_backend(id, &Backend::new(family, a))?;
+            maglev.push(MaglevBackend {
+                addr: a,
+                family,
+                weight: 1,
+                id,
+            });
+        }
+        let (family, a) = key_addr(vip);
+        b.install_vip(
+            &VipKey::new(family, a, 53, protocol),
+            index,
+            &build_table(&maglev, 65_537)?,
+        )?;
+    }
+    Ok(b)
+}
+
+/// `n` UDP frames to `vip`, each from its own client address and port (distinct flows).
+fn frames(vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
+    (0..n as u32)
+        .map(|i| {
+            let x = i.wrapping_mul(2_654_435_761).wrapping_add(salt);
+            let src = match vip {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 19, (x >> 8) as u8, x as u8)),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(
+                    0xfd00,
+                    0x99,
+                    0,
+                    0,
+                    0,
+                    0,
+                    (x >> 16) as u16,
+                    x as u16,
+                )),
+            };
+            frame(
+                &Flow {
+                    protocol: Protocol::Udp,
+                    src,
+                    src_port: 1024 + (x % 60_000) as u16,
+                    dst: vip,
+                    dst_port: 53,
+                },
+                &Shape::default(),
+            )
+        })
+        .collect()
+}
+
+/// Mean ns per packet over one pass of `inputs`, checking every verdict.
+fn round(program: &Xdp, inputs: &[Vec<u8>], verdict: u32) -> anyhow::Result<f64> {
+    let mut total = Duration::ZERO;
+    for input in inputs {
+        let run = run_once(program, input, None)?;
+        ensure!(
+            run.verdict == verdict,
+            "verdict {} where {verdict} was expected",
+            run.verdict
+        );
+        total += run.duration;
+    }
+    Ok(total.as_nanos() as f64 / inputs.len() as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Path {
+    name: &'static str,
+    samples: Vec<f64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let o = options()?;
+    require_root("the XDP benchmark")?;
+    enter_private_netns()?;
+
+    let mut baseline_ebpf = load_xdp_tx_baseline()?;
+    let mut hit = balancer(1 << 20)?;
+    let mut fresh = balancer(1 << 20)?;
+    // A small table kept full, so every new flow evicts one.
+    let mut evicting = balancer(4096)?;
+
+    let hit4 = frames(IpAddr::V4(VIP4), 1, 1);
+    let hit6 = frames(IpAddr::V6(VIP6), 1, 1);
+    let hit4 = vec![hit4[0].clone(); o.packets];
+    let hit6 = vec![hit6[0].clone(); o.packets];
+    let pass: Vec<Vec<u8>> = frames(IpAddr::V4(Ipv4Addr::new(198, 18, 9, 9)), 1, 1)
+        .into_iter()
+        .cycle()
+        .take(o.packets)
+        .collect();
+    for warm in [&hit4[..1], &hit6[..1]] {
+        round(hit.program()?, warm, XDP_TX)?;
+    }
+    round(
+        evicting.program()?,
+        &frames(IpAddr::V4(VIP4), 8192, 7),
+        XDP_TX,
+    )?;
+
+    let mut paths = vec![
+        Path {
+            name: "xdp_tx_baseline",
+            samples: vec![],
+        },
+        Path {
+            name: "pass_not_vip",
+            samples: vec![],
+        },
+        Path {
+            name: "flow_hit_ipv4",
+            samples: vec![],
+        },
+        Path {
+            name: "flow_hit_ipv6",
+            samples: vec![],
+        },
+        Path {
+            name: "new_flow_ipv4",
+            samples: vec![],
+        },
+        Path {
+            name: "new_flow_ipv6",
+            samples: vec![],
+        },
+        Path {
+            name: "new_flow_ipv4_evicting",
+            samples: vec![],
+        },
+    ];
+    for r in 0..o.rounds {
+        let salt = 1000 + r as u32 * 7919;
+        let new4 = frames(IpAddr::V4(VIP4), o.packets, salt);
+        let new6 = frames(IpAddr::V6(VIP6), o.packets, salt);
+        let evict = frames(IpAddr::V4(VIP4), o.packets, salt ^ 0x5555_5555);
+        let baseline = program(&mut baseline_ebpf, "xdp_tx_baseline")?;
+        paths[0].samples.push(round(baseline, &hit4, XDP_TX)?);
+        paths[1]
+            .samples
+            .push(round(hit.program()?, &pass, XDP_PASS)?);
+        paths[2].samples.push(round(hit.program()?, &hit4, XDP_TX)?);
+        paths[3].samples.push(round(hit.program()?, &hit6, XDP_TX)?);
+        paths[4]
+            .samples
+            .push(round(fresh.program()?, &new4, XDP_TX)?);
+        paths[5]
+            .samples
+            .push(round(fresh.program()?, &new6, XDP_TX)?);
+        paths[6]
+            .samples
+            .push(round(evicting.program()?, &evict, XDP_TX)?);
+    }
+
+    let baseline = median(paths[0].samples.clone());
+    println!(
+        "XDP path cost, BPF_PROG_RUN repeat=1, {} rounds x {} packets, median of round means",
+        o.rounds, o.packets
+    );
+    println!(
+        "(each figure includes the kernel's fixed per-run timer overhead, as does the baseline)"
+    );
+    println!(
+        "{:<24} {:>10} {:>12} {:>14}",
+        "path", "ns/packet", "x baseline", "ns over base"
+    );
+    let mut json = Vec::new();
+    for p in &paths {
+        let m = median(p.samples.clone());
+        println!(
+            "{:<24} {:>10.1} {:>12.2} {:>14.1}",
+            p.name,
+            m,
+            m / baseline,
+            m - baseline
+        );
+        json.push(serde_json::json!({
+            "path": p.name,
+            "median_ns": m,
+            "ratio_to_baseline": m / baseline,
+            "ns_over_baseline": m - baseline,
+            "round_means_ns": p.samples,
+        }));
+    }
+    if let Some(file) = o.json {
+        let doc = serde_json::json!({ "method": "BPF_PROG_RUN repeat=1, kernel-reported duration", "rounds": o.rounds, "packets_per_round": o.packets, "paths": json });
+        if let Some(dir) = std::path::Path::new(&file).parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&file, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {file}"))?;
+        println!("written to {file}");
+    }
+    Ok(())
+}
