@@ -10,17 +10,8 @@ const TOOLCHAIN: &str = "1.95.0";
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let root_dir = std::path::Path::new(&manifest_dir).join("../lb-ebpf");
-    let root_dir = root_dir
-        .to_str()
-        .ok_or_else(|| anyhow!("non-UTF-8 path {}", root_dir.display()))?;
+    let root_dir = root_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root_dir.display()))?;
     // SAFETY: build scripts are single-threaded; the variable is for the nested cargo only.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
-    aya_build::build_ebpf(
-        [Package {
-            name: "lb-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
-        Toolchain::Custom(TOOLCHAIN),
-    )
+    aya_build::build_ebpf([Package { name: "lb-ebpf", root_dir, ..Default::default() }], Toolchain::Custom(TOOLCHAIN))
 }

@@ -14,24 +14,12 @@ pub struct Backend {
     pub flags: u8,
     pub _pad: [u8; 6],
 }
-assert_layout!(
-    Backend,
-    size = 24,
-    addr = 0,
-    family = 16,
-    flags = 17,
-    _pad = 18
-);
+assert_layout!(Backend, size = 24, addr = 0, family = 16, flags = 17, _pad = 18);
 userspace_pod!(Backend);
 
 impl Backend {
     pub const fn new(family: u8, addr: [u8; 16]) -> Self {
-        Self {
-            addr,
-            family,
-            flags: BACKEND_PRESENT,
-            _pad: [0; 6],
-        }
+        Self { addr, family, flags: BACKEND_PRESENT, _pad: [0; 6] }
     }
 
     #[inline(always)]

@@ -108,13 +108,7 @@ pub struct TrafficCounters {
     /// Flows scheduled by the VIP's scheduler (flow-table misses).
     pub new_flows: u64,
 }
-assert_layout!(
-    TrafficCounters,
-    size = 24,
-    packets = 0,
-    bytes = 8,
-    new_flows = 16
-);
+assert_layout!(TrafficCounters, size = 24, packets = 0, bytes = 8, new_flows = 16);
 
 /// Counter of one reason.
 #[repr(C)]

@@ -45,11 +45,7 @@ pub const MAX_ENCAP_SRC_V6_HOST_BITS: u8 = 32;
 /// `addr` is the prefix (4 or 16 bytes used); only its last 4 bytes change.
 #[inline(always)]
 pub fn encap_source(prefix_last_word: [u8; 4], host_bits: u8, hash: u32) -> [u8; 4] {
-    let mask: u32 = if host_bits >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << host_bits) - 1
-    };
+    let mask: u32 = if host_bits >= 32 { u32::MAX } else { (1u32 << host_bits) - 1 };
     let word = (u32::from_be_bytes(prefix_last_word) & !mask) | (hash & mask);
     word.to_be_bytes()
 }
@@ -60,18 +56,9 @@ mod tests {
 
     #[test]
     fn encap_source_keeps_the_prefix() {
-        assert_eq!(
-            encap_source([198, 18, 200, 0], 8, 0xdead_beef),
-            [198, 18, 200, 0xef]
-        );
-        assert_eq!(
-            encap_source([198, 18, 200, 7], 0, 0xdead_beef),
-            [198, 18, 200, 7]
-        );
+        assert_eq!(encap_source([198, 18, 200, 0], 8, 0xdead_beef), [198, 18, 200, 0xef]);
+        assert_eq!(encap_source([198, 18, 200, 7], 0, 0xdead_beef), [198, 18, 200, 7]);
         assert_eq!(encap_source([0, 0, 0, 0], 32, 0x0102_0304), [1, 2, 3, 4]);
-        assert_eq!(
-            encap_source([198, 18, 0, 0], 16, 0xdead_beef),
-            [198, 18, 0xbe, 0xef]
-        );
+        assert_eq!(encap_source([198, 18, 0, 0], 16, 0xdead_beef), [198, 18, 0xbe, 0xef]);
     }
 }

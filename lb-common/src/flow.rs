@@ -85,22 +85,12 @@ pub struct FlowState {
     /// The flow's [`flow_hash`], kept so that packets of established flows need not rehash.
     pub hash: u32,
 }
-assert_layout!(
-    FlowState,
-    size = 16,
-    last_seen_ns = 0,
-    backend = 8,
-    hash = 12
-);
+assert_layout!(FlowState, size = 16, last_seen_ns = 0, backend = 8, hash = 12);
 
 impl FlowState {
     #[inline(always)]
     pub const fn new(backend: u32, hash: u32, last_seen_ns: u64) -> Self {
-        Self {
-            last_seen_ns,
-            backend,
-            hash,
-        }
+        Self { last_seen_ns, backend, hash }
     }
 }
 
@@ -118,22 +108,8 @@ mod tests {
     /// Pins the flow hash: these values must never change between releases.
     #[test]
     fn flow_hash_test_vectors() {
-        let tcp4 = FlowKey::new(
-            family::IPV4,
-            6,
-            v4([198, 18, 0, 10]),
-            40000,
-            v4([198, 18, 1, 1]),
-            80,
-        );
-        let udp4 = FlowKey::new(
-            family::IPV4,
-            17,
-            v4([198, 18, 0, 11]),
-            5353,
-            v4([198, 18, 1, 2]),
-            53,
-        );
+        let tcp4 = FlowKey::new(family::IPV4, 6, v4([198, 18, 0, 10]), 40000, v4([198, 18, 1, 1]), 80);
+        let udp4 = FlowKey::new(family::IPV4, 17, v4([198, 18, 0, 11]), 5353, v4([198, 18, 1, 2]), 53);
         let mut a6 = [0u8; 16];
         a6[0] = 0xfd;
         a6[15] = 0x10;
@@ -141,31 +117,15 @@ mod tests {
         b6[0] = 0xfd;
         b6[15] = 0x01;
         let tcp6 = FlowKey::new(family::IPV6, 6, a6, 50000, b6, 443);
-        let got = [
-            flow_hash(&tcp4),
-            flow_hash(&udp4),
-            flow_hash(&tcp6),
-            flow_hash(&FlowKey::default()),
-        ];
-        assert_eq!(
-            got, FLOW_HASH_VECTORS,
-            "the flow hash changed: this would move every flow of a fleet"
-        );
+        let got = [flow_hash(&tcp4), flow_hash(&udp4), flow_hash(&tcp6), flow_hash(&FlowKey::default())];
+        assert_eq!(got, FLOW_HASH_VECTORS, "the flow hash changed: this would move every flow of a fleet");
     }
 
-    const FLOW_HASH_VECTORS: [u32; 4] =
-        [1_787_808_412, 4_021_127_563, 2_098_962_318, 1_632_371_310];
+    const FLOW_HASH_VECTORS: [u32; 4] = [1_787_808_412, 4_021_127_563, 2_098_962_318, 1_632_371_310];
 
     #[test]
     fn any_field_changes_the_hash() {
-        let base = FlowKey::new(
-            family::IPV4,
-            6,
-            v4([198, 18, 0, 10]),
-            40000,
-            v4([198, 18, 1, 1]),
-            80,
-        );
+        let base = FlowKey::new(family::IPV4, 6, v4([198, 18, 0, 10]), 40000, v4([198, 18, 1, 1]), 80);
         let mut other = base;
         other.src_port = 40001u16.to_be_bytes();
         assert_ne!(flow_hash(&base), flow_hash(&other));

@@ -40,9 +40,7 @@ mod builder {
 
     #[derive(Debug, thiserror::Error, PartialEq, Eq)]
     pub enum MaglevError {
-        #[error(
-            "Maglev table size {0} is not a prime; use a prime such as 251, 1021, 4093, 16381 or 65537"
-        )]
+        #[error("Maglev table size {0} is not a prime; use a prime such as 251, 1021, 4093, 16381 or 65537")]
         NotPrime(u32),
         #[error("Maglev table size {size} is out of range 3..={MAGLEV_MAX_TABLE_SIZE}")]
         SizeOutOfRange { size: u32 },
@@ -75,33 +73,23 @@ mod builder {
     /// Each backend gets its weighted share of entries to within one entry (largest-remainder
     /// quotas), and the backends claim entries in paced rounds, each walking its own permutation,
     /// so the table keeps Maglev's small disruption when a backend comes or goes.
-    pub fn build_table(
-        backends: &[MaglevBackend],
-        table_size: u32,
-    ) -> Result<Vec<u32>, MaglevError> {
+    pub fn build_table(backends: &[MaglevBackend], table_size: u32) -> Result<Vec<u32>, MaglevError> {
         if !(3..=MAGLEV_MAX_TABLE_SIZE).contains(&table_size) {
             return Err(MaglevError::SizeOutOfRange { size: table_size });
         }
         if !is_prime(table_size) {
             return Err(MaglevError::NotPrime(table_size));
         }
-        let mut live: Vec<MaglevBackend> =
-            backends.iter().copied().filter(|b| b.weight > 0).collect();
+        let mut live: Vec<MaglevBackend> = backends.iter().copied().filter(|b| b.weight > 0).collect();
         if live.is_empty() {
             return Err(MaglevError::NoBackends);
         }
         live.sort_by(|a, b| (a.family, a.addr).cmp(&(b.family, b.addr)));
-        if let Some(pair) = live
-            .windows(2)
-            .find(|w| (w[0].family, w[0].addr) == (w[1].family, w[1].addr))
-        {
+        if let Some(pair) = live.windows(2).find(|w| (w[0].family, w[0].addr) == (w[1].family, w[1].addr)) {
             return Err(MaglevError::DuplicateBackend(describe(&pair[0])));
         }
         if live.len() > table_size as usize {
-            return Err(MaglevError::TooManyBackends {
-                backends: live.len(),
-                size: table_size,
-            });
+            return Err(MaglevError::TooManyBackends { backends: live.len(), size: table_size });
         }
 
         let size = u64::from(table_size);
@@ -149,10 +137,7 @@ mod builder {
     /// (ties to the earlier backend in identity order), summing to `size`.
     fn quotas(live: &[MaglevBackend], size: u64) -> Vec<u64> {
         let total: u64 = live.iter().map(|b| u64::from(b.weight)).sum();
-        let mut quotas: Vec<u64> = live
-            .iter()
-            .map(|b| size * u64::from(b.weight) / total)
-            .collect();
+        let mut quotas: Vec<u64> = live.iter().map(|b| size * u64::from(b.weight) / total).collect();
         let assigned: u64 = quotas.iter().sum();
         let mut by_remainder: Vec<usize> = (0..live.len()).collect();
         by_remainder.sort_by_key(|&i| std::cmp::Reverse(size * u64::from(live[i].weight) % total));
@@ -189,12 +174,7 @@ mod tests {
     fn backend(n: u32, weight: u32) -> MaglevBackend {
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&[198, 18, (n >> 8) as u8 + 10, n as u8]);
-        MaglevBackend {
-            addr,
-            family: family::IPV4,
-            weight,
-            id: n,
-        }
+        MaglevBackend { addr, family: family::IPV4, weight, id: n }
     }
 
     fn counts(table: &[u32], ids: u32) -> Vec<u64> {
@@ -218,17 +198,8 @@ mod tests {
 
     #[test]
     fn each_share_is_within_one_entry_of_its_weighted_target() {
-        for weights in [
-            &[1u32, 1, 1][..],
-            &[1, 2, 3],
-            &[1, 100],
-            &[5, 7, 11, 13, 17, 1, 1000],
-        ] {
-            let backends: Vec<_> = weights
-                .iter()
-                .enumerate()
-                .map(|(i, &w)| backend(i as u32, w))
-                .collect();
+        for weights in [&[1u32, 1, 1][..], &[1, 2, 3], &[1, 100], &[5, 7, 11, 13, 17, 1, 1000]] {
+            let backends: Vec<_> = weights.iter().enumerate().map(|(i, &w)| backend(i as u32, w)).collect();
             for size in [251u32, 4093, 65_537] {
                 let table = build_table(&backends, size).unwrap();
                 let total: u32 = weights.iter().sum();
@@ -258,10 +229,7 @@ mod tests {
     fn removal_disruption(n: u32) -> f64 {
         let all: Vec<_> = (0..n).map(|i| backend(i, 1)).collect();
         let without: Vec<_> = all.iter().copied().filter(|b| b.id != n / 2).collect();
-        changed(
-            &build_table(&all, 65_537).unwrap(),
-            &build_table(&without, 65_537).unwrap(),
-        )
+        changed(&build_table(&all, 65_537).unwrap(), &build_table(&without, 65_537).unwrap())
     }
 
     #[test]
@@ -281,43 +249,20 @@ mod tests {
         let before: Vec<_> = (0..10).map(|i| backend(i, 10)).collect();
         let mut after = before.clone();
         after[3].weight = 15;
-        let (a, b) = (
-            build_table(&before, 65_537).unwrap(),
-            build_table(&after, 65_537).unwrap(),
-        );
+        let (a, b) = (build_table(&before, 65_537).unwrap(), build_table(&after, 65_537).unwrap());
         // Backend 3 goes from 10/100 to 15/105 of the table: 4.29 points must move at least.
         let minimum = 15.0 / 105.0 - 10.0 / 100.0;
         let moved = changed(&a, &b);
-        assert!(
-            moved <= 2.0 * minimum,
-            "moved {:.2}%, minimum {:.2}%",
-            moved * 100.0,
-            minimum * 100.0
-        );
+        assert!(moved <= 2.0 * minimum, "moved {:.2}%, minimum {:.2}%", moved * 100.0, minimum * 100.0);
     }
 
     #[test]
     fn bad_inputs_are_rejected() {
-        assert_eq!(
-            build_table(&[backend(1, 1)], 65_536),
-            Err(MaglevError::NotPrime(65_536))
-        );
-        assert_eq!(
-            build_table(&[backend(1, 1)], 131_071),
-            Err(MaglevError::SizeOutOfRange { size: 131_071 })
-        );
-        assert_eq!(
-            build_table(&[backend(1, 0)], 251),
-            Err(MaglevError::NoBackends)
-        );
-        assert!(matches!(
-            build_table(&[backend(1, 1), backend(1, 2)], 251),
-            Err(MaglevError::DuplicateBackend(_))
-        ));
+        assert_eq!(build_table(&[backend(1, 1)], 65_536), Err(MaglevError::NotPrime(65_536)));
+        assert_eq!(build_table(&[backend(1, 1)], 131_071), Err(MaglevError::SizeOutOfRange { size: 131_071 }));
+        assert_eq!(build_table(&[backend(1, 0)], 251), Err(MaglevError::NoBackends));
+        assert!(matches!(build_table(&[backend(1, 1), backend(1, 2)], 251), Err(MaglevError::DuplicateBackend(_))));
         let many: Vec<_> = (0..300).map(|i| backend(i, 1)).collect();
-        assert!(matches!(
-            build_table(&many, 251),
-            Err(MaglevError::TooManyBackends { .. })
-        ));
+        assert!(matches!(build_table(&many, 251), Err(MaglevError::TooManyBackends { .. })));
     }
 }

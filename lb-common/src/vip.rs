@@ -12,26 +12,12 @@ pub struct VipKey {
     pub family: u8,
     pub _pad: [u8; 4],
 }
-assert_layout!(
-    VipKey,
-    size = 24,
-    addr = 0,
-    port = 16,
-    protocol = 18,
-    family = 19,
-    _pad = 20
-);
+assert_layout!(VipKey, size = 24, addr = 0, port = 16, protocol = 18, family = 19, _pad = 20);
 
 impl VipKey {
     #[inline(always)]
     pub const fn new(family: u8, addr: [u8; 16], port: u16, protocol: u8) -> Self {
-        Self {
-            addr,
-            port: port.to_be_bytes(),
-            protocol,
-            family,
-            _pad: [0; 4],
-        }
+        Self { addr, port: port.to_be_bytes(), protocol, family, _pad: [0; 4] }
     }
 }
 
@@ -49,11 +35,7 @@ assert_layout!(VipAddrKey, size = 24, addr = 0, family = 16, _pad = 17);
 impl VipAddrKey {
     #[inline(always)]
     pub const fn new(family: u8, addr: [u8; 16]) -> Self {
-        Self {
-            addr,
-            family,
-            _pad: [0; 7],
-        }
+        Self { addr, family, _pad: [0; 7] }
     }
 }
 
@@ -71,24 +53,12 @@ pub struct VipInfo {
     pub active_table: u32,
     pub flags: u32,
 }
-assert_layout!(
-    VipInfo,
-    size = 16,
-    index = 0,
-    table_size = 4,
-    active_table = 8,
-    flags = 12
-);
+assert_layout!(VipInfo, size = 16, index = 0, table_size = 4, active_table = 8, flags = 12);
 userspace_pod!(VipKey, VipAddrKey, VipInfo);
 
 impl VipInfo {
     pub const fn new(index: u32, table_size: u32, active_table: u32) -> Self {
-        Self {
-            index,
-            table_size,
-            active_table,
-            flags: 0,
-        }
+        Self { index, table_size, active_table, flags: 0 }
     }
 
     /// Index into the Maglev tables map of the live table.

@@ -41,10 +41,7 @@ pub fn parse(ctx: &XdpContext) -> Link {
         l3_offset = ETH_VLAN_LEN;
     }
     match ether_type {
-        ETH_P_IPV4 | ETH_P_IPV6 => Link::Ip {
-            ether_type,
-            l3_offset,
-        },
+        ETH_P_IPV4 | ETH_P_IPV6 => Link::Ip { ether_type, l3_offset },
         _ => Link::Other,
     }
 }

@@ -56,11 +56,7 @@ pub enum L3 {
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, ether_type: u16, l3_offset: usize) -> L3 {
-    if ether_type == ETH_P_IPV4 {
-        parse_ipv4(ctx, l3_offset)
-    } else {
-        parse_ipv6(ctx, l3_offset)
-    }
+    if ether_type == ETH_P_IPV4 { parse_ipv4(ctx, l3_offset) } else { parse_ipv6(ctx, l3_offset) }
 }
 
 #[inline(always)]
@@ -79,20 +75,19 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> L3 {
     let packet_len = u16::from_be_bytes(h.tot_len);
     let frags = u16::from_be_bytes(h.frags);
     let available = frame_len(ctx) - l3_offset;
-    let anomaly =
-        if h.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || usize::from(packet_len) < header_len {
-            Some(Reason::DropBadHeader)
-        } else if usize::from(packet_len) > available {
-            Some(Reason::DropTruncated)
-        } else if frags & IPV4_FRAGMENT_BITS != 0 {
-            Some(Reason::DropFragment)
-        } else if header_len != Ipv4Hdr::LEN {
-            Some(Reason::DropIpv4Options)
-        } else if h.ttl == 0 {
-            Some(Reason::DropTtlExpired)
-        } else {
-            None
-        };
+    let anomaly = if h.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || usize::from(packet_len) < header_len {
+        Some(Reason::DropBadHeader)
+    } else if usize::from(packet_len) > available {
+        Some(Reason::DropTruncated)
+    } else if frags & IPV4_FRAGMENT_BITS != 0 {
+        Some(Reason::DropFragment)
+    } else if header_len != Ipv4Hdr::LEN {
+        Some(Reason::DropIpv4Options)
+    } else if h.ttl == 0 {
+        Some(Reason::DropTtlExpired)
+    } else {
+        None
+    };
     L3::Ip(Ip {
         family: family::IPV4,
         protocol: h.proto,

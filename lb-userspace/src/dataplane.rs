@@ -35,10 +35,7 @@ pub enum DataplaneError {
     #[error("redirect map: {0}")]
     Egress(#[from] aya::maps::xdp::XdpMapError),
     #[error("the eBPF object has no {kind} named {name}: was it built from this source tree?")]
-    Missing {
-        kind: &'static str,
-        name: &'static str,
-    },
+    Missing { kind: &'static str, name: &'static str },
     #[error("VIP index {index} is out of range 0..{MAX_VIPS}")]
     VipIndex { index: u32 },
     #[error("backend id {id} is out of range 0..{MAX_BACKENDS}")]
@@ -73,9 +70,7 @@ pub struct BalancerSizes {
 impl Balancer {
     /// Loads (does not attach) the balancer program and creates its maps.
     pub fn load(sizes: BalancerSizes) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("FLOWS", sizes.flow_table_entries)
-            .load(objects::BALANCER)?;
+        let mut ebpf = EbpfLoader::new().map_max_entries("FLOWS", sizes.flow_table_entries).load(objects::BALANCER)?;
         let program: &mut Xdp = program(&mut ebpf, "balancer")?;
         program.load()?;
         Ok(Self {
@@ -117,12 +112,7 @@ impl Balancer {
     /// Makes `table` (backend ids; its length is the table size) the live Maglev table of the VIP
     /// `key` at counter/table index `index`, creating the VIP if needed. An empty table makes the
     /// VIP drop its traffic (reason drop_no_backend).
-    pub fn install_vip(
-        &mut self,
-        key: &VipKey,
-        index: u32,
-        table: &[u32],
-    ) -> Result<(), DataplaneError> {
+    pub fn install_vip(&mut self, key: &VipKey, index: u32, table: &[u32]) -> Result<(), DataplaneError> {
         if index >= MAX_VIPS {
             return Err(DataplaneError::VipIndex { index });
         }
@@ -130,13 +120,7 @@ impl Balancer {
             return Err(DataplaneError::TableSize { len: table.len() });
         }
         let current = self.vips.get(key, 0).ok();
-        if current.is_none()
-            && self
-                .vips
-                .iter()
-                .filter_map(Result::ok)
-                .any(|(_, info)| info.index == index)
-        {
+        if current.is_none() && self.vips.iter().filter_map(Result::ok).any(|(_, info)| info.index == index) {
             return Err(DataplaneError::VipIndexInUse { index });
         }
         let next = current.map_or(0, |info| 1 - (info.active_table & 1));
@@ -145,10 +129,8 @@ impl Balancer {
             .try_into()
             .expect("length is MAGLEV_MAX_TABLE_SIZE");
         value[..table.len()].copy_from_slice(table);
-        self.tables
-            .set(index * MAGLEV_TABLES_PER_VIP + next, &*value, 0)?;
-        self.vips
-            .insert(key, VipInfo::new(index, table.len() as u32, next), 0)?;
+        self.tables.set(index * MAGLEV_TABLES_PER_VIP + next, &*value, 0)?;
+        self.vips.insert(key, VipInfo::new(index, table.len() as u32, next), 0)?;
         if current.is_none() {
             let addr = VipAddrKey::new(key.family, key.addr);
             let count = self.vip_addrs.get(&addr, 0).unwrap_or(0);
@@ -211,11 +193,7 @@ impl Decap {
         let mut ebpf = EbpfLoader::new().load(objects::DECAP)?;
         let program: &mut Xdp = program(&mut ebpf, "decap")?;
         program.load()?;
-        Ok(Self {
-            vips: take(&mut ebpf, "DECAP_VIPS")?,
-            reason_stats: take(&mut ebpf, "REASON_STATS")?,
-            ebpf,
-        })
+        Ok(Self { vips: take(&mut ebpf, "DECAP_VIPS")?, reason_stats: take(&mut ebpf, "REASON_STATS")?, ebpf })
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
@@ -232,10 +210,7 @@ impl Decap {
     }
 
     pub fn reason_counters(&self) -> Result<Vec<ReasonCounter>, DataplaneError> {
-        Reason::ALL
-            .iter()
-            .map(|&r| Ok(sum_reason(&self.reason_stats.get(&(r as u32), 0)?)))
-            .collect()
+        Reason::ALL.iter().map(|&r| Ok(sum_reason(&self.reason_stats.get(&(r as u32), 0)?))).collect()
     }
 }
 
@@ -248,44 +223,29 @@ pub fn load_xdp_tx_baseline() -> Result<Ebpf, DataplaneError> {
 
 /// The XDP program `name` of `ebpf`.
 pub fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
-    let missing = DataplaneError::Missing {
-        kind: "XDP program",
-        name,
-    };
-    ebpf.program_mut(name)
-        .ok_or(missing)?
-        .try_into()
-        .map_err(|_| DataplaneError::Missing {
-            kind: "XDP program",
-            name,
-        })
+    let missing = DataplaneError::Missing { kind: "XDP program", name };
+    ebpf.program_mut(name).ok_or(missing)?.try_into().map_err(|_| DataplaneError::Missing { kind: "XDP program", name })
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(DataplaneError::Missing { kind: "map", name })?;
+    let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
     Ok(T::try_from(map)?)
 }
 
 fn sum_reason(per_cpu: &PerCpuValues<ReasonCounter>) -> ReasonCounter {
-    per_cpu
-        .iter()
-        .fold(ReasonCounter::default(), |acc, c| ReasonCounter {
-            packets: acc.packets + c.packets,
-            bytes: acc.bytes + c.bytes,
-        })
+    per_cpu.iter().fold(ReasonCounter::default(), |acc, c| ReasonCounter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
 }
 
 fn sum_traffic(per_cpu: &PerCpuValues<TrafficCounters>) -> TrafficCounters {
-    per_cpu
-        .iter()
-        .fold(TrafficCounters::default(), |acc, c| TrafficCounters {
-            packets: acc.packets + c.packets,
-            bytes: acc.bytes + c.bytes,
-            new_flows: acc.new_flows + c.new_flows,
-        })
+    per_cpu.iter().fold(TrafficCounters::default(), |acc, c| TrafficCounters {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+        new_flows: acc.new_flows + c.new_flows,
+    })
 }

@@ -5,5 +5,4 @@ pub static BALANCER: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 /// The backend-side decapsulation program (program `decap`).
 pub static DECAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap"));
 /// The minimal XDP_TX program benchmarks compare against (program `xdp_tx_baseline`).
-pub static XDP_TX_BASELINE: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-tx-baseline"));
+pub static XDP_TX_BASELINE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-tx-baseline"));

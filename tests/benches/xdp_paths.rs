@@ -40,11 +40,7 @@ struct Options {
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options {
-        rounds: 15,
-        packets: 2000,
-        json: None,
-    };
+    let mut o = Options { rounds: 15, packets: 2000, json: None };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -55,10 +51,7 @@ fn options() -> anyhow::Result<Options> {
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
-    ensure!(
-        o.rounds > 0 && o.packets > 0,
-        "--rounds and --packets must be positive"
-    );
+    ensure!(o.rounds > 0 && o.packets > 0, "--rounds and --packets must be positive");
     Ok(o)
 }
 
@@ -79,41 +72,23 @@ fn balancer(flow_table_entries: u32) -> anyhow::Result<Balancer> {
             0,
             IpAddr::V4(VIP4),
             17u8,
-            (1..=10u32)
-                .map(|i| (i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8))))
-                .collect::<Vec<_>>(),
+            (1..=10u32).map(|i| (i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8)))).collect::<Vec<_>>(),
         ),
         (
             1,
             IpAddr::V6(VIP6),
             17,
-            (11..=20u32)
-                .map(|i| {
-                    (
-                        i,
-                        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, i as u16)),
-                    )
-                })
-                .collect(),
+            (11..=20u32).map(|i| (i, IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, i as u16)))).collect(),
         ),
     ] {
         let mut maglev = Vec::new();
         for (id, addr) in backends {
             let (family, a) = key_addr(addr);
             b.set_backend(id, &Backend::new(family, a))?;
-            maglev.push(MaglevBackend {
-                addr: a,
-                family,
-                weight: 1,
-                id,
-            });
+            maglev.push(MaglevBackend { addr: a, family, weight: 1, id });
         }
         let (family, a) = key_addr(vip);
-        b.install_vip(
-            &VipKey::new(family, a, 53, protocol),
-            index,
-            &build_table(&maglev, 65_537)?,
-        )?;
+        b.install_vip(&VipKey::new(family, a, 53, protocol), index, &build_table(&maglev, 65_537)?)?;
     }
     Ok(b)
 }
@@ -125,25 +100,10 @@ fn frames(vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
             let x = i.wrapping_mul(2_654_435_761).wrapping_add(salt);
             let src = match vip {
                 IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 19, (x >> 8) as u8, x as u8)),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(
-                    0xfd00,
-                    0x99,
-                    0,
-                    0,
-                    0,
-                    0,
-                    (x >> 16) as u16,
-                    x as u16,
-                )),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, (x >> 16) as u16, x as u16)),
             };
             frame(
-                &Flow {
-                    protocol: Protocol::Udp,
-                    src,
-                    src_port: 1024 + (x % 60_000) as u16,
-                    dst: vip,
-                    dst_port: 53,
-                },
+                &Flow { protocol: Protocol::Udp, src, src_port: 1024 + (x % 60_000) as u16, dst: vip, dst_port: 53 },
                 &Shape::default(),
             )
         })
@@ -155,11 +115,7 @@ fn round(program: &Xdp, inputs: &[Vec<u8>], verdict: u32) -> anyhow::Result<f64>
     let mut total = Duration::ZERO;
     for input in inputs {
         let run = run_once(program, input, None)?;
-        ensure!(
-            run.verdict == verdict,
-            "verdict {} where {verdict} was expected",
-            run.verdict
-        );
+        ensure!(run.verdict == verdict, "verdict {} where {verdict} was expected", run.verdict);
         total += run.duration;
     }
     Ok(total.as_nanos() as f64 / inputs.len() as f64)
@@ -190,49 +146,21 @@ fn main() -> anyhow::Result<()> {
     let hit6 = frames(IpAddr::V6(VIP6), 1, 1);
     let hit4 = vec![hit4[0].clone(); o.packets];
     let hit6 = vec![hit6[0].clone(); o.packets];
-    let pass: Vec<Vec<u8>> = frames(IpAddr::V4(Ipv4Addr::new(198, 18, 9, 9)), 1, 1)
-        .into_iter()
-        .cycle()
-        .take(o.packets)
-        .collect();
+    let pass: Vec<Vec<u8>> =
+        frames(IpAddr::V4(Ipv4Addr::new(198, 18, 9, 9)), 1, 1).into_iter().cycle().take(o.packets).collect();
     for warm in [&hit4[..1], &hit6[..1]] {
         round(hit.program()?, warm, XDP_TX)?;
     }
-    round(
-        evicting.program()?,
-        &frames(IpAddr::V4(VIP4), 8192, 7),
-        XDP_TX,
-    )?;
+    round(evicting.program()?, &frames(IpAddr::V4(VIP4), 8192, 7), XDP_TX)?;
 
     let mut paths = vec![
-        Path {
-            name: "xdp_tx_baseline",
-            samples: vec![],
-        },
-        Path {
-            name: "pass_not_vip",
-            samples: vec![],
-        },
-        Path {
-            name: "flow_hit_ipv4",
-            samples: vec![],
-        },
-        Path {
-            name: "flow_hit_ipv6",
-            samples: vec![],
-        },
-        Path {
-            name: "new_flow_ipv4",
-            samples: vec![],
-        },
-        Path {
-            name: "new_flow_ipv6",
-            samples: vec![],
-        },
-        Path {
-            name: "new_flow_ipv4_evicting",
-            samples: vec![],
-        },
+        Path { name: "xdp_tx_baseline", samples: vec![] },
+        Path { name: "pass_not_vip", samples: vec![] },
+        Path { name: "flow_hit_ipv4", samples: vec![] },
+        Path { name: "flow_hit_ipv6", samples: vec![] },
+        Path { name: "new_flow_ipv4", samples: vec![] },
+        Path { name: "new_flow_ipv6", samples: vec![] },
+        Path { name: "new_flow_ipv4_evicting", samples: vec![] },
     ];
     for r in 0..o.rounds {
         let salt = 1000 + r as u32 * 7919;
@@ -241,20 +169,12 @@ fn main() -> anyhow::Result<()> {
         let evict = frames(IpAddr::V4(VIP4), o.packets, salt ^ 0x5555_5555);
         let baseline = program(&mut baseline_ebpf, "xdp_tx_baseline")?;
         paths[0].samples.push(round(baseline, &hit4, XDP_TX)?);
-        paths[1]
-            .samples
-            .push(round(hit.program()?, &pass, XDP_PASS)?);
+        paths[1].samples.push(round(hit.program()?, &pass, XDP_PASS)?);
         paths[2].samples.push(round(hit.program()?, &hit4, XDP_TX)?);
         paths[3].samples.push(round(hit.program()?, &hit6, XDP_TX)?);
-        paths[4]
-            .samples
-            .push(round(fresh.program()?, &new4, XDP_TX)?);
-        paths[5]
-            .samples
-            .push(round(fresh.program()?, &new6, XDP_TX)?);
-        paths[6]
-            .samples
-            .push(round(evicting.program()?, &evict, XDP_TX)?);
+        paths[4].samples.push(round(fresh.program()?, &new4, XDP_TX)?);
+        paths[5].samples.push(round(fresh.program()?, &new6, XDP_TX)?);
+        paths[6].samples.push(round(evicting.program()?, &evict, XDP_TX)?);
     }
 
     let baseline = median(paths[0].samples.clone());
@@ -262,23 +182,12 @@ fn main() -> anyhow::Result<()> {
         "XDP path cost, BPF_PROG_RUN repeat=1, {} rounds x {} packets, median of round means",
         o.rounds, o.packets
     );
-    println!(
-        "(each figure includes the kernel's fixed per-run timer overhead, as does the baseline)"
-    );
-    println!(
-        "{:<24} {:>10} {:>12} {:>14}",
-        "path", "ns/packet", "x baseline", "ns over base"
-    );
+    println!("(each figure includes the kernel's fixed per-run timer overhead, as does the baseline)");
+    println!("{:<24} {:>10} {:>12} {:>14}", "path", "ns/packet", "x baseline", "ns over base");
     let mut json = Vec::new();
     for p in &paths {
         let m = median(p.samples.clone());
-        println!(
-            "{:<24} {:>10.1} {:>12.2} {:>14.1}",
-            p.name,
-            m,
-            m / baseline,
-            m - baseline
-        );
+        println!("{:<24} {:>10.1} {:>12.2} {:>14.1}", p.name, m, m / baseline, m - baseline);
         json.push(serde_json::json!({
             "path": p.name,
             "median_ns": m,
@@ -292,8 +201,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(dir) = std::path::Path::new(&file).parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        std::fs::write(&file, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("writing {file}"))?;
+        std::fs::write(&file, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {file}"))?;
         println!("written to {file}");
     }
     Ok(())

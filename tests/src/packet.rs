@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 
 use etherparse::{
-    IpHeaders, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Extensions, Ipv4Header, Ipv6Extensions,
-    Ipv6FlowLabel, Ipv6Header, PacketBuilder, VlanId,
+    IpHeaders, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6FlowLabel, Ipv6Header,
+    PacketBuilder, VlanId,
 };
 use lb_common::{family, flow::FlowKey};
 
@@ -55,14 +55,7 @@ impl Flow {
     pub fn key(&self) -> FlowKey {
         let (family, src) = key_addr(self.src);
         let (_, dst) = key_addr(self.dst);
-        FlowKey::new(
-            family,
-            self.protocol.number(),
-            src,
-            self.src_port,
-            dst,
-            self.dst_port,
-        )
+        FlowKey::new(family, self.protocol.number(), src, self.src_port, dst, self.dst_port)
     }
 }
 
@@ -79,13 +72,7 @@ pub struct Shape {
 
 impl Default for Shape {
     fn default() -> Self {
-        Self {
-            vlan: None,
-            ttl: 64,
-            tos: 0,
-            dont_fragment: true,
-            payload_len: 32,
-        }
+        Self { vlan: None, ttl: 64, tos: 0, dont_fragment: true, payload_len: 32 }
     }
 }
 
@@ -93,14 +80,8 @@ impl Default for Shape {
 pub fn frame(flow: &Flow, shape: &Shape) -> Vec<u8> {
     let ip = match (flow.src, flow.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut h = Ipv4Header::new(
-                0,
-                shape.ttl,
-                IpNumber(flow.protocol.number()),
-                s.octets(),
-                d.octets(),
-            )
-            .expect("valid header");
+            let mut h = Ipv4Header::new(0, shape.ttl, IpNumber(flow.protocol.number()), s.octets(), d.octets())
+                .expect("valid header");
             h.dscp = Ipv4Dscp::try_new(shape.tos >> 2).expect("6 bits");
             h.ecn = Ipv4Ecn::try_new(shape.tos & 3).expect("2 bits");
             h.dont_fragment = shape.dont_fragment;
@@ -124,19 +105,12 @@ pub fn frame(flow: &Flow, shape: &Shape) -> Vec<u8> {
     let payload = vec![0x5a; shape.payload_len];
     let mut out = Vec::new();
     let l3 = match shape.vlan {
-        Some(id) => eth
-            .single_vlan(VlanId::try_new(id).expect("12-bit VLAN id"))
-            .ip(ip),
+        Some(id) => eth.single_vlan(VlanId::try_new(id).expect("12-bit VLAN id")).ip(ip),
         None => eth.ip(ip),
     };
     match flow.protocol {
-        Protocol::Tcp => l3
-            .tcp(flow.src_port, flow.dst_port, 1000, 64_000)
-            .syn()
-            .write(&mut out, &payload),
-        Protocol::Udp => l3
-            .udp(flow.src_port, flow.dst_port)
-            .write(&mut out, &payload),
+        Protocol::Tcp => l3.tcp(flow.src_port, flow.dst_port, 1000, 64_000).syn().write(&mut out, &payload),
+        Protocol::Udp => l3.udp(flow.src_port, flow.dst_port).write(&mut out, &payload),
     }
     .expect("frame fits");
     out
@@ -190,14 +164,7 @@ pub fn encapsulated(input: &[u8], l3: usize, e: &Encap) -> Vec<u8> {
     match (e.outer_src, e.outer_dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             out.extend_from_slice(&0x0800u16.to_be_bytes());
-            let mut h = Ipv4Header::new(
-                inner.len() as u16,
-                64,
-                inner_protocol,
-                s.octets(),
-                d.octets(),
-            )
-            .expect("valid");
+            let mut h = Ipv4Header::new(inner.len() as u16, 64, inner_protocol, s.octets(), d.octets()).expect("valid");
             h.dscp = Ipv4Dscp::try_new(tos >> 2).expect("6 bits");
             h.ecn = Ipv4Ecn::try_new(tos & 3).expect("2 bits");
             h.dont_fragment = dont_fragment;

@@ -33,11 +33,7 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
         .output()
         .with_context(|| format!("running {program}: is it installed? (`cargo xtask deps`)"))?;
     if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

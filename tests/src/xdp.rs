@@ -51,12 +51,7 @@ pub fn run_once(program: &Xdp, frame: &[u8], ingress_ifindex: Option<u32>) -> an
     });
     let ctx_bytes = ctx.as_ref().map(|md| {
         // SAFETY: XdpMd is repr(C) plain integers.
-        unsafe {
-            std::slice::from_raw_parts(
-                (md as *const XdpMd).cast::<u8>(),
-                std::mem::size_of::<XdpMd>(),
-            )
-        }
+        unsafe { std::slice::from_raw_parts((md as *const XdpMd).cast::<u8>(), std::mem::size_of::<XdpMd>()) }
     });
     let result = program
         .test_run(TestRunOptions {
@@ -68,9 +63,5 @@ pub fn run_once(program: &Xdp, frame: &[u8], ingress_ifindex: Option<u32>) -> an
         })
         .context("BPF_PROG_RUN")?;
     output.truncate(result.data_size_out as usize);
-    Ok(Run {
-        verdict: result.return_value,
-        output,
-        duration: result.duration,
-    })
+    Ok(Run { verdict: result.return_value, output, duration: result.duration })
 }

@@ -23,8 +23,8 @@ use lb_common::{
 };
 use lb_tests::{
     packet::{
-        BALANCER_MAC, CLIENT_MAC, Encap, Flow, Protocol, Shape, encapsulated, fix_ipv4_checksum,
-        frame, key_addr, l3_offset,
+        BALANCER_MAC, CLIENT_MAC, Encap, Flow, Protocol, Shape, encapsulated, fix_ipv4_checksum, frame, key_addr,
+        l3_offset,
     },
     privileged::{enter_private_netns, require_root, run},
     xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, run_once, verdict_name},
@@ -52,20 +52,11 @@ const MTU: u16 = 1500;
 const UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
 
 fn v4_backends() -> Vec<(u32, IpAddr)> {
-    (1..=3)
-        .map(|i| (i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8))))
-        .collect()
+    (1..=3).map(|i| (i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8)))).collect()
 }
 
 fn v6_backends() -> Vec<(u32, IpAddr)> {
-    (11..=13)
-        .map(|i| {
-            (
-                i,
-                IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, i as u16)),
-            )
-        })
-        .collect()
+    (11..=13).map(|i| (i, IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, i as u16)))).collect()
 }
 
 fn config() -> DataplaneConfig {
@@ -95,9 +86,7 @@ struct Env {
 
 impl Env {
     fn new() -> anyhow::Result<Self> {
-        let mut balancer = Balancer::load(BalancerSizes {
-            flow_table_entries: 4096,
-        })?;
+        let mut balancer = Balancer::load(BalancerSizes { flow_table_entries: 4096 })?;
         balancer.set_config(&config())?;
         let mut decap = Decap::load()?;
         for addr in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
@@ -122,13 +111,9 @@ impl Env {
         env.vip(5, VIP4_V6_BACKENDS.into(), 80, Protocol::Tcp, &v6, 251)?;
         env.vip(6, VIP4_EMPTY.into(), 80, Protocol::Tcp, &[], 251)?;
         env.vip(7, VIP6_V4_BACKENDS.into(), 80, Protocol::Tcp, &v4, 251)?;
-        let rebuild: Vec<_> = (0..4)
-            .map(|i| (40 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 12, i as u8 + 1))))
-            .collect();
+        let rebuild: Vec<_> = (0..4).map(|i| (40 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 12, i as u8 + 1)))).collect();
         env.vip(8, VIP4_REBUILD.into(), 80, Protocol::Tcp, &rebuild, 251)?;
-        let removal: Vec<_> = (0..2)
-            .map(|i| (50 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 13, i as u8 + 1))))
-            .collect();
+        let removal: Vec<_> = (0..2).map(|i| (50 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 13, i as u8 + 1)))).collect();
         env.vip(9, VIP4_REMOVAL.into(), 80, Protocol::Tcp, &removal, 251)?;
         Ok(env)
     }
@@ -150,18 +135,9 @@ impl Env {
             let (bf, ba) = key_addr(backend);
             self.balancer.set_backend(id, &Backend::new(bf, ba))?;
             self.backends.insert(id, backend);
-            maglev.push(MaglevBackend {
-                addr: ba,
-                family: bf,
-                weight: 1,
-                id,
-            });
+            maglev.push(MaglevBackend { addr: ba, family: bf, weight: 1, id });
         }
-        let table = if maglev.is_empty() {
-            Vec::new()
-        } else {
-            build_table(&maglev, size)?
-        };
+        let table = if maglev.is_empty() { Vec::new() } else { build_table(&maglev, size)? };
         self.balancer.install_vip(&key, index, &table)?;
         self.vips.insert(key, (index, table));
         Ok(())
@@ -176,17 +152,12 @@ impl Env {
         let (family, a) = key_addr(flow.dst);
         let exact = VipKey::new(family, a, flow.dst_port, flow.protocol.number());
         let any = VipKey::new(family, a, 0, flow.protocol.number());
-        self.vips
-            .get(&exact)
-            .or_else(|| self.vips.get(&any))
-            .map(|(i, t)| (*i, t))
+        self.vips.get(&exact).or_else(|| self.vips.get(&any)).map(|(i, t)| (*i, t))
     }
 
     /// The backend the userspace copy of the table picks for a new flow.
     fn predict(&self, flow: &Flow) -> anyhow::Result<(u32, u32, IpAddr)> {
-        let (index, table) = self
-            .lookup_vip(flow)
-            .ok_or_else(|| anyhow!("no VIP for {flow:?}"))?;
+        let (index, table) = self.lookup_vip(flow).ok_or_else(|| anyhow!("no VIP for {flow:?}"))?;
         let id = table[table_slot(flow_hash(&flow.key()), table.len() as u32) as usize];
         Ok((index, id, self.backends[&id]))
     }
@@ -218,20 +189,10 @@ struct Expect {
 
 impl Expect {
     fn pass(reason: Reason) -> Self {
-        Expect {
-            verdict: XDP_PASS,
-            reason,
-            output: None,
-            forwarded: None,
-        }
+        Expect { verdict: XDP_PASS, reason, output: None, forwarded: None }
     }
     fn drop(reason: Reason) -> Self {
-        Expect {
-            verdict: XDP_DROP,
-            reason,
-            output: None,
-            forwarded: None,
-        }
+        Expect { verdict: XDP_DROP, reason, output: None, forwarded: None }
     }
 }
 
@@ -239,10 +200,7 @@ impl Expect {
 fn check(env: &mut Env, input: &[u8], ingress: Option<u32>, expect: &Expect) -> anyhow::Result<()> {
     let reasons_before = env.reasons()?;
     let counters_before = match expect.forwarded {
-        Some((vip, backend, _)) => Some((
-            env.balancer.vip_counters(vip)?,
-            env.balancer.backend_counters(backend)?,
-        )),
+        Some((vip, backend, _)) => Some((env.balancer.vip_counters(vip)?, env.balancer.backend_counters(backend)?)),
         None => None,
     };
     let run = run_once(env.balancer.program()?, input, ingress)?;
@@ -256,25 +214,15 @@ fn check(env: &mut Env, input: &[u8], ingress: Option<u32>, expect: &Expect) -> 
     if expect.verdict != XDP_DROP {
         let want = expect.output.as_deref().unwrap_or(input);
         if run.output != want {
-            bail!(
-                "output differs\n  got:  {}\n  want: {}",
-                hex(&run.output),
-                hex(want)
-            );
+            bail!("output differs\n  got:  {}\n  want: {}", hex(&run.output), hex(want));
         }
     }
     check_reason(&reasons_before, &env.reasons()?, expect.reason, input.len())?;
-    if let (Some((vip, backend, new_flow)), Some((vip_before, backend_before))) =
-        (expect.forwarded, counters_before)
-    {
-        let (vip_after, backend_after) = (
-            env.balancer.vip_counters(vip)?,
-            env.balancer.backend_counters(backend)?,
-        );
+    if let (Some((vip, backend, new_flow)), Some((vip_before, backend_before))) = (expect.forwarded, counters_before) {
+        let (vip_after, backend_after) = (env.balancer.vip_counters(vip)?, env.balancer.backend_counters(backend)?);
         let bytes = input.len() as u64;
         ensure!(
-            vip_after.packets == vip_before.packets + 1
-                && vip_after.bytes == vip_before.bytes + bytes,
+            vip_after.packets == vip_before.packets + 1 && vip_after.bytes == vip_before.bytes + bytes,
             "VIP {vip} traffic counters {vip_before:?} -> {vip_after:?}"
         );
         ensure!(
@@ -284,8 +232,7 @@ fn check(env: &mut Env, input: &[u8], ingress: Option<u32>, expect: &Expect) -> 
             vip_after.new_flows
         );
         ensure!(
-            backend_after.packets == backend_before.packets + 1
-                && backend_after.bytes == backend_before.bytes + bytes,
+            backend_after.packets == backend_before.packets + 1 && backend_after.bytes == backend_before.bytes + bytes,
             "backend {backend} counters {backend_before:?} -> {backend_after:?}"
         );
     }
@@ -293,22 +240,10 @@ fn check(env: &mut Env, input: &[u8], ingress: Option<u32>, expect: &Expect) -> 
 }
 
 /// Exactly one packet of `len` bytes was counted, under `reason`.
-fn check_reason(
-    before: &[ReasonCounter],
-    after: &[ReasonCounter],
-    reason: Reason,
-    len: usize,
-) -> anyhow::Result<()> {
+fn check_reason(before: &[ReasonCounter], after: &[ReasonCounter], reason: Reason, len: usize) -> anyhow::Result<()> {
     for (i, r) in Reason::ALL.iter().enumerate() {
-        let (packets, bytes) = (
-            after[i].packets - before[i].packets,
-            after[i].bytes - before[i].bytes,
-        );
-        let want = if *r == reason {
-            (1, len as u64)
-        } else {
-            (0, 0)
-        };
+        let (packets, bytes) = (after[i].packets - before[i].packets, after[i].bytes - before[i].bytes);
+        let want = if *r == reason { (1, len as u64) } else { (0, 0) };
         ensure!(
             (packets, bytes) == want,
             "counter {}: +{packets} packets/+{bytes} bytes, expected +{}/+{}",
@@ -326,13 +261,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Expectation for a packet the balancer must encapsulate towards the predicted backend and
 /// send to the fallback MAC.
-fn expect_encap(
-    env: &Env,
-    flow: &Flow,
-    input: &[u8],
-    shape: &Shape,
-    new_flow: bool,
-) -> anyhow::Result<Expect> {
+fn expect_encap(env: &Env, flow: &Flow, input: &[u8], shape: &Shape, new_flow: bool) -> anyhow::Result<Expect> {
     let (vip, id, backend) = env.predict(flow)?;
     let encap = Encap {
         outer_src: Env::outer_src(flow, backend),
@@ -353,28 +282,12 @@ type Shared = Arc<Mutex<Env>>;
 type Body = fn(&mut Env) -> anyhow::Result<()>;
 
 fn flow(env: &mut Env, protocol: Protocol, dst: IpAddr, dst_port: u16) -> Flow {
-    let src = if dst.is_ipv4() {
-        IpAddr::V4(CLIENT4)
-    } else {
-        IpAddr::V6(CLIENT6)
-    };
-    Flow {
-        protocol,
-        src,
-        src_port: env.port(),
-        dst,
-        dst_port,
-    }
+    let src = if dst.is_ipv4() { IpAddr::V4(CLIENT4) } else { IpAddr::V6(CLIENT6) };
+    Flow { protocol, src, src_port: env.port(), dst, dst_port }
 }
 
 /// A new flow to a VIP: encapsulated to the predicted backend.
-fn encap_case(
-    env: &mut Env,
-    protocol: Protocol,
-    dst: IpAddr,
-    port: u16,
-    shape: Shape,
-) -> anyhow::Result<()> {
+fn encap_case(env: &mut Env, protocol: Protocol, dst: IpAddr, port: u16, shape: Shape) -> anyhow::Result<()> {
     let f = flow(env, protocol, dst, port);
     let input = frame(&f, &shape);
     let expect = expect_encap(env, &f, &input, &shape, true)?;
@@ -446,173 +359,52 @@ fn icmpv6_frame(icmp_type: u8, dst: Ipv6Addr) -> Vec<u8> {
 fn cases() -> Vec<(&'static str, Body)> {
     vec![
         // Forwarded traffic: exact encapsulated bytes, counters, and a flow-table hit.
-        ("encap/tcp4_to_vip", |e| {
-            encap_case(e, Protocol::Tcp, VIP4.into(), 80, Shape::default())
-        }),
-        ("encap/udp4_to_vip", |e| {
-            encap_case(e, Protocol::Udp, VIP4.into(), 53, Shape::default())
-        }),
-        ("encap/tcp6_to_vip", |e| {
-            encap_case(e, Protocol::Tcp, VIP6.into(), 80, Shape::default())
-        }),
-        ("encap/udp6_to_vip", |e| {
-            encap_case(e, Protocol::Udp, VIP6.into(), 53, Shape::default())
-        }),
+        ("encap/tcp4_to_vip", |e| encap_case(e, Protocol::Tcp, VIP4.into(), 80, Shape::default())),
+        ("encap/udp4_to_vip", |e| encap_case(e, Protocol::Udp, VIP4.into(), 53, Shape::default())),
+        ("encap/tcp6_to_vip", |e| encap_case(e, Protocol::Tcp, VIP6.into(), 80, Shape::default())),
+        ("encap/udp6_to_vip", |e| encap_case(e, Protocol::Udp, VIP6.into(), 53, Shape::default())),
         ("encap/all_ports_vip_port_8443", |e| {
-            encap_case(
-                e,
-                Protocol::Tcp,
-                VIP4_ALL_PORTS.into(),
-                8443,
-                Shape::default(),
-            )
+            encap_case(e, Protocol::Tcp, VIP4_ALL_PORTS.into(), 8443, Shape::default())
         }),
-        ("encap/all_ports_vip_port_22", |e| {
-            encap_case(
-                e,
-                Protocol::Tcp,
-                VIP4_ALL_PORTS.into(),
-                22,
-                Shape::default(),
-            )
-        }),
+        ("encap/all_ports_vip_port_22", |e| encap_case(e, Protocol::Tcp, VIP4_ALL_PORTS.into(), 22, Shape::default())),
         ("encap/ipv4_vip_ipv6_backends", |e| {
-            encap_case(
-                e,
-                Protocol::Tcp,
-                VIP4_V6_BACKENDS.into(),
-                80,
-                Shape::default(),
-            )
+            encap_case(e, Protocol::Tcp, VIP4_V6_BACKENDS.into(), 80, Shape::default())
         }),
         ("encap/ipv6_vip_ipv4_backends", |e| {
-            encap_case(
-                e,
-                Protocol::Tcp,
-                VIP6_V4_BACKENDS.into(),
-                80,
-                Shape::default(),
-            )
+            encap_case(e, Protocol::Tcp, VIP6_V4_BACKENDS.into(), 80, Shape::default())
         }),
         ("encap/vlan_tagged_tcp4_keeps_tag", |e| {
-            encap_case(
-                e,
-                Protocol::Tcp,
-                VIP4.into(),
-                80,
-                Shape {
-                    vlan: Some(100),
-                    ..Shape::default()
-                },
-            )
+            encap_case(e, Protocol::Tcp, VIP4.into(), 80, Shape { vlan: Some(100), ..Shape::default() })
         }),
         ("encap/vlan_tagged_udp6_keeps_tag", |e| {
-            encap_case(
-                e,
-                Protocol::Udp,
-                VIP6.into(),
-                53,
-                Shape {
-                    vlan: Some(4094),
-                    ..Shape::default()
-                },
-            )
+            encap_case(e, Protocol::Udp, VIP6.into(), 53, Shape { vlan: Some(4094), ..Shape::default() })
         }),
         ("encap/dscp_and_ecn_copied_v4", |e| {
-            encap_case(
-                e,
-                Protocol::Udp,
-                VIP4.into(),
-                53,
-                Shape {
-                    tos: 0xb8 | 0b10,
-                    ..Shape::default()
-                },
-            )
+            encap_case(e, Protocol::Udp, VIP4.into(), 53, Shape { tos: 0xb8 | 0b10, ..Shape::default() })
         }),
         ("encap/traffic_class_copied_v6", |e| {
-            encap_case(
-                e,
-                Protocol::Tcp,
-                VIP6.into(),
-                80,
-                Shape {
-                    tos: 0x28 | 0b01,
-                    ..Shape::default()
-                },
-            )
+            encap_case(e, Protocol::Tcp, VIP6.into(), 80, Shape { tos: 0x28 | 0b01, ..Shape::default() })
         }),
         ("encap/df_clear_copied", |e| {
-            encap_case(
-                e,
-                Protocol::Udp,
-                VIP4.into(),
-                53,
-                Shape {
-                    dont_fragment: false,
-                    ..Shape::default()
-                },
-            )
+            encap_case(e, Protocol::Udp, VIP4.into(), 53, Shape { dont_fragment: false, ..Shape::default() })
         }),
         ("encap/ttl_1_forwarded_unchanged", |e| {
-            encap_case(
-                e,
-                Protocol::Tcp,
-                VIP4.into(),
-                80,
-                Shape {
-                    ttl: 1,
-                    ..Shape::default()
-                },
-            )
+            encap_case(e, Protocol::Tcp, VIP4.into(), 80, Shape { ttl: 1, ..Shape::default() })
         }),
         ("encap/hop_limit_1_forwarded_unchanged", |e| {
-            encap_case(
-                e,
-                Protocol::Udp,
-                VIP6.into(),
-                53,
-                Shape {
-                    ttl: 1,
-                    ..Shape::default()
-                },
-            )
+            encap_case(e, Protocol::Udp, VIP6.into(), 53, Shape { ttl: 1, ..Shape::default() })
         }),
         ("mtu/ipv4_exactly_at_mtu_forwarded", |e| {
-            encap_case(
-                e,
-                Protocol::Tcp,
-                VIP4.into(),
-                80,
-                Shape {
-                    payload_len: 1440,
-                    ..Shape::default()
-                },
-            )
+            encap_case(e, Protocol::Tcp, VIP4.into(), 80, Shape { payload_len: 1440, ..Shape::default() })
         }),
         ("mtu/ipv6_exactly_at_mtu_forwarded", |e| {
-            encap_case(
-                e,
-                Protocol::Tcp,
-                VIP6.into(),
-                80,
-                Shape {
-                    payload_len: 1400,
-                    ..Shape::default()
-                },
-            )
+            encap_case(e, Protocol::Tcp, VIP6.into(), 80, Shape { payload_len: 1400, ..Shape::default() })
         }),
         ("mtu/ipv4_one_byte_over_dropped", |e| {
             let f = flow(e, Protocol::Tcp, VIP4.into(), 80);
             check(
                 e,
-                &frame(
-                    &f,
-                    &Shape {
-                        payload_len: 1441,
-                        ..Shape::default()
-                    },
-                ),
+                &frame(&f, &Shape { payload_len: 1441, ..Shape::default() }),
                 None,
                 &Expect::drop(Reason::DropTooBig),
             )
@@ -621,21 +413,13 @@ fn cases() -> Vec<(&'static str, Body)> {
             let f = flow(e, Protocol::Tcp, VIP6.into(), 80);
             check(
                 e,
-                &frame(
-                    &f,
-                    &Shape {
-                        payload_len: 1401,
-                        ..Shape::default()
-                    },
-                ),
+                &frame(&f, &Shape { payload_len: 1401, ..Shape::default() }),
                 None,
                 &Expect::drop(Reason::DropTooBig),
             )
         }),
         // Not for a VIP: passed byte for byte.
-        ("pass/arp", |e| {
-            check(e, &arp_frame(), None, &Expect::pass(Reason::PassNotIp))
-        }),
+        ("pass/arp", |e| check(e, &arp_frame(), None, &Expect::pass(Reason::PassNotIp))),
         ("pass/lldp", |e| {
             let mut f = vec![0x01, 0x80, 0xc2, 0, 0, 0x0e];
             f.extend_from_slice(&CLIENT_MAC);
@@ -649,20 +433,10 @@ fn cases() -> Vec<(&'static str, Body)> {
         }),
         ("pass/ipv6_neighbour_solicitation", |e| {
             let target = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1);
-            check(
-                e,
-                &icmpv6_frame(135, target),
-                None,
-                &Expect::pass(Reason::PassNotVip),
-            )
+            check(e, &icmpv6_frame(135, target), None, &Expect::pass(Reason::PassNotVip))
         }),
         ("pass/ipv6_neighbour_advertisement_to_vip_address", |e| {
-            check(
-                e,
-                &icmpv6_frame(136, VIP6),
-                None,
-                &Expect::pass(Reason::PassNotVip),
-            )
+            check(e, &icmpv6_frame(136, VIP6), None, &Expect::pass(Reason::PassNotVip))
         }),
         ("pass/icmp_echo_to_vip_address", |e| {
             let mut f = Vec::new();
@@ -674,49 +448,22 @@ fn cases() -> Vec<(&'static str, Body)> {
         }),
         ("pass/tcp4_not_a_vip", |e| {
             let f = flow(e, Protocol::Tcp, NOT_VIP4.into(), 80);
-            check(
-                e,
-                &frame(&f, &Shape::default()),
-                None,
-                &Expect::pass(Reason::PassNotVip),
-            )
+            check(e, &frame(&f, &Shape::default()), None, &Expect::pass(Reason::PassNotVip))
         }),
         ("pass/tcp6_not_a_vip", |e| {
             let f = flow(e, Protocol::Tcp, NOT_VIP6.into(), 80);
-            check(
-                e,
-                &frame(&f, &Shape::default()),
-                None,
-                &Expect::pass(Reason::PassNotVip),
-            )
+            check(e, &frame(&f, &Shape::default()), None, &Expect::pass(Reason::PassNotVip))
         }),
         ("pass/vip_address_other_port", |e| {
             let f = flow(e, Protocol::Tcp, VIP4.into(), 81);
-            check(
-                e,
-                &frame(&f, &Shape::default()),
-                None,
-                &Expect::pass(Reason::PassNotVip),
-            )
+            check(e, &frame(&f, &Shape::default()), None, &Expect::pass(Reason::PassNotVip))
         }),
         ("pass/vip_port_other_protocol", |e| {
             let f = flow(e, Protocol::Udp, VIP4.into(), 80);
-            check(
-                e,
-                &frame(&f, &Shape::default()),
-                None,
-                &Expect::pass(Reason::PassNotVip),
-            )
+            check(e, &frame(&f, &Shape::default()), None, &Expect::pass(Reason::PassNotVip))
         }),
         ("pass/ipv4_options_not_for_a_vip", |e| {
-            edited_case(
-                e,
-                Protocol::Tcp,
-                NOT_VIP4.into(),
-                80,
-                add_ipv4_options,
-                Expect::pass(Reason::PassNotVip),
-            )
+            edited_case(e, Protocol::Tcp, NOT_VIP4.into(), 80, add_ipv4_options, Expect::pass(Reason::PassNotVip))
         }),
         ("pass/ipv4_fragment_not_for_a_vip", |e| {
             edited_case(
@@ -733,14 +480,7 @@ fn cases() -> Vec<(&'static str, Body)> {
         }),
         // Policy drops for VIP addresses.
         ("drop/ipv4_options", |e| {
-            edited_case(
-                e,
-                Protocol::Tcp,
-                VIP4.into(),
-                80,
-                add_ipv4_options,
-                Expect::drop(Reason::DropIpv4Options),
-            )
+            edited_case(e, Protocol::Tcp, VIP4.into(), 80, add_ipv4_options, Expect::drop(Reason::DropIpv4Options))
         }),
         ("drop/ipv4_first_fragment", |e| {
             edited_case(
@@ -917,82 +657,37 @@ fn cases() -> Vec<(&'static str, Body)> {
             )
         }),
         ("drop/ipv6_hop_limit_0", |e| {
-            edited_case(
-                e,
-                Protocol::Udp,
-                VIP6.into(),
-                53,
-                |f, l3| f[l3 + 7] = 0,
-                Expect::drop(Reason::DropTtlExpired),
-            )
+            edited_case(e, Protocol::Udp, VIP6.into(), 53, |f, l3| f[l3 + 7] = 0, Expect::drop(Reason::DropTtlExpired))
         }),
         ("drop/vip_without_backends", |e| {
             let f = flow(e, Protocol::Tcp, VIP4_EMPTY.into(), 80);
-            check(
-                e,
-                &frame(&f, &Shape::default()),
-                None,
-                &Expect::drop(Reason::DropNoBackend),
-            )
+            check(e, &frame(&f, &Shape::default()), None, &Expect::drop(Reason::DropNoBackend))
         }),
         // Truncation at every byte of the headers (BPF_PROG_RUN refuses frames under 14 bytes).
-        ("truncated/tcp4_every_cut", |e| {
-            truncation_sweep(e, Protocol::Tcp, VIP4.into(), 80, None)
-        }),
-        ("truncated/udp4_every_cut", |e| {
-            truncation_sweep(e, Protocol::Udp, VIP4.into(), 53, None)
-        }),
-        ("truncated/tcp6_every_cut", |e| {
-            truncation_sweep(e, Protocol::Tcp, VIP6.into(), 80, None)
-        }),
-        ("truncated/udp6_every_cut", |e| {
-            truncation_sweep(e, Protocol::Udp, VIP6.into(), 53, None)
-        }),
-        ("truncated/vlan_tcp4_every_cut", |e| {
-            truncation_sweep(e, Protocol::Tcp, VIP4.into(), 80, Some(7))
-        }),
-        ("truncated/vlan_udp6_every_cut", |e| {
-            truncation_sweep(e, Protocol::Udp, VIP6.into(), 53, Some(7))
-        }),
+        ("truncated/tcp4_every_cut", |e| truncation_sweep(e, Protocol::Tcp, VIP4.into(), 80, None)),
+        ("truncated/udp4_every_cut", |e| truncation_sweep(e, Protocol::Udp, VIP4.into(), 53, None)),
+        ("truncated/tcp6_every_cut", |e| truncation_sweep(e, Protocol::Tcp, VIP6.into(), 80, None)),
+        ("truncated/udp6_every_cut", |e| truncation_sweep(e, Protocol::Udp, VIP6.into(), 53, None)),
+        ("truncated/vlan_tcp4_every_cut", |e| truncation_sweep(e, Protocol::Tcp, VIP4.into(), 80, Some(7))),
+        ("truncated/vlan_udp6_every_cut", |e| truncation_sweep(e, Protocol::Udp, VIP6.into(), 53, Some(7))),
         ("truncated/not_a_vip_every_cut_passes", |e| {
             let f = flow(e, Protocol::Tcp, NOT_VIP4.into(), 80);
             let full = frame(&f, &Shape::default());
             for cut in 14..full.len() {
-                let reason = if cut < 14 + 20 {
-                    Reason::PassUnparseable
-                } else {
-                    Reason::PassNotVip
-                };
-                check(e, &full[..cut], None, &Expect::pass(reason))
-                    .with_context(|| format!("cut at {cut} bytes"))?;
+                let reason = if cut < 14 + 20 { Reason::PassUnparseable } else { Reason::PassNotVip };
+                check(e, &full[..cut], None, &Expect::pass(reason)).with_context(|| format!("cut at {cut} bytes"))?;
             }
             Ok(())
         }),
         // Flow table and table changes.
-        (
-            "flows/hit_keeps_backend_after_table_rebuilt_without_it",
-            flow_survives_rebuild,
-        ),
-        (
-            "flows/removed_backend_is_rescheduled",
-            removed_backend_rescheduled,
-        ),
+        ("flows/hit_keeps_backend_after_table_rebuilt_without_it", flow_survives_rebuild),
+        ("flows/removed_backend_is_rescheduled", removed_backend_rescheduled),
         ("flows/udp_idle_timeout_reschedules", udp_idle_timeout),
         ("flows/removed_vip_passes", |e| {
-            let key = VipKey::new(
-                lb_common::family::IPV4,
-                key_addr(VIP4_ALL_PORTS.into()).1,
-                0,
-                6,
-            );
+            let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_ALL_PORTS.into()).1, 0, 6);
             e.balancer.remove_vip(&key)?;
             let f = flow(e, Protocol::Tcp, VIP4_ALL_PORTS.into(), 443);
-            let result = check(
-                e,
-                &frame(&f, &Shape::default()),
-                None,
-                &Expect::pass(Reason::PassNotVip),
-            );
+            let result = check(e, &frame(&f, &Shape::default()), None, &Expect::pass(Reason::PassNotVip));
             let (index, table) = e.vips[&key].clone();
             e.balancer.install_vip(&key, index, &table)?;
             result
@@ -1001,57 +696,30 @@ fn cases() -> Vec<(&'static str, Body)> {
         ("nexthop/fib_same_interface_tx", fib_same_interface),
         ("nexthop/fib_other_interface_redirect", fib_other_interface),
         ("nexthop/fib_route_mtu_too_big", fib_route_mtu),
-        (
-            "nexthop/vlan_tagged_other_interface_uses_fallback",
-            fib_vlan_other_interface,
-        ),
+        ("nexthop/vlan_tagged_other_interface_uses_fallback", fib_vlan_other_interface),
         // Backend-side decapsulation.
-        ("decap/ipip", |e| {
-            decap_case(e, VIP4.into(), "198.18.10.1", 0, 0, true)
-        }),
-        ("decap/ip6ip6", |e| {
-            decap_case(e, VIP6.into(), "fd00:10::1", 0, 0, true)
-        }),
-        ("decap/ipv4_in_ipv6", |e| {
-            decap_case(e, VIP4.into(), "fd00:10::1", 0, 0, true)
-        }),
-        ("decap/ipv6_in_ipv4", |e| {
-            decap_case(e, VIP6.into(), "198.18.10.1", 0, 0, true)
-        }),
-        ("decap/ce_copied_to_ect_inner_v4", |e| {
-            decap_case(e, VIP4.into(), "198.18.10.1", 0b10, 0b11, true)
-        }),
-        ("decap/ce_copied_to_ect_inner_v6", |e| {
-            decap_case(e, VIP6.into(), "fd00:10::1", 0b01, 0b11, true)
-        }),
-        ("decap/ce_not_copied_to_not_ect_inner", |e| {
-            decap_case(e, VIP4.into(), "198.18.10.1", 0, 0b11, true)
-        }),
+        ("decap/ipip", |e| decap_case(e, VIP4.into(), "198.18.10.1", 0, 0, true)),
+        ("decap/ip6ip6", |e| decap_case(e, VIP6.into(), "fd00:10::1", 0, 0, true)),
+        ("decap/ipv4_in_ipv6", |e| decap_case(e, VIP4.into(), "fd00:10::1", 0, 0, true)),
+        ("decap/ipv6_in_ipv4", |e| decap_case(e, VIP6.into(), "198.18.10.1", 0, 0, true)),
+        ("decap/ce_copied_to_ect_inner_v4", |e| decap_case(e, VIP4.into(), "198.18.10.1", 0b10, 0b11, true)),
+        ("decap/ce_copied_to_ect_inner_v6", |e| decap_case(e, VIP6.into(), "fd00:10::1", 0b01, 0b11, true)),
+        ("decap/ce_not_copied_to_not_ect_inner", |e| decap_case(e, VIP4.into(), "198.18.10.1", 0, 0b11, true)),
         ("decap/unknown_inner_vip_passes_untouched", |e| {
             decap_case(e, VIP4_ALL_PORTS.into(), "198.18.10.1", 0, 0, false)
         }),
         ("decap/plain_traffic_passes_untouched", |e| {
             let f = flow(e, Protocol::Tcp, VIP4.into(), 80);
-            decap_check(
-                e,
-                &frame(&f, &Shape::default()),
-                None,
-                Reason::DecapPassNotTunnel,
-            )
+            decap_check(e, &frame(&f, &Shape::default()), None, Reason::DecapPassNotTunnel)
         }),
-        ("decap/arp_passes_untouched", |e| {
-            decap_check(e, &arp_frame(), None, Reason::DecapPassNotTunnel)
-        }),
+        ("decap/arp_passes_untouched", |e| decap_check(e, &arp_frame(), None, Reason::DecapPassNotTunnel)),
         ("decap/truncated_inner_header_passes", |e| {
             let f = flow(e, Protocol::Tcp, VIP4.into(), 80);
             let input = frame(&f, &Shape::default());
             let tunnel = encapsulated(&input, 14, &encap_to("198.18.10.1"));
             decap_check(e, &tunnel[..14 + 20 + 19], None, Reason::PassUnparseable)
         }),
-        (
-            "decap/balancer_output_round_trips",
-            balancer_decap_round_trip,
-        ),
+        ("decap/balancer_output_round_trips", balancer_decap_round_trip),
     ]
 }
 
@@ -1073,34 +741,21 @@ fn truncation_sweep(
     vlan: Option<u16>,
 ) -> anyhow::Result<()> {
     let f = flow(env, protocol, dst, port);
-    let shape = Shape {
-        vlan,
-        payload_len: 8,
-        ..Shape::default()
-    };
+    let shape = Shape { vlan, payload_len: 8, ..Shape::default() };
     let full = frame(&f, &shape);
     let ip_header = if dst.is_ipv4() { 20 } else { 40 };
     let readable = l3_offset(&shape) + ip_header;
     for cut in 14..full.len() {
-        let expect = if cut < readable {
-            Expect::pass(Reason::PassUnparseable)
-        } else {
-            Expect::drop(Reason::DropTruncated)
-        };
-        check(env, &full[..cut], None, &expect)
-            .with_context(|| format!("cut at {cut} of {} bytes", full.len()))?;
+        let expect =
+            if cut < readable { Expect::pass(Reason::PassUnparseable) } else { Expect::drop(Reason::DropTruncated) };
+        check(env, &full[..cut], None, &expect).with_context(|| format!("cut at {cut} of {} bytes", full.len()))?;
     }
     let expect = expect_encap(env, &f, &full, &shape, true)?;
     check(env, &full, None, &expect).context("whole frame")
 }
 
 fn rebuild_key() -> VipKey {
-    VipKey::new(
-        lb_common::family::IPV4,
-        key_addr(VIP4_REBUILD.into()).1,
-        80,
-        6,
-    )
+    VipKey::new(lb_common::family::IPV4, key_addr(VIP4_REBUILD.into()).1, 80, 6)
 }
 
 /// A flow keeps its backend when the table is rebuilt without that backend's slots; a new flow
@@ -1111,12 +766,7 @@ fn flow_survives_rebuild(env: &mut Env) -> anyhow::Result<()> {
     let established = flow(env, Protocol::Tcp, VIP4_REBUILD.into(), 80);
     let input = frame(&established, &shape);
     let (_, owner, _) = env.predict(&established)?;
-    check(
-        env,
-        &input,
-        None,
-        &expect_encap(env, &established, &input, &shape, true)?,
-    )?;
+    check(env, &input, None, &expect_encap(env, &established, &input, &shape, true)?)?;
     let before = expect_encap(env, &established, &input, &shape, false)?;
 
     // A second flow the old table also gives to `owner`, not yet seen by the data plane.
@@ -1132,12 +782,7 @@ fn flow_survives_rebuild(env: &mut Env) -> anyhow::Result<()> {
         .filter(|(id, _)| (40..44).contains(*id) && **id != owner)
         .map(|(&id, &addr)| {
             let (family, a) = key_addr(addr);
-            MaglevBackend {
-                addr: a,
-                family,
-                weight: 1,
-                id,
-            }
+            MaglevBackend { addr: a, family, weight: 1, id }
         })
         .collect();
     let new_table = build_table(&remaining, 251)?;
@@ -1148,10 +793,7 @@ fn flow_survives_rebuild(env: &mut Env) -> anyhow::Result<()> {
         check(env, &input, None, &before).context("established flow after the rebuild")?;
         let input = frame(&newcomer, &shape);
         let expect = expect_encap(env, &newcomer, &input, &shape, true)?;
-        ensure!(
-            expect.forwarded.map(|f| f.1) != Some(owner),
-            "the rebuilt table still picks {owner}"
-        );
+        ensure!(expect.forwarded.map(|f| f.1) != Some(owner), "the rebuilt table still picks {owner}");
         check(env, &input, None, &expect).context("new flow after the rebuild")
     })();
     env.balancer.install_vip(&key, index, &old_table)?;
@@ -1161,48 +803,24 @@ fn flow_survives_rebuild(env: &mut Env) -> anyhow::Result<()> {
 
 /// A flow pinned to a backend that is removed entirely is rescheduled as a new flow.
 fn removed_backend_rescheduled(env: &mut Env) -> anyhow::Result<()> {
-    let key = VipKey::new(
-        lb_common::family::IPV4,
-        key_addr(VIP4_REMOVAL.into()).1,
-        80,
-        6,
-    );
+    let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_REMOVAL.into()).1, 80, 6);
     let shape = Shape::default();
     let f = flow(env, Protocol::Tcp, VIP4_REMOVAL.into(), 80);
     let input = frame(&f, &shape);
     let (_, owner, _) = env.predict(&f)?;
-    check(
-        env,
-        &input,
-        None,
-        &expect_encap(env, &f, &input, &shape, true)?,
-    )?;
+    check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
 
     let (index, _) = env.vips[&key].clone();
     let survivor = if owner == 50 { 51 } else { 50 };
     let (family, a) = key_addr(env.backends[&survivor]);
-    let table = build_table(
-        &[MaglevBackend {
-            addr: a,
-            family,
-            weight: 1,
-            id: survivor,
-        }],
-        251,
-    )?;
+    let table = build_table(&[MaglevBackend { addr: a, family, weight: 1, id: survivor }], 251)?;
     env.balancer.clear_backend(owner)?;
     env.balancer.install_vip(&key, index, &table)?;
     env.vips.insert(key, (index, table));
     let expect = expect_encap(env, &f, &input, &shape, true)?;
-    ensure!(
-        expect.forwarded.map(|x| x.1) == Some(survivor),
-        "prediction should be the survivor"
-    );
+    ensure!(expect.forwarded.map(|x| x.1) == Some(survivor), "prediction should be the survivor");
     check(env, &input, None, &expect)?;
-    ensure!(
-        env.balancer.flow(&f.key()).map(|s| s.backend) == Some(survivor),
-        "flow entry not moved to the survivor"
-    );
+    ensure!(env.balancer.flow(&f.key()).map(|s| s.backend) == Some(survivor), "flow entry not moved to the survivor");
     Ok(())
 }
 
@@ -1211,36 +829,17 @@ fn udp_idle_timeout(env: &mut Env) -> anyhow::Result<()> {
     let shape = Shape::default();
     let f = flow(env, Protocol::Udp, VIP4.into(), 53);
     let input = frame(&f, &shape);
-    env.balancer.set_config(&DataplaneConfig {
-        udp_idle_timeout_ns: 1,
-        ..config()
-    })?;
+    env.balancer.set_config(&DataplaneConfig { udp_idle_timeout_ns: 1, ..config() })?;
     let result = (|| {
-        check(
-            env,
-            &input,
-            None,
-            &expect_encap(env, &f, &input, &shape, true)?,
-        )?;
+        check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
         // The data plane reads the coarse clock (one tick per jiffy): wait several ticks.
         std::thread::sleep(std::time::Duration::from_millis(30));
-        check(
-            env,
-            &input,
-            None,
-            &expect_encap(env, &f, &input, &shape, true)?,
-        )
-        .context("second packet after the timeout")
+        check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)
+            .context("second packet after the timeout")
     })();
     env.balancer.set_config(&config())?;
     result?;
-    check(
-        env,
-        &input,
-        None,
-        &expect_encap(env, &f, &input, &shape, false)?,
-    )
-    .context("within the timeout")
+    check(env, &input, None, &expect_encap(env, &f, &input, &shape, false)?).context("within the timeout")
 }
 
 /// Creates (once) the veth links of the FIB fixtures in the test's private namespace:
@@ -1263,10 +862,7 @@ fn fib_links(env: &mut Env) -> anyhow::Result<()> {
     ip("neigh replace 198.18.60.2 lladdr 02:00:00:00:60:02 dev lbt2 nud permanent")?;
     ip("neigh replace 198.18.80.2 lladdr 02:00:00:00:80:02 dev lbt0 nud permanent")?;
     run("sysctl", &["-qw", "net.ipv4.conf.all.forwarding=1"])?;
-    for (name, mac) in [
-        ("lbt0", [2, 0, 0, 0, 0x50, 1]),
-        ("lbt2", [2, 0, 0, 0, 0x60, 1]),
-    ] {
+    for (name, mac) in [("lbt0", [2, 0, 0, 0, 0x50, 1]), ("lbt2", [2, 0, 0, 0, 0x60, 1])] {
         let cname = std::ffi::CString::new(name)?;
         // SAFETY: valid NUL-terminated name.
         let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
@@ -1274,30 +870,9 @@ fn fib_links(env: &mut Env) -> anyhow::Result<()> {
         env.links.insert(name, (index, mac));
     }
     let single = |id: u32, a: Ipv4Addr| (id, IpAddr::V4(a));
-    env.vip(
-        10,
-        VIP4_FIB_SAME.into(),
-        80,
-        Protocol::Tcp,
-        &[single(60, Ipv4Addr::new(198, 18, 50, 2))],
-        251,
-    )?;
-    env.vip(
-        11,
-        VIP4_FIB_OTHER.into(),
-        80,
-        Protocol::Tcp,
-        &[single(61, Ipv4Addr::new(198, 18, 60, 2))],
-        251,
-    )?;
-    env.vip(
-        12,
-        VIP4_FIB_SMALL_MTU.into(),
-        80,
-        Protocol::Tcp,
-        &[single(62, Ipv4Addr::new(198, 18, 80, 2))],
-        251,
-    )?;
+    env.vip(10, VIP4_FIB_SAME.into(), 80, Protocol::Tcp, &[single(60, Ipv4Addr::new(198, 18, 50, 2))], 251)?;
+    env.vip(11, VIP4_FIB_OTHER.into(), 80, Protocol::Tcp, &[single(61, Ipv4Addr::new(198, 18, 60, 2))], 251)?;
+    env.vip(12, VIP4_FIB_SMALL_MTU.into(), 80, Protocol::Tcp, &[single(62, Ipv4Addr::new(198, 18, 80, 2))], 251)?;
     Ok(())
 }
 
@@ -1333,16 +908,7 @@ fn fib_same_interface(env: &mut Env) -> anyhow::Result<()> {
     let shape = Shape::default();
     let f = flow(env, Protocol::Tcp, VIP4_FIB_SAME.into(), 80);
     let input = frame(&f, &shape);
-    let expect = fib_expect(
-        env,
-        &f,
-        &input,
-        &shape,
-        mac,
-        [2, 0, 0, 0, 0x50, 2],
-        XDP_TX,
-        Reason::TxFib,
-    )?;
+    let expect = fib_expect(env, &f, &input, &shape, mac, [2, 0, 0, 0, 0x50, 2], XDP_TX, Reason::TxFib)?;
     check(env, &input, Some(ingress), &expect)
 }
 
@@ -1354,90 +920,42 @@ fn fib_other_interface(env: &mut Env) -> anyhow::Result<()> {
     let f = flow(env, Protocol::Tcp, VIP4_FIB_OTHER.into(), 80);
     let input = frame(&f, &shape);
     // Not allowed as an egress yet: dropped and counted.
-    let denied = Expect {
-        forwarded: None,
-        ..Expect::drop(Reason::DropNoEgress)
-    };
+    let denied = Expect { forwarded: None, ..Expect::drop(Reason::DropNoEgress) };
     check(env, &input, Some(ingress), &denied).context("egress not in the redirect map")?;
     env.balancer.add_egress(egress)?;
     let f = flow(env, Protocol::Tcp, VIP4_FIB_OTHER.into(), 80);
     let input = frame(&f, &shape);
-    let expect = fib_expect(
-        env,
-        &f,
-        &input,
-        &shape,
-        mac,
-        [2, 0, 0, 0, 0x60, 2],
-        XDP_REDIRECT,
-        Reason::TxRedirect,
-    )?;
+    let expect = fib_expect(env, &f, &input, &shape, mac, [2, 0, 0, 0, 0x60, 2], XDP_REDIRECT, Reason::TxRedirect)?;
     check(env, &input, Some(ingress), &expect)
 }
 
 fn fib_route_mtu(env: &mut Env) -> anyhow::Result<()> {
     fib_links(env)?;
     let (ingress, mac) = env.links["lbt0"];
-    let small = Shape {
-        payload_len: 1400 - 20 - 20 - 20,
-        ..Shape::default()
-    };
+    let small = Shape { payload_len: 1400 - 20 - 20 - 20, ..Shape::default() };
     let f = flow(env, Protocol::Tcp, VIP4_FIB_SMALL_MTU.into(), 80);
     let input = frame(&f, &small);
-    let expect = fib_expect(
-        env,
-        &f,
-        &input,
-        &small,
-        mac,
-        [2, 0, 0, 0, 0x80, 2],
-        XDP_TX,
-        Reason::TxFib,
-    )?;
+    let expect = fib_expect(env, &f, &input, &small, mac, [2, 0, 0, 0, 0x80, 2], XDP_TX, Reason::TxFib)?;
     check(env, &input, Some(ingress), &expect).context("at the route MTU")?;
-    let big = Shape {
-        payload_len: small.payload_len + 1,
-        ..Shape::default()
-    };
+    let big = Shape { payload_len: small.payload_len + 1, ..Shape::default() };
     let f = flow(env, Protocol::Tcp, VIP4_FIB_SMALL_MTU.into(), 80);
-    check(
-        env,
-        &frame(&f, &big),
-        Some(ingress),
-        &Expect::drop(Reason::DropTooBig),
-    )
-    .context("one byte over the route MTU")
+    check(env, &frame(&f, &big), Some(ingress), &Expect::drop(Reason::DropTooBig))
+        .context("one byte over the route MTU")
 }
 
 fn fib_vlan_other_interface(env: &mut Env) -> anyhow::Result<()> {
     fib_links(env)?;
     let (ingress, _) = env.links["lbt0"];
-    let shape = Shape {
-        vlan: Some(10),
-        ..Shape::default()
-    };
+    let shape = Shape { vlan: Some(10), ..Shape::default() };
     let f = flow(env, Protocol::Tcp, VIP4_FIB_OTHER.into(), 80);
     let input = frame(&f, &shape);
-    let expect = fib_expect(
-        env,
-        &f,
-        &input,
-        &shape,
-        BALANCER_MAC,
-        FALLBACK_MAC,
-        XDP_TX,
-        Reason::TxFallback,
-    )?;
+    let expect = fib_expect(env, &f, &input, &shape, BALANCER_MAC, FALLBACK_MAC, XDP_TX, Reason::TxFallback)?;
     check(env, &input, Some(ingress), &expect)
 }
 
 fn encap_to(backend: &str) -> Encap {
     let dst: IpAddr = backend.parse().expect("address");
-    let src = if dst.is_ipv4() {
-        "198.18.200.1".parse().expect("v4")
-    } else {
-        "fd00:200::1".parse().expect("v6")
-    };
+    let src = if dst.is_ipv4() { "198.18.200.1".parse().expect("v4") } else { "fd00:200::1".parse().expect("v6") };
     Encap {
         outer_src: src,
         outer_dst: dst,
@@ -1448,26 +966,13 @@ fn encap_to(backend: &str) -> Encap {
 }
 
 /// Runs the decapsulation program once and checks verdict (always PASS), output and counters.
-fn decap_check(
-    env: &mut Env,
-    input: &[u8],
-    want: Option<&[u8]>,
-    reason: Reason,
-) -> anyhow::Result<()> {
+fn decap_check(env: &mut Env, input: &[u8], want: Option<&[u8]>, reason: Reason) -> anyhow::Result<()> {
     let before = env.decap.reason_counters()?;
     let run = run_once(env.decap.program()?, input, None)?;
-    ensure!(
-        run.verdict == XDP_PASS,
-        "verdict {}",
-        verdict_name(run.verdict)
-    );
+    ensure!(run.verdict == XDP_PASS, "verdict {}", verdict_name(run.verdict));
     let want = want.unwrap_or(input);
     if run.output != want {
-        bail!(
-            "output differs\n  got:  {}\n  want: {}",
-            hex(&run.output),
-            hex(want)
-        );
+        bail!("output differs\n  got:  {}\n  want: {}", hex(&run.output), hex(want));
     }
     check_reason(&before, &env.decap.reason_counters()?, reason, input.len())
 }
@@ -1482,10 +987,7 @@ fn decap_case(
     decapsulates: bool,
 ) -> anyhow::Result<()> {
     let f = flow(env, Protocol::Tcp, vip, 80);
-    let shape = Shape {
-        tos: 0x20 | inner_ecn,
-        ..Shape::default()
-    };
+    let shape = Shape { tos: 0x20 | inner_ecn, ..Shape::default() };
     let input = frame(&f, &shape);
     let mut tunnel = encapsulated(&input, 14, &encap_to(backend));
     // Set the outer ECN bits.
@@ -1499,10 +1001,7 @@ fn decap_case(
         return decap_check(env, &tunnel, None, Reason::DecapPassUnknownVip);
     }
     let ce = outer_ecn == 0b11 && inner_ecn != 0;
-    let inner_shape = Shape {
-        tos: if ce { 0x20 | 0b11 } else { shape.tos },
-        ..shape
-    };
+    let inner_shape = Shape { tos: if ce { 0x20 | 0b11 } else { shape.tos }, ..shape };
     let want = frame(&f, &inner_shape);
     let mut expected = tunnel[..12].to_vec();
     expected.extend_from_slice(&want[12..]);
@@ -1511,24 +1010,13 @@ fn decap_case(
 
 /// The balancer's real output, fed to the decapsulation program, gives back the client's packet.
 fn balancer_decap_round_trip(env: &mut Env) -> anyhow::Result<()> {
-    for (protocol, vip, port) in [
-        (Protocol::Tcp, IpAddr::V4(VIP4), 80),
-        (Protocol::Udp, IpAddr::V6(VIP6), 53),
-    ] {
+    for (protocol, vip, port) in [(Protocol::Tcp, IpAddr::V4(VIP4), 80), (Protocol::Udp, IpAddr::V6(VIP6), 53)] {
         let f = flow(env, protocol, vip, port);
         let input = frame(&f, &Shape::default());
         let encapsulated = run_once(env.balancer.program()?, &input, None)?;
-        ensure!(
-            encapsulated.verdict == XDP_TX,
-            "balancer verdict {}",
-            verdict_name(encapsulated.verdict)
-        );
+        ensure!(encapsulated.verdict == XDP_TX, "balancer verdict {}", verdict_name(encapsulated.verdict));
         let decapsulated = run_once(env.decap.program()?, &encapsulated.output, None)?;
-        ensure!(
-            decapsulated.verdict == XDP_PASS,
-            "decap verdict {}",
-            verdict_name(decapsulated.verdict)
-        );
+        ensure!(decapsulated.verdict == XDP_PASS, "decap verdict {}", verdict_name(decapsulated.verdict));
         ensure!(
             decapsulated.output[12..] == input[12..],
             "round trip changed the packet\n  got:  {}\n  sent: {}",
@@ -1551,9 +1039,7 @@ fn main() -> anyhow::Result<()> {
         .map(|(name, body)| {
             let env = Arc::clone(&env);
             Trial::test(name, move || {
-                let mut env = env
-                    .lock()
-                    .map_err(|_| Failed::from("an earlier fixture panicked"))?;
+                let mut env = env.lock().map_err(|_| Failed::from("an earlier fixture panicked"))?;
                 body(&mut env).map_err(|e| Failed::from(format!("{e:#}")))
             })
         })

@@ -55,15 +55,10 @@ pub fn decap(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decapsulate(ctx: &XdpContext) -> Reason {
-    let Link::Ip {
-        ether_type,
-        l3_offset,
-    } = l2::parse(ctx)
-    else {
+    let Link::Ip { ether_type, l3_offset } = l2::parse(ctx) else {
         return Reason::DecapPassNotTunnel;
     };
-    let Some((outer_len, inner_protocol, outer_ecn)) = outer_header(ctx, ether_type, l3_offset)
-    else {
+    let Some((outer_len, inner_protocol, outer_ecn)) = outer_header(ctx, ether_type, l3_offset) else {
         return Reason::DecapPassNotTunnel;
     };
     let inner = l3_offset + outer_len;
@@ -97,23 +92,8 @@ fn decapsulate(ctx: &XdpContext) -> Reason {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return Reason::PassUnparseable;
     }
-    let written = write(ctx, 0, eth).and_then(|()| {
-        if tagged {
-            write(ctx, ETH_LEN, tag)
-        } else {
-            Some(())
-        }
-    });
-    if written
-        .and_then(|()| {
-            write(
-                ctx,
-                ether_type_offset(l3_offset),
-                inner_ether_type.to_be_bytes(),
-            )
-        })
-        .is_none()
-    {
+    let written = write(ctx, 0, eth).and_then(|()| if tagged { write(ctx, ETH_LEN, tag) } else { Some(()) });
+    if written.and_then(|()| write(ctx, ether_type_offset(l3_offset), inner_ether_type.to_be_bytes())).is_none() {
         // Cannot happen: the frame only got shorter by the outer header we just read past.
         return Reason::PassUnparseable;
     }

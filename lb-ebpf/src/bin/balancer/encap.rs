@@ -45,32 +45,17 @@ pub fn encapsulate(
     hash: u32,
 ) -> Result<Outer, Reason> {
     let v4_outer = backend.family == family::IPV4;
-    let overhead = if v4_outer {
-        IPV4_ENCAP_OVERHEAD
-    } else {
-        IPV6_ENCAP_OVERHEAD
-    };
-    let len = ip
-        .packet_len
-        .checked_add(overhead)
-        .ok_or(Reason::DropTooBig)?;
+    let overhead = if v4_outer { IPV4_ENCAP_OVERHEAD } else { IPV6_ENCAP_OVERHEAD };
+    let len = ip.packet_len.checked_add(overhead).ok_or(Reason::DropTooBig)?;
     if len > cfg.mtu {
         return Err(Reason::DropTooBig);
     }
-    let inner_protocol = if ip.family == family::IPV4 {
-        IPPROTO_IPIP
-    } else {
-        IPPROTO_IPV6
-    };
+    let inner_protocol = if ip.family == family::IPV4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
 
     // Save the link header (with its VLAN tag, if any) before moving the packet start.
     let eth = read::<[u8; ETH_LEN]>(ctx, 0).ok_or(Reason::DropEncapFailed)?;
     let tagged = ip.l3_offset != ETH_LEN;
-    let tag = if tagged {
-        read::<[u8; 4]>(ctx, ETH_LEN).ok_or(Reason::DropEncapFailed)?
-    } else {
-        [0; 4]
-    };
+    let tag = if tagged { read::<[u8; 4]>(ctx, ETH_LEN).ok_or(Reason::DropEncapFailed)? } else { [0; 4] };
 
     // SAFETY: the helper only moves the packet start; pointers are re-derived below.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -i32::from(overhead)) } != 0 {
@@ -85,21 +70,12 @@ pub fn encapsulate(
     let ether_type = if v4_outer { ETH_P_IPV4 } else { ETH_P_IPV6 };
     write(ctx, ether_type_offset(l3), ether_type.to_be_bytes())?;
 
-    let mut outer = Outer {
-        family: backend.family,
-        src: [0; 16],
-        dst: backend.addr,
-        len,
-    };
+    let mut outer = Outer { family: backend.family, src: [0; 16], dst: backend.addr, len };
     if v4_outer {
         let src = encap_source(cfg.encap_src_v4, cfg.encap_src_v4_host_bits, hash);
         outer.src[..4].copy_from_slice(&src);
         let [len_hi, len_lo] = len.to_be_bytes();
-        let flags = if ip.family == family::IPV6 || ip.dont_fragment {
-            0x40
-        } else {
-            0
-        };
+        let flags = if ip.family == family::IPV6 || ip.dont_fragment { 0x40 } else { 0 };
         let d = backend.addr;
         // Checksummed from the values, not by reading the header back.
         let check = checksum::ipv4_header([
@@ -139,11 +115,7 @@ pub fn encapsulate(
         write(ctx, l3, h)?;
     } else {
         let mut src = cfg.encap_src_v6;
-        let low = encap_source(
-            [src[12], src[13], src[14], src[15]],
-            cfg.encap_src_v6_host_bits,
-            hash,
-        );
+        let low = encap_source([src[12], src[13], src[14], src[15]], cfg.encap_src_v6_host_bits, hash);
         src[12..].copy_from_slice(&low);
         outer.src = src;
         let tc = ip.traffic_class;

@@ -11,9 +11,7 @@ mod encap;
 mod maps;
 mod nexthop;
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
     backend::Backend,
     counters::Reason,
@@ -27,9 +25,7 @@ use lb_ebpf::{
     l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3},
 };
 
-use crate::maps::{
-    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV_TABLES, VIP_ADDRS, VIP_STATS, VIPS,
-};
+use crate::maps::{BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV_TABLES, VIP_ADDRS, VIP_STATS, VIPS};
 
 #[xdp]
 pub fn balancer(ctx: XdpContext) -> u32 {
@@ -42,10 +38,7 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     let (ether_type, l3_offset) = match l2::parse(ctx) {
-        Link::Ip {
-            ether_type,
-            l3_offset,
-        } => (ether_type, l3_offset),
+        Link::Ip { ether_type, l3_offset } => (ether_type, l3_offset),
         Link::Other => return (xdp_action::XDP_PASS, Reason::PassNotIp),
         Link::Truncated => return (xdp_action::XDP_PASS, Reason::PassUnparseable),
     };
@@ -78,9 +71,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         family: ip.family,
         _pad: [0; 2],
     };
-    let Some((backend_id, backend, hash, new_flow)) =
-        choose_backend(&key, &vip, cfg.udp_idle_timeout_ns)
-    else {
+    let Some((backend_id, backend, hash, new_flow)) = choose_backend(&key, &vip, cfg.udp_idle_timeout_ns) else {
         maps::count_traffic(&VIP_STATS, vip.index, bytes, false);
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
@@ -111,13 +102,7 @@ fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> (u32, Reason) {
 /// The VIP for (destination, port, protocol), falling back to the address's all-ports VIP.
 #[inline(always)]
 fn find_vip(ip: &Ip, dst_port: [u8; 2]) -> Option<VipInfo> {
-    let mut key = VipKey {
-        addr: ip.dst,
-        port: dst_port,
-        protocol: ip.protocol,
-        family: ip.family,
-        _pad: [0; 4],
-    };
+    let mut key = VipKey { addr: ip.dst, port: dst_port, protocol: ip.protocol, family: ip.family, _pad: [0; 4] };
     // SAFETY: VIPS values are plain data, copied out at once.
     if let Some(vip) = unsafe { VIPS.get(&key) } {
         return Some(*vip);
@@ -129,11 +114,7 @@ fn find_vip(ip: &Ip, dst_port: [u8; 2]) -> Option<VipInfo> {
 /// The flow's backend: its flow-table entry if it has a live one, else a Maglev choice that is
 /// then remembered. Returns (backend id, backend, flow hash, whether this is a new flow).
 #[inline(always)]
-fn choose_backend(
-    key: &FlowKey,
-    vip: &VipInfo,
-    udp_idle_timeout_ns: u64,
-) -> Option<(u32, Backend, u32, bool)> {
+fn choose_backend(key: &FlowKey, vip: &VipInfo, udp_idle_timeout_ns: u64) -> Option<(u32, Backend, u32, bool)> {
     let is_udp = key.protocol == IPPROTO_UDP;
     let mut now = 0;
     if let Some(state) = FLOWS.get_ptr_mut(key) {

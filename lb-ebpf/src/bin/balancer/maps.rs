@@ -8,8 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     backend::Backend,
     capacity::{
-        FLOW_TABLE_DEFAULT_ENTRIES, MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLES_PER_VIP, MAX_BACKENDS,
-        MAX_EGRESS_INTERFACES, MAX_VIPS,
+        FLOW_TABLE_DEFAULT_ENTRIES, MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLES_PER_VIP, MAX_BACKENDS, MAX_EGRESS_INTERFACES,
+        MAX_VIPS,
     },
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
@@ -50,15 +50,13 @@ pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
 pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_EGRESS_INTERFACES, 0);
 
 #[map]
-pub static REASON_STATS: PerCpuArray<ReasonCounter> =
-    PerCpuArray::with_max_entries(Reason::COUNT, 0);
+pub static REASON_STATS: PerCpuArray<ReasonCounter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
 #[map]
 pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
 #[map]
-pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
-    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 #[inline(always)]
 pub fn count_reason(reason: Reason, bytes: u64) {

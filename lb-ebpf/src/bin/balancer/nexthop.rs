@@ -8,10 +8,7 @@
 //! FIB's MACs only when its egress is the ingress interface, the fallback otherwise.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
-        xdp_action,
-    },
+    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
@@ -24,12 +21,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    outer: &Outer,
-    tagged: bool,
-    cfg: &DataplaneConfig,
-) -> (u32, Reason) {
+pub fn forward(ctx: &XdpContext, outer: &Outer, tagged: bool, cfg: &DataplaneConfig) -> (u32, Reason) {
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of integers).
     let mut params: FibParams = unsafe { core::mem::zeroed() };
@@ -37,24 +29,16 @@ pub fn forward(
     params.__bindgen_anon_1.tot_len = outer.len;
     if outer.family == family::IPV4 {
         params.family = AF_INET;
-        params.__bindgen_anon_3.ipv4_src =
-            u32::from_ne_bytes([outer.src[0], outer.src[1], outer.src[2], outer.src[3]]);
-        params.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([outer.dst[0], outer.dst[1], outer.dst[2], outer.dst[3]]);
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([outer.src[0], outer.src[1], outer.src[2], outer.src[3]]);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([outer.dst[0], outer.dst[1], outer.dst[2], outer.dst[3]]);
     } else {
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = words(&outer.src);
         params.__bindgen_anon_4.ipv6_dst = words(&outer.dst);
     }
     // SAFETY: params is a valid, fully initialised lookup structure on our stack.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx as *mut _,
-            &mut params,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    } as u32;
+    let rc =
+        unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut params, core::mem::size_of::<FibParams>() as i32, 0) } as u32;
 
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED {
         return (xdp_action::XDP_DROP, Reason::DropTooBig);
@@ -101,12 +85,7 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
     let mut w = [0u32; 4];
     let mut i = 0;
     while i < 4 {
-        w[i] = u32::from_ne_bytes([
-            addr[4 * i],
-            addr[4 * i + 1],
-            addr[4 * i + 2],
-            addr[4 * i + 3],
-        ]);
+        w[i] = u32::from_ne_bytes([addr[4 * i], addr[4 * i + 1], addr[4 * i + 2], addr[4 * i + 3]]);
         i += 1;
     }
     w
