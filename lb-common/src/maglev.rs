@@ -59,7 +59,7 @@ mod builder {
         }
         let mut d = 2u32;
         while d.saturating_mul(d) <= n {
-            if n % d == 0 {
+            if n.is_multiple_of(d) {
                 return false;
             }
             d += 1;
@@ -84,7 +84,7 @@ mod builder {
         if live.is_empty() {
             return Err(MaglevError::NoBackends);
         }
-        live.sort_by(|a, b| (a.family, a.addr).cmp(&(b.family, b.addr)));
+        live.sort_by_key(|b| (b.family, b.addr));
         if let Some(pair) = live.windows(2).find(|w| (w[0].family, w[0].addr) == (w[1].family, w[1].addr)) {
             return Err(MaglevError::DuplicateBackend(describe(&pair[0])));
         }

@@ -7,7 +7,7 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
     programs::{ProgramError, Xdp},
 };
 use lb_common::{
@@ -68,9 +68,14 @@ pub struct BalancerSizes {
 }
 
 impl Balancer {
-    /// Loads (does not attach) the balancer program and creates its maps.
+    /// Loads (does not attach) the embedded balancer program and creates its maps.
     pub fn load(sizes: BalancerSizes) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().map_max_entries("FLOWS", sizes.flow_table_entries).load(objects::BALANCER)?;
+        Self::from_object(objects::BALANCER, sizes)
+    }
+
+    /// Loads a balancer object (the embedded one, or a variant of it built by a benchmark).
+    pub fn from_object(object: &[u8], sizes: BalancerSizes) -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new().map_max_entries("FLOWS", sizes.flow_table_entries).load(object)?;
         let program: &mut Xdp = program(&mut ebpf, "balancer")?;
         program.load()?;
         Ok(Self {
@@ -129,7 +134,7 @@ impl Balancer {
             .try_into()
             .expect("length is MAGLEV_MAX_TABLE_SIZE");
         value[..table.len()].copy_from_slice(table);
-        self.tables.set(index * MAGLEV_TABLES_PER_VIP + next, &*value, 0)?;
+        self.tables.set(index * MAGLEV_TABLES_PER_VIP + next, value.as_ref(), 0)?;
         self.vips.insert(key, VipInfo::new(index, table.len() as u32, next), 0)?;
         if current.is_none() {
             let addr = VipAddrKey::new(key.family, key.addr);
@@ -154,6 +159,11 @@ impl Balancer {
     /// Allows redirects to interface `ifindex`.
     pub fn add_egress(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         Ok(self.egress.insert(ifindex, ifindex, None, 0)?)
+    }
+
+    /// The flow table's map flags as the kernel reports them.
+    pub fn flow_table_flags(&self) -> Result<u32, DataplaneError> {
+        Ok(self.flows.map().info()?.map_flags())
     }
 
     /// The flow-table entry of a flow, if any.

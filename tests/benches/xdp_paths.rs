@@ -28,7 +28,10 @@ use lb_tests::{
     privileged::{enter_private_netns, require_root},
     xdp::{XDP_PASS, XDP_TX, run_once},
 };
-use lb_userspace::dataplane::{Balancer, BalancerSizes, load_xdp_tx_baseline, program};
+use lb_userspace::{
+    dataplane::{Balancer, BalancerSizes, load_xdp_tx_baseline, program},
+    objects,
+};
 
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
@@ -56,7 +59,11 @@ fn options() -> anyhow::Result<Options> {
 }
 
 fn balancer(flow_table_entries: u32) -> anyhow::Result<Balancer> {
-    let mut b = Balancer::load(BalancerSizes { flow_table_entries })?;
+    balancer_from(objects::BALANCER, flow_table_entries)
+}
+
+fn balancer_from(object: &[u8], flow_table_entries: u32) -> anyhow::Result<Balancer> {
+    let mut b = Balancer::from_object(object, BalancerSizes { flow_table_entries })?;
     b.set_config(&DataplaneConfig {
         udp_idle_timeout_ns: 30_000_000_000,
         encap_src_v6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0).octets(),
@@ -110,6 +117,51 @@ fn frames(vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The balancer object with the flow table's map flags replaced, to measure the alternative.
+fn with_flow_table_flags(flags: u32) -> anyhow::Result<Vec<u8>> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let file = object::File::parse(objects::BALANCER)?;
+    let symbol = file.symbols().find(|s| s.name() == Ok("FLOWS")).context("no FLOWS map symbol")?;
+    let section = file.section_by_index(symbol.section_index().context("FLOWS has no section")?)?;
+    let (offset, _) = section.file_range().context("the maps section has no file data")?;
+    // struct bpf_map_def { type, key_size, value_size, max_entries, map_flags, ... }
+    let at = usize::try_from(offset + symbol.address() - section.address())? + 16;
+    let mut patched = objects::BALANCER.to_vec();
+    patched[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+    Ok(patched)
+}
+
+/// Runs one round of new flows on each CPU at once (each thread pinned); returns the mean of
+/// the per-CPU means.
+fn concurrent_round(program: &Xdp, per_cpu_inputs: &[Vec<Vec<u8>>]) -> anyhow::Result<f64> {
+    let means = std::thread::scope(|scope| {
+        let handles: Vec<_> = per_cpu_inputs
+            .iter()
+            .enumerate()
+            .map(|(cpu, inputs)| {
+                scope.spawn(move || {
+                    pin_to_cpu(cpu)?;
+                    round(program, inputs, XDP_TX)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("bench thread panicked")).collect::<anyhow::Result<Vec<f64>>>()
+    })?;
+    Ok(means.iter().sum::<f64>() / means.len() as f64)
+}
+
+fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
+}
+
 /// Mean ns per packet over one pass of `inputs`, checking every verdict.
 fn round(program: &Xdp, inputs: &[Vec<u8>], verdict: u32) -> anyhow::Result<f64> {
     let mut total = Duration::ZERO;
@@ -141,6 +193,14 @@ fn main() -> anyhow::Result<()> {
     let mut fresh = balancer(1 << 20)?;
     // A small table kept full, so every new flow evicts one.
     let mut evicting = balancer(4096)?;
+    // The flow table with one LRU list shared by all CPUs (flags 0) against the shipped per-CPU
+    // lists (BPF_F_NO_COMMON_LRU), with every CPU inserting new flows at once.
+    const BPF_F_NO_COMMON_LRU: u32 = 2;
+    let mut shared_lru = balancer_from(&with_flow_table_flags(0)?, 1 << 20)?;
+    ensure!(shared_lru.flow_table_flags()? == 0, "patching the flow table's flags did not take");
+    ensure!(fresh.flow_table_flags()? == BPF_F_NO_COMMON_LRU, "the shipped flow table is not per-CPU LRU");
+    let mut percpu_lru = balancer(1 << 20)?;
+    let cpus = std::thread::available_parallelism()?.get();
 
     let hit4 = frames(IpAddr::V4(VIP4), 1, 1);
     let hit6 = frames(IpAddr::V6(VIP6), 1, 1);
@@ -161,6 +221,8 @@ fn main() -> anyhow::Result<()> {
         Path { name: "new_flow_ipv4", samples: vec![] },
         Path { name: "new_flow_ipv6", samples: vec![] },
         Path { name: "new_flow_ipv4_evicting", samples: vec![] },
+        Path { name: "new_flow_all_cpus_shared_lru", samples: vec![] },
+        Path { name: "new_flow_all_cpus_percpu_lru", samples: vec![] },
     ];
     for r in 0..o.rounds {
         let salt = 1000 + r as u32 * 7919;
@@ -175,6 +237,10 @@ fn main() -> anyhow::Result<()> {
         paths[4].samples.push(round(fresh.program()?, &new4, XDP_TX)?);
         paths[5].samples.push(round(fresh.program()?, &new6, XDP_TX)?);
         paths[6].samples.push(round(evicting.program()?, &evict, XDP_TX)?);
+        let per_cpu: Vec<Vec<Vec<u8>>> =
+            (0..cpus).map(|cpu| frames(IpAddr::V4(VIP4), o.packets, salt ^ (cpu as u32 + 1) << 20)).collect();
+        paths[7].samples.push(concurrent_round(shared_lru.program()?, &per_cpu)?);
+        paths[8].samples.push(concurrent_round(percpu_lru.program()?, &per_cpu)?);
     }
 
     let baseline = median(paths[0].samples.clone());

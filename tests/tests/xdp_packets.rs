@@ -876,17 +876,17 @@ fn fib_links(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The FIB fixtures' expectation: encapsulated to the predicted backend with `(src, dst)` MACs.
 fn fib_expect(
     env: &Env,
     f: &Flow,
     input: &[u8],
     shape: &Shape,
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    verdict: u32,
-    reason: Reason,
+    macs: ([u8; 6], [u8; 6]),
+    verdict: (u32, Reason),
 ) -> anyhow::Result<Expect> {
     let (vip, id, backend) = env.predict(f)?;
+    let (src_mac, dst_mac) = macs;
     let encap = Encap {
         outer_src: Env::outer_src(f, backend),
         outer_dst: backend,
@@ -895,8 +895,8 @@ fn fib_expect(
         flow_hash: flow_hash(&f.key()),
     };
     Ok(Expect {
-        verdict,
-        reason,
+        verdict: verdict.0,
+        reason: verdict.1,
         output: Some(encapsulated(input, l3_offset(shape), &encap)),
         forwarded: Some((vip, id, true)),
     })
@@ -908,7 +908,7 @@ fn fib_same_interface(env: &mut Env) -> anyhow::Result<()> {
     let shape = Shape::default();
     let f = flow(env, Protocol::Tcp, VIP4_FIB_SAME.into(), 80);
     let input = frame(&f, &shape);
-    let expect = fib_expect(env, &f, &input, &shape, mac, [2, 0, 0, 0, 0x50, 2], XDP_TX, Reason::TxFib)?;
+    let expect = fib_expect(env, &f, &input, &shape, (mac, [2, 0, 0, 0, 0x50, 2]), (XDP_TX, Reason::TxFib))?;
     check(env, &input, Some(ingress), &expect)
 }
 
@@ -925,7 +925,7 @@ fn fib_other_interface(env: &mut Env) -> anyhow::Result<()> {
     env.balancer.add_egress(egress)?;
     let f = flow(env, Protocol::Tcp, VIP4_FIB_OTHER.into(), 80);
     let input = frame(&f, &shape);
-    let expect = fib_expect(env, &f, &input, &shape, mac, [2, 0, 0, 0, 0x60, 2], XDP_REDIRECT, Reason::TxRedirect)?;
+    let expect = fib_expect(env, &f, &input, &shape, (mac, [2, 0, 0, 0, 0x60, 2]), (XDP_REDIRECT, Reason::TxRedirect))?;
     check(env, &input, Some(ingress), &expect)
 }
 
@@ -935,7 +935,7 @@ fn fib_route_mtu(env: &mut Env) -> anyhow::Result<()> {
     let small = Shape { payload_len: 1400 - 20 - 20 - 20, ..Shape::default() };
     let f = flow(env, Protocol::Tcp, VIP4_FIB_SMALL_MTU.into(), 80);
     let input = frame(&f, &small);
-    let expect = fib_expect(env, &f, &input, &small, mac, [2, 0, 0, 0, 0x80, 2], XDP_TX, Reason::TxFib)?;
+    let expect = fib_expect(env, &f, &input, &small, (mac, [2, 0, 0, 0, 0x80, 2]), (XDP_TX, Reason::TxFib))?;
     check(env, &input, Some(ingress), &expect).context("at the route MTU")?;
     let big = Shape { payload_len: small.payload_len + 1, ..Shape::default() };
     let f = flow(env, Protocol::Tcp, VIP4_FIB_SMALL_MTU.into(), 80);
@@ -949,7 +949,7 @@ fn fib_vlan_other_interface(env: &mut Env) -> anyhow::Result<()> {
     let shape = Shape { vlan: Some(10), ..Shape::default() };
     let f = flow(env, Protocol::Tcp, VIP4_FIB_OTHER.into(), 80);
     let input = frame(&f, &shape);
-    let expect = fib_expect(env, &f, &input, &shape, BALANCER_MAC, FALLBACK_MAC, XDP_TX, Reason::TxFallback)?;
+    let expect = fib_expect(env, &f, &input, &shape, (BALANCER_MAC, FALLBACK_MAC), (XDP_TX, Reason::TxFallback))?;
     check(env, &input, Some(ingress), &expect)
 }
 

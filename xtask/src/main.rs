@@ -1,1 +1,57 @@
-fn main() {}
+//! Developer workflows: `cargo xtask <command>`.
+//!
+//! Layout:
+//! - [`deps`]: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker), idempotently.
+//! - [`test`]: every test tier (lint, host unit tests, in-kernel packet tests), with a summary.
+//! - [`bench`]: the XDP path benchmark.
+//! - [`cmd`]: running commands with readable failures.
+mod bench;
+mod cmd;
+mod deps;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set-up, tests and benchmarks of the XDP load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks to build and test the project (Debian packages, rust-src, bpf-linker).
+    Deps,
+    /// Run every test tier: lint, unit, packet (in-kernel; needs root). `--tier` runs one.
+    Test {
+        #[arg(long, value_enum)]
+        tier: Option<test::Tier>,
+    },
+    /// Measure ns per packet of the balancer's paths next to a minimal XDP_TX program (needs root).
+    Bench {
+        #[arg(long, default_value_t = 15)]
+        rounds: usize,
+        #[arg(long, default_value_t = 2000)]
+        packets: usize,
+        /// Where to write the results as JSON.
+        #[arg(long, default_value = "target/bench/xdp_paths.json")]
+        json: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    std::env::set_current_dir(cmd::workspace_root())?;
+    match cli.command {
+        Command::Deps => deps::ensure(),
+        Command::Test { tier } => {
+            deps::ensure()?;
+            test::run(tier)
+        }
+        Command::Bench { rounds, packets, json } => {
+            deps::ensure()?;
+            bench::run(rounds, packets, &json)
+        }
+    }
+}

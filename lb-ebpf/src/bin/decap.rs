@@ -76,7 +76,7 @@ fn decapsulate(ctx: &XdpContext) -> Reason {
         (family::IPV6, ETH_P_IPV6, h.dst_addr)
     };
     // SAFETY: plain lookup; the value is not used.
-    if unsafe { DECAP_VIPS.get(&VipAddrKey::new(inner_family, inner_dst)) }.is_none() {
+    if unsafe { DECAP_VIPS.get(VipAddrKey::new(inner_family, inner_dst)) }.is_none() {
         return Reason::DecapPassUnknownVip;
     }
     if outer_ecn == ECN_CE {

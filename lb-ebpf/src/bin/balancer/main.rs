@@ -92,7 +92,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
 #[inline(always)]
 fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> (u32, Reason) {
     // SAFETY: plain lookup; the value is not used.
-    if unsafe { VIP_ADDRS.get(&VipAddrKey::new(ip.family, ip.dst)) }.is_some() {
+    if unsafe { VIP_ADDRS.get(VipAddrKey::new(ip.family, ip.dst)) }.is_some() {
         (xdp_action::XDP_DROP, reason)
     } else {
         (xdp_action::XDP_PASS, Reason::PassNotVip)
@@ -104,11 +104,11 @@ fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> (u32, Reason) {
 fn find_vip(ip: &Ip, dst_port: [u8; 2]) -> Option<VipInfo> {
     let mut key = VipKey { addr: ip.dst, port: dst_port, protocol: ip.protocol, family: ip.family, _pad: [0; 4] };
     // SAFETY: VIPS values are plain data, copied out at once.
-    if let Some(vip) = unsafe { VIPS.get(&key) } {
+    if let Some(vip) = unsafe { VIPS.get(key) } {
         return Some(*vip);
     }
     key.port = [0; 2];
-    unsafe { VIPS.get(&key) }.copied()
+    unsafe { VIPS.get(key) }.copied()
 }
 
 /// The flow's backend: its flow-table entry if it has a live one, else a Maglev choice that is
