@@ -25,6 +25,9 @@ use lb_ebpf::{
     l3::{IPPROTO_IPIP, IPPROTO_IPV6, Ip},
 };
 
+/// Offset of a VLAN tag (TPID and TCI) in a tagged frame.
+const VLAN_TAG_OFFSET: usize = 12;
+
 /// Where the outer packet goes, for the next-hop lookup (8-aligned like [`Ip`]).
 #[repr(C, align(8))]
 pub struct Outer {
@@ -33,9 +36,14 @@ pub struct Outer {
     pub family: u8,
     /// Outer IP packet length.
     pub len: u16,
+    /// The MAC address the frame was sent to (this host's), the source MAC when the next hop
+    /// comes from the fallback.
+    pub received_on: [u8; 6],
 }
 
-/// Prepends the outer header. After this, every packet pointer taken before is invalid.
+/// Prepends the outer header and sets the ethertype (and keeps the VLAN tag). The MAC addresses
+/// are left for the next-hop stage to write. After this, every packet pointer taken before is
+/// invalid.
 #[inline(always)]
 pub fn encapsulate(
     ctx: &XdpContext,
@@ -52,10 +60,11 @@ pub fn encapsulate(
     }
     let inner_protocol = if ip.family == family::IPV4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
 
-    // Save the link header (with its VLAN tag, if any) before moving the packet start.
-    let eth = read::<[u8; ETH_LEN]>(ctx, 0).ok_or(Reason::DropEncapFailed)?;
+    // Save what stays of the link header before moving the packet start.
+    let received_on = read::<[u8; 6]>(ctx, 0).ok_or(Reason::DropEncapFailed)?;
     let tagged = ip.l3_offset != ETH_LEN;
-    let tag = if tagged { read::<[u8; 4]>(ctx, ETH_LEN).ok_or(Reason::DropEncapFailed)? } else { [0; 4] };
+    // The tag protocol identifier and the tag control information.
+    let tag = if tagged { read::<[u8; 4]>(ctx, VLAN_TAG_OFFSET).ok_or(Reason::DropEncapFailed)? } else { [0; 4] };
 
     // SAFETY: the helper only moves the packet start; pointers are re-derived below.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -i32::from(overhead)) } != 0 {
@@ -63,14 +72,13 @@ pub fn encapsulate(
     }
 
     let l3 = ip.l3_offset;
-    write(ctx, 0, eth)?;
     if tagged {
-        write(ctx, ETH_LEN, tag)?;
+        write(ctx, VLAN_TAG_OFFSET, tag)?;
     }
     let ether_type = if v4_outer { ETH_P_IPV4 } else { ETH_P_IPV6 };
     write(ctx, ether_type_offset(l3), ether_type.to_be_bytes())?;
 
-    let mut outer = Outer { family: backend.family, src: [0; 16], dst: backend.addr, len };
+    let mut outer = Outer { family: backend.family, src: [0; 16], dst: backend.addr, len, received_on };
     if v4_outer {
         let src = encap_source(cfg.encap_src_v4, cfg.encap_src_v4_host_bits, hash);
         outer.src[..4].copy_from_slice(&src);

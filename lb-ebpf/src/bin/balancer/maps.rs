@@ -1,7 +1,6 @@
 //! The balancer's maps, written by the agent and read here.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -35,12 +34,13 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static MAGLEV_TABLES: Array<[u32; MAGLEV_MAX_TABLE_SIZE as usize]> =
     Array::with_max_entries(MAX_VIPS * MAGLEV_TABLES_PER_VIP, 0);
 
-/// Flow table: established flows keep their backend. Per-CPU LRU lists (no common LRU) keep
-/// inserts from contending on one lock; the hash table itself is shared, so a flow whose packets
-/// move to another CPU still finds its entry.
+/// Flow table: established flows keep their backend. One table shared by all CPUs, so a flow
+/// whose packets move to another CPU still finds its entry, with one LRU list: per-CPU lists
+/// (BPF_F_NO_COMMON_LRU) were not measurably faster with every CPU inserting (`cargo xtask
+/// bench`, docs/dataplane.md) and would split the capacity per CPU, evicting live flows of a
+/// busy CPU early.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowState> =
-    LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT_ENTRIES, BPF_F_NO_COMMON_LRU);
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT_ENTRIES, 0);
 
 #[map]
 pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);

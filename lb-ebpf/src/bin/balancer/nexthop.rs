@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{counters::Reason, dataplane::DataplaneConfig, family};
-use lb_ebpf::access::{ptr_at_mut, read};
+use lb_ebpf::access::ptr_at_mut;
 
 use crate::{encap::Outer, maps::EGRESS};
 
@@ -33,8 +33,9 @@ pub fn forward(ctx: &XdpContext, outer: &Outer, tagged: bool, cfg: &DataplaneCon
         params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([outer.dst[0], outer.dst[1], outer.dst[2], outer.dst[3]]);
     } else {
         params.family = AF_INET6;
-        params.__bindgen_anon_3.ipv6_src = words(&outer.src);
-        params.__bindgen_anon_4.ipv6_dst = words(&outer.dst);
+        // SAFETY: plain byte arrays to plain words of the same size (network order kept).
+        params.__bindgen_anon_3.ipv6_src = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(outer.src) };
+        params.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(outer.dst) };
     }
     // SAFETY: params is a valid, fully initialised lookup structure on our stack.
     let rc =
@@ -60,10 +61,7 @@ pub fn forward(ctx: &XdpContext, outer: &Outer, tagged: bool, cfg: &DataplaneCon
         return (xdp_action::XDP_DROP, Reason::DropNoEgress);
     }
     // The frame was addressed to this host's interface: that MAC is our source now.
-    let Some(received_on) = read::<[u8; 6]>(ctx, 0) else {
-        return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
-    };
-    if set_macs(ctx, received_on, cfg.fallback_dst_mac).is_none() {
+    if set_macs(ctx, outer.received_on, cfg.fallback_dst_mac).is_none() {
         return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
     }
     (xdp_action::XDP_TX, Reason::TxFallback)
@@ -78,15 +76,4 @@ fn set_macs(ctx: &XdpContext, src: [u8; 6], dst: [u8; 6]) -> Option<()> {
     // SAFETY: ptr_at_mut checked the 12 bytes are inside the packet.
     unsafe { p.write_unaligned(macs) };
     Some(())
-}
-
-#[inline(always)]
-fn words(addr: &[u8; 16]) -> [u32; 4] {
-    let mut w = [0u32; 4];
-    let mut i = 0;
-    while i < 4 {
-        w[i] = u32::from_ne_bytes([addr[4 * i], addr[4 * i + 1], addr[4 * i + 2], addr[4 * i + 3]]);
-        i += 1;
-    }
-    w
 }
