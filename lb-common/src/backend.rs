@@ -7,7 +7,7 @@ pub const BACKEND_PRESENT: u8 = 1;
 
 /// A backend: the outer destination of encapsulated packets.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Backend {
     pub addr: [u8; 16],
     pub family: u8,

@@ -4,7 +4,7 @@ use crate::{assert_layout, userspace_pod};
 
 /// VIP match key: destination address, port (network order; 0 = all ports) and protocol.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct VipKey {
     pub addr: [u8; 16],
     pub port: [u8; 2],

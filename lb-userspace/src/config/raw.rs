@@ -1,0 +1,57 @@
+//! The configuration file as written: serde structs that reject unknown fields and keep the
+//! position of every value, so validation can point at the line and column of a bad one.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub instance: Spanned<Instance>,
+    #[serde(default)]
+    pub vip: Vec<Spanned<Vip>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instance {
+    pub name: Spanned<String>,
+    pub interfaces: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub xdp_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub flow_table_entries: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub udp_idle_timeout_secs: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub mtu: Option<Spanned<i64>>,
+    pub encap_source_v4: Spanned<String>,
+    pub encap_source_v6: Spanned<String>,
+    #[serde(default)]
+    pub fallback_mac: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vip {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub port: Spanned<i64>,
+    pub protocol: Spanned<String>,
+    #[serde(default)]
+    pub scheduler: Option<Spanned<String>>,
+    #[serde(default)]
+    pub forwarding: Option<Spanned<String>>,
+    #[serde(default)]
+    pub table_size: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub backend: Vec<Spanned<Backend>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub weight: Option<Spanned<i64>>,
+}

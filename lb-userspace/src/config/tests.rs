@@ -1,0 +1,145 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[instance]
+name = "edge"
+interfaces = ["eth0"]
+encap_source_v4 = "198.18.200.0/24"
+encap_source_v6 = "fd00:200::/112"
+
+[[vip]]
+name = "web"
+address = "198.18.100.1"
+port = 80
+protocol = "tcp"
+
+[[vip.backend]]
+address = "198.18.0.21"
+
+[[vip.backend]]
+address = "fd00::22"
+weight = 3
+"#;
+
+fn problems(text: &str) -> Vec<Problem> {
+    Config::parse(text, "test.toml").expect_err("should be rejected").problems
+}
+
+/// The one problem of `text`, as "line:column: field: message".
+fn only_problem(text: &str) -> String {
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    format!("{}:{}: {}: {}", p[0].line, p[0].column, p[0].field, p[0].message)
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::parse(MINIMAL, "test.toml").unwrap();
+    assert_eq!(c.instance.xdp_mode, XdpMode::Auto);
+    assert_eq!(c.instance.flow_table_entries, DEFAULT_FLOW_TABLE_ENTRIES);
+    assert_eq!(c.instance.udp_idle_timeout_secs, 30);
+    assert_eq!(c.instance.mtu, 1500);
+    assert_eq!(c.instance.encap_source_v4, SourcePrefix { network: Ipv4Addr::new(198, 18, 200, 0), host_bits: 8 });
+    assert_eq!(c.instance.encap_source_v6.host_bits, 16);
+    assert_eq!(c.instance.fallback_mac, None);
+    let vip = &c.vips[0];
+    assert_eq!(
+        (vip.port, vip.protocol, vip.scheduler, vip.forwarding, vip.table_size),
+        (80, Protocol::Tcp, Scheduler::Maglev, Forwarding::Ipip, 65_537)
+    );
+    assert_eq!(vip.backends[0], Backend { address: "198.18.0.21".parse().unwrap(), weight: 1 });
+    assert_eq!(vip.backends[1].weight, 3);
+    assert_eq!(c.backend_count(), 2);
+}
+
+#[test]
+fn unknown_field_is_rejected_where_it_stands() {
+    let text = MINIMAL.replace("port = 80", "port = 80\ntable_sise = 251");
+    let got = only_problem(&text);
+    assert!(got.starts_with("12:1: : unknown field `table_sise`"), "{got}");
+}
+
+#[test]
+fn syntax_error_has_a_position() {
+    let got = only_problem("[instance\nname = 1");
+    assert!(got.starts_with("1:10"), "{got}");
+}
+
+#[test]
+fn table_size_must_be_a_prime_in_range() {
+    let got = only_problem(&MINIMAL.replace("port = 80", "port = 80\ntable_size = 65536"));
+    assert_eq!(
+        got,
+        "12:14: vip[0].table_size: 65536 is not a prime; use a prime such as 251, 1021, 4093, 16381 or 65537"
+    );
+    let got = only_problem(&MINIMAL.replace("port = 80", "port = 80\ntable_size = 131071"));
+    assert!(got.contains("131071 is out of range 3..=65537"), "{got}");
+}
+
+#[test]
+fn values_out_of_range_say_the_range() {
+    for (from, to, expect) in [
+        ("port = 80", "port = 70000", "vip[0].port: 70000 is out of range 0..=65535"),
+        ("weight = 3", "weight = -1", "vip[0].backend[1].weight: -1 is out of range 0..=65535"),
+        ("protocol = \"tcp\"", "protocol = \"sctp\"", "vip[0].protocol: \"sctp\" is not a protocol"),
+        (
+            "address = \"198.18.100.1\"",
+            "address = \"198.18.100.300\"",
+            "vip[0].address: \"198.18.100.300\" is not an IPv4 or IPv6 address",
+        ),
+        ("name = \"edge\"", "name = \"edge\"\nmtu = 100", "instance.mtu: 100 is out of range 1280..=9216"),
+        ("name = \"edge\"", "name = \"edge\"\nxdp_mode = \"fast\"", "instance.xdp_mode: \"fast\" is not an XDP mode"),
+        (
+            "\"198.18.200.0/24\"",
+            "\"198.18.200.0/8\"",
+            "instance.encap_source_v4: prefix length /8 is out of range /16../32",
+        ),
+        (
+            "name = \"edge\"",
+            "name = \"edge\"\nfallback_mac = \"02:00:00:00:01\"",
+            "instance.fallback_mac: \"02:00:00:00:01\" is not a MAC address",
+        ),
+        ("interfaces = [\"eth0\"]", "interfaces = []", "instance.interfaces: lists no interface"),
+        ("name = \"web\"", "name = \"Web Server\"", "vip[0].name: \"Web Server\" is not a valid name"),
+    ] {
+        let text = MINIMAL.replacen(from, to, 1);
+        let got = only_problem(&text);
+        assert!(got.contains(expect), "{to}: got {got}");
+    }
+}
+
+#[test]
+fn duplicates_are_rejected() {
+    let twice =
+        format!("{MINIMAL}\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n");
+    let p = problems(&twice);
+    assert!(p.iter().any(|p| p.message.contains("already the name of vip[0]")), "{p:#?}");
+    assert!(p.iter().any(|p| p.message.contains("vip[0] already serves 198.18.100.1 port 80 tcp")), "{p:#?}");
+    let backend_twice = MINIMAL.replace("address = \"fd00::22\"", "address = \"198.18.0.21\"");
+    assert!(
+        only_problem(&backend_twice).contains("vip[0].backend[1].address: 198.18.0.21 is already vip[0].backend[0]")
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = MINIMAL.replace("port = 80", "port = -1").replace("weight = 3", "weight = 1000000").replace("mtu", "x");
+    let p = problems(&text);
+    assert_eq!(p.len(), 2, "{p:#?}");
+    let shown = ConfigError { source_name: "test.toml".into(), problems: p }.to_string();
+    assert!(shown.lines().all(|l| l.starts_with("test.toml:")), "{shown}");
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no example configs in {}", dir.display());
+}
