@@ -5,6 +5,8 @@
 //! idle table slot and one `VIPS` update then makes it live, so the data plane never reads a
 //! half-written table.
 
+use std::collections::BTreeMap;
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
@@ -19,7 +21,13 @@ use lb_common::{
     vip::{VipAddrKey, VipInfo, VipKey},
 };
 
-use crate::objects;
+use crate::{
+    attach::{Attached, attach},
+    config::XdpMode,
+    objects,
+    pins::PinDir,
+    reconcile::{Current, Op},
+};
 
 /// One whole Maglev table as stored in a map value.
 pub type MaglevTable = [u32; MAGLEV_MAX_TABLE_SIZE as usize];
@@ -44,6 +52,12 @@ pub enum DataplaneError {
     TableSize { len: usize },
     #[error("VIP index {index} already belongs to another VIP")]
     VipIndexInUse { index: u32 },
+    #[error("XDP link: {0}")]
+    Link(String),
+    #[error("pin directory {path}: {error}")]
+    Pins { path: std::path::PathBuf, error: std::io::Error },
+    #[error("no interface named {0}")]
+    NoInterface(String),
 }
 
 /// The balancer program and its maps.
@@ -61,6 +75,20 @@ pub struct Balancer {
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
 }
 
+/// Names of the balancer's maps (each pinned under its name).
+pub const BALANCER_MAPS: [&str; 10] = [
+    "VIPS",
+    "VIP_ADDRS",
+    "BACKENDS",
+    "MAGLEV_TABLES",
+    "FLOWS",
+    "CONFIG",
+    "EGRESS",
+    "REASON_STATS",
+    "VIP_STATS",
+    "BACKEND_STATS",
+];
+
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct BalancerSizes {
@@ -73,9 +101,25 @@ impl Balancer {
         Self::from_object(objects::BALANCER, sizes)
     }
 
+    /// Loads the embedded balancer with its maps pinned in `pins`: maps already pinned there are
+    /// adopted with their contents (the flow table keeps its size then), missing ones created.
+    pub fn open_pinned(sizes: BalancerSizes, pins: &PinDir) -> Result<Self, DataplaneError> {
+        pins.create().map_err(|error| DataplaneError::Pins { path: pins.root().to_path_buf(), error })?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("FLOWS", sizes.flow_table_entries);
+        let paths: Vec<_> = BALANCER_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Self::from_ebpf(loader.load(objects::BALANCER)?)
+    }
+
     /// Loads a balancer object (the embedded one, or a variant of it built by a benchmark).
     pub fn from_object(object: &[u8], sizes: BalancerSizes) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().map_max_entries("FLOWS", sizes.flow_table_entries).load(object)?;
+        Self::from_ebpf(EbpfLoader::new().map_max_entries("FLOWS", sizes.flow_table_entries).load(object)?)
+    }
+
+    fn from_ebpf(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
         let program: &mut Xdp = program(&mut ebpf, "balancer")?;
         program.load()?;
         Ok(Self {
@@ -161,6 +205,49 @@ impl Balancer {
         Ok(self.egress.insert(ifindex, ifindex, None, 0)?)
     }
 
+    /// Attaches the balancer to `interface` (or replaces the program in its pinned link) and
+    /// allows redirects to it.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode, pins: &PinDir) -> Result<Attached, DataplaneError> {
+        let ifindex = ifindex(interface)?;
+        self.add_egress(ifindex)?;
+        attach(self.program()?, interface, mode, &pins.link(interface))
+    }
+
+    /// What the maps hold now (the input of [`crate::reconcile::plan`]).
+    pub fn current(&self) -> Result<Current, DataplaneError> {
+        let dataplane = self.config.get(&0, 0)?;
+        let mut backends = BTreeMap::new();
+        for id in 0..MAX_BACKENDS {
+            let b = self.backends.get(&id, 0)?;
+            if b.is_present() {
+                backends.insert(id, b);
+            }
+        }
+        let mut vips = BTreeMap::new();
+        for entry in self.vips.iter() {
+            let (key, info) = entry?;
+            let table = if info.table_size == 0 {
+                Vec::new()
+            } else {
+                let live: Box<MaglevTable> = Box::new(self.tables.get(&info.live_table_slot(), 0)?);
+                live[..info.table_size as usize].to_vec()
+            };
+            vips.insert(key, (info.index, table));
+        }
+        Ok(Current { dataplane, backends, vips })
+    }
+
+    /// Carries out one reconcile operation.
+    pub fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
+        match op {
+            Op::SetDataplane(config) => self.set_config(config),
+            Op::SetBackend { id, backend } => self.set_backend(*id, backend),
+            Op::InstallVip { key, index, table } => self.install_vip(key, *index, table),
+            Op::RemoveVip { key } => self.remove_vip(key),
+            Op::ClearBackend { id } => self.clear_backend(*id),
+        }
+    }
+
     /// The flow table's map flags as the kernel reports them.
     pub fn flow_table_flags(&self) -> Result<u32, DataplaneError> {
         Ok(self.flows.map().info()?.map_flags())
@@ -200,7 +287,22 @@ pub struct Decap {
 
 impl Decap {
     pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().load(objects::DECAP)?;
+        Self::from_ebpf(EbpfLoader::new().load(objects::DECAP)?)
+    }
+
+    /// Loads the decapsulation program with its maps pinned (adopted if already there) in `pins`.
+    pub fn open_pinned(pins: &PinDir) -> Result<Self, DataplaneError> {
+        pins.create().map_err(|error| DataplaneError::Pins { path: pins.root().to_path_buf(), error })?;
+        let (vips, stats) = (pins.map("DECAP_VIPS"), pins.map("REASON_STATS"));
+        Self::from_ebpf(
+            EbpfLoader::new()
+                .map_pin_path("DECAP_VIPS", vips.as_path())
+                .map_pin_path("REASON_STATS", stats.as_path())
+                .load(objects::DECAP)?,
+        )
+    }
+
+    fn from_ebpf(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
         let program: &mut Xdp = program(&mut ebpf, "decap")?;
         program.load()?;
         Ok(Self { vips: take(&mut ebpf, "DECAP_VIPS")?, reason_stats: take(&mut ebpf, "REASON_STATS")?, ebpf })
@@ -219,8 +321,36 @@ impl Decap {
         Ok(self.vips.remove(addr)?)
     }
 
+    /// Makes `addrs` the exact set of VIP addresses to decapsulate for.
+    pub fn set_vips(&mut self, addrs: &[VipAddrKey]) -> Result<(), DataplaneError> {
+        let stale: Vec<VipAddrKey> = self.vips.keys().filter_map(Result::ok).filter(|k| !addrs.contains(k)).collect();
+        for addr in addrs {
+            self.add_vip(*addr)?;
+        }
+        for addr in &stale {
+            self.remove_vip(addr)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to `interface` (or replaces the program in its pinned link).
+    pub fn attach(&mut self, interface: &str, mode: XdpMode, pins: &PinDir) -> Result<Attached, DataplaneError> {
+        ifindex(interface)?;
+        attach(self.program()?, interface, mode, &pins.link(interface))
+    }
+
     pub fn reason_counters(&self) -> Result<Vec<ReasonCounter>, DataplaneError> {
         Reason::ALL.iter().map(|&r| Ok(sum_reason(&self.reason_stats.get(&(r as u32), 0)?))).collect()
+    }
+}
+
+/// The index of interface `name` in this network namespace.
+pub fn ifindex(name: &str) -> Result<u32, DataplaneError> {
+    let c = std::ffi::CString::new(name).map_err(|_| DataplaneError::NoInterface(name.to_string()))?;
+    // SAFETY: valid NUL-terminated name.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(DataplaneError::NoInterface(name.to_string())),
+        index => Ok(index),
     }
 }
 
@@ -245,14 +375,14 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     Ok(T::try_from(map)?)
 }
 
-fn sum_reason(per_cpu: &PerCpuValues<ReasonCounter>) -> ReasonCounter {
+pub(crate) fn sum_reason(per_cpu: &PerCpuValues<ReasonCounter>) -> ReasonCounter {
     per_cpu.iter().fold(ReasonCounter::default(), |acc, c| ReasonCounter {
         packets: acc.packets + c.packets,
         bytes: acc.bytes + c.bytes,
     })
 }
 
-fn sum_traffic(per_cpu: &PerCpuValues<TrafficCounters>) -> TrafficCounters {
+pub(crate) fn sum_traffic(per_cpu: &PerCpuValues<TrafficCounters>) -> TrafficCounters {
     per_cpu.iter().fold(TrafficCounters::default(), |acc, c| TrafficCounters {
         packets: acc.packets + c.packets,
         bytes: acc.bytes + c.bytes,

@@ -2,11 +2,19 @@
 //!
 //! Layout:
 //! - [`config`]: the TOML configuration, validated into types that cannot hold bad values.
+//! - [`pins`]: where pinned maps and links live (bpffs), so the data plane outlives the agent.
+//! - [`attach`]: attaching through pinned links, and replacing the program inside them atomically.
 //! - [`objects`]: the compiled XDP programs, embedded at build time (built by `build.rs`).
 //! - [`dataplane`]: typed handles on the loaded balancer and decapsulation programs and their
 //!   maps: configuration, VIPs, backends, atomic Maglev table installs, counters.
 //! - [`reconcile`]: pure planning of map operations from desired and current state.
+//! - [`agent`]: `lb run`, which applies a configuration and leaves the data plane running.
+//! - [`stats`]: counters read from the pinned maps.
+pub mod agent;
+pub mod attach;
 pub mod config;
 pub mod dataplane;
 pub mod objects;
+pub mod pins;
 pub mod reconcile;
+pub mod stats;
