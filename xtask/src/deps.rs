@@ -14,7 +14,16 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "veth offload settings in the namespaced lab"),
     ("iproute2", "network namespaces, veth pairs, routes and neighbours in tests"),
     ("procps", "sysctl in test namespaces"),
+    ("util-linux", "nsenter: running lb in a lab namespace while pinning on the machine's bpffs"),
+    ("nginx", "the lab backends' HTTP servers"),
+    ("dnsmasq-base", "the lab backends' DNS servers"),
+    ("curl", "the lab client's HTTP requests"),
+    ("bind9-dnsutils", "dig, the lab client's DNS queries"),
 ];
+
+/// Keeps Debian from starting installed services (nginx) on the machine itself: the lab runs
+/// its own servers inside its namespaces.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -30,10 +39,19 @@ pub fn ensure() -> anyhow::Result<()> {
             println!("deps: installing {p}: {why}");
         }
         run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get")
+        let own_policy = !std::path::Path::new(POLICY_RC_D).exists();
+        if own_policy {
+            std::fs::write(POLICY_RC_D, "#!/bin/sh\nexit 101\n").context("writing policy-rc.d")?;
+            std::fs::set_permissions(POLICY_RC_D, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        let installed = run(Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        if own_policy {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+        installed?;
         did.push(format!("installed {}", missing.join(", ")));
     }
 

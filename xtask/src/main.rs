@@ -4,10 +4,12 @@
 //! - [`deps`]: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker), idempotently.
 //! - [`test`]: every test tier (lint, host unit tests, in-kernel packet tests), with a summary.
 //! - [`bench`]: the XDP path benchmark.
+//! - [`lab`]: the namespaced lab and the demo.
 //! - [`cmd`]: running commands with readable failures.
 mod bench;
 mod cmd;
 mod deps;
+mod lab;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,13 @@ enum Command {
         #[arg(long, value_enum)]
         tier: Option<test::Tier>,
     },
+    /// The balancer in the namespaced lab with real servers and clients, then a summary (needs root).
+    Demo,
+    /// Bring the namespaced lab up or down (needs root).
+    Lab {
+        #[arg(value_enum)]
+        action: LabAction,
+    },
     /// Measure ns per packet of the balancer's paths next to a minimal XDP_TX program (needs root).
     Bench {
         #[arg(long, default_value_t = 15)]
@@ -40,6 +49,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LabAction {
+    Up,
+    Down,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     std::env::set_current_dir(cmd::workspace_root())?;
@@ -48,6 +63,17 @@ fn main() -> anyhow::Result<()> {
         Command::Test { tier } => {
             deps::ensure()?;
             test::run(tier)
+        }
+        Command::Demo => {
+            deps::ensure()?;
+            lab::demo()
+        }
+        Command::Lab { action } => {
+            deps::ensure()?;
+            match action {
+                LabAction::Up => lab::up(),
+                LabAction::Down => lab::down(),
+            }
         }
         Command::Bench { rounds, packets, json } => {
             deps::ensure()?;

@@ -1,0 +1,324 @@
+//! The namespaced lab: a client, the balancer and three backends on one bridged segment, built
+//! only from network namespaces, veth pairs and a bridge in a namespace of its own. Nothing is
+//! created in, or connected to, the machine's own network namespace.
+//!
+//! ```text
+//!   client 198.18.0.10  fd00::10 ─┐
+//!   lb     198.18.0.2   fd00::2  ─┼─ br0 (namespace lblab-sw)
+//!   be1..3 198.18.0.21… fd00::21…─┘
+//! ```
+//!
+//! The client routes the VIPs (198.18.100.0/24, fd00:100::/64) through the balancer. Backends
+//! hold the VIPs on `lo` (arp_ignore/arp_announce so they never answer for them), run the
+//! project's decapsulation program on `eth0`, and serve HTTP (nginx) and DNS (dnsmasq) on the
+//! VIPs, each answering with its own name, so a reply tells which backend served it.
+//!
+//! Used by `cargo xtask lab|demo` and by the end-to-end tests.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+pub const PREFIX: &str = "lblab";
+pub const SWITCH: &str = "lblab-sw";
+pub const CLIENT: &str = "lblab-client";
+pub const BALANCER: &str = "lblab-lb";
+pub const BACKENDS: [&str; 3] = ["lblab-be1", "lblab-be2", "lblab-be3"];
+/// Backend names as their servers answer them, in [`BACKENDS`] order.
+pub const BACKEND_NAMES: [&str; 3] = ["be1", "be2", "be3"];
+pub const INSTANCE: &str = "lab";
+
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
+pub const BALANCER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const BALANCER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
+
+pub fn backend_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 21 + i as u8)
+}
+
+pub fn backend_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x21 + i as u16)
+}
+
+/// The lab's working files (server configurations, pid files, logs).
+pub struct Lab {
+    pub dir: PathBuf,
+    /// The `lb` binary.
+    pub lb: PathBuf,
+}
+
+impl Lab {
+    pub fn new(dir: &Path, lb: &Path) -> Self {
+        Self { dir: dir.to_path_buf(), lb: lb.to_path_buf() }
+    }
+
+    /// Builds the topology, starts the servers and attaches decapsulation on the backends.
+    /// Anything left from an earlier lab is removed first.
+    pub fn up(&self) -> anyhow::Result<()> {
+        self.down();
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        ip(&["netns", "add", SWITCH])?;
+        ns(SWITCH, "ip", &["link", "add", "br0", "type", "bridge"])?;
+        ns(SWITCH, "ip", &["link", "set", "br0", "up"])?;
+        let hosts: Vec<(&str, Vec<String>)> = [
+            (CLIENT, vec![format!("{CLIENT_V4}/24"), format!("{CLIENT_V6}/64")]),
+            (BALANCER, vec![format!("{BALANCER_V4}/24"), format!("{BALANCER_V6}/64")]),
+        ]
+        .into_iter()
+        .chain(
+            BACKENDS
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (*b, vec![format!("{}/24", backend_v4(i)), format!("{}/64", backend_v6(i))])),
+        )
+        .collect();
+        for (host, addrs) in &hosts {
+            let port = host.trim_start_matches("lblab-");
+            ip(&["netns", "add", host])?;
+            ip(&["link", "add", "eth0", "netns", host, "type", "veth", "peer", "name", port, "netns", SWITCH])?;
+            ns(SWITCH, "ip", &["link", "set", port, "master", "br0", "up"])?;
+            ns(host, "ip", &["link", "set", "lo", "up"])?;
+            ns(host, "ip", &["link", "set", "eth0", "up"])?;
+            for a in addrs {
+                let mut args = vec!["addr", "add", a.as_str(), "dev", "eth0"];
+                if a.contains(':') {
+                    args.push("nodad");
+                }
+                ns(host, "ip", &args)?;
+            }
+        }
+        // UDP from a namespace leaves a veth with a partial checksum that XDP cannot carry.
+        ns(CLIENT, "ethtool", &["-K", "eth0", "tx", "off"])?;
+        ns(CLIENT, "ip", &["route", "add", "198.18.100.0/24", "via", &BALANCER_V4.to_string()])?;
+        ns(CLIENT, "ip", &["-6", "route", "add", "fd00:100::/64", "via", &BALANCER_V6.to_string()])?;
+        for (i, backend) in BACKENDS.iter().enumerate() {
+            self.backend_up(i, backend).with_context(|| format!("setting up {backend}"))?;
+        }
+        wait_until(Duration::from_secs(10), "the backends' servers to answer", || {
+            BACKENDS.iter().all(|b| {
+                ns(b, "curl", &["-s", "--max-time", "1", "-o", "/dev/null", &format!("http://{VIP_V4}/")]).is_ok()
+            })
+        })
+    }
+
+    fn backend_up(&self, i: usize, backend: &str) -> anyhow::Result<()> {
+        ns(backend, "ip", &["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
+        ns(backend, "ip", &["-6", "addr", "add", &format!("{VIP_V6}/128"), "dev", "lo"])?;
+        for (key, value) in [
+            ("net.ipv4.conf.all.arp_ignore", "1"),
+            ("net.ipv4.conf.all.arp_announce", "2"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.eth0.rp_filter", "0"),
+        ] {
+            ns(backend, "sysctl", &["-qw", &format!("{key}={value}")])?;
+        }
+        let name = BACKEND_NAMES[i];
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let d = dir.display();
+        let nginx_conf = dir.join("nginx.conf");
+        std::fs::write(
+            &nginx_conf,
+            format!(
+                "daemon on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 keepalive_timeout 65;\n\
+                 server {{\n    listen {VIP_V4}:80;\n    listen [{VIP_V6}]:80;\n\
+                 location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n\
+                 location /slow {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n"
+            ),
+        )?;
+        ns(backend, "nginx", &["-c", &nginx_conf.to_string_lossy(), "-p", &d.to_string()])?;
+        ns(
+            backend,
+            "dnsmasq",
+            &[
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                &format!("--listen-address={VIP_V4}"),
+                &format!("--listen-address={VIP_V6}"),
+                &format!("--txt-record=whoami.lab,{name}"),
+                &format!("--pid-file={d}/dnsmasq.pid"),
+                "--user=root",
+            ],
+        )?;
+        let lb = self.lb.to_string_lossy().into_owned();
+        in_netns(
+            backend,
+            &lb,
+            &[
+                "decap",
+                "attach",
+                "--name",
+                &decap_name(i),
+                "--interface",
+                "eth0",
+                "--vip",
+                &VIP_V4.to_string(),
+                "--vip",
+                &VIP_V6.to_string(),
+            ],
+        )
+    }
+
+    /// Starts `lb run` in the balancer's namespace (pins stay on the machine's bpffs), appending
+    /// its log to `log`, and waits until it reports that it runs.
+    pub fn start_agent(&self, config: &Path, log: &Path) -> anyhow::Result<Child> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let logged_before = out.metadata()?.len() as usize;
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{BALANCER}"))
+            .arg(&self.lb)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting lb run")?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("lb run exited with {status}; see {}", log.display());
+            }
+            let text = std::fs::read(log).unwrap_or_default();
+            if String::from_utf8_lossy(&text[logged_before.min(text.len())..]).contains(" running") {
+                return Ok(child);
+            }
+            ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "lb run did not report running within 20 s; see {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops an agent with SIGTERM (the data plane keeps forwarding) and waits for it.
+    pub fn stop_agent(&self, mut agent: Child) -> anyhow::Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while agent.try_wait()?.is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                agent.kill()?;
+                bail!("lb run did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Removes everything the lab created. Never fails: it is also the clean-up after failures.
+    pub fn down(&self) {
+        for (i, _) in BACKENDS.iter().enumerate() {
+            let _ = quiet(Command::new(&self.lb).args(["decap", "detach", "--name", &decap_name(i)]));
+        }
+        let _ = quiet(Command::new(&self.lb).args(["detach", "--instance", INSTANCE]));
+        for name in BACKEND_NAMES {
+            for pid_file in ["nginx.pid", "dnsmasq.pid"] {
+                if let Some(pid) = std::fs::read_to_string(self.dir.join(name).join(pid_file))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                {
+                    // SAFETY: signalling a process of ours by its pid file.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+            }
+        }
+        // Anything still running inside the lab's namespaces.
+        for host in [CLIENT, BALANCER].iter().chain(BACKENDS.iter()) {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", host]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok())
+                {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        for host in [SWITCH, CLIENT, BALANCER].iter().chain(BACKENDS.iter()) {
+            let _ = quiet(Command::new("ip").args(["netns", "del", host]));
+        }
+    }
+}
+
+fn decap_name(i: usize) -> String {
+    format!("{PREFIX}-{}", BACKEND_NAMES[i])
+}
+
+/// Runs `program ARGS` inside namespace `netns` (`ip netns exec`), failing with its stderr.
+pub fn ns(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(["netns", "exec", netns, program]).args(args))
+}
+
+/// Runs `program ARGS` in namespace `netns`'s network only (`nsenter --net`), keeping the
+/// machine's mounts: pins made there land on the machine's bpffs and outlive the command.
+pub fn in_netns(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("nsenter").arg(format!("--net=/run/netns/{netns}")).arg(program).args(args)).map(drop)
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+fn run(command: &mut Command) -> anyhow::Result<String> {
+    let what = format!("{command:?}");
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {what}: is it installed? (`cargo xtask deps`)"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn quiet(command: &mut Command) -> std::io::Result<std::process::ExitStatus> {
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status()
+}
+
+/// Polls `ready` until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !ready() {
+        ensure!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread that has joined network namespace `netns` (sockets it opens live there).
+pub fn in_namespace<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("setns {path}"));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in {netns} panicked"))?
+}
+
+/// The address of a VIP family.
+pub fn vip(v6: bool) -> IpAddr {
+    if v6 { IpAddr::V6(VIP_V6) } else { IpAddr::V4(VIP_V4) }
+}
