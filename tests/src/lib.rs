@@ -4,6 +4,8 @@
 //! - [`privileged`]: root check and a private network namespace for the test process.
 //! - [`packet`]: building test frames and the expected encapsulated output.
 //! - [`xdp`]: running a loaded XDP program once through BPF_PROG_RUN.
+//! - [`traffic`]: real HTTP and DNS clients for the namespaced end-to-end tests.
 pub mod packet;
 pub mod privileged;
+pub mod traffic;
 pub mod xdp;

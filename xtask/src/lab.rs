@@ -23,7 +23,7 @@ pub fn lab() -> anyhow::Result<Lab> {
 pub fn up() -> anyhow::Result<()> {
     let lab = lab()?;
     lab.up()?;
-    println!("lab up: namespaces {CLIENT}, lblab-lb, lblab-be1..3 on bridge namespace lblab-sw");
+    println!("lab up: namespaces {CLIENT}, lblab-lb, lblab-be1..4 on bridge namespace lblab-sw");
     println!("run the balancer:  nsenter --net=/run/netns/lblab-lb target/debug/lb run --config config/lab.toml");
     println!("send traffic:      ip netns exec {CLIENT} curl http://{VIP_V4}/");
     Ok(())
@@ -55,7 +55,9 @@ fn demo_in(lab: &Lab) -> anyhow::Result<()> {
     lab.stop_agent(agent)?;
     let tally = traffic?;
 
-    println!("\n== which backend answered ({DEMO_REQUESTS} requests each, each a new flow)");
+    println!(
+        "\n== which backend answered ({DEMO_REQUESTS} requests each, each a new flow; be4 is the lab's spare, not in lab.toml)"
+    );
     print!("{:<34}", "service");
     for b in BACKEND_NAMES {
         print!("{b:>6}");

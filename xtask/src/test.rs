@@ -15,11 +15,15 @@ pub enum Tier {
     Unit,
     /// In-kernel packet tests: the compiled XDP programs through BPF_PROG_RUN (root).
     Packet,
+    /// End-to-end tests in the namespaced lab with real servers and clients (root).
+    E2e,
 }
 
 /// Fewest in-kernel packet fixtures that make the tier count (guards against a filter or a
 /// harness change silently running fewer).
 const MIN_PACKET_FIXTURES: usize = 40;
+/// Fewest end-to-end tests that make the tier count.
+const MIN_E2E_TESTS: usize = 8;
 
 struct Outcome {
     tier: Tier,
@@ -31,7 +35,7 @@ struct Outcome {
 pub fn run(only: Option<Tier>) -> anyhow::Result<()> {
     let tiers = match only {
         Some(t) => vec![t],
-        None => vec![Tier::Lint, Tier::Unit, Tier::Packet],
+        None => vec![Tier::Lint, Tier::Unit, Tier::Packet, Tier::E2e],
     };
     let mut outcomes = Vec::new();
     for tier in tiers {
@@ -77,6 +81,18 @@ fn run_tier(tier: Tier) -> anyhow::Result<usize> {
             let passed = cargo_test(&["-p", "lb-tests", "--test", "xdp_packets"])?;
             if passed < MIN_PACKET_FIXTURES {
                 bail!("only {passed} packet fixtures ran, expected at least {MIN_PACKET_FIXTURES}");
+            }
+            Ok(passed)
+        }
+        Tier::E2e => {
+            if !cmd::is_root() {
+                bail!(
+                    "the e2e tier builds network namespaces and must run as root (`sudo -E cargo xtask test`); it is never skipped"
+                );
+            }
+            let passed = cargo_test(&["-p", "lb-tests", "--test", "lab_e2e"])?;
+            if passed < MIN_E2E_TESTS {
+                bail!("only {passed} end-to-end tests ran, expected at least {MIN_E2E_TESTS}");
             }
             Ok(passed)
         }

@@ -1,17 +1,18 @@
-//! The namespaced lab: a client, the balancer and three backends on one bridged segment, built
+//! The namespaced lab: a client, the balancer and four backends on one bridged segment, built
 //! only from network namespaces, veth pairs and a bridge in a namespace of its own. Nothing is
 //! created in, or connected to, the machine's own network namespace.
 //!
 //! ```text
 //!   client 198.18.0.10  fd00::10 ─┐
 //!   lb     198.18.0.2   fd00::2  ─┼─ br0 (namespace lblab-sw)
-//!   be1..3 198.18.0.21… fd00::21…─┘
+//!   be1..4 198.18.0.21… fd00::21…─┘
 //! ```
 //!
 //! The client routes the VIPs (198.18.100.0/24, fd00:100::/64) through the balancer. Backends
 //! hold the VIPs on `lo` (arp_ignore/arp_announce so they never answer for them), run the
 //! project's decapsulation program on `eth0`, and serve HTTP (nginx) and DNS (dnsmasq) on the
 //! VIPs, each answering with its own name, so a reply tells which backend served it.
+//! `config/lab.toml` uses be1..be3; be4 is the spare that tests add to a running service.
 //!
 //! Used by `cargo xtask lab|demo` and by the end-to-end tests.
 
@@ -29,9 +30,9 @@ pub const PREFIX: &str = "lblab";
 pub const SWITCH: &str = "lblab-sw";
 pub const CLIENT: &str = "lblab-client";
 pub const BALANCER: &str = "lblab-lb";
-pub const BACKENDS: [&str; 3] = ["lblab-be1", "lblab-be2", "lblab-be3"];
+pub const BACKENDS: [&str; 4] = ["lblab-be1", "lblab-be2", "lblab-be3", "lblab-be4"];
 /// Backend names as their servers answer them, in [`BACKENDS`] order.
-pub const BACKEND_NAMES: [&str; 3] = ["be1", "be2", "be3"];
+pub const BACKEND_NAMES: [&str; 4] = ["be1", "be2", "be3", "be4"];
 pub const INSTANCE: &str = "lab";
 
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);

@@ -1,0 +1,126 @@
+//! Real clients for the end-to-end tests: HTTP over TCP and DNS over UDP, against the lab's
+//! servers, which answer with the name of the backend that served the request.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Http {
+    stream: TcpStream,
+}
+
+impl Http {
+    pub fn connect(vip: IpAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect_timeout(&SocketAddr::new(vip, 80), TIMEOUT).context("connect")?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.set_write_timeout(Some(TIMEOUT))?;
+        Ok(Self { stream })
+    }
+
+    /// GET / and the body (the backend's name).
+    pub fn get(&mut self) -> anyhow::Result<String> {
+        self.request("GET / HTTP/1.1\r\nHost: lab\r\n\r\n".as_bytes())
+    }
+
+    /// POST / with a body of `len` bytes (large requests exercise the path MTU).
+    pub fn post(&mut self, len: usize) -> anyhow::Result<String> {
+        let mut req = format!("POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        req.extend(std::iter::repeat_n(b'x', len));
+        self.request(&req)
+    }
+
+    fn request(&mut self, request: &[u8]) -> anyhow::Result<String> {
+        self.stream.write_all(request).context("send")?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = self.stream.read(&mut byte).context("read response head")?;
+            ensure!(n == 1, "connection closed before the response");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        ensure!(head.starts_with("HTTP/1.1 200"), "unexpected response: {}", head.lines().next().unwrap_or(""));
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+            .context("no Content-Length")?
+            .parse()?;
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).context("read body")?;
+        Ok(String::from_utf8_lossy(&body).trim().to_string())
+    }
+}
+
+/// One new connection, `requests` requests on it; the backend name if all came from one backend.
+pub fn http_connection(vip: IpAddr, requests: usize) -> anyhow::Result<String> {
+    let mut c = Http::connect(vip)?;
+    let first = c.get()?;
+    for _ in 1..requests {
+        let again = c.get()?;
+        ensure!(again == first, "one connection answered by {first} and then by {again}");
+    }
+    Ok(first)
+}
+
+/// A UDP "session": one socket (one 5-tuple) asking the DNS VIP which backend answers.
+pub struct Dns {
+    socket: UdpSocket,
+    vip: SocketAddr,
+    id: u16,
+}
+
+impl Dns {
+    pub fn new(vip: IpAddr) -> anyhow::Result<Self> {
+        let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+        let socket = UdpSocket::bind(bind)?;
+        socket.set_read_timeout(Some(TIMEOUT))?;
+        Ok(Self { socket, vip: SocketAddr::new(vip, 53), id: 0 })
+    }
+
+    /// Sends one query without waiting (for streams); returns its id.
+    pub fn send(&mut self) -> anyhow::Result<u16> {
+        self.id = self.id.wrapping_add(1);
+        let mut q = Vec::with_capacity(40);
+        q.extend_from_slice(&self.id.to_be_bytes());
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // recursion desired, 1 question
+        for label in ["whoami", "lab"] {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 16, 0, 1]); // root, TXT, IN
+        self.socket.send_to(&q, self.vip).context("send query")?;
+        Ok(self.id)
+    }
+
+    /// Receives one answer: (query id, backend name).
+    pub fn receive(&self) -> anyhow::Result<(u16, String)> {
+        let mut buf = [0u8; 512];
+        let (n, _) = self.socket.recv_from(&mut buf).context("no answer")?;
+        let r = &buf[..n];
+        ensure!(n > 16 && r[3] & 0x0f == 0 && u16::from_be_bytes([r[6], r[7]]) == 1, "bad answer {r:02x?}");
+        // The single TXT string ends the message: [length][name].
+        let len = r[n - 4] as usize;
+        if len != 3 {
+            bail!("unexpected TXT record in {r:02x?}");
+        }
+        Ok((u16::from_be_bytes([r[0], r[1]]), String::from_utf8_lossy(&r[n - 3..]).into_owned()))
+    }
+
+    /// One query and its answer's backend.
+    pub fn ask(&mut self) -> anyhow::Result<String> {
+        let id = self.send()?;
+        loop {
+            let (got, name) = self.receive()?;
+            if got == id {
+                return Ok(name);
+            }
+        }
+    }
+}
