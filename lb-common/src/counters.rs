@@ -18,6 +18,9 @@ pub enum Reason {
     TxFallback,
     /// Encapsulated and redirected to another interface (DEVMAP), next hop from the FIB.
     TxRedirect,
+    /// Too big once encapsulated: turned into an ICMP "fragmentation needed" / ICMPv6 "packet
+    /// too big" to the client, sent back where it came from.
+    TxIcmpTooBig,
     /// VIP traffic whose IP or L4 header is cut short.
     DropTruncated,
     /// VIP traffic with a malformed IP header (bad IHL, version or lengths).
@@ -30,7 +33,8 @@ pub enum Reason {
     DropIpv6Extension,
     /// VIP traffic that arrived with TTL / hop limit 0.
     DropTtlExpired,
-    /// Would exceed the configured or route MTU once encapsulated.
+    /// Would exceed the MTU once encapsulated, and no ICMP error can be sent (IPv4 without DF),
+    /// or exceeds the MTU of the route to the backend.
     DropTooBig,
     /// The VIP has no usable backend.
     DropNoBackend,
@@ -58,6 +62,7 @@ impl Reason {
         Reason::TxFib,
         Reason::TxFallback,
         Reason::TxRedirect,
+        Reason::TxIcmpTooBig,
         Reason::DropTruncated,
         Reason::DropBadHeader,
         Reason::DropIpv4Options,
@@ -82,6 +87,7 @@ impl Reason {
             Reason::TxFib => "tx_fib",
             Reason::TxFallback => "tx_fallback",
             Reason::TxRedirect => "tx_redirect",
+            Reason::TxIcmpTooBig => "tx_icmp_too_big",
             Reason::DropTruncated => "drop_truncated",
             Reason::DropBadHeader => "drop_bad_header",
             Reason::DropIpv4Options => "drop_ipv4_options",

@@ -19,8 +19,9 @@ pub fn replace_word(check: [u8; 2], old: u16, new: u16) -> [u8; 2] {
     fold(sum).to_be_bytes()
 }
 
+/// The one's complement checksum of a 32-bit sum of 16-bit words.
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)

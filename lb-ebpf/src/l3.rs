@@ -5,7 +5,7 @@
 //! reports an `anomaly` and leaves the verdict to the caller, which knows the VIP addresses.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{counters::Reason, family};
+use lb_common::{counters::Reason, family, flow::FlowKey};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
@@ -25,18 +25,11 @@ const IPV6_EXTENSION_HEADERS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
 const IPV4_DONT_FRAGMENT: u16 = 0x4000;
 const IPV4_FRAGMENT_BITS: u16 = 0x3fff; // more-fragments flag and fragment offset
 
-/// An IP header as the balancer needs it. 8-aligned, with the addresses first, so that copies of
-/// them on the stack may use 8-byte accesses (the verifier rejects misaligned stack access).
-#[repr(C, align(8))]
+/// An IP header as the balancer needs it. The addresses, protocol and family are kept in the
+/// flow key itself ([`ports`] completes it), so the fast path never copies them again.
 pub struct Ip {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub family: u8,
-    /// IPv4 protocol or IPv6 next header.
-    pub protocol: u8,
+    pub flow: FlowKey,
     pub l3_offset: usize,
-    /// Where the L4 header starts (only meaningful without an anomaly).
-    pub l4_offset: usize,
     /// The whole IP packet's length, header included, per the header's length field.
     pub packet_len: u16,
     /// TOS / traffic class byte (DSCP and ECN).
@@ -89,12 +82,16 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> L3 {
         None
     };
     L3::Ip(Ip {
-        family: family::IPV4,
-        protocol: h.proto,
-        src,
-        dst,
+        flow: FlowKey {
+            src_addr: src,
+            dst_addr: dst,
+            src_port: [0; 2],
+            dst_port: [0; 2],
+            protocol: h.proto,
+            family: family::IPV4,
+            _pad: [0; 2],
+        },
         l3_offset,
-        l4_offset: l3_offset + Ipv4Hdr::LEN,
         packet_len,
         traffic_class: h.tos,
         dont_fragment: frags & IPV4_DONT_FRAGMENT != 0,
@@ -126,12 +123,16 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> L3 {
         None
     };
     L3::Ip(Ip {
-        family: family::IPV6,
-        protocol: next,
-        src: h.src_addr,
-        dst: h.dst_addr,
+        flow: FlowKey {
+            src_addr: h.src_addr,
+            dst_addr: h.dst_addr,
+            src_port: [0; 2],
+            dst_port: [0; 2],
+            protocol: next,
+            family: family::IPV6,
+            _pad: [0; 2],
+        },
         l3_offset,
-        l4_offset: l3_offset + Ipv6Hdr::LEN,
         packet_len,
         traffic_class: (h.vcf[0] << 4) | (h.vcf[1] >> 4),
         dont_fragment: true,
@@ -139,16 +140,27 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> L3 {
     })
 }
 
-/// Source and destination ports of a TCP or UDP packet (network order), if its whole minimal
-/// L4 header is inside both the frame and the IP packet.
+impl Ip {
+    /// Length of the IP header (options and extension headers are never served).
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        if self.flow.family == family::IPV4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN }
+    }
+}
+
+/// Completes the flow key with the ports of a TCP or UDP packet, if its whole minimal L4 header
+/// is inside both the frame and the IP packet.
 #[inline(always)]
-pub fn ports(ctx: &XdpContext, ip: &Ip) -> Option<([u8; 2], [u8; 2])> {
-    let min_header: usize = if ip.protocol == IPPROTO_TCP { 20 } else { 8 };
-    if ip.l4_offset - ip.l3_offset + min_header > usize::from(ip.packet_len) {
+pub fn ports(ctx: &XdpContext, ip: &mut Ip) -> Option<()> {
+    let min_header: usize = if ip.flow.protocol == IPPROTO_TCP { 20 } else { 8 };
+    if ip.header_len() + min_header > usize::from(ip.packet_len) {
         return None;
     }
+    let l4 = ip.l3_offset + ip.header_len();
     // The first four bytes of both headers are the ports; the rest must be present too.
-    read::<[u8; 4]>(ctx, ip.l4_offset + min_header - 4)?;
-    let p = read::<[u8; 4]>(ctx, ip.l4_offset)?;
-    Some(([p[0], p[1]], [p[2], p[3]]))
+    read::<[u8; 4]>(ctx, l4 + min_header - 4)?;
+    let p = read::<[u8; 4]>(ctx, l4)?;
+    ip.flow.src_port = [p[0], p[1]];
+    ip.flow.dst_port = [p[2], p[3]];
+    Some(())
 }

@@ -189,3 +189,47 @@ pub fn encapsulated(input: &[u8], l3: usize, e: &Encap) -> Vec<u8> {
     out.extend_from_slice(inner);
     out
 }
+
+/// The exact ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" the balancer must
+/// send back for the too-big client frame `input` (IP header at `l3`), announcing `mtu`.
+pub fn too_big_answer(input: &[u8], l3: usize, mtu: u16) -> Vec<u8> {
+    use etherparse::{Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, icmpv4::DestUnreachableHeader};
+    let mut out = Vec::new();
+    out.extend_from_slice(&input[6..12]);
+    out.extend_from_slice(&input[0..6]);
+    out.extend_from_slice(&input[12..l3]); // VLAN tag if any, and the ethertype
+    let ip = &input[l3..];
+    if ip[0] >> 4 == 4 {
+        let quote = &ip[..28];
+        let icmp = Icmpv4Header::with_checksum(
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu }),
+            quote,
+        );
+        let (client, vip): ([u8; 4], [u8; 4]) = (ip[12..16].try_into().expect("4"), ip[16..20].try_into().expect("4"));
+        let mut h = Ipv4Header::new(8 + 28, 64, IpNumber(1), vip, client).expect("valid");
+        h.dont_fragment = false;
+        h.header_checksum = h.calc_header_checksum();
+        out.extend_from_slice(&h.to_bytes());
+        out.extend_from_slice(&icmp.to_bytes());
+        out.extend_from_slice(quote);
+    } else {
+        let quote = &ip[..48];
+        let (client, vip): ([u8; 16], [u8; 16]) =
+            (ip[8..24].try_into().expect("16"), ip[24..40].try_into().expect("16"));
+        let icmp = Icmpv6Header::with_checksum(Icmpv6Type::PacketTooBig { mtu: u32::from(mtu) }, vip, client, quote)
+            .expect("fits");
+        let h = Ipv6Header {
+            traffic_class: 0,
+            flow_label: Ipv6FlowLabel::ZERO,
+            payload_length: 8 + 48,
+            next_header: IpNumber(58),
+            hop_limit: 64,
+            source: vip,
+            destination: client,
+        };
+        out.extend_from_slice(&h.to_bytes());
+        out.extend_from_slice(&icmp.to_bytes());
+        out.extend_from_slice(quote);
+    }
+    out
+}

@@ -273,6 +273,39 @@ fn agent_restart_loses_nothing(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `tx_icmp_too_big` counter of the lab instance, from `lb stats --json`.
+fn icmp_too_big_sent(env: &Env) -> anyhow::Result<u64> {
+    let out =
+        std::process::Command::new(&env.lab.lb).args(["stats", "--instance", lb_lab::INSTANCE, "--json"]).output()?;
+    ensure!(out.status.success(), "lb stats failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    stats["reasons"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["reason"] == "tx_icmp_too_big"))
+        .and_then(|r| r["packets"].as_u64())
+        .context("no tx_icmp_too_big counter in lb stats --json")
+}
+
+/// A client sending full-size segments (its MTU is the segment's, 1500) through a tunnel that
+/// adds 20 or 40 bytes: the balancer answers with ICMP "too big", the client's stack lowers its
+/// path MTU for the VIP, and the transfer completes.
+fn path_mtu(env: &mut Env) -> anyhow::Result<()> {
+    let before = icmp_too_big_sent(env)?;
+    for v6 in [false, true] {
+        in_namespace(CLIENT, move || -> anyhow::Result<()> {
+            let mut c = Http::connect(vip(v6))?;
+            let first = c.post(64 * 1024).with_context(|| format!("64 KiB POST over IPv{}", if v6 { 6 } else { 4 }))?;
+            let again = c.post(64 * 1024)?;
+            ensure!(first == again, "one connection answered by {first} and {again}");
+            Ok(())
+        })??;
+    }
+    let sent = icmp_too_big_sent(env)? - before;
+    ensure!(sent > 0, "the transfers completed without any ICMP too-big: the test did not exercise the path MTU");
+    println!("    two 64 KiB POSTs per family completed; the balancer sent {sent} ICMP too-big messages");
+    Ok(())
+}
+
 type Body = fn(&mut Env) -> anyhow::Result<()>;
 
 fn trials() -> Vec<(&'static str, Body)> {
@@ -285,6 +318,7 @@ fn trials() -> Vec<(&'static str, Body)> {
         ("weights/1_2_3_tcp4_and_udp4", weighted_shares),
         ("change/add_backend_and_change_weight_under_load", table_change_under_load),
         ("restart/agent_restart_under_load_loses_nothing", agent_restart_loses_nothing),
+        ("mtu/full_size_segments_complete_through_icmp_too_big", path_mtu),
     ]
 }
 

@@ -24,7 +24,7 @@ use lb_common::{
 use lb_tests::{
     packet::{
         BALANCER_MAC, CLIENT_MAC, Encap, Flow, Protocol, Shape, encapsulated, fix_ipv4_checksum, frame, key_addr,
-        l3_offset,
+        l3_offset, too_big_answer,
     },
     privileged::{enter_private_netns, require_root, run},
     xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, run_once, verdict_name},
@@ -400,23 +400,30 @@ fn cases() -> Vec<(&'static str, Body)> {
         ("mtu/ipv6_exactly_at_mtu_forwarded", |e| {
             encap_case(e, Protocol::Tcp, VIP6.into(), 80, Shape { payload_len: 1400, ..Shape::default() })
         }),
-        ("mtu/ipv4_one_byte_over_dropped", |e| {
-            let f = flow(e, Protocol::Tcp, VIP4.into(), 80);
-            check(
+        ("mtu/ipv4_one_byte_over_answered_with_fragmentation_needed", |e| {
+            too_big_case(e, Protocol::Tcp, VIP4.into(), 80, Shape { payload_len: 1441, ..Shape::default() }, MTU - 20)
+        }),
+        ("mtu/ipv6_one_byte_over_answered_with_packet_too_big", |e| {
+            too_big_case(e, Protocol::Tcp, VIP6.into(), 80, Shape { payload_len: 1401, ..Shape::default() }, MTU - 40)
+        }),
+        ("mtu/ipv4_to_ipv6_backends_announces_their_overhead", |e| {
+            too_big_case(
                 e,
-                &frame(&f, &Shape { payload_len: 1441, ..Shape::default() }),
-                None,
-                &Expect::drop(Reason::DropTooBig),
+                Protocol::Tcp,
+                VIP4_V6_BACKENDS.into(),
+                80,
+                Shape { payload_len: 1421, ..Shape::default() },
+                MTU - 40,
             )
         }),
-        ("mtu/ipv6_one_byte_over_dropped", |e| {
-            let f = flow(e, Protocol::Tcp, VIP6.into(), 80);
-            check(
-                e,
-                &frame(&f, &Shape { payload_len: 1401, ..Shape::default() }),
-                None,
-                &Expect::drop(Reason::DropTooBig),
-            )
+        ("mtu/vlan_tagged_udp6_answered_with_its_tag", |e| {
+            let shape = Shape { vlan: Some(33), payload_len: 1413, ..Shape::default() };
+            too_big_case(e, Protocol::Udp, VIP6.into(), 53, shape, MTU - 40)
+        }),
+        ("mtu/ipv4_without_df_over_mtu_dropped", |e| {
+            let f = flow(e, Protocol::Udp, VIP4.into(), 53);
+            let shape = Shape { payload_len: 1453, dont_fragment: false, ..Shape::default() };
+            check(e, &frame(&f, &shape), None, &Expect::drop(Reason::DropTooBig))
         }),
         // Not for a VIP: passed byte for byte.
         ("pass/arp", |e| check(e, &arp_frame(), None, &Expect::pass(Reason::PassNotIp))),
@@ -721,6 +728,26 @@ fn cases() -> Vec<(&'static str, Body)> {
         }),
         ("decap/balancer_output_round_trips", balancer_decap_round_trip),
     ]
+}
+
+/// A packet too big to encapsulate: answered in place with an ICMP error announcing `mtu`.
+fn too_big_case(
+    env: &mut Env,
+    protocol: Protocol,
+    dst: IpAddr,
+    port: u16,
+    shape: Shape,
+    mtu: u16,
+) -> anyhow::Result<()> {
+    let f = flow(env, protocol, dst, port);
+    let input = frame(&f, &shape);
+    let output = too_big_answer(&input, l3_offset(&shape), mtu);
+    check(
+        env,
+        &input,
+        None,
+        &Expect { verdict: XDP_TX, reason: Reason::TxIcmpTooBig, output: Some(output), forwarded: None },
+    )
 }
 
 fn add_ipv4_options(f: &mut Vec<u8>, l3: usize) {

@@ -10,6 +10,7 @@
 //!   RFC 6040 normal mode), so QoS and congestion marks apply on the way to the backend;
 //! - IPv4 DF copied from an inner IPv4 packet (RFC 2003), set for inner IPv6.
 
+use crate::maps::CONFIG;
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     backend::Backend,
@@ -28,37 +29,28 @@ use lb_ebpf::{
 /// Offset of a VLAN tag (TPID and TCI) in a tagged frame.
 const VLAN_TAG_OFFSET: usize = 12;
 
-/// Where the outer packet goes, for the next-hop lookup (8-aligned like [`Ip`]).
-#[repr(C, align(8))]
-pub struct Outer {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub family: u8,
-    /// Outer IP packet length.
-    pub len: u16,
-    /// The MAC address the frame was sent to (this host's), the source MAC when the next hop
-    /// comes from the fallback.
-    pub received_on: [u8; 6],
+/// Bytes the outer header adds for `backend`.
+#[inline(always)]
+pub fn overhead(backend: &Backend) -> u16 {
+    if backend.family == family::IPV4 { IPV4_ENCAP_OVERHEAD } else { IPV6_ENCAP_OVERHEAD }
 }
 
-/// Prepends the outer header and sets the ethertype (and keeps the VLAN tag). The MAC addresses
-/// are left for the next-hop stage to write. After this, every packet pointer taken before is
-/// invalid.
+/// The largest inner packet that fits the MTU once encapsulated for `backend`.
 #[inline(always)]
-pub fn encapsulate(
-    ctx: &XdpContext,
-    ip: &Ip,
-    backend: &Backend,
-    cfg: &DataplaneConfig,
-    hash: u32,
-) -> Result<Outer, Reason> {
+pub fn inner_mtu(backend: &Backend, cfg: &DataplaneConfig) -> u16 {
+    cfg.mtu.saturating_sub(overhead(backend))
+}
+
+/// Prepends the outer header, sets the ethertype (and keeps the VLAN tag) and the source MAC
+/// to this host's; returns the outer packet's length. The next-hop stage sets the MACs. After this, every packet pointer taken before is
+/// invalid. Out of line, with its own stack frame.
+#[inline(never)]
+pub fn encapsulate(ctx: &XdpContext, ip: &Ip, backend: &Backend, hash: u32) -> Result<u16, Reason> {
+    // Looked up here rather than passed: BPF functions take at most five arguments.
+    let cfg = CONFIG.get(0).ok_or(Reason::DropEncapFailed)?;
     let v4_outer = backend.family == family::IPV4;
-    let overhead = if v4_outer { IPV4_ENCAP_OVERHEAD } else { IPV6_ENCAP_OVERHEAD };
-    let len = ip.packet_len.checked_add(overhead).ok_or(Reason::DropTooBig)?;
-    if len > cfg.mtu {
-        return Err(Reason::DropTooBig);
-    }
-    let inner_protocol = if ip.family == family::IPV4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let len = ip.packet_len + overhead(backend);
+    let inner_protocol = if ip.flow.family == family::IPV4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
 
     // Save what stays of the link header before moving the packet start.
     let received_on = read::<[u8; 6]>(ctx, 0).ok_or(Reason::DropEncapFailed)?;
@@ -67,23 +59,24 @@ pub fn encapsulate(
     let tag = if tagged { read::<[u8; 4]>(ctx, VLAN_TAG_OFFSET).ok_or(Reason::DropEncapFailed)? } else { [0; 4] };
 
     // SAFETY: the helper only moves the packet start; pointers are re-derived below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -i32::from(overhead)) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -i32::from(overhead(backend))) } != 0 {
         return Err(Reason::DropEncapFailed);
     }
 
     let l3 = ip.l3_offset;
+    // The source MAC until the next-hop stage knows better: the address the frame was sent to,
+    // this host's.
+    write(ctx, 6, received_on)?;
     if tagged {
         write(ctx, VLAN_TAG_OFFSET, tag)?;
     }
     let ether_type = if v4_outer { ETH_P_IPV4 } else { ETH_P_IPV6 };
     write(ctx, ether_type_offset(l3), ether_type.to_be_bytes())?;
 
-    let mut outer = Outer { family: backend.family, src: [0; 16], dst: backend.addr, len, received_on };
     if v4_outer {
         let src = encap_source(cfg.encap_src_v4, cfg.encap_src_v4_host_bits, hash);
-        outer.src[..4].copy_from_slice(&src);
         let [len_hi, len_lo] = len.to_be_bytes();
-        let flags = if ip.family == family::IPV6 || ip.dont_fragment { 0x40 } else { 0 };
+        let flags = if ip.flow.family == family::IPV6 || ip.dont_fragment { 0x40 } else { 0 };
         let d = backend.addr;
         // Checksummed from the values, not by reading the header back.
         let check = checksum::ipv4_header([
@@ -125,7 +118,6 @@ pub fn encapsulate(
         let mut src = cfg.encap_src_v6;
         let low = encap_source([src[12], src[13], src[14], src[15]], cfg.encap_src_v6_host_bits, hash);
         src[12..].copy_from_slice(&low);
-        outer.src = src;
         let tc = ip.traffic_class;
         let label = hash & 0x000f_ffff;
         let [pl_hi, pl_lo] = ip.packet_len.to_be_bytes();
@@ -143,7 +135,7 @@ pub fn encapsulate(
         write(ctx, l3 + 8, src)?;
         write(ctx, l3 + 24, backend.addr)?;
     }
-    Ok(outer)
+    Ok(len)
 }
 
 #[inline(always)]

@@ -1,13 +1,15 @@
 //! The balancer: XDP fast path of the load balancer.
 //!
 //! A straight line of small stages: link and IP parsing (`lb_ebpf::l2`, `lb_ebpf::l3`) ->
-//! VIP lookup -> flow table or Maglev choice for new flows ([`choose_backend`]) ->
-//! encapsulation ([`encap`]) -> next hop and verdict ([`nexthop`]) -> counters ([`maps`]).
+//! VIP lookup -> flow table or Maglev choice for new flows ([`choose_backend`]) -> MTU check
+//! ([`icmp`] answers packets too big to encapsulate) -> encapsulation ([`encap`]) -> next hop and
+//! verdict ([`nexthop`]) -> counters ([`maps`]).
 //! Every packet is counted under exactly one [`Reason`]; nothing is logged per packet.
 #![no_std]
 #![no_main]
 
 mod encap;
+mod icmp;
 mod maps;
 mod nexthop;
 
@@ -21,7 +23,7 @@ use lb_common::{
 };
 use lb_ebpf::{
     access::frame_len,
-    l2::{self, ETH_LEN, Link},
+    l2::{self, Link},
     l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3},
 };
 
@@ -42,46 +44,41 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         Link::Other => return (xdp_action::XDP_PASS, Reason::PassNotIp),
         Link::Truncated => return (xdp_action::XDP_PASS, Reason::PassUnparseable),
     };
-    let ip = match l3::parse(ctx, ether_type, l3_offset) {
+    let mut ip = match l3::parse(ctx, ether_type, l3_offset) {
         L3::Ip(ip) => ip,
         L3::Truncated => return (xdp_action::XDP_PASS, Reason::PassUnparseable),
     };
     if let Some(anomaly) = ip.anomaly {
         return refuse_if_vip_address(&ip, anomaly);
     }
-    if ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP {
+    if ip.flow.protocol != IPPROTO_TCP && ip.flow.protocol != IPPROTO_UDP {
         return (xdp_action::XDP_PASS, Reason::PassNotVip);
     }
-    let Some((src_port, dst_port)) = l3::ports(ctx, &ip) else {
+    if l3::ports(ctx, &mut ip).is_none() {
         return refuse_if_vip_address(&ip, Reason::DropTruncated);
     };
-    let Some(vip) = find_vip(&ip, dst_port) else {
+    let Some(vip) = find_vip(&ip.flow) else {
         return (xdp_action::XDP_PASS, Reason::PassNotVip);
     };
     let Some(cfg) = CONFIG.get(0) else {
         return (xdp_action::XDP_DROP, Reason::DropNoEgress);
     };
 
-    let key = FlowKey {
-        src_addr: ip.src,
-        dst_addr: ip.dst,
-        src_port,
-        dst_port,
-        protocol: ip.protocol,
-        family: ip.family,
-        _pad: [0; 2],
-    };
-    let Some((backend_id, backend, hash, new_flow)) = choose_backend(&key, &vip, cfg.udp_idle_timeout_ns) else {
+    let Some((backend_id, backend, hash, new_flow)) = choose_backend(&ip.flow, &vip, cfg.udp_idle_timeout_ns) else {
         maps::count_traffic(&VIP_STATS, vip.index, bytes, false);
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
     maps::count_traffic(&VIP_STATS, vip.index, bytes, new_flow);
 
-    let outer = match encap::encapsulate(ctx, &ip, &backend, cfg, hash) {
-        Ok(outer) => outer,
+    let inner_mtu = encap::inner_mtu(&backend, cfg);
+    if ip.packet_len > inner_mtu {
+        return icmp::too_big(ctx, &ip, inner_mtu);
+    }
+    let outer_len = match encap::encapsulate(ctx, &ip, &backend, hash) {
+        Ok(len) => len,
         Err(reason) => return (xdp_action::XDP_DROP, reason),
     };
-    let verdict = nexthop::forward(ctx, &outer, ip.l3_offset != ETH_LEN, cfg);
+    let verdict = nexthop::forward(ctx, &backend, ip.l3_offset, outer_len);
     if verdict.0 != xdp_action::XDP_DROP {
         maps::count_traffic(&BACKEND_STATS, backend_id, bytes, new_flow);
     }
@@ -92,7 +89,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
 #[inline(always)]
 fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> (u32, Reason) {
     // SAFETY: plain lookup; the value is not used.
-    if unsafe { VIP_ADDRS.get(VipAddrKey::new(ip.family, ip.dst)) }.is_some() {
+    if unsafe { VIP_ADDRS.get(VipAddrKey::new(ip.flow.family, ip.flow.dst_addr)) }.is_some() {
         (xdp_action::XDP_DROP, reason)
     } else {
         (xdp_action::XDP_PASS, Reason::PassNotVip)
@@ -101,8 +98,9 @@ fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> (u32, Reason) {
 
 /// The VIP for (destination, port, protocol), falling back to the address's all-ports VIP.
 #[inline(always)]
-fn find_vip(ip: &Ip, dst_port: [u8; 2]) -> Option<VipInfo> {
-    let mut key = VipKey { addr: ip.dst, port: dst_port, protocol: ip.protocol, family: ip.family, _pad: [0; 4] };
+fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
+    let mut key =
+        VipKey { addr: flow.dst_addr, port: flow.dst_port, protocol: flow.protocol, family: flow.family, _pad: [0; 4] };
     // SAFETY: VIPS values are plain data, copied out at once.
     if let Some(vip) = unsafe { VIPS.get(key) } {
         return Some(*vip);
@@ -113,7 +111,8 @@ fn find_vip(ip: &Ip, dst_port: [u8; 2]) -> Option<VipInfo> {
 
 /// The flow's backend: its flow-table entry if it has a live one, else a Maglev choice that is
 /// then remembered. Returns (backend id, backend, flow hash, whether this is a new flow).
-#[inline(always)]
+/// Out of line: the flow hash and the map calls get their own stack frame.
+#[inline(never)]
 fn choose_backend(key: &FlowKey, vip: &VipInfo, udp_idle_timeout_ns: u64) -> Option<(u32, Backend, u32, bool)> {
     let is_udp = key.protocol == IPPROTO_UDP;
     let mut now = 0;

@@ -12,40 +12,57 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{counters::Reason, dataplane::DataplaneConfig, family};
-use lb_ebpf::access::ptr_at_mut;
+use lb_common::{backend::Backend, counters::Reason, family};
+use lb_ebpf::{
+    access::{ptr_at_mut, read},
+    l2::ETH_LEN,
+};
 
-use crate::{encap::Outer, maps::EGRESS};
+use crate::maps::{CONFIG, EGRESS};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-#[inline(always)]
-pub fn forward(ctx: &XdpContext, outer: &Outer, tagged: bool, cfg: &DataplaneConfig) -> (u32, Reason) {
+/// `l3` is where the outer header starts, `len` the outer packet's length. Kept out of line: its
+/// own stack frame holds the FIB lookup's parameters.
+#[inline(never)]
+pub fn forward(ctx: &XdpContext, backend: &Backend, l3: usize, len: u16) -> (u32, Reason) {
+    let Some(cfg) = CONFIG.get(0) else {
+        return (xdp_action::XDP_DROP, Reason::DropNoEgress);
+    };
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of integers).
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.ifindex = ingress;
-    params.__bindgen_anon_1.tot_len = outer.len;
-    if outer.family == family::IPV4 {
+    params.__bindgen_anon_1.tot_len = len;
+    // The outer source was just written into the packet; the destination is the backend.
+    if backend.family == family::IPV4 {
+        let Some(src) = read::<[u8; 4]>(ctx, l3 + 12) else {
+            return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
+        };
         params.family = AF_INET;
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([outer.src[0], outer.src[1], outer.src[2], outer.src[3]]);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([outer.dst[0], outer.dst[1], outer.dst[2], outer.dst[3]]);
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+        let d = backend.addr;
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
     } else {
+        let Some(src) = read::<[u8; 16]>(ctx, l3 + 8) else {
+            return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
+        };
         params.family = AF_INET6;
         // SAFETY: plain byte arrays to plain words of the same size (network order kept).
-        params.__bindgen_anon_3.ipv6_src = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(outer.src) };
-        params.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(outer.dst) };
+        params.__bindgen_anon_3.ipv6_src = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(src) };
+        params.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(backend.addr) };
     }
     // SAFETY: params is a valid, fully initialised lookup structure on our stack.
     let rc =
         unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut params, core::mem::size_of::<FibParams>() as i32, 0) } as u32;
 
+    let tagged = l3 != ETH_LEN;
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED {
         return (xdp_action::XDP_DROP, Reason::DropTooBig);
     }
     if rc == BPF_FIB_LKUP_RET_SUCCESS && (params.ifindex == ingress || !tagged) {
-        if set_macs(ctx, params.smac, params.dmac).is_none() {
+        if write(ctx, 0, params.dmac).is_none() || write(ctx, 6, params.smac).is_none() {
             return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
         }
         if params.ifindex == ingress {
@@ -60,20 +77,17 @@ pub fn forward(ctx: &XdpContext, outer: &Outer, tagged: bool, cfg: &DataplaneCon
     if cfg.fallback_dst_mac == [0; 6] {
         return (xdp_action::XDP_DROP, Reason::DropNoEgress);
     }
-    // The frame was addressed to this host's interface: that MAC is our source now.
-    if set_macs(ctx, outer.received_on, cfg.fallback_dst_mac).is_none() {
+    // The source MAC is already this host's (set by the encapsulation).
+    if write(ctx, 0, cfg.fallback_dst_mac).is_none() {
         return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
     }
     (xdp_action::XDP_TX, Reason::TxFallback)
 }
 
 #[inline(always)]
-fn set_macs(ctx: &XdpContext, src: [u8; 6], dst: [u8; 6]) -> Option<()> {
-    let p = ptr_at_mut::<[u8; 12]>(ctx, 0)?;
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&dst);
-    macs[6..].copy_from_slice(&src);
-    // SAFETY: ptr_at_mut checked the 12 bytes are inside the packet.
-    unsafe { p.write_unaligned(macs) };
+fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+    let p = ptr_at_mut::<T>(ctx, offset)?;
+    // SAFETY: ptr_at_mut checked that the whole T is inside the packet.
+    unsafe { p.write_unaligned(value) };
     Some(())
 }
