@@ -111,8 +111,7 @@ fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
 
 /// The flow's backend: its flow-table entry if it has a live one, else a Maglev choice that is
 /// then remembered. Returns (backend id, backend, flow hash, whether this is a new flow).
-/// Out of line: the flow hash and the map calls get their own stack frame.
-#[inline(never)]
+#[inline(always)]
 fn choose_backend(key: &FlowKey, vip: &VipInfo, udp_idle_timeout_ns: u64) -> Option<(u32, Backend, u32, bool)> {
     let is_udp = key.protocol == IPPROTO_UDP;
     let mut now = 0;
