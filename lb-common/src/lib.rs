@@ -9,6 +9,7 @@
 //! - [`counters`]: counted reasons for every verdict, and per-VIP/per-backend traffic counters.
 //! - [`maglev`]: the slot lookup shared by both sides and, with feature `user`, the table builder.
 //! - [`capacity`]: map sizes and limits.
+//! - `addr` (feature `user`): addresses to and from their key form.
 //!
 //! Every type that crosses the kernel boundary is `#[repr(C)]`, holds only integers and byte arrays,
 //! zeroes its explicit padding in its constructor, and has its size and field offsets asserted at
@@ -19,6 +20,8 @@
 #[cfg(feature = "user")]
 extern crate std;
 
+#[cfg(feature = "user")]
+pub mod addr;
 pub mod backend;
 pub mod capacity;
 pub mod counters;

@@ -156,11 +156,7 @@ mod builder {
 
     fn describe(b: &MaglevBackend) -> std::string::String {
         use std::string::ToString;
-        if b.family == crate::family::IPV4 {
-            std::net::Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3]).to_string()
-        } else {
-            std::net::Ipv6Addr::from(b.addr).to_string()
-        }
+        crate::addr::from_key(b.family, &b.addr).to_string()
     }
 }
 

@@ -27,6 +27,15 @@ pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
+/// Writes `value` at `offset` into the packet, if it fits inside it.
+#[inline(always)]
+pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+    let p = ptr_at_mut::<T>(ctx, offset)?;
+    // SAFETY: ptr_at_mut checked that the whole T is inside the packet.
+    unsafe { p.write_unaligned(value) };
+    Some(())
+}
+
 /// Frame length in bytes.
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> usize {

@@ -132,11 +132,7 @@ fn warm_neighbours(config: &Config) {
 }
 
 pub fn show_addr(family: u8, addr: &[u8; 16]) -> String {
-    if family == lb_common::family::IPV4 {
-        std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string()
-    } else {
-        std::net::Ipv6Addr::from(*addr).to_string()
-    }
+    lb_common::addr::from_key(family, addr).to_string()
 }
 
 pub fn show_vip(key: &lb_common::vip::VipKey) -> String {

@@ -4,13 +4,12 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use lb_common::vip::VipAddrKey;
+use lb_common::{addr::to_key, vip::VipAddrKey};
 use lb_userspace::{
     agent,
     config::{Config, XdpMode},
     dataplane::Decap,
     pins::PinDir,
-    reconcile::key_address,
     stats::PinnedStats,
 };
 
@@ -142,7 +141,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let addrs: Vec<VipAddrKey> = vips
                 .iter()
                 .map(|a| {
-                    let (family, addr) = key_address(*a);
+                    let (family, addr) = to_key(*a);
                     VipAddrKey::new(family, addr)
                 })
                 .collect();

@@ -17,10 +17,10 @@ use std::{
 };
 
 use lb_common::{
+    addr::to_key,
     backend::Backend,
     capacity::{MAX_BACKENDS, MAX_VIPS},
     dataplane::DataplaneConfig,
-    family,
     maglev::{MaglevBackend, MaglevError, build_table},
     vip::VipKey,
 };
@@ -79,20 +79,8 @@ pub fn dataplane_config(instance: &Instance) -> DataplaneConfig {
 
 /// The data plane form of a backend address.
 pub fn backend_record(address: IpAddr) -> Backend {
-    let (fam, addr) = key_address(address);
+    let (fam, addr) = to_key(address);
     Backend::new(fam, addr)
-}
-
-/// (family, 16-byte address) as stored in keys: IPv4 in the first 4 bytes.
-pub fn key_address(address: IpAddr) -> (u8, [u8; 16]) {
-    match address {
-        IpAddr::V4(a) => {
-            let mut out = [0u8; 16];
-            out[..4].copy_from_slice(&a.octets());
-            (family::IPV4, out)
-        }
-        IpAddr::V6(a) => (family::IPV6, a.octets()),
-    }
 }
 
 /// The operations that make `current` match `config`.
@@ -126,7 +114,7 @@ pub fn plan(config: &Config, current: &Current) -> Result<Vec<Op>, ReconcileErro
     let mut free_index = (0..MAX_VIPS).filter(|i| !used.contains(i));
     let mut desired_keys = BTreeSet::new();
     for vip in &config.vips {
-        let (fam, addr) = key_address(vip.address);
+        let (fam, addr) = to_key(vip.address);
         let key = VipKey::new(fam, addr, vip.port, vip.protocol.number());
         desired_keys.insert(key);
         let members: Vec<MaglevBackend> = vip

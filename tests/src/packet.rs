@@ -7,7 +7,8 @@ use etherparse::{
     IpHeaders, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6FlowLabel, Ipv6Header,
     PacketBuilder, VlanId,
 };
-use lb_common::{family, flow::FlowKey};
+pub use lb_common::addr::to_key as key_addr;
+use lb_common::flow::FlowKey;
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const BALANCER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -37,18 +38,6 @@ pub struct Flow {
     pub src_port: u16,
     pub dst: IpAddr,
     pub dst_port: u16,
-}
-
-/// The 16-byte form of an address used in data plane keys, and its family.
-pub fn key_addr(addr: IpAddr) -> (u8, [u8; 16]) {
-    match addr {
-        IpAddr::V4(a) => {
-            let mut out = [0u8; 16];
-            out[..4].copy_from_slice(&a.octets());
-            (family::IPV4, out)
-        }
-        IpAddr::V6(a) => (family::IPV6, a.octets()),
-    }
 }
 
 impl Flow {

@@ -25,15 +25,3 @@ pub fn enter_private_netns() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Runs a command (in the caller's network namespace) and fails with its stderr if it fails.
-pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}: is it installed? (`cargo xtask deps`)"))?;
-    if !out.status.success() {
-        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}

@@ -9,6 +9,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    process::Command,
     sync::{Arc, Mutex},
 };
 
@@ -21,12 +22,13 @@ use lb_common::{
     maglev::{MaglevBackend, build_table, table_slot},
     vip::{VipAddrKey, VipKey},
 };
+use lb_lab::run;
 use lb_tests::{
     packet::{
         BALANCER_MAC, CLIENT_MAC, Encap, Flow, Protocol, Shape, encapsulated, fix_ipv4_checksum, frame, key_addr,
         l3_offset, too_big_answer,
     },
-    privileged::{enter_private_netns, require_root, run},
+    privileged::{enter_private_netns, require_root},
     xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, run_once, verdict_name},
 };
 use lb_userspace::dataplane::{Balancer, BalancerSizes, Decap};
@@ -876,7 +878,7 @@ fn fib_links(env: &mut Env) -> anyhow::Result<()> {
     if !env.links.is_empty() {
         return Ok(());
     }
-    let ip = |args: &str| run("ip", &args.split_whitespace().collect::<Vec<_>>());
+    let ip = |args: &str| run(Command::new("ip").args(args.split_whitespace())).map(drop);
     ip("link add lbt0 address 02:00:00:00:50:01 type veth peer name lbt1")?;
     ip("link add lbt2 address 02:00:00:00:60:01 type veth peer name lbt3")?;
     for dev in ["lo", "lbt0", "lbt1", "lbt2", "lbt3"] {
@@ -888,7 +890,7 @@ fn fib_links(env: &mut Env) -> anyhow::Result<()> {
     ip("neigh replace 198.18.50.2 lladdr 02:00:00:00:50:02 dev lbt0 nud permanent")?;
     ip("neigh replace 198.18.60.2 lladdr 02:00:00:00:60:02 dev lbt2 nud permanent")?;
     ip("neigh replace 198.18.80.2 lladdr 02:00:00:00:80:02 dev lbt0 nud permanent")?;
-    run("sysctl", &["-qw", "net.ipv4.conf.all.forwarding=1"])?;
+    run(Command::new("sysctl").args(["-qw", "net.ipv4.conf.all.forwarding=1"]))?;
     for (name, mac) in [("lbt0", [2, 0, 0, 0, 0x50, 1]), ("lbt2", [2, 0, 0, 0, 0x60, 1])] {
         let cname = std::ffi::CString::new(name)?;
         // SAFETY: valid NUL-terminated name.

@@ -22,7 +22,7 @@ use lb_common::{
     vip::VipAddrKey,
 };
 use lb_ebpf::{
-    access::{frame_len, ptr_at_mut, read},
+    access::{frame_len, ptr_at_mut, read, write},
     checksum,
     l2::{self, ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, Link, ether_type_offset},
     l3::{IPPROTO_IPIP, IPPROTO_IPV6},
@@ -152,20 +152,6 @@ fn propagate_congestion(ctx: &XdpContext, inner: usize, inner_family: u8) {
             }
         }
     }
-}
-
-#[inline(always)]
-fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
-    let p = ptr_at_mut::<T>(ctx, offset)?;
-    // SAFETY: ptr_at_mut checked that the whole T is inside the packet.
-    unsafe { p.write_unaligned(value) };
-    Some(())
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
 }
 
 #[unsafe(link_section = "license")]

@@ -278,7 +278,8 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
     run(Command::new("ip").args(args))
 }
 
-fn run(command: &mut Command) -> anyhow::Result<String> {
+/// Runs `command`; its stdout, or a failure with its stderr.
+pub fn run(command: &mut Command) -> anyhow::Result<String> {
     let what = format!("{command:?}");
     let out = command
         .stdin(Stdio::null())

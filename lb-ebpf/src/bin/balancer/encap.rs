@@ -20,7 +20,7 @@ use lb_common::{
     family,
 };
 use lb_ebpf::{
-    access::{ptr_at_mut, read},
+    access::{self, read},
     checksum,
     l2::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, ether_type_offset},
     l3::{IPPROTO_IPIP, IPPROTO_IPV6, Ip},
@@ -140,8 +140,5 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, backend: &Backend, hash: u32) -> R
 
 #[inline(always)]
 fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), Reason> {
-    let p = ptr_at_mut::<T>(ctx, offset).ok_or(Reason::DropEncapFailed)?;
-    // SAFETY: ptr_at_mut checked that the whole T is inside the packet.
-    unsafe { p.write_unaligned(value) };
-    Ok(())
+    access::write(ctx, offset, value).ok_or(Reason::DropEncapFailed)
 }

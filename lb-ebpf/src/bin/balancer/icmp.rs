@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use lb_common::{counters::Reason, family};
 use lb_ebpf::{
-    access::{frame_len, ptr_at, ptr_at_mut, read},
+    access::{frame_len, ptr_at, read, write},
     checksum,
     l2::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, ether_type_offset},
     l3::Ip,
@@ -152,12 +152,4 @@ fn words_sum<const N: usize>(bytes: &[u8; N]) -> u32 {
         i += 2;
     }
     sum
-}
-
-#[inline(always)]
-fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
-    let p = ptr_at_mut::<T>(ctx, offset)?;
-    // SAFETY: ptr_at_mut checked that the whole T is inside the packet.
-    unsafe { p.write_unaligned(value) };
-    Some(())
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use lb_common::{backend::Backend, counters::Reason, family};
 use lb_ebpf::{
-    access::{ptr_at_mut, read},
+    access::{read, write},
     l2::ETH_LEN,
 };
 
@@ -82,12 +82,4 @@ pub fn forward(ctx: &XdpContext, backend: &Backend, l3: usize, len: u16) -> (u32
         return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
     }
     (xdp_action::XDP_TX, Reason::TxFallback)
-}
-
-#[inline(always)]
-fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
-    let p = ptr_at_mut::<T>(ctx, offset)?;
-    // SAFETY: ptr_at_mut checked that the whole T is inside the packet.
-    unsafe { p.write_unaligned(value) };
-    Some(())
 }
