@@ -1,9 +1,17 @@
 //! Backends as the data plane reads them.
+//!
+//! Backend ids belong to one (VIP, backend address) pair, so health, drain and counters are per
+//! VIP. A record keeps its id while the backend is configured; whether flows already pinned to it
+//! may continue is a flag, so a backend that fails its health checks sheds its flows at their
+//! next packet while a draining one keeps them.
 
 use crate::{assert_layout, userspace_pod};
 
-/// Flag: this backend id holds a live backend. A flow pinned to an id without it is rescheduled.
-pub const BACKEND_PRESENT: u8 = 1;
+/// Flag: this id is in use.
+pub const BACKEND_ASSIGNED: u8 = 1;
+/// Flag: flows pinned to this backend continue (it is up or draining). Without it (down,
+/// disabled) a pinned flow is scheduled again on its next packet.
+pub const BACKEND_KEEPS_FLOWS: u8 = 2;
 
 /// A backend: the outer destination of encapsulated packets.
 #[repr(C, align(8))]
@@ -12,18 +20,33 @@ pub struct Backend {
     pub addr: [u8; 16],
     pub family: u8,
     pub flags: u8,
-    pub _pad: [u8; 6],
+    /// Index of the VIP this id serves.
+    pub vip_index: u16,
+    pub _pad: [u8; 4],
 }
-assert_layout!(Backend, size = 24, addr = 0, family = 16, flags = 17, _pad = 18);
+assert_layout!(Backend, size = 24, addr = 0, family = 16, flags = 17, vip_index = 18, _pad = 20);
 userspace_pod!(Backend);
 
 impl Backend {
-    pub const fn new(family: u8, addr: [u8; 16]) -> Self {
-        Self { addr, family, flags: BACKEND_PRESENT, _pad: [0; 6] }
+    /// An assigned backend of VIP `vip_index` whose flows continue.
+    pub const fn new(family: u8, addr: [u8; 16], vip_index: u16) -> Self {
+        Self { addr, family, flags: BACKEND_ASSIGNED | BACKEND_KEEPS_FLOWS, vip_index, _pad: [0; 4] }
+    }
+
+    /// The same backend with flows pinned to it moved away (`keeps` false) or kept.
+    pub const fn keeping_flows(mut self, keeps: bool) -> Self {
+        self.flags = if keeps { BACKEND_ASSIGNED | BACKEND_KEEPS_FLOWS } else { BACKEND_ASSIGNED };
+        self
     }
 
     #[inline(always)]
-    pub const fn is_present(&self) -> bool {
-        self.flags & BACKEND_PRESENT != 0
+    pub const fn is_assigned(&self) -> bool {
+        self.flags & BACKEND_ASSIGNED != 0
+    }
+
+    /// Whether a flow pinned to this backend may stay on it.
+    #[inline(always)]
+    pub const fn keeps_flows(&self) -> bool {
+        self.flags & (BACKEND_ASSIGNED | BACKEND_KEEPS_FLOWS) == BACKEND_ASSIGNED | BACKEND_KEEPS_FLOWS
     }
 }

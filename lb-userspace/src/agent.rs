@@ -75,7 +75,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 /// Reconciles the maps to `config`, logging each change.
 pub fn apply(balancer: &mut Balancer, config: &Config) -> anyhow::Result<()> {
     let current = balancer.current().context("reading the current data plane state")?;
-    let ops = reconcile::plan(config, &current)?;
+    let ops = reconcile::plan(&reconcile::Desired::from_config(config), &current)?;
     for op in &ops {
         match op {
             Op::SetDataplane(d) => {

@@ -219,7 +219,7 @@ impl Balancer {
         let mut backends = BTreeMap::new();
         for id in 0..MAX_BACKENDS {
             let b = self.backends.get(&id, 0)?;
-            if b.is_present() {
+            if b.is_assigned() {
                 backends.insert(id, b);
             }
         }

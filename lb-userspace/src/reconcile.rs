@@ -1,15 +1,10 @@
-//! Reconcile: desired state (from the configuration) + current state (read from the maps) ->
-//! the map operations that turn one into the other, in an order that never breaks a flow.
+//! Reconcile: desired state (configuration refined by health and policy) + current state (read
+//! from the maps) -> the map operations that turn one into the other, in an order that never
+//! breaks a flow (see [`plan`]).
 //!
-//! Pure: no maps, no syscalls, so every decision has a host test. Order of the operations:
-//! 1. the instance settings;
-//! 2. new backends, before any table can point at them;
-//! 3. new and changed Maglev tables (each installed atomically by the data plane handle);
-//! 4. removed VIPs;
-//! 5. backends no table points at any more (their flows are then rescheduled).
-//!
-//! Ids are stable: a backend keeps its id (and so its flow-table entries stay valid) and a VIP
-//! keeps its index (and its counters) for as long as they stay configured.
+//! Pure: no maps, no syscalls, so every decision has a host test. Ids are stable: a backend of a
+//! VIP keeps its id (so flow-table entries and counters stay valid) and a VIP keeps its index for
+//! as long as they stay configured.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,13 +20,75 @@ use lb_common::{
     vip::VipKey,
 };
 
-use crate::config::{Config, Instance};
+use crate::config::{AdminState, Config, Instance, Vip};
+
+/// What the maps should hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub dataplane: DataplaneConfig,
+    pub vips: Vec<DesiredVip>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredVip {
+    pub key: VipKey,
+    pub name: String,
+    pub table_size: u32,
+    pub backends: Vec<DesiredBackend>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DesiredBackend {
+    pub address: IpAddr,
+    /// Weight in the Maglev table; 0 keeps it out of the table (no new flows).
+    pub weight: u32,
+    /// Whether flows already pinned to it continue (up, draining) or move (down, disabled).
+    pub keeps_flows: bool,
+}
+
+impl Desired {
+    /// The configuration as written, every backend taken as healthy (the agent's policy
+    /// refines this with health, slow start and guard rails).
+    pub fn from_config(config: &Config) -> Desired {
+        Desired {
+            dataplane: dataplane_config(&config.instance),
+            vips: config
+                .vips
+                .iter()
+                .map(|v| DesiredVip {
+                    key: vip_key(v),
+                    name: v.name.clone(),
+                    table_size: v.table_size,
+                    backends: v
+                        .backends
+                        .iter()
+                        .map(|b| match b.state {
+                            AdminState::Up => {
+                                DesiredBackend { address: b.address, weight: b.weight, keeps_flows: true }
+                            }
+                            AdminState::Drain => DesiredBackend { address: b.address, weight: 0, keeps_flows: true },
+                            AdminState::Disabled => {
+                                DesiredBackend { address: b.address, weight: 0, keeps_flows: false }
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The data plane key of a configured VIP.
+pub fn vip_key(vip: &Vip) -> VipKey {
+    let (family, addr) = to_key(vip.address);
+    VipKey::new(family, addr, vip.port, vip.protocol.number())
+}
 
 /// What the maps hold now.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Current {
     pub dataplane: DataplaneConfig,
-    /// Backend id -> backend, for ids marked present.
+    /// Backend id -> record, for assigned ids.
     pub backends: BTreeMap<u32, Backend>,
     /// VIP -> (index, live table).
     pub vips: BTreeMap<VipKey, (u32, Vec<u32>)>,
@@ -49,7 +106,7 @@ pub enum Op {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ReconcileError {
-    #[error("more than {MAX_BACKENDS} backends")]
+    #[error("more than {MAX_BACKENDS} backends over all VIPs")]
     TooManyBackends,
     #[error("more than {MAX_VIPS} VIPs")]
     TooManyVips,
@@ -77,78 +134,80 @@ pub fn dataplane_config(instance: &Instance) -> DataplaneConfig {
     }
 }
 
-/// The data plane form of a backend address.
-pub fn backend_record(address: IpAddr) -> Backend {
-    let (fam, addr) = to_key(address);
-    Backend::new(fam, addr)
-}
-
-/// The operations that make `current` match `config`.
-pub fn plan(config: &Config, current: &Current) -> Result<Vec<Op>, ReconcileError> {
+/// The operations that make `current` match `desired`, in this order: instance settings;
+/// backend records that are new or may keep flows again; tables; records whose flows must now
+/// move (after no table points at them, so no new flow lands on a record that sheds it);
+/// removed VIPs; records nothing uses any more.
+pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileError> {
     let mut ops = Vec::new();
-    let dataplane = dataplane_config(&config.instance);
-    if dataplane != current.dataplane {
-        ops.push(Op::SetDataplane(dataplane));
+    if desired.dataplane != current.dataplane {
+        ops.push(Op::SetDataplane(desired.dataplane));
     }
 
-    // Backend ids: keep existing ones, give new addresses the lowest free ids.
-    let existing: BTreeMap<Backend, u32> = current.backends.iter().map(|(id, b)| (*b, *id)).collect();
-    let wanted: BTreeSet<Backend> =
-        config.vips.iter().flat_map(|v| v.backends.iter().map(|b| backend_record(b.address))).collect();
-    let mut ids: BTreeMap<Backend, u32> = BTreeMap::new();
-    let mut free = (0..MAX_BACKENDS).filter(|id| !current.backends.contains_key(id));
-    for backend in &wanted {
-        let id = match existing.get(backend) {
-            Some(id) => *id,
-            None => {
-                let id = free.next().ok_or(ReconcileError::TooManyBackends)?;
-                ops.push(Op::SetBackend { id, backend: *backend });
-                id
-            }
-        };
-        ids.insert(*backend, id);
-    }
-
-    // VIP indexes: keep existing ones, give new VIPs the lowest free indexes.
+    // VIP indexes: kept while configured; new VIPs take the lowest free ones.
     let used: BTreeSet<u32> = current.vips.values().map(|(i, _)| *i).collect();
     let mut free_index = (0..MAX_VIPS).filter(|i| !used.contains(i));
-    let mut desired_keys = BTreeSet::new();
-    for vip in &config.vips {
-        let (fam, addr) = to_key(vip.address);
-        let key = VipKey::new(fam, addr, vip.port, vip.protocol.number());
-        desired_keys.insert(key);
-        let members: Vec<MaglevBackend> = vip
-            .backends
-            .iter()
-            .map(|b| {
-                let record = backend_record(b.address);
-                MaglevBackend { addr: record.addr, family: record.family, weight: b.weight, id: ids[&record] }
-            })
-            .collect();
+    let mut indexes = Vec::new();
+    for vip in &desired.vips {
+        let index = match current.vips.get(&vip.key) {
+            Some((index, _)) => *index,
+            None => free_index.next().ok_or(ReconcileError::TooManyVips)?,
+        };
+        indexes.push(index);
+    }
+
+    // Backend ids: one per (VIP, address), kept while configured.
+    let existing: BTreeMap<(u16, u8, [u8; 16]), u32> =
+        current.backends.iter().map(|(id, b)| ((b.vip_index, b.family, b.addr), *id)).collect();
+    let mut free_id = (0..MAX_BACKENDS).filter(|id| !current.backends.contains_key(id));
+    let (mut keep_again, mut shed) = (Vec::new(), Vec::new());
+    let mut wanted_ids = BTreeSet::new();
+    let mut tables = Vec::new();
+    for (vip, &index) in desired.vips.iter().zip(&indexes) {
+        let mut members = Vec::new();
+        for b in &vip.backends {
+            let (family, addr) = to_key(b.address);
+            let record = Backend::new(family, addr, index as u16).keeping_flows(b.keeps_flows);
+            let id = match existing.get(&(index as u16, family, addr)) {
+                Some(&id) => {
+                    let now = current.backends[&id];
+                    if now != record {
+                        if b.keeps_flows {
+                            keep_again.push(Op::SetBackend { id, backend: record })
+                        } else {
+                            shed.push(Op::SetBackend { id, backend: record })
+                        }
+                    }
+                    id
+                }
+                None => {
+                    let id = free_id.next().ok_or(ReconcileError::TooManyBackends)?;
+                    keep_again.push(Op::SetBackend { id, backend: record });
+                    id
+                }
+            };
+            wanted_ids.insert(id);
+            members.push(MaglevBackend { addr, family, weight: b.weight, id });
+        }
         let table = match build_table(&members, vip.table_size) {
             Ok(table) => table,
-            // No backend with weight: the VIP stays, and drops its traffic (drop_no_backend).
+            // No backend with a weight: the VIP stays and drops its traffic (drop_no_backend).
             Err(MaglevError::NoBackends) => Vec::new(),
             Err(source) => return Err(ReconcileError::Maglev { vip: vip.name.clone(), source }),
         };
-        match current.vips.get(&key) {
-            Some((index, live)) if *live == table => {
-                let _ = index;
-            }
-            Some((index, _)) => ops.push(Op::InstallVip { key, index: *index, table }),
-            None => {
-                let index = free_index.next().ok_or(ReconcileError::TooManyVips)?;
-                ops.push(Op::InstallVip { key, index, table });
-            }
+        if current.vips.get(&vip.key).is_none_or(|(_, live)| *live != table) {
+            tables.push(Op::InstallVip { key: vip.key, index, table });
         }
     }
+    ops.extend(keep_again);
+    ops.extend(tables);
+    ops.extend(shed);
+    let desired_keys: BTreeSet<VipKey> = desired.vips.iter().map(|v| v.key).collect();
     for key in current.vips.keys().filter(|k| !desired_keys.contains(k)) {
         ops.push(Op::RemoveVip { key: *key });
     }
-    for (id, backend) in &current.backends {
-        if !wanted.contains(backend) {
-            ops.push(Op::ClearBackend { id: *id });
-        }
+    for id in current.backends.keys().filter(|id| !wanted_ids.contains(id)) {
+        ops.push(Op::ClearBackend { id: *id });
     }
     Ok(ops)
 }
@@ -203,7 +262,7 @@ mod tests {
             &(vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 1)])
                 + &vip("b", "fd00:100::1", 80, &[("fd00::21", 1)])),
         );
-        let ops = plan(&c, &Current::default()).unwrap();
+        let ops = plan(&Desired::from_config(&c), &Current::default()).unwrap();
         assert!(matches!(ops[0], Op::SetDataplane(_)));
         let first_install = ops.iter().position(|o| matches!(o, Op::InstallVip { .. })).unwrap();
         let last_backend = ops.iter().rposition(|o| matches!(o, Op::SetBackend { .. })).unwrap();
@@ -216,9 +275,9 @@ mod tests {
     fn applying_twice_changes_nothing() {
         let c = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 2)]));
         let mut current = Current::default();
-        let ops = plan(&c, &current).unwrap();
+        let ops = plan(&Desired::from_config(&c), &current).unwrap();
         apply(&mut current, &ops);
-        assert_eq!(plan(&c, &current).unwrap(), vec![]);
+        assert_eq!(plan(&Desired::from_config(&c), &current).unwrap(), vec![]);
     }
 
     #[test]
@@ -228,14 +287,14 @@ mod tests {
                 + &vip("b", "198.18.100.2", 80, &[("198.18.0.23", 1)])),
         );
         let mut current = Current::default();
-        let ops = plan(&before, &current).unwrap();
+        let ops = plan(&Desired::from_config(&before), &current).unwrap();
         apply(&mut current, &ops);
         let ids_before = current.backends.clone();
         let index_b = current.vips.iter().find(|(k, _)| k.addr[3] == 2).unwrap().1.0;
 
         // Remove VIP a and backend .21; add backend .24 to b.
         let after = config(&vip("b", "198.18.100.2", 80, &[("198.18.0.23", 1), ("198.18.0.24", 1)]));
-        let ops = plan(&after, &current).unwrap();
+        let ops = plan(&Desired::from_config(&after), &current).unwrap();
         apply(&mut current, &ops);
         let id_23 = |m: &BTreeMap<u32, Backend>| m.iter().find(|(_, b)| b.addr[3] == 23).map(|(id, _)| *id);
         assert_eq!(id_23(&ids_before), id_23(&current.backends), "backend .23 kept its id");
@@ -252,11 +311,11 @@ mod tests {
     fn a_freed_id_is_reused_only_after_it_is_cleared() {
         let c1 = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 1)]));
         let mut current = Current::default();
-        let ops = plan(&c1, &current).unwrap();
+        let ops = plan(&Desired::from_config(&c1), &current).unwrap();
         apply(&mut current, &ops);
         // Swap .21 for .30 in one change: .30 must not take .21's id while .21 still holds it.
         let c2 = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.30", 1), ("198.18.0.22", 1)]));
-        let ops = plan(&c2, &current).unwrap();
+        let ops = plan(&Desired::from_config(&c2), &current).unwrap();
         let new_id = ops.iter().find_map(|o| match o {
             Op::SetBackend { id, .. } => Some(*id),
             _ => None,
@@ -267,7 +326,7 @@ mod tests {
     #[test]
     fn weight_zero_everywhere_leaves_an_empty_table() {
         let c = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 0)]));
-        let ops = plan(&c, &Current::default()).unwrap();
+        let ops = plan(&Desired::from_config(&c), &Current::default()).unwrap();
         assert!(ops.iter().any(|o| matches!(o, Op::InstallVip { table, .. } if table.is_empty())), "{ops:?}");
     }
 
@@ -278,13 +337,13 @@ mod tests {
                 + &vip("b", "198.18.100.2", 80, &[("198.18.0.22", 1)])),
         );
         let mut current = Current::default();
-        let ops = plan(&c1, &current).unwrap();
+        let ops = plan(&Desired::from_config(&c1), &current).unwrap();
         apply(&mut current, &ops);
         let c2 = config(
             &(vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.23", 1)])
                 + &vip("b", "198.18.100.2", 80, &[("198.18.0.22", 1)])),
         );
-        let ops = plan(&c2, &current).unwrap();
+        let ops = plan(&Desired::from_config(&c2), &current).unwrap();
         let installs: Vec<_> = ops
             .iter()
             .filter_map(|o| match o {
@@ -293,6 +352,68 @@ mod tests {
             })
             .collect();
         assert_eq!(installs, vec![1]);
+    }
+
+    #[test]
+    fn a_backend_going_down_sheds_flows_only_after_leaving_the_table() {
+        let c = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 1)]));
+        let mut current = Current::default();
+        let mut desired = Desired::from_config(&c);
+        let ops = plan(&desired, &current).unwrap();
+        apply(&mut current, &ops);
+        desired.vips[0].backends[0] =
+            DesiredBackend { address: "198.18.0.21".parse().unwrap(), weight: 0, keeps_flows: false };
+        let ops = plan(&desired, &current).unwrap();
+        let install = ops.iter().position(|o| matches!(o, Op::InstallVip { .. })).unwrap();
+        let shed =
+            ops.iter().position(|o| matches!(o, Op::SetBackend { backend, .. } if !backend.keeps_flows())).unwrap();
+        assert!(install < shed, "{ops:?}");
+        apply(&mut current, &ops);
+        // Coming back: the record keeps flows again before the table points at it.
+        desired.vips[0].backends[0].weight = 1;
+        desired.vips[0].backends[0].keeps_flows = true;
+        let ops = plan(&desired, &current).unwrap();
+        let keep =
+            ops.iter().position(|o| matches!(o, Op::SetBackend { backend, .. } if backend.keeps_flows())).unwrap();
+        let install = ops.iter().position(|o| matches!(o, Op::InstallVip { .. })).unwrap();
+        assert!(keep < install, "{ops:?}");
+    }
+
+    #[test]
+    fn drain_keeps_flows_out_of_the_table_and_disable_sheds_them() {
+        let text = vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 1), ("198.18.0.23", 1)])
+            .replacen("weight = 1\n", "weight = 1\nstate = \"drain\"\n", 1)
+            .replacen(
+                "address = \"198.18.0.22\"\nweight = 1\n",
+                "address = \"198.18.0.22\"\nweight = 1\nstate = \"disabled\"\n",
+                1,
+            );
+        let c = config(&text);
+        let mut current = Current::default();
+        let ops = plan(&Desired::from_config(&c), &current).unwrap();
+        apply(&mut current, &ops);
+        let by_addr =
+            |last: u8| current.backends.iter().find(|(_, b)| b.addr[3] == last).map(|(id, b)| (*id, *b)).unwrap();
+        let (drained, d) = by_addr(21);
+        let (disabled, x) = by_addr(22);
+        assert!(d.keeps_flows() && !x.keeps_flows());
+        let table = &current.vips.values().next().unwrap().1;
+        assert!(!table.contains(&drained) && !table.contains(&disabled));
+        assert!(table.iter().all(|id| *id == by_addr(23).0));
+    }
+
+    #[test]
+    fn the_same_address_in_two_vips_gets_two_ids() {
+        let c = config(
+            &(vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1)])
+                + &vip("b", "198.18.100.1", 443, &[("198.18.0.21", 1)])),
+        );
+        let mut current = Current::default();
+        let ops = plan(&Desired::from_config(&c), &current).unwrap();
+        apply(&mut current, &ops);
+        assert_eq!(current.backends.len(), 2);
+        let vips: BTreeSet<u16> = current.backends.values().map(|b| b.vip_index).collect();
+        assert_eq!(vips.len(), 2);
     }
 
     #[test]

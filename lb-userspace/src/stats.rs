@@ -73,7 +73,7 @@ impl PinnedStats {
         let mut backends = Vec::new();
         for id in 0..MAX_BACKENDS {
             let b = self.backends.get(&id, 0)?;
-            if b.is_present() {
+            if b.is_assigned() {
                 let c = sum_traffic(&self.backend_stats.get(&id, 0)?);
                 let name = show_addr(b.family, &b.addr);
                 backends.push(Row { name, packets: c.packets, bytes: c.bytes, new_flows: c.new_flows });

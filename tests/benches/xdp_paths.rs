@@ -91,7 +91,7 @@ fn balancer_from(object: &[u8], flow_table_entries: u32) -> anyhow::Result<Balan
         let mut maglev = Vec::new();
         for (id, addr) in backends {
             let (family, a) = key_addr(addr);
-            b.set_backend(id, &Backend::new(family, a))?;
+            b.set_backend(id, &Backend::new(family, a, index as u16))?;
             maglev.push(MaglevBackend { addr: a, family, weight: 1, id });
         }
         let (family, a) = key_addr(vip);

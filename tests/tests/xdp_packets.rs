@@ -135,7 +135,7 @@ impl Env {
         let mut maglev = Vec::new();
         for &(id, backend) in backends {
             let (bf, ba) = key_addr(backend);
-            self.balancer.set_backend(id, &Backend::new(bf, ba))?;
+            self.balancer.set_backend(id, &Backend::new(bf, ba, index as u16))?;
             self.backends.insert(id, backend);
             maglev.push(MaglevBackend { addr: ba, family: bf, weight: 1, id });
         }

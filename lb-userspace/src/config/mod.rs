@@ -103,6 +103,75 @@ pub enum Forwarding {
     Ipip,
 }
 
+/// What a VIP does when health checks would leave it without any backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Keep sending to the last healthy backends (and say so loudly).
+    Open,
+    /// Drop the VIP's traffic.
+    Closed,
+}
+
+/// An operator's say over one backend, whatever its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Up,
+    /// No new flows; existing flows continue until they end or idle out.
+    Drain,
+    /// No traffic: pinned flows are moved on their next packet.
+    Disabled,
+}
+
+impl AdminState {
+    pub const fn name(self) -> &'static str {
+        match self {
+            AdminState::Up => "up",
+            AdminState::Drain => "drain",
+            AdminState::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Head,
+}
+
+/// What a health check sends and expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connection (through the tunnel: a SYN answered by a SYN-ACK).
+    Tcp,
+    Http {
+        method: HttpMethod,
+        path: String,
+        host: Option<String>,
+        expect_status: u16,
+        expect_body: Option<String>,
+    },
+    /// A datagram, answered by one starting with `expect_prefix` (any answer when empty).
+    Udp {
+        payload: Vec<u8>,
+        expect_prefix: Vec<u8>,
+    },
+}
+
+/// A health check of the backends of a VIP (or of one backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub port: u16,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    /// Successes in a row that bring a down backend up.
+    pub rise: u32,
+    /// Failures in a row that take an up backend down.
+    pub fall: u32,
+    /// Send the probe to the VIP through the same encapsulation as client traffic.
+    pub tunnel: bool,
+}
+
 /// An IP prefix whose host part the data plane varies per flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SourcePrefix<A> {
@@ -128,6 +197,10 @@ pub struct Instance {
     pub encap_source_v4: SourcePrefix<Ipv4Addr>,
     pub encap_source_v6: SourcePrefix<Ipv6Addr>,
     pub fallback_mac: Option<[u8; 6]>,
+    /// The agent's control socket (only root can open it).
+    pub control_socket: std::path::PathBuf,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -141,14 +214,30 @@ pub struct Vip {
     pub forwarding: Forwarding,
     /// A prime.
     pub table_size: u32,
+    pub failure_mode: FailureMode,
+    /// Most of the backends (percent, rounded down) that failing health checks may take out.
+    pub max_ejected_percent: u8,
+    /// A backend coming up ramps its weight over this time.
+    pub slow_start: std::time::Duration,
+    pub health: Option<HealthCheck>,
     pub backends: Vec<Backend>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     pub address: IpAddr,
     /// 0 keeps the backend configured but gives it no new flows.
     pub weight: u32,
+    pub state: AdminState,
+    /// Overrides the VIP's health check for this backend.
+    pub health: Option<HealthCheck>,
+}
+
+impl Vip {
+    /// The check that applies to `backend`.
+    pub fn check_for<'a>(&'a self, backend: &'a Backend) -> Option<&'a HealthCheck> {
+        backend.health.as_ref().or(self.health.as_ref())
+    }
 }
 
 pub const DEFAULT_FLOW_TABLE_ENTRIES: u32 = lb_common::capacity::FLOW_TABLE_DEFAULT_ENTRIES;
@@ -158,6 +247,10 @@ pub const UDP_IDLE_TIMEOUT_SECS: Range<i64> = 1..86_401;
 pub const DEFAULT_MTU: u16 = 1500;
 pub const MTU: Range<i64> = 1280..9217;
 pub const MAX_WEIGHT: i64 = 65_535;
+pub const CHECK_INTERVAL_MS: Range<i64> = 50..60_001;
+pub const CHECK_RISE_FALL: Range<i64> = 1..11;
+pub const SLOW_START_SECS: Range<i64> = 0..3601;
+pub const DEFAULT_MAX_EJECTED_PERCENT: u8 = 50;
 const MAX_NAME_LEN: usize = 32;
 const MAX_INTERFACE_NAME_LEN: usize = 15;
 
@@ -323,6 +416,24 @@ impl Validator<'_> {
             None => Some(None),
             Some(m) => self.check(m, "instance.fallback_mac", |s| mac(s).map(Some)),
         };
+        let control_socket = match &raw.control_socket {
+            None => Some(std::path::PathBuf::from(format!("/run/lb/{}.sock", raw.name.get_ref()))),
+            Some(p) => self.check(p, "instance.control_socket", |s| {
+                if s.starts_with('/') {
+                    Ok(std::path::PathBuf::from(s))
+                } else {
+                    Err(format!("\"{s}\" is not an absolute path"))
+                }
+            }),
+        };
+        let metrics_address = match &raw.metrics_address {
+            None => Some(None),
+            Some(a) => self.check(a, "instance.metrics_address", |s| {
+                s.parse::<std::net::SocketAddr>()
+                    .map(Some)
+                    .map_err(|_| format!("\"{s}\" is not an address and port such as 127.0.0.1:9100"))
+            }),
+        };
         Some(Instance {
             name: name?,
             interfaces,
@@ -333,6 +444,8 @@ impl Validator<'_> {
             encap_source_v4: encap_source_v4?,
             encap_source_v6: encap_source_v6?,
             fallback_mac: fallback_mac?,
+            control_socket: control_socket?,
+            metrics_address: metrics_address?,
         })
     }
 
@@ -390,6 +503,27 @@ impl Validator<'_> {
                 }
             }),
         };
+        let failure_mode = match &raw.failure_mode {
+            None => Some(FailureMode::Open),
+            Some(m) => self.check(m, &format!("{field}.failure_mode"), |s| match s.as_str() {
+                "open" => Ok(FailureMode::Open),
+                "closed" => Ok(FailureMode::Closed),
+                other => Err(format!("\"{other}\" is not a failure mode; use \"open\" or \"closed\"")),
+            }),
+        };
+        let max_ejected_percent = self.ranged(
+            &raw.max_ejected_percent,
+            &format!("{field}.max_ejected_percent"),
+            0..101,
+            i64::from(DEFAULT_MAX_EJECTED_PERCENT),
+        );
+        let slow_start_secs =
+            self.ranged(&raw.slow_start_secs, &format!("{field}.slow_start_secs"), SLOW_START_SECS, 0);
+        let vip_port = raw.port.get_ref();
+        let vip_health = match &raw.health {
+            None => Some(None),
+            Some(h) => self.health(h, &format!("{field}.health"), *vip_port).map(Some),
+        };
         let mut backends = Vec::new();
         let mut seen: BTreeMap<IpAddr, usize> = BTreeMap::new();
         for (i, b) in raw.backend.iter().enumerate() {
@@ -414,8 +548,21 @@ impl Validator<'_> {
                     format!("{a} is already {field}.backend[{first}]"),
                 );
             }
-            if let (Some(address), Some(weight)) = (backend_address, weight) {
-                backends.push(Backend { address, weight });
+            let state = match &b.get_ref().state {
+                None => Some(AdminState::Up),
+                Some(s) => self.check(s, &format!("{bfield}.state"), |s| match s.as_str() {
+                    "up" => Ok(AdminState::Up),
+                    "drain" => Ok(AdminState::Drain),
+                    "disabled" => Ok(AdminState::Disabled),
+                    other => Err(format!("\"{other}\" is not a backend state; use \"up\", \"drain\" or \"disabled\"")),
+                }),
+            };
+            let health = match &b.get_ref().health {
+                None => Some(None),
+                Some(h) => self.health(h, &format!("{bfield}.health"), *vip_port).map(Some),
+            };
+            if let (Some(address), Some(weight), Some(state), Some(health)) = (backend_address, weight, state, health) {
+                backends.push(Backend { address, weight, state, health });
             }
         }
         if let (Some(size), true) = (table_size, backends.len() as u64 > u64::from(table_size.unwrap_or(u32::MAX))) {
@@ -433,7 +580,138 @@ impl Validator<'_> {
             scheduler: scheduler?,
             forwarding: forwarding?,
             table_size: table_size?,
+            failure_mode: failure_mode?,
+            max_ejected_percent: max_ejected_percent? as u8,
+            slow_start: std::time::Duration::from_secs(slow_start_secs? as u64),
+            health: vip_health?,
             backends,
+        })
+    }
+
+    fn health(&mut self, raw: &Spanned<raw::Health>, field: &str, vip_port: i64) -> Option<HealthCheck> {
+        let h = raw.get_ref();
+        let port = match &h.port {
+            Some(p) => self.check(p, &format!("{field}.port"), |p| match u16::try_from(*p) {
+                Ok(port) if port > 0 => Ok(port),
+                _ => Err(format!("{p} is out of range 1..=65535")),
+            }),
+            None if vip_port > 0 => u16::try_from(vip_port).ok(),
+            None => {
+                self.problem(raw.span(), field, "an all-ports VIP's check needs a `port`".into());
+                None
+            }
+        };
+        let interval = self.ranged(&h.interval_ms, &format!("{field}.interval_ms"), CHECK_INTERVAL_MS, 1000);
+        let timeout = match (&h.timeout_ms, interval) {
+            (Some(t), Some(i)) => self.check(t, &format!("{field}.timeout_ms"), |t| {
+                if (10..=i).contains(t) {
+                    Ok(*t)
+                } else {
+                    Err(format!("{t} is out of range 10..={i} (at most the interval)"))
+                }
+            }),
+            (None, Some(i)) => Some((i / 2).max(10)),
+            (_, None) => None,
+        };
+        let rise = self.ranged(&h.rise, &format!("{field}.rise"), CHECK_RISE_FALL, 2);
+        let fall = self.ranged(&h.fall, &format!("{field}.fall"), CHECK_RISE_FALL, 3);
+        let tunnel = h.tunnel.as_ref().map(|t| *t.get_ref()).unwrap_or(false);
+        let http_only = [
+            ("method", h.method.is_some()),
+            ("path", h.path.is_some()),
+            ("host", h.host.is_some()),
+            ("expect_status", h.expect_status.is_some()),
+            ("expect_body", h.expect_body.is_some()),
+        ];
+        let udp_only = [("payload_hex", h.payload_hex.is_some()), ("expect_prefix_hex", h.expect_prefix_hex.is_some())];
+        let kind_name = h.kind.get_ref().as_str();
+        let misplaced: Vec<&str> = match kind_name {
+            "tcp" => http_only.iter().chain(udp_only.iter()).filter(|(_, set)| *set).map(|(n, _)| *n).collect(),
+            "http" => udp_only.iter().filter(|(_, set)| *set).map(|(n, _)| *n).collect(),
+            "udp" => http_only.iter().filter(|(_, set)| *set).map(|(n, _)| *n).collect(),
+            _ => Vec::new(),
+        };
+        if !misplaced.is_empty() {
+            self.problem(
+                raw.span(),
+                field,
+                format!("{} do(es) not apply to a {kind_name} check", misplaced.join(", ")),
+            );
+        }
+        let kind = match kind_name {
+            "tcp" => Some(CheckKind::Tcp),
+            "http" => {
+                let method = match &h.method {
+                    None => Some(HttpMethod::Get),
+                    Some(m) => self.check(m, &format!("{field}.method"), |m| match m.as_str() {
+                        "GET" => Ok(HttpMethod::Get),
+                        "HEAD" => Ok(HttpMethod::Head),
+                        other => Err(format!("\"{other}\" is not a check method; use \"GET\" or \"HEAD\"")),
+                    }),
+                };
+                let path = match &h.path {
+                    None => Some("/".to_string()),
+                    Some(p) => self.check(p, &format!("{field}.path"), |p| {
+                        if p.starts_with('/') && !p.contains(char::is_whitespace) {
+                            Ok(p.clone())
+                        } else {
+                            Err(format!("\"{p}\" is not a request path (starts with /, no spaces)"))
+                        }
+                    }),
+                };
+                let host = match &h.host {
+                    None => Some(None),
+                    Some(v) => self.check(v, &format!("{field}.host"), |v| {
+                        if !v.is_empty() && !v.contains(char::is_whitespace) {
+                            Ok(Some(v.clone()))
+                        } else {
+                            Err(format!("\"{v}\" is not a host name"))
+                        }
+                    }),
+                };
+                let expect_status = self.ranged(&h.expect_status, &format!("{field}.expect_status"), 100..600, 200);
+                let expect_body = h.expect_body.as_ref().map(|b| b.get_ref().clone());
+                Some(CheckKind::Http {
+                    method: method?,
+                    path: path?,
+                    host: host?,
+                    expect_status: expect_status? as u16,
+                    expect_body,
+                })
+            }
+            "udp" => {
+                let payload = match &h.payload_hex {
+                    None => {
+                        self.problem(raw.span(), field, "a udp check needs `payload_hex`, the datagram to send".into());
+                        None
+                    }
+                    Some(p) => self.check(p, &format!("{field}.payload_hex"), |p| {
+                        hex(p).and_then(|b| if b.is_empty() { Err("is empty".into()) } else { Ok(b) })
+                    }),
+                };
+                let expect_prefix = match &h.expect_prefix_hex {
+                    None => Some(Vec::new()),
+                    Some(p) => self.check(p, &format!("{field}.expect_prefix_hex"), |p| hex(p)),
+                };
+                Some(CheckKind::Udp { payload: payload?, expect_prefix: expect_prefix? })
+            }
+            other => {
+                self.problem(
+                    h.kind.span(),
+                    &format!("{field}.kind"),
+                    format!("\"{other}\" is not a check kind; use \"tcp\", \"http\" or \"udp\""),
+                );
+                None
+            }
+        };
+        Some(HealthCheck {
+            kind: kind?,
+            port: port?,
+            interval: std::time::Duration::from_millis(interval? as u64),
+            timeout: std::time::Duration::from_millis(timeout? as u64),
+            rise: rise? as u32,
+            fall: fall? as u32,
+            tunnel,
         })
     }
 }
@@ -469,6 +747,14 @@ fn prefix<A: std::str::FromStr>(s: &str) -> Result<(A, u8), String> {
     let addr = addr.parse::<A>().map_err(|_| format!("\"{addr}\" is not an address of the prefix's family"))?;
     let len = len.parse::<u8>().map_err(|_| format!("\"{len}\" is not a prefix length"))?;
     Ok((addr, len))
+}
+
+fn hex(s: &str) -> Result<Vec<u8>, String> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if s.len() % 2 != 0 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("\"{s}\" is not hexadecimal bytes (pairs of 0-9, a-f)"));
+    }
+    Ok((0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("checked")).collect())
 }
 
 fn mac(s: &str) -> Result<[u8; 6], String> {

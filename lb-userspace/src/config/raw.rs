@@ -29,6 +29,10 @@ pub struct Instance {
     pub encap_source_v6: Spanned<String>,
     #[serde(default)]
     pub fallback_mac: Option<Spanned<String>>,
+    #[serde(default)]
+    pub control_socket: Option<Spanned<String>>,
+    #[serde(default)]
+    pub metrics_address: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,7 +49,47 @@ pub struct Vip {
     #[serde(default)]
     pub table_size: Option<Spanned<i64>>,
     #[serde(default)]
+    pub failure_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub max_ejected_percent: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub slow_start_secs: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub health: Option<Spanned<Health>>,
+    #[serde(default)]
     pub backend: Vec<Spanned<Backend>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub port: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub interval_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub rise: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub fall: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub tunnel: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub method: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub expect_status: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub expect_body: Option<Spanned<String>>,
+    #[serde(default)]
+    pub payload_hex: Option<Spanned<String>>,
+    #[serde(default)]
+    pub expect_prefix_hex: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,4 +98,8 @@ pub struct Backend {
     pub address: Spanned<String>,
     #[serde(default)]
     pub weight: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub state: Option<Spanned<String>>,
+    #[serde(default)]
+    pub health: Option<Spanned<Health>>,
 }

@@ -47,7 +47,10 @@ fn minimal_config_gets_defaults() {
         (vip.port, vip.protocol, vip.scheduler, vip.forwarding, vip.table_size),
         (80, Protocol::Tcp, Scheduler::Maglev, Forwarding::Ipip, 65_537)
     );
-    assert_eq!(vip.backends[0], Backend { address: "198.18.0.21".parse().unwrap(), weight: 1 });
+    assert_eq!(
+        vip.backends[0],
+        Backend { address: "198.18.0.21".parse().unwrap(), weight: 1, state: AdminState::Up, health: None }
+    );
     assert_eq!(vip.backends[1].weight, 3);
     assert_eq!(c.backend_count(), 2);
 }
@@ -142,4 +145,50 @@ fn every_example_config_is_valid() {
         }
     }
     assert!(seen > 0, "no example configs in {}", dir.display());
+}
+
+#[test]
+fn health_checks_and_backend_states_parse() {
+    let text = MINIMAL.replace(
+        "port = 80\nprotocol = \"tcp\"",
+        "port = 80\nprotocol = \"tcp\"\nslow_start_secs = 10\nfailure_mode = \"closed\"\n\
+         [vip.health]\nkind = \"http\"\npath = \"/healthz\"\nexpect_status = 204\nexpect_body = \"ok\"\ninterval_ms = 200\nrise = 1\nfall = 2\ntunnel = true",
+    ) + "state = \"drain\"\n[vip.backend.health]\nkind = \"udp\"\nport = 53\npayload_hex = \"ab cd 01\"\nexpect_prefix_hex = \"abcd\"\n";
+    let c = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    let vip = &c.vips[0];
+    assert_eq!(vip.failure_mode, FailureMode::Closed);
+    assert_eq!(vip.slow_start, std::time::Duration::from_secs(10));
+    let h = vip.health.as_ref().unwrap();
+    assert_eq!((h.port, h.rise, h.fall, h.tunnel), (80, 1, 2, true));
+    assert_eq!(h.interval, std::time::Duration::from_millis(200));
+    assert_eq!(h.timeout, std::time::Duration::from_millis(100));
+    assert!(matches!(&h.kind, CheckKind::Http { expect_status: 204, path, .. } if path == "/healthz"));
+    let b = &vip.backends[1];
+    assert_eq!(b.state, AdminState::Drain);
+    assert!(
+        matches!(&vip.check_for(b).unwrap().kind, CheckKind::Udp { payload, expect_prefix } if payload == &[0xab, 0xcd, 1] && expect_prefix == &[0xab, 0xcd])
+    );
+    assert_eq!(vip.check_for(&vip.backends[0]), vip.health.as_ref());
+}
+
+#[test]
+fn bad_health_checks_are_explained() {
+    let with = |health: &str| {
+        MINIMAL
+            .replace("port = 80\nprotocol = \"tcp\"", &format!("port = 80\nprotocol = \"tcp\"\n[vip.health]\n{health}"))
+    };
+    for (health, expect) in [
+        ("kind = \"icmp\"", "\"icmp\" is not a check kind"),
+        ("kind = \"udp\"", "a udp check needs `payload_hex`"),
+        ("kind = \"tcp\"\npath = \"/\"", "path do(es) not apply to a tcp check"),
+        ("kind = \"http\"\ninterval_ms = 100\ntimeout_ms = 200", "timeout_ms: 200 is out of range 10..=100"),
+        ("kind = \"udp\"\npayload_hex = \"xyz\"", "is not hexadecimal bytes"),
+        ("kind = \"http\"\nrise = 0", "rise: 0 is out of range 1..=10"),
+    ] {
+        let got = only_problem(&with(health));
+        assert!(got.contains(expect), "{health}: {got}");
+    }
+    let all_ports =
+        MINIMAL.replace("port = 80\nprotocol = \"tcp\"", "port = 0\nprotocol = \"tcp\"\n[vip.health]\nkind = \"tcp\"");
+    assert!(only_problem(&all_ports).contains("an all-ports VIP's check needs a `port`"));
 }

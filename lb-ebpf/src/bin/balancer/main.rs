@@ -120,7 +120,7 @@ fn choose_backend(key: &FlowKey, vip: &VipInfo, udp_idle_timeout_ns: u64) -> Opt
         // which is validated below.
         let (id, hash) = unsafe { ((*state).backend, (*state).hash) };
         if let Some(backend) = BACKENDS.get(id)
-            && backend.is_present()
+            && backend.keeps_flows()
         {
             if !is_udp {
                 return Some((id, *backend, hash, false));
@@ -142,7 +142,7 @@ fn choose_backend(key: &FlowKey, vip: &VipInfo, udp_idle_timeout_ns: u64) -> Opt
     let table = MAGLEV_TABLES.get(vip.live_table_slot())?;
     let id = *table.get(table_slot(hash, vip.table_size) as usize)?;
     let backend = BACKENDS.get(id)?;
-    if !backend.is_present() {
+    if !backend.keeps_flows() {
         return None;
     }
     if is_udp && now == 0 {
