@@ -7,14 +7,18 @@
 //! - [`objects`]: the compiled XDP programs, embedded at build time (built by `build.rs`).
 //! - [`dataplane`]: typed handles on the loaded balancer and decapsulation programs and their
 //!   maps: configuration, VIPs, backends, atomic Maglev table installs, counters.
+//! - [`policy`]: health, admin state, guard rails and slow start turned into desired state.
 //! - [`reconcile`]: pure planning of map operations from desired and current state.
+//! - [`health`]: health check probes (TCP, HTTP, UDP, and through the tunnel).
 //! - [`agent`]: `lb run`, which applies a configuration and leaves the data plane running.
 //! - [`stats`]: counters read from the pinned maps.
 pub mod agent;
 pub mod attach;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod objects;
 pub mod pins;
+pub mod policy;
 pub mod reconcile;
 pub mod stats;

@@ -1,0 +1,227 @@
+//! Health checks: one tokio task per checked (VIP, backend), jittered so a fleet does not probe
+//! in lockstep, reporting each probe's outcome to the agent, which keeps the rise/fall state.
+//!
+//! Probes: TCP connect; HTTP request (status and optional body substring); UDP request and reply
+//! prefix. With `tunnel`, the probe goes to the VIP through the same encapsulation the balancer
+//! uses (IPIP or IP6IP6 to the backend, from this host's address), so a backend whose
+//! decapsulation or VIP is missing fails even while its own address answers. Through the tunnel a
+//! TCP or HTTP check is a handshake: a SYN answered by a SYN-ACK (this host's kernel resets it).
+
+use std::{
+    hash::BuildHasher as _,
+    io::{Read as _, Write as _},
+    mem::MaybeUninit,
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use etherparse::PacketBuilder;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::sync::mpsc;
+
+use crate::config::{CheckKind, HealthCheck, HttpMethod};
+
+/// Which (VIP, backend) a probe is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Target {
+    pub vip: String,
+    pub vip_address: IpAddr,
+    pub backend: IpAddr,
+}
+
+/// One probe's outcome.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub target: Target,
+    pub ok: bool,
+    pub latency: Duration,
+    pub error: Option<String>,
+}
+
+/// Runs `check` against `target` forever, sending every outcome to `report`.
+pub async fn run(target: Target, check: HealthCheck, report: mpsc::Sender<Outcome>) {
+    let hasher = std::collections::hash_map::RandomState::new();
+    // Start anywhere in the first interval, then wait interval +/- 10% between probes.
+    let first = check.interval.mul_f64(fraction(hasher.hash_one((&target, 0u32))));
+    tokio::time::sleep(first).await;
+    for round in 1u32.. {
+        let start = Instant::now();
+        let (t, c) = (target.clone(), check.clone());
+        let result = tokio::task::spawn_blocking(move || probe(&t, &c)).await;
+        let result = result.map_err(anyhow::Error::from).and_then(|r| r);
+        let outcome = Outcome {
+            target: target.clone(),
+            ok: result.is_ok(),
+            latency: start.elapsed(),
+            error: result.err().map(|e| format!("{e:#}")),
+        };
+        if report.send(outcome).await.is_err() {
+            return;
+        }
+        let jitter = 0.9 + 0.2 * fraction(hasher.hash_one((&target, round)));
+        tokio::time::sleep(check.interval.mul_f64(jitter)).await;
+    }
+}
+
+fn fraction(hash: u64) -> f64 {
+    (hash % 10_000) as f64 / 10_000.0
+}
+
+/// One probe, blocking, bounded by the check's timeout.
+pub fn probe(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
+    if check.tunnel {
+        return match &check.kind {
+            CheckKind::Tcp | CheckKind::Http { .. } => tunnel_syn(target, check),
+            CheckKind::Udp { payload, expect_prefix } => tunnel_udp(target, check, payload, expect_prefix),
+        };
+    }
+    let addr = SocketAddr::new(target.backend, check.port);
+    match &check.kind {
+        CheckKind::Tcp => TcpStream::connect_timeout(&addr, check.timeout).map(drop).context("connect"),
+        CheckKind::Http { method, path, host, expect_status, expect_body } => {
+            let deadline = Instant::now() + check.timeout;
+            let mut s = TcpStream::connect_timeout(&addr, check.timeout).context("connect")?;
+            s.set_read_timeout(Some(check.timeout))?;
+            s.set_write_timeout(Some(check.timeout))?;
+            let method = match method {
+                HttpMethod::Get => "GET",
+                HttpMethod::Head => "HEAD",
+            };
+            let host = host.clone().unwrap_or_else(|| target.vip_address.to_string());
+            write!(
+                s,
+                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: lb-health\r\n\r\n"
+            )?;
+            let mut response = Vec::new();
+            let mut buf = [0u8; 4096];
+            while response.len() < 65_536 && Instant::now() < deadline {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => response.extend_from_slice(&buf[..n]),
+                    Err(e) if response.is_empty() => return Err(e).context("read"),
+                    Err(_) => break,
+                }
+            }
+            let text = String::from_utf8_lossy(&response);
+            let status: u16 =
+                text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status line")?;
+            ensure!(status == *expect_status, "status {status}, expected {expect_status}");
+            if let Some(needle) = expect_body {
+                let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                ensure!(body.contains(needle.as_str()), "body does not contain {needle:?}");
+            }
+            Ok(())
+        }
+        CheckKind::Udp { payload, expect_prefix } => {
+            let s = UdpSocket::bind(unspecified(target.backend))?;
+            s.connect(addr)?;
+            s.set_read_timeout(Some(check.timeout))?;
+            s.send(payload)?;
+            let mut buf = [0u8; 2048];
+            let n = s.recv(&mut buf).context("no reply")?;
+            ensure!(buf[..n].starts_with(expect_prefix), "reply does not start with the expected bytes");
+            Ok(())
+        }
+    }
+}
+
+fn unspecified(like: IpAddr) -> SocketAddr {
+    if like.is_ipv4() { "0.0.0.0:0".parse().expect("valid") } else { "[::]:0".parse().expect("valid") }
+}
+
+/// This host's source address towards `to`, as the kernel would choose it.
+fn source_towards(to: IpAddr) -> anyhow::Result<IpAddr> {
+    let s = UdpSocket::bind(unspecified(to))?;
+    s.connect(SocketAddr::new(to, 9))?;
+    Ok(s.local_addr()?.ip())
+}
+
+/// Sends `inner` (an IP packet from this host to the VIP) to the backend inside an outer header
+/// built by the kernel: a raw socket of protocol 4 (inner IPv4) or 41 (inner IPv6).
+fn send_encapsulated(backend: IpAddr, inner_v4: bool, inner: &[u8]) -> anyhow::Result<()> {
+    let domain = if backend.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let protocol = Protocol::from(if inner_v4 { libc::IPPROTO_IPIP } else { libc::IPPROTO_IPV6 });
+    let raw = Socket::new(domain, Type::RAW, Some(protocol)).context("raw socket (needs root)")?;
+    raw.send_to(inner, &SockAddr::from(SocketAddr::new(backend, 0))).context("send encapsulated probe")?;
+    Ok(())
+}
+
+/// The inner packet's source and a port for the probe's flow.
+fn inner_source(target: &Target) -> anyhow::Result<(IpAddr, u16)> {
+    // The backend answers the inner source directly, so it must be this host's address of the
+    // VIP's family, on the path towards the backend's segment.
+    let source = if target.vip_address.is_ipv4() == target.backend.is_ipv4() {
+        source_towards(target.backend)?
+    } else {
+        source_towards(target.vip_address)?
+    };
+    let port = 40_000 + (std::collections::hash_map::RandomState::new().hash_one(Instant::now()) % 20_000) as u16;
+    Ok((source, port))
+}
+
+fn tunnel_syn(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
+    let (source, port) = inner_source(target)?;
+    let seq = 0x6c62_0001;
+    let builder = match (source, target.vip_address) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+        _ => bail!("no source address of the VIP's family"),
+    };
+    let mut syn = Vec::new();
+    builder.tcp(port, check.port, seq, 64_000).syn().write(&mut syn, &[])?;
+    // Listen for the answer before asking.
+    let domain = if target.vip_address.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let listener = Socket::new(domain, Type::RAW, Some(Protocol::TCP)).context("raw TCP socket (needs root)")?;
+    listener.set_read_timeout(Some(check.timeout))?;
+    send_encapsulated(target.backend, target.vip_address.is_ipv4(), &syn)?;
+    let deadline = Instant::now() + check.timeout;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
+    while Instant::now() < deadline {
+        let Ok((n, from)) = listener.recv_from(&mut buf) else { break };
+        // SAFETY: recv_from initialised the first n bytes.
+        let bytes: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        if from.as_socket().map(|a| a.ip()) != Some(target.vip_address) {
+            continue;
+        }
+        // IPv4 raw sockets deliver the IP header, IPv6 ones only the TCP header.
+        let tcp = if target.vip_address.is_ipv4() { &bytes[usize::from(bytes[0] & 0x0f) * 4..] } else { &bytes[..] };
+        if tcp.len() < 20 {
+            continue;
+        }
+        let (sport, dport) = (u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]]));
+        let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+        let flags = tcp[13];
+        if sport == check.port && dport == port && ack == seq.wrapping_add(1) {
+            ensure!(flags & 0x12 == 0x12, "the VIP answered the SYN with flags {flags:#04x}, not SYN-ACK");
+            return Ok(());
+        }
+    }
+    bail!("no SYN-ACK from {}:{} through the tunnel to {}", target.vip_address, check.port, target.backend)
+}
+
+fn tunnel_udp(target: &Target, check: &HealthCheck, payload: &[u8], expect_prefix: &[u8]) -> anyhow::Result<()> {
+    let (source, _) = inner_source(target)?;
+    // The reply comes back to a normal socket bound to the inner source.
+    let socket = UdpSocket::bind(SocketAddr::new(source, 0)).context("bind probe socket")?;
+    socket.set_read_timeout(Some(check.timeout))?;
+    let port = socket.local_addr()?.port();
+    let builder = match (source, target.vip_address) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+        _ => bail!("no source address of the VIP's family"),
+    };
+    let mut datagram = Vec::new();
+    builder.udp(port, check.port).write(&mut datagram, payload)?;
+    send_encapsulated(target.backend, target.vip_address.is_ipv4(), &datagram)?;
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + check.timeout;
+    while Instant::now() < deadline {
+        let (n, from) = socket.recv_from(&mut buf).context("no reply through the tunnel")?;
+        if from == SocketAddr::new(target.vip_address, check.port) {
+            ensure!(buf[..n].starts_with(expect_prefix), "reply does not start with the expected bytes");
+            return Ok(());
+        }
+    }
+    bail!("no reply from {}:{} through the tunnel to {}", target.vip_address, check.port, target.backend)
+}

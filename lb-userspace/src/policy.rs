@@ -1,0 +1,327 @@
+//! Policy: configuration + health + time -> what the data plane should do with every backend.
+//!
+//! Pure, so each rule has a host test:
+//! - admin state: `drain` keeps pinned flows but takes no new ones, `disabled` moves them away;
+//! - health: a backend whose checks fail leaves the table and its pinned flows move (TCP flows
+//!   too: the new backend answers with a reset and the client reconnects at once instead of
+//!   timing out);
+//! - guard rail: failing checks never eject more than `max_ejected_percent` of a VIP's
+//!   backends (those down longest go first); if every backend fails, the VIP fails open (all
+//!   stay, with a loud warning) unless it is configured `failure_mode = "closed"`;
+//! - slow start: a backend that comes back ramps its weight in 10% steps over `slow_start_secs`.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::{AdminState, Config, FailureMode, HealthCheck},
+    reconcile::{Desired, DesiredBackend, DesiredVip, dataplane_config, vip_key},
+};
+
+/// Rise/fall state of one checked (VIP, backend).
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub up: bool,
+    successes: u32,
+    failures: u32,
+    /// When the backend last went down.
+    pub down_since: Option<Instant>,
+    /// When the backend last came back up (drives slow start); None for "up since the start".
+    pub up_since: Option<Instant>,
+    pub last_error: Option<String>,
+    pub last_latency: Option<Duration>,
+}
+
+impl Default for Health {
+    /// Backends start up (a restarted agent must not eject a whole fleet) and fall on failures.
+    fn default() -> Self {
+        Self {
+            up: true,
+            successes: 0,
+            failures: 0,
+            down_since: None,
+            up_since: None,
+            last_error: None,
+            last_latency: None,
+        }
+    }
+}
+
+impl Health {
+    /// Records one probe; returns the new state when it changed.
+    pub fn record(&mut self, ok: bool, check: &HealthCheck, now: Instant) -> Option<bool> {
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+            self.last_error = None;
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+        }
+        if self.up && self.failures >= check.fall {
+            self.up = false;
+            self.down_since = Some(now);
+            return Some(false);
+        }
+        if !self.up && self.successes >= check.rise {
+            self.up = true;
+            self.up_since = Some(now);
+            self.down_since = None;
+            return Some(true);
+        }
+        None
+    }
+}
+
+/// Key of a checked backend.
+pub type HealthKey = (String, IpAddr);
+
+/// What policy decided for one backend.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BackendDecision {
+    pub vip: String,
+    pub address: IpAddr,
+    pub admin: &'static str,
+    /// "up", "down" or "unchecked".
+    pub health: &'static str,
+    pub weight: u32,
+    pub effective_weight: u32,
+    /// Takes new flows.
+    pub in_table: bool,
+    /// Flows pinned to it continue.
+    pub keeps_flows: bool,
+}
+
+/// The policy's verdict: the desired data plane, per-backend decisions, and warnings to log.
+pub struct Decision {
+    pub desired: Desired,
+    pub backends: Vec<BackendDecision>,
+    pub warnings: Vec<String>,
+    /// Whether a slow start is still ramping (re-evaluate soon).
+    pub ramping: bool,
+}
+
+pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instant) -> Decision {
+    let mut decision = Decision {
+        desired: Desired { dataplane: dataplane_config(&config.instance), vips: Vec::new() },
+        backends: Vec::new(),
+        warnings: Vec::new(),
+        ramping: false,
+    };
+    for vip in &config.vips {
+        let state_of = |address: IpAddr| health.get(&(vip.name.clone(), address));
+        // Admin-up backends whose checks fail, longest down first.
+        let admin_up: Vec<_> = vip.backends.iter().filter(|b| b.state == AdminState::Up).collect();
+        let mut failing: Vec<_> = admin_up
+            .iter()
+            .filter(|b| vip.check_for(b).is_some() && state_of(b.address).is_some_and(|h| !h.up))
+            .map(|b| (state_of(b.address).and_then(|h| h.down_since), b.address))
+            .collect();
+        failing.sort();
+        let ejected: Vec<IpAddr> = if !admin_up.is_empty() && failing.len() == admin_up.len() {
+            match vip.failure_mode {
+                FailureMode::Open => {
+                    decision.warnings.push(format!(
+                        "VIP {}: all {} backends fail their checks; failing open: traffic keeps going to all of them",
+                        vip.name,
+                        admin_up.len()
+                    ));
+                    Vec::new()
+                }
+                FailureMode::Closed => {
+                    decision.warnings.push(format!(
+                        "VIP {}: all backends fail their checks; failure_mode closed: dropping its traffic",
+                        vip.name
+                    ));
+                    failing.iter().map(|(_, a)| *a).collect()
+                }
+            }
+        } else {
+            let limit = admin_up.len() * usize::from(vip.max_ejected_percent) / 100;
+            if failing.len() > limit {
+                decision.warnings.push(format!(
+                    "VIP {}: {} of {} backends fail their checks; the guard rail ejects only {} (max_ejected_percent = {})",
+                    vip.name,
+                    failing.len(),
+                    admin_up.len(),
+                    limit,
+                    vip.max_ejected_percent
+                ));
+            }
+            failing.iter().take(limit).map(|(_, a)| *a).collect()
+        };
+
+        let mut backends = Vec::new();
+        for b in &vip.backends {
+            let h = state_of(b.address);
+            let checked = vip.check_for(b).is_some();
+            let health_name = match (checked, h.map(|h| h.up)) {
+                (false, _) => "unchecked",
+                (true, Some(false)) => "down",
+                (true, _) => "up",
+            };
+            let (effective, keeps) = match b.state {
+                AdminState::Disabled => (0, false),
+                AdminState::Drain => (0, true),
+                AdminState::Up if ejected.contains(&b.address) => (0, false),
+                AdminState::Up => {
+                    let ramp = h
+                        .and_then(|h| h.up_since)
+                        .map(|since| ramp(now.saturating_duration_since(since), vip.slow_start));
+                    match ramp {
+                        Some(r) if r < 1.0 && b.weight > 0 => {
+                            decision.ramping = true;
+                            (((f64::from(b.weight) * r).round() as u32).max(1), true)
+                        }
+                        _ => (b.weight, true),
+                    }
+                }
+            };
+            decision.backends.push(BackendDecision {
+                vip: vip.name.clone(),
+                address: b.address,
+                admin: b.state.name(),
+                health: health_name,
+                weight: b.weight,
+                effective_weight: effective,
+                in_table: effective > 0,
+                keeps_flows: keeps,
+            });
+            backends.push(DesiredBackend { address: b.address, weight: effective, keeps_flows: keeps });
+        }
+        decision.desired.vips.push(DesiredVip {
+            key: vip_key(vip),
+            name: vip.name.clone(),
+            table_size: vip.table_size,
+            backends,
+        });
+    }
+    decision
+}
+
+/// Share of the weight after `elapsed` of a `window` slow start, in 10% steps.
+fn ramp(elapsed: Duration, window: Duration) -> f64 {
+    if window.is_zero() || elapsed >= window {
+        return 1.0;
+    }
+    ((elapsed.as_secs_f64() / window.as_secs_f64() * 10.0).floor() + 1.0).min(10.0) / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(extra_vip: &str, backends: &[(&str, &str)]) -> Config {
+        let mut text = String::from(
+            "[instance]\nname = \"t\"\ninterfaces = [\"eth0\"]\nencap_source_v4 = \"198.18.200.0/24\"\n\
+             encap_source_v6 = \"fd00:200::/112\"\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\n\
+             protocol = \"tcp\"\ntable_size = 251\n",
+        );
+        text += extra_vip;
+        text += "[vip.health]\nkind = \"tcp\"\n";
+        for (a, extra) in backends {
+            text += &format!("[[vip.backend]]\naddress = \"{a}\"\n{extra}\n");
+        }
+        Config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn down(health: &mut BTreeMap<HealthKey, Health>, address: &str, at: Instant) {
+        let h = health.entry(("web".into(), address.parse().unwrap())).or_default();
+        h.up = false;
+        h.down_since = Some(at);
+    }
+
+    fn state(d: &Decision, address: &str) -> (u32, bool) {
+        let b = d.backends.iter().find(|b| b.address.to_string() == address).unwrap();
+        (b.effective_weight, b.keeps_flows)
+    }
+
+    #[test]
+    fn rise_and_fall_count_in_a_row() {
+        let c = config("", &[("198.18.0.21", "")]);
+        let check = c.vips[0].health.clone().unwrap(); // rise 2, fall 3
+        let mut h = Health::default();
+        let now = Instant::now();
+        assert_eq!(h.record(false, &check, now), None);
+        assert_eq!(h.record(false, &check, now), None);
+        assert_eq!(h.record(true, &check, now), None, "a success resets the failures");
+        assert_eq!(h.record(false, &check, now), None);
+        assert_eq!(h.record(false, &check, now), None);
+        assert_eq!(h.record(false, &check, now), Some(false));
+        assert_eq!(h.record(true, &check, now), None);
+        assert_eq!(h.record(true, &check, now), Some(true));
+    }
+
+    #[test]
+    fn a_failing_backend_leaves_the_table_and_sheds_its_flows() {
+        let c = config("", &[("198.18.0.21", ""), ("198.18.0.22", ""), ("198.18.0.23", ""), ("198.18.0.24", "")]);
+        let mut health = BTreeMap::new();
+        let now = Instant::now();
+        down(&mut health, "198.18.0.22", now);
+        let d = decide(&c, &health, now);
+        assert_eq!(state(&d, "198.18.0.22"), (0, false));
+        assert_eq!(state(&d, "198.18.0.21"), (1, true));
+        assert!(d.warnings.is_empty());
+    }
+
+    #[test]
+    fn the_guard_rail_ejects_at_most_half_longest_down_first() {
+        let c = config("", &[("198.18.0.21", ""), ("198.18.0.22", ""), ("198.18.0.23", ""), ("198.18.0.24", "")]);
+        let mut health = BTreeMap::new();
+        let t0 = Instant::now();
+        down(&mut health, "198.18.0.23", t0);
+        down(&mut health, "198.18.0.21", t0 + Duration::from_secs(1));
+        down(&mut health, "198.18.0.22", t0 + Duration::from_secs(2));
+        let d = decide(&c, &health, t0 + Duration::from_secs(3));
+        assert_eq!(state(&d, "198.18.0.23"), (0, false));
+        assert_eq!(state(&d, "198.18.0.21"), (0, false));
+        assert_eq!(state(&d, "198.18.0.22"), (1, true), "third failure kept in by the guard rail");
+        assert!(d.warnings[0].contains("ejects only 2"), "{:?}", d.warnings);
+    }
+
+    #[test]
+    fn all_down_fails_open_unless_closed() {
+        let backends = [("198.18.0.21", ""), ("198.18.0.22", "")];
+        let mut health = BTreeMap::new();
+        let now = Instant::now();
+        down(&mut health, "198.18.0.21", now);
+        down(&mut health, "198.18.0.22", now);
+        let open = decide(&config("max_ejected_percent = 100\n", &backends), &health, now);
+        assert!(open.backends.iter().all(|b| b.in_table && b.keeps_flows));
+        assert!(open.warnings[0].contains("failing open"));
+        let closed = decide(&config("max_ejected_percent = 100\nfailure_mode = \"closed\"\n", &backends), &health, now);
+        assert!(closed.backends.iter().all(|b| !b.in_table && !b.keeps_flows));
+    }
+
+    #[test]
+    fn admin_states_override_health() {
+        let c = config(
+            "",
+            &[("198.18.0.21", "state = \"drain\""), ("198.18.0.22", "state = \"disabled\""), ("198.18.0.23", "")],
+        );
+        let d = decide(&c, &BTreeMap::new(), Instant::now());
+        assert_eq!(state(&d, "198.18.0.21"), (0, true));
+        assert_eq!(state(&d, "198.18.0.22"), (0, false));
+        assert_eq!(state(&d, "198.18.0.23"), (1, true));
+    }
+
+    #[test]
+    fn slow_start_ramps_in_steps() {
+        let c = config("slow_start_secs = 10\n", &[("198.18.0.21", "weight = 100"), ("198.18.0.22", "weight = 100")]);
+        let mut health = BTreeMap::new();
+        let t0 = Instant::now();
+        health
+            .insert(("web".into(), "198.18.0.21".parse().unwrap()), Health { up_since: Some(t0), ..Health::default() });
+        let at = |s: u64| decide(&c, &health, t0 + Duration::from_secs(s));
+        assert_eq!(state(&at(0), "198.18.0.21").0, 10);
+        assert_eq!(state(&at(4), "198.18.0.21").0, 50);
+        assert!(at(4).ramping);
+        assert_eq!(state(&at(10), "198.18.0.21").0, 100);
+        assert!(!at(10).ramping);
+        assert_eq!(state(&at(0), "198.18.0.22").0, 100, "up since the start: no ramp");
+    }
+}
