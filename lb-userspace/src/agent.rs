@@ -1,49 +1,102 @@
-//! `lb run`: the agent. Turns a configuration into a live data plane and keeps it.
+//! `lb run`: the agent. Turns a configuration into a live data plane and keeps it right as
+//! health, operators and the configuration change.
 //!
 //! Start-up: validate the configuration (nothing is touched if it fails), open or adopt the
-//! pinned maps, reconcile them to the configuration, then attach (or replace the program inside
-//! the pinned links). On SIGTERM or SIGINT the agent exits and the data plane keeps forwarding;
-//! the next `lb run` adopts it. `lb detach` removes it.
+//! pinned maps, apply the policy's desired state, attach (or replace the program inside the
+//! pinned links), start one health-check task per checked backend and the control socket. Then
+//! one loop owns all state: probe outcomes, control requests, SIGHUP and configuration file
+//! changes (both reload), a slow-start tick. On SIGTERM or SIGINT the agent exits and the data
+//! plane keeps forwarding; the next `lb run` adopts it. `lb detach` removes it.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr, UdpSocket},
-    path::Path,
-    time::Duration,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use lb_common::{flow::FLOW_HASH_SEED, hash::murmur3_words};
+use serde_json::json;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixListener,
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 
 use crate::{
-    config::Config,
+    config::{Config, HealthCheck},
+    control::{self, Request, Response},
     dataplane::{Balancer, BalancerSizes},
+    health::{self, Outcome, Target},
+    metrics,
     pins::PinDir,
+    policy::{self, BackendDecision, Health, HealthKey},
     reconcile::{self, Op},
 };
 
 /// How often backends' neighbour entries are refreshed (see [`warm_neighbours`]).
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(10);
+/// How often slow starts advance and the configuration file is looked at.
+const TICK: Duration = Duration::from_secs(1);
+
+type Pending = (Request, oneshot::Sender<Response>);
+
+struct Agent {
+    config_path: PathBuf,
+    config_mtime: Option<SystemTime>,
+    config: Config,
+    balancer: Balancer,
+    pins: PinDir,
+    health: BTreeMap<HealthKey, Health>,
+    checks: BTreeMap<HealthKey, (HealthCheck, JoinHandle<()>)>,
+    outcomes: mpsc::Sender<Outcome>,
+    decisions: Vec<BackendDecision>,
+    warnings: Vec<String>,
+    ramping: bool,
+    /// Table fingerprints per VIP name (a hash of the table's backend addresses, slot by slot:
+    /// equal on every balancer with the same configuration and health).
+    fingerprints: BTreeMap<String, String>,
+    generation: u64,
+}
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let pins = PinDir::instance(&config.instance.name);
     let adopting = pins.exists();
-    let mut balancer =
+    let balancer =
         Balancer::open_pinned(BalancerSizes { flow_table_entries: config.instance.flow_table_entries }, &pins)
             .with_context(|| format!("opening the data plane pinned at {}", pins.root().display()))?;
     if adopting {
         tracing::info!(pins = %pins.root().display(), "adopting the pinned data plane");
     }
-
-    apply(&mut balancer, &config)?;
-    for interface in &config.instance.interfaces {
-        enable_forwarding(interface);
+    let (outcome_tx, mut outcome_rx) = mpsc::channel(1024);
+    let mut agent = Agent {
+        config_path: config_path.to_path_buf(),
+        config_mtime: mtime(config_path),
+        config,
+        balancer,
+        pins,
+        health: BTreeMap::new(),
+        checks: BTreeMap::new(),
+        outcomes: outcome_tx,
+        decisions: Vec::new(),
+        warnings: Vec::new(),
+        ramping: false,
+        fingerprints: BTreeMap::new(),
+        generation: 0,
+    };
+    agent.apply()?;
+    for interface in agent.config.instance.interfaces.clone() {
+        enable_forwarding(&interface);
     }
-    warm_neighbours(&config);
-    for interface in &config.instance.interfaces {
-        let attached = balancer
-            .attach(interface, config.instance.xdp_mode, &pins)
+    warm_neighbours(&agent.config);
+    for interface in agent.config.instance.interfaces.clone() {
+        let attached = agent
+            .balancer
+            .attach(&interface, agent.config.instance.xdp_mode, &agent.pins)
             .with_context(|| format!("attaching the balancer to {interface}"))?;
         match attached {
             crate::attach::Attached::New(mode) => tracing::info!(interface, ?mode, "attached the balancer"),
@@ -52,56 +105,358 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!(instance = %config.instance.name, vips = config.vips.len(), backends = config.backend_count(), "running");
+    agent.sync_checks();
+
+    let (request_tx, mut request_rx) = mpsc::channel::<Pending>(64);
+    let socket = agent.config.instance.control_socket.clone();
+    let listener = bind_control(&socket)?;
+    tokio::spawn(serve_control(listener, request_tx.clone()));
+    if let Some(address) = agent.config.instance.metrics_address {
+        let listener =
+            tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding metrics on {address}"))?;
+        tracing::info!(%address, "serving Prometheus metrics");
+        tokio::spawn(metrics::serve(listener, request_tx.clone(), agent.pins.clone()));
+    }
+    tracing::info!(
+        instance = %agent.config.instance.name,
+        vips = agent.config.vips.len(),
+        backends = agent.config.backend_count(),
+        control = %socket.display(),
+        "running"
+    );
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut refresh = tokio::time::interval(NEIGHBOUR_REFRESH);
+    let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = refresh.tick() => warm_neighbours(&config),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                if let Err(e) = agent.reload() {
+                    tracing::error!("reload refused, nothing changed: {e:#}");
+                }
+            }
+            _ = refresh.tick() => warm_neighbours(&agent.config),
+            _ = tick.tick() => agent.tick(),
+            Some(outcome) = outcome_rx.recv() => agent.record(outcome),
+            Some((request, reply)) = request_rx.recv() => {
+                let response = agent.handle(request);
+                let _ = reply.send(response);
+            }
         }
     }
+    for (_, (_, task)) in std::mem::take(&mut agent.checks) {
+        task.abort();
+    }
+    let _ = std::fs::remove_file(&socket);
     tracing::info!(
-        pins = %pins.root().display(),
+        pins = %agent.pins.root().display(),
         "exiting; the data plane keeps forwarding. `lb detach --instance {}` removes it",
-        config.instance.name
+        agent.config.instance.name
     );
     Ok(())
 }
 
-/// Reconciles the maps to `config`, logging each change.
-pub fn apply(balancer: &mut Balancer, config: &Config) -> anyhow::Result<()> {
-    let current = balancer.current().context("reading the current data plane state")?;
-    let ops = reconcile::plan(&reconcile::Desired::from_config(config), &current)?;
-    for op in &ops {
-        match op {
-            Op::SetDataplane(d) => {
-                tracing::info!(mtu = d.mtu, udp_idle_timeout_ns = d.udp_idle_timeout_ns, "set instance settings")
-            }
-            Op::SetBackend { id, backend } => {
-                tracing::info!(id, address = %show_addr(backend.family, &backend.addr), "added backend")
-            }
-            Op::InstallVip { key, index, table } => tracing::info!(
-                vip = %show_vip(key),
-                index,
-                table_size = table.len(),
-                "installed Maglev table"
-            ),
-            Op::RemoveVip { key } => tracing::info!(vip = %show_vip(key), "removed VIP"),
-            Op::ClearBackend { id } => tracing::info!(id, "removed backend"),
+impl Agent {
+    /// Decides with the policy and reconciles the maps to it, logging each change.
+    fn apply(&mut self) -> anyhow::Result<()> {
+        let decision = policy::decide(&self.config, &self.health, Instant::now());
+        for w in decision.warnings.iter().filter(|w| !self.warnings.contains(w)) {
+            tracing::warn!("{w}");
         }
-        balancer.apply(op)?;
+        self.warnings = decision.warnings;
+        self.ramping = decision.ramping;
+        self.decisions = decision.backends;
+        let current = self.balancer.current().context("reading the current data plane state")?;
+        let ops = reconcile::plan(&decision.desired, &current)?;
+        for op in &ops {
+            log_op(op);
+            self.balancer.apply(op)?;
+        }
+        if !ops.is_empty() {
+            self.generation += 1;
+        }
+        self.fingerprints = fingerprints(&self.balancer.current()?, &self.config);
+        Ok(())
     }
-    if ops.is_empty() {
-        tracing::info!("the data plane already matches the configuration");
+
+    /// Starts, stops and restarts health-check tasks to match the configuration.
+    fn sync_checks(&mut self) {
+        let mut wanted: BTreeMap<HealthKey, (Target, HealthCheck)> = BTreeMap::new();
+        for vip in &self.config.vips {
+            for b in &vip.backends {
+                if let Some(check) = vip.check_for(b) {
+                    let target = Target { vip: vip.name.clone(), vip_address: vip.address, backend: b.address };
+                    wanted.insert((vip.name.clone(), b.address), (target, check.clone()));
+                }
+            }
+        }
+        let stale: Vec<HealthKey> = self
+            .checks
+            .iter()
+            .filter(|(k, (c, _))| wanted.get(*k).is_none_or(|(_, w)| w != c))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some((_, task)) = self.checks.remove(&key) {
+                task.abort();
+            }
+            if !wanted.contains_key(&key) {
+                self.health.remove(&key);
+            }
+        }
+        for (key, (target, check)) in wanted {
+            if !self.checks.contains_key(&key) {
+                let task = tokio::spawn(health::run(target, check.clone(), self.outcomes.clone()));
+                self.checks.insert(key, (check, task));
+            }
+        }
     }
-    for vip in config.vips.iter().filter(|v| v.backends.iter().all(|b| b.weight == 0)) {
-        tracing::warn!(vip = %vip.name, "no backend with a weight: this VIP's traffic is dropped (drop_no_backend)");
+
+    fn record(&mut self, outcome: Outcome) {
+        let key = (outcome.target.vip.clone(), outcome.target.backend);
+        let Some((check, _)) = self.checks.get(&key) else { return };
+        let check = check.clone();
+        let health = self.health.entry(key).or_default();
+        health.last_latency = Some(outcome.latency);
+        if let Some(e) = &outcome.error {
+            health.last_error = Some(e.clone());
+        }
+        match health.record(outcome.ok, &check, Instant::now()) {
+            Some(true) => tracing::info!(vip = %outcome.target.vip, backend = %outcome.target.backend, "backend is up"),
+            Some(false) => tracing::warn!(
+                vip = %outcome.target.vip,
+                backend = %outcome.target.backend,
+                error = outcome.error.as_deref().unwrap_or(""),
+                "backend is down"
+            ),
+            None => return,
+        }
+        if let Err(e) = self.apply() {
+            tracing::error!("applying a health change failed: {e:#}");
+        }
     }
-    Ok(())
+
+    fn tick(&mut self) {
+        if mtime(&self.config_path) != self.config_mtime {
+            tracing::info!(path = %self.config_path.display(), "configuration file changed: reloading");
+            if let Err(e) = self.reload() {
+                tracing::error!("reload refused, nothing changed: {e:#}");
+            }
+        } else if self.ramping
+            && let Err(e) = self.apply()
+        {
+            tracing::error!("slow start step failed: {e:#}");
+        }
+    }
+
+    /// Re-reads the configuration file and applies it; a file that fails validation changes nothing.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        self.config_mtime = mtime(&self.config_path);
+        let config = Config::load(&self.config_path)?;
+        self.replace(config)
+    }
+
+    fn replace(&mut self, config: Config) -> anyhow::Result<()> {
+        let (old, new) = (&self.config.instance, &config.instance);
+        if old.name != new.name
+            || old.interfaces != new.interfaces
+            || old.xdp_mode != new.xdp_mode
+            || old.control_socket != new.control_socket
+            || old.metrics_address != new.metrics_address
+        {
+            anyhow::bail!(
+                "instance name, interfaces, xdp_mode, control_socket and metrics_address change only with a restart of the agent"
+            );
+        }
+        let previous = std::mem::replace(&mut self.config, config);
+        if let Err(e) = self.apply() {
+            self.config = previous;
+            self.apply().context("restoring the previous configuration")?;
+            return Err(e);
+        }
+        self.sync_checks();
+        Ok(())
+    }
+
+    fn handle(&mut self, request: Request) -> Response {
+        match &request {
+            Request::Status => return Response::ok(self.status()),
+            Request::ConfigDump => return Response::ok(json!(self.config.to_toml())),
+            Request::VipList => return Response::ok(json!(self.status()["vips"])),
+            Request::BackendList { vip } => {
+                let rows: Vec<_> =
+                    self.backend_rows().into_iter().filter(|r| vip.as_ref().is_none_or(|v| r["vip"] == *v)).collect();
+                return Response::ok(json!(rows));
+            }
+            Request::Reload => {
+                return match self.reload() {
+                    Ok(()) => Response::ok(json!({ "generation": self.generation })),
+                    Err(e) => Response::error(format!("{e:#}")),
+                };
+            }
+            _ => {}
+        }
+        match control::edit(&self.config, &request) {
+            Ok(Some(config)) => match self.replace(config) {
+                Ok(()) => {
+                    tracing::info!(?request, generation = self.generation, "applied a live change");
+                    Response::ok(json!({ "generation": self.generation }))
+                }
+                Err(e) => Response::error(format!("{e:#}")),
+            },
+            Ok(None) => Response::ok(json!(null)),
+            Err(message) => Response::error(message),
+        }
+    }
+
+    fn backend_rows(&self) -> Vec<serde_json::Value> {
+        self.decisions
+            .iter()
+            .map(|d| {
+                let h = self.health.get(&(d.vip.clone(), d.address));
+                json!({
+                    "vip": d.vip,
+                    "address": d.address.to_string(),
+                    "admin": d.admin,
+                    "health": d.health,
+                    "weight": d.weight,
+                    "effective_weight": d.effective_weight,
+                    "in_table": d.in_table,
+                    "keeps_flows": d.keeps_flows,
+                    "last_error": h.and_then(|h| h.last_error.clone()),
+                    "check_latency_ms": h.and_then(|h| h.last_latency).map(|l| l.as_secs_f64() * 1000.0),
+                })
+            })
+            .collect()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let vips: Vec<_> = self
+            .config
+            .vips
+            .iter()
+            .map(|v| {
+                json!({
+                    "name": v.name,
+                    "address": v.address.to_string(),
+                    "port": v.port,
+                    "protocol": v.protocol.to_string(),
+                    "table_size": v.table_size,
+                    "fingerprint": self.fingerprints.get(&v.name),
+                    "backends": v.backends.len(),
+                })
+            })
+            .collect();
+        json!({
+            "instance": self.config.instance.name,
+            "config": self.config_path.display().to_string(),
+            "generation": self.generation,
+            "warnings": self.warnings,
+            "vips": vips,
+            "backends": self.backend_rows(),
+        })
+    }
+}
+
+fn log_op(op: &Op) {
+    match op {
+        Op::SetDataplane(d) => {
+            tracing::info!(mtu = d.mtu, udp_idle_timeout_ns = d.udp_idle_timeout_ns, "set instance settings")
+        }
+        Op::SetBackend { id, backend } => tracing::info!(
+            id,
+            address = %show_addr(backend.family, &backend.addr),
+            vip_index = backend.vip_index,
+            keeps_flows = backend.keeps_flows(),
+            "set backend"
+        ),
+        Op::InstallVip { key, index, table } => {
+            tracing::info!(vip = %show_vip(key), index, table_size = table.len(), "installed Maglev table")
+        }
+        Op::RemoveVip { key } => tracing::info!(vip = %show_vip(key), "removed VIP"),
+        Op::ClearBackend { id } => tracing::info!(id, "removed backend"),
+    }
+}
+
+/// Per VIP name: a hash of the live table as backend addresses, slot by slot.
+fn fingerprints(current: &reconcile::Current, config: &Config) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for vip in &config.vips {
+        let Some((_, table)) = current.vips.get(&reconcile::vip_key(vip)) else { continue };
+        let mut h = FLOW_HASH_SEED;
+        for id in table {
+            let addr = current.backends.get(id).map_or([0; 16], |b| b.addr);
+            let words = lb_common::hash::le_words::<4>(&addr);
+            h = murmur3_words(&[h, words[0], words[1], words[2], words[3]], 0);
+        }
+        out.insert(vip.name.clone(), if table.is_empty() { "empty".to_string() } else { format!("{h:08x}") });
+    }
+    out
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Binds the control socket: a directory only root can enter, a socket only root can open.
+fn bind_control(socket: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if socket.exists() {
+        // A live agent answers; a stale socket from a stopped one does not.
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(socket).is_err(),
+            "another agent is running on {}; stop it first",
+            socket.display()
+        );
+        std::fs::remove_file(socket)?;
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding the control socket {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn serve_control(listener: UnixListener, requests: mpsc::Sender<Pending>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let response = match serde_json::from_str::<Request>(&line) {
+                Err(e) => Response::error(format!("not a request: {e}")),
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if requests.send((request, tx)).await.is_err() {
+                        return;
+                    }
+                    rx.await.unwrap_or_else(|_| Response::error("the agent is stopping"))
+                }
+            };
+            let mut text = serde_json::to_string(&response).unwrap_or_default();
+            text.push('\n');
+            let _ = write.write_all(text.as_bytes()).await;
+        });
+    }
+}
+
+/// Asks the agent for its status through the same channel the control socket uses.
+pub async fn status(requests: &mpsc::Sender<Pending>) -> Option<serde_json::Value> {
+    let (tx, rx) = oneshot::channel();
+    requests.send((Request::Status, tx)).await.ok()?;
+    rx.await.ok().map(|r| r.body)
 }
 
 /// The FIB lookup of the data plane requires forwarding on the ingress interface.
@@ -149,3 +504,6 @@ pub fn show_vip(key: &lb_common::vip::VipKey) -> String {
         format!("[{addr}]:{port}/{proto}")
     }
 }
+
+/// The `Pending` type, for the metrics server.
+pub type ControlSender = mpsc::Sender<Pending>;

@@ -63,16 +63,35 @@ pub enum DataplaneError {
 /// The balancer program and its maps.
 pub struct Balancer {
     ebpf: Ebpf,
-    vips: HashMap<MapData, VipKey, VipInfo>,
-    vip_addrs: HashMap<MapData, VipAddrKey, u32>,
-    backends: Array<MapData, Backend>,
-    tables: Array<MapData, MaglevTable>,
-    flows: HashMap<MapData, FlowKey, FlowState>,
-    config: Array<MapData, DataplaneConfig>,
-    egress: DevMapHash<MapData>,
-    reason_stats: PerCpuArray<MapData, ReasonCounter>,
-    vip_stats: PerCpuArray<MapData, TrafficCounters>,
-    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    maps: BalancerMaps,
+}
+
+impl std::ops::Deref for Balancer {
+    type Target = BalancerMaps;
+    fn deref(&self) -> &BalancerMaps {
+        &self.maps
+    }
+}
+
+impl std::ops::DerefMut for Balancer {
+    fn deref_mut(&mut self) -> &mut BalancerMaps {
+        &mut self.maps
+    }
+}
+
+/// The balancer's maps: those of a loaded program, or opened from their pins by the read-only
+/// commands (`lb stats`, `lb trace`, `lb plan`) while an agent may or may not run.
+pub struct BalancerMaps {
+    pub(crate) vips: HashMap<MapData, VipKey, VipInfo>,
+    pub(crate) vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    pub(crate) backends: Array<MapData, Backend>,
+    pub(crate) tables: Array<MapData, MaglevTable>,
+    pub(crate) flows: HashMap<MapData, FlowKey, FlowState>,
+    pub(crate) config: Array<MapData, DataplaneConfig>,
+    pub(crate) egress: DevMapHash<MapData>,
+    pub(crate) reason_stats: PerCpuArray<MapData, ReasonCounter>,
+    pub(crate) vip_stats: PerCpuArray<MapData, TrafficCounters>,
+    pub(crate) backend_stats: PerCpuArray<MapData, TrafficCounters>,
 }
 
 /// Names of the balancer's maps (each pinned under its name).
@@ -122,24 +141,48 @@ impl Balancer {
     fn from_ebpf(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
         let program: &mut Xdp = program(&mut ebpf, "balancer")?;
         program.load()?;
-        Ok(Self {
-            vips: take(&mut ebpf, "VIPS")?,
-            vip_addrs: take(&mut ebpf, "VIP_ADDRS")?,
-            backends: take(&mut ebpf, "BACKENDS")?,
-            tables: take(&mut ebpf, "MAGLEV_TABLES")?,
-            flows: take(&mut ebpf, "FLOWS")?,
-            config: take(&mut ebpf, "CONFIG")?,
-            egress: take(&mut ebpf, "EGRESS")?,
-            reason_stats: take(&mut ebpf, "REASON_STATS")?,
-            vip_stats: take(&mut ebpf, "VIP_STATS")?,
-            backend_stats: take(&mut ebpf, "BACKEND_STATS")?,
-            ebpf,
-        })
+        let maps = BalancerMaps::open(|name| {
+            let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+            Ok(map)
+        })?;
+        Ok(Self { ebpf, maps })
     }
 
     /// The loaded XDP program (to attach it, or to run it through BPF_PROG_RUN).
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
         program(&mut self.ebpf, "balancer")
+    }
+
+    /// Attaches the balancer to `interface` (or replaces the program in its pinned link) and
+    /// allows redirects to it.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode, pins: &PinDir) -> Result<Attached, DataplaneError> {
+        let ifindex = ifindex(interface)?;
+        self.add_egress(ifindex)?;
+        attach(self.program()?, interface, mode, &pins.link(interface))
+    }
+}
+
+impl BalancerMaps {
+    /// Opens the maps pinned in `pins` (they must exist: an agent created them).
+    pub fn open_pinned(pins: &PinDir) -> Result<Self, DataplaneError> {
+        Self::open(|name| Ok(aya::maps::Map::from_map_data(MapData::from_pin(pins.map(name))?)?))
+    }
+
+    fn open(
+        mut take: impl FnMut(&'static str) -> Result<aya::maps::Map, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            vips: typed(take("VIPS")?)?,
+            vip_addrs: typed(take("VIP_ADDRS")?)?,
+            backends: typed(take("BACKENDS")?)?,
+            tables: typed(take("MAGLEV_TABLES")?)?,
+            flows: typed(take("FLOWS")?)?,
+            config: typed(take("CONFIG")?)?,
+            egress: typed(take("EGRESS")?)?,
+            reason_stats: typed(take("REASON_STATS")?)?,
+            vip_stats: typed(take("VIP_STATS")?)?,
+            backend_stats: typed(take("BACKEND_STATS")?)?,
+        })
     }
 
     pub fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
@@ -203,14 +246,6 @@ impl Balancer {
     /// Allows redirects to interface `ifindex`.
     pub fn add_egress(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         Ok(self.egress.insert(ifindex, ifindex, None, 0)?)
-    }
-
-    /// Attaches the balancer to `interface` (or replaces the program in its pinned link) and
-    /// allows redirects to it.
-    pub fn attach(&mut self, interface: &str, mode: XdpMode, pins: &PinDir) -> Result<Attached, DataplaneError> {
-        let ifindex = ifindex(interface)?;
-        self.add_egress(ifindex)?;
-        attach(self.program()?, interface, mode, &pins.link(interface))
     }
 
     /// What the maps hold now (the input of [`crate::reconcile::plan`]).
@@ -365,6 +400,10 @@ pub fn load_xdp_tx_baseline() -> Result<Ebpf, DataplaneError> {
 pub fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
     let missing = DataplaneError::Missing { kind: "XDP program", name };
     ebpf.program_mut(name).ok_or(missing)?.try_into().map_err(|_| DataplaneError::Missing { kind: "XDP program", name })
+}
+
+fn typed<T: TryFrom<aya::maps::Map, Error = MapError>>(map: aya::maps::Map) -> Result<T, DataplaneError> {
+    Ok(T::try_from(map)?)
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(

@@ -10,13 +10,19 @@
 //! - [`policy`]: health, admin state, guard rails and slow start turned into desired state.
 //! - [`reconcile`]: pure planning of map operations from desired and current state.
 //! - [`health`]: health check probes (TCP, HTTP, UDP, and through the tunnel).
+//! - [`control`]: the control API over a Unix socket, and live changes validated like files.
 //! - [`agent`]: `lb run`, which applies a configuration and leaves the data plane running.
+//! - [`inspect`]: `lb trace` and `lb plan`, computed with the data plane's own code.
 //! - [`stats`]: counters read from the pinned maps.
+//! - [`metrics`]: Prometheus metrics over HTTP.
 pub mod agent;
 pub mod attach;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod health;
+pub mod inspect;
+pub mod metrics;
 pub mod objects;
 pub mod pins;
 pub mod policy;

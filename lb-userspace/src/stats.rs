@@ -1,27 +1,17 @@
 //! Counters read straight from the pinned maps, so `lb stats` works whether or not an agent runs.
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use lb_common::{
-    backend::Backend,
-    capacity::MAX_BACKENDS,
-    counters::{Reason, ReasonCounter, TrafficCounters},
-    vip::{VipInfo, VipKey},
-};
+use lb_common::{capacity::MAX_BACKENDS, counters::Reason};
 use serde::Serialize;
 
 use crate::{
     agent::{show_addr, show_vip},
-    dataplane::{DataplaneError, sum_reason, sum_traffic},
+    dataplane::{BalancerMaps, DataplaneError, sum_reason, sum_traffic},
     pins::PinDir,
 };
 
-/// Read-only handles on an instance's pinned counters.
+/// An instance's pinned counters.
 pub struct PinnedStats {
-    vips: HashMap<MapData, VipKey, VipInfo>,
-    backends: Array<MapData, Backend>,
-    reasons: PerCpuArray<MapData, ReasonCounter>,
-    vip_stats: PerCpuArray<MapData, TrafficCounters>,
-    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    maps: BalancerMaps,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,42 +36,34 @@ pub struct ReasonRow {
     pub bytes: u64,
 }
 
-fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(pins: &PinDir, name: &str) -> Result<T, DataplaneError> {
-    let data = MapData::from_pin(pins.map(name))?;
-    Ok(T::try_from(Map::from_map_data(data)?)?)
-}
-
 impl PinnedStats {
     pub fn open(pins: &PinDir) -> Result<Self, DataplaneError> {
-        Ok(Self {
-            vips: open(pins, "VIPS")?,
-            backends: open(pins, "BACKENDS")?,
-            reasons: open(pins, "REASON_STATS")?,
-            vip_stats: open(pins, "VIP_STATS")?,
-            backend_stats: open(pins, "BACKEND_STATS")?,
-        })
+        Ok(Self { maps: BalancerMaps::open_pinned(pins)? })
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
         let mut vips = Vec::new();
-        for entry in self.vips.iter() {
+        for entry in self.maps.vips.iter() {
             let (key, info) = entry?;
-            let c = sum_traffic(&self.vip_stats.get(&info.index, 0)?);
+            let c = sum_traffic(&self.maps.vip_stats.get(&info.index, 0)?);
             vips.push(Row { name: show_vip(&key), packets: c.packets, bytes: c.bytes, new_flows: c.new_flows });
         }
         vips.sort_by(|a, b| a.name.cmp(&b.name));
+        let vip_names: std::collections::BTreeMap<u32, String> =
+            self.maps.vips.iter().filter_map(Result::ok).map(|(key, info)| (info.index, show_vip(&key))).collect();
         let mut backends = Vec::new();
         for id in 0..MAX_BACKENDS {
-            let b = self.backends.get(&id, 0)?;
+            let b = self.maps.backends.get(&id, 0)?;
             if b.is_assigned() {
-                let c = sum_traffic(&self.backend_stats.get(&id, 0)?);
-                let name = show_addr(b.family, &b.addr);
+                let c = sum_traffic(&self.maps.backend_stats.get(&id, 0)?);
+                let vip = vip_names.get(&u32::from(b.vip_index)).map_or("?", String::as_str);
+                let name = format!("{} via {vip}", show_addr(b.family, &b.addr));
                 backends.push(Row { name, packets: c.packets, bytes: c.bytes, new_flows: c.new_flows });
             }
         }
         let mut reasons = Vec::new();
         for r in Reason::ALL {
-            let c = sum_reason(&self.reasons.get(&(r as u32), 0)?);
+            let c = sum_reason(&self.maps.reason_stats.get(&(r as u32), 0)?);
             reasons.push(ReasonRow { reason: r.name(), packets: c.packets, bytes: c.bytes });
         }
         Ok(Snapshot { vips, backends, reasons })

@@ -5,6 +5,7 @@
 //! allowed. A file with any problem yields no [`Config`] at all, so nothing of it can be applied.
 
 mod raw;
+mod render;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -751,7 +752,7 @@ fn prefix<A: std::str::FromStr>(s: &str) -> Result<(A, u8), String> {
 
 fn hex(s: &str) -> Result<Vec<u8>, String> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if s.len() % 2 != 0 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!("\"{s}\" is not hexadecimal bytes (pairs of 0-9, a-f)"));
     }
     Ok((0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("checked")).collect())

@@ -192,3 +192,17 @@ fn bad_health_checks_are_explained() {
         MINIMAL.replace("port = 80\nprotocol = \"tcp\"", "port = 0\nprotocol = \"tcp\"\n[vip.health]\nkind = \"tcp\"");
     assert!(only_problem(&all_ports).contains("an all-ports VIP's check needs a `port`"));
 }
+
+#[test]
+fn rendering_parses_back_to_the_same_config() {
+    let text = MINIMAL.replace(
+        "port = 80\nprotocol = \"tcp\"",
+        "port = 80\nprotocol = \"tcp\"\nslow_start_secs = 10\n[vip.health]\nkind = \"http\"\nexpect_body = \"a \\\"quoted\\\" body\"",
+    ) + "state = \"drain\"\n[vip.backend.health]\nkind = \"udp\"\npayload_hex = \"abcd\"\n";
+    let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    let rendered = config.to_toml();
+    let again = Config::parse(&rendered, "rendered").unwrap_or_else(|e| panic!("{e}\n{rendered}"));
+    assert_eq!(config, again, "{rendered}");
+    let lab = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/lab.toml")).unwrap();
+    assert_eq!(Config::parse(&lab.to_toml(), "rendered").unwrap(), lab);
+}

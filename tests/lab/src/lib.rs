@@ -11,7 +11,8 @@
 //! The client routes the VIPs (198.18.100.0/24, fd00:100::/64) through the balancer. Backends
 //! hold the VIPs on `lo` (arp_ignore/arp_announce so they never answer for them), run the
 //! project's decapsulation program on `eth0`, and serve HTTP (nginx) and DNS (dnsmasq) on the
-//! VIPs, each answering with its own name, so a reply tells which backend served it.
+//! VIPs (and on their own addresses, for plain health checks), each answering with its own
+//! name, so a reply tells which backend served it.
 //! `config/lab.toml` uses be1..be3; be4 is the spare that tests add to a running service.
 //!
 //! Used by `cargo xtask lab|demo` and by the end-to-end tests.
@@ -123,6 +124,7 @@ impl Lab {
             ns(backend, "sysctl", &["-qw", &format!("{key}={value}")])?;
         }
         let name = BACKEND_NAMES[i];
+        let (own_v4, own_v6) = (backend_v4(i), backend_v6(i));
         let dir = self.dir.join(name);
         std::fs::create_dir_all(&dir)?;
         let d = dir.display();
@@ -135,7 +137,7 @@ impl Lab {
                  http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                  keepalive_timeout 65;\n\
-                 server {{\n    listen {VIP_V4}:80;\n    listen [{VIP_V6}]:80;\n\
+                 server {{\n    listen {VIP_V4}:80;\n    listen [{VIP_V6}]:80;\n    listen {own_v4}:80;\n    listen [{own_v6}]:80;\n\
                  location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n\
                  location /slow {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n"
             ),
@@ -151,6 +153,8 @@ impl Lab {
                 "--bind-interfaces",
                 &format!("--listen-address={VIP_V4}"),
                 &format!("--listen-address={VIP_V6}"),
+                &format!("--listen-address={own_v4}"),
+                &format!("--listen-address={own_v6}"),
                 &format!("--txt-record=whoami.lab,{name}"),
                 &format!("--pid-file={d}/dnsmasq.pid"),
                 "--user=root",

@@ -1,0 +1,128 @@
+//! The configuration written back out as TOML, every value explicit, so `lb config dump` keeps
+//! live changes and what it writes parses back to the same configuration.
+
+use std::fmt::Write as _;
+
+use super::{AdminState, CheckKind, Config, FailureMode, HealthCheck, HttpMethod, Scheduler, XdpMode};
+
+impl Config {
+    pub fn to_toml(&self) -> String {
+        let i = &self.instance;
+        let mut s = String::new();
+        let _ = writeln!(s, "[instance]");
+        let _ = writeln!(s, "name = {}", quote(&i.name));
+        let ifaces: Vec<String> = i.interfaces.iter().map(|n| quote(n)).collect();
+        let _ = writeln!(s, "interfaces = [{}]", ifaces.join(", "));
+        let mode = match i.xdp_mode {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+            XdpMode::Auto => "auto",
+        };
+        let _ = writeln!(s, "xdp_mode = \"{mode}\"");
+        let _ = writeln!(s, "flow_table_entries = {}", i.flow_table_entries);
+        let _ = writeln!(s, "udp_idle_timeout_secs = {}", i.udp_idle_timeout_secs);
+        let _ = writeln!(s, "mtu = {}", i.mtu);
+        let _ = writeln!(s, "encap_source_v4 = \"{}/{}\"", i.encap_source_v4.network, 32 - i.encap_source_v4.host_bits);
+        let _ =
+            writeln!(s, "encap_source_v6 = \"{}/{}\"", i.encap_source_v6.network, 128 - i.encap_source_v6.host_bits);
+        if let Some(m) = i.fallback_mac {
+            let _ = writeln!(
+                s,
+                "fallback_mac = \"{}\"",
+                m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+            );
+        }
+        let _ = writeln!(s, "control_socket = {}", quote(&i.control_socket.to_string_lossy()));
+        if let Some(a) = i.metrics_address {
+            let _ = writeln!(s, "metrics_address = \"{a}\"");
+        }
+        for v in &self.vips {
+            let _ = writeln!(s, "\n[[vip]]");
+            let _ = writeln!(s, "name = {}", quote(&v.name));
+            let _ = writeln!(s, "address = \"{}\"", v.address);
+            let _ = writeln!(s, "port = {}", v.port);
+            let _ = writeln!(s, "protocol = \"{}\"", v.protocol);
+            let _ = writeln!(
+                s,
+                "scheduler = \"{}\"",
+                match v.scheduler {
+                    Scheduler::Maglev => "maglev",
+                }
+            );
+            let _ = writeln!(s, "forwarding = \"ipip\"");
+            let _ = writeln!(s, "table_size = {}", v.table_size);
+            let mode = match v.failure_mode {
+                FailureMode::Open => "open",
+                FailureMode::Closed => "closed",
+            };
+            let _ = writeln!(s, "failure_mode = \"{mode}\"");
+            let _ = writeln!(s, "max_ejected_percent = {}", v.max_ejected_percent);
+            let _ = writeln!(s, "slow_start_secs = {}", v.slow_start.as_secs());
+            if let Some(h) = &v.health {
+                let _ = writeln!(s, "[vip.health]");
+                health(&mut s, h);
+            }
+            for b in &v.backends {
+                let _ = writeln!(s, "[[vip.backend]]");
+                let _ = writeln!(s, "address = \"{}\"", b.address);
+                let _ = writeln!(s, "weight = {}", b.weight);
+                if b.state != AdminState::Up {
+                    let _ = writeln!(s, "state = \"{}\"", b.state.name());
+                }
+                if let Some(h) = &b.health {
+                    let _ = writeln!(s, "[vip.backend.health]");
+                    health(&mut s, h);
+                }
+            }
+        }
+        s
+    }
+}
+
+fn health(s: &mut String, h: &HealthCheck) {
+    let kind = match h.kind {
+        CheckKind::Tcp => "tcp",
+        CheckKind::Http { .. } => "http",
+        CheckKind::Udp { .. } => "udp",
+    };
+    let _ = writeln!(s, "kind = \"{kind}\"");
+    let _ = writeln!(s, "port = {}", h.port);
+    let _ = writeln!(s, "interval_ms = {}", h.interval.as_millis());
+    let _ = writeln!(s, "timeout_ms = {}", h.timeout.as_millis());
+    let _ = writeln!(s, "rise = {}", h.rise);
+    let _ = writeln!(s, "fall = {}", h.fall);
+    let _ = writeln!(s, "tunnel = {}", h.tunnel);
+    match &h.kind {
+        CheckKind::Tcp => {}
+        CheckKind::Http { method, path, host, expect_status, expect_body } => {
+            let m = match method {
+                HttpMethod::Get => "GET",
+                HttpMethod::Head => "HEAD",
+            };
+            let _ = writeln!(s, "method = \"{m}\"");
+            let _ = writeln!(s, "path = {}", quote(path));
+            if let Some(host) = host {
+                let _ = writeln!(s, "host = {}", quote(host));
+            }
+            let _ = writeln!(s, "expect_status = {expect_status}");
+            if let Some(b) = expect_body {
+                let _ = writeln!(s, "expect_body = {}", quote(b));
+            }
+        }
+        CheckKind::Udp { payload, expect_prefix } => {
+            let _ = writeln!(s, "payload_hex = \"{}\"", hex(payload));
+            if !expect_prefix.is_empty() {
+                let _ = writeln!(s, "expect_prefix_hex = \"{}\"", hex(expect_prefix));
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A TOML basic string.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}

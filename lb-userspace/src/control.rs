@@ -1,0 +1,224 @@
+//! The control API: JSON over a Unix socket only root can open. One request per connection.
+//! The agent stays the only writer of the maps; the CLI asks it to change things.
+//!
+//! Changes are made on the configuration itself (as TOML) and validated exactly like a file, so
+//! a live change can hold nothing a file could not, and `lb config dump` can write it back out.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+use crate::config::{Config, ConfigError};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    ConfigDump,
+    Reload,
+    VipList,
+    VipAdd {
+        name: String,
+        address: String,
+        port: i64,
+        protocol: String,
+        table_size: Option<i64>,
+    },
+    VipRemove {
+        name: String,
+    },
+    BackendList {
+        vip: Option<String>,
+    },
+    BackendAdd {
+        vip: String,
+        address: String,
+        weight: Option<i64>,
+    },
+    BackendRemove {
+        vip: String,
+        address: String,
+    },
+    BackendWeight {
+        vip: String,
+        address: String,
+        weight: i64,
+    },
+    /// `state`: "up", "drain" or "disabled".
+    BackendState {
+        vip: String,
+        address: String,
+        state: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub body: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(body: serde_json::Value) -> Self {
+        Self { ok: true, error: None, body }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        Self { ok: false, error: Some(message.into()), body: serde_json::Value::Null }
+    }
+}
+
+/// Sends one request to the agent listening on `socket`.
+pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Response> {
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!("connecting to the agent at {} (is `lb run` running, and are you root?)", socket.display())
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    writeln!(stream, "{}", serde_json::to_string(request)?)?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).context("reading the agent's answer")?;
+    serde_json::from_str(&line).context("the agent's answer is not a response")
+}
+
+/// The configuration with `request`'s change applied, validated like a file. `Ok(None)` for
+/// requests that change nothing.
+pub fn edit(config: &Config, request: &Request) -> Result<Option<Config>, String> {
+    let mut doc: Table =
+        toml::from_str(&config.to_toml()).map_err(|e| format!("internal: rendered configuration: {e}"))?;
+    let vips = doc.entry("vip").or_insert_with(|| Value::Array(Vec::new())).as_array_mut().expect("vip is an array");
+    let find = |vips: &mut Vec<Value>, name: &str| -> Result<usize, String> {
+        vips.iter()
+            .position(|v| v.get("name").and_then(Value::as_str) == Some(name))
+            .ok_or_else(|| format!("no VIP named {name}"))
+    };
+    let backend_of = |vip: &mut Value, address: &str| -> Result<usize, String> {
+        let wanted: std::net::IpAddr =
+            address.parse().map_err(|_| format!("\"{address}\" is not an IPv4 or IPv6 address"))?;
+        vip.get("backend")
+            .and_then(Value::as_array)
+            .and_then(|bs| {
+                bs.iter()
+                    .position(|b| b.get("address").and_then(Value::as_str).and_then(|a| a.parse().ok()) == Some(wanted))
+            })
+            .ok_or_else(|| {
+                format!("{address} is not a backend of VIP {}", vip.get("name").and_then(Value::as_str).unwrap_or("?"))
+            })
+    };
+    match request {
+        Request::Status | Request::ConfigDump | Request::Reload | Request::VipList | Request::BackendList { .. } => {
+            return Ok(None);
+        }
+        Request::VipAdd { name, address, port, protocol, table_size } => {
+            let mut v = Table::new();
+            v.insert("name".into(), Value::String(name.clone()));
+            v.insert("address".into(), Value::String(address.clone()));
+            v.insert("port".into(), Value::Integer(*port));
+            v.insert("protocol".into(), Value::String(protocol.clone()));
+            if let Some(t) = table_size {
+                v.insert("table_size".into(), Value::Integer(*t));
+            }
+            vips.push(Value::Table(v));
+        }
+        Request::VipRemove { name } => {
+            let i = find(vips, name)?;
+            vips.remove(i);
+        }
+        Request::BackendAdd { vip, address, weight } => {
+            let i = find(vips, vip)?;
+            let mut b = Table::new();
+            b.insert("address".into(), Value::String(address.clone()));
+            b.insert("weight".into(), Value::Integer(weight.unwrap_or(1)));
+            let table = vips[i].as_table_mut().expect("VIPs are tables");
+            table
+                .entry("backend")
+                .or_insert_with(|| Value::Array(Vec::new()))
+                .as_array_mut()
+                .expect("array")
+                .push(Value::Table(b));
+        }
+        Request::BackendRemove { vip, address } => {
+            let i = find(vips, vip)?;
+            let j = backend_of(&mut vips[i], address)?;
+            vips[i].get_mut("backend").and_then(Value::as_array_mut).expect("checked").remove(j);
+        }
+        Request::BackendWeight { vip, address, weight } => {
+            let i = find(vips, vip)?;
+            let j = backend_of(&mut vips[i], address)?;
+            vips[i]["backend"][j].as_table_mut().expect("table").insert("weight".into(), Value::Integer(*weight));
+        }
+        Request::BackendState { vip, address, state } => {
+            let i = find(vips, vip)?;
+            let j = backend_of(&mut vips[i], address)?;
+            vips[i]["backend"][j].as_table_mut().expect("table").insert("state".into(), Value::String(state.clone()));
+        }
+    }
+    let text = toml::to_string(&doc).map_err(|e| format!("internal: {e}"))?;
+    Config::parse(&text, "change").map(Some).map_err(|e: ConfigError| {
+        e.problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; ")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab() -> Config {
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/lab.toml")).unwrap()
+    }
+
+    #[test]
+    fn edits_are_validated_like_the_file() {
+        let c = lab();
+        let add = Request::BackendAdd { vip: "web".into(), address: "198.18.0.24".into(), weight: Some(2) };
+        let changed = edit(&c, &add).unwrap().unwrap();
+        assert_eq!(changed.vips[0].backends.len(), 4);
+        assert_eq!(changed.vips[0].backends[3].weight, 2);
+
+        let bad_weight = Request::BackendWeight { vip: "web".into(), address: "198.18.0.21".into(), weight: 70_000 };
+        assert_eq!(
+            edit(&c, &bad_weight).unwrap_err(),
+            "vip[0].backend[0].weight: 70000 is out of range 0..=65535 (0 = no new flows)"
+        );
+        let bad_port = Request::VipAdd {
+            name: "x".into(),
+            address: "198.18.100.9".into(),
+            port: 70_000,
+            protocol: "tcp".into(),
+            table_size: None,
+        };
+        assert!(edit(&c, &bad_port).unwrap_err().contains("port: 70000 is out of range 0..=65535"));
+        let duplicate = Request::BackendAdd { vip: "web".into(), address: "198.18.0.21".into(), weight: None };
+        assert!(edit(&c, &duplicate).unwrap_err().contains("is already vip[0].backend[0]"));
+        let unknown =
+            Request::BackendState { vip: "nope".into(), address: "198.18.0.21".into(), state: "drain".into() };
+        assert_eq!(edit(&c, &unknown).unwrap_err(), "no VIP named nope");
+        let bad_state =
+            Request::BackendState { vip: "web".into(), address: "198.18.0.21".into(), state: "sleep".into() };
+        assert!(edit(&c, &bad_state).unwrap_err().contains("\"sleep\" is not a backend state"));
+    }
+
+    #[test]
+    fn drain_and_remove() {
+        let c = lab();
+        let drained = edit(
+            &c,
+            &Request::BackendState { vip: "dns".into(), address: "198.18.0.22".into(), state: "drain".into() },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(drained.vips[1].backends[1].state, crate::config::AdminState::Drain);
+        let removed = edit(&c, &Request::VipRemove { name: "web6".into() }).unwrap().unwrap();
+        assert_eq!(removed.vips.len(), 3);
+        assert!(edit(&c, &Request::Status).unwrap().is_none());
+    }
+}

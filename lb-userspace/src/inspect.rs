@@ -1,0 +1,221 @@
+//! `lb trace` and `lb plan`: the data plane's decisions reproduced from the pinned maps with
+//! the same code the XDP program runs (flow hash, Maglev slot), so what they say is what
+//! happens.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use lb_common::{
+    addr::{from_key, to_key},
+    flow::{FlowKey, flow_hash},
+    hash::fmix32,
+    maglev::table_slot,
+    vip::{VipInfo, VipKey},
+};
+use serde::Serialize;
+
+use crate::{
+    agent::show_vip,
+    config::{Config, Protocol},
+    dataplane::{BalancerMaps, DataplaneError},
+    reconcile::{self, Desired, Op},
+};
+
+#[derive(Debug, Serialize)]
+pub struct Trace {
+    pub vip: Option<String>,
+    pub backend: Option<String>,
+    pub why: String,
+    pub flow_hash: u32,
+}
+
+/// Where the data plane sends this flow now, and why.
+pub fn trace(
+    maps: &BalancerMaps,
+    protocol: Protocol,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+) -> Result<Trace, DataplaneError> {
+    let (family, s) = to_key(src);
+    let (_, d) = to_key(dst);
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Ok(Trace {
+            vip: None,
+            backend: None,
+            why: "source and destination are of different families".into(),
+            flow_hash: 0,
+        });
+    }
+    let key = FlowKey::new(family, protocol.number(), s, sport, d, dport);
+    let hash = flow_hash(&key);
+    let exact = VipKey::new(family, d, dport, protocol.number());
+    let any = VipKey::new(family, d, 0, protocol.number());
+    let Some((vip_key, vip)) = [exact, any].into_iter().find_map(|k| maps.vips.get(&k, 0).ok().map(|v| (k, v))) else {
+        return Ok(Trace {
+            vip: None,
+            backend: None,
+            why: "no VIP matches: passed to the kernel (pass_not_vip)".into(),
+            flow_hash: hash,
+        });
+    };
+    let vip_name = Some(show_vip(&vip_key));
+    if let Ok(entry) = maps.flows.get(&key, 0) {
+        let b = maps.backends.get(&entry.backend, 0)?;
+        let idle_ns = monotonic_coarse_ns().saturating_sub(entry.last_seen_ns);
+        let expired = protocol == Protocol::Udp && idle_ns > maps.config.get(&0, 0)?.udp_idle_timeout_ns;
+        if b.keeps_flows() && !expired {
+            return Ok(Trace {
+                vip: vip_name,
+                backend: Some(from_key(b.family, &b.addr).to_string()),
+                why: format!("flow-table entry (backend id {}); table changes do not move it", entry.backend),
+                flow_hash: entry.hash,
+            });
+        }
+    }
+    new_flow(maps, vip_name, &vip, hash)
+}
+
+fn new_flow(maps: &BalancerMaps, vip: Option<String>, info: &VipInfo, hash: u32) -> Result<Trace, DataplaneError> {
+    if info.table_size == 0 {
+        return Ok(Trace {
+            vip,
+            backend: None,
+            why: "the VIP has no backend: dropped (drop_no_backend)".into(),
+            flow_hash: hash,
+        });
+    }
+    let slot = table_slot(hash, info.table_size);
+    let table = Box::new(maps.tables.get(&info.live_table_slot(), 0)?);
+    let id = table[slot as usize];
+    let b = maps.backends.get(&id, 0)?;
+    Ok(Trace {
+        vip,
+        backend: Some(from_key(b.family, &b.addr).to_string()),
+        why: format!("new flow: hash {hash:#010x}, Maglev slot {slot} of {} -> backend id {id}", info.table_size),
+        flow_hash: hash,
+    })
+}
+
+/// The clock the data plane reads for UDP idle times (bpf_ktime_get_coarse_ns).
+fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[derive(Debug, Serialize)]
+pub struct VipPlan {
+    pub vip: String,
+    /// Share of the hash space whose backend changes.
+    pub hash_space_moved: f64,
+    pub tracked_flows: usize,
+    /// Tracked flows whose backend stops keeping flows (removed, disabled): they move.
+    pub tracked_flows_moved: usize,
+    /// Backend address -> (share before, share after) of new flows.
+    pub shares: BTreeMap<String, (f64, f64)>,
+}
+
+/// Hash values sampled to measure how much of the hash space moves.
+const SAMPLES: u32 = 200_003;
+
+/// What applying `config` would change, VIP by VIP (backends taken as healthy).
+pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>> {
+    let current = maps.current()?;
+    let desired = Desired::from_config(config);
+    let ops = reconcile::plan(&desired, &current)?;
+    // Backend records after the change: current ones updated by the plan.
+    let mut records = current.backends.clone();
+    let mut tables: BTreeMap<VipKey, Vec<u32>> = current.vips.iter().map(|(k, (_, t))| (*k, t.clone())).collect();
+    for op in &ops {
+        match op {
+            Op::SetBackend { id, backend } => {
+                records.insert(*id, *backend);
+            }
+            Op::InstallVip { key, table, .. } => {
+                tables.insert(*key, table.clone());
+            }
+            Op::RemoveVip { key } => {
+                tables.remove(key);
+            }
+            Op::ClearBackend { id } => {
+                records.remove(id);
+            }
+            Op::SetDataplane(_) => {}
+        }
+    }
+    let keys: BTreeSet<VipKey> = current.vips.keys().chain(tables.keys()).copied().collect();
+    let flows = tracked_flows(maps);
+    let mut out = Vec::new();
+    for key in keys {
+        let before = current.vips.get(&key).map(|(_, t)| t.clone()).unwrap_or_default();
+        let after = tables.get(&key).cloned().unwrap_or_default();
+        let addr = |records: &BTreeMap<u32, lb_common::backend::Backend>, id: u32| {
+            records.get(&id).map(|b| from_key(b.family, &b.addr).to_string()).unwrap_or_else(|| "-".into())
+        };
+        let pick = |table: &[u32], records: &BTreeMap<u32, lb_common::backend::Backend>, h: u32| {
+            if table.is_empty() {
+                "(dropped)".to_string()
+            } else {
+                addr(records, table[table_slot(h, table.len() as u32) as usize])
+            }
+        };
+        let mut moved = 0u32;
+        for i in 0..SAMPLES {
+            let h = fmix32(i.wrapping_mul(0x9e37_79b9));
+            if pick(&before, &current.backends, h) != pick(&after, &records, h) {
+                moved += 1;
+            }
+        }
+        let share = |table: &[u32], records: &BTreeMap<u32, lb_common::backend::Backend>| {
+            let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+            for id in table {
+                *counts.entry(addr(records, *id)).or_default() += 1.0 / table.len() as f64;
+            }
+            counts
+        };
+        let (s_before, s_after) = (share(&before, &current.backends), share(&after, &records));
+        let mut shares = BTreeMap::new();
+        for name in s_before.keys().chain(s_after.keys()) {
+            shares.insert(
+                name.clone(),
+                (s_before.get(name).copied().unwrap_or(0.0), s_after.get(name).copied().unwrap_or(0.0)),
+            );
+        }
+        let mine: Vec<&(VipKey, u32)> = flows.iter().filter(|(k, _)| matches_vip(k, &key)).collect();
+        let flows_moved = mine.iter().filter(|(_, id)| !records.get(id).is_some_and(|b| b.keeps_flows())).count();
+        out.push(VipPlan {
+            vip: show_vip(&key),
+            hash_space_moved: f64::from(moved) / f64::from(SAMPLES),
+            tracked_flows: mine.len(),
+            tracked_flows_moved: flows_moved,
+            shares,
+        });
+    }
+    Ok(out)
+}
+
+/// Every flow-table entry as (the VIP key it was addressed to, its backend id).
+fn tracked_flows(maps: &BalancerMaps) -> Vec<(VipKey, u32)> {
+    maps.flows
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| {
+            (
+                VipKey { addr: k.dst_addr, port: k.dst_port, protocol: k.protocol, family: k.family, _pad: [0; 4] },
+                v.backend,
+            )
+        })
+        .collect()
+}
+
+fn matches_vip(flow: &VipKey, vip: &VipKey) -> bool {
+    flow.addr == vip.addr
+        && flow.family == vip.family
+        && flow.protocol == vip.protocol
+        && (vip.port == [0; 2] || flow.port == vip.port)
+}

@@ -1,0 +1,101 @@
+//! Plain-text tables for the CLI (`--json` prints the raw answers instead).
+
+use std::fmt::Write as _;
+
+use lb_userspace::inspect::VipPlan;
+use serde_json::Value;
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn vips(vips: &Value) -> String {
+    let mut s = format!(
+        "{:<12} {:<26} {:>6} {:<5} {:>7} {:>9}  {}\n",
+        "VIP", "address", "port", "proto", "table", "backends", "fingerprint"
+    );
+    for v in vips.as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "{:<12} {:<26} {:>6} {:<5} {:>7} {:>9}  {}",
+            text(&v["name"]),
+            text(&v["address"]),
+            text(&v["port"]),
+            text(&v["protocol"]),
+            text(&v["table_size"]),
+            text(&v["backends"]),
+            text(&v["fingerprint"])
+        );
+    }
+    s
+}
+
+pub fn backends(rows: &Value) -> String {
+    let mut s = format!(
+        "{:<12} {:<26} {:<9} {:<10} {:>7} {:>9} {:<8} {:>9}  {}\n",
+        "VIP", "backend", "admin", "health", "weight", "effective", "flows", "check ms", "last error"
+    );
+    for b in rows.as_array().into_iter().flatten() {
+        let flows = if b["in_table"] == true {
+            "new+old"
+        } else if b["keeps_flows"] == true {
+            "old only"
+        } else {
+            "moved"
+        };
+        let ms = b["check_latency_ms"].as_f64().map_or("-".to_string(), |m| format!("{m:.1}"));
+        let _ = writeln!(
+            s,
+            "{:<12} {:<26} {:<9} {:<10} {:>7} {:>9} {:<8} {:>9}  {}",
+            text(&b["vip"]),
+            text(&b["address"]),
+            text(&b["admin"]),
+            text(&b["health"]),
+            text(&b["weight"]),
+            text(&b["effective_weight"]),
+            flows,
+            ms,
+            text(&b["last_error"])
+        );
+    }
+    s
+}
+
+pub fn status(status: &Value) -> String {
+    let mut s = format!(
+        "instance {} (config {}), data plane generation {}\n",
+        text(&status["instance"]),
+        text(&status["config"]),
+        text(&status["generation"])
+    );
+    for w in status["warnings"].as_array().into_iter().flatten() {
+        let _ = writeln!(s, "WARNING: {}", text(w));
+    }
+    s += "\n";
+    s += &vips(&status["vips"]);
+    s += "\n";
+    s += &backends(&status["backends"]);
+    s
+}
+
+pub fn plan(plan: &[VipPlan]) -> String {
+    let mut s = String::new();
+    for v in plan {
+        let _ = writeln!(
+            s,
+            "{}: {:.2}% of the hash space moves; {} of {} tracked flows move",
+            v.vip,
+            v.hash_space_moved * 100.0,
+            v.tracked_flows_moved,
+            v.tracked_flows
+        );
+        for (backend, (before, after)) in &v.shares {
+            let _ = writeln!(s, "    {backend:<40} {:>6.2}% -> {:>6.2}%", before * 100.0, after * 100.0);
+        }
+    }
+    s
+}
