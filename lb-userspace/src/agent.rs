@@ -53,6 +53,8 @@ struct Agent {
     health: BTreeMap<HealthKey, Health>,
     checks: BTreeMap<HealthKey, (HealthCheck, JoinHandle<()>)>,
     outcomes: mpsc::Sender<Outcome>,
+    /// What the maps hold: read once at start, then kept up to date as the only writer.
+    current: reconcile::Current,
     decisions: Vec<BackendDecision>,
     warnings: Vec<String>,
     ramping: bool,
@@ -73,7 +75,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!(pins = %pins.root().display(), "adopting the pinned data plane");
     }
     let (outcome_tx, mut outcome_rx) = mpsc::channel(1024);
+    let current = balancer.current().context("reading the current data plane state")?;
     let mut agent = Agent {
+        current,
         config_path: config_path.to_path_buf(),
         config_mtime: mtime(config_path),
         config,
@@ -89,6 +93,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         generation: 0,
     };
     agent.apply()?;
+    agent.fingerprints = fingerprints(&agent.current, &agent.config);
     for interface in agent.config.instance.interfaces.clone() {
         enable_forwarding(&interface);
     }
@@ -171,16 +176,16 @@ impl Agent {
         self.warnings = decision.warnings;
         self.ramping = decision.ramping;
         self.decisions = decision.backends;
-        let current = self.balancer.current().context("reading the current data plane state")?;
-        let ops = reconcile::plan(&decision.desired, &current)?;
+        let ops = reconcile::plan(&decision.desired, &self.current)?;
         for op in &ops {
             log_op(op);
             self.balancer.apply(op)?;
+            self.current.apply(op);
         }
         if !ops.is_empty() {
             self.generation += 1;
+            self.fingerprints = fingerprints(&self.current, &self.config);
         }
-        self.fingerprints = fingerprints(&self.balancer.current()?, &self.config);
         Ok(())
     }
 

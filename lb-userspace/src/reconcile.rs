@@ -94,6 +94,28 @@ pub struct Current {
     pub vips: BTreeMap<VipKey, (u32, Vec<u32>)>,
 }
 
+impl Current {
+    /// The state after `op`, as the data plane handle carries it out (the agent keeps its copy
+    /// this way instead of reading every map back after each change).
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::SetDataplane(d) => self.dataplane = *d,
+            Op::SetBackend { id, backend } => {
+                self.backends.insert(*id, *backend);
+            }
+            Op::InstallVip { key, index, table } => {
+                self.vips.insert(*key, (*index, table.clone()));
+            }
+            Op::RemoveVip { key } => {
+                self.vips.remove(key);
+            }
+            Op::ClearBackend { id } => {
+                self.backends.remove(id);
+            }
+        }
+    }
+}
+
 /// One change to the maps.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -235,24 +257,9 @@ mod tests {
         s
     }
 
-    /// Applies `ops` to `current` the way the data plane handle does.
     fn apply(current: &mut Current, ops: &[Op]) {
         for op in ops {
-            match op {
-                Op::SetDataplane(d) => current.dataplane = *d,
-                Op::SetBackend { id, backend } => {
-                    current.backends.insert(*id, *backend);
-                }
-                Op::InstallVip { key, index, table } => {
-                    current.vips.insert(*key, (*index, table.clone()));
-                }
-                Op::RemoveVip { key } => {
-                    current.vips.remove(key);
-                }
-                Op::ClearBackend { id } => {
-                    current.backends.remove(id);
-                }
-            }
+            current.apply(op);
         }
     }
 

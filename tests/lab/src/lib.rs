@@ -136,13 +136,13 @@ impl Lab {
                  events {{ worker_connections 4096; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-                 keepalive_timeout 65;\n\
+                 keepalive_timeout 65;\n  keepalive_requests 1000000;\n\
                  server {{\n    listen {VIP_V4}:80;\n    listen [{VIP_V6}]:80;\n    listen {own_v4}:80;\n    listen [{own_v6}]:80;\n\
                  location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n\
-                 location /slow {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n"
+                 }}\n}}\n"
             ),
         )?;
-        ns(backend, "nginx", &["-c", &nginx_conf.to_string_lossy(), "-p", &d.to_string()])?;
+        self.start_http(i)?;
         ns(
             backend,
             "dnsmasq",
@@ -160,23 +160,41 @@ impl Lab {
                 "--user=root",
             ],
         )?;
+        self.attach_decap(i)
+    }
+
+    /// Starts backend `i`'s HTTP server (nginx daemonizes).
+    pub fn start_http(&self, i: usize) -> anyhow::Result<()> {
+        let dir = self.dir.join(BACKEND_NAMES[i]);
+        ns(BACKENDS[i], "nginx", &["-c", &dir.join("nginx.conf").to_string_lossy(), "-p", &dir.to_string_lossy()])
+            .map(drop)
+    }
+
+    /// Stops backend `i`'s HTTP server and waits until it is gone.
+    pub fn stop_http(&self, i: usize) -> anyhow::Result<()> {
+        let pid_file = self.dir.join(BACKEND_NAMES[i]).join("nginx.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+        // SAFETY: signalling the lab's own nginx by its pid file.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // SAFETY: signal 0 only probes for existence.
+        wait_until(Duration::from_secs(5), "nginx to stop", || unsafe { libc::kill(pid, 0) } != 0)
+    }
+
+    /// Attaches the decapsulation program on backend `i` for both VIPs.
+    pub fn attach_decap(&self, i: usize) -> anyhow::Result<()> {
         let lb = self.lb.to_string_lossy().into_owned();
+        let name = decap_name(i);
+        let (v4, v6) = (VIP_V4.to_string(), VIP_V6.to_string());
         in_netns(
-            backend,
+            BACKENDS[i],
             &lb,
-            &[
-                "decap",
-                "attach",
-                "--name",
-                &decap_name(i),
-                "--interface",
-                "eth0",
-                "--vip",
-                &VIP_V4.to_string(),
-                "--vip",
-                &VIP_V6.to_string(),
-            ],
+            &["decap", "attach", "--name", &name, "--interface", "eth0", "--vip", &v4, "--vip", &v6],
         )
+    }
+
+    /// Removes backend `i`'s decapsulation program: tunnelled traffic then never reaches its servers.
+    pub fn detach_decap(&self, i: usize) -> anyhow::Result<()> {
+        run(Command::new(&self.lb).args(["decap", "detach", "--name", &decap_name(i)])).map(drop)
     }
 
     /// Starts `lb run` in the balancer's namespace (pins stay on the machine's bpffs), appending

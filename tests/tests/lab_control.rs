@@ -1,0 +1,374 @@
+//! End-to-end tests of health checking and live control in the namespaced lab: real servers
+//! failing and coming back, decapsulation removed under a tunnel check, drains, 200 random live
+//! changes under load, `lb plan` against measured shares, refused changes, and the fail-open
+//! guard rail. Needs root; never skips; the lab is removed at the end.
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use lb_lab::{BACKEND_NAMES, CLIENT, in_namespace, vip};
+use lb_tests::{
+    e2e::{EQUAL, Env, Health, Sessions, Trial, check_shares, run_trials, start, tally},
+    traffic::{Http, http_connection},
+};
+use lb_userspace::control::{self, Request};
+use serde_json::Value;
+
+const SOCKET: &str = "/run/lb/lab.sock";
+const INTERVAL_MS: u64 = 200;
+const FALL: u64 = 2;
+const RISE: u64 = 2;
+
+fn http_check() -> String {
+    format!("kind = \"http\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 100\nrise = {RISE}\nfall = {FALL}")
+}
+
+fn dns_check() -> String {
+    format!(
+        "kind = \"udp\"\npayload_hex = \"abcd01000001000000000000 0677686f616d69 036c6162 00 0010 0001\"\n\
+         expect_prefix_hex = \"abcd\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 100\nrise = {RISE}\nfall = {FALL}"
+    )
+}
+
+fn ask(request: Request) -> anyhow::Result<Value> {
+    let response = control::request(Path::new(SOCKET), &request)?;
+    match response.error {
+        Some(e) => bail!("{e}"),
+        None => Ok(response.body),
+    }
+}
+
+/// The agent's view of one backend of one VIP.
+fn backend(vip_name: &str, address: IpAddr) -> anyhow::Result<Value> {
+    let status = ask(Request::Status)?;
+    status["backends"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["vip"] == vip_name && r["address"] == address.to_string()))
+        .cloned()
+        .with_context(|| format!("no backend {address} of {vip_name} in the status"))
+}
+
+fn wait_health(vip_name: &str, address: IpAddr, health: &str, limit: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if backend(vip_name, address)?["health"] == health {
+            return Ok(start.elapsed());
+        }
+        ensure!(start.elapsed() < limit, "{address} of {vip_name} not {health} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn be(i: usize) -> IpAddr {
+    IpAddr::V4(lb_lab::backend_v4(i))
+}
+
+/// New connections opened back to back in the client namespace until stopped: (start time,
+/// succeeded) of each.
+fn connection_stream(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<anyhow::Result<Vec<(Instant, bool)>>> {
+    std::thread::spawn(move || {
+        in_namespace(CLIENT, move || {
+            let mut log = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                log.push((at, http_connection(vip(false), 1).is_ok()));
+            }
+            log
+        })
+    })
+}
+
+fn server_down_and_back(env: &mut Env) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = connection_stream(Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    // nginx takes a while to exit; its listeners close at once. Watch while it stops.
+    let stopping = {
+        let lab = lb_lab::Lab::new(&env.lab.dir, &env.lab.lb);
+        std::thread::spawn(move || lab.stop_http(0).map(|()| killed.elapsed()))
+    };
+    let limit = Duration::from_millis(INTERVAL_MS * FALL) + Duration::from_secs(1);
+    let detected = wait_health("web", be(0), "down", limit + Duration::from_secs(2)).map(|_| killed.elapsed());
+    let marked_down = Instant::now();
+    let stopped = stopping.join().map_err(|_| anyhow::anyhow!("stop thread panicked"))??;
+    std::thread::sleep(Duration::from_millis(700));
+    env.lab.start_http(0)?;
+    let restarted = Instant::now();
+    let back = wait_health("web", be(0), "up", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let log = stream.join().map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
+    let detected = detected?;
+    let back = back?;
+    let before: Vec<_> = log.iter().filter(|(at, _)| *at >= killed && *at < marked_down).collect();
+    let after: Vec<_> = log.iter().filter(|(at, _)| *at >= marked_down && *at < restarted).collect();
+    let failed_after = after.iter().filter(|(_, ok)| !ok).count();
+    println!(
+        "    nginx gone {:.0} ms after SIGTERM; down detected {:.0} ms after the kill (limit {} ms); {} of {} new connections failed before, {} of {} after; back up {:.0} ms after the restart",
+        stopped.as_secs_f64() * 1000.0,
+        detected.as_secs_f64() * 1000.0,
+        limit.as_millis(),
+        before.iter().filter(|(_, ok)| !ok).count(),
+        before.len(),
+        failed_after,
+        after.len(),
+        back.as_secs_f64() * 1000.0
+    );
+    ensure!(detected <= limit, "detection took {detected:?}, more than {limit:?}");
+    ensure!(
+        failed_after == 0 && !after.is_empty(),
+        "{failed_after} new connections failed after the backend was marked down"
+    );
+    Ok(())
+}
+
+fn tunnel_check_catches_missing_decap(env: &mut Env) -> anyhow::Result<()> {
+    env.health.web = Some(format!(
+        "kind = \"tcp\"\ntunnel = true\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 100\nrise = {RISE}\nfall = {FALL}"
+    ));
+    env.run_agent(&EQUAL)?;
+    let result = (|| {
+        for i in 0..3 {
+            wait_health("web", be(i), "up", Duration::from_secs(3))?;
+        }
+        env.lab.detach_decap(0)?;
+        let took =
+            wait_health("web", be(0), "down", Duration::from_secs(3)).context("the tunnel check did not notice")?;
+        std::thread::sleep(Duration::from_millis(INTERVAL_MS * (FALL + 2)));
+        let plain = backend("dns", be(0))?;
+        ensure!(plain["health"] == "up", "the plain check should still pass: {plain}");
+        println!(
+            "    tunnel check: down {:.0} ms after decapsulation was removed; the plain check still says up",
+            took.as_secs_f64() * 1000.0
+        );
+        env.lab.attach_decap(0)?;
+        wait_health("web", be(0), "up", Duration::from_secs(3))?;
+        Ok(())
+    })();
+    env.health.web = Some(http_check());
+    let _ = env.lab.attach_decap(0);
+    env.run_agent(&EQUAL)?;
+    result
+}
+
+fn drain_keeps_connections(env: &mut Env) -> anyhow::Result<()> {
+    let _ = env;
+    in_namespace(CLIENT, || -> anyhow::Result<()> {
+        let mut sessions = Sessions::open(0, 0)?;
+        for _ in 0..50 {
+            let mut c = Http::connect(vip(false))?;
+            let name = c.get()?;
+            sessions.tcp.push((c, name));
+        }
+        let on_be2 = sessions.tcp.iter().filter(|(_, n)| n == BACKEND_NAMES[1]).count();
+        ask(Request::BackendState { vip: "web".into(), address: be(1).to_string(), state: "drain".into() })?;
+        sessions.check().context("after the drain")?;
+        let mut new_on_be2 = 0;
+        for _ in 0..300 {
+            if http_connection(vip(false), 1)? == BACKEND_NAMES[1] {
+                new_on_be2 += 1;
+            }
+        }
+        sessions.check().context("after 300 new connections")?;
+        ask(Request::BackendState { vip: "web".into(), address: be(1).to_string(), state: "up".into() })?;
+        println!(
+            "    drained be2 with {on_be2} of 50 open connections on it: none broke; {new_on_be2} of 300 new connections went to it"
+        );
+        ensure!(on_be2 > 0, "no connection landed on be2: the test proves nothing");
+        ensure!(new_on_be2 == 0, "{new_on_be2} new connections reached the drained backend");
+        Ok(())
+    })?
+}
+
+/// A small deterministic generator for the random changes.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn random_live_changes(env: &mut Env) -> anyhow::Result<()> {
+    let _ = env;
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&latencies);
+    lb_tests::e2e::under_load(30, 10, move || {
+        let mut rng = Lcg(0x1b_5eed);
+        let mut be4_in = false;
+        for _ in 0..200 {
+            let i = rng.next(3) as usize;
+            let vip_name = if rng.next(2) == 0 { "web" } else { "dns" };
+            let request = match rng.next(4) {
+                0 => Request::BackendWeight {
+                    vip: vip_name.into(),
+                    address: be(i).to_string(),
+                    weight: 1 + rng.next(4) as i64,
+                },
+                1 => Request::BackendState { vip: vip_name.into(), address: be(i).to_string(), state: "drain".into() },
+                2 => Request::BackendState { vip: vip_name.into(), address: be(i).to_string(), state: "up".into() },
+                _ => {
+                    be4_in = !be4_in;
+                    if be4_in {
+                        Request::BackendAdd { vip: "web".into(), address: be(3).to_string(), weight: Some(1) }
+                    } else {
+                        Request::BackendRemove { vip: "web".into(), address: be(3).to_string() }
+                    }
+                }
+            };
+            let start = Instant::now();
+            ask(request)?;
+            recorded.lock().expect("latencies").push(start.elapsed());
+        }
+        if be4_in {
+            ask(Request::BackendRemove { vip: "web".into(), address: be(3).to_string() })?;
+        }
+        for vip_name in ["web", "dns"] {
+            for i in 0..3 {
+                ask(Request::BackendState { vip: vip_name.into(), address: be(i).to_string(), state: "up".into() })?;
+                ask(Request::BackendWeight { vip: vip_name.into(), address: be(i).to_string(), weight: 1 })?;
+            }
+        }
+        Ok(())
+    })?;
+    let mut l = latencies.lock().expect("latencies").clone();
+    l.sort();
+    println!(
+        "    200 live changes applied: median {:.1} ms, max {:.1} ms from request to the data plane holding it",
+        l[l.len() / 2].as_secs_f64() * 1000.0,
+        l[l.len() - 1].as_secs_f64() * 1000.0
+    );
+    ensure!(l[l.len() - 1] < Duration::from_millis(100), "a change took {:?}", l[l.len() - 1]);
+    Ok(())
+}
+
+fn plan_matches_measurement(env: &mut Env) -> anyhow::Result<()> {
+    let weights = [(0, 1), (1, 1), (2, 1), (3, 2)];
+    let planned = env.lab.dir.join("plan.toml");
+    std::fs::write(&planned, lb_tests::e2e::lab_config(&env.workspace, &weights, &env.health)?)?;
+    let out = std::process::Command::new(&env.lab.lb).arg("plan").arg(&planned).arg("--json").output()?;
+    ensure!(out.status.success(), "lb plan: {}", String::from_utf8_lossy(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout)?;
+    let web = plan
+        .as_array()
+        .and_then(|p| p.iter().find(|v| v["vip"] == "198.18.100.1:80/tcp"))
+        .context("web in the plan")?
+        .clone();
+    env.run_agent(&weights)?;
+    let result = (|| {
+        let counts = tally(2000, |vip| http_connection(vip, 1), vip(false))?;
+        let total: usize = counts.values().sum();
+        let mut report = Vec::new();
+        for (i, _) in weights {
+            let predicted = web["shares"][be(i).to_string()][1].as_f64().context("share")?;
+            let measured = counts.get(BACKEND_NAMES[i]).copied().unwrap_or(0) as f64 / total as f64;
+            report.push(format!(
+                "{} planned {:.1}% measured {:.1}%",
+                BACKEND_NAMES[i],
+                predicted * 100.0,
+                measured * 100.0
+            ));
+            ensure!((predicted - measured).abs() <= 0.04, "{}", report.join(", "));
+        }
+        println!(
+            "    plan: {:.1}% of web's hash space moves; {}",
+            web["hash_space_moved"].as_f64().unwrap_or(0.0) * 100.0,
+            report.join(", ")
+        );
+        Ok(())
+    })();
+    env.run_agent(&EQUAL)?;
+    result
+}
+
+fn bad_changes_change_nothing(env: &mut Env) -> anyhow::Result<()> {
+    let generation = ask(Request::Status)?["generation"].clone();
+    let dump = ask(Request::ConfigDump)?;
+    let err =
+        ask(Request::BackendWeight { vip: "web".into(), address: be(0).to_string(), weight: 70_000 }).unwrap_err();
+    ensure!(err.to_string() == "vip[0].backend[0].weight: 70000 is out of range 0..=65535 (0 = no new flows)", "{err}");
+    let bad_table = Request::VipAdd {
+        name: "web7".into(),
+        address: "198.18.100.7".into(),
+        port: 80,
+        protocol: "tcp".into(),
+        table_size: Some(1000),
+    };
+    let err = ask(bad_table).unwrap_err().to_string();
+    ensure!(
+        err == "vip[4].table_size: 1000 is not a prime; use a prime such as 251, 1021, 4093, 16381 or 65537",
+        "{err}"
+    );
+    let same_name = Request::VipAdd {
+        name: "web".into(),
+        address: "198.18.100.7".into(),
+        port: 80,
+        protocol: "tcp".into(),
+        table_size: None,
+    };
+    let err = ask(same_name).unwrap_err().to_string();
+    ensure!(err == "vip[4].name: \"web\" is already the name of vip[0]; VIP names must be unique", "{err}");
+    // A reload of a broken file: refused with the file's position, nothing changes.
+    let config_path = ask(Request::Status)?["config"].as_str().context("config path")?.to_string();
+    let good = std::fs::read_to_string(&config_path)?;
+    std::fs::write(&config_path, good.replacen("port = 80", "port = 80\nmystery = 1", 1))?;
+    let err = ask(Request::Reload).unwrap_err();
+    std::fs::write(&config_path, &good)?;
+    ensure!(err.to_string().contains("unknown field `mystery`") && err.to_string().contains(&config_path), "{err}");
+    ensure!(ask(Request::Status)?["generation"] == generation, "a refused change moved the generation");
+    ensure!(ask(Request::ConfigDump)? == dump, "a refused change altered the configuration");
+    let _ = env;
+    Ok(())
+}
+
+fn all_checks_failing_fails_open(env: &mut Env) -> anyhow::Result<()> {
+    // Servers fine, checks expecting a status they never send: every check fails at once.
+    env.health.web = Some(format!("{}\nexpect_status = 404", http_check()));
+    env.health.web_extra = "max_ejected_percent = 100\n".into();
+    env.run_agent(&EQUAL)?;
+    let result = (|| {
+        for i in 0..3 {
+            wait_health("web", be(i), "down", Duration::from_secs(3))?;
+        }
+        let status = ask(Request::Status)?;
+        let warned = status["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| w.as_str().is_some_and(|w| w.contains("failing open")));
+        ensure!(warned, "no fail-open warning in {status}");
+        let counts = tally(300, |vip| http_connection(vip, 1), vip(false))?;
+        check_shares(&counts, &EQUAL, 0.1)?;
+        println!("    every check failing: traffic still flows to all three backends (fail-open)");
+        Ok(())
+    })();
+    env.health.web = Some(http_check());
+    env.health.web_extra = String::new();
+    env.run_agent(&EQUAL)?;
+    result
+}
+
+fn main() -> anyhow::Result<()> {
+    let env =
+        start("lab-control", Health { web: Some(http_check()), dns: Some(dns_check()), web_extra: String::new() })?;
+    let trials: Vec<Trial> = vec![
+        ("health/server_down_detected_then_no_failed_connections_then_back", server_down_and_back),
+        ("health/tunnel_check_catches_missing_decapsulation", tunnel_check_catches_missing_decap),
+        ("control/drain_keeps_50_connections_and_takes_no_new_flow", drain_keeps_connections),
+        ("control/200_random_live_changes_keep_established_flows", random_live_changes),
+        ("control/plan_predicts_measured_shares", plan_matches_measurement),
+        ("control/bad_changes_and_bad_reload_change_nothing", bad_changes_change_nothing),
+        ("health/all_checks_failing_fails_open", all_checks_failing_fails_open),
+    ];
+    run_trials(env, trials)
+}
