@@ -278,7 +278,9 @@ fn plan_matches_measurement(env: &mut Env) -> anyhow::Result<()> {
                 predicted * 100.0,
                 measured * 100.0
             ));
-            ensure!((predicted - measured).abs() <= 0.04, "{}", report.join(", "));
+            // 5 points: a new connection that reuses an old connection's source port meets that
+            // connection's flow-table entry and its old backend (entries outlive connections).
+            ensure!((predicted - measured).abs() <= 0.05, "{}", report.join(", "));
         }
         println!(
             "    plan: {:.1}% of web's hash space moves; {}",
@@ -358,6 +360,65 @@ fn all_checks_failing_fails_open(env: &mut Env) -> anyhow::Result<()> {
     result
 }
 
+/// The Prometheus endpoint (inside the balancer's namespace) shows counters and health.
+fn metrics(env: &mut Env) -> anyhow::Result<()> {
+    let _ = env;
+    // Every checked backend has reported at least once.
+    lb_lab::wait_until(Duration::from_secs(3), "every backend to have a check latency", || {
+        ask(Request::Status).is_ok_and(|s| {
+            s["backends"].as_array().is_some_and(|rows| {
+                rows.iter().filter(|r| r["health"] != "unchecked").all(|r| !r["check_latency_ms"].is_null())
+            })
+        })
+    })?;
+    let body = in_namespace(lb_lab::BALANCER, || -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9120")?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    for expected in [
+        "HTTP/1.1 200 OK",
+        "lb_backend_healthy{vip=\"web\",backend=\"198.18.0.21\"} 1",
+        "lb_backend_effective_weight{vip=\"web\",backend=\"198.18.0.22\"} 1",
+        "lb_health_check_latency_seconds{vip=\"dns\",backend=\"198.18.0.23\"}",
+        "lb_vip_packets_total{vip=\"198.18.100.1:80/tcp\"}",
+        "lb_reason_packets_total{reason=\"tx_fib\"}",
+        "lb_table_generation ",
+    ] {
+        ensure!(body.contains(expected), "no {expected:?} in the metrics:\n{body}");
+    }
+    Ok(())
+}
+
+/// A changed configuration file, announced with SIGHUP, is applied.
+fn sighup_reloads(env: &mut Env) -> anyhow::Result<()> {
+    let config_path = ask(Request::Status)?["config"].as_str().context("config path")?.to_string();
+    let original = std::fs::read_to_string(&config_path)?;
+    let changed = original.replacen("weight = 1", "weight = 3", 1);
+    std::fs::write(&config_path, &changed)?;
+    let pid = env.agent.as_ref().context("no agent")?.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let start = Instant::now();
+    let result = loop {
+        if backend("web", be(0))?["weight"] == 3 {
+            break Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(2) {
+            break Err(anyhow::anyhow!("the new weight was not applied within 2 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::fs::write(&config_path, &original)?;
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let took = result?;
+    println!("    reload applied {:.0} ms after SIGHUP", took.as_secs_f64() * 1000.0);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let env =
         start("lab-control", Health { web: Some(http_check()), dns: Some(dns_check()), web_extra: String::new() })?;
@@ -369,6 +430,8 @@ fn main() -> anyhow::Result<()> {
         ("control/plan_predicts_measured_shares", plan_matches_measurement),
         ("control/bad_changes_and_bad_reload_change_nothing", bad_changes_change_nothing),
         ("health/all_checks_failing_fails_open", all_checks_failing_fails_open),
+        ("ops/prometheus_metrics", metrics),
+        ("ops/sighup_reloads_the_file", sighup_reloads),
     ];
     run_trials(env, trials)
 }
