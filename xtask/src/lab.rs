@@ -50,8 +50,11 @@ fn demo_in(lab: &Lab) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&log);
     println!("== lb run --config {}", config.display());
     let agent = lab.start_agent(&config, &log)?;
+    // Health checks settle (rise) before traffic.
+    std::thread::sleep(Duration::from_secs(1));
     let traffic = send_traffic();
     let stats = cmd::output(std::process::Command::new(&lab.lb).args(["stats", "--instance", INSTANCE]));
+    let status = cmd::output(std::process::Command::new(&lab.lb).args(["status", "--instance", INSTANCE]));
     lab.stop_agent(agent)?;
     let tally = traffic?;
 
@@ -74,7 +77,11 @@ fn demo_in(lab: &Lab) -> anyhow::Result<()> {
         println!("{failed:>8}");
     }
     println!(
-        "\n== lb stats --instance {INSTANCE} (from the pinned maps)\n{}",
+        "\n== lb status --instance {INSTANCE} (from the agent)\n{}",
+        status.unwrap_or_else(|| "(unavailable)".into())
+    );
+    println!(
+        "== lb stats --instance {INSTANCE} (from the pinned maps)\n{}",
         stats.unwrap_or_else(|| "(unavailable)".into())
     );
     println!("agent log: {}", log.display());
