@@ -691,6 +691,7 @@ fn cases() -> Vec<(&'static str, Body)> {
         // Flow table and table changes.
         ("flows/hit_keeps_backend_after_table_rebuilt_without_it", flow_survives_rebuild),
         ("flows/removed_backend_is_rescheduled", removed_backend_rescheduled),
+        ("flows/draining_backend_keeps_pinned_flows_down_backend_sheds_them", drain_keeps_down_sheds),
         ("flows/udp_idle_timeout_reschedules", udp_idle_timeout),
         ("flows/removed_vip_passes", |e| {
             let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_ALL_PORTS.into()).1, 0, 6);
@@ -851,6 +852,68 @@ fn removed_backend_rescheduled(env: &mut Env) -> anyhow::Result<()> {
     check(env, &input, None, &expect)?;
     ensure!(env.balancer.flow(&f.key()).map(|s| s.backend) == Some(survivor), "flow entry not moved to the survivor");
     Ok(())
+}
+
+/// A draining backend (kept, out of the table) keeps its pinned flows; a down one (record
+/// without the keeps-flows flag) sheds them to the table's choice on their next packet.
+fn drain_keeps_down_sheds(env: &mut Env) -> anyhow::Result<()> {
+    let key = rebuild_key();
+    let shape = Shape::default();
+    let (index, old_table) = env.vips[&key].clone();
+    let drained_flow = flow(env, Protocol::Tcp, VIP4_REBUILD.into(), 80);
+    let drained = env.predict(&drained_flow)?.1;
+    let mut down_flow = flow(env, Protocol::Tcp, VIP4_REBUILD.into(), 80);
+    while env.predict(&down_flow)?.1 == drained {
+        down_flow.src_port = env.port();
+    }
+    let down = env.predict(&down_flow)?.1;
+    for f in [&drained_flow, &down_flow] {
+        let input = frame(f, &shape);
+        check(env, &input, None, &expect_encap(env, f, &input, &shape, true)?)?;
+    }
+    let record = |env: &Env, id: u32| {
+        let (family, a) = key_addr(env.backends[&id]);
+        Backend::new(family, a, index as u16)
+    };
+    let remaining: Vec<MaglevBackend> = (40..44)
+        .filter(|id| *id != drained && *id != down)
+        .map(|id| {
+            let (family, addr) = key_addr(env.backends[&id]);
+            MaglevBackend { addr, family, weight: 1, id }
+        })
+        .collect();
+    let table = build_table(&remaining, 251)?;
+    env.balancer.install_vip(&key, index, &table)?;
+    let down_record = record(env, down);
+    env.balancer.set_backend(down, &down_record.keeping_flows(false))?;
+    env.vips.insert(key, (index, table));
+    let result = (|| {
+        let input = frame(&drained_flow, &shape);
+        let mut keeps = expect_encap(env, &drained_flow, &input, &shape, false)?;
+        // Still the drained backend: predict() now answers with the new table, so name it.
+        let backend = env.backends[&drained];
+        let encap = Encap {
+            outer_src: Env::outer_src(&drained_flow, backend),
+            outer_dst: backend,
+            src_mac: BALANCER_MAC,
+            dst_mac: FALLBACK_MAC,
+            flow_hash: flow_hash(&drained_flow.key()),
+        };
+        keeps.output = Some(encapsulated(&input, l3_offset(&shape), &encap));
+        keeps.forwarded = Some((index, drained, false));
+        check(env, &input, None, &keeps).context("the draining backend's flow")?;
+        let input = frame(&down_flow, &shape);
+        let moved = expect_encap(env, &down_flow, &input, &shape, true)?;
+        ensure!(
+            moved.forwarded.is_some_and(|f| f.1 != down && f.1 != drained),
+            "the table still picks a removed backend"
+        );
+        check(env, &input, None, &moved).context("the down backend's flow")
+    })();
+    env.balancer.set_backend(down, &down_record)?;
+    env.balancer.install_vip(&key, index, &old_table)?;
+    env.vips.insert(key, (index, old_table));
+    result
 }
 
 /// UDP flow entries older than the idle timeout are rescheduled (counted as new flows).
