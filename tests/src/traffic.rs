@@ -78,9 +78,14 @@ pub struct Dns {
 
 impl Dns {
     pub fn new(vip: IpAddr) -> anyhow::Result<Self> {
+        Self::with_timeout(vip, TIMEOUT)
+    }
+
+    /// A session whose answers are given up on after `timeout`.
+    pub fn with_timeout(vip: IpAddr, timeout: Duration) -> anyhow::Result<Self> {
         let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
         let socket = UdpSocket::bind(bind)?;
-        socket.set_read_timeout(Some(TIMEOUT))?;
+        socket.set_read_timeout(Some(timeout))?;
         Ok(Self { socket, vip: SocketAddr::new(vip, 53), id: 0 })
     }
 

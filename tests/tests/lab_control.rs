@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail, ensure};
 use lb_lab::{BACKEND_NAMES, CLIENT, in_namespace, vip};
 use lb_tests::{
     e2e::{EQUAL, Env, Health, Sessions, Trial, check_shares, run_trials, start, tally},
-    traffic::{Http, http_connection},
+    traffic::{Dns, Http, http_connection},
 };
 use lb_userspace::control::{self, Request};
 use serde_json::Value;
@@ -73,37 +73,90 @@ fn be(i: usize) -> IpAddr {
 
 /// New connections opened back to back in the client namespace until stopped: (start time,
 /// succeeded) of each.
-fn connection_stream(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<anyhow::Result<Vec<(Instant, bool)>>> {
+/// A server of the lab's backends, as health checking sees it.
+#[derive(Clone, Copy)]
+enum Service {
+    /// nginx behind the web VIP; the clients open TCP connections.
+    Http,
+    /// dnsmasq behind the dns VIP; the clients open UDP sessions (a new socket per query).
+    Dns,
+}
+
+impl Service {
+    fn vip_name(self) -> &'static str {
+        match self {
+            Service::Http => "web",
+            Service::Dns => "dns",
+        }
+    }
+
+    fn new_flow(self) -> bool {
+        match self {
+            Service::Http => http_connection(vip(false), 1).is_ok(),
+            Service::Dns => Dns::with_timeout(vip(false), Duration::from_millis(300)).and_then(|mut d| d.ask()).is_ok(),
+        }
+    }
+
+    fn stop(self, lab: &lb_lab::Lab) -> anyhow::Result<()> {
+        match self {
+            Service::Http => lab.stop_http(0),
+            Service::Dns => lab.stop_dns(0),
+        }
+    }
+
+    fn start(self, lab: &lb_lab::Lab) -> anyhow::Result<()> {
+        match self {
+            Service::Http => lab.start_http(0),
+            Service::Dns => lab.start_dns(0),
+        }
+    }
+}
+
+/// New flows opened back to back in the client namespace until stopped: (start time, succeeded)
+/// of each.
+fn flow_stream(
+    service: Service,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<(Instant, bool)>>> {
     std::thread::spawn(move || {
         in_namespace(CLIENT, move || {
             let mut log = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let at = Instant::now();
-                log.push((at, http_connection(vip(false), 1).is_ok()));
+                log.push((at, service.new_flow()));
             }
             log
         })
     })
 }
 
-fn server_down_and_back(env: &mut Env) -> anyhow::Result<()> {
+fn http_server_down_and_back(env: &mut Env) -> anyhow::Result<()> {
+    server_down_and_back(env, Service::Http)
+}
+
+fn dns_server_down_and_back(env: &mut Env) -> anyhow::Result<()> {
+    server_down_and_back(env, Service::Dns)
+}
+
+fn server_down_and_back(env: &mut Env, service: Service) -> anyhow::Result<()> {
+    let vip_name = service.vip_name();
     let stop = Arc::new(AtomicBool::new(false));
-    let stream = connection_stream(Arc::clone(&stop));
+    let stream = flow_stream(service, Arc::clone(&stop));
     std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
-    // nginx takes a while to exit; its listeners close at once. Watch while it stops.
+    // A server may take a while to exit; its sockets close at once. Watch while it stops.
     let stopping = {
         let lab = lb_lab::Lab::new(&env.lab.dir, &env.lab.lb);
-        std::thread::spawn(move || lab.stop_http(0).map(|()| killed.elapsed()))
+        std::thread::spawn(move || service.stop(&lab).map(|()| killed.elapsed()))
     };
     let limit = Duration::from_millis(INTERVAL_MS * FALL) + Duration::from_secs(1);
-    let detected = wait_health("web", be(0), "down", limit + Duration::from_secs(2)).map(|_| killed.elapsed());
+    let detected = wait_health(vip_name, be(0), "down", limit + Duration::from_secs(2)).map(|_| killed.elapsed());
     let marked_down = Instant::now();
     let stopped = stopping.join().map_err(|_| anyhow::anyhow!("stop thread panicked"))??;
     std::thread::sleep(Duration::from_millis(700));
-    env.lab.start_http(0)?;
+    service.start(&env.lab)?;
     let restarted = Instant::now();
-    let back = wait_health("web", be(0), "up", Duration::from_secs(5));
+    let back = wait_health(vip_name, be(0), "up", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let log = stream.join().map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
@@ -113,7 +166,7 @@ fn server_down_and_back(env: &mut Env) -> anyhow::Result<()> {
     let after: Vec<_> = log.iter().filter(|(at, _)| *at >= marked_down && *at < restarted).collect();
     let failed_after = after.iter().filter(|(_, ok)| !ok).count();
     println!(
-        "    nginx gone {:.0} ms after SIGTERM; down detected {:.0} ms after the kill (limit {} ms); {} of {} new connections failed before, {} of {} after; back up {:.0} ms after the restart",
+        "    {vip_name}: server gone {:.0} ms after SIGTERM; down detected {:.0} ms after the kill (limit {} ms); {} of {} new flows failed before, {} of {} after; back up {:.0} ms after the restart",
         stopped.as_secs_f64() * 1000.0,
         detected.as_secs_f64() * 1000.0,
         limit.as_millis(),
@@ -126,7 +179,7 @@ fn server_down_and_back(env: &mut Env) -> anyhow::Result<()> {
     ensure!(detected <= limit, "detection took {detected:?}, more than {limit:?}");
     ensure!(
         failed_after == 0 && !after.is_empty(),
-        "{failed_after} new connections failed after the backend was marked down"
+        "{failed_after} new flows failed after the backend was marked down"
     );
     Ok(())
 }
@@ -423,7 +476,8 @@ fn main() -> anyhow::Result<()> {
     let env =
         start("lab-control", Health { web: Some(http_check()), dns: Some(dns_check()), web_extra: String::new() })?;
     let trials: Vec<Trial> = vec![
-        ("health/server_down_detected_then_no_failed_connections_then_back", server_down_and_back),
+        ("health/http_server_down_detected_then_no_failed_connections_then_back", http_server_down_and_back),
+        ("health/dns_server_down_detected_then_no_failed_udp_sessions_then_back", dns_server_down_and_back),
         ("health/tunnel_check_catches_missing_decapsulation", tunnel_check_catches_missing_decap),
         ("control/drain_keeps_50_connections_and_takes_no_new_flow", drain_keeps_connections),
         ("control/200_random_live_changes_keep_established_flows", random_live_changes),

@@ -143,23 +143,7 @@ impl Lab {
             ),
         )?;
         self.start_http(i)?;
-        ns(
-            backend,
-            "dnsmasq",
-            &[
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                &format!("--listen-address={VIP_V4}"),
-                &format!("--listen-address={VIP_V6}"),
-                &format!("--listen-address={own_v4}"),
-                &format!("--listen-address={own_v6}"),
-                &format!("--txt-record=whoami.lab,{name}"),
-                &format!("--pid-file={d}/dnsmasq.pid"),
-                "--user=root",
-            ],
-        )?;
+        self.start_dns(i)?;
         self.attach_decap(i)
     }
 
@@ -172,12 +156,41 @@ impl Lab {
 
     /// Stops backend `i`'s HTTP server and waits until it is gone.
     pub fn stop_http(&self, i: usize) -> anyhow::Result<()> {
-        let pid_file = self.dir.join(BACKEND_NAMES[i]).join("nginx.pid");
+        self.stop(i, "nginx")
+    }
+
+    /// Starts backend `i`'s DNS server (dnsmasq daemonizes), answering `whoami.lab` with its name.
+    pub fn start_dns(&self, i: usize) -> anyhow::Result<()> {
+        let name = BACKEND_NAMES[i];
+        let pid_file = self.dir.join(name).join("dnsmasq.pid");
+        let args = [
+            "--conf-file=/dev/null".to_string(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--bind-interfaces".into(),
+            format!("--listen-address={VIP_V4}"),
+            format!("--listen-address={VIP_V6}"),
+            format!("--listen-address={}", backend_v4(i)),
+            format!("--listen-address={}", backend_v6(i)),
+            format!("--txt-record=whoami.lab,{name}"),
+            format!("--pid-file={}", pid_file.display()),
+            "--user=root".into(),
+        ];
+        ns(BACKENDS[i], "dnsmasq", &args.iter().map(String::as_str).collect::<Vec<_>>()).map(drop)
+    }
+
+    /// Stops backend `i`'s DNS server and waits until it is gone.
+    pub fn stop_dns(&self, i: usize) -> anyhow::Result<()> {
+        self.stop(i, "dnsmasq")
+    }
+
+    fn stop(&self, i: usize, server: &str) -> anyhow::Result<()> {
+        let pid_file = self.dir.join(BACKEND_NAMES[i]).join(format!("{server}.pid"));
         let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
-        // SAFETY: signalling the lab's own nginx by its pid file.
+        // SAFETY: signalling the lab's own server by its pid file.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         // SAFETY: signal 0 only probes for existence.
-        wait_until(Duration::from_secs(5), "nginx to stop", || unsafe { libc::kill(pid, 0) } != 0)
+        wait_until(Duration::from_secs(5), &format!("{server} to stop"), || unsafe { libc::kill(pid, 0) } != 0)
     }
 
     /// Attaches the decapsulation program on backend `i` for both VIPs.
