@@ -74,6 +74,25 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     murmur3_words(&key.words(), FLOW_HASH_SEED)
 }
 
+/// Seed of the source hash (client address only).
+pub const SOURCE_HASH_SEED: u32 = 0x4c42_5348; // "LBSH"
+
+/// The source hash: the client address's first `prefix_len` bits, and its family.
+#[inline(always)]
+pub fn source_hash(key: &FlowKey, prefix_len: u8) -> u32 {
+    let w = key.words();
+    let mut words = [w[0], w[1], w[2], w[3], u32::from(key.family)];
+    let mut i = 0;
+    while i < 4 {
+        let bits = (prefix_len as u32).saturating_sub(32 * i as u32).min(32);
+        // Words are little-endian reads of network-order bytes: mask in byte order.
+        let mask_be: u32 = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+        words[i] &= u32::from_le_bytes(mask_be.to_be_bytes());
+        i += 1;
+    }
+    murmur3_words(&words, SOURCE_HASH_SEED)
+}
+
 /// Flow-table value: where an established flow goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -122,6 +141,27 @@ mod tests {
     }
 
     const FLOW_HASH_VECTORS: [u32; 4] = [1_787_808_412, 4_021_127_563, 2_098_962_318, 1_632_371_310];
+
+    #[test]
+    fn source_hash_sees_only_the_prefix() {
+        let a = FlowKey::new(family::IPV4, 6, v4([198, 18, 7, 10]), 40000, v4([198, 18, 1, 1]), 80);
+        let same_client = FlowKey::new(family::IPV4, 17, v4([198, 18, 7, 10]), 1234, v4([198, 18, 1, 2]), 53);
+        let same_24 = FlowKey::new(family::IPV4, 6, v4([198, 18, 7, 99]), 40000, v4([198, 18, 1, 1]), 80);
+        assert_eq!(source_hash(&a, 32), source_hash(&same_client, 32));
+        assert_ne!(source_hash(&a, 32), source_hash(&same_24, 32));
+        assert_eq!(source_hash(&a, 24), source_hash(&same_24, 24));
+        assert_eq!(source_hash(&a, 0), source_hash(&same_24, 0));
+        let mut b6 = [0u8; 16];
+        b6[0] = 0xfd;
+        b6[7] = 1;
+        b6[15] = 0x10;
+        let mut c6 = b6;
+        c6[15] = 0x99;
+        let (x, y) = (FlowKey::new(family::IPV6, 6, b6, 1, b6, 80), FlowKey::new(family::IPV6, 6, c6, 2, b6, 80));
+        assert_eq!(source_hash(&x, 64), source_hash(&y, 64));
+        assert_ne!(source_hash(&x, 128), source_hash(&y, 128));
+        assert_eq!(source_hash(&a, 32), 2_185_216_981, "the source hash changed: it would move every client");
+    }
 
     #[test]
     fn any_field_changes_the_hash() {

@@ -8,6 +8,7 @@
 //! - [`dataplane`]: the instance-wide data plane configuration (encapsulation source, MTU, ...).
 //! - [`counters`]: counted reasons for every verdict, and per-VIP/per-backend traffic counters.
 //! - [`maglev`]: the slot lookup shared by both sides and, with feature `user`, the table builder.
+//! - `sequence` (feature `user`): smooth weighted round-robin sequences.
 //! - [`capacity`]: map sizes and limits.
 //! - `addr` (feature `user`): addresses to and from their key form.
 //!
@@ -29,6 +30,8 @@ pub mod dataplane;
 pub mod flow;
 pub mod hash;
 pub mod maglev;
+#[cfg(feature = "user")]
+pub mod sequence;
 pub mod vip;
 
 /// Address family tags stored in keys (`family` fields). Values follow Linux's AF_INET/AF_INET6.

@@ -39,26 +39,52 @@ impl VipAddrKey {
     }
 }
 
+/// How a VIP's new flows get a backend ([`VipInfo::scheduler`]). Every scheduler reads the VIP's
+/// table of backend ids; they differ in how they pick the entry.
+pub mod scheduler {
+    /// Maglev: the flow hash of the 5-tuple picks the slot of a Maglev table.
+    pub const MAGLEV: u8 = 0;
+    /// Source hash: a hash of the client address (its first `source_prefix_len` bits) picks the
+    /// slot of a Maglev table, so every flow of a client (or of its /24, /64, ...) lands together.
+    pub const SOURCE_HASH: u8 = 1;
+    /// Round robin (plain or weighted): each CPU deals the table, a sequence of backend ids, in
+    /// turn.
+    pub const SEQUENCE: u8 = 2;
+}
+
 /// What the data plane knows about a VIP.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VipInfo {
-    /// Index of the VIP's counters and Maglev tables, below [`crate::capacity::MAX_VIPS`].
+    /// Index of the VIP's counters and tables, below [`crate::capacity::MAX_VIPS`].
     pub index: u32,
-    /// Entries of the VIP's Maglev table in use (a prime, at most `MAGLEV_MAX_TABLE_SIZE`).
+    /// Entries of the VIP's table in use (a prime for Maglev tables).
     pub table_size: u32,
     /// Which of the VIP's two tables is live (0 or 1). The agent writes the other one and then
     /// replaces this record in one map update, so a packet sees either the old or the new table,
     /// never a half-written one.
     pub active_table: u32,
-    pub flags: u32,
+    /// One of [`scheduler`].
+    pub scheduler: u8,
+    /// Source hash: how many leading bits of the client address are hashed.
+    pub source_prefix_len: u8,
+    pub _pad: [u8; 2],
 }
-assert_layout!(VipInfo, size = 16, index = 0, table_size = 4, active_table = 8, flags = 12);
+assert_layout!(
+    VipInfo,
+    size = 16,
+    index = 0,
+    table_size = 4,
+    active_table = 8,
+    scheduler = 12,
+    source_prefix_len = 13,
+    _pad = 14
+);
 userspace_pod!(VipKey, VipAddrKey, VipInfo);
 
 impl VipInfo {
-    pub const fn new(index: u32, table_size: u32, active_table: u32) -> Self {
-        Self { index, table_size, active_table, flags: 0 }
+    pub const fn new(index: u32, table_size: u32, active_table: u32, scheduler: u8, source_prefix_len: u8) -> Self {
+        Self { index, table_size, active_table, scheduler, source_prefix_len, _pad: [0; 2] }
     }
 
     /// Index into the Maglev tables map of the live table.

@@ -380,9 +380,13 @@ fn log_op(op: &Op) {
             keeps_flows = backend.keeps_flows(),
             "set backend"
         ),
-        Op::InstallVip { key, index, table } => {
-            tracing::info!(vip = %show_vip(key), index, table_size = table.len(), "installed Maglev table")
-        }
+        Op::InstallVip { key, vip } => tracing::info!(
+            vip = %show_vip(key),
+            index = vip.index,
+            scheduler = vip.scheduling.scheduler,
+            table_size = vip.table.len(),
+            "installed table"
+        ),
         Op::RemoveVip { key } => tracing::info!(vip = %show_vip(key), "removed VIP"),
         Op::ClearBackend { id } => tracing::info!(id, "removed backend"),
     }
@@ -392,7 +396,7 @@ fn log_op(op: &Op) {
 fn fingerprints(current: &reconcile::Current, config: &Config) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for vip in &config.vips {
-        let Some((_, table)) = current.vips.get(&reconcile::vip_key(vip)) else { continue };
+        let Some(reconcile::VipTable { table, .. }) = current.vips.get(&reconcile::vip_key(vip)) else { continue };
         let mut h = FLOW_HASH_SEED;
         for id in table {
             let addr = current.backends.get(id).map_or([0; 16], |b| b.addr);

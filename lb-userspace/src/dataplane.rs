@@ -26,7 +26,7 @@ use crate::{
     config::XdpMode,
     objects,
     pins::PinDir,
-    reconcile::{Current, Op},
+    reconcile::{Current, Op, Scheduling, VipTable},
 };
 
 /// One whole Maglev table as stored in a map value.
@@ -95,7 +95,7 @@ pub struct BalancerMaps {
 }
 
 /// Names of the balancer's maps (each pinned under its name).
-pub const BALANCER_MAPS: [&str; 10] = [
+pub const BALANCER_MAPS: [&str; 11] = [
     "VIPS",
     "VIP_ADDRS",
     "BACKENDS",
@@ -106,6 +106,7 @@ pub const BALANCER_MAPS: [&str; 10] = [
     "REASON_STATS",
     "VIP_STATS",
     "BACKEND_STATS",
+    "SEQUENCE_POSITIONS",
 ];
 
 /// Sizes chosen at load time.
@@ -204,7 +205,8 @@ impl BalancerMaps {
     /// Makes `table` (backend ids; its length is the table size) the live Maglev table of the VIP
     /// `key` at counter/table index `index`, creating the VIP if needed. An empty table makes the
     /// VIP drop its traffic (reason drop_no_backend).
-    pub fn install_vip(&mut self, key: &VipKey, index: u32, table: &[u32]) -> Result<(), DataplaneError> {
+    pub fn install_vip(&mut self, key: &VipKey, vip: &VipTable) -> Result<(), DataplaneError> {
+        let (index, table) = (vip.index, vip.table.as_slice());
         if index >= MAX_VIPS {
             return Err(DataplaneError::VipIndex { index });
         }
@@ -222,7 +224,12 @@ impl BalancerMaps {
             .expect("length is MAGLEV_MAX_TABLE_SIZE");
         value[..table.len()].copy_from_slice(table);
         self.tables.set(index * MAGLEV_TABLES_PER_VIP + next, value.as_ref(), 0)?;
-        self.vips.insert(key, VipInfo::new(index, table.len() as u32, next), 0)?;
+        let how = vip.scheduling;
+        self.vips.insert(
+            key,
+            VipInfo::new(index, table.len() as u32, next, how.scheduler, how.source_prefix_len),
+            0,
+        )?;
         if current.is_none() {
             let addr = VipAddrKey::new(key.family, key.addr);
             let count = self.vip_addrs.get(&addr, 0).unwrap_or(0);
@@ -267,7 +274,8 @@ impl BalancerMaps {
                 let live: Box<MaglevTable> = Box::new(self.tables.get(&info.live_table_slot(), 0)?);
                 live[..info.table_size as usize].to_vec()
             };
-            vips.insert(key, (info.index, table));
+            let scheduling = Scheduling { scheduler: info.scheduler, source_prefix_len: info.source_prefix_len };
+            vips.insert(key, VipTable { index: info.index, scheduling, table });
         }
         Ok(Current { dataplane, backends, vips })
     }
@@ -277,7 +285,7 @@ impl BalancerMaps {
         match op {
             Op::SetDataplane(config) => self.set_config(config),
             Op::SetBackend { id, backend } => self.set_backend(*id, backend),
-            Op::InstallVip { key, index, table } => self.install_vip(key, *index, table),
+            Op::InstallVip { key, vip } => self.install_vip(key, vip),
             Op::RemoveVip { key } => self.remove_vip(key),
             Op::ClearBackend { id } => self.clear_backend(*id),
         }

@@ -9,10 +9,10 @@ use std::{
 
 use lb_common::{
     addr::{from_key, to_key},
-    flow::{FlowKey, flow_hash},
+    flow::{FlowKey, flow_hash, source_hash},
     hash::fmix32,
     maglev::table_slot,
-    vip::{VipInfo, VipKey},
+    vip::{VipInfo, VipKey, scheduler},
 };
 use serde::Serialize;
 
@@ -76,10 +76,16 @@ pub fn trace(
             });
         }
     }
-    new_flow(maps, vip_name, &vip, hash)
+    new_flow(maps, vip_name, &vip, &key, hash)
 }
 
-fn new_flow(maps: &BalancerMaps, vip: Option<String>, info: &VipInfo, hash: u32) -> Result<Trace, DataplaneError> {
+fn new_flow(
+    maps: &BalancerMaps,
+    vip: Option<String>,
+    info: &VipInfo,
+    key: &FlowKey,
+    hash: u32,
+) -> Result<Trace, DataplaneError> {
     if info.table_size == 0 {
         return Ok(Trace {
             vip,
@@ -88,14 +94,28 @@ fn new_flow(maps: &BalancerMaps, vip: Option<String>, info: &VipInfo, hash: u32)
             flow_hash: hash,
         });
     }
-    let slot = table_slot(hash, info.table_size);
+    let (slot, how) = match info.scheduler {
+        scheduler::SEQUENCE => {
+            let why =
+                format!("round robin: a new flow takes the next of {} entries in its CPU's turn", info.table_size);
+            return Ok(Trace { vip, backend: None, why, flow_hash: hash });
+        }
+        scheduler::SOURCE_HASH => {
+            let h = source_hash(key, info.source_prefix_len);
+            (
+                table_slot(h, info.table_size),
+                format!("source hash of the client's first {} bits {h:#010x}", info.source_prefix_len),
+            )
+        }
+        _ => (table_slot(hash, info.table_size), format!("flow hash {hash:#010x}")),
+    };
     let table = Box::new(maps.tables.get(&info.live_table_slot(), 0)?);
     let id = table[slot as usize];
     let b = maps.backends.get(&id, 0)?;
     Ok(Trace {
         vip,
         backend: Some(from_key(b.family, &b.addr).to_string()),
-        why: format!("new flow: hash {hash:#010x}, Maglev slot {slot} of {} -> backend id {id}", info.table_size),
+        why: format!("new flow: {how}, Maglev slot {slot} of {} -> backend id {id}", info.table_size),
         flow_hash: hash,
     })
 }
@@ -130,14 +150,14 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
     let ops = reconcile::plan(&desired, &current)?;
     // Backend records after the change: current ones updated by the plan.
     let mut records = current.backends.clone();
-    let mut tables: BTreeMap<VipKey, Vec<u32>> = current.vips.iter().map(|(k, (_, t))| (*k, t.clone())).collect();
+    let mut tables: BTreeMap<VipKey, Vec<u32>> = current.vips.iter().map(|(k, v)| (*k, v.table.clone())).collect();
     for op in &ops {
         match op {
             Op::SetBackend { id, backend } => {
                 records.insert(*id, *backend);
             }
-            Op::InstallVip { key, table, .. } => {
-                tables.insert(*key, table.clone());
+            Op::InstallVip { key, vip } => {
+                tables.insert(*key, vip.table.clone());
             }
             Op::RemoveVip { key } => {
                 tables.remove(key);
@@ -152,7 +172,7 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
     let flows = tracked_flows(maps);
     let mut out = Vec::new();
     for key in keys {
-        let before = current.vips.get(&key).map(|(_, t)| t.clone()).unwrap_or_default();
+        let before = current.vips.get(&key).map(|v| v.table.clone()).unwrap_or_default();
         let after = tables.get(&key).cloned().unwrap_or_default();
         let addr = |records: &BTreeMap<u32, lb_common::backend::Backend>, id: u32| {
             records.get(&id).map(|b| from_key(b.family, &b.addr).to_string()).unwrap_or_else(|| "-".into())

@@ -195,6 +195,7 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
         decision.desired.vips.push(DesiredVip {
             key: vip_key(vip),
             name: vip.name.clone(),
+            scheduler: vip.scheduler,
             table_size: vip.table_size,
             backends,
         });

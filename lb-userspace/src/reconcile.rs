@@ -17,10 +17,11 @@ use lb_common::{
     capacity::{MAX_BACKENDS, MAX_VIPS},
     dataplane::DataplaneConfig,
     maglev::{MaglevBackend, MaglevError, build_table},
-    vip::VipKey,
+    sequence::{SequenceMember, smooth_sequence},
+    vip::{VipKey, scheduler as vip_scheduler},
 };
 
-use crate::config::{AdminState, Config, Instance, Vip};
+use crate::config::{AdminState, Config, Instance, Scheduler, Vip};
 
 /// What the maps should hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +34,7 @@ pub struct Desired {
 pub struct DesiredVip {
     pub key: VipKey,
     pub name: String,
+    pub scheduler: Scheduler,
     pub table_size: u32,
     pub backends: Vec<DesiredBackend>,
 }
@@ -58,6 +60,7 @@ impl Desired {
                 .map(|v| DesiredVip {
                     key: vip_key(v),
                     name: v.name.clone(),
+                    scheduler: v.scheduler,
                     table_size: v.table_size,
                     backends: v
                         .backends
@@ -78,10 +81,40 @@ impl Desired {
     }
 }
 
+/// How the data plane reads a table built for `scheduler`.
+pub fn scheduling(scheduler: Scheduler) -> Scheduling {
+    match scheduler {
+        Scheduler::Maglev => Scheduling { scheduler: vip_scheduler::MAGLEV, source_prefix_len: 0 },
+        Scheduler::SourceHash { prefix_len } => {
+            Scheduling { scheduler: vip_scheduler::SOURCE_HASH, source_prefix_len: prefix_len }
+        }
+        Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => {
+            Scheduling { scheduler: vip_scheduler::SEQUENCE, source_prefix_len: 0 }
+        }
+    }
+}
+
 /// The data plane key of a configured VIP.
 pub fn vip_key(vip: &Vip) -> VipKey {
     let (family, addr) = to_key(vip.address);
     VipKey::new(family, addr, vip.port, vip.protocol.number())
+}
+
+/// How a VIP's table is read by the data plane.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scheduling {
+    /// One of `lb_common::vip::scheduler`.
+    pub scheduler: u8,
+    pub source_prefix_len: u8,
+}
+
+/// A VIP's live table as the maps hold it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VipTable {
+    pub index: u32,
+    pub scheduling: Scheduling,
+    /// Backend ids: a Maglev table, or a round-robin sequence.
+    pub table: Vec<u32>,
 }
 
 /// What the maps hold now.
@@ -90,8 +123,7 @@ pub struct Current {
     pub dataplane: DataplaneConfig,
     /// Backend id -> record, for assigned ids.
     pub backends: BTreeMap<u32, Backend>,
-    /// VIP -> (index, live table).
-    pub vips: BTreeMap<VipKey, (u32, Vec<u32>)>,
+    pub vips: BTreeMap<VipKey, VipTable>,
 }
 
 impl Current {
@@ -103,8 +135,8 @@ impl Current {
             Op::SetBackend { id, backend } => {
                 self.backends.insert(*id, *backend);
             }
-            Op::InstallVip { key, index, table } => {
-                self.vips.insert(*key, (*index, table.clone()));
+            Op::InstallVip { key, vip } => {
+                self.vips.insert(*key, vip.clone());
             }
             Op::RemoveVip { key } => {
                 self.vips.remove(key);
@@ -121,7 +153,7 @@ impl Current {
 pub enum Op {
     SetDataplane(DataplaneConfig),
     SetBackend { id: u32, backend: Backend },
-    InstallVip { key: VipKey, index: u32, table: Vec<u32> },
+    InstallVip { key: VipKey, vip: VipTable },
     RemoveVip { key: VipKey },
     ClearBackend { id: u32 },
 }
@@ -167,12 +199,12 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
     }
 
     // VIP indexes: kept while configured; new VIPs take the lowest free ones.
-    let used: BTreeSet<u32> = current.vips.values().map(|(i, _)| *i).collect();
+    let used: BTreeSet<u32> = current.vips.values().map(|v| v.index).collect();
     let mut free_index = (0..MAX_VIPS).filter(|i| !used.contains(i));
     let mut indexes = Vec::new();
     for vip in &desired.vips {
         let index = match current.vips.get(&vip.key) {
-            Some((index, _)) => *index,
+            Some(live) => live.index,
             None => free_index.next().ok_or(ReconcileError::TooManyVips)?,
         };
         indexes.push(index);
@@ -211,14 +243,30 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
             wanted_ids.insert(id);
             members.push(MaglevBackend { addr, family, weight: b.weight, id });
         }
-        let table = match build_table(&members, vip.table_size) {
-            Ok(table) => table,
-            // No backend with a weight: the VIP stays and drops its traffic (drop_no_backend).
-            Err(MaglevError::NoBackends) => Vec::new(),
-            Err(source) => return Err(ReconcileError::Maglev { vip: vip.name.clone(), source }),
+        let table = match vip.scheduler {
+            Scheduler::Maglev | Scheduler::SourceHash { .. } => match build_table(&members, vip.table_size) {
+                Ok(table) => table,
+                // No backend with a weight: the VIP stays and drops its traffic (drop_no_backend).
+                Err(MaglevError::NoBackends) => Vec::new(),
+                Err(source) => return Err(ReconcileError::Maglev { vip: vip.name.clone(), source }),
+            },
+            Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => {
+                let equal = vip.scheduler == Scheduler::RoundRobin;
+                let sequence: Vec<SequenceMember> = members
+                    .iter()
+                    .map(|m| SequenceMember {
+                        addr: m.addr,
+                        family: m.family,
+                        weight: if equal { u32::from(m.weight > 0) } else { m.weight },
+                        id: m.id,
+                    })
+                    .collect();
+                smooth_sequence(&sequence)
+            }
         };
-        if current.vips.get(&vip.key).is_none_or(|(_, live)| *live != table) {
-            tables.push(Op::InstallVip { key: vip.key, index, table });
+        let live = VipTable { index, scheduling: scheduling(vip.scheduler), table };
+        if current.vips.get(&vip.key) != Some(&live) {
+            tables.push(Op::InstallVip { key: vip.key, vip: live });
         }
     }
     ops.extend(keep_again);
@@ -297,7 +345,7 @@ mod tests {
         let ops = plan(&Desired::from_config(&before), &current).unwrap();
         apply(&mut current, &ops);
         let ids_before = current.backends.clone();
-        let index_b = current.vips.iter().find(|(k, _)| k.addr[3] == 2).unwrap().1.0;
+        let index_b = current.vips.iter().find(|(k, _)| k.addr[3] == 2).unwrap().1.index;
 
         // Remove VIP a and backend .21; add backend .24 to b.
         let after = config(&vip("b", "198.18.100.2", 80, &[("198.18.0.23", 1), ("198.18.0.24", 1)]));
@@ -305,7 +353,7 @@ mod tests {
         apply(&mut current, &ops);
         let id_23 = |m: &BTreeMap<u32, Backend>| m.iter().find(|(_, b)| b.addr[3] == 23).map(|(id, _)| *id);
         assert_eq!(id_23(&ids_before), id_23(&current.backends), "backend .23 kept its id");
-        assert_eq!(current.vips.values().next().unwrap().0, index_b, "VIP b kept its index");
+        assert_eq!(current.vips.values().next().unwrap().index, index_b, "VIP b kept its index");
         assert_eq!(current.backends.len(), 2);
         // Removals come after installs.
         let install = ops.iter().position(|o| matches!(o, Op::InstallVip { .. })).unwrap();
@@ -334,7 +382,7 @@ mod tests {
     fn weight_zero_everywhere_leaves_an_empty_table() {
         let c = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 0)]));
         let ops = plan(&Desired::from_config(&c), &Current::default()).unwrap();
-        assert!(ops.iter().any(|o| matches!(o, Op::InstallVip { table, .. } if table.is_empty())), "{ops:?}");
+        assert!(ops.iter().any(|o| matches!(o, Op::InstallVip { vip, .. } if vip.table.is_empty())), "{ops:?}");
     }
 
     #[test]
@@ -404,7 +452,7 @@ mod tests {
         let (drained, d) = by_addr(21);
         let (disabled, x) = by_addr(22);
         assert!(d.keeps_flows() && !x.keeps_flows());
-        let table = &current.vips.values().next().unwrap().1;
+        let table = &current.vips.values().next().unwrap().table;
         assert!(!table.contains(&drained) && !table.contains(&disabled));
         assert!(table.iter().all(|id| *id == by_addr(23).0));
     }

@@ -31,6 +31,7 @@ use lb_tests::{
 use lb_userspace::{
     dataplane::{Balancer, BalancerSizes, load_xdp_tx_baseline, program},
     objects,
+    reconcile::{Scheduling, VipTable},
 };
 
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
@@ -95,7 +96,8 @@ fn balancer_from(object: &[u8], flow_table_entries: u32) -> anyhow::Result<Balan
             maglev.push(MaglevBackend { addr: a, family, weight: 1, id });
         }
         let (family, a) = key_addr(vip);
-        b.install_vip(&VipKey::new(family, a, 53, protocol), index, &build_table(&maglev, 65_537)?)?;
+        let table = VipTable { index, scheduling: Scheduling::default(), table: build_table(&maglev, 65_537)? };
+        b.install_vip(&VipKey::new(family, a, 53, protocol), &table)?;
     }
     Ok(b)
 }

@@ -31,7 +31,10 @@ use lb_tests::{
     privileged::{enter_private_netns, require_root},
     xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, run_once, verdict_name},
 };
-use lb_userspace::dataplane::{Balancer, BalancerSizes, Decap};
+use lb_userspace::{
+    dataplane::{Balancer, BalancerSizes, Decap},
+    reconcile::{Scheduling, VipTable},
+};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
@@ -140,7 +143,7 @@ impl Env {
             maglev.push(MaglevBackend { addr: ba, family: bf, weight: 1, id });
         }
         let table = if maglev.is_empty() { Vec::new() } else { build_table(&maglev, size)? };
-        self.balancer.install_vip(&key, index, &table)?;
+        self.balancer.install_vip(&key, &maglev_vip(index, &table))?;
         self.vips.insert(key, (index, table));
         Ok(())
     }
@@ -176,6 +179,11 @@ impl Env {
     fn reasons(&self) -> anyhow::Result<Vec<ReasonCounter>> {
         Ok(self.balancer.reason_counters()?)
     }
+}
+
+/// A VIP read as a Maglev table.
+fn maglev_vip(index: u32, table: &[u32]) -> VipTable {
+    VipTable { index, scheduling: Scheduling::default(), table: table.to_vec() }
 }
 
 /// What a fixture expects of one packet.
@@ -699,7 +707,7 @@ fn cases() -> Vec<(&'static str, Body)> {
             let f = flow(e, Protocol::Tcp, VIP4_ALL_PORTS.into(), 443);
             let result = check(e, &frame(&f, &Shape::default()), None, &Expect::pass(Reason::PassNotVip));
             let (index, table) = e.vips[&key].clone();
-            e.balancer.install_vip(&key, index, &table)?;
+            e.balancer.install_vip(&key, &maglev_vip(index, &table))?;
             result
         }),
         // Next hop from the FIB, in links this test creates in its private namespace.
@@ -816,7 +824,7 @@ fn flow_survives_rebuild(env: &mut Env) -> anyhow::Result<()> {
         })
         .collect();
     let new_table = build_table(&remaining, 251)?;
-    env.balancer.install_vip(&key, index, &new_table)?;
+    env.balancer.install_vip(&key, &maglev_vip(index, &new_table))?;
     env.vips.insert(key, (index, new_table));
 
     let result = (|| {
@@ -826,7 +834,7 @@ fn flow_survives_rebuild(env: &mut Env) -> anyhow::Result<()> {
         ensure!(expect.forwarded.map(|f| f.1) != Some(owner), "the rebuilt table still picks {owner}");
         check(env, &input, None, &expect).context("new flow after the rebuild")
     })();
-    env.balancer.install_vip(&key, index, &old_table)?;
+    env.balancer.install_vip(&key, &maglev_vip(index, &old_table))?;
     env.vips.insert(key, (index, old_table));
     result
 }
@@ -845,7 +853,7 @@ fn removed_backend_rescheduled(env: &mut Env) -> anyhow::Result<()> {
     let (family, a) = key_addr(env.backends[&survivor]);
     let table = build_table(&[MaglevBackend { addr: a, family, weight: 1, id: survivor }], 251)?;
     env.balancer.clear_backend(owner)?;
-    env.balancer.install_vip(&key, index, &table)?;
+    env.balancer.install_vip(&key, &maglev_vip(index, &table))?;
     env.vips.insert(key, (index, table));
     let expect = expect_encap(env, &f, &input, &shape, true)?;
     ensure!(expect.forwarded.map(|x| x.1) == Some(survivor), "prediction should be the survivor");
@@ -883,7 +891,7 @@ fn drain_keeps_down_sheds(env: &mut Env) -> anyhow::Result<()> {
         })
         .collect();
     let table = build_table(&remaining, 251)?;
-    env.balancer.install_vip(&key, index, &table)?;
+    env.balancer.install_vip(&key, &maglev_vip(index, &table))?;
     let down_record = record(env, down);
     env.balancer.set_backend(down, &down_record.keeping_flows(false))?;
     env.vips.insert(key, (index, table));
@@ -911,7 +919,7 @@ fn drain_keeps_down_sheds(env: &mut Env) -> anyhow::Result<()> {
         check(env, &input, None, &moved).context("the down backend's flow")
     })();
     env.balancer.set_backend(down, &down_record)?;
-    env.balancer.install_vip(&key, index, &old_table)?;
+    env.balancer.install_vip(&key, &maglev_vip(index, &old_table))?;
     env.vips.insert(key, (index, old_table));
     result
 }

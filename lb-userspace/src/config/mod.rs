@@ -90,11 +90,28 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// How new flows are given a backend.
+/// How new flows are given a backend (see docs/schedulers.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheduler {
     /// Weighted Maglev consistent hashing of the 5-tuple.
     Maglev,
+    /// Weighted Maglev consistent hashing of the client address's first `prefix_len` bits.
+    SourceHash { prefix_len: u8 },
+    /// New flows dealt to the backends in turn, one each.
+    RoundRobin,
+    /// New flows dealt in turn in proportion to weight, smoothly interleaved.
+    WeightedRoundRobin,
+}
+
+impl Scheduler {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::SourceHash { .. } => "source-hash",
+            Scheduler::RoundRobin => "round-robin",
+            Scheduler::WeightedRoundRobin => "weighted-round-robin",
+        }
+    }
 }
 
 /// How packets reach the backend.
@@ -475,12 +492,42 @@ impl Validator<'_> {
             "udp" => Ok(Protocol::Udp),
             other => Err(format!("\"{other}\" is not a protocol; use \"tcp\" or \"udp\"")),
         });
+        let max_prefix: i64 = if vip_address.is_some_and(|a| a.is_ipv6()) { 128 } else { 32 };
         let scheduler = match &raw.scheduler {
             None => Some(Scheduler::Maglev),
             Some(s) => self.check(s, &format!("{field}.scheduler"), |s| match s.as_str() {
                 "maglev" => Ok(Scheduler::Maglev),
-                other => Err(format!("\"{other}\" is not an available scheduler; use \"maglev\"")),
+                "source-hash" => Ok(Scheduler::SourceHash { prefix_len: max_prefix as u8 }),
+                "round-robin" => Ok(Scheduler::RoundRobin),
+                "weighted-round-robin" => Ok(Scheduler::WeightedRoundRobin),
+                other @ ("least-connections" | "least-response-time") => {
+                    Err(format!("\"{other}\" is not available yet; use \"maglev\", \"source-hash\", \"round-robin\" or \"weighted-round-robin\""))
+                }
+                other => Err(format!(
+                    "\"{other}\" is not a scheduler; use \"maglev\", \"source-hash\", \"round-robin\" or \"weighted-round-robin\""
+                )),
             }),
+        };
+        let scheduler = match (&raw.source_prefix_len, scheduler) {
+            (None, s) => s,
+            (Some(p), Some(Scheduler::SourceHash { .. })) => self
+                .check(p, &format!("{field}.source_prefix_len"), |n| {
+                    if (0..=max_prefix).contains(n) {
+                        Ok(*n as u8)
+                    } else {
+                        Err(format!("{n} is out of range 0..={max_prefix}"))
+                    }
+                })
+                .map(|prefix_len| Scheduler::SourceHash { prefix_len }),
+            (Some(p), Some(_)) => {
+                self.problem(
+                    p.span(),
+                    &format!("{field}.source_prefix_len"),
+                    "applies only to scheduler = \"source-hash\"".into(),
+                );
+                None
+            }
+            (Some(_), None) => None,
         };
         let forwarding = match &raw.forwarding {
             None => Some(Forwarding::Ipip),

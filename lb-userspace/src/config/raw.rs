@@ -45,6 +45,8 @@ pub struct Vip {
     #[serde(default)]
     pub scheduler: Option<Spanned<String>>,
     #[serde(default)]
+    pub source_prefix_len: Option<Spanned<i64>>,
+    #[serde(default)]
     pub forwarding: Option<Spanned<String>>,
     #[serde(default)]
     pub table_size: Option<Spanned<i64>>,

@@ -42,13 +42,10 @@ impl Config {
             let _ = writeln!(s, "address = \"{}\"", v.address);
             let _ = writeln!(s, "port = {}", v.port);
             let _ = writeln!(s, "protocol = \"{}\"", v.protocol);
-            let _ = writeln!(
-                s,
-                "scheduler = \"{}\"",
-                match v.scheduler {
-                    Scheduler::Maglev => "maglev",
-                }
-            );
+            let _ = writeln!(s, "scheduler = \"{}\"", v.scheduler.name());
+            if let Scheduler::SourceHash { prefix_len } = v.scheduler {
+                let _ = writeln!(s, "source_prefix_len = {prefix_len}");
+            }
             let _ = writeln!(s, "forwarding = \"ipip\"");
             let _ = writeln!(s, "table_size = {}", v.table_size);
             let mode = match v.failure_mode {

@@ -1,7 +1,7 @@
 //! The balancer: XDP fast path of the load balancer.
 //!
 //! A straight line of small stages: link and IP parsing (`lb_ebpf::l2`, `lb_ebpf::l3`) ->
-//! VIP lookup -> flow table or Maglev choice for new flows ([`choose_backend`]) -> MTU check
+//! VIP lookup -> flow table, or the VIP's scheduler for new flows ([`choose_backend`]) -> MTU check
 //! ([`icmp`] answers packets too big to encapsulate) -> encapsulation ([`encap`]) -> next hop and
 //! verdict ([`nexthop`]) -> counters ([`maps`]).
 //! Every packet is counted under exactly one [`Reason`]; nothing is logged per packet.
@@ -17,9 +17,9 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::x
 use lb_common::{
     backend::Backend,
     counters::Reason,
-    flow::{FlowKey, FlowState, flow_hash},
+    flow::{FlowKey, FlowState, flow_hash, source_hash},
     maglev::table_slot,
-    vip::{VipAddrKey, VipInfo, VipKey},
+    vip::{VipAddrKey, VipInfo, VipKey, scheduler},
 };
 use lb_ebpf::{
     access::frame_len,
@@ -139,8 +139,13 @@ fn choose_backend(key: &FlowKey, vip: &VipInfo, udp_idle_timeout_ns: u64) -> Opt
         return None;
     }
     let hash = flow_hash(key);
+    let slot = match vip.scheduler {
+        scheduler::SOURCE_HASH => table_slot(source_hash(key, vip.source_prefix_len), vip.table_size),
+        scheduler::SEQUENCE => maps::next_in_sequence(vip.index, vip.table_size)?,
+        _ => table_slot(hash, vip.table_size),
+    };
     let table = MAGLEV_TABLES.get(vip.live_table_slot())?;
-    let id = *table.get(table_slot(hash, vip.table_size) as usize)?;
+    let id = *table.get(slot as usize)?;
     let backend = BACKENDS.get(id)?;
     if !backend.keeps_flows() {
         return None;

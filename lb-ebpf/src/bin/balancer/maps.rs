@@ -58,6 +58,22 @@ pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entri
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+/// Per CPU, per VIP: the position of the next new flow in a round-robin sequence.
+#[map]
+pub static SEQUENCE_POSITIONS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// This CPU's next position in VIP `index`'s round-robin sequence of `len` entries.
+#[inline(always)]
+pub fn next_in_sequence(index: u32, len: u32) -> Option<u32> {
+    let position = SEQUENCE_POSITIONS.get_ptr_mut(index)?;
+    // SAFETY: per-CPU value, only this CPU writes it.
+    unsafe {
+        let current = *position % len;
+        *position = if current + 1 >= len { 0 } else { current + 1 };
+        Some(current)
+    }
+}
+
 #[inline(always)]
 pub fn count_reason(reason: Reason, bytes: u64) {
     if let Some(c) = REASON_STATS.get_ptr_mut(reason as u32) {
