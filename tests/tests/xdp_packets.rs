@@ -18,9 +18,10 @@ use lb_common::{
     backend::Backend,
     counters::{Reason, ReasonCounter},
     dataplane::DataplaneConfig,
-    flow::flow_hash,
+    flow::{flow_hash, source_hash},
     maglev::{MaglevBackend, build_table, table_slot},
-    vip::{VipAddrKey, VipKey},
+    sequence::{SequenceMember, smooth_sequence},
+    vip::{VipAddrKey, VipKey, scheduler},
 };
 use lb_lab::run;
 use lb_tests::{
@@ -48,6 +49,8 @@ const VIP4_FIB_OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 6);
 const VIP4_FIB_SMALL_MTU: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 7);
 const VIP4_REBUILD: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 8);
 const VIP4_REMOVAL: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 9);
+const VIP4_SOURCE_HASH: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+const VIP4_ROUND_ROBIN: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
 const NOT_VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 9);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
 const VIP6_V4_BACKENDS: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 3);
@@ -83,6 +86,10 @@ struct Env {
     decap: Decap,
     /// VIP -> (index, table).
     vips: HashMap<VipKey, (u32, Vec<u32>)>,
+    /// VIPs read other than as a Maglev table of the flow hash.
+    schedulings: HashMap<VipKey, Scheduling>,
+    /// Round-robin position of each sequence VIP on the CPU the tests run on.
+    positions: HashMap<VipKey, usize>,
     backends: HashMap<u32, IpAddr>,
     next_port: u16,
     /// Interfaces of the FIB fixtures: name -> (ifindex, MAC).
@@ -102,6 +109,8 @@ impl Env {
             balancer,
             decap,
             vips: HashMap::new(),
+            schedulings: HashMap::new(),
+            positions: HashMap::new(),
             backends: HashMap::new(),
             next_port: 20_000,
             links: HashMap::new(),
@@ -120,6 +129,30 @@ impl Env {
         env.vip(8, VIP4_REBUILD.into(), 80, Protocol::Tcp, &rebuild, 251)?;
         let removal: Vec<_> = (0..2).map(|i| (50 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 13, i as u8 + 1)))).collect();
         env.vip(9, VIP4_REMOVAL.into(), 80, Protocol::Tcp, &removal, 251)?;
+        // Schedulers other than Maglev, on the same backends with their own ids.
+        let hashed: Vec<_> = (0..3).map(|i| (70 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
+        env.vip(13, VIP4_SOURCE_HASH.into(), 80, Protocol::Tcp, &hashed, 251)?;
+        let source_hash = Scheduling { scheduler: scheduler::SOURCE_HASH, source_prefix_len: 24 };
+        env.reschedule(VIP4_SOURCE_HASH.into(), source_hash)?;
+        let dealt: Vec<_> = (0..3).map(|i| (80 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
+        env.vip(14, VIP4_ROUND_ROBIN.into(), 80, Protocol::Tcp, &dealt, 251)?;
+        let members: Vec<SequenceMember> = dealt
+            .iter()
+            .zip([1, 2, 3])
+            .map(|(&(id, addr), weight)| {
+                let (family, a) = key_addr(addr);
+                SequenceMember { addr: a, family, weight, id }
+            })
+            .collect();
+        let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_ROUND_ROBIN.into()).1, 80, 6);
+        let sequence = VipTable {
+            index: 14,
+            scheduling: Scheduling { scheduler: scheduler::SEQUENCE, source_prefix_len: 0 },
+            table: smooth_sequence(&members),
+        };
+        env.balancer.install_vip(&key, &sequence)?;
+        env.vips.insert(key, (14, sequence.table.clone()));
+        env.schedulings.insert(key, sequence.scheduling);
         Ok(env)
     }
 
@@ -160,11 +193,37 @@ impl Env {
         self.vips.get(&exact).or_else(|| self.vips.get(&any)).map(|(i, t)| (*i, t))
     }
 
-    /// The backend the userspace copy of the table picks for a new flow.
+    /// The backend the userspace copy of the table picks for a new flow (for a round-robin VIP:
+    /// the next in turn on this CPU; [`Env::dealt`] advances it).
     fn predict(&self, flow: &Flow) -> anyhow::Result<(u32, u32, IpAddr)> {
         let (index, table) = self.lookup_vip(flow).ok_or_else(|| anyhow!("no VIP for {flow:?}"))?;
-        let id = table[table_slot(flow_hash(&flow.key()), table.len() as u32) as usize];
+        let (family, a) = key_addr(flow.dst);
+        let vip_key = VipKey::new(family, a, flow.dst_port, flow.protocol.number());
+        let how = self.schedulings.get(&vip_key).copied().unwrap_or_default();
+        let slot = match how.scheduler {
+            scheduler::SOURCE_HASH => {
+                table_slot(source_hash(&flow.key(), how.source_prefix_len), table.len() as u32) as usize
+            }
+            scheduler::SEQUENCE => self.positions.get(&vip_key).copied().unwrap_or(0) % table.len(),
+            _ => table_slot(flow_hash(&flow.key()), table.len() as u32) as usize,
+        };
+        let id = table[slot];
         Ok((index, id, self.backends[&id]))
+    }
+
+    /// A round-robin VIP dealt one new flow on this CPU.
+    fn dealt(&mut self, vip_key: VipKey) {
+        *self.positions.entry(vip_key).or_default() += 1;
+    }
+
+    /// Switches a VIP's scheduling (same table).
+    fn reschedule(&mut self, addr: IpAddr, how: Scheduling) -> anyhow::Result<()> {
+        let (family, a) = key_addr(addr);
+        let key = VipKey::new(family, a, 80, 6);
+        let (index, table) = self.vips[&key].clone();
+        self.balancer.install_vip(&key, &VipTable { index, scheduling: how, table })?;
+        self.schedulings.insert(key, how);
+        Ok(())
     }
 
     /// The outer source for `flow` towards a backend of `backend`'s family, per the config.
@@ -701,6 +760,8 @@ fn cases() -> Vec<(&'static str, Body)> {
         ("flows/removed_backend_is_rescheduled", removed_backend_rescheduled),
         ("flows/draining_backend_keeps_pinned_flows_down_backend_sheds_them", drain_keeps_down_sheds),
         ("flows/udp_idle_timeout_reschedules", udp_idle_timeout),
+        ("schedulers/source_hash_keeps_a_clients_prefix_on_one_backend", source_hash_case),
+        ("schedulers/weighted_round_robin_deals_the_sequence_in_turn", round_robin_case),
         ("flows/removed_vip_passes", |e| {
             let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_ALL_PORTS.into()).1, 0, 6);
             e.balancer.remove_vip(&key)?;
@@ -759,6 +820,72 @@ fn too_big_case(
         None,
         &Expect { verdict: XDP_TX, reason: Reason::TxIcmpTooBig, output: Some(output), forwarded: None },
     )
+}
+
+/// Every flow of clients in one /24 goes to the backend the source hash picks.
+fn source_hash_case(env: &mut Env) -> anyhow::Result<()> {
+    let shape = Shape::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for client in [[198, 18, 0, 10], [198, 18, 0, 99], [198, 18, 0, 10]] {
+        for _ in 0..3 {
+            let f = Flow {
+                protocol: Protocol::Tcp,
+                src: IpAddr::V4(client.into()),
+                src_port: env.port(),
+                dst: VIP4_SOURCE_HASH.into(),
+                dst_port: 80,
+            };
+            let input = frame(&f, &shape);
+            let expect = expect_encap(env, &f, &input, &shape, true)?;
+            seen.insert(expect.forwarded.map(|x| x.1));
+            check(env, &input, None, &expect)?;
+        }
+    }
+    ensure!(seen.len() == 1, "one /24 reached several backends: {seen:?}");
+    Ok(())
+}
+
+/// Consecutive new flows are dealt the weighted sequence (1:2:3) in turn.
+fn round_robin_case(env: &mut Env) -> anyhow::Result<()> {
+    let shape = Shape::default();
+    let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_ROUND_ROBIN.into()).1, 80, 6);
+    let mut dealt = Vec::new();
+    for _ in 0..12 {
+        let f = flow(env, Protocol::Tcp, VIP4_ROUND_ROBIN.into(), 80);
+        let input = frame(&f, &shape);
+        let expect = expect_encap(env, &f, &input, &shape, true)?;
+        let backend = expect.forwarded.map(|x| x.1).unwrap_or(0);
+        dealt.push(backend);
+        check(env, &input, None, &expect)?;
+        env.dealt(key);
+        // The flow's second packet stays with its backend, and does not advance the turn.
+        let again = expect_encap_to(env, &f, &input, &shape, backend)?;
+        check(env, &input, None, &again)?;
+    }
+    let count = |id| dealt.iter().filter(|&&d| d == id).count();
+    ensure!((count(80), count(81), count(82)) == (2, 4, 6), "dealt {dealt:?}");
+    // Smooth: never three in a row (two only where one pass of the sequence ends and the next begins).
+    ensure!(dealt.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])), "a burst of one backend: {dealt:?}");
+    Ok(())
+}
+
+/// Expectation for a packet of an established flow, which goes to `backend` (id).
+fn expect_encap_to(env: &Env, flow: &Flow, input: &[u8], shape: &Shape, backend: u32) -> anyhow::Result<Expect> {
+    let address = env.backends[&backend];
+    let (index, _) = env.lookup_vip(flow).context("VIP")?;
+    let encap = Encap {
+        outer_src: Env::outer_src(flow, address),
+        outer_dst: address,
+        src_mac: BALANCER_MAC,
+        dst_mac: FALLBACK_MAC,
+        flow_hash: flow_hash(&flow.key()),
+    };
+    Ok(Expect {
+        verdict: XDP_TX,
+        reason: Reason::TxFallback,
+        output: Some(encapsulated(input, l3_offset(shape), &encap)),
+        forwarded: Some((index, backend, false)),
+    })
 }
 
 fn add_ipv4_options(f: &mut Vec<u8>, l3: usize) {
@@ -1133,6 +1260,8 @@ fn main() -> anyhow::Result<()> {
     args.test_threads = Some(1);
     require_root("the in-kernel packet tests")?;
     enter_private_netns()?;
+    // Round-robin positions are per CPU: keep every run on one CPU so the sequence is predictable.
+    pin_to_cpu0()?;
     let env: Shared = Arc::new(Mutex::new(Env::new().context("loading the XDP programs")?));
     let trials = cases()
         .into_iter()
@@ -1145,4 +1274,16 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     libtest_mimic::run(&args, trials).exit()
+}
+
+fn pin_to_cpu0() -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
 }
