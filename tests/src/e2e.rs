@@ -25,8 +25,10 @@ pub const THREADS: usize = 4;
 pub struct Health {
     pub web: Option<String>,
     pub dns: Option<String>,
-    /// Extra VIP settings for web (failure_mode, max_ejected_percent, ...).
+    /// Extra VIP settings for web (failure_mode, max_ejected_percent, scheduler, ...).
     pub web_extra: String,
+    /// Extra VIP settings for web6.
+    pub web6_extra: String,
 }
 
 pub struct Env {
@@ -68,8 +70,10 @@ pub fn lab_config(workspace: &Path, backends: &[(usize, u32)], health: &Health) 
     ] {
         out +=
             &format!("[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\nprotocol = \"{protocol}\"\n");
-        if name == "web" {
-            out += &health.web_extra;
+        match name {
+            "web" => out += &health.web_extra,
+            "web6" => out += &health.web6_extra,
+            _ => {}
         }
         let check = match name {
             "web" => health.web.as_deref(),

@@ -473,8 +473,7 @@ fn sighup_reloads(env: &mut Env) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let env =
-        start("lab-control", Health { web: Some(http_check()), dns: Some(dns_check()), web_extra: String::new() })?;
+    let env = start("lab-control", Health { web: Some(http_check()), dns: Some(dns_check()), ..Health::default() })?;
     let trials: Vec<Trial> = vec![
         ("health/http_server_down_detected_then_no_failed_connections_then_back", http_server_down_and_back),
         ("health/dns_server_down_detected_then_no_failed_udp_sessions_then_back", dns_server_down_and_back),

@@ -23,7 +23,7 @@ pub enum Tier {
 /// harness change silently running fewer).
 const MIN_PACKET_FIXTURES: usize = 40;
 /// Fewest end-to-end tests that make the tier count.
-const MIN_E2E_TESTS: usize = 19;
+const MIN_E2E_TESTS: usize = 23;
 
 struct Outcome {
     tier: Tier,
@@ -90,8 +90,10 @@ fn run_tier(tier: Tier) -> anyhow::Result<usize> {
                     "the e2e tier builds network namespaces and must run as root (`sudo -E cargo xtask test`); it is never skipped"
                 );
             }
-            let passed = cargo_test(&["-p", "lb-tests", "--test", "lab_e2e"])?
-                + cargo_test(&["-p", "lb-tests", "--test", "lab_control"])?;
+            let mut passed = 0;
+            for binary in ["lab_e2e", "lab_control", "lab_schedulers"] {
+                passed += cargo_test(&["-p", "lb-tests", "--test", binary])?;
+            }
             if passed < MIN_E2E_TESTS {
                 bail!("only {passed} end-to-end tests ran, expected at least {MIN_E2E_TESTS}");
             }

@@ -206,3 +206,25 @@ fn rendering_parses_back_to_the_same_config() {
     let lab = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/lab.toml")).unwrap();
     assert_eq!(Config::parse(&lab.to_toml(), "rendered").unwrap(), lab);
 }
+
+#[test]
+fn schedulers_parse_with_their_settings() {
+    let with = |extra: &str| {
+        MINIMAL.replace("port = 80\nprotocol = \"tcp\"", &format!("port = 80\nprotocol = \"tcp\"\n{extra}"))
+    };
+    let parse = |extra: &str| Config::parse(&with(extra), "t.toml").unwrap_or_else(|e| panic!("{e}")).vips[0].scheduler;
+    assert_eq!(parse(""), Scheduler::Maglev);
+    assert_eq!(parse("scheduler = \"source-hash\""), Scheduler::SourceHash { prefix_len: 32 });
+    assert_eq!(parse("scheduler = \"source-hash\"\nsource_prefix_len = 24"), Scheduler::SourceHash { prefix_len: 24 });
+    assert_eq!(parse("scheduler = \"round-robin\""), Scheduler::RoundRobin);
+    assert_eq!(parse("scheduler = \"weighted-round-robin\""), Scheduler::WeightedRoundRobin);
+    for (extra, expect) in [
+        ("scheduler = \"source-hash\"\nsource_prefix_len = 33", "source_prefix_len: 33 is out of range 0..=32"),
+        ("scheduler = \"maglev\"\nsource_prefix_len = 24", "applies only to scheduler = \"source-hash\""),
+        ("scheduler = \"least-connections\"", "\"least-connections\" is not available yet"),
+        ("scheduler = \"random\"", "\"random\" is not a scheduler"),
+    ] {
+        let got = only_problem(&with(extra));
+        assert!(got.contains(expect), "{extra}: {got}");
+    }
+}

@@ -210,6 +210,17 @@ impl Lab {
         run(Command::new(&self.lb).args(["decap", "detach", "--name", &decap_name(i)])).map(drop)
     }
 
+    /// Gives the client `count` more IPv6 addresses (fd00::1:0 and up), so tests can open flows
+    /// from many clients.
+    pub fn add_client_addresses(&self, count: u16) -> anyhow::Result<Vec<Ipv6Addr>> {
+        let addrs: Vec<Ipv6Addr> = (0..count).map(|i| Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, i)).collect();
+        let batch: String = addrs.iter().map(|a| format!("addr add {a}/128 dev eth0 nodad\n")).collect();
+        let file = self.dir.join("client-addresses.batch");
+        std::fs::write(&file, batch)?;
+        ns(CLIENT, "ip", &["-batch", &file.to_string_lossy()])?;
+        Ok(addrs)
+    }
+
     /// Starts `lb run` in the balancer's namespace (pins stay on the machine's bpffs), appending
     /// its log to `log`, and waits until it reports that it runs.
     pub fn start_agent(&self, config: &Path, log: &Path) -> anyhow::Result<Child> {
