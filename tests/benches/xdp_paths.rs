@@ -21,7 +21,8 @@ use lb_common::{
     backend::Backend,
     dataplane::DataplaneConfig,
     maglev::{MaglevBackend, build_table},
-    vip::VipKey,
+    sequence::{SequenceMember, smooth_sequence},
+    vip::{VipKey, scheduler as vip_scheduler},
 };
 use lb_tests::{
     packet::{Flow, Protocol, Shape, frame, key_addr},
@@ -60,10 +61,11 @@ fn options() -> anyhow::Result<Options> {
 }
 
 fn balancer(flow_table_entries: u32) -> anyhow::Result<Balancer> {
-    balancer_from(objects::BALANCER, flow_table_entries)
+    balancer_from(objects::BALANCER, flow_table_entries, vip_scheduler::MAGLEV)
 }
 
-fn balancer_from(object: &[u8], flow_table_entries: u32) -> anyhow::Result<Balancer> {
+/// A balancer whose IPv4 VIP uses `scheduler` (one of `lb_common::vip::scheduler`).
+fn balancer_from(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyhow::Result<Balancer> {
     let mut b = Balancer::from_object(object, BalancerSizes { flow_table_entries })?;
     b.set_config(&DataplaneConfig {
         udp_idle_timeout_ns: 30_000_000_000,
@@ -96,7 +98,19 @@ fn balancer_from(object: &[u8], flow_table_entries: u32) -> anyhow::Result<Balan
             maglev.push(MaglevBackend { addr: a, family, weight: 1, id });
         }
         let (family, a) = key_addr(vip);
-        let table = VipTable { index, scheduling: Scheduling::default(), table: build_table(&maglev, 65_537)? };
+        let table = if index == 0 && scheduler == vip_scheduler::SEQUENCE {
+            let members: Vec<SequenceMember> =
+                maglev.iter().map(|m| SequenceMember { addr: m.addr, family: m.family, weight: 1, id: m.id }).collect();
+            VipTable {
+                index,
+                scheduling: Scheduling { scheduler, source_prefix_len: 0 },
+                table: smooth_sequence(&members),
+            }
+        } else {
+            let scheduling =
+                if index == 0 { Scheduling { scheduler, source_prefix_len: 32 } } else { Scheduling::default() };
+            VipTable { index, scheduling, table: build_table(&maglev, 65_537)? }
+        };
         b.install_vip(&VipKey::new(family, a, 53, protocol), &table)?;
     }
     Ok(b)
@@ -198,9 +212,11 @@ fn main() -> anyhow::Result<()> {
     // The shipped flow table (one LRU list shared by all CPUs) against per-CPU LRU lists
     // (BPF_F_NO_COMMON_LRU), with every CPU inserting new flows at once.
     const BPF_F_NO_COMMON_LRU: u32 = 2;
+    let mut source_hashed = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::SOURCE_HASH)?;
+    let mut dealt = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::SEQUENCE)?;
     let mut shared_lru = balancer(1 << 20)?;
     ensure!(shared_lru.flow_table_flags()? == 0, "the shipped flow table is expected to have one LRU list");
-    let mut percpu_lru = balancer_from(&with_flow_table_flags(BPF_F_NO_COMMON_LRU)?, 1 << 20)?;
+    let mut percpu_lru = balancer_from(&with_flow_table_flags(BPF_F_NO_COMMON_LRU)?, 1 << 20, vip_scheduler::MAGLEV)?;
     ensure!(percpu_lru.flow_table_flags()? == BPF_F_NO_COMMON_LRU, "patching the flow table's flags did not take");
     let cpus = std::thread::available_parallelism()?.get();
 
@@ -225,6 +241,8 @@ fn main() -> anyhow::Result<()> {
         Path { name: "new_flow_ipv4_evicting", samples: vec![] },
         Path { name: "new_flow_all_cpus_shared_lru", samples: vec![] },
         Path { name: "new_flow_all_cpus_percpu_lru", samples: vec![] },
+        Path { name: "new_flow_ipv4_source_hash", samples: vec![] },
+        Path { name: "new_flow_ipv4_round_robin", samples: vec![] },
     ];
     for r in 0..o.rounds {
         let salt = 1000 + r as u32 * 7919;
@@ -243,6 +261,8 @@ fn main() -> anyhow::Result<()> {
             (0..cpus).map(|cpu| frames(IpAddr::V4(VIP4), o.packets, salt ^ (cpu as u32 + 1) << 20)).collect();
         paths[7].samples.push(concurrent_round(shared_lru.program()?, &per_cpu)?);
         paths[8].samples.push(concurrent_round(percpu_lru.program()?, &per_cpu)?);
+        paths[9].samples.push(round(source_hashed.program()?, &new4, XDP_TX)?);
+        paths[10].samples.push(round(dealt.program()?, &new4, XDP_TX)?);
     }
 
     let baseline = paths[0].samples.clone();
