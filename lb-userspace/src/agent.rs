@@ -247,6 +247,11 @@ impl Agent {
     }
 
     fn tick(&mut self) {
+        if policy::update_response_factors(&self.config, &mut self.health)
+            && let Err(e) = self.apply()
+        {
+            tracing::error!("applying response-time weights failed: {e:#}");
+        }
         if mtime(&self.config_path) != self.config_mtime {
             tracing::info!(path = %self.config_path.display(), "configuration file changed: reloading");
             if let Err(e) = self.reload() {

@@ -17,7 +17,7 @@ use std::{
 };
 
 use crate::{
-    config::{AdminState, Config, FailureMode, HealthCheck},
+    config::{AdminState, Config, FailureMode, HealthCheck, Scheduler},
     reconcile::{Desired, DesiredBackend, DesiredVip, dataplane_config, vip_key},
 };
 
@@ -33,6 +33,10 @@ pub struct Health {
     pub up_since: Option<Instant>,
     pub last_error: Option<String>,
     pub last_latency: Option<Duration>,
+    /// Smoothed latency of successful probes, in seconds.
+    pub latency_ewma: Option<f64>,
+    /// least-response-time: share of its weight the backend gets (fastest backend: 1).
+    pub response_factor: f64,
 }
 
 impl Default for Health {
@@ -46,6 +50,8 @@ impl Default for Health {
             up_since: None,
             last_error: None,
             last_latency: None,
+            latency_ewma: None,
+            response_factor: 1.0,
         }
     }
 }
@@ -53,6 +59,11 @@ impl Default for Health {
 impl Health {
     /// Records one probe; returns the new state when it changed.
     pub fn record(&mut self, ok: bool, check: &HealthCheck, now: Instant) -> Option<bool> {
+        if ok && let Some(latency) = self.last_latency {
+            let sample = latency.as_secs_f64();
+            self.latency_ewma =
+                Some(self.latency_ewma.map_or(sample, |e| EWMA_WEIGHT * sample + (1.0 - EWMA_WEIGHT) * e));
+        }
         if ok {
             self.successes += 1;
             self.failures = 0;
@@ -74,6 +85,45 @@ impl Health {
         }
         None
     }
+}
+
+/// Weight of a new probe's latency in the smoothed latency.
+const EWMA_WEIGHT: f64 = 0.3;
+/// least-response-time ignores changes of a backend's target share smaller than this (hysteresis).
+const RESPONSE_HYSTERESIS: f64 = 0.2;
+/// least-response-time changes a share by at most this factor per step (bounded steps).
+const RESPONSE_STEP: f64 = 2.0;
+/// least-response-time's resolution: a backend's table weight is its weight times this, times its factor.
+const RESPONSE_SCALE: f64 = 100.0;
+
+/// least-response-time: moves each backend's share factor towards (fastest latency / its
+/// latency), by at most a factor of two per call and only when the target differs by more than
+/// 20%. Returns whether any factor changed (the table then needs rebuilding).
+pub fn update_response_factors(config: &Config, health: &mut BTreeMap<HealthKey, Health>) -> bool {
+    let mut changed = false;
+    for vip in config.vips.iter().filter(|v| v.scheduler == Scheduler::LeastResponseTime) {
+        let latencies: Vec<(IpAddr, f64)> = vip
+            .backends
+            .iter()
+            .filter_map(|b| {
+                health
+                    .get(&(vip.name.clone(), b.address))
+                    .filter(|h| h.up)
+                    .and_then(|h| h.latency_ewma)
+                    .map(|l| (b.address, l))
+            })
+            .collect();
+        let Some(fastest) = latencies.iter().map(|(_, l)| *l).reduce(f64::min) else { continue };
+        for (address, latency) in latencies {
+            let h = health.get_mut(&(vip.name.clone(), address)).expect("listed above");
+            let target = (fastest / latency.max(1e-6)).clamp(1.0 / RESPONSE_SCALE, 1.0);
+            if (target - h.response_factor).abs() / h.response_factor > RESPONSE_HYSTERESIS {
+                h.response_factor = target.clamp(h.response_factor / RESPONSE_STEP, h.response_factor * RESPONSE_STEP);
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// Key of a checked backend.
@@ -171,12 +221,18 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
                     let ramp = h
                         .and_then(|h| h.up_since)
                         .map(|since| ramp(now.saturating_duration_since(since), vip.slow_start));
-                    match ramp {
+                    let weight = match ramp {
                         Some(r) if r < 1.0 && b.weight > 0 => {
                             decision.ramping = true;
-                            (((f64::from(b.weight) * r).round() as u32).max(1), true)
+                            ((f64::from(b.weight) * r).round() as u32).max(1)
                         }
-                        _ => (b.weight, true),
+                        _ => b.weight,
+                    };
+                    if vip.scheduler == Scheduler::LeastResponseTime && weight > 0 {
+                        let factor = h.map_or(1.0, |h| h.response_factor);
+                        (((f64::from(weight) * RESPONSE_SCALE * factor).round() as u32).max(1), true)
+                    } else {
+                        (weight, true)
                     }
                 }
             };
@@ -308,6 +364,31 @@ mod tests {
         assert_eq!(state(&d, "198.18.0.21"), (0, true));
         assert_eq!(state(&d, "198.18.0.22"), (0, false));
         assert_eq!(state(&d, "198.18.0.23"), (1, true));
+    }
+
+    #[test]
+    fn least_response_time_shifts_weight_in_bounded_steps_with_hysteresis() {
+        let c = config("scheduler = \"least-response-time\"\n", &[("198.18.0.21", ""), ("198.18.0.22", "")]);
+        let mut health = BTreeMap::new();
+        let key = |a: &str| ("web".to_string(), a.parse::<IpAddr>().unwrap());
+        health.insert(key("198.18.0.21"), Health { latency_ewma: Some(0.001), ..Health::default() });
+        health.insert(key("198.18.0.22"), Health { latency_ewma: Some(0.051), ..Health::default() });
+        let factor = |h: &BTreeMap<HealthKey, Health>| h[&key("198.18.0.22")].response_factor;
+        assert!(update_response_factors(&c, &mut health));
+        assert_eq!(factor(&health), 0.5, "at most halved per step");
+        for _ in 0..10 {
+            update_response_factors(&c, &mut health);
+        }
+        assert!((factor(&health) - 1.0 / 51.0).abs() < 0.01, "{}", factor(&health));
+        let d = decide(&c, &health, Instant::now());
+        assert_eq!(state(&d, "198.18.0.21").0, 100);
+        assert!(state(&d, "198.18.0.22").0 <= 2);
+        // A small change is ignored; recovery climbs back in steps.
+        health.get_mut(&key("198.18.0.22")).unwrap().latency_ewma = Some(0.045);
+        assert!(!update_response_factors(&c, &mut health));
+        health.get_mut(&key("198.18.0.22")).unwrap().latency_ewma = Some(0.001);
+        assert!(update_response_factors(&c, &mut health));
+        assert!(factor(&health) < 0.05, "one step up at most doubles");
     }
 
     #[test]

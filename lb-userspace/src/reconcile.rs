@@ -84,7 +84,9 @@ impl Desired {
 /// How the data plane reads a table built for `scheduler`.
 pub fn scheduling(scheduler: Scheduler) -> Scheduling {
     match scheduler {
-        Scheduler::Maglev => Scheduling { scheduler: vip_scheduler::MAGLEV, source_prefix_len: 0 },
+        Scheduler::Maglev | Scheduler::LeastResponseTime => {
+            Scheduling { scheduler: vip_scheduler::MAGLEV, source_prefix_len: 0 }
+        }
         Scheduler::SourceHash { prefix_len } => {
             Scheduling { scheduler: vip_scheduler::SOURCE_HASH, source_prefix_len: prefix_len }
         }
@@ -244,12 +246,14 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
             members.push(MaglevBackend { addr, family, weight: b.weight, id });
         }
         let table = match vip.scheduler {
-            Scheduler::Maglev | Scheduler::SourceHash { .. } => match build_table(&members, vip.table_size) {
-                Ok(table) => table,
-                // No backend with a weight: the VIP stays and drops its traffic (drop_no_backend).
-                Err(MaglevError::NoBackends) => Vec::new(),
-                Err(source) => return Err(ReconcileError::Maglev { vip: vip.name.clone(), source }),
-            },
+            Scheduler::Maglev | Scheduler::SourceHash { .. } | Scheduler::LeastResponseTime => {
+                match build_table(&members, vip.table_size) {
+                    Ok(table) => table,
+                    // No backend with a weight: the VIP stays and drops its traffic (drop_no_backend).
+                    Err(MaglevError::NoBackends) => Vec::new(),
+                    Err(source) => return Err(ReconcileError::Maglev { vip: vip.name.clone(), source }),
+                }
+            }
             Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => {
                 let equal = vip.scheduler == Scheduler::RoundRobin;
                 let sequence: Vec<SequenceMember> = members

@@ -29,6 +29,8 @@ pub struct Health {
     pub web_extra: String,
     /// Extra VIP settings for web6.
     pub web6_extra: String,
+    /// More VIPs (TOML), appended to the generated configuration.
+    pub more_vips: String,
 }
 
 pub struct Env {
@@ -88,6 +90,7 @@ pub fn lab_config(workspace: &Path, backends: &[(usize, u32)], health: &Health) 
             out += &format!("[[vip.backend]]\naddress = \"{b}\"\nweight = {weight}\n");
         }
     }
+    out += &health.more_vips;
     Ok(out)
 }
 

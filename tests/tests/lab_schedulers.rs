@@ -7,11 +7,15 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     path::Path,
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
-use lb_lab::{BACKEND_NAMES, CLIENT, in_namespace, vip};
+use lb_lab::{BACKEND_NAMES, BACKENDS, CLIENT, in_namespace, spawn_in_namespace, vip};
 use lb_tests::{
     e2e::{EQUAL, Env, Health, Trial, check_shares, run_trials, start, tally, under_load},
     traffic::http_connection,
@@ -108,6 +112,154 @@ fn switch_live(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Port of the test's own HTTP servers, whose answers can be slowed down.
+const DELAY_PORT: u16 = 8080;
+
+/// One small HTTP server per backend (in its namespace, on every address, port 8080) that
+/// answers with the backend's name after that backend's delay.
+struct DelayServers {
+    delays: Vec<Arc<AtomicU64>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DelayServers {
+    fn start() -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut delays = Vec::new();
+        for (i, netns) in BACKENDS[..3].iter().enumerate() {
+            let delay = Arc::new(AtomicU64::new(0));
+            delays.push(Arc::clone(&delay));
+            let stop = Arc::clone(&stop);
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            spawn_in_namespace(netns, move || {
+                let listener = match std::net::TcpListener::bind(("::", DELAY_PORT)) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = listener.set_nonblocking(true);
+                let _ = ready_tx.send(Ok(()));
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let ms = delay.load(Ordering::Relaxed);
+                            std::thread::spawn(move || answer(stream, BACKEND_NAMES[i], ms));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            });
+            ready_rx.recv()?.map_err(|e| anyhow::anyhow!("delay server in {netns}: {e}"))?;
+        }
+        Ok(Self { delays, stop })
+    }
+}
+
+impl Drop for DelayServers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn answer(mut stream: std::net::TcpStream, name: &str, delay_ms: u64) {
+    use std::io::{Read as _, Write as _};
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    let body = format!("{name}\n");
+    let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+}
+
+/// New connections to the delay servers' VIP; the share of each backend.
+fn delay_vip_shares(count: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+    tally(
+        count,
+        |v| {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect_timeout(&SocketAddr::new(v, DELAY_PORT), Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out.split("\r\n\r\n").nth(1).context("no body")?.trim().to_string())
+        },
+        vip(false),
+    )
+}
+
+/// New connections per measurement window of the least-response-time test.
+const WINDOW: usize = 300;
+
+/// least-response-time: a backend answering 50 ms slower loses its new flows within 10 s, and
+/// wins them back when it is fast again.
+fn least_response_time(env: &mut Env) -> anyhow::Result<()> {
+    let servers = DelayServers::start()?;
+    let mut more = format!(
+        "[[vip]]\nname = \"lrt\"\naddress = \"198.18.100.1\"\nport = {DELAY_PORT}\nprotocol = \"tcp\"\n\
+         scheduler = \"least-response-time\"\n[vip.health]\nkind = \"http\"\ninterval_ms = 200\ntimeout_ms = 150\nrise = 2\nfall = 2\n"
+    );
+    for i in 0..3 {
+        more += &format!("[[vip.backend]]\naddress = \"{}\"\n", lb_lab::backend_v4(i));
+    }
+    env.health.more_vips = more;
+    with(env, "", "", &EQUAL)?;
+    let share = |counts: &BTreeMap<String, usize>| {
+        counts.get(BACKEND_NAMES[2]).copied().unwrap_or(0) as f64 / counts.values().sum::<usize>().max(1) as f64
+    };
+    let result = (|| {
+        std::thread::sleep(Duration::from_secs(2));
+        let before = share(&delay_vip_shares(150)?);
+        servers.delays[2].store(50, Ordering::Relaxed);
+        let slowed = Instant::now();
+        let (mut low, mut trace) = (None, Vec::new());
+        while slowed.elapsed() < Duration::from_secs(10) {
+            let s = share(&delay_vip_shares(WINDOW)?);
+            trace.push(format!("{:.1}s {:.0}%", slowed.elapsed().as_secs_f64(), s * 100.0));
+            if s < 0.15 {
+                low = Some(slowed.elapsed());
+                break;
+            }
+        }
+        let low = low.with_context(|| format!("be3's share never fell below 15% within 10 s: {}", trace.join(", ")))?;
+        servers.delays[2].store(0, Ordering::Relaxed);
+        let fast = Instant::now();
+        let (mut back, mut above) = (None, 0);
+        while fast.elapsed() < Duration::from_secs(15) {
+            let s = share(&delay_vip_shares(WINDOW)?);
+            trace.push(format!("fast {:.1}s {:.0}%", fast.elapsed().as_secs_f64(), s * 100.0));
+            // Two windows in a row, so one lucky window does not count as recovered.
+            above = if s > 0.25 { above + 1 } else { 0 };
+            if above == 2 {
+                back = Some(fast.elapsed());
+                break;
+            }
+        }
+        let back =
+            back.with_context(|| format!("be3's share did not recover above 25% within 15 s: {}", trace.join(", ")))?;
+        println!(
+            "    be3 share {:.0}% before; 50 ms slower: below 15% after {:.1} s; fast again: above 25% after {:.1} s (last windows: {})",
+            before * 100.0,
+            low.as_secs_f64(),
+            back.as_secs_f64(),
+            trace[trace.len().saturating_sub(4)..].join(", ")
+        );
+        Ok(())
+    })();
+    env.health.more_vips = String::new();
+    drop(servers);
+    result
+}
+
 fn main() -> anyhow::Result<()> {
     let env = start("lab-schedulers", Health::default())?;
     let trials: Vec<Trial> = vec![
@@ -115,6 +267,7 @@ fn main() -> anyhow::Result<()> {
         ("schedulers/weighted_round_robin_1_2_3", weighted_round_robin),
         ("schedulers/source_hash_one_client_one_backend_1000_clients_balanced", source_hash),
         ("schedulers/switching_live_breaks_no_flow", switch_live),
+        ("schedulers/least_response_time_sheds_and_regains_a_slow_backend", least_response_time),
     ];
     run_trials(env, trials)
 }

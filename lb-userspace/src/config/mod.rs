@@ -101,6 +101,8 @@ pub enum Scheduler {
     RoundRobin,
     /// New flows dealt in turn in proportion to weight, smoothly interleaved.
     WeightedRoundRobin,
+    /// Maglev, with weights the agent lowers for backends that answer their checks slower.
+    LeastResponseTime,
 }
 
 impl Scheduler {
@@ -110,6 +112,7 @@ impl Scheduler {
             Scheduler::SourceHash { .. } => "source-hash",
             Scheduler::RoundRobin => "round-robin",
             Scheduler::WeightedRoundRobin => "weighted-round-robin",
+            Scheduler::LeastResponseTime => "least-response-time",
         }
     }
 }
@@ -500,11 +503,12 @@ impl Validator<'_> {
                 "source-hash" => Ok(Scheduler::SourceHash { prefix_len: max_prefix as u8 }),
                 "round-robin" => Ok(Scheduler::RoundRobin),
                 "weighted-round-robin" => Ok(Scheduler::WeightedRoundRobin),
-                other @ ("least-connections" | "least-response-time") => {
-                    Err(format!("\"{other}\" is not available yet; use \"maglev\", \"source-hash\", \"round-robin\" or \"weighted-round-robin\""))
-                }
+                "least-response-time" => Ok(Scheduler::LeastResponseTime),
+                "least-connections" => Err(
+                    "\"least-connections\" is not available yet; use \"maglev\", \"source-hash\", \"round-robin\", \"weighted-round-robin\" or \"least-response-time\"".into(),
+                ),
                 other => Err(format!(
-                    "\"{other}\" is not a scheduler; use \"maglev\", \"source-hash\", \"round-robin\" or \"weighted-round-robin\""
+                    "\"{other}\" is not a scheduler; use \"maglev\", \"source-hash\", \"round-robin\", \"weighted-round-robin\" or \"least-response-time\""
                 )),
             }),
         };
@@ -572,6 +576,16 @@ impl Validator<'_> {
             None => Some(None),
             Some(h) => self.health(h, &format!("{field}.health"), *vip_port).map(Some),
         };
+        if scheduler == Some(Scheduler::LeastResponseTime)
+            && raw.health.is_none()
+            && let Some(s) = &raw.scheduler
+        {
+            self.problem(
+                s.span(),
+                &format!("{field}.scheduler"),
+                "least-response-time needs a [vip.health] check to measure response times".into(),
+            );
+        }
         let mut backends = Vec::new();
         let mut seen: BTreeMap<IpAddr, usize> = BTreeMap::new();
         for (i, b) in raw.backend.iter().enumerate() {

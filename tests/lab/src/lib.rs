@@ -366,6 +366,23 @@ pub fn in_namespace<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send
     .map_err(|_| anyhow::anyhow!("thread in {netns} panicked"))?
 }
 
+/// Starts `f` on a thread that has joined network namespace `netns`, and returns at once.
+pub fn spawn_in_namespace(
+    netns: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("setns {path}"));
+        }
+        f();
+        Ok(())
+    })
+}
+
 /// The address of a VIP family.
 pub fn vip(v6: bool) -> IpAddr {
     if v6 { IpAddr::V6(VIP_V6) } else { IpAddr::V4(VIP_V4) }
