@@ -4,6 +4,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    sync::atomic::{AtomicU16, Ordering},
     time::Duration,
 };
 
@@ -16,9 +17,25 @@ pub struct Http {
     stream: TcpStream,
 }
 
+/// Client ports for new connections, never reused within a test run and below the kernel's
+/// ephemeral range: a reused port would meet the flow-table entry of the earlier connection
+/// (entries outlive connections) and its backend, skewing measured shares.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(10_000);
+
+fn fresh_port() -> anyhow::Result<u16> {
+    let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+    ensure!(port < 32_768, "this test run used up its client ports");
+    Ok(port)
+}
+
 impl Http {
     pub fn connect(vip: IpAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect_timeout(&SocketAddr::new(vip, 80), TIMEOUT).context("connect")?;
+        let domain = if vip.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        let any = if vip.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) };
+        socket.bind(&SocketAddr::new(any, fresh_port()?).into()).context("bind a fresh client port")?;
+        socket.connect_timeout(&SocketAddr::new(vip, 80).into(), TIMEOUT).context("connect")?;
+        let stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;
         Ok(Self { stream })
