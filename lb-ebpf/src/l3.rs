@@ -149,9 +149,10 @@ impl Ip {
 }
 
 /// Completes the flow key with the ports of a TCP or UDP packet, if its whole minimal L4 header
-/// is inside both the frame and the IP packet.
+/// is inside both the frame and the IP packet. Returns whether the packet opens a connection (a
+/// TCP SYN without ACK).
 #[inline(always)]
-pub fn ports(ctx: &XdpContext, ip: &mut Ip) -> Option<()> {
+pub fn ports(ctx: &XdpContext, ip: &mut Ip) -> Option<bool> {
     let min_header: usize = if ip.flow.protocol == IPPROTO_TCP { 20 } else { 8 };
     if ip.header_len() + min_header > usize::from(ip.packet_len) {
         return None;
@@ -162,5 +163,13 @@ pub fn ports(ctx: &XdpContext, ip: &mut Ip) -> Option<()> {
     let p = read::<[u8; 4]>(ctx, l4)?;
     ip.flow.src_port = [p[0], p[1]];
     ip.flow.dst_port = [p[2], p[3]];
-    Some(())
+    if ip.flow.protocol != IPPROTO_TCP {
+        return Some(false);
+    }
+    let flags = read::<u8>(ctx, l4 + TCP_FLAGS_OFFSET)?;
+    Some(flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
 }
+
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;

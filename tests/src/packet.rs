@@ -57,11 +57,13 @@ pub struct Shape {
     pub tos: u8,
     pub dont_fragment: bool,
     pub payload_len: usize,
+    /// TCP: a SYN (a connection's first packet) instead of an ACK (an established connection's).
+    pub syn: bool,
 }
 
 impl Default for Shape {
     fn default() -> Self {
-        Self { vlan: None, ttl: 64, tos: 0, dont_fragment: true, payload_len: 32 }
+        Self { vlan: None, ttl: 64, tos: 0, dont_fragment: true, payload_len: 32, syn: false }
     }
 }
 
@@ -98,7 +100,10 @@ pub fn frame(flow: &Flow, shape: &Shape) -> Vec<u8> {
         None => eth.ip(ip),
     };
     match flow.protocol {
-        Protocol::Tcp => l3.tcp(flow.src_port, flow.dst_port, 1000, 64_000).syn().write(&mut out, &payload),
+        Protocol::Tcp if shape.syn => {
+            l3.tcp(flow.src_port, flow.dst_port, 1000, 64_000).syn().write(&mut out, &payload)
+        }
+        Protocol::Tcp => l3.tcp(flow.src_port, flow.dst_port, 1000, 64_000).ack(1).write(&mut out, &payload),
         Protocol::Udp => l3.udp(flow.src_port, flow.dst_port).write(&mut out, &payload),
     }
     .expect("frame fits");

@@ -956,6 +956,13 @@ fn flow_survives_rebuild(env: &mut Env) -> anyhow::Result<()> {
 
     let result = (|| {
         check(env, &input, None, &before).context("established flow after the rebuild")?;
+        // A SYN on the same 5-tuple is a new connection (a reused source port): the scheduler
+        // decides again, and the new table no longer has the old backend.
+        let syn_shape = Shape { syn: true, ..shape };
+        let syn = frame(&established, &syn_shape);
+        let reopened = expect_encap(env, &established, &syn, &syn_shape, true)?;
+        ensure!(reopened.forwarded.map(|f| f.1) != Some(owner), "the rebuilt table still picks {owner}");
+        check(env, &syn, None, &reopened).context("a SYN reusing the established flow's 5-tuple")?;
         let input = frame(&newcomer, &shape);
         let expect = expect_encap(env, &newcomer, &input, &shape, true)?;
         ensure!(expect.forwarded.map(|f| f.1) != Some(owner), "the rebuilt table still picks {owner}");

@@ -54,7 +54,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     if ip.flow.protocol != IPPROTO_TCP && ip.flow.protocol != IPPROTO_UDP {
         return (xdp_action::XDP_PASS, Reason::PassNotVip);
     }
-    if l3::ports(ctx, &mut ip).is_none() {
+    let Some(opens_connection) = l3::ports(ctx, &mut ip) else {
         return refuse_if_vip_address(&ip, Reason::DropTruncated);
     };
     let Some(vip) = find_vip(&ip.flow) else {
@@ -64,7 +64,9 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         return (xdp_action::XDP_DROP, Reason::DropNoEgress);
     };
 
-    let Some((backend_id, backend, hash, new_flow)) = choose_backend(&ip.flow, &vip, cfg.udp_idle_timeout_ns) else {
+    let Some((backend_id, backend, hash, new_flow)) =
+        choose_backend(&ip.flow, &vip, cfg.udp_idle_timeout_ns, opens_connection)
+    else {
         maps::count_traffic(&VIP_STATS, vip.index, bytes, false);
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
@@ -109,13 +111,20 @@ fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
     unsafe { VIPS.get(key) }.copied()
 }
 
-/// The flow's backend: its flow-table entry if it has a live one, else a Maglev choice that is
-/// then remembered. Returns (backend id, backend, flow hash, whether this is a new flow).
+/// The flow's backend: its flow-table entry if it has a live one, else the scheduler's choice,
+/// then remembered. A TCP SYN always asks the scheduler and replaces the entry: a client reusing
+/// a source port opens a new connection and must not inherit the old one's backend.
+/// Returns (backend id, backend, flow hash, whether this is a new flow).
 #[inline(always)]
-fn choose_backend(key: &FlowKey, vip: &VipInfo, udp_idle_timeout_ns: u64) -> Option<(u32, Backend, u32, bool)> {
+fn choose_backend(
+    key: &FlowKey,
+    vip: &VipInfo,
+    udp_idle_timeout_ns: u64,
+    opens_connection: bool,
+) -> Option<(u32, Backend, u32, bool)> {
     let is_udp = key.protocol == IPPROTO_UDP;
     let mut now = 0;
-    if let Some(state) = FLOWS.get_ptr_mut(key) {
+    if !opens_connection && let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend id,
         // which is validated below.
         let (id, hash) = unsafe { ((*state).backend, (*state).hash) };
