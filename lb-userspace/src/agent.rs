@@ -31,6 +31,7 @@ use crate::{
     control::{self, Request, Response},
     dataplane::{Balancer, BalancerSizes},
     health::{self, Outcome, Target},
+    label::{show_addr, show_vip},
     metrics,
     pins::PinDir,
     policy::{self, BackendDecision, Health, HealthKey},
@@ -497,25 +498,6 @@ fn warm_neighbours(config: &Config) {
         if let Err(e) = sent {
             tracing::debug!(%address, error = %e, "neighbour refresh failed");
         }
-    }
-}
-
-pub fn show_addr(family: u8, addr: &[u8; 16]) -> String {
-    lb_common::addr::from_key(family, addr).to_string()
-}
-
-pub fn show_vip(key: &lb_common::vip::VipKey) -> String {
-    let proto = match key.protocol {
-        6 => "tcp",
-        17 => "udp",
-        _ => "?",
-    };
-    let port = u16::from_be_bytes(key.port);
-    let addr = show_addr(key.family, &key.addr);
-    if key.family == lb_common::family::IPV4 {
-        format!("{addr}:{port}/{proto}")
-    } else {
-        format!("[{addr}]:{port}/{proto}")
     }
 }
 

@@ -17,9 +17,9 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    agent::show_vip,
     config::{Config, Protocol},
     dataplane::{BalancerMaps, DataplaneError},
+    label::show_vip,
     reconcile::{self, Desired, Op},
 };
 

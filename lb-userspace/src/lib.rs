@@ -15,6 +15,7 @@
 //! - [`inspect`]: `lb trace` and `lb plan`, computed with the data plane's own code.
 //! - [`stats`]: counters read from the pinned maps.
 //! - [`metrics`]: Prometheus metrics over HTTP.
+//! - [`label`]: how addresses and VIPs are named for people.
 pub mod agent;
 pub mod attach;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod control;
 pub mod dataplane;
 pub mod health;
 pub mod inspect;
+pub mod label;
 pub mod metrics;
 pub mod objects;
 pub mod pins;

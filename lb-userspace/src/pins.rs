@@ -42,18 +42,6 @@ impl PinDir {
         self.root.join(format!("link-{interface}"))
     }
 
-    /// Interfaces with a pinned link here.
-    pub fn linked_interfaces(&self) -> io::Result<Vec<String>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.root)? {
-            if let Some(iface) = entry?.file_name().to_str().and_then(|n| n.strip_prefix("link-")) {
-                out.push(iface.to_string());
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
     /// Creates the directory, mounting bpffs first if nothing is mounted at [`BPFFS`].
     pub fn create(&self) -> io::Result<()> {
         ensure_bpffs()?;

@@ -4,8 +4,8 @@ use lb_common::{capacity::MAX_BACKENDS, counters::Reason};
 use serde::Serialize;
 
 use crate::{
-    agent::{show_addr, show_vip},
     dataplane::{BalancerMaps, DataplaneError, sum_reason, sum_traffic},
+    label::{show_addr, show_vip},
     pins::PinDir,
 };
 

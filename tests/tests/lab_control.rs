@@ -213,8 +213,7 @@ fn tunnel_check_catches_missing_decap(env: &mut Env) -> anyhow::Result<()> {
     result
 }
 
-fn drain_keeps_connections(env: &mut Env) -> anyhow::Result<()> {
-    let _ = env;
+fn drain_keeps_connections(_env: &mut Env) -> anyhow::Result<()> {
     in_namespace(CLIENT, || -> anyhow::Result<()> {
         let mut sessions = Sessions::open(0, 0)?;
         for _ in 0..50 {
@@ -252,8 +251,7 @@ impl Lcg {
     }
 }
 
-fn random_live_changes(env: &mut Env) -> anyhow::Result<()> {
-    let _ = env;
+fn random_live_changes(_env: &mut Env) -> anyhow::Result<()> {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let recorded = Arc::clone(&latencies);
     lb_tests::e2e::under_load(30, 10, move || {
@@ -345,7 +343,7 @@ fn plan_matches_measurement(env: &mut Env) -> anyhow::Result<()> {
     result
 }
 
-fn bad_changes_change_nothing(env: &mut Env) -> anyhow::Result<()> {
+fn bad_changes_change_nothing(_env: &mut Env) -> anyhow::Result<()> {
     let generation = ask(Request::Status)?["generation"].clone();
     let dump = ask(Request::ConfigDump)?;
     let err =
@@ -381,7 +379,6 @@ fn bad_changes_change_nothing(env: &mut Env) -> anyhow::Result<()> {
     ensure!(err.to_string().contains("unknown field `mystery`") && err.to_string().contains(&config_path), "{err}");
     ensure!(ask(Request::Status)?["generation"] == generation, "a refused change moved the generation");
     ensure!(ask(Request::ConfigDump)? == dump, "a refused change altered the configuration");
-    let _ = env;
     Ok(())
 }
 
@@ -419,8 +416,7 @@ fn all_checks_failing_fails_open(env: &mut Env) -> anyhow::Result<()> {
 }
 
 /// The Prometheus endpoint (inside the balancer's namespace) shows counters and health.
-fn metrics(env: &mut Env) -> anyhow::Result<()> {
-    let _ = env;
+fn metrics(_env: &mut Env) -> anyhow::Result<()> {
     // Every checked backend has reported at least once.
     lb_lab::wait_until(Duration::from_secs(3), "every backend to have a check latency", || {
         ask(Request::Status).is_ok_and(|s| {

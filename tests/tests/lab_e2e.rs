@@ -71,17 +71,17 @@ fn agent_restart_loses_nothing(env: &mut Env) -> anyhow::Result<()> {
     let stream = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
-            in_namespace(CLIENT, move || -> anyhow::Result<(usize, usize)> {
+            // Each query waits for its answer; a lost query or answer fails the stream.
+            in_namespace(CLIENT, move || -> anyhow::Result<usize> {
                 let mut session = Dns::new(vip(false))?;
-                let (mut sent, mut answered) = (0, 0);
+                let mut answered = 0;
                 let start = Instant::now();
                 while !stop.load(Ordering::Relaxed) || start.elapsed() < Duration::from_secs(1) {
-                    session.ask().with_context(|| format!("query {} of the stream", sent + 1))?;
-                    sent += 1;
+                    session.ask().with_context(|| format!("query {} of the stream", answered + 1))?;
                     answered += 1;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Ok((sent, answered))
+                Ok(answered)
             })?
         })
     };
@@ -92,10 +92,10 @@ fn agent_restart_loses_nothing(env: &mut Env) -> anyhow::Result<()> {
         Ok(())
     });
     stop.store(true, Ordering::Relaxed);
-    let (sent, answered) = stream.join().map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
+    let answered = stream.join().map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
     restarted?;
-    println!("    steady UDP stream through the restart: {sent} sent, {answered} answered");
-    ensure!(sent == answered && sent > 100, "{sent} sent, {answered} answered");
+    println!("    steady UDP stream through the restart: {answered} queries, every one answered");
+    ensure!(answered > 100, "only {answered} queries: the stream did not span the restart");
     Ok(())
 }
 

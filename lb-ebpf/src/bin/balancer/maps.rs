@@ -28,8 +28,9 @@ pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_V
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// Two Maglev tables per VIP (index `vip * 2 + active_table`), each a whole table in one value,
-/// so the agent writes a table in one update and switches tables with one `VIPS` update.
+/// Two tables of backend ids per VIP (index `vip * 2 + active_table`): Maglev tables or
+/// round-robin sequences, each whole in one value, so the agent writes a table in one update and
+/// switches tables with one `VIPS` update.
 #[map]
 pub static MAGLEV_TABLES: Array<[u32; MAGLEV_MAX_TABLE_SIZE as usize]> =
     Array::with_max_entries(MAX_VIPS * MAGLEV_TABLES_PER_VIP, 0);
