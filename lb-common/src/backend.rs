@@ -22,15 +22,23 @@ pub struct Backend {
     pub flags: u8,
     /// Index of the VIP this id serves.
     pub vip_index: u16,
-    pub _pad: [u8; 4],
+    /// Weight of new flows (as in the VIP's table; 0 while drained or disabled): least
+    /// connections compares active flows per unit of weight.
+    pub weight: u32,
 }
-assert_layout!(Backend, size = 24, addr = 0, family = 16, flags = 17, vip_index = 18, _pad = 20);
+assert_layout!(Backend, size = 24, addr = 0, family = 16, flags = 17, vip_index = 18, weight = 20);
 userspace_pod!(Backend);
 
 impl Backend {
-    /// An assigned backend of VIP `vip_index` whose flows continue.
+    /// An assigned backend of VIP `vip_index` with weight 1 whose flows continue.
     pub const fn new(family: u8, addr: [u8; 16], vip_index: u16) -> Self {
-        Self { addr, family, flags: BACKEND_ASSIGNED | BACKEND_KEEPS_FLOWS, vip_index, _pad: [0; 4] }
+        Self { addr, family, flags: BACKEND_ASSIGNED | BACKEND_KEEPS_FLOWS, vip_index, weight: 1 }
+    }
+
+    /// The same backend with weight `weight`.
+    pub const fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
     }
 
     /// The same backend with flows pinned to it moved away (`keeps` false) or kept.

@@ -93,23 +93,40 @@ pub fn source_hash(key: &FlowKey, prefix_len: u8) -> u32 {
     murmur3_words(&words, SOURCE_HASH_SEED)
 }
 
+/// Where a flow stands in its backend's count of active flows (`FlowState::stage`), which the
+/// least-connections scheduler compares.
+pub mod stage {
+    /// A TCP SYN was seen, the client has not acknowledged the handshake yet: not counted, so
+    /// spoofed SYNs (a SYN flood) never inflate a backend's count. A SYN retransmitted in this
+    /// stage keeps the backend of the first one.
+    pub const OPENING: u8 = 0;
+    /// Counted as one active flow of its backend.
+    pub const ACTIVE: u8 = 1;
+    /// The client sent FIN or RST: no longer counted; later packets still reach the backend.
+    pub const ENDED: u8 = 2;
+}
+
 /// Flow-table value: where an established flow goes.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowState {
-    /// Last packet time (`bpf_ktime_get_ns`), kept for UDP idle expiry.
+    /// Last packet time (`bpf_ktime_get_coarse_ns`): UDP flows idle longer than the timeout are
+    /// rescheduled, and idle flows stop counting as active.
     pub last_seen_ns: u64,
     /// Backend id (index into the backends map).
     pub backend: u32,
     /// The flow's [`flow_hash`], kept so that packets of established flows need not rehash.
     pub hash: u32,
+    /// One of [`stage`].
+    pub stage: u8,
+    pub _pad: [u8; 7],
 }
-assert_layout!(FlowState, size = 16, last_seen_ns = 0, backend = 8, hash = 12);
+assert_layout!(FlowState, size = 24, last_seen_ns = 0, backend = 8, hash = 12, stage = 16, _pad = 17);
 
 impl FlowState {
     #[inline(always)]
-    pub const fn new(backend: u32, hash: u32, last_seen_ns: u64) -> Self {
-        Self { last_seen_ns, backend, hash }
+    pub const fn new(backend: u32, hash: u32, last_seen_ns: u64, stage: u8) -> Self {
+        Self { last_seen_ns, backend, hash, stage, _pad: [0; 7] }
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`backend`]: backend records as the data plane reads them.
 //! - [`dataplane`]: the instance-wide data plane configuration (encapsulation source, MTU, ...).
 //! - [`counters`]: counted reasons for every verdict, and per-VIP/per-backend traffic counters.
+//! - [`least_connections`]: the power-of-two-choices rule of the least-connections scheduler.
 //! - [`maglev`]: the slot lookup shared by both sides and, with feature `user`, the table builder.
 //! - `sequence` (feature `user`): smooth weighted round-robin sequences.
 //! - [`capacity`]: map sizes and limits.
@@ -29,6 +30,7 @@ pub mod counters;
 pub mod dataplane;
 pub mod flow;
 pub mod hash;
+pub mod least_connections;
 pub mod maglev;
 #[cfg(feature = "user")]
 pub mod sequence;

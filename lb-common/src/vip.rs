@@ -50,6 +50,9 @@ pub mod scheduler {
     /// Round robin (plain or weighted): each CPU deals the table, a sequence of backend ids, in
     /// turn.
     pub const SEQUENCE: u8 = 2;
+    /// Least connections: two distinct backends drawn from a Maglev table (the first by the
+    /// flow hash), the one with fewer active flows per unit of weight wins.
+    pub const LEAST_CONNECTIONS: u8 = 3;
 }
 
 /// What the data plane knows about a VIP.

@@ -148,11 +148,21 @@ impl Ip {
     }
 }
 
+/// What a packet says about its connection: all the balancer needs of the TCP flags.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// A TCP SYN without ACK: a new connection (or a retransmission of its first packet).
+    Opens,
+    /// A TCP FIN or RST from the client: the connection ends.
+    Ends,
+    /// Anything else, every UDP datagram included.
+    Continues,
+}
+
 /// Completes the flow key with the ports of a TCP or UDP packet, if its whole minimal L4 header
-/// is inside both the frame and the IP packet. Returns whether the packet opens a connection (a
-/// TCP SYN without ACK).
+/// is inside both the frame and the IP packet, and says what the packet does to its connection.
 #[inline(always)]
-pub fn ports(ctx: &XdpContext, ip: &mut Ip) -> Option<bool> {
+pub fn ports(ctx: &XdpContext, ip: &mut Ip) -> Option<Segment> {
     let min_header: usize = if ip.flow.protocol == IPPROTO_TCP { 20 } else { 8 };
     if ip.header_len() + min_header > usize::from(ip.packet_len) {
         return None;
@@ -164,12 +174,20 @@ pub fn ports(ctx: &XdpContext, ip: &mut Ip) -> Option<bool> {
     ip.flow.src_port = [p[0], p[1]];
     ip.flow.dst_port = [p[2], p[3]];
     if ip.flow.protocol != IPPROTO_TCP {
-        return Some(false);
+        return Some(Segment::Continues);
     }
     let flags = read::<u8>(ctx, l4 + TCP_FLAGS_OFFSET)?;
-    Some(flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+    Some(if flags & (TCP_FIN | TCP_RST) != 0 {
+        Segment::Ends
+    } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        Segment::Opens
+    } else {
+        Segment::Continues
+    })
 }
 
 const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;

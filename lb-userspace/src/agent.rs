@@ -27,6 +27,7 @@ use tokio::{
 };
 
 use crate::{
+    active::{self, IdleTimeouts},
     config::{Config, HealthCheck},
     control::{self, Request, Response},
     dataplane::{Balancer, BalancerSizes},
@@ -136,6 +137,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut refresh = tokio::time::interval(NEIGHBOUR_REFRESH);
     let mut tick = tokio::time::interval(TICK);
+    let mut recount = tokio::time::interval(active::RECOUNT_EVERY);
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -148,6 +150,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
             _ = refresh.tick() => warm_neighbours(&agent.config),
             _ = tick.tick() => agent.tick(),
+            _ = recount.tick() => agent.recount_active_flows(),
             Some(outcome) = outcome_rx.recv() => agent.record(outcome),
             Some((request, reply)) = request_rx.recv() => {
                 let response = agent.handle(request);
@@ -325,11 +328,39 @@ impl Agent {
         }
     }
 
+    /// Corrects the data plane's counts of active flows (see [`active`]).
+    fn recount_active_flows(&mut self) {
+        let instance = &self.config.instance;
+        let idle = IdleTimeouts {
+            tcp_ns: u64::from(instance.tcp_idle_timeout_secs) * 1_000_000_000,
+            udp_ns: u64::from(instance.udp_idle_timeout_secs) * 1_000_000_000,
+        };
+        let started = Instant::now();
+        match active::recount(&mut self.balancer, self.current.backends.keys().copied(), idle) {
+            Ok(entries) => tracing::debug!(entries, took = ?started.elapsed(), "recounted active flows"),
+            Err(e) => tracing::error!("recounting active flows failed: {e}"),
+        }
+    }
+
+    /// The backend id of `address` in the VIP named `vip`.
+    fn backend_id(&self, vip: &str, address: IpAddr) -> Option<u32> {
+        let key = reconcile::vip_key(self.config.vips.iter().find(|v| v.name == vip)?);
+        let index = self.current.vips.get(&key)?.index as u16;
+        let (family, addr) = lb_common::addr::to_key(address);
+        self.current
+            .backends
+            .iter()
+            .find(|(_, b)| b.vip_index == index && b.family == family && b.addr == addr)
+            .map(|(id, _)| *id)
+    }
+
     fn backend_rows(&self) -> Vec<serde_json::Value> {
         self.decisions
             .iter()
             .map(|d| {
                 let h = self.health.get(&(d.vip.clone(), d.address));
+                let active_flows =
+                    self.backend_id(&d.vip, d.address).and_then(|id| self.balancer.active_flows(id).ok());
                 json!({
                     "vip": d.vip,
                     "address": d.address.to_string(),
@@ -339,6 +370,7 @@ impl Agent {
                     "effective_weight": d.effective_weight,
                     "in_table": d.in_table,
                     "keeps_flows": d.keeps_flows,
+                    "active_flows": active_flows.map(|n| n.max(0)),
                     "last_error": h.and_then(|h| h.last_error.clone()),
                     "check_latency_ms": h.and_then(|h| h.last_latency).map(|l| l.as_secs_f64() * 1000.0),
                 })
@@ -357,6 +389,7 @@ impl Agent {
                     "address": v.address.to_string(),
                     "port": v.port,
                     "protocol": v.protocol.to_string(),
+                    "scheduler": v.scheduler.name(),
                     "table_size": v.table_size,
                     "fingerprint": self.fingerprints.get(&v.name),
                     "backends": v.backends.len(),

@@ -56,6 +56,8 @@ pub enum DataplaneError {
     Link(String),
     #[error("pin directory {path}: {error}")]
     Pins { path: std::path::PathBuf, error: std::io::Error },
+    #[error("reading the flow table: {0}")]
+    FlowScan(std::io::Error),
     #[error("no interface named {0}")]
     NoInterface(String),
 }
@@ -92,10 +94,11 @@ pub struct BalancerMaps {
     pub(crate) reason_stats: PerCpuArray<MapData, ReasonCounter>,
     pub(crate) vip_stats: PerCpuArray<MapData, TrafficCounters>,
     pub(crate) backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    pub(crate) active_flows: Array<MapData, i64>,
 }
 
 /// Names of the balancer's maps (each pinned under its name).
-pub const BALANCER_MAPS: [&str; 11] = [
+pub const BALANCER_MAPS: [&str; 12] = [
     "VIPS",
     "VIP_ADDRS",
     "BACKENDS",
@@ -107,6 +110,7 @@ pub const BALANCER_MAPS: [&str; 11] = [
     "VIP_STATS",
     "BACKEND_STATS",
     "SEQUENCE_POSITIONS",
+    "ACTIVE_FLOWS",
 ];
 
 /// Sizes chosen at load time.
@@ -183,6 +187,7 @@ impl BalancerMaps {
             reason_stats: typed(take("REASON_STATS")?)?,
             vip_stats: typed(take("VIP_STATS")?)?,
             backend_stats: typed(take("BACKEND_STATS")?)?,
+            active_flows: typed(take("ACTIVE_FLOWS")?)?,
         })
     }
 
@@ -197,9 +202,25 @@ impl BalancerMaps {
         Ok(self.backends.set(id, backend, 0)?)
     }
 
-    /// Marks a backend id unused; flows pinned to it are rescheduled on their next packet.
+    /// Marks a backend id unused; flows pinned to it are rescheduled on their next packet. Its
+    /// count of active flows starts again from zero for the next backend given the id.
     pub fn clear_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
-        self.set_backend(id, &Backend::default())
+        self.set_backend(id, &Backend::default())?;
+        self.set_active_flows(id, 0)
+    }
+
+    /// Backend `id`'s active flows as the data plane counts them (see [`crate::active`]).
+    pub fn active_flows(&self, id: u32) -> Result<i64, DataplaneError> {
+        Ok(self.active_flows.get(&id, 0)?)
+    }
+
+    pub fn set_active_flows(&mut self, id: u32, count: i64) -> Result<(), DataplaneError> {
+        Ok(self.active_flows.set(id, count, 0)?)
+    }
+
+    /// Calls `visit` with every flow-table entry (see [`crate::batch`]).
+    pub fn for_each_flow(&self, visit: impl FnMut(&FlowKey, &FlowState)) -> Result<(), DataplaneError> {
+        crate::batch::for_each_entry(self.flows.map(), visit).map_err(DataplaneError::FlowScan)
     }
 
     /// Makes `table` (backend ids; its length is the table size) the live Maglev table of the VIP

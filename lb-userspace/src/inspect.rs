@@ -9,8 +9,10 @@ use std::{
 
 use lb_common::{
     addr::{from_key, to_key},
+    backend::Backend,
     flow::{FlowKey, flow_hash, source_hash},
     hash::fmix32,
+    least_connections::{candidates, second_wins},
     maglev::table_slot,
     vip::{VipInfo, VipKey, scheduler},
 };
@@ -65,7 +67,7 @@ pub fn trace(
     let vip_name = Some(show_vip(&vip_key));
     if let Ok(entry) = maps.flows.get(&key, 0) {
         let b = maps.backends.get(&entry.backend, 0)?;
-        let idle_ns = monotonic_coarse_ns().saturating_sub(entry.last_seen_ns);
+        let idle_ns = crate::active::monotonic_coarse_ns().saturating_sub(entry.last_seen_ns);
         let expired = protocol == Protocol::Udp && idle_ns > maps.config.get(&0, 0)?.udp_idle_timeout_ns;
         if b.keeps_flows() && !expired {
             return Ok(Trace {
@@ -107,6 +109,7 @@ fn new_flow(
                 format!("source hash of the client's first {} bits {h:#010x}", info.source_prefix_len),
             )
         }
+        scheduler::LEAST_CONNECTIONS => return least_connections(maps, vip, info, hash),
         _ => (table_slot(hash, info.table_size), format!("flow hash {hash:#010x}")),
     };
     let table = Box::new(maps.tables.get(&info.live_table_slot(), 0)?);
@@ -120,12 +123,44 @@ fn new_flow(
     })
 }
 
-/// The clock the data plane reads for UDP idle times (bpf_ktime_get_coarse_ns).
-fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// A new flow under least connections: the two candidates and their loads right now.
+fn least_connections(
+    maps: &BalancerMaps,
+    vip: Option<String>,
+    info: &VipInfo,
+    hash: u32,
+) -> Result<Trace, DataplaneError> {
+    let table = Box::new(maps.tables.get(&info.live_table_slot(), 0)?);
+    let at = |slot: u32| table.get(slot as usize).copied();
+    let Some((first, second)) = candidates(hash, info.table_size, at) else {
+        return Ok(Trace { vip, backend: None, why: "the VIP's table is unreadable".into(), flow_hash: hash });
+    };
+    let load = |id: u32| -> Result<(Backend, u64), DataplaneError> {
+        Ok((maps.backends.get(&id, 0)?, maps.active_flows(id)?.max(0) as u64))
+    };
+    let (a, a_active) = load(first)?;
+    let name = |b: &Backend| from_key(b.family, &b.addr).to_string();
+    let (winner, why) = match second {
+        None => (a, format!("least connections: every draw met backend id {first}, which takes the flow")),
+        Some(second) => {
+            let (b, b_active) = load(second)?;
+            let wins = second_wins(a_active, a.weight, b_active, b.weight);
+            let why = format!(
+                "least connections: candidates {} ({a_active} active, weight {}) and {} ({b_active} active, weight {}); {}",
+                name(&a),
+                a.weight,
+                name(&b),
+                b.weight,
+                if wins {
+                    "the second has fewer per unit of weight and takes the flow"
+                } else {
+                    "the first has no more per unit of weight and takes the flow"
+                }
+            );
+            (if wins { b } else { a }, why)
+        }
+    };
+    Ok(Trace { vip, backend: Some(name(&winner)), why: format!("new flow: {why}"), flow_hash: hash })
 }
 
 #[derive(Debug, Serialize)]

@@ -7,6 +7,8 @@
 //! - [`objects`]: the compiled XDP programs, embedded at build time (built by `build.rs`).
 //! - [`dataplane`]: typed handles on the loaded balancer and decapsulation programs and their
 //!   maps: configuration, VIPs, backends, atomic Maglev table installs, counters.
+//! - [`batch`]: reading a whole hash map in a few syscalls.
+//! - [`active`]: active flows per backend (least connections), recounted from the flow table.
 //! - [`policy`]: health, admin state, guard rails and slow start turned into desired state.
 //! - [`reconcile`]: pure planning of map operations from desired and current state.
 //! - [`health`]: health check probes (TCP, HTTP, UDP, and through the tunnel).
@@ -16,8 +18,10 @@
 //! - [`stats`]: counters read from the pinned maps.
 //! - [`metrics`]: Prometheus metrics over HTTP.
 //! - [`label`]: how addresses and VIPs are named for people.
+pub mod active;
 pub mod agent;
 pub mod attach;
+pub mod batch;
 pub mod config;
 pub mod control;
 pub mod dataplane;

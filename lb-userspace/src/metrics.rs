@@ -74,6 +74,10 @@ fn render(pins: &PinDir, status: &serde_json::Value) -> String {
     );
     let _ = writeln!(
         s,
+        "# HELP lb_backend_active_flows Flows counted active (least connections compares these).\n# TYPE lb_backend_active_flows gauge"
+    );
+    let _ = writeln!(
+        s,
         "# HELP lb_health_check_latency_seconds Duration of the last health probe.\n# TYPE lb_health_check_latency_seconds gauge"
     );
     for b in status["backends"].as_array().into_iter().flatten() {
@@ -82,6 +86,9 @@ fn render(pins: &PinDir, status: &serde_json::Value) -> String {
         let healthy = u8::from(b["health"] != "down");
         let _ = writeln!(s, "lb_backend_healthy{{{labels}}} {healthy}");
         let _ = writeln!(s, "lb_backend_effective_weight{{{labels}}} {}", b["effective_weight"].as_u64().unwrap_or(0));
+        if let Some(n) = b["active_flows"].as_i64() {
+            let _ = writeln!(s, "lb_backend_active_flows{{{labels}}} {n}");
+        }
         if let Some(ms) = b["check_latency_ms"].as_f64() {
             let _ = writeln!(s, "lb_health_check_latency_seconds{{{labels}}} {}", ms / 1000.0);
         }

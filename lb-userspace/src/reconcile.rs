@@ -93,6 +93,7 @@ pub fn scheduling(scheduler: Scheduler) -> Scheduling {
         Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => {
             Scheduling { scheduler: vip_scheduler::SEQUENCE, source_prefix_len: 0 }
         }
+        Scheduler::LeastConnections => Scheduling { scheduler: vip_scheduler::LEAST_CONNECTIONS, source_prefix_len: 0 },
     }
 }
 
@@ -223,7 +224,7 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
         let mut members = Vec::new();
         for b in &vip.backends {
             let (family, addr) = to_key(b.address);
-            let record = Backend::new(family, addr, index as u16).keeping_flows(b.keeps_flows);
+            let record = Backend::new(family, addr, index as u16).with_weight(b.weight).keeping_flows(b.keeps_flows);
             let id = match existing.get(&(index as u16, family, addr)) {
                 Some(&id) => {
                     let now = current.backends[&id];
@@ -246,7 +247,10 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
             members.push(MaglevBackend { addr, family, weight: b.weight, id });
         }
         let table = match vip.scheduler {
-            Scheduler::Maglev | Scheduler::SourceHash { .. } | Scheduler::LeastResponseTime => {
+            Scheduler::Maglev
+            | Scheduler::SourceHash { .. }
+            | Scheduler::LeastConnections
+            | Scheduler::LeastResponseTime => {
                 match build_table(&members, vip.table_size) {
                     Ok(table) => table,
                     // No backend with a weight: the VIP stays and drops its traffic (drop_no_backend).

@@ -15,17 +15,18 @@ fn text(v: &Value) -> String {
 
 pub fn vips(vips: &Value) -> String {
     let mut s = format!(
-        "{:<12} {:<26} {:>6} {:<5} {:>7} {:>9}  {}\n",
-        "VIP", "address", "port", "proto", "table", "backends", "fingerprint"
+        "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9}  {}\n",
+        "VIP", "address", "port", "proto", "scheduler", "table", "backends", "fingerprint"
     );
     for v in vips.as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "{:<12} {:<26} {:>6} {:<5} {:>7} {:>9}  {}",
+            "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9}  {}",
             text(&v["name"]),
             text(&v["address"]),
             text(&v["port"]),
             text(&v["protocol"]),
+            text(&v["scheduler"]),
             text(&v["table_size"]),
             text(&v["backends"]),
             text(&v["fingerprint"])
@@ -36,8 +37,8 @@ pub fn vips(vips: &Value) -> String {
 
 pub fn backends(rows: &Value) -> String {
     let mut s = format!(
-        "{:<12} {:<26} {:<9} {:<10} {:>7} {:>9} {:<8} {:>9}  {}\n",
-        "VIP", "backend", "admin", "health", "weight", "effective", "flows", "check ms", "last error"
+        "{:<12} {:<26} {:<9} {:<10} {:>7} {:>9} {:<8} {:>7} {:>9}  {}\n",
+        "VIP", "backend", "admin", "health", "weight", "effective", "flows", "active", "check ms", "last error"
     );
     for b in rows.as_array().into_iter().flatten() {
         let flows = if b["in_table"] == true {
@@ -50,7 +51,7 @@ pub fn backends(rows: &Value) -> String {
         let ms = b["check_latency_ms"].as_f64().map_or("-".to_string(), |m| format!("{m:.1}"));
         let _ = writeln!(
             s,
-            "{:<12} {:<26} {:<9} {:<10} {:>7} {:>9} {:<8} {:>9}  {}",
+            "{:<12} {:<26} {:<9} {:<10} {:>7} {:>9} {:<8} {:>7} {:>9}  {}",
             text(&b["vip"]),
             text(&b["address"]),
             text(&b["admin"]),
@@ -58,6 +59,7 @@ pub fn backends(rows: &Value) -> String {
             text(&b["weight"]),
             text(&b["effective_weight"]),
             flows,
+            text(&b["active_flows"]),
             ms,
             text(&b["last_error"])
         );

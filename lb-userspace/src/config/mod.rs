@@ -101,6 +101,9 @@ pub enum Scheduler {
     RoundRobin,
     /// New flows dealt in turn in proportion to weight, smoothly interleaved.
     WeightedRoundRobin,
+    /// Power of two choices over a Maglev table: the candidate with fewer active flows per
+    /// unit of weight wins.
+    LeastConnections,
     /// Maglev, with weights the agent lowers for backends that answer their checks slower.
     LeastResponseTime,
 }
@@ -112,6 +115,7 @@ impl Scheduler {
             Scheduler::SourceHash { .. } => "source-hash",
             Scheduler::RoundRobin => "round-robin",
             Scheduler::WeightedRoundRobin => "weighted-round-robin",
+            Scheduler::LeastConnections => "least-connections",
             Scheduler::LeastResponseTime => "least-response-time",
         }
     }
@@ -214,6 +218,8 @@ pub struct Instance {
     pub xdp_mode: XdpMode,
     pub flow_table_entries: u32,
     pub udp_idle_timeout_secs: u32,
+    /// A TCP flow silent this long stops counting as active (it keeps its backend).
+    pub tcp_idle_timeout_secs: u32,
     pub mtu: u16,
     pub encap_source_v4: SourcePrefix<Ipv4Addr>,
     pub encap_source_v6: SourcePrefix<Ipv6Addr>,
@@ -265,6 +271,9 @@ pub const DEFAULT_FLOW_TABLE_ENTRIES: u32 = lb_common::capacity::FLOW_TABLE_DEFA
 pub const FLOW_TABLE_ENTRIES: Range<i64> = 1024..(1 << 26) + 1;
 pub const DEFAULT_UDP_IDLE_TIMEOUT_SECS: u32 = 30;
 pub const UDP_IDLE_TIMEOUT_SECS: Range<i64> = 1..86_401;
+/// As long as IPVS keeps an established TCP connection without packets.
+pub const DEFAULT_TCP_IDLE_TIMEOUT_SECS: u32 = 900;
+pub const TCP_IDLE_TIMEOUT_SECS: Range<i64> = 1..604_801;
 pub const DEFAULT_MTU: u16 = 1500;
 pub const MTU: Range<i64> = 1280..9217;
 pub const MAX_WEIGHT: i64 = 65_535;
@@ -416,6 +425,12 @@ impl Validator<'_> {
             UDP_IDLE_TIMEOUT_SECS,
             i64::from(DEFAULT_UDP_IDLE_TIMEOUT_SECS),
         );
+        let tcp_idle_timeout_secs = self.ranged(
+            &raw.tcp_idle_timeout_secs,
+            "instance.tcp_idle_timeout_secs",
+            TCP_IDLE_TIMEOUT_SECS,
+            i64::from(DEFAULT_TCP_IDLE_TIMEOUT_SECS),
+        );
         let mtu = self.ranged(&raw.mtu, "instance.mtu", MTU, i64::from(DEFAULT_MTU));
         let encap_source_v4 = self.check(&raw.encap_source_v4, "instance.encap_source_v4", |s| {
             let (network, len) = prefix::<Ipv4Addr>(s)?;
@@ -461,6 +476,7 @@ impl Validator<'_> {
             xdp_mode: xdp_mode?,
             flow_table_entries: flow_table_entries? as u32,
             udp_idle_timeout_secs: udp_idle_timeout_secs? as u32,
+            tcp_idle_timeout_secs: tcp_idle_timeout_secs? as u32,
             mtu: mtu? as u16,
             encap_source_v4: encap_source_v4?,
             encap_source_v6: encap_source_v6?,
@@ -503,12 +519,10 @@ impl Validator<'_> {
                 "source-hash" => Ok(Scheduler::SourceHash { prefix_len: max_prefix as u8 }),
                 "round-robin" => Ok(Scheduler::RoundRobin),
                 "weighted-round-robin" => Ok(Scheduler::WeightedRoundRobin),
+                "least-connections" => Ok(Scheduler::LeastConnections),
                 "least-response-time" => Ok(Scheduler::LeastResponseTime),
-                "least-connections" => Err(
-                    "\"least-connections\" is not available yet; use \"maglev\", \"source-hash\", \"round-robin\", \"weighted-round-robin\" or \"least-response-time\"".into(),
-                ),
                 other => Err(format!(
-                    "\"{other}\" is not a scheduler; use \"maglev\", \"source-hash\", \"round-robin\", \"weighted-round-robin\" or \"least-response-time\""
+                    "\"{other}\" is not a scheduler; use \"maglev\", \"source-hash\", \"round-robin\", \"weighted-round-robin\", \"least-connections\" or \"least-response-time\""
                 )),
             }),
         };

@@ -24,6 +24,8 @@ pub struct Instance {
     #[serde(default)]
     pub udp_idle_timeout_secs: Option<Spanned<i64>>,
     #[serde(default)]
+    pub tcp_idle_timeout_secs: Option<Spanned<i64>>,
+    #[serde(default)]
     pub mtu: Option<Spanned<i64>>,
     pub encap_source_v4: Spanned<String>,
     pub encap_source_v6: Spanned<String>,

@@ -38,6 +38,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.instance.xdp_mode, XdpMode::Auto);
     assert_eq!(c.instance.flow_table_entries, DEFAULT_FLOW_TABLE_ENTRIES);
     assert_eq!(c.instance.udp_idle_timeout_secs, 30);
+    assert_eq!(c.instance.tcp_idle_timeout_secs, 900);
     assert_eq!(c.instance.mtu, 1500);
     assert_eq!(c.instance.encap_source_v4, SourcePrefix { network: Ipv4Addr::new(198, 18, 200, 0), host_bits: 8 });
     assert_eq!(c.instance.encap_source_v6.host_bits, 16);
@@ -218,10 +219,10 @@ fn schedulers_parse_with_their_settings() {
     assert_eq!(parse("scheduler = \"source-hash\"\nsource_prefix_len = 24"), Scheduler::SourceHash { prefix_len: 24 });
     assert_eq!(parse("scheduler = \"round-robin\""), Scheduler::RoundRobin);
     assert_eq!(parse("scheduler = \"weighted-round-robin\""), Scheduler::WeightedRoundRobin);
+    assert_eq!(parse("scheduler = \"least-connections\""), Scheduler::LeastConnections);
     for (extra, expect) in [
         ("scheduler = \"source-hash\"\nsource_prefix_len = 33", "source_prefix_len: 33 is out of range 0..=32"),
         ("scheduler = \"maglev\"\nsource_prefix_len = 24", "applies only to scheduler = \"source-hash\""),
-        ("scheduler = \"least-connections\"", "\"least-connections\" is not available yet"),
         ("scheduler = \"random\"", "\"random\" is not a scheduler"),
     ] {
         let got = only_problem(&with(extra));

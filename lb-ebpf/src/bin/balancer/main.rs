@@ -7,6 +7,9 @@
 //! Every packet is counted under exactly one [`Reason`]; nothing is logged per packet.
 #![no_std]
 #![no_main]
+// Atomic add on map values (`maps::add_active_flows`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod encap;
 mod icmp;
@@ -17,17 +20,18 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::x
 use lb_common::{
     backend::Backend,
     counters::Reason,
-    flow::{FlowKey, FlowState, flow_hash, source_hash},
+    flow::{FlowKey, FlowState, flow_hash, source_hash, stage},
+    least_connections::{candidates, second_wins},
     maglev::table_slot,
     vip::{VipAddrKey, VipInfo, VipKey, scheduler},
 };
 use lb_ebpf::{
     access::frame_len,
     l2::{self, Link},
-    l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3},
+    l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3, Segment},
 };
 
-use crate::maps::{BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV_TABLES, VIP_ADDRS, VIP_STATS, VIPS};
+use crate::maps::{BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV_TABLES, MaglevTable, VIP_ADDRS, VIP_STATS, VIPS};
 
 #[xdp]
 pub fn balancer(ctx: XdpContext) -> u32 {
@@ -54,7 +58,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     if ip.flow.protocol != IPPROTO_TCP && ip.flow.protocol != IPPROTO_UDP {
         return (xdp_action::XDP_PASS, Reason::PassNotVip);
     }
-    let Some(opens_connection) = l3::ports(ctx, &mut ip) else {
+    let Some(segment) = l3::ports(ctx, &mut ip) else {
         return refuse_if_vip_address(&ip, Reason::DropTruncated);
     };
     let Some(vip) = find_vip(&ip.flow) else {
@@ -64,8 +68,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         return (xdp_action::XDP_DROP, Reason::DropNoEgress);
     };
 
-    let Some((backend_id, backend, hash, new_flow)) =
-        choose_backend(&ip.flow, &vip, cfg.udp_idle_timeout_ns, opens_connection)
+    let Some((backend_id, backend, hash, new_flow)) = choose_backend(&ip.flow, &vip, cfg.udp_idle_timeout_ns, segment)
     else {
         maps::count_traffic(&VIP_STATS, vip.index, bytes, false);
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
@@ -112,35 +115,46 @@ fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
 }
 
 /// The flow's backend: its flow-table entry if it has a live one, else the scheduler's choice,
-/// then remembered. A TCP SYN always asks the scheduler and replaces the entry: a client reusing
-/// a source port opens a new connection and must not inherit the old one's backend.
+/// then remembered. A TCP SYN on an entry past its handshake asks the scheduler again and
+/// replaces the entry: a client reusing a source port opens a new connection and must not
+/// inherit the old one's backend. Keeps the backend's count of active flows (see [`stage`]).
 /// Returns (backend id, backend, flow hash, whether this is a new flow).
 #[inline(always)]
 fn choose_backend(
     key: &FlowKey,
     vip: &VipInfo,
     udp_idle_timeout_ns: u64,
-    opens_connection: bool,
+    segment: Segment,
 ) -> Option<(u32, Backend, u32, bool)> {
-    let is_udp = key.protocol == IPPROTO_UDP;
-    let mut now = 0;
-    if !opens_connection && let Some(state) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend id,
-        // which is validated below.
-        let (id, hash) = unsafe { ((*state).backend, (*state).hash) };
-        if let Some(backend) = BACKENDS.get(id)
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let entry = FLOWS.get_ptr_mut(key);
+    if let Some(state) = entry {
+        // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend
+        // id, which is validated below.
+        let known = unsafe { *state };
+        if let Some(backend) = BACKENDS.get(known.backend)
             && backend.keeps_flows()
+            && stays_pinned(&known, key.protocol, segment, now, udp_idle_timeout_ns)
         {
-            if !is_udp {
-                return Some((id, *backend, hash, false));
+            let stage = next_stage(known.stage, segment);
+            // SAFETY: as above; this CPU's packet of the flow updates its own entry.
+            unsafe {
+                (*state).last_seen_ns = now;
+                if stage != known.stage {
+                    (*state).stage = stage;
+                }
             }
-            // SAFETY: as above.
-            now = unsafe { bpf_ktime_get_coarse_ns() };
-            let last_seen = unsafe { (*state).last_seen_ns };
-            if now.wrapping_sub(last_seen) <= udp_idle_timeout_ns {
-                unsafe { (*state).last_seen_ns = now };
-                return Some((id, *backend, hash, false));
+            match (known.stage, stage) {
+                (stage::OPENING, stage::ACTIVE) => maps::add_active_flows(known.backend, 1),
+                (stage::ACTIVE, stage::ENDED) => maps::add_active_flows(known.backend, -1),
+                _ => {}
             }
+            return Some((known.backend, *backend, known.hash, false));
+        }
+        // The entry is replaced below: its flow no longer counts.
+        if known.stage == stage::ACTIVE {
+            maps::add_active_flows(known.backend, -1);
         }
     }
 
@@ -148,24 +162,64 @@ fn choose_backend(
         return None;
     }
     let hash = flow_hash(key);
-    let slot = match vip.scheduler {
-        scheduler::SOURCE_HASH => table_slot(source_hash(key, vip.source_prefix_len), vip.table_size),
-        scheduler::SEQUENCE => maps::next_in_sequence(vip.index, vip.table_size)?,
-        _ => table_slot(hash, vip.table_size),
-    };
     let table = MAGLEV_TABLES.get(vip.live_table_slot())?;
-    let id = *table.get(slot as usize)?;
+    let id = match vip.scheduler {
+        scheduler::SOURCE_HASH => {
+            *table.get(table_slot(source_hash(key, vip.source_prefix_len), vip.table_size) as usize)?
+        }
+        scheduler::SEQUENCE => *table.get(maps::next_in_sequence(vip.index, vip.table_size)? as usize)?,
+        scheduler::LEAST_CONNECTIONS => fewer_active_flows(table, hash, vip.table_size)?,
+        _ => *table.get(table_slot(hash, vip.table_size) as usize)?,
+    };
     let backend = BACKENDS.get(id)?;
     if !backend.keeps_flows() {
         return None;
     }
-    if is_udp && now == 0 {
-        // SAFETY: helper without arguments.
-        now = unsafe { bpf_ktime_get_coarse_ns() };
+    let stage = next_stage(stage::OPENING, segment);
+    if stage == stage::ACTIVE {
+        maps::add_active_flows(id, 1);
     }
-    // A full table evicts its least recently used entry; an insert error only costs stickiness.
-    let _ = FLOWS.insert(key, FlowState::new(id, hash, now), 0);
+    let fresh = FlowState::new(id, hash, now, stage);
+    match entry {
+        // SAFETY: as above.
+        Some(state) => unsafe { *state = fresh },
+        // A full table evicts its least recently used entry; an insert error only costs stickiness.
+        None => {
+            let _ = FLOWS.insert(key, fresh, 0);
+        }
+    }
     Some((id, *backend, hash, true))
+}
+
+/// Whether a packet of a flow with entry `known` stays on the entry's backend: not when a SYN
+/// opens a new connection on an entry past its handshake (a SYN in the handshake is a
+/// retransmission and stays), nor when a UDP flow was idle past its timeout.
+#[inline(always)]
+fn stays_pinned(known: &FlowState, protocol: u8, segment: Segment, now: u64, udp_idle_timeout_ns: u64) -> bool {
+    if segment == Segment::Opens {
+        return known.stage == stage::OPENING;
+    }
+    protocol != IPPROTO_UDP || now.wrapping_sub(known.last_seen_ns) <= udp_idle_timeout_ns
+}
+
+/// The stage a flow in `stage` moves to with a packet that does `segment`.
+#[inline(always)]
+fn next_stage(stage: u8, segment: Segment) -> u8 {
+    match (stage, segment) {
+        (stage::ENDED, _) | (_, Segment::Ends) => stage::ENDED,
+        (stage::OPENING, Segment::Opens) => stage::OPENING,
+        _ => stage::ACTIVE,
+    }
+}
+
+/// Least connections by the power of two choices (`lb_common::least_connections`).
+#[inline(never)]
+fn fewer_active_flows(table: &MaglevTable, hash: u32, table_size: u32) -> Option<u32> {
+    let (first, second) = candidates(hash, table_size, |slot| table.get(slot as usize).copied())?;
+    let Some(second) = second else { return Some(first) };
+    let (first_weight, second_weight) = (BACKENDS.get(first)?.weight, BACKENDS.get(second)?.weight);
+    let wins = second_wins(maps::active_flows(first), first_weight, maps::active_flows(second), second_weight);
+    Some(if wins { second } else { first })
 }
 
 #[unsafe(link_section = "license")]

@@ -1,5 +1,7 @@
 //! The balancer's maps, written by the agent and read here.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
@@ -28,12 +30,14 @@ pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_V
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+/// A VIP's table of backend ids, whole in one map value.
+pub type MaglevTable = [u32; MAGLEV_MAX_TABLE_SIZE as usize];
+
 /// Two tables of backend ids per VIP (index `vip * 2 + active_table`): Maglev tables or
 /// round-robin sequences, each whole in one value, so the agent writes a table in one update and
 /// switches tables with one `VIPS` update.
 #[map]
-pub static MAGLEV_TABLES: Array<[u32; MAGLEV_MAX_TABLE_SIZE as usize]> =
-    Array::with_max_entries(MAX_VIPS * MAGLEV_TABLES_PER_VIP, 0);
+pub static MAGLEV_TABLES: Array<MaglevTable> = Array::with_max_entries(MAX_VIPS * MAGLEV_TABLES_PER_VIP, 0);
 
 /// Flow table: established flows keep their backend. One table shared by all CPUs, so a flow
 /// whose packets move to another CPU still finds its entry, with one LRU list: per-CPU lists
@@ -58,6 +62,29 @@ pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entri
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Backend id -> flows counted as active (see `lb_common::flow::stage`), shared by all CPUs and
+/// changed with atomic adds. Signed: after the agent's periodic recount a flow counted before
+/// it may still end and take one off, so a count may dip below zero until the next recount.
+#[map]
+pub static ACTIVE_FLOWS: Array<i64> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Adds `delta` to backend `id`'s active flows.
+#[inline(always)]
+pub fn add_active_flows(id: u32, delta: i64) {
+    if let Some(count) = ACTIVE_FLOWS.get_ptr_mut(id) {
+        // SAFETY: an aligned i64 in a map value; every writer in the data plane adds atomically.
+        // The BPF target has no compare-and-swap, so core's atomic types lack `fetch_add`; the
+        // intrinsic becomes BPF's atomic add.
+        unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(count, delta) };
+    }
+}
+
+/// Backend `id`'s active flows, negative dips read as none.
+#[inline(always)]
+pub fn active_flows(id: u32) -> u64 {
+    ACTIVE_FLOWS.get(id).map_or(0, |count| (*count).max(0) as u64)
+}
 
 /// Per CPU, per VIP: the position of the next new flow in a round-robin sequence.
 #[map]

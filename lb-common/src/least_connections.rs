@@ -1,0 +1,82 @@
+//! Least connections by the power of two choices: the rules the data plane follows for a new
+//! flow, shared with `lb trace` so that its preview agrees.
+//!
+//! Both candidates come from the VIP's weighted Maglev table, so each is drawn in proportion to
+//! weight; the comparison then weighs active flows by weight too.
+
+use crate::{hash::fmix32, maglev::table_slot};
+
+/// Draws for the second candidate until one differs from the first. With three equal backends
+/// all four draws meet the first candidate for 1 new flow in 81.
+pub const SECOND_CHOICE_DRAWS: u32 = 4;
+
+/// Keeps the draws apart from the flow hash's own bits.
+const SECOND_CHOICE_SALT: u32 = 0x5eed_c0de;
+
+/// The candidates for a new flow with flow hash `hash` in a table of `table_size` entries read
+/// through `backend_at` (slot -> backend id): first the Maglev choice of the flow hash, then
+/// the first different backend among [`SECOND_CHOICE_DRAWS`] rehashes, if any.
+#[inline(always)]
+pub fn candidates(hash: u32, table_size: u32, backend_at: impl Fn(u32) -> Option<u32>) -> Option<(u32, Option<u32>)> {
+    let first = backend_at(table_slot(hash, table_size))?;
+    let mut draw = hash;
+    let mut i = 0;
+    while i < SECOND_CHOICE_DRAWS {
+        draw = fmix32(draw ^ SECOND_CHOICE_SALT);
+        let second = backend_at(table_slot(draw, table_size))?;
+        if second != first {
+            return Some((first, Some(second)));
+        }
+        i += 1;
+    }
+    Some((first, None))
+}
+
+/// Whether the second candidate wins: strictly fewer active flows per unit of weight. A tie
+/// keeps the first, so a VIP without active flows places new flows exactly as Maglev does.
+/// Counts above `u32::MAX` read as `u32::MAX`, so the products cannot overflow.
+#[inline(always)]
+pub fn second_wins(first_active: u64, first_weight: u32, second_active: u64, second_weight: u32) -> bool {
+    let (a, b) = (first_active.min(u64::from(u32::MAX)), second_active.min(u64::from(u32::MAX)));
+    // a / wa > b / wb  <=>  a * wb > b * wa, without dividing.
+    b * u64::from(first_weight) < a * u64::from(second_weight)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_second_candidate_differs_from_the_first_when_it_can() {
+        // Three backends spread over a 7-entry table.
+        let table = [10, 11, 12, 10, 11, 12, 10];
+        let at = |slot: u32| table.get(slot as usize).copied();
+        let mut without_second = 0;
+        for hash in 0..10_000u32 {
+            let (first, second) = candidates(hash.wrapping_mul(2_654_435_761), 7, at).unwrap();
+            assert_eq!(first, table[table_slot(hash.wrapping_mul(2_654_435_761), 7) as usize]);
+            match second {
+                Some(s) => assert_ne!(s, first),
+                None => without_second += 1,
+            }
+        }
+        // (3/7)^4 for backend 10, (2/7)^4 for the others, weighted by how often each is first: ~2%.
+        assert!(without_second < 400, "{without_second} of 10000 flows had a single candidate");
+        let single = [7, 7, 7];
+        assert_eq!(candidates(5, 3, |s| single.get(s as usize).copied()), Some((7, None)));
+    }
+
+    #[test]
+    fn fewer_active_flows_per_weight_wins_and_a_tie_keeps_the_first() {
+        assert!(!second_wins(0, 1, 0, 1));
+        assert!(!second_wins(5, 1, 5, 1));
+        assert!(second_wins(6, 1, 5, 1));
+        assert!(!second_wins(5, 1, 6, 1));
+        // Weight 2 carries twice the flows before it loses.
+        assert!(!second_wins(5, 1, 10, 2));
+        assert!(second_wins(5, 1, 9, 2));
+        // A weight-0 backend (drained) never wins.
+        assert!(!second_wins(100, 1, 0, 0));
+        assert!(second_wins(u64::MAX, 1, u64::MAX - 1, u32::MAX));
+    }
+}

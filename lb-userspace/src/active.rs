@@ -1,0 +1,89 @@
+//! Active flows per backend, as least connections compares them.
+//!
+//! The data plane keeps the counts itself (`lb_common::flow::stage`): +1 when a flow becomes
+//! active (a TCP client acknowledges the handshake, a UDP flow sends its first datagram), -1 when
+//! the client sends FIN or RST or the entry is replaced. It cannot see flows that just stop (a
+//! UDP flow falling silent, a TCP connection the server resets: under direct server return the
+//! server's packets bypass the balancer) nor entries a full flow table evicts. So the agent
+//! recounts now and then from the flow table itself: a flow counts while its entry is active
+//! and it sent a packet within its protocol's idle timeout.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use lb_common::flow::{FlowKey, FlowState, stage};
+
+use crate::dataplane::{BalancerMaps, DataplaneError};
+
+/// How often the agent recounts.
+pub const RECOUNT_EVERY: Duration = Duration::from_secs(5);
+
+const IPPROTO_UDP: u8 = 17;
+
+/// Idle times after which a flow stops counting.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleTimeouts {
+    pub tcp_ns: u64,
+    pub udp_ns: u64,
+}
+
+/// Whether the flow-table entry `state` of `key` counts as an active flow at `now_ns`.
+pub fn counts(key: &FlowKey, state: &FlowState, now_ns: u64, idle: IdleTimeouts) -> bool {
+    let limit = if key.protocol == IPPROTO_UDP { idle.udp_ns } else { idle.tcp_ns };
+    state.stage == stage::ACTIVE && now_ns.saturating_sub(state.last_seen_ns) <= limit
+}
+
+/// Recounts every backend's active flows from the flow table and writes the counts of the
+/// backend ids `assigned` (ids not in it are left alone: they are zeroed when cleared).
+/// Returns the flow-table entries seen.
+pub fn recount(
+    maps: &mut BalancerMaps,
+    assigned: impl IntoIterator<Item = u32>,
+    idle: IdleTimeouts,
+) -> Result<u64, DataplaneError> {
+    let now = monotonic_coarse_ns();
+    let mut per_backend: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut entries = 0;
+    maps.for_each_flow(|key, state| {
+        entries += 1;
+        if counts(key, state, now, idle) {
+            *per_backend.entry(state.backend).or_default() += 1;
+        }
+    })?;
+    for id in assigned {
+        maps.set_active_flows(id, per_backend.get(&id).copied().unwrap_or(0))?;
+    }
+    Ok(entries)
+}
+
+/// The clock of the data plane's flow times (`bpf_ktime_get_coarse_ns`).
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::family;
+
+    use super::*;
+
+    #[test]
+    fn active_entries_count_until_idle_past_their_protocols_timeout() {
+        let idle = IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: 30_000_000_000 };
+        let tcp = FlowKey::new(family::IPV4, 6, [1; 16], 1000, [2; 16], 80);
+        let udp = FlowKey::new(family::IPV4, IPPROTO_UDP, [1; 16], 1000, [2; 16], 53);
+        let now = 1_000_000_000_000;
+        let seen = |ago_s: u64, s: u8| FlowState::new(3, 0, now - ago_s * 1_000_000_000, s);
+        assert!(counts(&tcp, &seen(10, stage::ACTIVE), now, idle));
+        assert!(counts(&tcp, &seen(899, stage::ACTIVE), now, idle));
+        assert!(!counts(&tcp, &seen(901, stage::ACTIVE), now, idle));
+        assert!(!counts(&tcp, &seen(1, stage::OPENING), now, idle), "a SYN alone is not an active flow");
+        assert!(!counts(&tcp, &seen(1, stage::ENDED), now, idle));
+        assert!(counts(&udp, &seen(29, stage::ACTIVE), now, idle));
+        assert!(!counts(&udp, &seen(31, stage::ACTIVE), now, idle));
+        // An entry touched after `now` was read (another CPU) is not idle.
+        assert!(counts(&udp, &FlowState::new(3, 0, now + 5, stage::ACTIVE), now, idle));
+    }
+}

@@ -1,0 +1,81 @@
+//! Reading a whole hash map in batches (BPF_MAP_LOOKUP_BATCH), which aya does not offer: a few
+//! syscalls per thousand entries instead of two per entry, so recounting a flow table of a
+//! million entries costs a fraction of a second rather than seconds.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::{Pod, maps::MapData};
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Entries asked for per syscall.
+const BATCH_ENTRIES: u32 = 4096;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Calls `visit` with every entry of the hash map `map` (keys `K`, values `V`). Entries added
+/// or removed meanwhile may or may not be visited; none is visited twice.
+pub fn for_each_entry<K: Pod + Default, V: Pod + Default>(
+    map: &MapData,
+    mut visit: impl FnMut(&K, &V),
+) -> io::Result<()> {
+    let mut keys = vec![K::default(); BATCH_ENTRIES as usize];
+    let mut values = vec![V::default(); BATCH_ENTRIES as usize];
+    // The kernel's cursor for hash maps: a bucket index.
+    let (mut cursor, mut next) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &raw const cursor as u64 },
+            out_batch: &raw mut next as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH_ENTRIES,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the attribute points at buffers of `count` keys and values and at two u32
+        // cursors, all alive for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let done = if rc < 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::ENOENT) {
+                return Err(error);
+            }
+            true
+        } else {
+            false
+        };
+        let got = (attr.count as usize).min(keys.len());
+        for (k, v) in keys[..got].iter().zip(&values[..got]) {
+            visit(k, v);
+        }
+        if done {
+            return Ok(());
+        }
+        cursor = next;
+        first = false;
+    }
+}
