@@ -57,13 +57,26 @@ pub struct Shape {
     pub tos: u8,
     pub dont_fragment: bool,
     pub payload_len: usize,
-    /// TCP: a SYN (a connection's first packet) instead of an ACK (an established connection's).
-    pub syn: bool,
+    /// TCP flags of the segment.
+    pub tcp: TcpFlags,
+}
+
+/// TCP segments the balancer tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpFlags {
+    /// A connection's first packet.
+    Syn,
+    /// An established connection's packet.
+    Ack,
+    /// The client closes.
+    FinAck,
+    /// The client aborts.
+    Rst,
 }
 
 impl Default for Shape {
     fn default() -> Self {
-        Self { vlan: None, ttl: 64, tos: 0, dont_fragment: true, payload_len: 32, syn: false }
+        Self { vlan: None, ttl: 64, tos: 0, dont_fragment: true, payload_len: 32, tcp: TcpFlags::Ack }
     }
 }
 
@@ -100,10 +113,16 @@ pub fn frame(flow: &Flow, shape: &Shape) -> Vec<u8> {
         None => eth.ip(ip),
     };
     match flow.protocol {
-        Protocol::Tcp if shape.syn => {
-            l3.tcp(flow.src_port, flow.dst_port, 1000, 64_000).syn().write(&mut out, &payload)
+        Protocol::Tcp => {
+            let tcp = l3.tcp(flow.src_port, flow.dst_port, 1000, 64_000);
+            match shape.tcp {
+                TcpFlags::Syn => tcp.syn(),
+                TcpFlags::Ack => tcp.ack(1),
+                TcpFlags::FinAck => tcp.fin().ack(1),
+                TcpFlags::Rst => tcp.rst(),
+            }
+            .write(&mut out, &payload)
         }
-        Protocol::Tcp => l3.tcp(flow.src_port, flow.dst_port, 1000, 64_000).ack(1).write(&mut out, &payload),
         Protocol::Udp => l3.udp(flow.src_port, flow.dst_port).write(&mut out, &payload),
     }
     .expect("frame fits");

@@ -19,6 +19,7 @@ use lb_common::{
     counters::{Reason, ReasonCounter},
     dataplane::DataplaneConfig,
     flow::{flow_hash, source_hash},
+    least_connections::{candidates, second_wins},
     maglev::{MaglevBackend, build_table, table_slot},
     sequence::{SequenceMember, smooth_sequence},
     vip::{VipAddrKey, VipKey, scheduler},
@@ -26,8 +27,8 @@ use lb_common::{
 use lb_lab::run;
 use lb_tests::{
     packet::{
-        BALANCER_MAC, CLIENT_MAC, Encap, Flow, Protocol, Shape, encapsulated, fix_ipv4_checksum, frame, key_addr,
-        l3_offset, too_big_answer,
+        BALANCER_MAC, CLIENT_MAC, Encap, Flow, Protocol, Shape, TcpFlags, encapsulated, fix_ipv4_checksum, frame,
+        key_addr, l3_offset, too_big_answer,
     },
     privileged::{enter_private_netns, require_root},
     xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, run_once, verdict_name},
@@ -51,6 +52,7 @@ const VIP4_REBUILD: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 8);
 const VIP4_REMOVAL: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 9);
 const VIP4_SOURCE_HASH: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
 const VIP4_ROUND_ROBIN: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
+const VIP4_LEAST_CONNECTIONS: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 12);
 const NOT_VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 9);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
 const VIP6_V4_BACKENDS: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 3);
@@ -91,6 +93,8 @@ struct Env {
     /// Round-robin position of each sequence VIP on the CPU the tests run on.
     positions: HashMap<VipKey, usize>,
     backends: HashMap<u32, IpAddr>,
+    /// Backend weights other than 1.
+    weights: HashMap<u32, u32>,
     next_port: u16,
     /// Interfaces of the FIB fixtures: name -> (ifindex, MAC).
     links: HashMap<&'static str, (u32, [u8; 6])>,
@@ -112,6 +116,7 @@ impl Env {
             schedulings: HashMap::new(),
             positions: HashMap::new(),
             backends: HashMap::new(),
+            weights: HashMap::new(),
             next_port: 20_000,
             links: HashMap::new(),
         };
@@ -153,6 +158,21 @@ impl Env {
         env.balancer.install_vip(&key, &sequence)?;
         env.vips.insert(key, (14, sequence.table.clone()));
         env.schedulings.insert(key, sequence.scheduling);
+        let least = Scheduling { scheduler: scheduler::LEAST_CONNECTIONS, source_prefix_len: 0 };
+        for (index, port, protocol, first_id) in [(15, 80, Protocol::Tcp, 90), (16, 53, Protocol::Udp, 93)] {
+            let ids: Vec<_> =
+                (0..3).map(|i| (first_id + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
+            env.vip(index, VIP4_LEAST_CONNECTIONS.into(), port, protocol, &ids, 251)?;
+            let key = VipKey::new(
+                lb_common::family::IPV4,
+                key_addr(VIP4_LEAST_CONNECTIONS.into()).1,
+                port,
+                protocol.number(),
+            );
+            let table = env.vips[&key].1.clone();
+            env.balancer.install_vip(&key, &VipTable { index, scheduling: least, table })?;
+            env.schedulings.insert(key, least);
+        }
         Ok(env)
     }
 
@@ -205,10 +225,27 @@ impl Env {
                 table_slot(source_hash(&flow.key(), how.source_prefix_len), table.len() as u32) as usize
             }
             scheduler::SEQUENCE => self.positions.get(&vip_key).copied().unwrap_or(0) % table.len(),
+            scheduler::LEAST_CONNECTIONS => {
+                let id = self.fewer_active_flows(flow, table)?;
+                return Ok((index, id, self.backends[&id]));
+            }
             _ => table_slot(flow_hash(&flow.key()), table.len() as u32) as usize,
         };
         let id = table[slot];
         Ok((index, id, self.backends[&id]))
+    }
+
+    /// Least connections' choice for a new flow, from the counts in the map and the weights
+    /// of [`Env::weights`] (1 unless set).
+    fn fewer_active_flows(&self, flow: &Flow, table: &[u32]) -> anyhow::Result<u32> {
+        let at = |slot: u32| table.get(slot as usize).copied();
+        let (first, second) = candidates(flow_hash(&flow.key()), table.len() as u32, at).context("table")?;
+        let Some(second) = second else { return Ok(first) };
+        let load = |id: u32| -> anyhow::Result<(u64, u32)> {
+            Ok((self.balancer.active_flows(id)?.max(0) as u64, self.weights.get(&id).copied().unwrap_or(1)))
+        };
+        let ((a, wa), (b, wb)) = (load(first)?, load(second)?);
+        Ok(if second_wins(a, wa, b, wb) { second } else { first })
     }
 
     /// A round-robin VIP dealt one new flow on this CPU.
@@ -762,6 +799,9 @@ fn cases() -> Vec<(&'static str, Body)> {
         ("flows/udp_idle_timeout_reschedules", udp_idle_timeout),
         ("schedulers/source_hash_keeps_a_clients_prefix_on_one_backend", source_hash_case),
         ("schedulers/weighted_round_robin_deals_the_sequence_in_turn", round_robin_case),
+        ("schedulers/least_connections_counts_tcp_from_ack_to_fin", least_connections_tcp_counts),
+        ("schedulers/least_connections_counts_udp_until_idle", least_connections_udp_counts),
+        ("schedulers/least_connections_fewer_active_flows_per_weight_wins", least_connections_choice),
         ("flows/removed_vip_passes", |e| {
             let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_ALL_PORTS.into()).1, 0, 6);
             e.balancer.remove_vip(&key)?;
@@ -869,6 +909,176 @@ fn round_robin_case(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn least_connections_key(port: u16, protocol: Protocol) -> VipKey {
+    VipKey::new(lb_common::family::IPV4, key_addr(VIP4_LEAST_CONNECTIONS.into()).1, port, protocol.number())
+}
+
+/// Active flows of backends `ids`.
+fn active(env: &Env, ids: std::ops::Range<u32>) -> anyhow::Result<Vec<i64>> {
+    ids.map(|id| Ok(env.balancer.active_flows(id)?)).collect()
+}
+
+/// A TCP flow counts from the client's first ACK to its FIN or RST: spoofed SYNs never count, a
+/// retransmitted SYN keeps its backend, a SYN after the end is a new connection.
+fn least_connections_tcp_counts(env: &mut Env) -> anyhow::Result<()> {
+    let ids = 90..93;
+    for id in ids.clone() {
+        env.balancer.set_active_flows(id, 0)?;
+    }
+    let segment = |flags| Shape { tcp: flags, ..Shape::default() };
+    // A SYN flood: twenty SYNs from different ports, none answered.
+    for _ in 0..20 {
+        let f = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
+        let (shape, input) = (segment(TcpFlags::Syn), frame(&f, &segment(TcpFlags::Syn)));
+        check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
+    }
+    ensure!(active(env, ids.clone())? == [0, 0, 0], "SYNs counted: {:?}", active(env, ids.clone())?);
+
+    let f = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
+    let (_, owner, _) = env.predict(&f)?;
+    let mut counts = [0i64; 3];
+    let slot = (owner - 90) as usize;
+    for (step, flags, new_flow, delta) in [
+        ("SYN", TcpFlags::Syn, true, 0),
+        ("retransmitted SYN", TcpFlags::Syn, false, 0),
+        ("handshake ACK", TcpFlags::Ack, false, 1),
+        ("data ACK", TcpFlags::Ack, false, 0),
+        ("client FIN", TcpFlags::FinAck, false, -1),
+        ("last ACK", TcpFlags::Ack, false, 0),
+        ("FIN again", TcpFlags::FinAck, false, 0),
+    ] {
+        let shape = segment(flags);
+        let input = frame(&f, &shape);
+        let mut expect = expect_encap_to(env, &f, &input, &shape, owner)?;
+        expect.forwarded = expect.forwarded.map(|(vip, id, _)| (vip, id, new_flow));
+        check(env, &input, None, &expect).with_context(|| step.to_string())?;
+        counts[slot] += delta;
+        ensure!(
+            active(env, ids.clone())? == counts,
+            "after the {step}: {:?}, expected {counts:?}",
+            active(env, ids.clone())?
+        );
+    }
+    // The same ports again: a new connection, scheduled afresh (and not counted before its ACK).
+    let shape = segment(TcpFlags::Syn);
+    let input = frame(&f, &shape);
+    check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?).context("SYN after the end")?;
+    ensure!(active(env, ids.clone())? == [0, 0, 0], "a reopened connection counted before its ACK");
+
+    // A flow first seen mid-connection (its entry was evicted, or the balancer restarted) counts
+    // at once; the client's RST ends it.
+    let g = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
+    let (_, owner, _) = env.predict(&g)?;
+    let shape = Shape::default();
+    let input = frame(&g, &shape);
+    check(env, &input, None, &expect_encap(env, &g, &input, &shape, true)?)?;
+    ensure!(env.balancer.active_flows(owner)? == 1, "mid-connection flow not counted");
+    let shape = segment(TcpFlags::Rst);
+    let input = frame(&g, &shape);
+    check(env, &input, None, &expect_encap_to(env, &g, &input, &shape, owner)?).context("RST")?;
+    ensure!(active(env, ids)? == [0, 0, 0], "RST did not end the flow");
+    Ok(())
+}
+
+/// A UDP flow counts from its first datagram; rescheduled after its idle timeout, it moves its
+/// count to the new backend's.
+fn least_connections_udp_counts(env: &mut Env) -> anyhow::Result<()> {
+    let ids = 93..96;
+    for id in ids.clone() {
+        env.balancer.set_active_flows(id, 0)?;
+    }
+    let shape = Shape::default();
+    let f = flow(env, Protocol::Udp, VIP4_LEAST_CONNECTIONS.into(), 53);
+    let input = frame(&f, &shape);
+    let (_, owner, _) = env.predict(&f)?;
+    check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
+    ensure!(env.balancer.active_flows(owner)? == 1, "first datagram not counted");
+    check(env, &input, None, &expect_encap_to(env, &f, &input, &shape, owner)?)?;
+    ensure!(active(env, ids.clone())?.iter().sum::<i64>() == 1, "{:?}", active(env, ids.clone())?);
+
+    env.balancer.set_config(&DataplaneConfig { udp_idle_timeout_ns: 1, ..config() })?;
+    let result = (|| {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        // The expired entry stops counting before the choice: every count is 0 then, so the
+        // tie goes to the Maglev choice.
+        let table = &env.vips[&least_connections_key(53, Protocol::Udp)].1;
+        let now = table[table_slot(flow_hash(&f.key()), table.len() as u32) as usize];
+        let mut expect = expect_encap_to(env, &f, &input, &shape, now)?;
+        expect.forwarded = expect.forwarded.map(|(vip, id, _)| (vip, id, true));
+        check(env, &input, None, &expect).context("datagram after the idle timeout")?;
+        let counts = active(env, ids.clone())?;
+        ensure!(
+            counts.iter().sum::<i64>() == 1 && counts[(now - 93) as usize] == 1,
+            "counts after rescheduling: {counts:?}"
+        );
+        Ok(())
+    })();
+    env.balancer.set_config(&config())?;
+    result
+}
+
+/// The candidate with fewer active flows per unit of weight wins; a tie keeps the Maglev choice.
+fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
+    let key = least_connections_key(80, Protocol::Tcp);
+    let (index, table) = env.vips[&key].clone();
+    let shape = Shape::default();
+    let candidates_of = |f: &Flow| {
+        let at = |slot: u32| table.get(slot as usize).copied();
+        candidates(flow_hash(&f.key()), table.len() as u32, at)
+    };
+    let (first, second) = loop {
+        let f = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
+        if let Some((first, Some(second))) = candidates_of(&f) {
+            break (first, second);
+        }
+    };
+    let third = (90..93).find(|id| *id != first && *id != second).context("three backends")?;
+    let result = (|| {
+        // (first's active flows, second's, second's weight) -> winner.
+        for (a, b, weight, winner) in [
+            (0, 0, 1, first),
+            (5, 5, 1, first),
+            (5, 4, 1, second),
+            (4, 5, 1, first),
+            (4, 8, 2, first),
+            (4, 7, 2, second),
+            (0, 0, 0, first),
+        ] {
+            env.balancer.set_active_flows(first, a)?;
+            env.balancer.set_active_flows(second, b)?;
+            env.balancer.set_active_flows(third, 1000)?;
+            let (family, addr) = key_addr(env.backends[&second]);
+            env.balancer.set_backend(second, &Backend::new(family, addr, index as u16).with_weight(weight))?;
+            env.weights.insert(second, weight);
+            // A new flow with the same two candidates.
+            let f = loop {
+                let f = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
+                if candidates_of(&f) == Some((first, Some(second))) {
+                    break f;
+                }
+            };
+            let input = frame(&f, &shape);
+            let expect = expect_encap(env, &f, &input, &shape, true)?;
+            ensure!(
+                expect.forwarded.map(|x| x.1) == Some(winner),
+                "prediction {:?} for {a} vs {b} at weight {weight}",
+                expect.forwarded
+            );
+            check(env, &input, None, &expect)
+                .with_context(|| format!("{a} active vs {b} active at weight {weight}"))?;
+            ensure!(env.balancer.flow(&f.key()).map(|s| s.backend) == Some(winner), "flow entry");
+        }
+        Ok(())
+    })();
+    let (family, addr) = key_addr(env.backends[&second]);
+    env.balancer.set_backend(second, &Backend::new(family, addr, index as u16))?;
+    env.weights.remove(&second);
+    for id in 90..93 {
+        env.balancer.set_active_flows(id, 0)?;
+    }
+    result
+}
+
 /// Expectation for a packet of an established flow, which goes to `backend` (id).
 fn expect_encap_to(env: &Env, flow: &Flow, input: &[u8], shape: &Shape, backend: u32) -> anyhow::Result<Expect> {
     let address = env.backends[&backend];
@@ -958,7 +1168,7 @@ fn flow_survives_rebuild(env: &mut Env) -> anyhow::Result<()> {
         check(env, &input, None, &before).context("established flow after the rebuild")?;
         // A SYN on the same 5-tuple is a new connection (a reused source port): the scheduler
         // decides again, and the new table no longer has the old backend.
-        let syn_shape = Shape { syn: true, ..shape };
+        let syn_shape = Shape { tcp: TcpFlags::Syn, ..shape };
         let syn = frame(&established, &syn_shape);
         let reopened = expect_encap(env, &established, &syn, &syn_shape, true)?;
         ensure!(reopened.forwarded.map(|f| f.1) != Some(owner), "the rebuilt table still picks {owner}");
