@@ -112,12 +112,21 @@ fn balancer_from(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyho
             VipTable { index, scheduling, table: build_table(&maglev, 65_537)? }
         };
         b.install_vip(&VipKey::new(family, a, 53, protocol), &table)?;
+        if index == 0 {
+            // The same service over TCP, for the TCP hit path.
+            b.install_vip(&VipKey::new(family, a, 53, 6), &VipTable { index: 2, ..table })?;
+        }
     }
     Ok(b)
 }
 
 /// `n` UDP frames to `vip`, each from its own client address and port (distinct flows).
 fn frames(vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
+    frames_of(Protocol::Udp, vip, n, salt)
+}
+
+/// `n` frames of `protocol` (TCP: ACKs of established connections) to `vip`, as [`frames`].
+fn frames_of(protocol: Protocol, vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
     (0..n as u32)
         .map(|i| {
             let x = i.wrapping_mul(2_654_435_761).wrapping_add(salt);
@@ -126,7 +135,7 @@ fn frames(vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
                 IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, (x >> 16) as u16, x as u16)),
             };
             frame(
-                &Flow { protocol: Protocol::Udp, src, src_port: 1024 + (x % 60_000) as u16, dst: vip, dst_port: 53 },
+                &Flow { protocol, src, src_port: 1024 + (x % 60_000) as u16, dst: vip, dst_port: 53 },
                 &Shape::default(),
             )
         })
@@ -214,6 +223,7 @@ fn main() -> anyhow::Result<()> {
     const BPF_F_NO_COMMON_LRU: u32 = 2;
     let mut source_hashed = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::SOURCE_HASH)?;
     let mut dealt = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::SEQUENCE)?;
+    let mut least = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::LEAST_CONNECTIONS)?;
     let mut shared_lru = balancer(1 << 20)?;
     ensure!(shared_lru.flow_table_flags()? == 0, "the shipped flow table is expected to have one LRU list");
     let mut percpu_lru = balancer_from(&with_flow_table_flags(BPF_F_NO_COMMON_LRU)?, 1 << 20, vip_scheduler::MAGLEV)?;
@@ -224,9 +234,10 @@ fn main() -> anyhow::Result<()> {
     let hit6 = frames(IpAddr::V6(VIP6), 1, 1);
     let hit4 = vec![hit4[0].clone(); o.packets];
     let hit6 = vec![hit6[0].clone(); o.packets];
+    let hit4_tcp = vec![frames_of(Protocol::Tcp, IpAddr::V4(VIP4), 1, 1)[0].clone(); o.packets];
     let pass: Vec<Vec<u8>> =
         frames(IpAddr::V4(Ipv4Addr::new(198, 18, 9, 9)), 1, 1).into_iter().cycle().take(o.packets).collect();
-    for warm in [&hit4[..1], &hit6[..1]] {
+    for warm in [&hit4[..1], &hit6[..1], &hit4_tcp[..1]] {
         round(hit.program()?, warm, XDP_TX)?;
     }
     round(evicting.program()?, &frames(IpAddr::V4(VIP4), 8192, 7), XDP_TX)?;
@@ -243,6 +254,8 @@ fn main() -> anyhow::Result<()> {
         Path { name: "new_flow_all_cpus_percpu_lru", samples: vec![] },
         Path { name: "new_flow_ipv4_source_hash", samples: vec![] },
         Path { name: "new_flow_ipv4_round_robin", samples: vec![] },
+        Path { name: "new_flow_ipv4_least_conns", samples: vec![] },
+        Path { name: "flow_hit_ipv4_tcp", samples: vec![] },
     ];
     for r in 0..o.rounds {
         let salt = 1000 + r as u32 * 7919;
@@ -263,6 +276,8 @@ fn main() -> anyhow::Result<()> {
         paths[8].samples.push(concurrent_round(percpu_lru.program()?, &per_cpu)?);
         paths[9].samples.push(round(source_hashed.program()?, &new4, XDP_TX)?);
         paths[10].samples.push(round(dealt.program()?, &new4, XDP_TX)?);
+        paths[11].samples.push(round(least.program()?, &new4, XDP_TX)?);
+        paths[12].samples.push(round(hit.program()?, &hit4_tcp, XDP_TX)?);
     }
 
     let baseline = paths[0].samples.clone();
