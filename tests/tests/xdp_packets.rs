@@ -235,8 +235,8 @@ impl Env {
         Ok((index, id, self.backends[&id]))
     }
 
-    /// Least connections' choice for a new flow, from the counts in the map and the weights
-    /// of [`Env::weights`] (1 unless set).
+    /// Least connections' choice for a SYN or a UDP flow, from the counts in the map and the
+    /// weights of [`Env::weights`] (1 unless set).
     fn fewer_active_flows(&self, flow: &Flow, table: &[u32]) -> anyhow::Result<u32> {
         let at = |slot: u32| table.get(slot as usize).copied();
         let (first, second) = candidates(flow_hash(&flow.key()), table.len() as u32, at).context("table")?;
@@ -1017,11 +1017,12 @@ fn least_connections_udp_counts(env: &mut Env) -> anyhow::Result<()> {
     result
 }
 
-/// The candidate with fewer active flows per unit of weight wins; a tie keeps the Maglev choice.
+/// The candidate with fewer active flows per unit of weight wins a SYN; a tie keeps the Maglev
+/// choice, and so does a TCP packet without an entry that is no SYN.
 fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
     let key = least_connections_key(80, Protocol::Tcp);
     let (index, table) = env.vips[&key].clone();
-    let shape = Shape::default();
+    let syn = Shape { tcp: TcpFlags::Syn, ..Shape::default() };
     let candidates_of = |f: &Flow| {
         let at = |slot: u32| table.get(slot as usize).copied();
         candidates(flow_hash(&f.key()), table.len() as u32, at)
@@ -1057,8 +1058,8 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
                     break f;
                 }
             };
-            let input = frame(&f, &shape);
-            let expect = expect_encap(env, &f, &input, &shape, true)?;
+            let input = frame(&f, &syn);
+            let expect = expect_encap(env, &f, &input, &syn, true)?;
             ensure!(
                 expect.forwarded.map(|x| x.1) == Some(winner),
                 "prediction {:?} for {a} vs {b} at weight {weight}",
@@ -1068,6 +1069,20 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
                 .with_context(|| format!("{a} active vs {b} active at weight {weight}"))?;
             ensure!(env.balancer.flow(&f.key()).map(|s| s.backend) == Some(winner), "flow entry");
         }
+        // Mid-connection (no entry, no SYN): the Maglev candidate, though the other has fewer.
+        env.balancer.set_active_flows(first, 5)?;
+        env.balancer.set_active_flows(second, 0)?;
+        let f = loop {
+            let f = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
+            if candidates_of(&f) == Some((first, Some(second))) {
+                break f;
+            }
+        };
+        let shape = Shape::default();
+        let input = frame(&f, &shape);
+        let mut expect = expect_encap_to(env, &f, &input, &shape, first)?;
+        expect.forwarded = expect.forwarded.map(|(vip, id, _)| (vip, id, true));
+        check(env, &input, None, &expect).context("a mid-connection packet without an entry")?;
         Ok(())
     })();
     let (family, addr) = key_addr(env.backends[&second]);

@@ -168,7 +168,12 @@ fn choose_backend(
             *table.get(table_slot(source_hash(key, vip.source_prefix_len), vip.table_size) as usize)?
         }
         scheduler::SEQUENCE => *table.get(maps::next_in_sequence(vip.index, vip.table_size)? as usize)?,
-        scheduler::LEAST_CONNECTIONS => fewer_active_flows(table, hash, vip.table_size)?,
+        // A TCP packet without an entry that is no SYN belongs to a connection whose entry was
+        // evicted or that began on another balancer: its likeliest backend is the Maglev
+        // candidate, which every balancer computes alike and which won every tie.
+        scheduler::LEAST_CONNECTIONS if key.protocol == IPPROTO_UDP || segment == Segment::Opens => {
+            fewer_active_flows(table, hash, vip.table_size)?
+        }
         _ => *table.get(table_slot(hash, vip.table_size) as usize)?,
     };
     let backend = BACKENDS.get(id)?;
