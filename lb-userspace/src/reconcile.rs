@@ -418,6 +418,29 @@ mod tests {
     }
 
     #[test]
+    fn least_connections_reads_a_maglev_table_and_records_carry_weights() {
+        let text = vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 3)])
+            .replace("table_size = 251\n", "table_size = 251\nscheduler = \"least-connections\"\n");
+        let c = config(&text);
+        let mut current = Current::default();
+        let ops = plan(&Desired::from_config(&c), &current).unwrap();
+        apply(&mut current, &ops);
+        let live = current.vips.values().next().unwrap();
+        assert_eq!(live.scheduling.scheduler, vip_scheduler::LEAST_CONNECTIONS);
+        assert_eq!(live.table.len(), 251);
+        let weights: Vec<u32> = current.backends.values().map(|b| b.weight).collect();
+        assert_eq!(weights, vec![1, 3]);
+
+        // A weight change rewrites the record (the comparison reads it) before the table.
+        let mut desired = Desired::from_config(&c);
+        desired.vips[0].backends[1].weight = 2;
+        let ops = plan(&desired, &current).unwrap();
+        let record = ops.iter().position(|o| matches!(o, Op::SetBackend { backend, .. } if backend.weight == 2));
+        let install = ops.iter().position(|o| matches!(o, Op::InstallVip { .. }));
+        assert!(record.is_some() && record < install, "{ops:?}");
+    }
+
+    #[test]
     fn a_backend_going_down_sheds_flows_only_after_leaving_the_table() {
         let c = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 1)]));
         let mut current = Current::default();
