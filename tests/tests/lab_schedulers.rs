@@ -17,14 +17,16 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use lb_common::{addr::to_key, vip::VipKey};
-use lb_lab::{BACKEND_NAMES, BACKENDS, CLIENT, in_namespace, spawn_in_namespace, vip};
+use lb_lab::{BACKEND_NAMES, BACKENDS, CLIENT, CLIENT_V4, in_namespace, spawn_in_namespace, vip};
 use lb_tests::{
     e2e::{EQUAL, Env, Health, Trial, check_shares, run_trials, start, tally, under_load},
     traffic::{Http, http_connection},
 };
 use lb_userspace::{
+    config::Protocol,
     control::{self, Request},
     dataplane::BalancerMaps,
+    inspect::trace,
     pins::PinDir,
 };
 
@@ -152,6 +154,20 @@ fn active_flows(socket: &Path) -> anyhow::Result<BTreeMap<String, i64>> {
     Ok(out)
 }
 
+/// One connection from client port `port` to the IPv4 web VIP; the backend that answered.
+fn from_port(port: u16) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(IpAddr::V4(CLIENT_V4), port).into())?;
+    socket.connect_timeout(&SocketAddr::new(vip(false), 80).into(), Duration::from_secs(3))?;
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.split("\r\n\r\n").nth(1).context("no body")?.trim().to_string())
+}
+
 /// The backend id of lab backend `i` in the web VIP.
 fn web_backend_id(maps: &BalancerMaps, i: usize) -> anyhow::Result<u32> {
     let current = maps.current()?;
@@ -208,11 +224,25 @@ fn least_connections(env: &mut Env) -> anyhow::Result<()> {
         "lb status counts {counted:?}, the client holds {held:?}"
     );
 
+    // `lb trace` predicts a new connection's backend from the same candidates and counts.
+    let maps = BalancerMaps::open_pinned(&PinDir::instance("lab"))?;
+    let port = 61_000;
+    let predicted = trace(&maps, Protocol::Tcp, IpAddr::V4(CLIENT_V4), port, vip(false), 80)?;
+    ensure!(predicted.why.contains("least connections"), "trace: {}", predicted.why);
+    let name_of = |address: &str| {
+        (0..3).find(|i| lb_lab::backend_v4(*i).to_string() == address).map(|i| BACKEND_NAMES[i].to_string())
+    };
+    let predicted_name = predicted.backend.as_deref().and_then(name_of).context("trace named no lab backend")?;
+    let answered = in_namespace(CLIENT, move || from_port(port))??;
+    ensure!(answered == predicted_name, "trace predicted {predicted_name} ({}), {answered} answered", predicted.why);
+    println!("    lb trace: {}", predicted.why);
+
     // The recount: a count knocked off (as a flow the balancer never saw end would) comes back.
-    let mut maps = BalancerMaps::open_pinned(&PinDir::instance("lab"))?;
+    let mut maps = maps;
     let be2 = web_backend_id(&maps, 1)?;
     maps.set_active_flows(be2, 10_000)?;
     let knocked = Instant::now();
+    // The traced connection closed; its FIN ended it.
     let truth = by_backend(&next).get(BACKEND_NAMES[1]).copied().unwrap_or(0) as i64;
     while active_flows(socket)?.get(BACKEND_NAMES[1]) != Some(&truth) {
         ensure!(knocked.elapsed() < Duration::from_secs(8), "the recount did not restore {truth} on be2 within 8 s");
