@@ -110,8 +110,9 @@ pub mod stage {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowState {
-    /// Last packet time (`bpf_ktime_get_coarse_ns`): UDP flows idle longer than the timeout are
-    /// rescheduled, and idle flows stop counting as active.
+    /// Last packet time (`bpf_ktime_get_coarse_ns`) of UDP flows and of TCP flows of
+    /// least-connections VIPs (other TCP flows: their first packet's): UDP flows idle longer than
+    /// their timeout are rescheduled, and idle flows stop counting as active.
     pub last_seen_ns: u64,
     /// Backend id (index into the backends map).
     pub backend: u32,

@@ -8,9 +8,15 @@
 //! recounts now and then from the flow table itself: a flow counts while its entry is active
 //! and it sent a packet within its protocol's idle timeout.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
-use lb_common::flow::{FlowKey, FlowState, stage};
+use lb_common::{
+    flow::{FlowKey, FlowState, stage},
+    vip::VipKey,
+};
 
 use crate::dataplane::{BalancerMaps, DataplaneError};
 
@@ -26,18 +32,24 @@ pub struct IdleTimeouts {
     pub udp_ns: u64,
 }
 
-/// Whether the flow-table entry `state` of `key` counts as an active flow at `now_ns`.
-pub fn counts(key: &FlowKey, state: &FlowState, now_ns: u64, idle: IdleTimeouts) -> bool {
+/// Whether the flow-table entry `state` of `key` counts as an active flow at `now_ns`. `timed`:
+/// whether the data plane keeps the flow's packet times (UDP flows, TCP flows of
+/// least-connections VIPs); other TCP flows count until their client ends them or the entry goes.
+pub fn counts(key: &FlowKey, state: &FlowState, now_ns: u64, idle: IdleTimeouts, timed: bool) -> bool {
+    if state.stage != stage::ACTIVE {
+        return false;
+    }
     let limit = if key.protocol == IPPROTO_UDP { idle.udp_ns } else { idle.tcp_ns };
-    state.stage == stage::ACTIVE && now_ns.saturating_sub(state.last_seen_ns) <= limit
+    !timed || now_ns.saturating_sub(state.last_seen_ns) <= limit
 }
 
 /// Recounts every backend's active flows from the flow table and writes the counts of the
 /// backend ids `assigned` (ids not in it are left alone: they are zeroed when cleared).
-/// Returns the flow-table entries seen.
+/// `least_connections`: the VIPs whose TCP flows have packet times. Returns the entries seen.
 pub fn recount(
     maps: &mut BalancerMaps,
     assigned: impl IntoIterator<Item = u32>,
+    least_connections: &BTreeSet<VipKey>,
     idle: IdleTimeouts,
 ) -> Result<u64, DataplaneError> {
     let now = monotonic_coarse_ns();
@@ -45,7 +57,20 @@ pub fn recount(
     let mut entries = 0;
     maps.for_each_flow(|key, state| {
         entries += 1;
-        if counts(key, state, now, idle) {
+        let timed = key.protocol == IPPROTO_UDP || {
+            let mut vip = VipKey {
+                addr: key.dst_addr,
+                port: key.dst_port,
+                protocol: key.protocol,
+                family: key.family,
+                _pad: [0; 4],
+            };
+            least_connections.contains(&vip) || {
+                vip.port = [0; 2];
+                least_connections.contains(&vip)
+            }
+        };
+        if counts(key, state, now, idle, timed) {
             *per_backend.entry(state.backend).or_default() += 1;
         }
     })?;
@@ -76,14 +101,15 @@ mod tests {
         let udp = FlowKey::new(family::IPV4, IPPROTO_UDP, [1; 16], 1000, [2; 16], 53);
         let now = 1_000_000_000_000;
         let seen = |ago_s: u64, s: u8| FlowState::new(3, 0, now - ago_s * 1_000_000_000, s);
-        assert!(counts(&tcp, &seen(10, stage::ACTIVE), now, idle));
-        assert!(counts(&tcp, &seen(899, stage::ACTIVE), now, idle));
-        assert!(!counts(&tcp, &seen(901, stage::ACTIVE), now, idle));
-        assert!(!counts(&tcp, &seen(1, stage::OPENING), now, idle), "a SYN alone is not an active flow");
-        assert!(!counts(&tcp, &seen(1, stage::ENDED), now, idle));
-        assert!(counts(&udp, &seen(29, stage::ACTIVE), now, idle));
-        assert!(!counts(&udp, &seen(31, stage::ACTIVE), now, idle));
+        assert!(counts(&tcp, &seen(10, stage::ACTIVE), now, idle, true));
+        assert!(counts(&tcp, &seen(899, stage::ACTIVE), now, idle, true));
+        assert!(!counts(&tcp, &seen(901, stage::ACTIVE), now, idle, true));
+        assert!(counts(&tcp, &seen(901, stage::ACTIVE), now, idle, false), "untimed TCP counts until it ends");
+        assert!(!counts(&tcp, &seen(1, stage::OPENING), now, idle, true), "a SYN alone is not an active flow");
+        assert!(!counts(&tcp, &seen(1, stage::ENDED), now, idle, false));
+        assert!(counts(&udp, &seen(29, stage::ACTIVE), now, idle, true));
+        assert!(!counts(&udp, &seen(31, stage::ACTIVE), now, idle, true));
         // An entry touched after `now` was read (another CPU) is not idle.
-        assert!(counts(&udp, &FlowState::new(3, 0, now + 5, stage::ACTIVE), now, idle));
+        assert!(counts(&udp, &FlowState::new(3, 0, now + 5, stage::ACTIVE), now, idle, true));
     }
 }

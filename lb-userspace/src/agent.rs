@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{flow::FLOW_HASH_SEED, hash::murmur3_words};
+use lb_common::{flow::FLOW_HASH_SEED, hash::murmur3_words, vip::VipKey};
 use serde_json::json;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -336,7 +336,15 @@ impl Agent {
             udp_ns: u64::from(instance.udp_idle_timeout_secs) * 1_000_000_000,
         };
         let started = Instant::now();
-        match active::recount(&mut self.balancer, self.current.backends.keys().copied(), idle) {
+        let least_connections: BTreeSet<VipKey> = self
+            .current
+            .vips
+            .iter()
+            .filter(|(_, v)| v.scheduling.scheduler == lb_common::vip::scheduler::LEAST_CONNECTIONS)
+            .map(|(k, _)| *k)
+            .collect();
+        let assigned = self.current.backends.keys().copied();
+        match active::recount(&mut self.balancer, assigned, &least_connections, idle) {
             Ok(entries) => tracing::debug!(entries, took = ?started.elapsed(), "recounted active flows"),
             Err(e) => tracing::error!("recounting active flows failed: {e}"),
         }

@@ -126,8 +126,11 @@ fn choose_backend(
     udp_idle_timeout_ns: u64,
     segment: Segment,
 ) -> Option<(u32, Backend, u32, bool)> {
+    // Packet times cost a clock read and a write per packet: kept where they are used, for UDP
+    // idle expiry and for least connections' TCP idle time (the agent's recount).
+    let tracks_time = key.protocol == IPPROTO_UDP || vip.scheduler == scheduler::LEAST_CONNECTIONS;
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let mut now = if tracks_time { unsafe { bpf_ktime_get_coarse_ns() } } else { 0 };
     let entry = FLOWS.get_ptr_mut(key);
     if let Some(state) = entry {
         // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend
@@ -140,7 +143,9 @@ fn choose_backend(
             let stage = next_stage(known.stage, segment);
             // SAFETY: as above; this CPU's packet of the flow updates its own entry.
             unsafe {
-                (*state).last_seen_ns = now;
+                if tracks_time {
+                    (*state).last_seen_ns = now;
+                }
                 if stage != known.stage {
                     (*state).stage = stage;
                 }
@@ -179,6 +184,10 @@ fn choose_backend(
     let backend = BACKENDS.get(id)?;
     if !backend.keeps_flows() {
         return None;
+    }
+    if now == 0 {
+        // SAFETY: helper without arguments.
+        now = unsafe { bpf_ktime_get_coarse_ns() };
     }
     let stage = next_stage(stage::OPENING, segment);
     if stage == stage::ACTIVE {
