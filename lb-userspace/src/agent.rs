@@ -64,6 +64,7 @@ struct Agent {
     /// equal on every balancer with the same configuration and health).
     fingerprints: BTreeMap<String, String>,
     generation: u64,
+    recount_not_before: Instant,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -93,6 +94,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ramping: false,
         fingerprints: BTreeMap::new(),
         generation: 0,
+        recount_not_before: Instant::now(),
     };
     agent.apply()?;
     agent.fingerprints = fingerprints(&agent.current, &agent.config);
@@ -328,8 +330,12 @@ impl Agent {
         }
     }
 
-    /// Corrects the data plane's counts of active flows (see [`active`]).
+    /// Corrects the data plane's counts of active flows (see [`active`]), at most
+    /// [`active::RECOUNT_DUTY`] of the agent's time.
     fn recount_active_flows(&mut self) {
+        if Instant::now() < self.recount_not_before {
+            return;
+        }
         let instance = &self.config.instance;
         let idle = IdleTimeouts {
             tcp_ns: u64::from(instance.tcp_idle_timeout_secs) * 1_000_000_000,
@@ -348,6 +354,7 @@ impl Agent {
             Ok(entries) => tracing::debug!(entries, took = ?started.elapsed(), "recounted active flows"),
             Err(e) => tracing::error!("recounting active flows failed: {e}"),
         }
+        self.recount_not_before = Instant::now() + started.elapsed().mul_f64(1.0 / active::RECOUNT_DUTY);
     }
 
     /// The backend id of `address` in the VIP named `vip`.

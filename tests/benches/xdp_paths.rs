@@ -11,8 +11,9 @@
 //! (as root; `cargo xtask bench` does this).
 
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, ensure};
@@ -30,6 +31,7 @@ use lb_tests::{
     xdp::{XDP_PASS, XDP_TX, run_once},
 };
 use lb_userspace::{
+    active::{self, IdleTimeouts},
     dataplane::{Balancer, BalancerSizes, load_xdp_tx_baseline, program},
     objects,
     reconcile::{Scheduling, VipTable},
@@ -203,6 +205,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Flow-table entries for the recount measurement.
+const RECOUNT_ENTRIES: usize = 200_000;
+
+/// The agent's recount of active flows reads the whole flow table: its cost per entry, on a
+/// table `balancer` fills with new flows (median of 5 reads).
+fn recount_cost(balancer: &mut Balancer) -> anyhow::Result<serde_json::Value> {
+    round(balancer.program()?, &frames(IpAddr::V4(VIP4), RECOUNT_ENTRIES, 0xabcd), XDP_TX)?;
+    let idle = IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: 30_000_000_000 };
+    let mut samples = Vec::new();
+    let mut entries = 0;
+    for _ in 0..5 {
+        let started = Instant::now();
+        entries = active::recount(balancer, 0..0, &BTreeSet::new(), idle)?;
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let ms = median(samples);
+    println!(
+        "agent recount of active flows: {entries} flow-table entries read in {ms:.1} ms ({:.0} ns per entry)",
+        ms * 1e6 / entries as f64
+    );
+    Ok(serde_json::json!({ "entries": entries, "median_ms": ms }))
+}
+
 struct Path {
     name: &'static str,
     samples: Vec<f64>,
@@ -300,8 +325,9 @@ fn main() -> anyhow::Result<()> {
             "round_means_ns": p.samples,
         }));
     }
+    let recount = recount_cost(&mut least)?;
     if let Some(file) = o.json {
-        let doc = serde_json::json!({ "method": "BPF_PROG_RUN repeat=1, kernel-reported duration", "rounds": o.rounds, "packets_per_round": o.packets, "paths": json });
+        let doc = serde_json::json!({ "method": "BPF_PROG_RUN repeat=1, kernel-reported duration", "rounds": o.rounds, "packets_per_round": o.packets, "paths": json, "recount": recount });
         if let Some(dir) = std::path::Path::new(&file).parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
