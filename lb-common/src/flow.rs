@@ -96,9 +96,11 @@ pub fn source_hash(key: &FlowKey, prefix_len: u8) -> u32 {
 /// Where a flow stands in its backend's count of active flows (`FlowState::stage`), which the
 /// least-connections scheduler compares.
 pub mod stage {
-    /// A TCP SYN was seen, the client has not acknowledged the handshake yet: not counted, so
-    /// spoofed SYNs (a SYN flood) never inflate a backend's count. A SYN retransmitted in this
-    /// stage keeps the backend of the first one.
+    /// Not counted yet; the flow's next packet that is neither SYN nor FIN/RST makes it active.
+    /// A TCP flow's first packet was seen (a SYN, or a packet of a connection first seen
+    /// mid-stream), no second one yet, so spoofed packets without a conversation (SYN or ACK
+    /// floods) never inflate a backend's count; or the flow's backend went away and no other was
+    /// found. A SYN retransmitted in this stage keeps the backend of the first one.
     pub const OPENING: u8 = 0;
     /// Counted as one active flow of its backend.
     pub const ACTIVE: u8 = 1;

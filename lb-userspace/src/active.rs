@@ -1,87 +1,142 @@
 //! Active flows per backend, as least connections compares them.
 //!
 //! The data plane keeps the counts itself (`lb_common::flow::stage`): +1 when a flow becomes
-//! active (a TCP client acknowledges the handshake, a UDP flow sends its first datagram), -1 when
-//! the client sends FIN or RST or the entry is replaced. It cannot see flows that just stop (a
-//! UDP flow falling silent, a TCP connection the server resets: under direct server return the
-//! server's packets bypass the balancer) nor entries a full flow table evicts. So the agent
-//! recounts now and then from the flow table itself: a flow counts while its entry is active
-//! and it sent a packet within its protocol's idle timeout.
+//! active (a TCP flow's second packet, a UDP flow's first datagram), -1 when the client sends FIN
+//! or RST or the entry is replaced. It cannot see flows that just stop (a UDP flow falling
+//! silent, a TCP connection the server resets: under direct server return the server's packets
+//! bypass the balancer) nor entries a full flow table evicts. So the agent recounts now and then
+//! from the flow table itself, in a thread of its own (reading a large table takes a while and
+//! must not hold up health checks or live changes): a flow counts while its entry is active, its
+//! backend id still belongs to its VIP, and it sent a packet within its protocol's idle timeout.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use lb_common::{
     flow::{FlowKey, FlowState, stage},
-    vip::VipKey,
+    vip::{VipKey, scheduler},
 };
 
-use crate::dataplane::{BalancerMaps, DataplaneError};
+use crate::{
+    config::Instance,
+    dataplane::{BalancerMaps, DataplaneError},
+    pins::PinDir,
+    reconcile::Current,
+};
 
 /// How often the agent recounts.
 pub const RECOUNT_EVERY: Duration = Duration::from_secs(5);
-/// Largest share of the agent's time recounts may take: a recount that took `t` is followed by
-/// none for `t / RECOUNT_DUTY`. Reading the flow table costs about 440 ns per entry (`cargo xtask
-/// bench`), so a table of a million entries is recounted every 10 s rather than every 5 s.
+/// Largest share of a CPU recounts may take: a recount that took `t` is followed by none for
+/// `t / RECOUNT_DUTY`. Reading the flow table costs about 440 ns per entry (`cargo xtask bench`),
+/// so a table of a million entries is recounted every 10 s rather than every 5 s.
 pub const RECOUNT_DUTY: f64 = 0.05;
 
 const IPPROTO_UDP: u8 = 17;
 
 /// Idle times after which a flow stops counting.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct IdleTimeouts {
     pub tcp_ns: u64,
     pub udp_ns: u64,
 }
 
-/// Whether the flow-table entry `state` of `key` counts as an active flow at `now_ns`. `timed`:
-/// whether the data plane keeps the flow's packet times (UDP flows, TCP flows of
-/// least-connections VIPs); other TCP flows count until their client ends them or the entry goes.
-pub fn counts(key: &FlowKey, state: &FlowState, now_ns: u64, idle: IdleTimeouts, timed: bool) -> bool {
-    if state.stage != stage::ACTIVE {
-        return false;
-    }
-    let limit = if key.protocol == IPPROTO_UDP { idle.udp_ns } else { idle.tcp_ns };
-    !timed || now_ns.saturating_sub(state.last_seen_ns) <= limit
+/// What a recount needs of the maps' contents, taken from the agent's copy after each change.
+#[derive(Debug, Clone, Default)]
+pub struct RecountPlan {
+    /// VIP -> (its index, whether its TCP flows have packet times: least connections).
+    pub vips: BTreeMap<VipKey, (u32, bool)>,
+    /// Assigned backend id -> the index of its VIP.
+    pub backends: BTreeMap<u32, u32>,
+    pub idle: IdleTimeouts,
 }
 
-/// Recounts every backend's active flows from the flow table and writes the counts of the
-/// backend ids `assigned` (ids not in it are left alone: they are zeroed when cleared).
-/// `least_connections`: the VIPs whose TCP flows have packet times. Returns the entries seen.
-pub fn recount(
-    maps: &mut BalancerMaps,
-    assigned: impl IntoIterator<Item = u32>,
-    least_connections: &BTreeSet<VipKey>,
-    idle: IdleTimeouts,
-) -> Result<u64, DataplaneError> {
+impl RecountPlan {
+    pub fn new(current: &Current, instance: &Instance) -> Self {
+        Self {
+            vips: current
+                .vips
+                .iter()
+                .map(|(key, v)| (*key, (v.index, v.scheduling.scheduler == scheduler::LEAST_CONNECTIONS)))
+                .collect(),
+            backends: current.backends.iter().map(|(id, b)| (*id, u32::from(b.vip_index))).collect(),
+            idle: IdleTimeouts {
+                tcp_ns: u64::from(instance.tcp_idle_timeout_secs) * 1_000_000_000,
+                udp_ns: u64::from(instance.udp_idle_timeout_secs) * 1_000_000_000,
+            },
+        }
+    }
+
+    /// The backend id an entry counts for, if it counts as an active flow at `now_ns`.
+    pub fn counts_for(&self, key: &FlowKey, state: &FlowState, now_ns: u64) -> Option<u32> {
+        if state.stage != stage::ACTIVE {
+            return None;
+        }
+        // The data plane's VIP lookup: the exact VIP, else the address's all-ports VIP.
+        let mut vip =
+            VipKey { addr: key.dst_addr, port: key.dst_port, protocol: key.protocol, family: key.family, _pad: [0; 4] };
+        let (index, least_connections) = self.vips.get(&vip).copied().or_else(|| {
+            vip.port = [0; 2];
+            self.vips.get(&vip).copied()
+        })?;
+        // An id freed and given to another VIP's backend: the data plane reschedules the flow.
+        if self.backends.get(&state.backend) != Some(&index) {
+            return None;
+        }
+        // UDP flows always have packet times; TCP flows only on least-connections VIPs, the
+        // others count until their client ends them or the entry goes.
+        let (timed, limit) =
+            if key.protocol == IPPROTO_UDP { (true, self.idle.udp_ns) } else { (least_connections, self.idle.tcp_ns) };
+        (!timed || now_ns.saturating_sub(state.last_seen_ns) <= limit).then_some(state.backend)
+    }
+}
+
+/// Recounts every assigned backend's active flows from the flow table and writes them, plus
+/// what the data plane added or took off while the table was read. Returns the entries read.
+pub fn recount(maps: &mut BalancerMaps, plan: &RecountPlan) -> Result<u64, DataplaneError> {
+    let mut before = BTreeMap::new();
+    for &id in plan.backends.keys() {
+        before.insert(id, maps.active_flows(id)?);
+    }
     let now = monotonic_coarse_ns();
-    let mut per_backend: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut counted: BTreeMap<u32, i64> = BTreeMap::new();
     let mut entries = 0;
     maps.for_each_flow(|key, state| {
         entries += 1;
-        let timed = key.protocol == IPPROTO_UDP || {
-            let mut vip = VipKey {
-                addr: key.dst_addr,
-                port: key.dst_port,
-                protocol: key.protocol,
-                family: key.family,
-                _pad: [0; 4],
-            };
-            least_connections.contains(&vip) || {
-                vip.port = [0; 2];
-                least_connections.contains(&vip)
-            }
-        };
-        if counts(key, state, now, idle, timed) {
-            *per_backend.entry(state.backend).or_default() += 1;
+        if let Some(id) = plan.counts_for(key, state, now) {
+            *counted.entry(id).or_default() += 1;
         }
     })?;
-    for id in assigned {
-        maps.set_active_flows(id, per_backend.get(&id).copied().unwrap_or(0))?;
+    for (&id, &was) in &before {
+        let meanwhile = maps.active_flows(id)? - was;
+        maps.set_active_flows(id, counted.get(&id).copied().unwrap_or(0) + meanwhile)?;
     }
     Ok(entries)
+}
+
+/// Starts the recount thread on the maps pinned in `pins`, with the latest `plan`.
+pub fn spawn(pins: PinDir, plan: Arc<Mutex<RecountPlan>>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("recount".into()).spawn(move || {
+        let mut maps = None;
+        loop {
+            let started = Instant::now();
+            if maps.is_none() {
+                maps = BalancerMaps::open_pinned(&pins)
+                    .inspect_err(|e| tracing::error!("recount: opening the pinned maps: {e}"))
+                    .ok();
+            }
+            if let Some(m) = maps.as_mut() {
+                let plan = plan.lock().map(|p| p.clone()).unwrap_or_default();
+                match recount(m, &plan) {
+                    Ok(entries) => tracing::debug!(entries, took = ?started.elapsed(), "recounted active flows"),
+                    Err(e) => tracing::error!("recounting active flows failed: {e}"),
+                }
+            }
+            std::thread::sleep(RECOUNT_EVERY.max(started.elapsed().mul_f64(1.0 / RECOUNT_DUTY)));
+        }
+    })
 }
 
 /// The clock of the data plane's flow times (`bpf_ktime_get_coarse_ns`).
@@ -98,22 +153,55 @@ mod tests {
 
     use super::*;
 
+    fn key(protocol: u8, port: u16) -> FlowKey {
+        FlowKey::new(family::IPV4, protocol, [1; 16], 1000, [2; 16], port)
+    }
+
+    fn vip(protocol: u8, port: u16) -> VipKey {
+        VipKey::new(family::IPV4, [2; 16], port, protocol)
+    }
+
+    fn plan() -> RecountPlan {
+        RecountPlan {
+            // VIP 0: TCP port 80, least connections; VIP 1: UDP port 53; VIP 2: every TCP port.
+            vips: [(vip(6, 80), (0, true)), (vip(IPPROTO_UDP, 53), (1, false)), (vip(6, 0), (2, false))].into(),
+            // Backend 3 serves VIP 0, 4 VIP 1, 5 VIP 2.
+            backends: [(3, 0), (4, 1), (5, 2)].into(),
+            idle: IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: 30_000_000_000 },
+        }
+    }
+
+    const NOW: u64 = 10_000_000_000_000;
+
+    fn seen(backend: u32, ago_s: u64, s: u8) -> FlowState {
+        FlowState::new(backend, 0, NOW - ago_s * 1_000_000_000, s)
+    }
+
     #[test]
     fn active_entries_count_until_idle_past_their_protocols_timeout() {
-        let idle = IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: 30_000_000_000 };
-        let tcp = FlowKey::new(family::IPV4, 6, [1; 16], 1000, [2; 16], 80);
-        let udp = FlowKey::new(family::IPV4, IPPROTO_UDP, [1; 16], 1000, [2; 16], 53);
-        let now = 1_000_000_000_000;
-        let seen = |ago_s: u64, s: u8| FlowState::new(3, 0, now - ago_s * 1_000_000_000, s);
-        assert!(counts(&tcp, &seen(10, stage::ACTIVE), now, idle, true));
-        assert!(counts(&tcp, &seen(899, stage::ACTIVE), now, idle, true));
-        assert!(!counts(&tcp, &seen(901, stage::ACTIVE), now, idle, true));
-        assert!(counts(&tcp, &seen(901, stage::ACTIVE), now, idle, false), "untimed TCP counts until it ends");
-        assert!(!counts(&tcp, &seen(1, stage::OPENING), now, idle, true), "a SYN alone is not an active flow");
-        assert!(!counts(&tcp, &seen(1, stage::ENDED), now, idle, false));
-        assert!(counts(&udp, &seen(29, stage::ACTIVE), now, idle, true));
-        assert!(!counts(&udp, &seen(31, stage::ACTIVE), now, idle, true));
+        let p = plan();
+        let (tcp, udp) = (key(6, 80), key(IPPROTO_UDP, 53));
+        assert_eq!(p.counts_for(&tcp, &seen(3, 10, stage::ACTIVE), NOW), Some(3));
+        assert_eq!(p.counts_for(&tcp, &seen(3, 899, stage::ACTIVE), NOW), Some(3));
+        assert_eq!(p.counts_for(&tcp, &seen(3, 901, stage::ACTIVE), NOW), None);
+        assert_eq!(p.counts_for(&tcp, &seen(3, 1, stage::OPENING), NOW), None, "one packet is no active flow");
+        assert_eq!(p.counts_for(&tcp, &seen(3, 1, stage::ENDED), NOW), None);
+        assert_eq!(p.counts_for(&udp, &seen(4, 29, stage::ACTIVE), NOW), Some(4));
+        assert_eq!(p.counts_for(&udp, &seen(4, 31, stage::ACTIVE), NOW), None);
         // An entry touched after `now` was read (another CPU) is not idle.
-        assert!(counts(&udp, &FlowState::new(3, 0, now + 5, stage::ACTIVE), now, idle, true));
+        assert_eq!(p.counts_for(&udp, &FlowState::new(4, 0, NOW + 5, stage::ACTIVE), NOW), Some(4));
+    }
+
+    #[test]
+    fn entries_are_matched_to_their_vip_as_the_data_plane_does() {
+        let p = plan();
+        // TCP port 81 falls to the all-ports VIP 2, which keeps no TCP packet times: no idle limit.
+        assert_eq!(p.counts_for(&key(6, 81), &seen(5, 5000, stage::ACTIVE), NOW), Some(5));
+        // Port 80 has its own VIP, whose TCP flows do go idle.
+        assert_eq!(p.counts_for(&key(6, 80), &seen(3, 5000, stage::ACTIVE), NOW), None);
+        // A backend id now serving another VIP: the entry is stale.
+        assert_eq!(p.counts_for(&key(6, 81), &seen(3, 1, stage::ACTIVE), NOW), None);
+        // No VIP at all (removed): not counted.
+        assert_eq!(p.counts_for(&key(IPPROTO_UDP, 54), &seen(4, 1, stage::ACTIVE), NOW), None);
     }
 }

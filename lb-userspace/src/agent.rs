@@ -12,11 +12,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
-use lb_common::{flow::FLOW_HASH_SEED, hash::murmur3_words, vip::VipKey};
+use lb_common::{flow::FLOW_HASH_SEED, hash::murmur3_words};
 use serde_json::json;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -27,7 +28,7 @@ use tokio::{
 };
 
 use crate::{
-    active::{self, IdleTimeouts},
+    active::{self, RecountPlan},
     config::{Config, HealthCheck},
     control::{self, Request, Response},
     dataplane::{Balancer, BalancerSizes},
@@ -64,7 +65,8 @@ struct Agent {
     /// equal on every balancer with the same configuration and health).
     fingerprints: BTreeMap<String, String>,
     generation: u64,
-    recount_not_before: Instant,
+    /// What the recount thread needs to know of the maps (see [`active`]).
+    recount_plan: Arc<Mutex<RecountPlan>>,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -94,7 +96,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ramping: false,
         fingerprints: BTreeMap::new(),
         generation: 0,
-        recount_not_before: Instant::now(),
+        recount_plan: Arc::default(),
     };
     agent.apply()?;
     agent.fingerprints = fingerprints(&agent.current, &agent.config);
@@ -115,6 +117,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     agent.sync_checks();
+    active::spawn(agent.pins.clone(), Arc::clone(&agent.recount_plan)).context("starting the recount thread")?;
 
     let (request_tx, mut request_rx) = mpsc::channel::<Pending>(64);
     let socket = agent.config.instance.control_socket.clone();
@@ -139,7 +142,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut refresh = tokio::time::interval(NEIGHBOUR_REFRESH);
     let mut tick = tokio::time::interval(TICK);
-    let mut recount = tokio::time::interval(active::RECOUNT_EVERY);
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -152,7 +154,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
             _ = refresh.tick() => warm_neighbours(&agent.config),
             _ = tick.tick() => agent.tick(),
-            _ = recount.tick() => agent.recount_active_flows(),
             Some(outcome) = outcome_rx.recv() => agent.record(outcome),
             Some((request, reply)) = request_rx.recv() => {
                 let response = agent.handle(request);
@@ -191,6 +192,9 @@ impl Agent {
         if !ops.is_empty() {
             self.generation += 1;
             self.fingerprints = fingerprints(&self.current, &self.config);
+        }
+        if let Ok(mut plan) = self.recount_plan.lock() {
+            *plan = RecountPlan::new(&self.current, &self.config.instance);
         }
         Ok(())
     }
@@ -328,33 +332,6 @@ impl Agent {
             Ok(None) => Response::ok(json!(null)),
             Err(message) => Response::error(message),
         }
-    }
-
-    /// Corrects the data plane's counts of active flows (see [`active`]), at most
-    /// [`active::RECOUNT_DUTY`] of the agent's time.
-    fn recount_active_flows(&mut self) {
-        if Instant::now() < self.recount_not_before {
-            return;
-        }
-        let instance = &self.config.instance;
-        let idle = IdleTimeouts {
-            tcp_ns: u64::from(instance.tcp_idle_timeout_secs) * 1_000_000_000,
-            udp_ns: u64::from(instance.udp_idle_timeout_secs) * 1_000_000_000,
-        };
-        let started = Instant::now();
-        let least_connections: BTreeSet<VipKey> = self
-            .current
-            .vips
-            .iter()
-            .filter(|(_, v)| v.scheduling.scheduler == lb_common::vip::scheduler::LEAST_CONNECTIONS)
-            .map(|(k, _)| *k)
-            .collect();
-        let assigned = self.current.backends.keys().copied();
-        match active::recount(&mut self.balancer, assigned, &least_connections, idle) {
-            Ok(entries) => tracing::debug!(entries, took = ?started.elapsed(), "recounted active flows"),
-            Err(e) => tracing::error!("recounting active flows failed: {e}"),
-        }
-        self.recount_not_before = Instant::now() + started.elapsed().mul_f64(1.0 / active::RECOUNT_DUTY);
     }
 
     /// The backend id of `address` in the VIP named `vip`.

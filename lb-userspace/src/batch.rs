@@ -28,20 +28,34 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Calls `visit` with every entry of the hash map `map` (keys `K`, values `V`). Entries added
-/// or removed meanwhile may or may not be visited; none is visited twice.
+/// Calls `visit` with every entry of the hash map `map` (keys `K`, values `V`, which must be the
+/// map's key and value sizes: checked). Entries added or removed meanwhile may or may not be
+/// visited; none is visited twice.
 pub fn for_each_entry<K: Pod + Default, V: Pod + Default>(
     map: &MapData,
     mut visit: impl FnMut(&K, &V),
 ) -> io::Result<()> {
+    let info = map.info().map_err(io::Error::other)?;
+    let sizes = (info.key_size() as usize, info.value_size() as usize);
+    if sizes != (size_of::<K>(), size_of::<V>()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the map has {}-byte keys and {}-byte values, the reader expects {} and {}",
+                sizes.0,
+                sizes.1,
+                size_of::<K>(),
+                size_of::<V>()
+            ),
+        ));
+    }
     let mut keys = vec![K::default(); BATCH_ENTRIES as usize];
     let mut values = vec![V::default(); BATCH_ENTRIES as usize];
-    // The kernel's cursor for hash maps: a bucket index.
+    // The kernel's cursor for hash maps: a bucket index, 0 for the first.
     let (mut cursor, mut next) = (0u32, 0u32);
-    let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &raw const cursor as u64 },
+            in_batch: &raw const cursor as u64,
             out_batch: &raw mut next as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -76,6 +90,5 @@ pub fn for_each_entry<K: Pod + Default, V: Pod + Default>(
             return Ok(());
         }
         cursor = next;
-        first = false;
     }
 }

@@ -56,6 +56,13 @@ pub enum DataplaneError {
     Link(String),
     #[error("pin directory {path}: {error}")]
     Pins { path: std::path::PathBuf, error: std::io::Error },
+    #[error(
+        "map {name} pinned at {} has {}-byte keys and {}-byte values where this build needs {} and {}: \
+         another version of the balancer created it. Remove the pinned data plane with `lb detach` \
+         (established flows are forgotten) and start again",
+        path.display(), found.0, found.1, expected.0, expected.1
+    )]
+    PinnedLayout { name: &'static str, path: std::path::PathBuf, found: (usize, usize), expected: (usize, usize) },
     #[error("reading the flow table: {0}")]
     FlowScan(std::io::Error),
     #[error("no interface named {0}")]
@@ -113,6 +120,41 @@ pub const BALANCER_MAPS: [&str; 12] = [
     "ACTIVE_FLOWS",
 ];
 
+/// Key and value sizes of the balancer's maps whose layouts this build defines (`EGRESS` is
+/// the kernel's).
+fn map_layouts() -> [(&'static str, usize, usize); 11] {
+    [
+        ("VIPS", size_of::<VipKey>(), size_of::<VipInfo>()),
+        ("VIP_ADDRS", size_of::<VipAddrKey>(), size_of::<u32>()),
+        ("BACKENDS", size_of::<u32>(), size_of::<Backend>()),
+        ("MAGLEV_TABLES", size_of::<u32>(), size_of::<MaglevTable>()),
+        ("FLOWS", size_of::<FlowKey>(), size_of::<FlowState>()),
+        ("CONFIG", size_of::<u32>(), size_of::<DataplaneConfig>()),
+        ("REASON_STATS", size_of::<u32>(), size_of::<ReasonCounter>()),
+        ("VIP_STATS", size_of::<u32>(), size_of::<TrafficCounters>()),
+        ("BACKEND_STATS", size_of::<u32>(), size_of::<TrafficCounters>()),
+        ("SEQUENCE_POSITIONS", size_of::<u32>(), size_of::<u32>()),
+        ("ACTIVE_FLOWS", size_of::<u32>(), size_of::<i64>()),
+    ]
+}
+
+/// Refuses pinned maps of another layout, which aya would adopt as they are: a map created by
+/// another version of the balancer.
+fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> {
+    for (name, key, value) in map_layouts() {
+        let path = pins.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)?.info()?;
+        let found = (info.key_size() as usize, info.value_size() as usize);
+        if found != (key, value) {
+            return Err(DataplaneError::PinnedLayout { name, path, found, expected: (key, value) });
+        }
+    }
+    Ok(())
+}
+
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct BalancerSizes {
@@ -129,6 +171,7 @@ impl Balancer {
     /// adopted with their contents (the flow table keeps its size then), missing ones created.
     pub fn open_pinned(sizes: BalancerSizes, pins: &PinDir) -> Result<Self, DataplaneError> {
         pins.create().map_err(|error| DataplaneError::Pins { path: pins.root().to_path_buf(), error })?;
+        check_pinned_layouts(pins)?;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries("FLOWS", sizes.flow_table_entries);
         let paths: Vec<_> = BALANCER_MAPS.iter().map(|name| (*name, pins.map(name))).collect();

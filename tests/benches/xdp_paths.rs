@@ -11,7 +11,6 @@
 //! (as root; `cargo xtask bench` does this).
 
 use std::{
-    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
@@ -31,7 +30,7 @@ use lb_tests::{
     xdp::{XDP_PASS, XDP_TX, run_once},
 };
 use lb_userspace::{
-    active::{self, IdleTimeouts},
+    active::{self, IdleTimeouts, RecountPlan},
     dataplane::{Balancer, BalancerSizes, load_xdp_tx_baseline, program},
     objects,
     reconcile::{Scheduling, VipTable},
@@ -115,8 +114,15 @@ fn balancer_from(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyho
         };
         b.install_vip(&VipKey::new(family, a, 53, protocol), &table)?;
         if index == 0 {
-            // The same service over TCP, for the TCP hit path.
-            b.install_vip(&VipKey::new(family, a, 53, 6), &VipTable { index: 2, ..table })?;
+            // The same service over TCP, for the TCP hit path: another VIP, its own backend ids.
+            let mut table = VipTable { index: 2, ..table };
+            for id in table.table.iter_mut() {
+                *id += 100;
+            }
+            for m in &maglev {
+                b.set_backend(m.id + 100, &Backend::new(m.family, m.addr, 2))?;
+            }
+            b.install_vip(&VipKey::new(family, a, 53, 6), &table)?;
         }
     }
     Ok(b)
@@ -212,12 +218,17 @@ const RECOUNT_ENTRIES: usize = 200_000;
 /// table `balancer` fills with new flows (median of 5 reads).
 fn recount_cost(balancer: &mut Balancer) -> anyhow::Result<serde_json::Value> {
     round(balancer.program()?, &frames(IpAddr::V4(VIP4), RECOUNT_ENTRIES, 0xabcd), XDP_TX)?;
-    let idle = IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: 30_000_000_000 };
+    let current = balancer.current()?;
+    let plan = RecountPlan {
+        vips: current.vips.iter().map(|(key, v)| (*key, (v.index, true))).collect(),
+        backends: current.backends.iter().map(|(id, b)| (*id, u32::from(b.vip_index))).collect(),
+        idle: IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: 30_000_000_000 },
+    };
     let mut samples = Vec::new();
     let mut entries = 0;
     for _ in 0..5 {
         let started = Instant::now();
-        entries = active::recount(balancer, 0..0, &BTreeSet::new(), idle)?;
+        entries = active::recount(balancer, &plan)?;
         samples.push(started.elapsed().as_secs_f64() * 1e3);
     }
     let ms = median(samples);

@@ -35,6 +35,7 @@ use lb_tests::{
 };
 use lb_userspace::{
     dataplane::{Balancer, BalancerSizes, Decap},
+    pins::PinDir,
     reconcile::{Scheduling, VipTable},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -61,12 +62,14 @@ const FALLBACK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const MTU: u16 = 1500;
 const UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
 
-fn v4_backends() -> Vec<(u32, IpAddr)> {
-    (1..=3).map(|i| (i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8)))).collect()
+/// Three IPv4 backends with ids `first_id..first_id + 3`: like the agent's, ids belong to one
+/// VIP (the data plane checks a record's VIP).
+fn v4_backends(first_id: u32) -> Vec<(u32, IpAddr)> {
+    (1..=3).map(|i| (first_id + i - 1, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8)))).collect()
 }
 
-fn v6_backends() -> Vec<(u32, IpAddr)> {
-    (11..=13).map(|i| (i, IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, i as u16)))).collect()
+fn v6_backends(first_id: u32) -> Vec<(u32, IpAddr)> {
+    (11..=13).map(|i| (first_id + i - 11, IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, i as u16)))).collect()
 }
 
 fn config() -> DataplaneConfig {
@@ -120,16 +123,14 @@ impl Env {
             next_port: 20_000,
             links: HashMap::new(),
         };
-        let v4 = v4_backends();
-        let v6 = v6_backends();
-        env.vip(0, VIP4.into(), 80, Protocol::Tcp, &v4, 65_537)?;
-        env.vip(1, VIP4.into(), 53, Protocol::Udp, &v4, 251)?;
-        env.vip(2, VIP4_ALL_PORTS.into(), 0, Protocol::Tcp, &v4, 251)?;
-        env.vip(3, VIP6.into(), 80, Protocol::Tcp, &v6, 65_537)?;
-        env.vip(4, VIP6.into(), 53, Protocol::Udp, &v6, 251)?;
-        env.vip(5, VIP4_V6_BACKENDS.into(), 80, Protocol::Tcp, &v6, 251)?;
+        env.vip(0, VIP4.into(), 80, Protocol::Tcp, &v4_backends(1), 65_537)?;
+        env.vip(1, VIP4.into(), 53, Protocol::Udp, &v4_backends(101), 251)?;
+        env.vip(2, VIP4_ALL_PORTS.into(), 0, Protocol::Tcp, &v4_backends(201), 251)?;
+        env.vip(3, VIP6.into(), 80, Protocol::Tcp, &v6_backends(301), 65_537)?;
+        env.vip(4, VIP6.into(), 53, Protocol::Udp, &v6_backends(401), 251)?;
+        env.vip(5, VIP4_V6_BACKENDS.into(), 80, Protocol::Tcp, &v6_backends(501), 251)?;
         env.vip(6, VIP4_EMPTY.into(), 80, Protocol::Tcp, &[], 251)?;
-        env.vip(7, VIP6_V4_BACKENDS.into(), 80, Protocol::Tcp, &v4, 251)?;
+        env.vip(7, VIP6_V4_BACKENDS.into(), 80, Protocol::Tcp, &v4_backends(701), 251)?;
         let rebuild: Vec<_> = (0..4).map(|i| (40 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 12, i as u8 + 1)))).collect();
         env.vip(8, VIP4_REBUILD.into(), 80, Protocol::Tcp, &rebuild, 251)?;
         let removal: Vec<_> = (0..2).map(|i| (50 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 13, i as u8 + 1)))).collect();
@@ -796,6 +797,8 @@ fn cases() -> Vec<(&'static str, Body)> {
         ("flows/hit_keeps_backend_after_table_rebuilt_without_it", flow_survives_rebuild),
         ("flows/removed_backend_is_rescheduled", removed_backend_rescheduled),
         ("flows/draining_backend_keeps_pinned_flows_down_backend_sheds_them", drain_keeps_down_sheds),
+        ("flows/backend_id_reused_by_another_vip_reschedules", reused_id_of_another_vip_reschedules),
+        ("pins/a_pinned_map_of_another_layout_is_refused", pinned_map_of_another_layout),
         ("flows/udp_idle_timeout_reschedules", udp_idle_timeout),
         ("schedulers/source_hash_keeps_a_clients_prefix_on_one_backend", source_hash_case),
         ("schedulers/weighted_round_robin_deals_the_sequence_in_turn", round_robin_case),
@@ -965,14 +968,23 @@ fn least_connections_tcp_counts(env: &mut Env) -> anyhow::Result<()> {
     check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?).context("SYN after the end")?;
     ensure!(active(env, ids.clone())? == [0, 0, 0], "a reopened connection counted before its ACK");
 
-    // A flow first seen mid-connection (its entry was evicted, or the balancer restarted) counts
-    // at once; the client's RST ends it.
+    // An ACK flood: twenty lone ACKs from different ports, as spoofed ones would be.
+    for _ in 0..20 {
+        let f = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
+        let (shape, input) = (Shape::default(), frame(&f, &Shape::default()));
+        check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
+    }
+    ensure!(active(env, ids.clone())? == [0, 0, 0], "lone ACKs counted: {:?}", active(env, ids.clone())?);
+
+    // A connection first seen mid-stream (its entry was evicted, or it began on another
+    // balancer) counts from its second packet; the client's RST ends it.
     let g = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
     let (_, owner, _) = env.predict(&g)?;
     let shape = Shape::default();
     let input = frame(&g, &shape);
     check(env, &input, None, &expect_encap(env, &g, &input, &shape, true)?)?;
-    ensure!(env.balancer.active_flows(owner)? == 1, "mid-connection flow not counted");
+    check(env, &input, None, &expect_encap_to(env, &g, &input, &shape, owner)?)?;
+    ensure!(env.balancer.active_flows(owner)? == 1, "mid-connection flow not counted at its second packet");
     let shape = segment(TcpFlags::Rst);
     let input = frame(&g, &shape);
     check(env, &input, None, &expect_encap_to(env, &g, &input, &shape, owner)?).context("RST")?;
@@ -995,6 +1007,30 @@ fn least_connections_udp_counts(env: &mut Env) -> anyhow::Result<()> {
     ensure!(env.balancer.active_flows(owner)? == 1, "first datagram not counted");
     check(env, &input, None, &expect_encap_to(env, &f, &input, &shape, owner)?)?;
     ensure!(active(env, ids.clone())?.iter().sum::<i64>() == 1, "{:?}", active(env, ids.clone())?);
+
+    // Its backend goes down while the VIP has no other: the flow stops counting, once, however
+    // many datagrams then find no backend.
+    let key = least_connections_key(53, Protocol::Udp);
+    let (index, table) = env.vips[&key].clone();
+    let record = {
+        let (family, a) = key_addr(env.backends[&owner]);
+        Backend::new(family, a, index as u16)
+    };
+    env.balancer.set_backend(owner, &record.keeping_flows(false))?;
+    env.balancer.install_vip(&key, &VipTable { index, scheduling: env.schedulings[&key], table: Vec::new() })?;
+    let dropped = (0..3).try_for_each(|_| check(env, &input, None, &Expect::drop(Reason::DropNoBackend)));
+    env.balancer.set_backend(owner, &record)?;
+    env.balancer.install_vip(&key, &VipTable { index, scheduling: env.schedulings[&key], table })?;
+    dropped.context("datagrams without a backend")?;
+    ensure!(
+        active(env, ids.clone())? == [0, 0, 0],
+        "counts after the flow lost its backend: {:?}",
+        active(env, ids.clone())?
+    );
+    // Back up: the flow's entry still names it, and its next datagram counts there again.
+    check(env, &input, None, &expect_encap_to(env, &f, &input, &shape, owner)?)
+        .context("datagram after the backend came back")?;
+    ensure!(env.balancer.active_flows(owner)? == 1, "{:?}", active(env, ids.clone())?);
 
     env.balancer.set_config(&DataplaneConfig { udp_idle_timeout_ns: 1, ..config() })?;
     let result = (|| {
@@ -1219,6 +1255,73 @@ fn removed_backend_rescheduled(env: &mut Env) -> anyhow::Result<()> {
     check(env, &input, None, &expect)?;
     ensure!(env.balancer.flow(&f.key()).map(|s| s.backend) == Some(survivor), "flow entry not moved to the survivor");
     Ok(())
+}
+
+/// A flow pinned to a backend id that was freed and given to a backend of another VIP is
+/// rescheduled on its own VIP, never sent to the other VIP's backend.
+fn reused_id_of_another_vip_reschedules(env: &mut Env) -> anyhow::Result<()> {
+    let key = rebuild_key();
+    let shape = Shape::default();
+    let (index, old_table) = env.vips[&key].clone();
+    let f = flow(env, Protocol::Tcp, VIP4_REBUILD.into(), 80);
+    let input = frame(&f, &shape);
+    let (_, owner, _) = env.predict(&f)?;
+    let old_record = {
+        let (family, a) = key_addr(env.backends[&owner]);
+        Backend::new(family, a, index as u16)
+    };
+    let remaining: Vec<MaglevBackend> = (40..44)
+        .filter(|id| *id != owner)
+        .map(|id| {
+            let (family, addr) = key_addr(env.backends[&id]);
+            MaglevBackend { addr, family, weight: 1, id }
+        })
+        .collect();
+    let table = build_table(&remaining, 251)?;
+    let result = (|| {
+        check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
+        env.balancer.install_vip(&key, &maglev_vip(index, &table))?;
+        env.vips.insert(key, (index, table.clone()));
+        // The id now serves VIP 9, at another address.
+        let other = Backend::new(lb_common::family::IPV4, key_addr(Ipv4Addr::new(198, 18, 13, 9).into()).1, 9);
+        env.balancer.set_backend(owner, &other)?;
+        let expect = expect_encap(env, &f, &input, &shape, true)?;
+        ensure!(expect.forwarded.is_some_and(|x| x.1 != owner), "prediction should be a remaining backend");
+        check(env, &input, None, &expect).context("the flow's packet after its id went to another VIP")
+    })();
+    env.balancer.set_backend(owner, &old_record)?;
+    env.balancer.install_vip(&key, &maglev_vip(index, &old_table))?;
+    env.vips.insert(key, (index, old_table));
+    result
+}
+
+/// A flow table pinned by a build whose flow-table values were 16 bytes: refused with the map,
+/// the sizes and what to do, before anything is loaded.
+fn pinned_map_of_another_layout(_: &mut Env) -> anyhow::Result<()> {
+    let pins = PinDir::instance(&format!("lbtest-layout-{}", std::process::id()));
+    pins.create()?;
+    let result = (|| {
+        let flows = pins.map("FLOWS");
+        let path = flows.to_str().context("pin path")?;
+        run(Command::new("bpftool")
+            .args(["map", "create", path, "type", "lru_hash", "key", "40", "value", "16"])
+            .args(["entries", "64", "name", "FLOWS"]))?;
+        match Balancer::open_pinned(BalancerSizes { flow_table_entries: 64 }, &pins) {
+            Ok(_) => bail!("a flow table with 16-byte values was adopted"),
+            Err(e) => {
+                let message = e.to_string();
+                ensure!(
+                    message.contains("map FLOWS")
+                        && message.contains("16-byte values")
+                        && message.contains("lb detach"),
+                    "unclear refusal: {message}"
+                );
+                Ok(())
+            }
+        }
+    })();
+    pins.remove()?;
+    result
 }
 
 /// A draining backend (kept, out of the table) keeps its pinned flows; a down one (record

@@ -136,8 +136,10 @@ fn choose_backend(
         // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend
         // id, which is validated below.
         let known = unsafe { *state };
+        // A record of another VIP means the id was freed and given to another backend since.
         if let Some(backend) = BACKENDS.get(known.backend)
             && backend.keeps_flows()
+            && u32::from(backend.vip_index) == vip.index
             && stays_pinned(&known, key.protocol, segment, now, udp_idle_timeout_ns)
         {
             let stage = next_stage(known.stage, segment);
@@ -157,9 +159,12 @@ fn choose_backend(
             }
             return Some((known.backend, *backend, known.hash, false));
         }
-        // The entry is replaced below: its flow no longer counts.
+        // The entry is replaced below; if no backend is found it stays, uncounted until a later
+        // packet finds its backend back. Either way the flow stops counting here, once.
         if known.stage == stage::ACTIVE {
             maps::add_active_flows(known.backend, -1);
+            // SAFETY: as above.
+            unsafe { (*state).stage = stage::OPENING };
         }
     }
 
@@ -189,7 +194,13 @@ fn choose_backend(
         // SAFETY: helper without arguments.
         now = unsafe { bpf_ktime_get_coarse_ns() };
     }
-    let stage = next_stage(stage::OPENING, segment);
+    let stage = match segment {
+        Segment::Ends => stage::ENDED,
+        Segment::Continues if key.protocol == IPPROTO_UDP => stage::ACTIVE,
+        // TCP counts from its second packet: a lone packet without an entry, SYN or not, may be
+        // spoofed (SYN and ACK floods); a connection first seen mid-stream counts from its next.
+        _ => stage::OPENING,
+    };
     if stage == stage::ACTIVE {
         maps::add_active_flows(id, 1);
     }
