@@ -43,6 +43,15 @@ pub struct IdleTimeouts {
     pub udp_ns: u64,
 }
 
+impl IdleTimeouts {
+    pub fn of(instance: &Instance) -> Self {
+        Self {
+            tcp_ns: u64::from(instance.tcp_idle_timeout_secs) * 1_000_000_000,
+            udp_ns: u64::from(instance.udp_idle_timeout_secs) * 1_000_000_000,
+        }
+    }
+}
+
 /// What a recount needs of the maps' contents, taken from the agent's copy after each change.
 #[derive(Debug, Clone, Default)]
 pub struct RecountPlan {
@@ -54,7 +63,7 @@ pub struct RecountPlan {
 }
 
 impl RecountPlan {
-    pub fn new(current: &Current, instance: &Instance) -> Self {
+    pub fn new(current: &Current, idle: IdleTimeouts) -> Self {
         Self {
             vips: current
                 .vips
@@ -62,10 +71,7 @@ impl RecountPlan {
                 .map(|(key, v)| (*key, (v.index, v.scheduling.scheduler == scheduler::LEAST_CONNECTIONS)))
                 .collect(),
             backends: current.backends.iter().map(|(id, b)| (*id, u32::from(b.vip_index))).collect(),
-            idle: IdleTimeouts {
-                tcp_ns: u64::from(instance.tcp_idle_timeout_secs) * 1_000_000_000,
-                udp_ns: u64::from(instance.udp_idle_timeout_secs) * 1_000_000_000,
-            },
+            idle,
         }
     }
 

@@ -28,7 +28,7 @@ use tokio::{
 };
 
 use crate::{
-    active::{self, RecountPlan},
+    active::{self, IdleTimeouts, RecountPlan},
     config::{Config, HealthCheck},
     control::{self, Request, Response},
     dataplane::{Balancer, BalancerSizes},
@@ -194,7 +194,7 @@ impl Agent {
             self.fingerprints = fingerprints(&self.current, &self.config);
         }
         if let Ok(mut plan) = self.recount_plan.lock() {
-            *plan = RecountPlan::new(&self.current, &self.config.instance);
+            *plan = RecountPlan::new(&self.current, IdleTimeouts::of(&self.config.instance));
         }
         Ok(())
     }

@@ -218,12 +218,8 @@ const RECOUNT_ENTRIES: usize = 200_000;
 /// table `balancer` fills with new flows (median of 5 reads).
 fn recount_cost(balancer: &mut Balancer) -> anyhow::Result<serde_json::Value> {
     round(balancer.program()?, &frames(IpAddr::V4(VIP4), RECOUNT_ENTRIES, 0xabcd), XDP_TX)?;
-    let current = balancer.current()?;
-    let plan = RecountPlan {
-        vips: current.vips.iter().map(|(key, v)| (*key, (v.index, true))).collect(),
-        backends: current.backends.iter().map(|(id, b)| (*id, u32::from(b.vip_index))).collect(),
-        idle: IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: 30_000_000_000 },
-    };
+    let idle = IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: 30_000_000_000 };
+    let plan = RecountPlan::new(&balancer.current()?, idle);
     let mut samples = Vec::new();
     let mut entries = 0;
     for _ in 0..5 {

@@ -58,12 +58,14 @@ fn weighted_round_robin(env: &mut Env) -> anyhow::Result<()> {
     check_shares(&counts, &weights, 0.03)
 }
 
-/// One connection from `source` to the IPv6 web VIP; the backend that answered.
-fn from(source: std::net::Ipv6Addr) -> anyhow::Result<String> {
+/// One connection from `source` (address and port; port 0: any) to the web VIP of its family;
+/// the backend that answered.
+fn from(source: SocketAddr) -> anyhow::Result<String> {
     use std::io::{Read as _, Write as _};
-    let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
-    socket.bind(&SocketAddr::new(IpAddr::V6(source), 0).into())?;
-    socket.connect_timeout(&SocketAddr::new(vip(true), 80).into(), Duration::from_secs(3))?;
+    let domain = if source.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    socket.bind(&source.into())?;
+    socket.connect_timeout(&SocketAddr::new(vip(source.is_ipv6()), 80).into(), Duration::from_secs(3))?;
     let mut stream: std::net::TcpStream = socket.into();
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     stream.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")?;
@@ -78,10 +80,11 @@ fn source_hash(env: &mut Env) -> anyhow::Result<()> {
     let clients = env.lab.add_client_addresses(1000)?;
     let (one_client, shares) =
         in_namespace(CLIENT, move || -> anyhow::Result<(Vec<String>, BTreeMap<String, usize>)> {
-            let one: Vec<String> = (0..20).map(|_| from(clients[0])).collect::<anyhow::Result<_>>()?;
+            let one: Vec<String> =
+                (0..20).map(|_| from(SocketAddr::new(clients[0].into(), 0))).collect::<anyhow::Result<_>>()?;
             let mut counts = BTreeMap::new();
             for c in &clients {
-                *counts.entry(from(*c)?).or_insert(0) += 1;
+                *counts.entry(from(SocketAddr::new((*c).into(), 0))?).or_insert(0) += 1;
             }
             Ok((one, counts))
         })??;
@@ -142,30 +145,20 @@ fn by_backend(held: &[(Http, String)]) -> BTreeMap<String, usize> {
     counts
 }
 
+/// The lab name of the IPv4 backend address `address`.
+fn backend_name(address: &str) -> Option<&'static str> {
+    (0..3).find(|i| lb_lab::backend_v4(*i).to_string() == address).map(|i| BACKEND_NAMES[i])
+}
+
 /// Active flows per backend of the web VIP, as `lb status` shows them.
 fn active_flows(socket: &Path) -> anyhow::Result<BTreeMap<String, i64>> {
     let status = control::request(socket, &Request::Status)?.body;
     let mut out = BTreeMap::new();
     for b in status["backends"].as_array().context("backends")?.iter().filter(|b| b["vip"] == "web") {
-        let address: IpAddr = b["address"].as_str().context("address")?.parse()?;
-        let name = (0..3).find(|i| IpAddr::V4(lb_lab::backend_v4(*i)) == address).map_or("?", |i| BACKEND_NAMES[i]);
+        let name = backend_name(b["address"].as_str().context("address")?).context("not a lab backend")?;
         out.insert(name.to_string(), b["active_flows"].as_i64().context("active_flows")?);
     }
     Ok(out)
-}
-
-/// One connection from client port `port` to the IPv4 web VIP; the backend that answered.
-fn from_port(port: u16) -> anyhow::Result<String> {
-    use std::io::{Read as _, Write as _};
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    socket.bind(&SocketAddr::new(IpAddr::V4(CLIENT_V4), port).into())?;
-    socket.connect_timeout(&SocketAddr::new(vip(false), 80).into(), Duration::from_secs(3))?;
-    let mut stream: std::net::TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response.split("\r\n\r\n").nth(1).context("no body")?.trim().to_string())
 }
 
 /// The backend id of lab backend `i` in the web VIP.
@@ -229,11 +222,8 @@ fn least_connections(env: &mut Env) -> anyhow::Result<()> {
     let port = 61_000;
     let predicted = trace(&maps, Protocol::Tcp, IpAddr::V4(CLIENT_V4), port, vip(false), 80)?;
     ensure!(predicted.why.contains("least connections"), "trace: {}", predicted.why);
-    let name_of = |address: &str| {
-        (0..3).find(|i| lb_lab::backend_v4(*i).to_string() == address).map(|i| BACKEND_NAMES[i].to_string())
-    };
-    let predicted_name = predicted.backend.as_deref().and_then(name_of).context("trace named no lab backend")?;
-    let answered = in_namespace(CLIENT, move || from_port(port))??;
+    let predicted_name = predicted.backend.as_deref().and_then(backend_name).context("trace named no lab backend")?;
+    let answered = in_namespace(CLIENT, move || from(SocketAddr::new(CLIENT_V4.into(), port)))??;
     ensure!(answered == predicted_name, "trace predicted {predicted_name} ({}), {answered} answered", predicted.why);
     println!("    lb trace: {}", predicted.why);
 

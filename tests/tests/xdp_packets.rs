@@ -902,7 +902,7 @@ fn round_robin_case(env: &mut Env) -> anyhow::Result<()> {
         check(env, &input, None, &expect)?;
         env.dealt(key);
         // The flow's second packet stays with its backend, and does not advance the turn.
-        let again = expect_encap_to(env, &f, &input, &shape, backend)?;
+        let again = expect_encap_to(env, &f, &input, &shape, backend, false)?;
         check(env, &input, None, &again)?;
     }
     let count = |id| dealt.iter().filter(|&&d| d == id).count();
@@ -952,8 +952,7 @@ fn least_connections_tcp_counts(env: &mut Env) -> anyhow::Result<()> {
     ] {
         let shape = segment(flags);
         let input = frame(&f, &shape);
-        let mut expect = expect_encap_to(env, &f, &input, &shape, owner)?;
-        expect.forwarded = expect.forwarded.map(|(vip, id, _)| (vip, id, new_flow));
+        let expect = expect_encap_to(env, &f, &input, &shape, owner, new_flow)?;
         check(env, &input, None, &expect).with_context(|| step.to_string())?;
         counts[slot] += delta;
         ensure!(
@@ -983,11 +982,11 @@ fn least_connections_tcp_counts(env: &mut Env) -> anyhow::Result<()> {
     let shape = Shape::default();
     let input = frame(&g, &shape);
     check(env, &input, None, &expect_encap(env, &g, &input, &shape, true)?)?;
-    check(env, &input, None, &expect_encap_to(env, &g, &input, &shape, owner)?)?;
+    check(env, &input, None, &expect_encap_to(env, &g, &input, &shape, owner, false)?)?;
     ensure!(env.balancer.active_flows(owner)? == 1, "mid-connection flow not counted at its second packet");
     let shape = segment(TcpFlags::Rst);
     let input = frame(&g, &shape);
-    check(env, &input, None, &expect_encap_to(env, &g, &input, &shape, owner)?).context("RST")?;
+    check(env, &input, None, &expect_encap_to(env, &g, &input, &shape, owner, false)?).context("RST")?;
     ensure!(active(env, ids)? == [0, 0, 0], "RST did not end the flow");
     Ok(())
 }
@@ -1005,7 +1004,7 @@ fn least_connections_udp_counts(env: &mut Env) -> anyhow::Result<()> {
     let (_, owner, _) = env.predict(&f)?;
     check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
     ensure!(env.balancer.active_flows(owner)? == 1, "first datagram not counted");
-    check(env, &input, None, &expect_encap_to(env, &f, &input, &shape, owner)?)?;
+    check(env, &input, None, &expect_encap_to(env, &f, &input, &shape, owner, false)?)?;
     ensure!(active(env, ids.clone())?.iter().sum::<i64>() == 1, "{:?}", active(env, ids.clone())?);
 
     // Its backend goes down while the VIP has no other: the flow stops counting, once, however
@@ -1028,7 +1027,7 @@ fn least_connections_udp_counts(env: &mut Env) -> anyhow::Result<()> {
         active(env, ids.clone())?
     );
     // Back up: the flow's entry still names it, and its next datagram counts there again.
-    check(env, &input, None, &expect_encap_to(env, &f, &input, &shape, owner)?)
+    check(env, &input, None, &expect_encap_to(env, &f, &input, &shape, owner, false)?)
         .context("datagram after the backend came back")?;
     ensure!(env.balancer.active_flows(owner)? == 1, "{:?}", active(env, ids.clone())?);
 
@@ -1039,8 +1038,7 @@ fn least_connections_udp_counts(env: &mut Env) -> anyhow::Result<()> {
         // tie goes to the Maglev choice.
         let table = &env.vips[&least_connections_key(53, Protocol::Udp)].1;
         let now = table[table_slot(flow_hash(&f.key()), table.len() as u32) as usize];
-        let mut expect = expect_encap_to(env, &f, &input, &shape, now)?;
-        expect.forwarded = expect.forwarded.map(|(vip, id, _)| (vip, id, true));
+        let expect = expect_encap_to(env, &f, &input, &shape, now, true)?;
         check(env, &input, None, &expect).context("datagram after the idle timeout")?;
         let counts = active(env, ids.clone())?;
         ensure!(
@@ -1070,6 +1068,13 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
         }
     };
     let third = (90..93).find(|id| *id != first && *id != second).context("three backends")?;
+    // A new flow with the same two candidates.
+    let with_both_candidates = |env: &mut Env| loop {
+        let f = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
+        if candidates_of(&f) == Some((first, Some(second))) {
+            break f;
+        }
+    };
     let result = (|| {
         // (first's active flows, second's, second's weight) -> winner.
         for (a, b, weight, winner) in [
@@ -1087,13 +1092,7 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
             let (family, addr) = key_addr(env.backends[&second]);
             env.balancer.set_backend(second, &Backend::new(family, addr, index as u16).with_weight(weight))?;
             env.weights.insert(second, weight);
-            // A new flow with the same two candidates.
-            let f = loop {
-                let f = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
-                if candidates_of(&f) == Some((first, Some(second))) {
-                    break f;
-                }
-            };
+            let f = with_both_candidates(env);
             let input = frame(&f, &syn);
             let expect = expect_encap(env, &f, &input, &syn, true)?;
             ensure!(
@@ -1108,16 +1107,10 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
         // Mid-connection (no entry, no SYN): the Maglev candidate, though the other has fewer.
         env.balancer.set_active_flows(first, 5)?;
         env.balancer.set_active_flows(second, 0)?;
-        let f = loop {
-            let f = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
-            if candidates_of(&f) == Some((first, Some(second))) {
-                break f;
-            }
-        };
+        let f = with_both_candidates(env);
         let shape = Shape::default();
         let input = frame(&f, &shape);
-        let mut expect = expect_encap_to(env, &f, &input, &shape, first)?;
-        expect.forwarded = expect.forwarded.map(|(vip, id, _)| (vip, id, true));
+        let expect = expect_encap_to(env, &f, &input, &shape, first, true)?;
         check(env, &input, None, &expect).context("a mid-connection packet without an entry")?;
         Ok(())
     })();
@@ -1130,8 +1123,16 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
     result
 }
 
-/// Expectation for a packet of an established flow, which goes to `backend` (id).
-fn expect_encap_to(env: &Env, flow: &Flow, input: &[u8], shape: &Shape, backend: u32) -> anyhow::Result<Expect> {
+/// Expectation for a packet that goes to `backend` (id): a flow-table hit, or a new flow whose
+/// backend the fixture knows better than [`Env::predict`].
+fn expect_encap_to(
+    env: &Env,
+    flow: &Flow,
+    input: &[u8],
+    shape: &Shape,
+    backend: u32,
+    new_flow: bool,
+) -> anyhow::Result<Expect> {
     let address = env.backends[&backend];
     let (index, _) = env.lookup_vip(flow).context("VIP")?;
     let encap = Encap {
@@ -1145,7 +1146,7 @@ fn expect_encap_to(env: &Env, flow: &Flow, input: &[u8], shape: &Shape, backend:
         verdict: XDP_TX,
         reason: Reason::TxFallback,
         output: Some(encapsulated(input, l3_offset(shape), &encap)),
-        forwarded: Some((index, backend, false)),
+        forwarded: Some((index, backend, new_flow)),
     })
 }
 
