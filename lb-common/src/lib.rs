@@ -11,6 +11,7 @@
 //! - [`maglev`]: the slot lookup shared by both sides and, with feature `user`, the table builder.
 //! - `sequence` (feature `user`): smooth weighted round-robin sequences.
 //! - [`capacity`]: map sizes and limits.
+//! - [`generator`]: the benchmark's live-frames traffic generator template.
 //! - `addr` (feature `user`): addresses to and from their key form.
 //!
 //! Every type that crosses the kernel boundary is `#[repr(C)]`, holds only integers and byte arrays,
@@ -29,6 +30,7 @@ pub mod capacity;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
+pub mod generator;
 pub mod hash;
 pub mod least_connections;
 pub mod maglev;

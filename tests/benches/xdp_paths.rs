@@ -11,33 +11,25 @@
 //! (as root; `cargo xtask bench` does this).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, ensure};
 use aya::programs::Xdp;
-use lb_common::{
-    backend::Backend,
-    dataplane::DataplaneConfig,
-    maglev::{MaglevBackend, build_table},
-    sequence::{SequenceMember, smooth_sequence},
-    vip::{VipKey, scheduler as vip_scheduler},
-};
+use lb_common::vip::scheduler as vip_scheduler;
 use lb_tests::{
-    packet::{Flow, Protocol, Shape, frame, key_addr},
+    bench::{VIP4, VIP6, balancer as balancer_from, frames as frames_of},
+    packet::Protocol,
+    pin_to_cpu,
     privileged::{enter_private_netns, require_root},
     xdp::{XDP_PASS, XDP_TX, run_once},
 };
 use lb_userspace::{
     active::{self, IdleTimeouts, RecountPlan},
-    dataplane::{Balancer, BalancerSizes, load_xdp_tx_baseline, program},
+    dataplane::{Balancer, load_xdp_tx_baseline, program},
     objects,
-    reconcile::{Scheduling, VipTable},
 };
-
-const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
 
 struct Options {
     rounds: usize,
@@ -65,89 +57,9 @@ fn balancer(flow_table_entries: u32) -> anyhow::Result<Balancer> {
     balancer_from(objects::BALANCER, flow_table_entries, vip_scheduler::MAGLEV)
 }
 
-/// A balancer whose IPv4 VIP uses `scheduler` (one of `lb_common::vip::scheduler`).
-fn balancer_from(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyhow::Result<Balancer> {
-    let mut b = Balancer::from_object(object, BalancerSizes { flow_table_entries })?;
-    b.set_config(&DataplaneConfig {
-        udp_idle_timeout_ns: 30_000_000_000,
-        encap_src_v6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0).octets(),
-        encap_src_v4: [198, 18, 200, 0],
-        mtu: 1500,
-        encap_src_v4_host_bits: 8,
-        encap_src_v6_host_bits: 16,
-        fallback_dst_mac: [2, 0, 0, 0, 0, 0xfe],
-        _pad: [0; 2],
-    })?;
-    for (index, vip, protocol, backends) in [
-        (
-            0,
-            IpAddr::V4(VIP4),
-            17u8,
-            (1..=10u32).map(|i| (i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8)))).collect::<Vec<_>>(),
-        ),
-        (
-            1,
-            IpAddr::V6(VIP6),
-            17,
-            (11..=20u32).map(|i| (i, IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, i as u16)))).collect(),
-        ),
-    ] {
-        let mut maglev = Vec::new();
-        for (id, addr) in backends {
-            let (family, a) = key_addr(addr);
-            b.set_backend(id, &Backend::new(family, a, index as u16))?;
-            maglev.push(MaglevBackend { addr: a, family, weight: 1, id });
-        }
-        let (family, a) = key_addr(vip);
-        let table = if index == 0 && scheduler == vip_scheduler::SEQUENCE {
-            let members: Vec<SequenceMember> =
-                maglev.iter().map(|m| SequenceMember { addr: m.addr, family: m.family, weight: 1, id: m.id }).collect();
-            VipTable {
-                index,
-                scheduling: Scheduling { scheduler, source_prefix_len: 0 },
-                table: smooth_sequence(&members),
-            }
-        } else {
-            let scheduling =
-                if index == 0 { Scheduling { scheduler, source_prefix_len: 32 } } else { Scheduling::default() };
-            VipTable { index, scheduling, table: build_table(&maglev, 65_537)? }
-        };
-        b.install_vip(&VipKey::new(family, a, 53, protocol), &table)?;
-        if index == 0 {
-            // The same service over TCP, for the TCP hit path: another VIP, its own backend ids.
-            let mut table = VipTable { index: 2, ..table };
-            for id in table.table.iter_mut() {
-                *id += 100;
-            }
-            for m in &maglev {
-                b.set_backend(m.id + 100, &Backend::new(m.family, m.addr, 2))?;
-            }
-            b.install_vip(&VipKey::new(family, a, 53, 6), &table)?;
-        }
-    }
-    Ok(b)
-}
-
 /// `n` UDP frames to `vip`, each from its own client address and port (distinct flows).
 fn frames(vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
     frames_of(Protocol::Udp, vip, n, salt)
-}
-
-/// `n` frames of `protocol` (TCP: ACKs of established connections) to `vip`, as [`frames`].
-fn frames_of(protocol: Protocol, vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
-    (0..n as u32)
-        .map(|i| {
-            let x = i.wrapping_mul(2_654_435_761).wrapping_add(salt);
-            let src = match vip {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 19, (x >> 8) as u8, x as u8)),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, (x >> 16) as u16, x as u16)),
-            };
-            frame(
-                &Flow { protocol, src, src_port: 1024 + (x % 60_000) as u16, dst: vip, dst_port: 53 },
-                &Shape::default(),
-            )
-        })
-        .collect()
 }
 
 /// The balancer object with the flow table's map flags replaced, to measure the alternative.
@@ -181,18 +93,6 @@ fn concurrent_round(program: &Xdp, per_cpu_inputs: &[Vec<Vec<u8>>]) -> anyhow::R
         handles.into_iter().map(|h| h.join().expect("bench thread panicked")).collect::<anyhow::Result<Vec<f64>>>()
     })?;
     Ok(means.iter().sum::<f64>() / means.len() as f64)
-}
-
-fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
-        }
-    }
-    Ok(())
 }
 
 /// Mean ns per packet over one pass of `inputs`, checking every verdict.

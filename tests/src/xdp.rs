@@ -24,13 +24,20 @@ pub fn verdict_name(v: u32) -> &'static str {
 /// The kernel's `struct xdp_md`, to name the ingress interface of a test run.
 #[repr(C)]
 #[derive(Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
+pub struct XdpMd {
+    pub data: u32,
+    pub data_end: u32,
+    pub data_meta: u32,
+    pub ingress_ifindex: u32,
+    pub rx_queue_index: u32,
+    pub egress_ifindex: u32,
+}
+
+impl XdpMd {
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: XdpMd is repr(C) plain integers without padding.
+        unsafe { std::slice::from_raw_parts((self as *const XdpMd).cast::<u8>(), std::mem::size_of::<XdpMd>()) }
+    }
 }
 
 /// Result of one run.
@@ -49,10 +56,7 @@ pub fn run_once(program: &Xdp, frame: &[u8], ingress_ifindex: Option<u32>) -> an
         ingress_ifindex: ifindex,
         ..Default::default()
     });
-    let ctx_bytes = ctx.as_ref().map(|md| {
-        // SAFETY: XdpMd is repr(C) plain integers.
-        unsafe { std::slice::from_raw_parts((md as *const XdpMd).cast::<u8>(), std::mem::size_of::<XdpMd>()) }
-    });
+    let ctx_bytes = ctx.as_ref().map(XdpMd::as_bytes);
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),

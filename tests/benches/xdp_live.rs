@@ -1,0 +1,276 @@
+//! Cost per packet and delivered rate of the balancer in native XDP on a veth pair, driven by
+//! live frames (`lb_tests::live`), next to the minimal XDP_TX program in the same rounds.
+//!
+//! Each round runs every case once, in an order rotated per round, so that machine drift hits
+//! them alike. A case's figures are medians over rounds of its per-round figures against the
+//! minimal program of the same round and CPU count: net ns = case - minimal, and the ratio of
+//! net ns to the minimal program's own ns, which carries over between machines.
+//!
+//! Usage: `cargo bench -p lb-tests --bench xdp_live -- [--rounds N] [--packets N] [--json FILE]`
+//! (as root; `cargo xtask bench` does this).
+
+use std::{net::IpAddr, process::Command};
+
+use anyhow::{Context as _, ensure};
+use aya::programs::{Xdp, xdp::XdpMode};
+use lb_common::vip::scheduler;
+use lb_tests::{
+    bench::{VIP4, VIP6, backend4, backend6, balancer, small_frame},
+    live::{DUT_IF, GENERATOR_IF, Pipeline, Traffic},
+    packet::Protocol,
+    privileged::{enter_private_netns, require_root},
+};
+use lb_userspace::{
+    dataplane::{Balancer, load_xdp_tx_baseline, program},
+    objects,
+};
+
+struct Options {
+    rounds: usize,
+    packets: u32,
+    json: Option<String>,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut o = Options { rounds: 7, packets: 1_000_000, json: None };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rounds" => o.rounds = args.next().context("--rounds needs a number")?.parse()?,
+            "--packets" => o.packets = args.next().context("--packets needs a number")?.parse()?,
+            "--json" => o.json = Some(args.next().context("--json needs a file")?),
+            "--bench" => {} // passed by cargo bench
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    ensure!(o.rounds > 0 && o.packets > 0, "--rounds and --packets must be positive");
+    Ok(o)
+}
+
+/// Which program a case runs on the far end of the veth pair.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dut {
+    Minimal,
+    /// Index into the balancers.
+    Balancer(usize),
+}
+
+/// How the balancer finds the next hop in a case.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NextHop {
+    /// The backends' subnet is routed with neighbour entries: the FIB answers.
+    Fib,
+    /// No route to the backends: the configured fallback MAC.
+    Fallback,
+}
+
+/// A target from the issue: `ratio` of the net cost to the minimal program's, at most.
+#[derive(Clone, Copy)]
+enum Target {
+    NetRatioAtMost(f64),
+    RateRatioAtLeast(f64),
+}
+
+struct Case {
+    name: &'static str,
+    dut: Dut,
+    traffic: Traffic,
+    cpus: usize,
+    next_hop: NextHop,
+    target: Option<Target>,
+    /// Per round: (ns per packet, delivered Mpps).
+    samples: Vec<(f64, f64)>,
+}
+
+/// Established flows per CPU in the established cases.
+const FLOWS_PER_CPU: u32 = 1024;
+
+fn traffic(protocol: Protocol, vip: IpAddr, flows: u32) -> Traffic {
+    let frame = small_frame(protocol, vip);
+    // Offsets of the IPv4 / IPv6 source address's last two bytes and of the source port.
+    let (src_addr_tail_offset, src_port_offset) = match vip {
+        IpAddr::V4(_) => (14 + 12 + 2, 14 + 20),
+        IpAddr::V6(_) => (14 + 8 + 14, 14 + 40),
+    };
+    Traffic { frame, flows, src_port_offset, src_addr_tail_offset }
+}
+
+fn set_next_hop(next_hop: NextHop) -> anyhow::Result<()> {
+    let ip = |args: &[&str]| lb_lab::run(Command::new("ip").args(args));
+    let _ = ip(&["addr", "flush", "dev", DUT_IF]);
+    if next_hop == NextHop::Fib {
+        ip(&["addr", "add", "198.18.10.254/24", "dev", DUT_IF])?;
+        ip(&["-6", "addr", "add", "fd00:10::fe/64", "dev", DUT_IF, "nodad"])?;
+        for i in 1..=10 {
+            for addr in [backend4(i).to_string(), backend6(u16::from(i)).to_string()] {
+                ip(&["neigh", "replace", &addr, "lladdr", "02:00:00:00:00:01", "dev", DUT_IF, "nud", "permanent"])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let o = options()?;
+    require_root("the live XDP benchmark")?;
+    enter_private_netns()?;
+    lb_lab::run(Command::new("sysctl").args(["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]))?;
+    let cpus = std::thread::available_parallelism()?.get().min(2);
+    let mut pipeline = Pipeline::new(cpus as u32)?;
+
+    let mut minimal = load_xdp_tx_baseline()?;
+    let mut balancers: Vec<Balancer> = vec![
+        balancer(objects::BALANCER, 1 << 20, scheduler::MAGLEV)?,
+        // A small flow table kept full, so that every new flow evicts one.
+        balancer(objects::BALANCER, 4096, scheduler::MAGLEV)?,
+    ];
+    let udp4 = traffic(Protocol::Udp, IpAddr::V4(VIP4), FLOWS_PER_CPU);
+    let case = |name, dut, traffic: &Traffic, cpus, next_hop, target| Case {
+        name,
+        dut,
+        traffic: traffic.clone(),
+        cpus,
+        next_hop,
+        target,
+        samples: Vec::new(),
+    };
+    let mut cases = vec![
+        case("minimal", Dut::Minimal, &udp4, 1, NextHop::Fallback, None),
+        case("established_udp4_fib", Dut::Balancer(0), &udp4, 1, NextHop::Fib, Some(Target::NetRatioAtMost(2.2))),
+        case(
+            "established_udp4_fallback",
+            Dut::Balancer(0),
+            &udp4,
+            1,
+            NextHop::Fallback,
+            Some(Target::NetRatioAtMost(2.2)),
+        ),
+        case(
+            "established_tcp4_fib",
+            Dut::Balancer(0),
+            &traffic(Protocol::Tcp, IpAddr::V4(VIP4), FLOWS_PER_CPU),
+            1,
+            NextHop::Fib,
+            Some(Target::NetRatioAtMost(2.2)),
+        ),
+        case(
+            "established_udp6_fib",
+            Dut::Balancer(0),
+            &traffic(Protocol::Udp, IpAddr::V6(VIP6), FLOWS_PER_CPU),
+            1,
+            NextHop::Fib,
+            None,
+        ),
+        case(
+            "new_flow_udp4_table_full",
+            Dut::Balancer(1),
+            &traffic(Protocol::Udp, IpAddr::V4(VIP4), 0),
+            1,
+            NextHop::Fib,
+            Some(Target::NetRatioAtMost(22.0)),
+        ),
+    ];
+    if cpus > 1 {
+        cases.push(case("minimal_2cpu", Dut::Minimal, &udp4, cpus, NextHop::Fallback, None));
+        cases.push(case(
+            "established_udp4_fib_2cpu",
+            Dut::Balancer(0),
+            &udp4,
+            cpus,
+            NextHop::Fib,
+            Some(Target::RateRatioAtLeast(0.75)),
+        ));
+    }
+
+    // Fill the small table so that the new-flow case evicts from the first packet on.
+    {
+        let fill = traffic(Protocol::Udp, IpAddr::V4(VIP4), 0);
+        let program = balancers[1].program()?;
+        let link = program.attach(DUT_IF, XdpMode::Driver).context("attaching the balancer natively")?;
+        set_next_hop(NextHop::Fib)?;
+        pipeline.pass(program, &fill, 1, 8192, false)?;
+        program.detach(link)?;
+    }
+
+    for round in 0..o.rounds {
+        let n = cases.len();
+        for k in 0..n {
+            let c = &mut cases[(k + round) % n];
+            let program: &mut Xdp = match c.dut {
+                Dut::Minimal => program(&mut minimal, "xdp_tx_baseline")?,
+                Dut::Balancer(i) => balancers[i].program()?,
+            };
+            set_next_hop(c.next_hop)?;
+            let link =
+                program.attach(DUT_IF, XdpMode::Driver).with_context(|| format!("attaching {} natively", c.name))?;
+            // Established cases: every flow of the case in the table before timing.
+            pipeline.pass(program, &c.traffic, c.cpus, FLOWS_PER_CPU * 4, false)?;
+            let timed = pipeline.pass(program, &c.traffic, c.cpus, o.packets, true)?;
+            let rate = pipeline.pass(program, &c.traffic, c.cpus, o.packets, false)?;
+            program.detach(link)?;
+            ensure!(
+                rate.received * 100 >= rate.sent * 95,
+                "{}: only {} of {} frames came back through {GENERATOR_IF}",
+                c.name,
+                rate.received,
+                rate.sent
+            );
+            c.samples.push((timed.ns_per_packet, rate.delivered_mpps));
+        }
+    }
+
+    println!(
+        "Live frames through a veth pair, program under test native on {DUT_IF}: {} rounds x {} packets per CPU",
+        o.rounds, o.packets
+    );
+    println!("ns: kernel BPF statistics; Mpps: delivered to the sink with statistics off; net = case - minimal");
+    println!("of the same round and CPU count; medians over rounds of the per-round figures");
+    println!(
+        "{:<28} {:>4} {:>8} {:>8} {:>10} {:>8} {:>10}  target",
+        "case", "cpus", "ns", "net ns", "net/min", "Mpps", "Mpps/min"
+    );
+    let mut json = Vec::new();
+    for c in &cases {
+        let base = cases
+            .iter()
+            .find(|b| b.dut == Dut::Minimal && b.cpus == c.cpus)
+            .context("no minimal case for this CPU count")?;
+        let ns = median(c.samples.iter().map(|s| s.0).collect());
+        let mpps = median(c.samples.iter().map(|s| s.1).collect());
+        let net = median(c.samples.iter().zip(&base.samples).map(|(s, b)| s.0 - b.0).collect());
+        let net_ratio = median(c.samples.iter().zip(&base.samples).map(|(s, b)| (s.0 - b.0) / b.0).collect());
+        let rate_ratio = median(c.samples.iter().zip(&base.samples).map(|(s, b)| s.1 / b.1).collect());
+        let verdict = match c.target {
+            None => String::new(),
+            Some(Target::NetRatioAtMost(t)) => {
+                format!("net <= {t}x minimal: {}", if net_ratio <= t { "met" } else { "MISSED" })
+            }
+            Some(Target::RateRatioAtLeast(t)) => {
+                format!("rate >= {t}x minimal: {}", if rate_ratio >= t { "met" } else { "MISSED" })
+            }
+        };
+        println!(
+            "{:<28} {:>4} {:>8.1} {:>8.1} {:>10.2} {:>8.2} {:>10.2}  {verdict}",
+            c.name, c.cpus, ns, net, net_ratio, mpps, rate_ratio
+        );
+        json.push(serde_json::json!({
+            "case": c.name, "cpus": c.cpus, "median_ns": ns, "median_net_ns": net,
+            "median_net_ratio": net_ratio, "median_mpps": mpps, "median_rate_ratio": rate_ratio,
+            "target": verdict, "rounds": c.samples,
+        }));
+    }
+    if let Some(file) = o.json {
+        let doc = serde_json::json!({ "method": "live frames, native XDP on veth, kernel BPF stats", "rounds": o.rounds, "packets_per_cpu": o.packets, "cases": json });
+        if let Some(dir) = std::path::Path::new(&file).parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&file, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {file}"))?;
+        println!("written to {file}");
+    }
+    Ok(())
+}

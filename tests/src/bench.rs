@@ -1,0 +1,127 @@
+//! The benchmarks' balancer set-up and traffic, shared by the BPF_PROG_RUN benchmark
+//! (`benches/xdp_paths.rs`) and the live-frames one (`benches/xdp_live.rs`).
+//!
+//! One balancer serves UDP VIP [`VIP4`]:53 (backend ids 1..=10 at 198.18.10.1..10), the same
+//! service over TCP (ids 101..=110, same addresses) and UDP VIP [`VIP6`]:53 (ids 11..=20 at
+//! fd00:10::1..10). The IPv4 UDP VIP's scheduler is the caller's; the others use Maglev.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use lb_common::{
+    backend::Backend,
+    dataplane::DataplaneConfig,
+    maglev::{MaglevBackend, build_table},
+    sequence::{SequenceMember, smooth_sequence},
+    vip::{VipKey, scheduler as vip_scheduler},
+};
+use lb_userspace::{
+    dataplane::{Balancer, BalancerSizes},
+    reconcile::{Scheduling, VipTable},
+};
+
+use crate::packet::{Flow, Protocol, Shape, frame, key_addr};
+
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
+pub const VIP_PORT: u16 = 53;
+/// The next hop the balancer falls back to when the FIB has no answer.
+pub const FALLBACK_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+
+/// IPv4 backend `i` (1..=10).
+pub fn backend4(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 10, i)
+}
+
+/// IPv6 backend `i` (1..=10).
+pub fn backend6(i: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, i)
+}
+
+/// A balancer loaded from `object` whose IPv4 UDP VIP uses `scheduler` (one of
+/// `lb_common::vip::scheduler`).
+pub fn balancer(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyhow::Result<Balancer> {
+    let mut b = Balancer::from_object(object, BalancerSizes { flow_table_entries })?;
+    b.set_config(&DataplaneConfig {
+        udp_idle_timeout_ns: 30_000_000_000,
+        encap_src_v6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0).octets(),
+        encap_src_v4: [198, 18, 200, 0],
+        mtu: 1500,
+        encap_src_v4_host_bits: 8,
+        encap_src_v6_host_bits: 16,
+        fallback_dst_mac: FALLBACK_MAC,
+        _pad: [0; 2],
+    })?;
+    for (index, vip, backends) in [
+        (0, IpAddr::V4(VIP4), (1..=10u32).map(|i| (i, IpAddr::V4(backend4(i as u8)))).collect::<Vec<_>>()),
+        (1, IpAddr::V6(VIP6), (11..=20u32).map(|i| (i, IpAddr::V6(backend6(i as u16 - 10)))).collect()),
+    ] {
+        let mut maglev = Vec::new();
+        for (id, addr) in backends {
+            let (family, a) = key_addr(addr);
+            b.set_backend(id, &Backend::new(family, a, index as u16))?;
+            maglev.push(MaglevBackend { addr: a, family, weight: 1, id });
+        }
+        let (family, a) = key_addr(vip);
+        let table = if index == 0 && scheduler == vip_scheduler::SEQUENCE {
+            let members: Vec<SequenceMember> =
+                maglev.iter().map(|m| SequenceMember { addr: m.addr, family: m.family, weight: 1, id: m.id }).collect();
+            VipTable {
+                index,
+                scheduling: Scheduling { scheduler, source_prefix_len: 0 },
+                table: smooth_sequence(&members),
+            }
+        } else {
+            let scheduling =
+                if index == 0 { Scheduling { scheduler, source_prefix_len: 32 } } else { Scheduling::default() };
+            VipTable { index, scheduling, table: build_table(&maglev, 65_537)? }
+        };
+        b.install_vip(&VipKey::new(family, a, VIP_PORT, 17), &table)?;
+        if index == 0 {
+            // The same service over TCP, for the TCP hit path: another VIP, its own backend ids.
+            let mut table = VipTable { index: 2, ..table };
+            for id in table.table.iter_mut() {
+                *id += 100;
+            }
+            for m in &maglev {
+                b.set_backend(m.id + 100, &Backend::new(m.family, m.addr, 2))?;
+            }
+            b.install_vip(&VipKey::new(family, a, VIP_PORT, 6), &table)?;
+        }
+    }
+    Ok(b)
+}
+
+/// `n` frames of `protocol` (TCP: ACKs of established connections) to `vip`, each from its own
+/// client address and port (distinct flows).
+pub fn frames(protocol: Protocol, vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
+    (0..n as u32)
+        .map(|i| {
+            let x = i.wrapping_mul(2_654_435_761).wrapping_add(salt);
+            let src = match vip {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 19, (x >> 8) as u8, x as u8)),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, (x >> 16) as u16, x as u16)),
+            };
+            frame(
+                &Flow { protocol, src, src_port: 1024 + (x % 60_000) as u16, dst: vip, dst_port: VIP_PORT },
+                &Shape::default(),
+            )
+        })
+        .collect()
+}
+
+/// A 60-byte IPv4 frame (80 bytes for IPv6) of `protocol` to `vip`, the size of the smallest
+/// Ethernet frame: the worst case for packet rate.
+pub fn small_frame(protocol: Protocol, vip: IpAddr) -> Vec<u8> {
+    let src = match vip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 19, 0, 0)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0)),
+    };
+    let payload_len = match protocol {
+        Protocol::Udp => 18,
+        Protocol::Tcp => 6,
+    };
+    frame(
+        &Flow { protocol, src, src_port: 0, dst: vip, dst_port: VIP_PORT },
+        &Shape { payload_len, ..Shape::default() },
+    )
+}
