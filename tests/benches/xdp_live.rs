@@ -6,7 +6,8 @@
 //! minimal program of the same round and CPU count: net ns = case - minimal, and the ratio of
 //! net ns to the minimal program's own ns, which carries over between machines.
 //!
-//! Usage: `cargo bench -p lb-tests --bench xdp_live -- [--rounds N] [--packets N] [--json FILE]`
+//! Usage: `cargo bench -p lb-tests --bench xdp_live -- [--rounds N] [--packets N] [--json FILE]
+//! [--only NAME,...]`
 //! (as root; `cargo xtask bench` does this).
 
 use std::{net::IpAddr, process::Command};
@@ -29,16 +30,21 @@ struct Options {
     rounds: usize,
     packets: u32,
     json: Option<String>,
+    /// Only the cases whose names contain one of these (the minimal ones always run).
+    only: Vec<String>,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options { rounds: 7, packets: 1_000_000, json: None };
+    let mut o = Options { rounds: 7, packets: 1_000_000, json: None, only: Vec::new() };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--rounds" => o.rounds = args.next().context("--rounds needs a number")?.parse()?,
             "--packets" => o.packets = args.next().context("--packets needs a number")?.parse()?,
             "--json" => o.json = Some(args.next().context("--json needs a file")?),
+            "--only" => {
+                o.only = args.next().context("--only needs case names")?.split(',').map(str::to_string).collect()
+            }
             "--bench" => {} // passed by cargo bench
             other => anyhow::bail!("unknown argument {other}"),
         }
@@ -185,6 +191,10 @@ fn main() -> anyhow::Result<()> {
             NextHop::Fib,
             Some(Target::RateRatioAtLeast(0.75)),
         ));
+    }
+
+    if !o.only.is_empty() {
+        cases.retain(|c| c.dut == Dut::Minimal || o.only.iter().any(|name| c.name.contains(name.as_str())));
     }
 
     // Fill the small table so that the new-flow case evicts from the first packet on.
