@@ -12,11 +12,14 @@ pub enum Reason {
     PassNotVip,
     /// The frame ends before the IP destination can be read: passed; the kernel drops runts itself.
     PassUnparseable,
+    /// Encapsulated and sent back out of the ingress interface to the backend's next hop as the
+    /// agent resolved it (`crate::nexthop`).
+    TxNextHop,
     /// Encapsulated and sent back out of the ingress interface, next hop from the FIB.
     TxFib,
     /// Encapsulated and sent back out of the ingress interface to the configured fallback MAC.
     TxFallback,
-    /// Encapsulated and redirected to another interface (DEVMAP), next hop from the FIB.
+    /// Encapsulated and redirected to another interface (DEVMAP), next hop from the agent or the FIB.
     TxRedirect,
     /// Too big once encapsulated: turned into an ICMP "fragmentation needed" / ICMPv6 "packet
     /// too big" to the client, sent back where it came from.
@@ -59,6 +62,7 @@ impl Reason {
         Reason::PassNotIp,
         Reason::PassNotVip,
         Reason::PassUnparseable,
+        Reason::TxNextHop,
         Reason::TxFib,
         Reason::TxFallback,
         Reason::TxRedirect,
@@ -84,6 +88,7 @@ impl Reason {
             Reason::PassNotIp => "pass_not_ip",
             Reason::PassNotVip => "pass_not_vip",
             Reason::PassUnparseable => "pass_unparseable",
+            Reason::TxNextHop => "tx_next_hop",
             Reason::TxFib => "tx_fib",
             Reason::TxFallback => "tx_fallback",
             Reason::TxRedirect => "tx_redirect",

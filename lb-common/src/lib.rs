@@ -5,6 +5,7 @@
 //! - [`flow`]: the flow key (5-tuple), the flow-table value and [`flow::flow_hash`].
 //! - [`vip`]: VIP keys and per-VIP metadata (which Maglev table is live).
 //! - [`backend`]: backend records as the data plane reads them.
+//! - [`nexthop`]: backends' next hops, resolved by the agent.
 //! - [`dataplane`]: the instance-wide data plane configuration (encapsulation source, MTU, ...).
 //! - [`counters`]: counted reasons for every verdict, and per-VIP/per-backend traffic counters.
 //! - [`least_connections`]: the power-of-two-choices rule of the least-connections scheduler.
@@ -34,6 +35,7 @@ pub mod generator;
 pub mod hash;
 pub mod least_connections;
 pub mod maglev;
+pub mod nexthop;
 #[cfg(feature = "user")]
 pub mod sequence;
 pub mod vip;

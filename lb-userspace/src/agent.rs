@@ -35,6 +35,7 @@ use crate::{
     health::{self, Outcome, Target},
     label::{show_addr, show_vip},
     metrics,
+    nexthop::NextHops,
     pins::PinDir,
     policy::{self, BackendDecision, Health, HealthKey},
     reconcile::{self, Op},
@@ -67,6 +68,8 @@ struct Agent {
     generation: u64,
     /// What the recount thread needs to know of the maps (see [`active`]).
     recount_plan: Arc<Mutex<RecountPlan>>,
+    /// Backends' next hops for the data plane, refreshed every tick and after every change.
+    next_hops: NextHops,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -97,6 +100,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         fingerprints: BTreeMap::new(),
         generation: 0,
         recount_plan: Arc::default(),
+        next_hops: NextHops::new().context("opening an rtnetlink socket for next hops")?,
     };
     agent.apply()?;
     agent.fingerprints = fingerprints(&agent.current, &agent.config);
@@ -104,6 +108,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         enable_forwarding(&interface);
     }
     warm_neighbours(&agent.config);
+    // Give the first packets their next hops (entries the warming creates arrive on later ticks).
+    agent.refresh_next_hops();
     for interface in agent.config.instance.interfaces.clone() {
         let attached = agent
             .balancer
@@ -196,7 +202,27 @@ impl Agent {
         if let Ok(mut plan) = self.recount_plan.lock() {
             *plan = RecountPlan::new(&self.current, IdleTimeouts::of(&self.config.instance));
         }
+        if !ops.is_empty() {
+            self.refresh_next_hops();
+        }
         Ok(())
+    }
+
+    /// Brings the data plane's next hops in step with the kernel's route and neighbour tables.
+    /// A failure leaves the map as it was, and the next tick tries again.
+    fn refresh_next_hops(&mut self) {
+        match self.next_hops.refresh(&self.current.backends, &mut self.balancer) {
+            Ok(changes) => {
+                for c in changes {
+                    if c.hop.is_known() {
+                        tracing::info!(id = c.id, backend = %c.backend, ifindex = c.hop.ifindex, mac = %show_mac(c.hop.dst_mac), "next hop resolved");
+                    } else {
+                        tracing::info!(id = c.id, backend = %c.backend, "no next hop known: the data plane asks the FIB");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("refreshing next hops failed: {e:#}"),
+        }
     }
 
     /// Starts, stops and restarts health-check tasks to match the configuration.
@@ -257,6 +283,7 @@ impl Agent {
     }
 
     fn tick(&mut self) {
+        self.refresh_next_hops();
         if policy::update_response_factors(&self.config, &mut self.health)
             && let Err(e) = self.apply()
         {
@@ -524,6 +551,10 @@ fn warm_neighbours(config: &Config) {
             tracing::debug!(%address, error = %e, "neighbour refresh failed");
         }
     }
+}
+
+fn show_mac(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// The `Pending` type, for the metrics server.

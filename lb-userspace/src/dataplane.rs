@@ -18,6 +18,7 @@ use lb_common::{
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
     flow::{FlowKey, FlowState},
+    nexthop::NextHop,
     vip::{VipAddrKey, VipInfo, VipKey},
 };
 
@@ -63,6 +64,13 @@ pub enum DataplaneError {
         path.display(), found.0, found.1, expected.0, expected.1
     )]
     PinnedLayout { name: &'static str, path: std::path::PathBuf, found: (usize, usize), expected: (usize, usize) },
+    #[error(
+        "map REASON_STATS pinned at {} counts {found} reasons where this build counts {expected}: \
+         another version of the balancer created it. Remove the pinned data plane with `lb detach` \
+         (established flows are forgotten) and start again",
+        path.display()
+    )]
+    PinnedReasons { path: std::path::PathBuf, found: u32, expected: u32 },
     #[error("reading the flow table: {0}")]
     FlowScan(std::io::Error),
     #[error("no interface named {0}")]
@@ -94,6 +102,7 @@ pub struct BalancerMaps {
     pub(crate) vips: HashMap<MapData, VipKey, VipInfo>,
     pub(crate) vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     pub(crate) backends: Array<MapData, Backend>,
+    pub(crate) next_hops: Array<MapData, NextHop>,
     pub(crate) tables: Array<MapData, MaglevTable>,
     pub(crate) flows: HashMap<MapData, FlowKey, FlowState>,
     pub(crate) config: Array<MapData, DataplaneConfig>,
@@ -105,10 +114,11 @@ pub struct BalancerMaps {
 }
 
 /// Names of the balancer's maps (each pinned under its name).
-pub const BALANCER_MAPS: [&str; 12] = [
+pub const BALANCER_MAPS: [&str; 13] = [
     "VIPS",
     "VIP_ADDRS",
     "BACKENDS",
+    "NEXT_HOPS",
     "MAGLEV_TABLES",
     "FLOWS",
     "CONFIG",
@@ -122,11 +132,12 @@ pub const BALANCER_MAPS: [&str; 12] = [
 
 /// Key and value sizes of the balancer's maps whose layouts this build defines (`EGRESS` is
 /// the kernel's).
-fn map_layouts() -> [(&'static str, usize, usize); 11] {
+fn map_layouts() -> [(&'static str, usize, usize); 12] {
     [
         ("VIPS", size_of::<VipKey>(), size_of::<VipInfo>()),
         ("VIP_ADDRS", size_of::<VipAddrKey>(), size_of::<u32>()),
         ("BACKENDS", size_of::<u32>(), size_of::<Backend>()),
+        ("NEXT_HOPS", size_of::<u32>(), size_of::<NextHop>()),
         ("MAGLEV_TABLES", size_of::<u32>(), size_of::<MaglevTable>()),
         ("FLOWS", size_of::<FlowKey>(), size_of::<FlowState>()),
         ("CONFIG", size_of::<u32>(), size_of::<DataplaneConfig>()),
@@ -150,6 +161,10 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> {
         let found = (info.key_size() as usize, info.value_size() as usize);
         if found != (key, value) {
             return Err(DataplaneError::PinnedLayout { name, path, found, expected: (key, value) });
+        }
+        // A reason counter per reason: a build with other reasons would count under the wrong names.
+        if name == "REASON_STATS" && info.max_entries() != Reason::COUNT {
+            return Err(DataplaneError::PinnedReasons { path, found: info.max_entries(), expected: Reason::COUNT });
         }
     }
     Ok(())
@@ -223,6 +238,7 @@ impl BalancerMaps {
             vips: typed(take("VIPS")?)?,
             vip_addrs: typed(take("VIP_ADDRS")?)?,
             backends: typed(take("BACKENDS")?)?,
+            next_hops: typed(take("NEXT_HOPS")?)?,
             tables: typed(take("MAGLEV_TABLES")?)?,
             flows: typed(take("FLOWS")?)?,
             config: typed(take("CONFIG")?)?,
@@ -238,11 +254,33 @@ impl BalancerMaps {
         Ok(self.config.set(0, config, 0)?)
     }
 
+    /// Writes backend `id`. An id that gets another address forgets its next hop first, so that
+    /// no packet goes to the old address's neighbour (the agent resolves the new one).
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {
         if id >= MAX_BACKENDS {
             return Err(DataplaneError::BackendId { id });
         }
+        let old = self.backends.get(&id, 0)?;
+        if (old.family, old.addr) != (backend.family, backend.addr) {
+            self.set_next_hop(id, &NextHop::NONE)?;
+        }
         Ok(self.backends.set(id, backend, 0)?)
+    }
+
+    /// Backend `id`'s next hop as the data plane uses it.
+    pub fn next_hop(&self, id: u32) -> Result<NextHop, DataplaneError> {
+        if id >= MAX_BACKENDS {
+            return Err(DataplaneError::BackendId { id });
+        }
+        Ok(self.next_hops.get(&id, 0)?)
+    }
+
+    /// Sets backend `id`'s next hop ([`NextHop::NONE`]: the data plane asks the FIB).
+    pub fn set_next_hop(&mut self, id: u32, hop: &NextHop) -> Result<(), DataplaneError> {
+        if id >= MAX_BACKENDS {
+            return Err(DataplaneError::BackendId { id });
+        }
+        Ok(self.next_hops.set(id, hop, 0)?)
     }
 
     /// Marks a backend id unused; flows pinned to it are rescheduled on their next packet. Its

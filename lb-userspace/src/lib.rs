@@ -7,6 +7,7 @@
 //! - [`objects`]: the compiled XDP programs, embedded at build time (built by `build.rs`).
 //! - [`dataplane`]: typed handles on the loaded balancer and decapsulation programs and their
 //!   maps: configuration, VIPs, backends, atomic Maglev table installs, counters.
+//! - [`nexthop`]: backends' next hops from the kernel's route and neighbour tables (rtnetlink).
 //! - [`batch`]: reading a whole hash map in a few syscalls.
 //! - [`active`]: active flows per backend (least connections), recounted from the flow table.
 //! - [`policy`]: health, admin state, guard rails and slow start turned into desired state.
@@ -29,6 +30,7 @@ pub mod health;
 pub mod inspect;
 pub mod label;
 pub mod metrics;
+pub mod nexthop;
 pub mod objects;
 pub mod pins;
 pub mod policy;

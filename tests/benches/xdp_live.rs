@@ -16,7 +16,7 @@ use anyhow::{Context as _, ensure};
 use aya::programs::{Xdp, xdp::XdpMode};
 use lb_common::vip::scheduler;
 use lb_tests::{
-    bench::{VIP4, VIP6, backend4, backend6, balancer, small_frame},
+    bench::{VIP4, VIP6, backend4, backend6, balancer, set_next_hops, small_frame},
     live::{DUT_IF, GENERATOR_IF, Pipeline, Traffic},
     packet::Protocol,
     privileged::{enter_private_netns, require_root},
@@ -64,6 +64,8 @@ enum Dut {
 /// How the balancer finds the next hop in a case.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum NextHop {
+    /// The agent's resolved next hops (the balancer with them set; routes as for `Fib`).
+    Resolved,
     /// The backends' subnet is routed with neighbour entries: the FIB answers.
     Fib,
     /// No route to the backends: the configured fallback MAC.
@@ -104,7 +106,7 @@ fn traffic(protocol: Protocol, vip: IpAddr, flows: u32) -> Traffic {
 fn set_next_hop(next_hop: NextHop) -> anyhow::Result<()> {
     let ip = |args: &[&str]| lb_lab::run(Command::new("ip").args(args));
     let _ = ip(&["addr", "flush", "dev", DUT_IF]);
-    if next_hop == NextHop::Fib {
+    if next_hop != NextHop::Fallback {
         ip(&["addr", "add", "198.18.10.254/24", "dev", DUT_IF])?;
         ip(&["-6", "addr", "add", "fd00:10::fe/64", "dev", DUT_IF, "nodad"])?;
         for i in 1..=10 {
@@ -134,7 +136,16 @@ fn main() -> anyhow::Result<()> {
         balancer(objects::BALANCER, 1 << 20, scheduler::MAGLEV)?,
         // A small flow table kept full, so that every new flow evicts one.
         balancer(objects::BALANCER, 4096, scheduler::MAGLEV)?,
+        balancer(objects::BALANCER, 1 << 20, scheduler::MAGLEV)?,
     ];
+    // Balancer 2 has the next hops the agent would resolve: lbgen's MAC, from lbdut.
+    let hop = lb_common::nexthop::NextHop {
+        ifindex: lb_userspace::dataplane::ifindex(DUT_IF)?,
+        dst_mac: [2, 0, 0, 0, 0, 1],
+        src_mac: [2, 0, 0, 0, 0, 2],
+    };
+    set_next_hops(&mut balancers[2], &hop)?;
+    set_next_hops(&mut balancers[1], &hop)?;
     let udp4 = traffic(Protocol::Udp, IpAddr::V4(VIP4), FLOWS_PER_CPU);
     let case = |name, dut, traffic: &Traffic, cpus, next_hop, target| Case {
         name,
@@ -147,7 +158,8 @@ fn main() -> anyhow::Result<()> {
     };
     let mut cases = vec![
         case("minimal", Dut::Minimal, &udp4, 1, NextHop::Fallback, None),
-        case("established_udp4_fib", Dut::Balancer(0), &udp4, 1, NextHop::Fib, Some(Target::NetRatioAtMost(2.2))),
+        case("established_udp4", Dut::Balancer(2), &udp4, 1, NextHop::Resolved, Some(Target::NetRatioAtMost(2.2))),
+        case("established_udp4_fib", Dut::Balancer(0), &udp4, 1, NextHop::Fib, None),
         case(
             "established_udp4_fallback",
             Dut::Balancer(0),
@@ -157,19 +169,19 @@ fn main() -> anyhow::Result<()> {
             Some(Target::NetRatioAtMost(2.2)),
         ),
         case(
-            "established_tcp4_fib",
-            Dut::Balancer(0),
+            "established_tcp4",
+            Dut::Balancer(2),
             &traffic(Protocol::Tcp, IpAddr::V4(VIP4), FLOWS_PER_CPU),
             1,
-            NextHop::Fib,
+            NextHop::Resolved,
             Some(Target::NetRatioAtMost(2.2)),
         ),
         case(
-            "established_udp6_fib",
-            Dut::Balancer(0),
+            "established_udp6",
+            Dut::Balancer(2),
             &traffic(Protocol::Udp, IpAddr::V6(VIP6), FLOWS_PER_CPU),
             1,
-            NextHop::Fib,
+            NextHop::Resolved,
             None,
         ),
         case(
@@ -177,18 +189,18 @@ fn main() -> anyhow::Result<()> {
             Dut::Balancer(1),
             &traffic(Protocol::Udp, IpAddr::V4(VIP4), 0),
             1,
-            NextHop::Fib,
+            NextHop::Resolved,
             Some(Target::NetRatioAtMost(22.0)),
         ),
     ];
     if cpus > 1 {
         cases.push(case("minimal_2cpu", Dut::Minimal, &udp4, cpus, NextHop::Fallback, None));
         cases.push(case(
-            "established_udp4_fib_2cpu",
-            Dut::Balancer(0),
+            "established_udp4_2cpu",
+            Dut::Balancer(2),
             &udp4,
             cpus,
-            NextHop::Fib,
+            NextHop::Resolved,
             Some(Target::RateRatioAtLeast(0.75)),
         ));
     }

@@ -11,6 +11,7 @@ use lb_common::{
     backend::Backend,
     dataplane::DataplaneConfig,
     maglev::{MaglevBackend, build_table},
+    nexthop::NextHop,
     sequence::{SequenceMember, smooth_sequence},
     vip::{VipKey, scheduler as vip_scheduler},
 };
@@ -89,6 +90,14 @@ pub fn balancer(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyhow
         }
     }
     Ok(b)
+}
+
+/// Gives every backend of [`balancer`] the next hop `hop`, as the agent would resolve it.
+pub fn set_next_hops(b: &mut Balancer, hop: &NextHop) -> anyhow::Result<()> {
+    for id in (1..=20).chain(101..=110) {
+        b.set_next_hop(id, hop)?;
+    }
+    Ok(())
 }
 
 /// `n` frames of `protocol` (TCP: ACKs of established connections) to `vip`, each from its own

@@ -10,7 +10,6 @@
 //!   RFC 6040 normal mode), so QoS and congestion marks apply on the way to the backend;
 //! - IPv4 DF copied from an inner IPv4 packet (RFC 2003), set for inner IPv6.
 
-use crate::maps::CONFIG;
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     backend::Backend,
@@ -45,9 +44,13 @@ pub fn inner_mtu(backend: &Backend, cfg: &DataplaneConfig) -> u16 {
 /// to this host's; returns the outer packet's length. The next-hop stage sets the MACs. After this, every packet pointer taken before is
 /// invalid. Out of line, with its own stack frame.
 #[inline(never)]
-pub fn encapsulate(ctx: &XdpContext, ip: &Ip, backend: &Backend, hash: u32) -> Result<u16, Reason> {
-    // Looked up here rather than passed: BPF functions take at most five arguments.
-    let cfg = CONFIG.get(0).ok_or(Reason::DropEncapFailed)?;
+pub fn encapsulate(
+    ctx: &XdpContext,
+    cfg: &DataplaneConfig,
+    ip: &Ip,
+    backend: &Backend,
+    hash: u32,
+) -> Result<u16, Reason> {
     let v4_outer = backend.family == family::IPV4;
     let len = ip.packet_len + overhead(backend);
     let inner_protocol = if ip.flow.family == family::IPV4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };

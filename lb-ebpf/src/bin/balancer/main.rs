@@ -3,7 +3,8 @@
 //! A straight line of small stages: link and IP parsing (`lb_ebpf::l2`, `lb_ebpf::l3`) ->
 //! VIP lookup -> flow table, or the VIP's scheduler for new flows ([`choose_backend`]) -> MTU check
 //! ([`icmp`] answers packets too big to encapsulate) -> encapsulation ([`encap`]) -> next hop and
-//! verdict ([`nexthop`]) -> counters ([`maps`]).
+//! verdict ([`nexthop`]: the backend's next hop as the agent resolved it, else the FIB) -> counters
+//! ([`maps`]).
 //! Every packet is counted under exactly one [`Reason`]; nothing is logged per packet.
 #![no_std]
 #![no_main]
@@ -31,7 +32,9 @@ use lb_ebpf::{
     l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3, Segment},
 };
 
-use crate::maps::{BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV_TABLES, MaglevTable, VIP_ADDRS, VIP_STATS, VIPS};
+use crate::maps::{
+    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV_TABLES, MaglevTable, NEXT_HOPS, VIP_ADDRS, VIP_STATS, VIPS,
+};
 
 #[xdp]
 pub fn balancer(ctx: XdpContext) -> u32 {
@@ -79,11 +82,15 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     if ip.packet_len > inner_mtu {
         return icmp::too_big(ctx, &ip, inner_mtu);
     }
-    let outer_len = match encap::encapsulate(ctx, &ip, &backend, hash) {
+    let outer_len = match encap::encapsulate(ctx, cfg, &ip, &backend, hash) {
         Ok(len) => len,
         Err(reason) => return (xdp_action::XDP_DROP, reason),
     };
-    let verdict = nexthop::forward(ctx, &backend, ip.l3_offset, outer_len);
+    let resolved = NEXT_HOPS.get(backend_id).and_then(|hop| nexthop::to_resolved(ctx, hop, ip.l3_offset));
+    let verdict = match resolved {
+        Some(verdict) => verdict,
+        None => nexthop::from_fib(ctx, &backend, ip.l3_offset, outer_len),
+    };
     if verdict.0 != xdp_action::XDP_DROP {
         maps::count_traffic(&BACKEND_STATS, backend_id, bytes, new_flow);
     }
@@ -145,7 +152,9 @@ fn choose_backend(
             let stage = next_stage(known.stage, segment);
             // SAFETY: as above; this CPU's packet of the flow updates its own entry.
             unsafe {
-                if tracks_time {
+                // Written only when it moved by a granularity: a write per packet would dirty
+                // the entry's cache line on every packet of the flow.
+                if tracks_time && now.wrapping_sub(known.last_seen_ns) > last_seen_granularity(udp_idle_timeout_ns) {
                     (*state).last_seen_ns = now;
                 }
                 if stage != known.stage {
@@ -214,6 +223,13 @@ fn choose_backend(
         }
     }
     Some((id, *backend, hash, true))
+}
+
+/// How far a flow entry's packet time may lag behind its last packet: 1/16 of the UDP idle
+/// timeout, at most about a second. A flow may so be taken for idle up to that much early.
+#[inline(always)]
+fn last_seen_granularity(udp_idle_timeout_ns: u64) -> u64 {
+    (udp_idle_timeout_ns >> 4).min(1 << 30)
 }
 
 /// Whether a packet of a flow with entry `known` stays on the entry's backend: not when a SYN

@@ -15,6 +15,7 @@ use lb_common::{
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
     flow::{FlowKey, FlowState},
+    nexthop::NextHop,
     vip::{VipAddrKey, VipInfo, VipKey},
 };
 
@@ -29,6 +30,10 @@ pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_V
 /// Backend id -> backend.
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Backend id -> its next hop, resolved and kept fresh by the agent (`lb_common::nexthop`).
+#[map]
+pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// A VIP's table of backend ids, whole in one map value.
 pub type MaglevTable = [u32; MAGLEV_MAX_TABLE_SIZE as usize];

@@ -1,6 +1,9 @@
 //! Next hop and verdict for an encapsulated packet.
 //!
-//! The FIB (bpf_fib_lookup, as if the packet were forwarded from the ingress interface) gives the
+//! The agent resolves each backend's next hop from the kernel's route and neighbour tables
+//! (`lb_common::nexthop`); a packet to a backend with a known next hop gets its MACs from there
+//! ([`to_resolved`]). Without one (not resolved yet, neighbour gone), [`from_fib`]: the FIB
+//! (bpf_fib_lookup, as if the packet were forwarded from the ingress interface) gives the
 //! egress interface and both MAC addresses. Egress = ingress: XDP_TX. Another interface:
 //! redirect through the `EGRESS` devmap. No usable answer (no route, no neighbour entry yet,
 //! forwarding disabled): XDP_TX to the configured fallback MAC, sourced from the MAC the frame was
@@ -12,7 +15,7 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{backend::Backend, counters::Reason, family};
+use lb_common::{backend::Backend, counters::Reason, family, nexthop::NextHop};
 use lb_ebpf::{
     access::{read, write},
     l2::ETH_LEN,
@@ -23,10 +26,41 @@ use crate::maps::{CONFIG, EGRESS};
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// `l3` is where the outer header starts, `len` the outer packet's length. Kept out of line: its
-/// own stack frame holds the FIB lookup's parameters.
+/// To `hop`, the backend's next hop as the agent resolved it; `None` if it is not known or the
+/// frame cannot take it: a VLAN-tagged frame keeps its tag and so must leave where it came in,
+/// and one whose next hop is elsewhere asks the FIB. `l3` is where the outer header starts.
+#[inline(always)]
+pub fn to_resolved(ctx: &XdpContext, hop: &NextHop, l3: usize) -> Option<(u32, Reason)> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    if !hop.is_known() || (hop.ifindex != ingress && l3 != ETH_LEN) {
+        return None;
+    }
+    Some(send_to(ctx, hop, ingress))
+}
+
+#[inline(always)]
+fn send_to(ctx: &XdpContext, hop: &NextHop, ingress: u32) -> (u32, Reason) {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&hop.dst_mac);
+    macs[6..].copy_from_slice(&hop.src_mac);
+    if write(ctx, 0, macs).is_none() {
+        return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
+    }
+    if hop.ifindex == ingress {
+        return (xdp_action::XDP_TX, Reason::TxNextHop);
+    }
+    match EGRESS.redirect(hop.ifindex, 0) {
+        Ok(action) => (action, Reason::TxRedirect),
+        Err(_) => (xdp_action::XDP_DROP, Reason::DropNoEgress),
+    }
+}
+
+/// From the FIB, for a backend without a resolved next hop. `l3` is where the outer header
+/// starts, `len` the outer packet's length. Kept out of line: its own stack frame holds the FIB
+/// lookup's parameters (and the configuration is looked up here: a BPF function takes at most
+/// five arguments, the verdict's return slot being one).
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, backend: &Backend, l3: usize, len: u16) -> (u32, Reason) {
+pub fn from_fib(ctx: &XdpContext, backend: &Backend, l3: usize, len: u16) -> (u32, Reason) {
     let Some(cfg) = CONFIG.get(0) else {
         return (xdp_action::XDP_DROP, Reason::DropNoEgress);
     };

@@ -1,0 +1,290 @@
+//! Backends' next hops, resolved from the kernel's route and neighbour tables over rtnetlink,
+//! for the data plane's `NEXT_HOPS` map (`lb_common::nexthop`).
+//!
+//! A backend's next hop is the route's gateway, or the backend itself on a connected subnet;
+//! its MAC is the neighbour entry's, the source MAC the egress interface's. Only neighbour
+//! entries the kernel considers usable count (reachable, stale, delay, probe, permanent): an
+//! incomplete or failed entry, or none, leaves the backend without a next hop, and the data plane
+//! then asks the FIB per packet, which falls back to the configured MAC. The agent warms the
+//! entries (`agent::warm_neighbours`), since the kernel keeps only entries that traffic uses.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use lb_common::{addr::from_key, backend::Backend, nexthop::NextHop};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NextHopError {
+    #[error("rtnetlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("rtnetlink {request}: {error}")]
+    Request { request: &'static str, error: std::io::Error },
+    #[error("rtnetlink {request}: undecodable answer: {error}")]
+    Decode { request: &'static str, error: String },
+}
+
+/// Where a backend's packets go: the egress interface and the neighbour to address there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub ifindex: u32,
+    /// The gateway, or the backend itself when it is on a connected subnet.
+    pub neighbour: IpAddr,
+}
+
+/// What [`Resolver::neighbours`] and [`Resolver::link_macs`] read, once per refresh.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    /// (interface, address) -> MAC, usable entries only.
+    pub neighbours: BTreeMap<(u32, IpAddr), [u8; 6]>,
+    /// Interface -> its MAC.
+    pub links: BTreeMap<u32, [u8; 6]>,
+}
+
+impl Tables {
+    /// The next hop of a backend routed by `route`, if its neighbour entry is usable.
+    pub fn next_hop(&self, route: Option<Route>) -> NextHop {
+        let Some(route) = route else { return NextHop::NONE };
+        match (self.neighbours.get(&(route.ifindex, route.neighbour)), self.links.get(&route.ifindex)) {
+            (Some(dst_mac), Some(src_mac)) => NextHop { ifindex: route.ifindex, dst_mac: *dst_mac, src_mac: *src_mac },
+            _ => NextHop::NONE,
+        }
+    }
+}
+
+/// A synchronous rtnetlink socket of the caller's network namespace.
+pub struct Resolver {
+    socket: Socket,
+    sequence: u32,
+}
+
+impl Resolver {
+    pub fn new() -> Result<Self, NextHopError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NextHopError::Socket)?;
+        socket.bind_auto().map_err(NextHopError::Socket)?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(NextHopError::Socket)?;
+        Ok(Self { socket, sequence: 0 })
+    }
+
+    /// The kernel's route to `destination` (as `ip route get`): `None` if it is unreachable or
+    /// not a unicast route (local, blackhole, prohibited).
+    pub fn route(&mut self, destination: IpAddr) -> Result<Option<Route>, NextHopError> {
+        const REQUEST: &str = "route lookup";
+        let mut message = RouteMessage::default();
+        message.header.address_family = family(destination);
+        message.header.destination_prefix_length = if destination.is_ipv4() { 32 } else { 128 };
+        message.attributes.push(RouteAttribute::Destination(RouteAddress::from(destination)));
+        let answers = match self.request(REQUEST, RouteNetlinkMessage::GetRoute(message), false) {
+            Ok(answers) => answers,
+            // No route: ENETUNREACH, EHOSTUNREACH and the like.
+            Err(NextHopError::Request { error, .. }) if error.raw_os_error().is_some() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for answer in answers {
+            let RouteNetlinkMessage::NewRoute(route) = answer else { continue };
+            if route.header.kind != RouteType::Unicast {
+                return Ok(None);
+            }
+            let mut ifindex = None;
+            let mut gateway = None;
+            for attribute in &route.attributes {
+                match attribute {
+                    RouteAttribute::Oif(index) => ifindex = Some(*index),
+                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(IpAddr::V4(*a)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(IpAddr::V6(*a)),
+                    _ => {}
+                }
+            }
+            return Ok(ifindex.map(|ifindex| Route { ifindex, neighbour: gateway.unwrap_or(destination) }));
+        }
+        Ok(None)
+    }
+
+    /// The neighbour tables (IPv4 and IPv6) and every interface's MAC.
+    pub fn tables(&mut self) -> Result<Tables, NextHopError> {
+        let mut tables = Tables::default();
+        for answer in
+            self.request("neighbour dump", RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()), true)?
+        {
+            let RouteNetlinkMessage::NewNeighbour(entry) = answer else { continue };
+            let usable = matches!(
+                entry.header.state,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+            );
+            if !usable {
+                continue;
+            }
+            let mut address = None;
+            let mut mac = None;
+            for attribute in &entry.attributes {
+                match attribute {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => address = Some(IpAddr::V4(*a)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => address = Some(IpAddr::V6(*a)),
+                    NeighbourAttribute::LinkLayerAddress(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                    _ => {}
+                }
+            }
+            if let (Some(address), Some(mac)) = (address, mac) {
+                tables.neighbours.insert((entry.header.ifindex, address), mac);
+            }
+        }
+        for answer in self.request("link dump", RouteNetlinkMessage::GetLink(LinkMessage::default()), true)? {
+            let RouteNetlinkMessage::NewLink(link) = answer else { continue };
+            let mac = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                _ => None,
+            });
+            if let Some(mac) = mac {
+                tables.links.insert(link.header.index, mac);
+            }
+        }
+        Ok(tables)
+    }
+
+    /// Sends `message` and collects the answers (until DONE for a dump, the first for a get).
+    fn request(
+        &mut self,
+        request: &'static str,
+        message: RouteNetlinkMessage,
+        dump: bool,
+    ) -> Result<Vec<RouteNetlinkMessage>, NextHopError> {
+        let io = |error| NextHopError::Request { request, error };
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = if dump { NLM_F_REQUEST | NLM_F_DUMP } else { NLM_F_REQUEST };
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        packet.finalize();
+        let mut bytes = vec![0; packet.header.length as usize];
+        packet.serialize(&mut bytes);
+        self.socket.send(&bytes, 0).map_err(io)?;
+
+        let mut answers = Vec::new();
+        loop {
+            let (datagram, _) = self.socket.recv_from_full().map_err(io)?;
+            let mut offset = 0;
+            while offset < datagram.len() {
+                let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[offset..])
+                    .map_err(|e| NextHopError::Decode { request, error: e.to_string() })?;
+                let length = parsed.header.length as usize;
+                if parsed.header.sequence_number == self.sequence {
+                    match parsed.payload {
+                        NetlinkPayload::Done(_) => return Ok(answers),
+                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(io(e.to_io())),
+                        NetlinkPayload::Error(_) => return Ok(answers),
+                        NetlinkPayload::InnerMessage(m) => {
+                            answers.push(m);
+                            if !dump {
+                                return Ok(answers);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if length == 0 {
+                    break;
+                }
+                offset += length;
+            }
+        }
+    }
+}
+
+/// How long a backend's route is trusted before it is looked up again. Neighbour entries are
+/// read on every refresh; routes change rarely and cost a request per backend.
+pub const ROUTE_REFRESH: Duration = Duration::from_secs(10);
+
+/// The agent's view of its backends' next hops: keeps the `NEXT_HOPS` map in step with the
+/// kernel's tables.
+pub struct NextHops {
+    resolver: Resolver,
+    routes: BTreeMap<IpAddr, Option<Route>>,
+    routes_read: Option<Instant>,
+}
+
+/// One next hop that [`NextHops::refresh`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub id: u32,
+    pub backend: IpAddr,
+    pub hop: NextHop,
+}
+
+impl NextHops {
+    pub fn new() -> Result<Self, NextHopError> {
+        Ok(Self { resolver: Resolver::new()?, routes: BTreeMap::new(), routes_read: None })
+    }
+
+    /// Resolves the next hop of every backend in `backends` (id -> record) and writes those that
+    /// differ from what `map` holds; returns them.
+    pub fn refresh(
+        &mut self,
+        backends: &BTreeMap<u32, Backend>,
+        map: &mut crate::dataplane::BalancerMaps,
+    ) -> anyhow::Result<Vec<Change>> {
+        let stale = self.routes_read.is_none_or(|at| at.elapsed() >= ROUTE_REFRESH);
+        if stale {
+            self.routes.clear();
+            self.routes_read = Some(Instant::now());
+        }
+        let tables = self.resolver.tables()?;
+        let mut changes = Vec::new();
+        for (id, backend) in backends {
+            let address = from_key(backend.family, &backend.addr);
+            let route = match self.routes.get(&address) {
+                Some(route) => *route,
+                None => {
+                    let route = self.resolver.route(address)?;
+                    self.routes.insert(address, route);
+                    route
+                }
+            };
+            let hop = tables.next_hop(route);
+            if map.next_hop(*id)? != hop {
+                map.set_next_hop(*id, &hop)?;
+                changes.push(Change { id: *id, backend: address, hop });
+            }
+        }
+        Ok(changes)
+    }
+}
+
+fn family(address: IpAddr) -> AddressFamily {
+    if address.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_next_hop_needs_a_route_a_neighbour_and_a_link() {
+        let gateway: IpAddr = "198.18.0.1".parse().unwrap();
+        let mut tables = Tables::default();
+        let route = Some(Route { ifindex: 3, neighbour: gateway });
+        assert_eq!(tables.next_hop(route), NextHop::NONE, "no neighbour entry");
+        tables.neighbours.insert((3, gateway), [2, 0, 0, 0, 0, 1]);
+        assert_eq!(tables.next_hop(route), NextHop::NONE, "no interface MAC");
+        tables.links.insert(3, [2, 0, 0, 0, 0, 2]);
+        assert_eq!(
+            tables.next_hop(route),
+            NextHop { ifindex: 3, dst_mac: [2, 0, 0, 0, 0, 1], src_mac: [2, 0, 0, 0, 0, 2] }
+        );
+        assert_eq!(tables.next_hop(None), NextHop::NONE, "no route");
+        assert_eq!(tables.next_hop(Some(Route { ifindex: 4, neighbour: gateway })), NextHop::NONE, "other interface");
+    }
+}
