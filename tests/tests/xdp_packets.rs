@@ -21,6 +21,7 @@ use lb_common::{
     flow::{flow_hash, source_hash},
     least_connections::{candidates, second_wins},
     maglev::{MaglevBackend, build_table, table_slot},
+    nexthop::NextHop,
     sequence::{SequenceMember, smooth_sequence},
     vip::{VipAddrKey, VipKey, scheduler},
 };
@@ -35,6 +36,7 @@ use lb_tests::{
 };
 use lb_userspace::{
     dataplane::{Balancer, BalancerSizes, Decap},
+    nexthop::NextHops,
     pins::PinDir,
     reconcile::{Scheduling, VipTable},
 };
@@ -819,6 +821,12 @@ fn cases() -> Vec<(&'static str, Body)> {
         ("nexthop/fib_other_interface_redirect", fib_other_interface),
         ("nexthop/fib_route_mtu_too_big", fib_route_mtu),
         ("nexthop/vlan_tagged_other_interface_uses_fallback", fib_vlan_other_interface),
+        // Next hops the agent resolves from the kernel's tables (the same links), used without the FIB.
+        ("nexthop/resolved_same_interface_tx", resolved_same_interface),
+        ("nexthop/resolved_other_interface_redirect", resolved_other_interface),
+        ("nexthop/vlan_tagged_resolved_elsewhere_uses_fallback", resolved_vlan_other_interface),
+        ("nexthop/neighbour_gone_falls_back_to_the_fib", resolved_neighbour_gone),
+        ("nexthop/readdressed_backend_forgets_its_next_hop", resolved_backend_readdressed),
         // Backend-side decapsulation.
         ("decap/ipip", |e| decap_case(e, VIP4.into(), "198.18.10.1", 0, 0, true)),
         ("decap/ip6ip6", |e| decap_case(e, VIP6.into(), "fd00:10::1", 0, 0, true)),
@@ -1514,6 +1522,105 @@ fn fib_vlan_other_interface(env: &mut Env) -> anyhow::Result<()> {
     let input = frame(&f, &shape);
     let expect = fib_expect(env, &f, &input, &shape, (BALANCER_MAC, FALLBACK_MAC), (XDP_TX, Reason::TxFallback))?;
     check(env, &input, Some(ingress), &expect)
+}
+
+/// Resolves every backend's next hop as the agent does, from this namespace's tables; returns
+/// how many changed.
+fn resolve_next_hops(env: &mut Env) -> anyhow::Result<usize> {
+    let backends = env.balancer.current()?.backends;
+    let mut hops = NextHops::new()?;
+    Ok(hops.refresh(&backends, &mut env.balancer)?.len())
+}
+
+fn resolved_same_interface(env: &mut Env) -> anyhow::Result<()> {
+    fib_links(env)?;
+    resolve_next_hops(env)?;
+    let (ingress, mac) = env.links["lbt0"];
+    ensure!(
+        env.balancer.next_hop(60)? == NextHop { ifindex: ingress, dst_mac: [2, 0, 0, 0, 0x50, 2], src_mac: mac },
+        "backend 198.18.50.2 resolved to {:?}",
+        env.balancer.next_hop(60)?
+    );
+    // The FIB would answer the same MACs: make it unable to, so only the resolved hop can.
+    run(Command::new("sysctl").args(["-qw", "net.ipv4.conf.all.forwarding=0"]))?;
+    let shape = Shape::default();
+    let f = flow(env, Protocol::Tcp, VIP4_FIB_SAME.into(), 80);
+    let input = frame(&f, &shape);
+    let expect = fib_expect(env, &f, &input, &shape, (mac, [2, 0, 0, 0, 0x50, 2]), (XDP_TX, Reason::TxNextHop))?;
+    let result = check(env, &input, Some(ingress), &expect);
+    run(Command::new("sysctl").args(["-qw", "net.ipv4.conf.all.forwarding=1"]))?;
+    result
+}
+
+fn resolved_other_interface(env: &mut Env) -> anyhow::Result<()> {
+    fib_links(env)?;
+    resolve_next_hops(env)?;
+    let (ingress, _) = env.links["lbt0"];
+    let (egress, mac) = env.links["lbt2"];
+    env.balancer.add_egress(egress)?;
+    let shape = Shape::default();
+    let f = flow(env, Protocol::Tcp, VIP4_FIB_OTHER.into(), 80);
+    let input = frame(&f, &shape);
+    let expect = fib_expect(env, &f, &input, &shape, (mac, [2, 0, 0, 0, 0x60, 2]), (XDP_REDIRECT, Reason::TxRedirect))?;
+    check(env, &input, Some(ingress), &expect)
+}
+
+fn resolved_vlan_other_interface(env: &mut Env) -> anyhow::Result<()> {
+    fib_links(env)?;
+    resolve_next_hops(env)?;
+    ensure!(env.balancer.next_hop(61)?.is_known(), "backend 198.18.60.2 has no next hop");
+    let (ingress, _) = env.links["lbt0"];
+    let shape = Shape { vlan: Some(10), ..Shape::default() };
+    let f = flow(env, Protocol::Tcp, VIP4_FIB_OTHER.into(), 80);
+    let input = frame(&f, &shape);
+    let expect = fib_expect(env, &f, &input, &shape, (BALANCER_MAC, FALLBACK_MAC), (XDP_TX, Reason::TxFallback))?;
+    check(env, &input, Some(ingress), &expect)
+}
+
+fn resolved_neighbour_gone(env: &mut Env) -> anyhow::Result<()> {
+    fib_links(env)?;
+    resolve_next_hops(env)?;
+    ensure!(env.balancer.next_hop(60)?.is_known(), "backend 198.18.50.2 has no next hop");
+    run(Command::new("ip").args(["neigh", "del", "198.18.50.2", "dev", "lbt0"]))?;
+    let changed = resolve_next_hops(env);
+    let hop = env.balancer.next_hop(60);
+    let (ingress, _) = env.links["lbt0"];
+    let shape = Shape::default();
+    let f = flow(env, Protocol::Tcp, VIP4_FIB_SAME.into(), 80);
+    let input = frame(&f, &shape);
+    // Neither the cache nor the FIB has a neighbour: the configured fallback MAC.
+    let expect = fib_expect(env, &f, &input, &shape, (BALANCER_MAC, FALLBACK_MAC), (XDP_TX, Reason::TxFallback));
+    let result = expect.and_then(|expect| check(env, &input, Some(ingress), &expect));
+    run(Command::new("ip").args([
+        "neigh",
+        "replace",
+        "198.18.50.2",
+        "lladdr",
+        "02:00:00:00:50:02",
+        "dev",
+        "lbt0",
+        "nud",
+        "permanent",
+    ]))?;
+    ensure!(changed? == 1, "one next hop should have changed");
+    ensure!(!hop?.is_known(), "the next hop of a backend without a neighbour entry is kept");
+    result?;
+    ensure!(resolve_next_hops(env)? == 1 && env.balancer.next_hop(60)?.is_known(), "the next hop did not come back");
+    Ok(())
+}
+
+fn resolved_backend_readdressed(env: &mut Env) -> anyhow::Result<()> {
+    fib_links(env)?;
+    resolve_next_hops(env)?;
+    ensure!(env.balancer.next_hop(62)?.is_known(), "backend 198.18.80.2 has no next hop");
+    let (family, addr) = key_addr(IpAddr::V4(Ipv4Addr::new(198, 18, 80, 3)));
+    let old = env.balancer.current()?.backends[&62];
+    env.balancer.set_backend(62, &Backend::new(family, addr, old.vip_index))?;
+    let forgot = env.balancer.next_hop(62)?;
+    env.balancer.set_backend(62, &old)?;
+    ensure!(!forgot.is_known(), "a backend id given another address kept the old neighbour's MAC: {forgot:?}");
+    ensure!(!env.balancer.next_hop(62)?.is_known(), "the next hop is the resolver's to restore");
+    Ok(())
 }
 
 fn encap_to(backend: &str) -> Encap {
