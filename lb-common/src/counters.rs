@@ -21,6 +21,9 @@ pub enum Reason {
     TxFallback,
     /// Encapsulated and redirected to another interface (DEVMAP), next hop from the agent or the FIB.
     TxRedirect,
+    /// A new flow of a VIP in flood mode (`crate::flood`): encapsulated and sent by the VIP's table
+    /// like any other, without a flow-table entry.
+    TxUntracked,
     /// Too big once encapsulated: turned into an ICMP "fragmentation needed" / ICMPv6 "packet
     /// too big" to the client, sent back where it came from.
     TxIcmpTooBig,
@@ -66,6 +69,7 @@ impl Reason {
         Reason::TxFib,
         Reason::TxFallback,
         Reason::TxRedirect,
+        Reason::TxUntracked,
         Reason::TxIcmpTooBig,
         Reason::DropTruncated,
         Reason::DropBadHeader,
@@ -92,6 +96,7 @@ impl Reason {
             Reason::TxFib => "tx_fib",
             Reason::TxFallback => "tx_fallback",
             Reason::TxRedirect => "tx_redirect",
+            Reason::TxUntracked => "tx_untracked",
             Reason::TxIcmpTooBig => "tx_icmp_too_big",
             Reason::DropTruncated => "drop_truncated",
             Reason::DropBadHeader => "drop_bad_header",

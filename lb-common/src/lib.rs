@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`hash`]: the word hash behind flow hashing and Maglev permutations (pinned by test vectors).
 //! - [`flow`]: the flow key (5-tuple), the flow-table value and [`flow::flow_hash`].
+//! - [`flood`]: flood mode, per VIP and CPU: new flows past a budget get no flow-table entry.
 //! - [`vip`]: VIP keys and per-VIP metadata (which Maglev table is live).
 //! - [`backend`]: backend records as the data plane reads them.
 //! - [`nexthop`]: backends' next hops, resolved by the agent.
@@ -30,6 +31,7 @@ pub mod backend;
 pub mod capacity;
 pub mod counters;
 pub mod dataplane;
+pub mod flood;
 pub mod flow;
 pub mod generator;
 pub mod hash;

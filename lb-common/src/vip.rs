@@ -72,22 +72,44 @@ pub struct VipInfo {
     /// Source hash: how many leading bits of the client address are hashed.
     pub source_prefix_len: u8,
     pub _pad: [u8; 2],
+    /// New flows per CPU per flood window past which the VIP is in flood mode
+    /// ([`crate::flood`]); 0: never.
+    pub new_flow_budget: u32,
+    pub _pad2: [u8; 4],
 }
 assert_layout!(
     VipInfo,
-    size = 16,
+    size = 24,
     index = 0,
     table_size = 4,
     active_table = 8,
     scheduler = 12,
     source_prefix_len = 13,
-    _pad = 14
+    _pad = 14,
+    new_flow_budget = 16,
+    _pad2 = 20
 );
 userspace_pod!(VipKey, VipAddrKey, VipInfo);
 
 impl VipInfo {
-    pub const fn new(index: u32, table_size: u32, active_table: u32, scheduler: u8, source_prefix_len: u8) -> Self {
-        Self { index, table_size, active_table, scheduler, source_prefix_len, _pad: [0; 2] }
+    pub const fn new(
+        index: u32,
+        table_size: u32,
+        active_table: u32,
+        scheduler: u8,
+        source_prefix_len: u8,
+        new_flow_budget: u32,
+    ) -> Self {
+        Self {
+            index,
+            table_size,
+            active_table,
+            scheduler,
+            source_prefix_len,
+            _pad: [0; 2],
+            new_flow_budget,
+            _pad2: [0; 4],
+        }
     }
 
     /// Index into the Maglev tables map of the live table.

@@ -403,6 +403,8 @@ impl Agent {
             .vips
             .iter()
             .map(|v| {
+                let index = self.current.vips.get(&reconcile::vip_key(v)).map(|t| t.index);
+                let flood = index.and_then(|i| self.balancer.flood(i).ok()).unwrap_or_default();
                 json!({
                     "name": v.name,
                     "address": v.address.to_string(),
@@ -412,6 +414,9 @@ impl Agent {
                     "table_size": v.table_size,
                     "fingerprint": self.fingerprints.get(&v.name),
                     "backends": v.backends.len(),
+                    "new_flow_budget": v.new_flow_budget,
+                    "flooding_cpus": flood.flooding_cpus,
+                    "untracked_flows": flood.untracked,
                 })
             })
             .collect();

@@ -17,6 +17,7 @@ use lb_common::{
     capacity::{MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLES_PER_VIP, MAX_BACKENDS, MAX_VIPS},
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
+    flood::FloodState,
     flow::{FlowKey, FlowState},
     nexthop::NextHop,
     vip::{VipAddrKey, VipInfo, VipKey},
@@ -111,10 +112,20 @@ pub struct BalancerMaps {
     pub(crate) vip_stats: PerCpuArray<MapData, TrafficCounters>,
     pub(crate) backend_stats: PerCpuArray<MapData, TrafficCounters>,
     pub(crate) active_flows: Array<MapData, i64>,
+    pub(crate) flood: PerCpuArray<MapData, FloodState>,
+}
+
+/// A VIP's flood mode as the data plane's CPUs see it (`lb_common::flood`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VipFlood {
+    /// CPUs on which the VIP is in flood mode now.
+    pub flooding_cpus: u32,
+    /// New flows forwarded without a flow-table entry, all CPUs.
+    pub untracked: u64,
 }
 
 /// Names of the balancer's maps (each pinned under its name).
-pub const BALANCER_MAPS: [&str; 13] = [
+pub const BALANCER_MAPS: [&str; 14] = [
     "VIPS",
     "VIP_ADDRS",
     "BACKENDS",
@@ -128,11 +139,12 @@ pub const BALANCER_MAPS: [&str; 13] = [
     "BACKEND_STATS",
     "SEQUENCE_POSITIONS",
     "ACTIVE_FLOWS",
+    "FLOOD",
 ];
 
 /// Key and value sizes of the balancer's maps whose layouts this build defines (`EGRESS` is
 /// the kernel's).
-fn map_layouts() -> [(&'static str, usize, usize); 12] {
+fn map_layouts() -> [(&'static str, usize, usize); 13] {
     [
         ("VIPS", size_of::<VipKey>(), size_of::<VipInfo>()),
         ("VIP_ADDRS", size_of::<VipAddrKey>(), size_of::<u32>()),
@@ -146,6 +158,7 @@ fn map_layouts() -> [(&'static str, usize, usize); 12] {
         ("BACKEND_STATS", size_of::<u32>(), size_of::<TrafficCounters>()),
         ("SEQUENCE_POSITIONS", size_of::<u32>(), size_of::<u32>()),
         ("ACTIVE_FLOWS", size_of::<u32>(), size_of::<i64>()),
+        ("FLOOD", size_of::<u32>(), size_of::<FloodState>()),
     ]
 }
 
@@ -247,6 +260,7 @@ impl BalancerMaps {
             vip_stats: typed(take("VIP_STATS")?)?,
             backend_stats: typed(take("BACKEND_STATS")?)?,
             active_flows: typed(take("ACTIVE_FLOWS")?)?,
+            flood: typed(take("FLOOD")?)?,
         })
     }
 
@@ -265,6 +279,15 @@ impl BalancerMaps {
             self.set_next_hop(id, &NextHop::NONE)?;
         }
         Ok(self.backends.set(id, backend, 0)?)
+    }
+
+    /// VIP `index`'s flood mode.
+    pub fn flood(&self, index: u32) -> Result<VipFlood, DataplaneError> {
+        let per_cpu = self.flood.get(&index, 0)?;
+        Ok(per_cpu.iter().fold(VipFlood::default(), |acc, s| VipFlood {
+            flooding_cpus: acc.flooding_cpus + u32::from(s.flooding != 0),
+            untracked: acc.untracked + s.untracked,
+        }))
     }
 
     /// Backend `id`'s next hop as the data plane uses it.
@@ -329,7 +352,7 @@ impl BalancerMaps {
         let how = vip.scheduling;
         self.vips.insert(
             key,
-            VipInfo::new(index, table.len() as u32, next, how.scheduler, how.source_prefix_len),
+            VipInfo::new(index, table.len() as u32, next, how.scheduler, how.source_prefix_len, how.new_flow_budget),
             0,
         )?;
         if current.is_none() {
@@ -376,7 +399,11 @@ impl BalancerMaps {
                 let live: Box<MaglevTable> = Box::new(self.tables.get(&info.live_table_slot(), 0)?);
                 live[..info.table_size as usize].to_vec()
             };
-            let scheduling = Scheduling { scheduler: info.scheduler, source_prefix_len: info.source_prefix_len };
+            let scheduling = Scheduling {
+                scheduler: info.scheduler,
+                source_prefix_len: info.source_prefix_len,
+                new_flow_budget: info.new_flow_budget,
+            };
             vips.insert(key, VipTable { index: info.index, scheduling, table });
         }
         Ok(Current { dataplane, backends, vips })

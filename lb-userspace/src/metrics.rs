@@ -80,6 +80,19 @@ fn render(pins: &PinDir, status: &serde_json::Value) -> String {
         s,
         "# HELP lb_health_check_latency_seconds Duration of the last health probe.\n# TYPE lb_health_check_latency_seconds gauge"
     );
+    let _ = writeln!(
+        s,
+        "# HELP lb_vip_flood_cpus CPUs on which the VIP is in flood mode (new flows get no flow-table entry).\n# TYPE lb_vip_flood_cpus gauge"
+    );
+    let _ = writeln!(
+        s,
+        "# HELP lb_vip_untracked_flows_total New flows forwarded in flood mode without a flow-table entry.\n# TYPE lb_vip_untracked_flows_total counter"
+    );
+    for v in status["vips"].as_array().into_iter().flatten() {
+        let labels = format!("vip=\"{}\"", v["name"].as_str().unwrap_or(""));
+        let _ = writeln!(s, "lb_vip_flood_cpus{{{labels}}} {}", v["flooding_cpus"].as_u64().unwrap_or(0));
+        let _ = writeln!(s, "lb_vip_untracked_flows_total{{{labels}}} {}", v["untracked_flows"].as_u64().unwrap_or(0));
+    }
     for b in status["backends"].as_array().into_iter().flatten() {
         let labels =
             format!("vip=\"{}\",backend=\"{}\"", b["vip"].as_str().unwrap_or(""), b["address"].as_str().unwrap_or(""));

@@ -253,6 +253,7 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
             name: vip.name.clone(),
             scheduler: vip.scheduler,
             table_size: vip.table_size,
+            new_flow_budget: crate::reconcile::flood_budget(vip),
             backends,
         });
     }

@@ -36,6 +36,8 @@ pub struct DesiredVip {
     pub name: String,
     pub scheduler: Scheduler,
     pub table_size: u32,
+    /// New flows per CPU per flood window ([`flood_budget`]).
+    pub new_flow_budget: u32,
     pub backends: Vec<DesiredBackend>,
 }
 
@@ -62,6 +64,7 @@ impl Desired {
                     name: v.name.clone(),
                     scheduler: v.scheduler,
                     table_size: v.table_size,
+                    new_flow_budget: flood_budget(v),
                     backends: v
                         .backends
                         .iter()
@@ -81,20 +84,23 @@ impl Desired {
     }
 }
 
-/// How the data plane reads a table built for `scheduler`.
-pub fn scheduling(scheduler: Scheduler) -> Scheduling {
-    match scheduler {
-        Scheduler::Maglev | Scheduler::LeastResponseTime => {
-            Scheduling { scheduler: vip_scheduler::MAGLEV, source_prefix_len: 0 }
-        }
-        Scheduler::SourceHash { prefix_len } => {
-            Scheduling { scheduler: vip_scheduler::SOURCE_HASH, source_prefix_len: prefix_len }
-        }
-        Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => {
-            Scheduling { scheduler: vip_scheduler::SEQUENCE, source_prefix_len: 0 }
-        }
-        Scheduler::LeastConnections => Scheduling { scheduler: vip_scheduler::LEAST_CONNECTIONS, source_prefix_len: 0 },
-    }
+/// How the data plane reads a table built for `scheduler`, with flood budget `new_flow_budget`
+/// (per CPU per window).
+pub fn scheduling(scheduler: Scheduler, new_flow_budget: u32) -> Scheduling {
+    let (scheduler, source_prefix_len) = match scheduler {
+        Scheduler::Maglev | Scheduler::LeastResponseTime => (vip_scheduler::MAGLEV, 0),
+        Scheduler::SourceHash { prefix_len } => (vip_scheduler::SOURCE_HASH, prefix_len),
+        Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => (vip_scheduler::SEQUENCE, 0),
+        Scheduler::LeastConnections => (vip_scheduler::LEAST_CONNECTIONS, 0),
+    };
+    Scheduling { scheduler, source_prefix_len, new_flow_budget }
+}
+
+/// The data plane's flood budget for `vip`: its new flows per second, per CPU per window.
+pub fn flood_budget(vip: &Vip) -> u32 {
+    // The data plane's per-CPU maps have one value per possible CPU; traffic spreads over them.
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n as u32);
+    lb_common::flood::window_budget(vip.new_flow_budget, cpus)
 }
 
 /// The data plane key of a configured VIP.
@@ -109,6 +115,8 @@ pub struct Scheduling {
     /// One of `lb_common::vip::scheduler`.
     pub scheduler: u8,
     pub source_prefix_len: u8,
+    /// New flows per CPU per flood window (`lb_common::flood::window_budget`); 0: no flood mode.
+    pub new_flow_budget: u32,
 }
 
 /// A VIP's live table as the maps hold it.
@@ -272,7 +280,7 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
                 smooth_sequence(&sequence)
             }
         };
-        let live = VipTable { index, scheduling: scheduling(vip.scheduler), table };
+        let live = VipTable { index, scheduling: scheduling(vip.scheduler, vip.new_flow_budget), table };
         if current.vips.get(&vip.key) != Some(&live) {
             tables.push(Op::InstallVip { key: vip.key, vip: live });
         }

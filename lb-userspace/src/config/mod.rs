@@ -246,6 +246,9 @@ pub struct Vip {
     pub max_ejected_percent: u8,
     /// A backend coming up ramps its weight over this time.
     pub slow_start: std::time::Duration,
+    /// New flows per second past which the VIP is in flood mode on this balancer (new flows
+    /// forwarded without flow-table entries, see `lb_common::flood`); 0: never.
+    pub new_flow_budget: u32,
     pub health: Option<HealthCheck>,
     pub backends: Vec<Backend>,
 }
@@ -585,6 +588,8 @@ impl Validator<'_> {
         );
         let slow_start_secs =
             self.ranged(&raw.slow_start_secs, &format!("{field}.slow_start_secs"), SLOW_START_SECS, 0);
+        let new_flow_budget =
+            self.ranged(&raw.new_flow_budget, &format!("{field}.new_flow_budget"), 0..1_000_000_001, 0);
         let vip_port = raw.port.get_ref();
         let vip_health = match &raw.health {
             None => Some(None),
@@ -659,6 +664,7 @@ impl Validator<'_> {
             failure_mode: failure_mode?,
             max_ejected_percent: max_ejected_percent? as u8,
             slow_start: std::time::Duration::from_secs(slow_start_secs? as u64),
+            new_flow_budget: new_flow_budget? as u32,
             health: vip_health?,
             backends,
         })

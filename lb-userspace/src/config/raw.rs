@@ -59,6 +59,8 @@ pub struct Vip {
     #[serde(default)]
     pub slow_start_secs: Option<Spanned<i64>>,
     #[serde(default)]
+    pub new_flow_budget: Option<Spanned<i64>>,
+    #[serde(default)]
     pub health: Option<Spanned<Health>>,
     #[serde(default)]
     pub backend: Vec<Spanned<Backend>>,

@@ -56,6 +56,7 @@ impl Config {
             let _ = writeln!(s, "failure_mode = \"{mode}\"");
             let _ = writeln!(s, "max_ejected_percent = {}", v.max_ejected_percent);
             let _ = writeln!(s, "slow_start_secs = {}", v.slow_start.as_secs());
+            let _ = writeln!(s, "new_flow_budget = {}", v.new_flow_budget);
             if let Some(h) = &v.health {
                 let _ = writeln!(s, "[vip.health]");
                 health(&mut s, h);

@@ -1,7 +1,8 @@
 //! The balancer: XDP fast path of the load balancer.
 //!
 //! A straight line of small stages: link and IP parsing (`lb_ebpf::l2`, `lb_ebpf::l3`) ->
-//! VIP lookup -> flow table, or the VIP's scheduler for new flows ([`choose_backend`]) -> MTU check
+//! VIP lookup -> flow table, or the VIP's scheduler for new flows ([`choose_backend`], with flood
+//! mode) -> MTU check
 //! ([`icmp`] answers packets too big to encapsulate) -> encapsulation ([`encap`]) -> next hop and
 //! verdict ([`nexthop`]: the backend's next hop as the agent resolved it, else the FIB) -> counters
 //! ([`maps`]).
@@ -33,7 +34,7 @@ use lb_ebpf::{
 };
 
 use crate::maps::{
-    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV_TABLES, MaglevTable, NEXT_HOPS, VIP_ADDRS, VIP_STATS, VIPS,
+    BACKEND_STATS, BACKENDS, CONFIG, FLOOD, FLOWS, MAGLEV_TABLES, MaglevTable, NEXT_HOPS, VIP_ADDRS, VIP_STATS, VIPS,
 };
 
 #[xdp]
@@ -71,11 +72,12 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         return (xdp_action::XDP_DROP, Reason::DropNoEgress);
     };
 
-    let Some((backend_id, backend, hash, new_flow)) = choose_backend(&ip.flow, &vip, cfg.udp_idle_timeout_ns, segment)
+    let Some((backend_id, backend, hash, kind)) = choose_backend(&ip.flow, &vip, cfg.udp_idle_timeout_ns, segment)
     else {
         maps::count_traffic(&VIP_STATS, vip.index, bytes, false);
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
+    let new_flow = kind != Flow::Known;
     maps::count_traffic(&VIP_STATS, vip.index, bytes, new_flow);
 
     let inner_mtu = encap::inner_mtu(&backend, cfg);
@@ -91,10 +93,22 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         Some(verdict) => verdict,
         None => nexthop::from_fib(ctx, &backend, ip.l3_offset, outer_len),
     };
-    if verdict.0 != xdp_action::XDP_DROP {
-        maps::count_traffic(&BACKEND_STATS, backend_id, bytes, new_flow);
+    if verdict.0 == xdp_action::XDP_DROP {
+        return verdict;
     }
-    verdict
+    maps::count_traffic(&BACKEND_STATS, backend_id, bytes, new_flow);
+    if kind == Flow::Untracked { (verdict.0, Reason::TxUntracked) } else { verdict }
+}
+
+/// How a packet's flow was found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Its flow-table entry.
+    Known,
+    /// Scheduled now, and remembered.
+    New,
+    /// Scheduled now by the VIP's table alone, not remembered: the VIP is in flood mode.
+    Untracked,
 }
 
 /// A packet the balancer cannot serve: dropped if it is addressed to a VIP, passed otherwise.
@@ -125,14 +139,16 @@ fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
 /// then remembered. A TCP SYN on an entry past its handshake asks the scheduler again and
 /// replaces the entry: a client reusing a source port opens a new connection and must not
 /// inherit the old one's backend. Keeps the backend's count of active flows (see [`stage`]).
-/// Returns (backend id, backend, flow hash, whether this is a new flow).
+/// In flood mode, a flow without an entry is sent where the VIP's table says by its hash alone
+/// and not inserted (see `lb_common::flood`). Returns (backend id, backend, flow hash, how the
+/// flow was found).
 #[inline(always)]
 fn choose_backend(
     key: &FlowKey,
     vip: &VipInfo,
     udp_idle_timeout_ns: u64,
     segment: Segment,
-) -> Option<(u32, Backend, u32, bool)> {
+) -> Option<(u32, Backend, u32, Flow)> {
     // Packet times cost a clock read and a write per packet: kept where they are used, for UDP
     // idle expiry and for least connections' TCP idle time (the agent's recount).
     let tracks_time = key.protocol == IPPROTO_UDP || vip.scheduler == scheduler::LEAST_CONNECTIONS;
@@ -166,7 +182,7 @@ fn choose_backend(
                 (stage::ACTIVE, stage::ENDED) => maps::add_active_flows(known.backend, -1),
                 _ => {}
             }
-            return Some((known.backend, *backend, known.hash, false));
+            return Some((known.backend, *backend, known.hash, Flow::Known));
         }
         // The entry is replaced below; if no backend is found it stays, uncounted until a later
         // packet finds its backend back. Either way the flow stops counting here, once.
@@ -180,17 +196,28 @@ fn choose_backend(
     if vip.table_size == 0 {
         return None;
     }
+    if now == 0 {
+        // SAFETY: helper without arguments.
+        now = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    // A stale entry is replaced in place; only an insert is what flood mode saves.
+    let tracked = entry.is_some()
+        || FLOOD.get_ptr_mut(vip.index).is_none_or(|state| {
+            // SAFETY: per-CPU value, only this CPU writes it.
+            unsafe { (*state).track_new_flow(vip.new_flow_budget, now) }
+        });
     let hash = flow_hash(key);
     let table = MAGLEV_TABLES.get(vip.live_table_slot())?;
     let id = match vip.scheduler {
         scheduler::SOURCE_HASH => {
             *table.get(table_slot(source_hash(key, vip.source_prefix_len), vip.table_size) as usize)?
         }
-        scheduler::SEQUENCE => *table.get(maps::next_in_sequence(vip.index, vip.table_size)? as usize)?,
+        // Untracked flows need a choice that every packet of the flow repeats: the hash's slot.
+        scheduler::SEQUENCE if tracked => *table.get(maps::next_in_sequence(vip.index, vip.table_size)? as usize)?,
         // A TCP packet without an entry that is no SYN belongs to a connection whose entry was
         // evicted or that began on another balancer: its likeliest backend is the Maglev
         // candidate, which every balancer computes alike and which won every tie.
-        scheduler::LEAST_CONNECTIONS if key.protocol == IPPROTO_UDP || segment == Segment::Opens => {
+        scheduler::LEAST_CONNECTIONS if tracked && (key.protocol == IPPROTO_UDP || segment == Segment::Opens) => {
             fewer_active_flows(table, hash, vip.table_size)?
         }
         _ => *table.get(table_slot(hash, vip.table_size) as usize)?,
@@ -199,9 +226,8 @@ fn choose_backend(
     if !backend.keeps_flows() {
         return None;
     }
-    if now == 0 {
-        // SAFETY: helper without arguments.
-        now = unsafe { bpf_ktime_get_coarse_ns() };
+    if !tracked {
+        return Some((id, *backend, hash, Flow::Untracked));
     }
     let stage = match segment {
         Segment::Ends => stage::ENDED,
@@ -222,7 +248,7 @@ fn choose_backend(
             let _ = FLOWS.insert(key, fresh, 0);
         }
     }
-    Some((id, *backend, hash, true))
+    Some((id, *backend, hash, Flow::New))
 }
 
 /// How far a flow entry's packet time may lag behind its last packet: 1/16 of the UDP idle

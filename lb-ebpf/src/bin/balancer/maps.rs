@@ -14,6 +14,7 @@ use lb_common::{
     },
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
+    flood::FloodState,
     flow::{FlowKey, FlowState},
     nexthop::NextHop,
     vip::{VipAddrKey, VipInfo, VipKey},
@@ -90,6 +91,10 @@ pub fn add_active_flows(id: u32, delta: i64) {
 pub fn active_flows(id: u32) -> u64 {
     ACTIVE_FLOWS.get(id).map_or(0, |count| (*count).max(0) as u64)
 }
+
+/// Per CPU, per VIP: new flows counted against the VIP's flood budget (`lb_common::flood`).
+#[map]
+pub static FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
 /// Per CPU, per VIP: the position of the next new flow in a round-robin sequence.
 #[map]
