@@ -21,3 +21,13 @@ pub const IPV4_ENCAP_OVERHEAD: u16 = 20;
 pub const IPV6_ENCAP_OVERHEAD: u16 = 40;
 /// TTL / hop limit of the outer header the balancer adds.
 pub const OUTER_TTL: u8 = 64;
+
+/// Benchmark builds that stop the balancer's fast path after a stage (`cargo xtask bench
+/// --ablation`): the build environment variable that names the stage, and the stages in path
+/// order as (value, name). Each stage's cost is the difference between consecutive builds.
+/// Shipped builds leave the variable unset and run the whole path.
+pub mod ablation {
+    pub const ENV: &str = "LB_BENCH_STOP_AFTER";
+    pub const STAGES: [(u8, &str); 5] =
+        [(1, "parse"), (2, "vip_lookup"), (3, "flow_table"), (4, "vip_counters"), (5, "encapsulate")];
+}

@@ -14,7 +14,7 @@ use std::{net::IpAddr, process::Command};
 
 use anyhow::{Context as _, ensure};
 use aya::programs::{Xdp, xdp::XdpMode};
-use lb_common::vip::scheduler;
+use lb_common::{capacity::ablation, vip::scheduler};
 use lb_tests::{
     bench::{VIP4, VIP6, backend4, backend6, balancer, set_next_hops, small_frame},
     live::{DUT_IF, GENERATOR_IF, Pipeline, Traffic},
@@ -32,10 +32,13 @@ struct Options {
     json: Option<String>,
     /// Only the cases whose names contain one of these (the minimal ones always run).
     only: Vec<String>,
+    /// Balancer objects that stop after each stage (`stop-N.o`, built by `cargo xtask bench
+    /// --ablation`).
+    ablation: Option<std::path::PathBuf>,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options { rounds: 7, packets: 1_000_000, json: None, only: Vec::new() };
+    let mut o = Options { rounds: 7, packets: 1_000_000, json: None, only: Vec::new(), ablation: None };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -45,6 +48,7 @@ fn options() -> anyhow::Result<Options> {
             "--only" => {
                 o.only = args.next().context("--only needs case names")?.split(',').map(str::to_string).collect()
             }
+            "--ablation" => o.ablation = Some(args.next().context("--ablation needs a directory")?.into()),
             "--bench" => {} // passed by cargo bench
             other => anyhow::bail!("unknown argument {other}"),
         }
@@ -80,7 +84,7 @@ enum Target {
 }
 
 struct Case {
-    name: &'static str,
+    name: String,
     dut: Dut,
     traffic: Traffic,
     cpus: usize,
@@ -150,8 +154,8 @@ fn main() -> anyhow::Result<()> {
     set_next_hops(&mut balancers[1], &hop)?;
     set_next_hops(&mut balancers[3], &hop)?;
     let udp4 = traffic(Protocol::Udp, IpAddr::V4(VIP4), FLOWS_PER_CPU);
-    let case = |name, dut, traffic: &Traffic, cpus, next_hop, target| Case {
-        name,
+    let case = |name: &str, dut, traffic: &Traffic, cpus, next_hop, target| Case {
+        name: name.to_string(),
         dut,
         traffic: traffic.clone(),
         cpus,
@@ -209,6 +213,20 @@ fn main() -> anyhow::Result<()> {
         ));
     }
 
+    // Builds that stop after a stage: each stage's cost is the difference to the one before.
+    let mut stages = Vec::new();
+    if let Some(dir) = &o.ablation {
+        for (stage, name) in ablation::STAGES {
+            let path = dir.join(format!("stop-{stage}.o"));
+            let object = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut b = balancer(&object, 1 << 20, scheduler::MAGLEV, 0)?;
+            set_next_hops(&mut b, &hop)?;
+            balancers.push(b);
+            let case_name = format!("stop_after_{name}");
+            cases.push(case(&case_name, Dut::Balancer(balancers.len() - 1), &udp4, 1, NextHop::Resolved, None));
+            stages.push((name, case_name));
+        }
+    }
     if !o.only.is_empty() {
         cases.retain(|c| c.dut == Dut::Minimal || o.only.iter().any(|name| c.name.contains(name.as_str())));
     }
@@ -289,6 +307,18 @@ fn main() -> anyhow::Result<()> {
             "median_net_ratio": net_ratio, "median_mpps": mpps, "median_rate_ratio": rate_ratio,
             "target": verdict, "rounds": c.samples,
         }));
+    }
+    if !stages.is_empty() {
+        println!("\nThe established IPv4 UDP path by stage (builds that stop after each; net ns, medians):");
+        println!("{:<16} {:>10} {:>10}", "stage", "through it", "its cost");
+        let net_of = |name: &str| json.iter().find(|c| c["case"] == name).and_then(|c| c["median_net_ns"].as_f64());
+        let mut before = 0.0;
+        let whole = ("next_hop_and_counters", "established_udp4".to_string());
+        for (stage, case_name) in stages.iter().map(|(s, c)| (*s, c.clone())).chain(std::iter::once(whole)) {
+            let Some(net) = net_of(&case_name) else { continue };
+            println!("{stage:<16} {net:>10.1} {:>10.1}", net - before);
+            before = net;
+        }
     }
     if let Some(file) = o.json {
         let doc = serde_json::json!({ "method": "live frames, native XDP on veth, kernel BPF stats", "rounds": o.rounds, "packets_per_cpu": o.packets, "cases": json });

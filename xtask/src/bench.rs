@@ -1,21 +1,93 @@
-//! `cargo xtask bench`: the XDP path benchmark (tests/benches/xdp_paths.rs), which prints a
-//! table and writes it as JSON.
+//! `cargo xtask bench`: the benchmark suite. The BPF_PROG_RUN benchmark
+//! (tests/benches/xdp_paths.rs) and the live-frames one (tests/benches/xdp_live.rs), each
+//! printing a table and writing JSON under target/bench/; with `--ablation`, the live one also
+//! measures balancer builds that stop after each stage of the fast path (built here).
 
-use anyhow::bail;
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+use lb_common::capacity::ablation;
 
 use crate::cmd;
 
-pub fn run(rounds: usize, packets: usize, json: &str) -> anyhow::Result<()> {
+pub struct Options {
+    pub rounds: usize,
+    pub packets: usize,
+    pub live_rounds: usize,
+    pub live_packets: usize,
+    pub ablation: bool,
+}
+
+impl Options {
+    /// The `--quick` variant: fewer and shorter rounds.
+    pub fn quick(ablation: bool) -> Self {
+        Self { rounds: 3, packets: 500, live_rounds: 3, live_packets: 300_000, ablation }
+    }
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!("the benchmark loads XDP programs and must run as root (`sudo -E cargo xtask bench`)");
     }
-    let json = cmd::workspace_root().join(json);
+    let out = cmd::workspace_root().join("target/bench");
+    let ablation_dir = out.join("ablation");
+    if o.ablation {
+        build_ablation_objects(&ablation_dir)?;
+    }
+    // Built before timing anything: never a build next to a benchmark.
+    cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--no-run"]))?;
     cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--bench", "xdp_paths", "--"]).args([
         "--rounds",
-        &rounds.to_string(),
+        &o.rounds.to_string(),
         "--packets",
-        &packets.to_string(),
+        &o.packets.to_string(),
         "--json",
-        &json.to_string_lossy(),
-    ]))
+        &out.join("xdp_paths.json").to_string_lossy(),
+    ]))?;
+    let mut live = cmd::cargo();
+    live.args(["bench", "-p", "lb-tests", "--bench", "xdp_live", "--"]).args([
+        "--rounds",
+        &o.live_rounds.to_string(),
+        "--packets",
+        &o.live_packets.to_string(),
+        "--json",
+        &out.join("xdp_live.json").to_string_lossy(),
+    ]);
+    if o.ablation {
+        live.arg("--ablation").arg(&ablation_dir);
+    }
+    cmd::run(&mut live)
+}
+
+/// Builds the balancer once per fast-path stage, stopping after it, as `stop-N.o` in `dir`: the
+/// same build as lb-userspace's build.rs (aya-build) makes, with the stage in the environment.
+fn build_ablation_objects(dir: &Path) -> anyhow::Result<()> {
+    let root = cmd::workspace_root();
+    let toolchain = std::fs::read_to_string(root.join("rust-toolchain.toml"))
+        .context("reading rust-toolchain.toml")?
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel = ").map(|v| v.trim_matches('"').to_string()))
+        .context("rust-toolchain.toml has no `channel = \"...\"` line")?;
+    let target_dir = dir.join("target");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (stage, name) in ablation::STAGES {
+        println!("== balancer stopping after {name}");
+        cmd::run(
+            Command::new("rustup")
+                .args(["run", &toolchain, "cargo", "build", "--package", "lb-ebpf", "--bin", "balancer", "--release"])
+                .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+                .arg(&target_dir)
+                .current_dir(&root)
+                .env_remove("RUSTC")
+                .env_remove("RUSTC_WORKSPACE_WRAPPER")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf")
+                .env(ablation::ENV, stage.to_string()),
+        )?;
+        let built = target_dir.join("bpfel-unknown-none/release/balancer");
+        let object = dir.join(format!("stop-{stage}.o"));
+        std::fs::copy(&built, &object)
+            .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
+    }
+    Ok(())
 }

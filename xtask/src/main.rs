@@ -3,7 +3,7 @@
 //! Layout:
 //! - [`deps`]: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker), idempotently.
 //! - [`test`]: every test tier (lint, host unit tests, in-kernel packet tests), with a summary.
-//! - [`bench`]: the XDP path benchmark.
+//! - [`bench`]: the benchmark suite (BPF_PROG_RUN and live frames, optionally by stage).
 //! - [`lab`]: the namespaced lab and the demo.
 //! - [`cmd`]: running commands with readable failures.
 mod bench;
@@ -37,15 +37,16 @@ enum Command {
         #[arg(value_enum)]
         action: LabAction,
     },
-    /// Measure ns per packet of the balancer's paths next to a minimal XDP_TX program (needs root).
+    /// The benchmark suite: ns per packet of the balancer's paths (BPF_PROG_RUN and live frames in
+    /// native mode) next to a minimal XDP_TX program, in the same rounds (needs root). Results
+    /// as tables and as JSON under target/bench/.
     Bench {
-        #[arg(long, default_value_t = 15)]
-        rounds: usize,
-        #[arg(long, default_value_t = 2000)]
-        packets: usize,
-        /// Where to write the results as JSON.
-        #[arg(long, default_value = "target/bench/xdp_paths.json")]
-        json: String,
+        /// Fewer, shorter rounds (about 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Also measure builds that stop after each stage of the fast path (its cost by stage).
+        #[arg(long)]
+        ablation: bool,
     },
 }
 
@@ -75,9 +76,14 @@ fn main() -> anyhow::Result<()> {
                 LabAction::Down => lab::down(),
             }
         }
-        Command::Bench { rounds, packets, json } => {
+        Command::Bench { quick, ablation } => {
             deps::ensure()?;
-            bench::run(rounds, packets, &json)
+            let options = if quick {
+                bench::Options::quick(ablation)
+            } else {
+                bench::Options { rounds: 15, packets: 2000, live_rounds: 7, live_packets: 1_000_000, ablation }
+            };
+            bench::run(&options)
         }
     }
 }

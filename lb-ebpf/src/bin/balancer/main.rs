@@ -37,6 +37,19 @@ use crate::maps::{
     BACKEND_STATS, BACKENDS, CONFIG, FLOOD, FLOWS, MAGLEV_TABLES, MaglevTable, NEXT_HOPS, VIP_ADDRS, VIP_STATS, VIPS,
 };
 
+/// Benchmark builds only (`lb_common::capacity::ablation`): the stage after which the path returns
+/// XDP_TX with the frame as it stands. 0, in every shipped build: the whole path. A constant, so
+/// the checks compile away.
+const STOP_AFTER: u8 = match option_env!("LB_BENCH_STOP_AFTER") {
+    Some(stage) => stage.as_bytes()[0] - b'0',
+    None => 0,
+};
+
+#[inline(always)]
+fn stop_after(stage: u8) -> bool {
+    STOP_AFTER == stage
+}
+
 #[xdp]
 pub fn balancer(ctx: XdpContext) -> u32 {
     let bytes = frame_len(&ctx) as u64;
@@ -65,9 +78,15 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     let Some(segment) = l3::ports(ctx, &mut ip) else {
         return refuse_if_vip_address(&ip, Reason::DropTruncated);
     };
+    if stop_after(1) {
+        return (xdp_action::XDP_TX, Reason::TxNextHop);
+    }
     let Some(vip) = find_vip(&ip.flow) else {
         return (xdp_action::XDP_PASS, Reason::PassNotVip);
     };
+    if stop_after(2) {
+        return (xdp_action::XDP_TX, Reason::TxNextHop);
+    }
     let Some(cfg) = CONFIG.get(0) else {
         return (xdp_action::XDP_DROP, Reason::DropNoEgress);
     };
@@ -78,7 +97,13 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
     let new_flow = kind != Flow::Known;
+    if stop_after(3) {
+        return (xdp_action::XDP_TX, Reason::TxNextHop);
+    }
     maps::count_traffic(&VIP_STATS, vip.index, bytes, new_flow);
+    if stop_after(4) {
+        return (xdp_action::XDP_TX, Reason::TxNextHop);
+    }
 
     let inner_mtu = encap::inner_mtu(&backend, cfg);
     if ip.packet_len > inner_mtu {
@@ -88,6 +113,9 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         Ok(len) => len,
         Err(reason) => return (xdp_action::XDP_DROP, reason),
     };
+    if stop_after(5) {
+        return (xdp_action::XDP_TX, Reason::TxNextHop);
+    }
     let resolved = NEXT_HOPS.get(backend_id).and_then(|hop| nexthop::to_resolved(ctx, hop, ip.l3_offset));
     let verdict = match resolved {
         Some(verdict) => verdict,
