@@ -30,7 +30,7 @@ struct Options {
     rounds: usize,
     packets: u32,
     json: Option<String>,
-    /// Only the cases whose names contain one of these (the minimal ones always run).
+    /// Only the cases named here (the minimal ones always run).
     only: Vec<String>,
     /// Balancer objects that stop after each stage (`stop-N.o`, built by `cargo xtask bench
     /// --ablation`).
@@ -228,7 +228,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if !o.only.is_empty() {
-        cases.retain(|c| c.dut == Dut::Minimal || o.only.iter().any(|name| c.name.contains(name.as_str())));
+        cases.retain(|c| c.dut == Dut::Minimal || o.only.contains(&c.name));
     }
 
     // Fill the small tables so that the new-flow cases evict from the first packet on.

@@ -39,7 +39,26 @@ pub fn demo() -> anyhow::Result<()> {
     let lab = lab()?;
     let result = demo_in(&lab);
     lab.down();
-    result
+    result?;
+    burst()
+}
+
+/// Packets per CPU of the demo's closing burst (well under a second per pass here).
+const BURST_PACKETS: &str = "1000000";
+
+/// The data plane's speed, as the lab's clients cannot show it: a bounded burst of live frames
+/// through the balancer in native mode on a veth pair of its own (the live benchmark, one round,
+/// established UDP flows), next to the minimal XDP_TX program measured the same way.
+fn burst() -> anyhow::Result<()> {
+    println!("\n== a burst of live frames through the balancer, next to a minimal XDP_TX program");
+    cmd::run(cmd::cargo().args(["bench", "--profile", "dev", "-p", "lb-tests", "--bench", "xdp_live", "--"]).args([
+        "--rounds",
+        "1",
+        "--packets",
+        BURST_PACKETS,
+        "--only",
+        "established_udp4,established_udp4_2cpu",
+    ]))
 }
 
 fn demo_in(lab: &Lab) -> anyhow::Result<()> {

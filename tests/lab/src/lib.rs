@@ -8,6 +8,9 @@
 //!   be1..4 198.18.0.21… fd00::21…─┘
 //! ```
 //!
+//! The balancer runs native XDP; a frame it sends back out of its veth (XDP_TX) is delivered
+//! only if the veth's peer, its bridge port, runs an XDP program too: the lab gives it one that
+//! passes every frame.
 //! The client routes the VIPs (198.18.100.0/24, fd00:100::/64) through the balancer. Backends
 //! hold the VIPs on `lo` (arp_ignore/arp_announce so they never answer for them), run the
 //! project's decapsulation program on `eth0`, and serve HTTP (nginx) and DNS (dnsmasq) on the
@@ -19,7 +22,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, FromRawFd as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -105,6 +108,9 @@ impl Lab {
         for (i, backend) in BACKENDS.iter().enumerate() {
             self.backend_up(i, backend).with_context(|| format!("setting up {backend}"))?;
         }
+        // After the backends' decapsulation programs, whose attachment mounted bpffs.
+        attach_pass_program(SWITCH, BALANCER.trim_start_matches("lblab-"))
+            .context("attaching an XDP program to the balancer's bridge port")?;
         wait_until(Duration::from_secs(10), "the backends' servers to answer", || {
             BACKENDS.iter().all(|b| {
                 ns(b, "curl", &["-s", "--max-time", "1", "-o", "/dev/null", &format!("http://{VIP_V4}/")]).is_ok()
@@ -386,4 +392,45 @@ pub fn spawn_in_namespace(
 /// The address of a VIP family.
 pub fn vip(v6: bool) -> IpAddr {
     if v6 { IpAddr::V6(VIP_V6) } else { IpAddr::V4(VIP_V4) }
+}
+
+/// Attaches, natively, an XDP program that passes every frame to `interface` in `netns`, where
+/// it stays until the interface goes. Two instructions, loaded with the bpf syscall: the lab
+/// needs no compiled object for it.
+fn attach_pass_program(netns: &str, interface: &str) -> anyhow::Result<()> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    // r0 = XDP_PASS (2); exit.
+    const PROGRAM: [u64; 2] =
+        [u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+    let license = c"GPL";
+    // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license; the rest zero.
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(BPF_PROG_TYPE_XDP) | ((PROGRAM.len() as u64) << 32);
+    attr[1] = PROGRAM.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    // SAFETY: attr is a zeroed bpf_attr with valid pointers for the duration of the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("loading the pass program");
+    }
+    // SAFETY: a new file descriptor of ours.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let pin = Path::new("/sys/fs/bpf/lblab-pass");
+    let _ = std::fs::remove_file(pin);
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u64; 2];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = fd.as_raw_fd() as u64;
+    // SAFETY: as above (BPF_OBJ_PIN: pathname, bpf_fd).
+    if unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), std::mem::size_of_val(&attr)) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("pinning the pass program at {}", pin.display()));
+    }
+    // The attachment holds the program; the pin only carries it into the namespace's `ip`.
+    let attached =
+        in_netns(netns, "ip", &["link", "set", "dev", interface, "xdpdrv", "pinned", &pin.to_string_lossy()]);
+    let _ = std::fs::remove_file(pin);
+    attached
 }
