@@ -25,14 +25,39 @@ pub struct Backend {
     /// Weight of new flows (as in the VIP's table; 0 while drained or disabled): least
     /// connections compares active flows per unit of weight.
     pub weight: u32,
+    /// The served VIP's [`crate::vip::VipKey::tag`]. A flow-table entry names its backend by
+    /// id; a packet of the flow continues there only while the tags agree, so an id (or a VIP
+    /// index) given to another VIP since never receives the old VIP's flows, and the fast path
+    /// needs no VIP lookup for established flows.
+    pub vip_tag: u32,
+    pub _pad: [u8; 4],
 }
-assert_layout!(Backend, size = 24, addr = 0, family = 16, flags = 17, vip_index = 18, weight = 20);
+assert_layout!(
+    Backend,
+    size = 32,
+    addr = 0,
+    family = 16,
+    flags = 17,
+    vip_index = 18,
+    weight = 20,
+    vip_tag = 24,
+    _pad = 28
+);
 userspace_pod!(Backend);
 
 impl Backend {
-    /// An assigned backend of VIP `vip_index` with weight 1 whose flows continue.
-    pub const fn new(family: u8, addr: [u8; 16], vip_index: u16) -> Self {
-        Self { addr, family, flags: BACKEND_ASSIGNED | BACKEND_KEEPS_FLOWS, vip_index, weight: 1 }
+    /// An assigned backend of the VIP with index `vip_index` and tag `vip_tag`, with weight 1,
+    /// whose flows continue.
+    pub const fn new(family: u8, addr: [u8; 16], vip_index: u16, vip_tag: u32) -> Self {
+        Self {
+            addr,
+            family,
+            flags: BACKEND_ASSIGNED | BACKEND_KEEPS_FLOWS,
+            vip_index,
+            weight: 1,
+            vip_tag,
+            _pad: [0; 4],
+        }
     }
 
     /// The same backend with weight `weight`.

@@ -122,14 +122,38 @@ pub struct FlowState {
     pub hash: u32,
     /// One of [`stage`].
     pub stage: u8,
-    pub _pad: [u8; 7],
+    /// [`FLOW_TRACKS_TIME`] or not.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// The tag of the VIP the flow was scheduled for (`crate::vip::VipKey::tag`), which its
+    /// backend's record must still carry.
+    pub vip_tag: u32,
 }
-assert_layout!(FlowState, size = 24, last_seen_ns = 0, backend = 8, hash = 12, stage = 16, _pad = 17);
+assert_layout!(
+    FlowState,
+    size = 24,
+    last_seen_ns = 0,
+    backend = 8,
+    hash = 12,
+    stage = 16,
+    flags = 17,
+    _pad = 18,
+    vip_tag = 20
+);
+
+/// Flag: the flow's packets keep `last_seen_ns` (UDP, and TCP of least-connections VIPs); other
+/// flows skip the clock.
+pub const FLOW_TRACKS_TIME: u8 = 1;
 
 impl FlowState {
     #[inline(always)]
-    pub const fn new(backend: u32, hash: u32, last_seen_ns: u64, stage: u8) -> Self {
-        Self { last_seen_ns, backend, hash, stage, _pad: [0; 7] }
+    pub const fn new(backend: u32, hash: u32, last_seen_ns: u64, stage: u8, flags: u8, vip_tag: u32) -> Self {
+        Self { last_seen_ns, backend, hash, stage, flags, _pad: [0; 2], vip_tag }
+    }
+
+    #[inline(always)]
+    pub const fn tracks_time(&self) -> bool {
+        self.flags & FLOW_TRACKS_TIME != 0
     }
 }
 

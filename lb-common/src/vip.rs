@@ -1,6 +1,10 @@
 //! Virtual services: how a packet is matched to a VIP and which Maglev table the VIP uses.
 
-use crate::{assert_layout, userspace_pod};
+use crate::{
+    assert_layout,
+    hash::{le_words, murmur3_words},
+    userspace_pod,
+};
 
 /// VIP match key: destination address, port (network order; 0 = all ports) and protocol.
 #[repr(C, align(8))]
@@ -19,7 +23,22 @@ impl VipKey {
     pub const fn new(family: u8, addr: [u8; 16], port: u16, protocol: u8) -> Self {
         Self { addr, port: port.to_be_bytes(), protocol, family, _pad: [0; 4] }
     }
+
+    /// A 32-bit name of this VIP, carried by its backend records and by the flow-table entries
+    /// of its flows, so that a packet of an established flow is checked to still belong to the
+    /// VIP its backend serves without looking the VIP up (see [`crate::backend::Backend::vip_tag`]).
+    pub fn tag(&self) -> u32 {
+        let mut bytes = [0u8; 24];
+        bytes[..16].copy_from_slice(&self.addr);
+        bytes[16..18].copy_from_slice(&self.port);
+        bytes[18] = self.protocol;
+        bytes[19] = self.family;
+        murmur3_words(&le_words::<6>(&bytes), VIP_TAG_SEED)
+    }
 }
+
+/// Seed of [`VipKey::tag`].
+pub const VIP_TAG_SEED: u32 = 0x4c42_5654; // "LBVT"
 
 /// Key of the set of VIP addresses. Packets to these addresses that the balancer cannot serve
 /// (fragments, IPv4 options, malformed headers) are dropped with a reason rather than passed on.
@@ -75,7 +94,8 @@ pub struct VipInfo {
     /// New flows per CPU per flood window past which the VIP is in flood mode
     /// ([`crate::flood`]); 0: never.
     pub new_flow_budget: u32,
-    pub _pad2: [u8; 4],
+    /// [`VipKey::tag`] of the VIP's key, given to the flow-table entries of its new flows.
+    pub tag: u32,
 }
 assert_layout!(
     VipInfo,
@@ -87,7 +107,7 @@ assert_layout!(
     source_prefix_len = 13,
     _pad = 14,
     new_flow_budget = 16,
-    _pad2 = 20
+    tag = 20
 );
 userspace_pod!(VipKey, VipAddrKey, VipInfo);
 
@@ -99,17 +119,9 @@ impl VipInfo {
         scheduler: u8,
         source_prefix_len: u8,
         new_flow_budget: u32,
+        tag: u32,
     ) -> Self {
-        Self {
-            index,
-            table_size,
-            active_table,
-            scheduler,
-            source_prefix_len,
-            _pad: [0; 2],
-            new_flow_budget,
-            _pad2: [0; 4],
-        }
+        Self { index, table_size, active_table, scheduler, source_prefix_len, _pad: [0; 2], new_flow_budget, tag }
     }
 
     /// Index into the Maglev tables map of the live table.

@@ -155,7 +155,7 @@ pub fn monotonic_coarse_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::family;
+    use lb_common::{family, flow::FLOW_TRACKS_TIME};
 
     use super::*;
 
@@ -180,7 +180,7 @@ mod tests {
     const NOW: u64 = 10_000_000_000_000;
 
     fn seen(backend: u32, ago_s: u64, s: u8) -> FlowState {
-        FlowState::new(backend, 0, NOW - ago_s * 1_000_000_000, s)
+        FlowState::new(backend, 0, NOW - ago_s * 1_000_000_000, s, FLOW_TRACKS_TIME, 0)
     }
 
     #[test]
@@ -195,7 +195,10 @@ mod tests {
         assert_eq!(p.counts_for(&udp, &seen(4, 29, stage::ACTIVE), NOW), Some(4));
         assert_eq!(p.counts_for(&udp, &seen(4, 31, stage::ACTIVE), NOW), None);
         // An entry touched after `now` was read (another CPU) is not idle.
-        assert_eq!(p.counts_for(&udp, &FlowState::new(4, 0, NOW + 5, stage::ACTIVE), NOW), Some(4));
+        assert_eq!(
+            p.counts_for(&udp, &FlowState::new(4, 0, NOW + 5, stage::ACTIVE, FLOW_TRACKS_TIME, 0), NOW),
+            Some(4)
+        );
     }
 
     #[test]

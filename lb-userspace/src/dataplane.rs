@@ -352,7 +352,15 @@ impl BalancerMaps {
         let how = vip.scheduling;
         self.vips.insert(
             key,
-            VipInfo::new(index, table.len() as u32, next, how.scheduler, how.source_prefix_len, how.new_flow_budget),
+            VipInfo::new(
+                index,
+                table.len() as u32,
+                next,
+                how.scheduler,
+                how.source_prefix_len,
+                how.new_flow_budget,
+                key.tag(),
+            ),
             0,
         )?;
         if current.is_none() {

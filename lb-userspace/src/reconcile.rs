@@ -232,7 +232,9 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
         let mut members = Vec::new();
         for b in &vip.backends {
             let (family, addr) = to_key(b.address);
-            let record = Backend::new(family, addr, index as u16).with_weight(b.weight).keeping_flows(b.keeps_flows);
+            let record = Backend::new(family, addr, index as u16, vip.key.tag())
+                .with_weight(b.weight)
+                .keeping_flows(b.keeps_flows);
             let id = match existing.get(&(index as u16, family, addr)) {
                 Some(&id) => {
                     let now = current.backends[&id];

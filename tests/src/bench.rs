@@ -61,13 +61,15 @@ pub fn balancer(
         (0, IpAddr::V4(VIP4), (1..=10u32).map(|i| (i, IpAddr::V4(backend4(i as u8)))).collect::<Vec<_>>()),
         (1, IpAddr::V6(VIP6), (11..=20u32).map(|i| (i, IpAddr::V6(backend6(i as u16 - 10)))).collect()),
     ] {
+        let (family, a) = key_addr(vip);
+        let udp = VipKey::new(family, a, VIP_PORT, 17);
+        let tcp = VipKey::new(family, a, VIP_PORT, 6);
         let mut maglev = Vec::new();
         for (id, addr) in backends {
             let (family, a) = key_addr(addr);
-            b.set_backend(id, &Backend::new(family, a, index as u16))?;
+            b.set_backend(id, &Backend::new(family, a, index as u16, udp.tag()))?;
             maglev.push(MaglevBackend { addr: a, family, weight: 1, id });
         }
-        let (family, a) = key_addr(vip);
         let table = if index == 0 && scheduler == vip_scheduler::SEQUENCE {
             let members: Vec<SequenceMember> =
                 maglev.iter().map(|m| SequenceMember { addr: m.addr, family: m.family, weight: 1, id: m.id }).collect();
@@ -84,7 +86,7 @@ pub fn balancer(
             };
             VipTable { index, scheduling, table: build_table(&maglev, 65_537)? }
         };
-        b.install_vip(&VipKey::new(family, a, VIP_PORT, 17), &table)?;
+        b.install_vip(&udp, &table)?;
         if index == 0 {
             // The same service over TCP, for the TCP hit path: another VIP, its own backend ids.
             let mut table = VipTable { index: 2, ..table };
@@ -92,9 +94,9 @@ pub fn balancer(
                 *id += 100;
             }
             for m in &maglev {
-                b.set_backend(m.id + 100, &Backend::new(m.family, m.addr, 2))?;
+                b.set_backend(m.id + 100, &Backend::new(m.family, m.addr, 2, tcp.tag()))?;
             }
-            b.install_vip(&VipKey::new(family, a, VIP_PORT, 6), &table)?;
+            b.install_vip(&tcp, &table)?;
         }
     }
     Ok(b)

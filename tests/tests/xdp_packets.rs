@@ -195,7 +195,7 @@ impl Env {
         let mut maglev = Vec::new();
         for &(id, backend) in backends {
             let (bf, ba) = key_addr(backend);
-            self.balancer.set_backend(id, &Backend::new(bf, ba, index as u16))?;
+            self.balancer.set_backend(id, &Backend::new(bf, ba, index as u16, key.tag()))?;
             self.backends.insert(id, backend);
             maglev.push(MaglevBackend { addr: ba, family: bf, weight: 1, id });
         }
@@ -282,6 +282,11 @@ impl Env {
 }
 
 /// A VIP read as a Maglev table.
+/// The VIP tag backend `id`'s record carries now.
+fn tag_of(env: &Env, id: u32) -> anyhow::Result<u32> {
+    Ok(env.balancer.current()?.backends.get(&id).context("no such backend")?.vip_tag)
+}
+
 fn maglev_vip(index: u32, table: &[u32]) -> VipTable {
     VipTable { index, scheduling: Scheduling::default(), table: table.to_vec() }
 }
@@ -1025,7 +1030,7 @@ fn least_connections_udp_counts(env: &mut Env) -> anyhow::Result<()> {
     let (index, table) = env.vips[&key].clone();
     let record = {
         let (family, a) = key_addr(env.backends[&owner]);
-        Backend::new(family, a, index as u16)
+        Backend::new(family, a, index as u16, key.tag())
     };
     env.balancer.set_backend(owner, &record.keeping_flows(false))?;
     env.balancer.install_vip(&key, &VipTable { index, scheduling: env.schedulings[&key], table: Vec::new() })?;
@@ -1102,7 +1107,8 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
             env.balancer.set_active_flows(second, b)?;
             env.balancer.set_active_flows(third, 1000)?;
             let (family, addr) = key_addr(env.backends[&second]);
-            env.balancer.set_backend(second, &Backend::new(family, addr, index as u16).with_weight(weight))?;
+            let tag = tag_of(env, second)?;
+            env.balancer.set_backend(second, &Backend::new(family, addr, index as u16, tag).with_weight(weight))?;
             env.weights.insert(second, weight);
             let f = with_both_candidates(env);
             let input = frame(&f, &syn);
@@ -1127,7 +1133,8 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
         Ok(())
     })();
     let (family, addr) = key_addr(env.backends[&second]);
-    env.balancer.set_backend(second, &Backend::new(family, addr, index as u16))?;
+    let tag = tag_of(env, second)?;
+    env.balancer.set_backend(second, &Backend::new(family, addr, index as u16, tag))?;
     env.weights.remove(&second);
     for id in 90..93 {
         env.balancer.set_active_flows(id, 0)?;
@@ -1281,7 +1288,7 @@ fn reused_id_of_another_vip_reschedules(env: &mut Env) -> anyhow::Result<()> {
     let (_, owner, _) = env.predict(&f)?;
     let old_record = {
         let (family, a) = key_addr(env.backends[&owner]);
-        Backend::new(family, a, index as u16)
+        Backend::new(family, a, index as u16, key.tag())
     };
     let remaining: Vec<MaglevBackend> = (40..44)
         .filter(|id| *id != owner)
@@ -1296,7 +1303,8 @@ fn reused_id_of_another_vip_reschedules(env: &mut Env) -> anyhow::Result<()> {
         env.balancer.install_vip(&key, &maglev_vip(index, &table))?;
         env.vips.insert(key, (index, table.clone()));
         // The id now serves VIP 9, at another address.
-        let other = Backend::new(lb_common::family::IPV4, key_addr(Ipv4Addr::new(198, 18, 13, 9).into()).1, 9);
+        let vip9 = env.vips.iter().find(|(_, (i, _))| *i == 9).map(|(k, _)| k.tag()).context("no VIP 9")?;
+        let other = Backend::new(lb_common::family::IPV4, key_addr(Ipv4Addr::new(198, 18, 13, 9).into()).1, 9, vip9);
         env.balancer.set_backend(owner, &other)?;
         let expect = expect_encap(env, &f, &input, &shape, true)?;
         ensure!(expect.forwarded.is_some_and(|x| x.1 != owner), "prediction should be a remaining backend");
@@ -1356,7 +1364,7 @@ fn drain_keeps_down_sheds(env: &mut Env) -> anyhow::Result<()> {
     }
     let record = |env: &Env, id: u32| {
         let (family, a) = key_addr(env.backends[&id]);
-        Backend::new(family, a, index as u16)
+        Backend::new(family, a, index as u16, key.tag())
     };
     let remaining: Vec<MaglevBackend> = (40..44)
         .filter(|id| *id != drained && *id != down)
@@ -1619,7 +1627,7 @@ fn resolved_backend_readdressed(env: &mut Env) -> anyhow::Result<()> {
     ensure!(env.balancer.next_hop(62)?.is_known(), "backend 198.18.80.2 has no next hop");
     let (family, addr) = key_addr(IpAddr::V4(Ipv4Addr::new(198, 18, 80, 3)));
     let old = env.balancer.current()?.backends[&62];
-    env.balancer.set_backend(62, &Backend::new(family, addr, old.vip_index))?;
+    env.balancer.set_backend(62, &Backend::new(family, addr, old.vip_index, old.vip_tag))?;
     let forgot = env.balancer.next_hop(62)?;
     env.balancer.set_backend(62, &old)?;
     ensure!(!forgot.is_known(), "a backend id given another address kept the old neighbour's MAC: {forgot:?}");

@@ -4,12 +4,14 @@
 //! - [`deps`]: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker), idempotently.
 //! - [`test`]: every test tier (lint, host unit tests, in-kernel packet tests), with a summary.
 //! - [`bench`]: the benchmark suite (BPF_PROG_RUN and live frames, optionally by stage).
+//! - [`perfdoc`]: docs/performance.md from the benchmarks' results.
 //! - [`lab`]: the namespaced lab and the demo.
 //! - [`cmd`]: running commands with readable failures.
 mod bench;
 mod cmd;
 mod deps;
 mod lab;
+mod perfdoc;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +49,9 @@ enum Command {
         /// Also measure builds that stop after each stage of the fast path (its cost by stage).
         #[arg(long)]
         ablation: bool,
+        /// Then write docs/performance.md from the results.
+        #[arg(long)]
+        write_docs: bool,
     },
 }
 
@@ -76,14 +81,21 @@ fn main() -> anyhow::Result<()> {
                 LabAction::Down => lab::down(),
             }
         }
-        Command::Bench { quick, ablation } => {
+        Command::Bench { quick, ablation, write_docs } => {
             deps::ensure()?;
             let options = if quick {
                 bench::Options::quick(ablation)
             } else {
                 bench::Options { rounds: 15, packets: 2000, live_rounds: 7, live_packets: 1_000_000, ablation }
             };
-            bench::run(&options)
+            bench::run(&options)?;
+            if write_docs {
+                let root = cmd::workspace_root();
+                let command = if quick { "cargo xtask bench --quick" } else { "cargo xtask bench" };
+                let command = format!("{command}{} --write-docs", if ablation { " --ablation" } else { "" });
+                perfdoc::write(&root.join("target/bench"), &root.join("docs/performance.md"), &command)?;
+            }
+            Ok(())
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The balancer: XDP fast path of the load balancer.
 //!
 //! A straight line of small stages: link and IP parsing (`lb_ebpf::l2`, `lb_ebpf::l3`) ->
-//! VIP lookup -> flow table, or the VIP's scheduler for new flows ([`choose_backend`], with flood
-//! mode) -> MTU check
+//! flow table ([`continue_flow`]: an established flow needs no VIP lookup), else VIP lookup and
+//! the VIP's scheduler ([`schedule`], with flood mode) -> MTU check
 //! ([`icmp`] answers packets too big to encapsulate) -> encapsulation ([`encap`]) -> next hop and
 //! verdict ([`nexthop`]: the backend's next hop as the agent resolved it, else the FIB) -> counters
 //! ([`maps`]).
@@ -22,7 +22,7 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::x
 use lb_common::{
     backend::Backend,
     counters::Reason,
-    flow::{FlowKey, FlowState, flow_hash, source_hash, stage},
+    flow::{FLOW_TRACKS_TIME, FlowKey, FlowState, flow_hash, source_hash, stage},
     least_connections::{candidates, second_wins},
     maglev::table_slot,
     vip::{VipAddrKey, VipInfo, VipKey, scheduler},
@@ -81,27 +81,33 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     if stop_after(1) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
-    let Some(vip) = find_vip(&ip.flow) else {
-        return (xdp_action::XDP_PASS, Reason::PassNotVip);
-    };
-    if stop_after(2) {
-        return (xdp_action::XDP_TX, Reason::TxNextHop);
-    }
     let Some(cfg) = CONFIG.get(0) else {
         return (xdp_action::XDP_DROP, Reason::DropNoEgress);
     };
 
-    let Some((backend_id, backend, hash, kind)) = choose_backend(&ip.flow, &vip, cfg.udp_idle_timeout_ns, segment)
-    else {
-        maps::count_traffic(&VIP_STATS, vip.index, bytes, false);
-        return (xdp_action::XDP_DROP, Reason::DropNoBackend);
+    // Established flows first: their entry and their backend's record hold all the fast path
+    // needs, so a packet of one takes no VIP lookup. Anything else looks its VIP up.
+    let entry = FLOWS.get_ptr_mut(&ip.flow);
+    let established = entry.and_then(|state| continue_flow(state, &ip.flow, segment, cfg.udp_idle_timeout_ns));
+    let (vip_index, backend_id, backend, hash, kind) = match established {
+        Some((id, backend, hash)) => (u32::from(backend.vip_index), id, backend, hash, Flow::Known),
+        None => {
+            let Some(vip) = find_vip(&ip.flow) else {
+                return (xdp_action::XDP_PASS, Reason::PassNotVip);
+            };
+            let Some((id, backend, hash, kind)) = schedule(entry, &ip.flow, &vip, segment) else {
+                maps::count_traffic(&VIP_STATS, vip.index, bytes, false);
+                return (xdp_action::XDP_DROP, Reason::DropNoBackend);
+            };
+            (vip.index, id, backend, hash, kind)
+        }
     };
     let new_flow = kind != Flow::Known;
-    if stop_after(3) {
+    if stop_after(2) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
-    maps::count_traffic(&VIP_STATS, vip.index, bytes, new_flow);
-    if stop_after(4) {
+    maps::count_traffic(&VIP_STATS, vip_index, bytes, new_flow);
+    if stop_after(3) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
 
@@ -113,7 +119,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         Ok(len) => len,
         Err(reason) => return (xdp_action::XDP_DROP, reason),
     };
-    if stop_after(5) {
+    if stop_after(4) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
     let resolved = NEXT_HOPS.get(backend_id).and_then(|hop| nexthop::to_resolved(ctx, hop, ip.l3_offset));
@@ -163,55 +169,68 @@ fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
     unsafe { VIPS.get(key) }.copied()
 }
 
-/// The flow's backend: its flow-table entry if it has a live one, else the scheduler's choice,
-/// then remembered. A TCP SYN on an entry past its handshake asks the scheduler again and
-/// replaces the entry: a client reusing a source port opens a new connection and must not
-/// inherit the old one's backend. Keeps the backend's count of active flows (see [`stage`]).
-/// In flood mode, a flow without an entry is sent where the VIP's table says by its hash alone
-/// and not inserted (see `lb_common::flood`). Returns (backend id, backend, flow hash, how the
-/// flow was found).
+/// The backend of a flow with entry `state`, if the flow stays there: the entry's backend still
+/// takes flows and serves the VIP the flow was scheduled for (tags agree: an id or a VIP index
+/// given to another VIP since fails this), and the packet neither opens a new connection nor
+/// comes after the UDP idle timeout ([`stays_pinned`]). Keeps the entry's stage and packet time,
+/// and the backend's count of active flows (see [`stage`]). Returns (backend id, backend, flow
+/// hash).
 #[inline(always)]
-fn choose_backend(
+fn continue_flow(
+    state: *mut FlowState,
+    key: &FlowKey,
+    segment: Segment,
+    udp_idle_timeout_ns: u64,
+) -> Option<(u32, Backend, u32)> {
+    // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend id,
+    // which is validated here.
+    let known = unsafe { *state };
+    let backend = BACKENDS.get(known.backend)?;
+    if !backend.keeps_flows() || backend.vip_tag != known.vip_tag {
+        return None;
+    }
+    // Packet times cost a clock read: kept only where they are used (`FLOW_TRACKS_TIME`).
+    // SAFETY: helper without arguments.
+    let now = if known.tracks_time() { unsafe { bpf_ktime_get_coarse_ns() } } else { 0 };
+    if !stays_pinned(&known, key.protocol, segment, now, udp_idle_timeout_ns) {
+        return None;
+    }
+    let stage = next_stage(known.stage, segment);
+    // SAFETY: as above; this CPU's packet of the flow updates its own entry.
+    unsafe {
+        // Written only when it moved by a granularity: a write per packet would dirty the
+        // entry's cache line on every packet of the flow.
+        if known.tracks_time() && now.wrapping_sub(known.last_seen_ns) > last_seen_granularity(udp_idle_timeout_ns) {
+            (*state).last_seen_ns = now;
+        }
+        if stage != known.stage {
+            (*state).stage = stage;
+        }
+    }
+    match (known.stage, stage) {
+        (stage::OPENING, stage::ACTIVE) => maps::add_active_flows(known.backend, 1),
+        (stage::ACTIVE, stage::ENDED) => maps::add_active_flows(known.backend, -1),
+        _ => {}
+    }
+    Some((known.backend, *backend, known.hash))
+}
+
+/// A backend for a flow of `vip` that has no entry, or whose entry `entry` does not stand
+/// ([`continue_flow`]): the VIP's scheduler chooses, and the entry is written (replaced in place,
+/// or inserted). A TCP SYN on an entry past its handshake comes here too: a client reusing a
+/// source port opens a new connection and must not inherit the old one's backend. In flood mode
+/// a flow without an entry is sent where the VIP's table says by its hash alone and not inserted
+/// (see `lb_common::flood`). Returns (backend id, backend, flow hash, how the flow was found).
+#[inline(always)]
+fn schedule(
+    entry: Option<*mut FlowState>,
     key: &FlowKey,
     vip: &VipInfo,
-    udp_idle_timeout_ns: u64,
     segment: Segment,
 ) -> Option<(u32, Backend, u32, Flow)> {
-    // Packet times cost a clock read and a write per packet: kept where they are used, for UDP
-    // idle expiry and for least connections' TCP idle time (the agent's recount).
-    let tracks_time = key.protocol == IPPROTO_UDP || vip.scheduler == scheduler::LEAST_CONNECTIONS;
-    // SAFETY: helper without arguments.
-    let mut now = if tracks_time { unsafe { bpf_ktime_get_coarse_ns() } } else { 0 };
-    let entry = FLOWS.get_ptr_mut(key);
     if let Some(state) = entry {
-        // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend
-        // id, which is validated below.
+        // SAFETY: as in `continue_flow`.
         let known = unsafe { *state };
-        // A record of another VIP means the id was freed and given to another backend since.
-        if let Some(backend) = BACKENDS.get(known.backend)
-            && backend.keeps_flows()
-            && u32::from(backend.vip_index) == vip.index
-            && stays_pinned(&known, key.protocol, segment, now, udp_idle_timeout_ns)
-        {
-            let stage = next_stage(known.stage, segment);
-            // SAFETY: as above; this CPU's packet of the flow updates its own entry.
-            unsafe {
-                // Written only when it moved by a granularity: a write per packet would dirty
-                // the entry's cache line on every packet of the flow.
-                if tracks_time && now.wrapping_sub(known.last_seen_ns) > last_seen_granularity(udp_idle_timeout_ns) {
-                    (*state).last_seen_ns = now;
-                }
-                if stage != known.stage {
-                    (*state).stage = stage;
-                }
-            }
-            match (known.stage, stage) {
-                (stage::OPENING, stage::ACTIVE) => maps::add_active_flows(known.backend, 1),
-                (stage::ACTIVE, stage::ENDED) => maps::add_active_flows(known.backend, -1),
-                _ => {}
-            }
-            return Some((known.backend, *backend, known.hash, Flow::Known));
-        }
         // The entry is replaced below; if no backend is found it stays, uncounted until a later
         // packet finds its backend back. Either way the flow stops counting here, once.
         if known.stage == stage::ACTIVE {
@@ -220,14 +239,11 @@ fn choose_backend(
             unsafe { (*state).stage = stage::OPENING };
         }
     }
-
     if vip.table_size == 0 {
         return None;
     }
-    if now == 0 {
-        // SAFETY: helper without arguments.
-        now = unsafe { bpf_ktime_get_coarse_ns() };
-    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // A stale entry is replaced in place; only an insert is what flood mode saves.
     let tracked = entry.is_some()
         || FLOOD.get_ptr_mut(vip.index).is_none_or(|state| {
@@ -267,7 +283,11 @@ fn choose_backend(
     if stage == stage::ACTIVE {
         maps::add_active_flows(id, 1);
     }
-    let fresh = FlowState::new(id, hash, now, stage);
+    // Packet times are kept for UDP idle expiry and for least connections' TCP idle time (the
+    // agent's recount).
+    let tracks_time = key.protocol == IPPROTO_UDP || vip.scheduler == scheduler::LEAST_CONNECTIONS;
+    let flags = if tracks_time { FLOW_TRACKS_TIME } else { 0 };
+    let fresh = FlowState::new(id, hash, now, stage, flags, vip.tag);
     match entry {
         // SAFETY: as above.
         Some(state) => unsafe { *state = fresh },

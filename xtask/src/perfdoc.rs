@@ -1,0 +1,109 @@
+//! `cargo xtask bench --write-docs`: docs/performance.md, written from the JSON the benchmarks
+//! leave under target/bench/, so that no figure in it is typed by hand.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+fn read(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {} (run `cargo xtask bench` first)", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Writes `doc` from the benchmark results in `results` (xdp_live.json, xdp_paths.json).
+pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
+    let live = read(&results.join("xdp_live.json"))?;
+    let paths = read(&results.join("xdp_paths.json"))?;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Performance\n");
+    let _ = writeln!(
+        s,
+        "Written by `{command}` from its own measurements (target/bench/*.json); do not edit by hand. \
+         The machines are shared and noisy: compare the ratios, which are measured side by side in one run.\n"
+    );
+    let _ = writeln!(s, "## Live frames, native XDP on a veth pair\n");
+    let _ = writeln!(
+        s,
+        "A generator program driven by BPF_PROG_RUN with live frames sends through a veth pair to the \
+         program under test, attached natively, which sends back to a sink (`tests/src/live.rs`). \
+         ns: kernel BPF statistics of the program under test; Mpps: frames the sink received, in a second \
+         pass with statistics off; net = case minus the minimal XDP_TX program of the same round and CPU \
+         count. {} rounds x {} packets per CPU; medians over rounds.\n",
+        live["rounds"], live["packets_per_cpu"]
+    );
+    let _ = writeln!(s, "| case | CPUs | ns | net ns | net / minimal | Mpps | Mpps / minimal | target |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    let cases = live["cases"].as_array().cloned().unwrap_or_default();
+    for c in &cases {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {} |",
+            c["case"].as_str().unwrap_or(""),
+            c["cpus"],
+            num(&c["median_ns"]),
+            num(&c["median_net_ns"]),
+            num(&c["median_net_ratio"]),
+            num(&c["median_mpps"]),
+            num(&c["median_rate_ratio"]),
+            c["target"].as_str().unwrap_or("")
+        );
+    }
+    let stages: Vec<&Value> =
+        cases.iter().filter(|c| c["case"].as_str().is_some_and(|n| n.starts_with("stop_after_"))).collect();
+    if !stages.is_empty() {
+        let _ = writeln!(s, "\n## The established IPv4 UDP path by stage\n");
+        let _ = writeln!(
+            s,
+            "Builds of the balancer that stop after each stage (`cargo xtask bench --ablation`); a stage's \
+             cost is the difference to the build before it.\n"
+        );
+        let _ = writeln!(s, "| stage | net ns through it | its cost |");
+        let _ = writeln!(s, "| --- | ---: | ---: |");
+        let whole = cases.iter().find(|c| c["case"] == "established_udp4");
+        let mut before = 0.0;
+        for c in stages.iter().copied().chain(whole) {
+            let name = c["case"].as_str().unwrap_or("").trim_start_matches("stop_after_");
+            let name = if name == "established_udp4" { "next hop and counters (whole path)" } else { name };
+            let net = num(&c["median_net_ns"]);
+            let _ = writeln!(s, "| {name} | {net:.1} | {:.1} |", net - before);
+            before = net;
+        }
+    }
+    let _ = writeln!(s, "\n## Single BPF_PROG_RUN calls\n");
+    let _ = writeln!(
+        s,
+        "Each path through BPF_PROG_RUN with repeat = 1 (fresh input bytes every run), next to the minimal \
+         program (`tests/benches/xdp_paths.rs`). The kernel's per-run time includes a fixed timer overhead \
+         that the baseline carries too. {} rounds x {} packets.\n",
+        paths["rounds"], paths["packets_per_round"]
+    );
+    let _ = writeln!(s, "| path | ns/packet | x baseline | ns over baseline |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
+    for p in paths["paths"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.2} | {:.1} |",
+            p["path"].as_str().unwrap_or(""),
+            num(&p["median_ns"]),
+            num(&p["median_ratio_to_baseline"]),
+            num(&p["median_ns_over_baseline"])
+        );
+    }
+    if let Some(r) = paths.get("recount") {
+        let _ = writeln!(
+            s,
+            "\nThe agent's recount of active flows read {} flow-table entries in {:.1} ms.",
+            r["entries"],
+            num(&r["median_ms"])
+        );
+    }
+    std::fs::write(doc, s).with_context(|| format!("writing {}", doc.display()))?;
+    println!("written {}", doc.display());
+    Ok(())
+}
