@@ -308,6 +308,21 @@ fn main() -> anyhow::Result<()> {
             "target": verdict, "rounds": c.samples,
         }));
     }
+    // Targets between cases, per round: ratios of two cases measured in the same round.
+    let mut derived = Vec::new();
+    let per_round = |a: &str, b: &str, f: fn(&(f64, f64), &(f64, f64)) -> f64| -> Option<f64> {
+        let (a, b) = (cases.iter().find(|c| c.name == a)?, cases.iter().find(|c| c.name == b)?);
+        Some(median(a.samples.iter().zip(&b.samples).map(|(x, y)| f(x, y)).collect()))
+    };
+    if let Some(r) = per_round("established_udp4_2cpu", "established_udp4", |x, y| x.1 / y.1) {
+        derived.push(("2 CPUs / 1 CPU, delivered Mpps, established IPv4 UDP", r, ">= 1.8", r >= 1.8));
+    }
+    if let Some(r) = per_round("established_udp6", "established_udp4", |x, y| x.0 / y.0) {
+        derived.push(("IPv6 / IPv4 ns per packet, established UDP", r, "<= 1.25", r <= 1.25));
+    }
+    for (what, r, target, met) in &derived {
+        println!("{what}: {r:.2} (target {target}: {})", if *met { "met" } else { "MISSED" });
+    }
     if !stages.is_empty() {
         println!("\nThe established IPv4 UDP path by stage (builds that stop after each; net ns, medians):");
         println!("{:<16} {:>10} {:>10}", "stage", "through it", "its cost");
@@ -321,7 +336,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if let Some(file) = o.json {
-        let doc = serde_json::json!({ "method": "live frames, native XDP on veth, kernel BPF stats", "rounds": o.rounds, "packets_per_cpu": o.packets, "cases": json });
+        let derived: Vec<_> = derived
+            .iter()
+            .map(|(what, r, target, met)| serde_json::json!({ "what": what, "median_ratio": r, "target": target, "met": met }))
+            .collect();
+        let doc = serde_json::json!({ "method": "live frames, native XDP on veth, kernel BPF stats", "rounds": o.rounds, "packets_per_cpu": o.packets, "cases": json, "derived": derived });
         if let Some(dir) = std::path::Path::new(&file).parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }

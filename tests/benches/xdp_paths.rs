@@ -17,9 +17,9 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use aya::programs::Xdp;
-use lb_common::vip::scheduler as vip_scheduler;
+use lb_common::{nexthop::NextHop, vip::scheduler as vip_scheduler};
 use lb_tests::{
-    bench::{VIP4, VIP6, balancer as balancer_from, frames as frames_of},
+    bench::{VIP4, VIP6, balancer as balancer_from, frames as frames_of, set_next_hops},
     packet::Protocol,
     pin_to_cpu,
     privileged::{enter_private_netns, require_root},
@@ -54,8 +54,22 @@ fn options() -> anyhow::Result<Options> {
 }
 
 fn balancer(flow_table_entries: u32) -> anyhow::Result<Balancer> {
-    balancer_from(objects::BALANCER, flow_table_entries, vip_scheduler::MAGLEV, 0)
+    resolved(objects::BALANCER, flow_table_entries, vip_scheduler::MAGLEV)
 }
+
+/// The benchmark balancer (`lb_tests::bench::balancer`) with every backend's next hop resolved,
+/// as the agent leaves it, on the loopback device that BPF_PROG_RUN receives on.
+fn resolved(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyhow::Result<Balancer> {
+    let mut b = balancer_from(object, flow_table_entries, scheduler, 0)?;
+    set_next_hops(
+        &mut b,
+        &NextHop { ifindex: LOOPBACK_IFINDEX, dst_mac: [2, 0, 0, 0, 0, 1], src_mac: [2, 0, 0, 0, 0, 2] },
+    )?;
+    Ok(b)
+}
+
+/// The loopback device's index in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// `n` UDP frames to `vip`, each from its own client address and port (distinct flows).
 fn frames(vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
@@ -153,13 +167,12 @@ fn main() -> anyhow::Result<()> {
     // The shipped flow table (one LRU list shared by all CPUs) against per-CPU LRU lists
     // (BPF_F_NO_COMMON_LRU), with every CPU inserting new flows at once.
     const BPF_F_NO_COMMON_LRU: u32 = 2;
-    let mut source_hashed = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::SOURCE_HASH, 0)?;
-    let mut dealt = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::SEQUENCE, 0)?;
-    let mut least = balancer_from(objects::BALANCER, 1 << 20, vip_scheduler::LEAST_CONNECTIONS, 0)?;
+    let mut source_hashed = resolved(objects::BALANCER, 1 << 20, vip_scheduler::SOURCE_HASH)?;
+    let mut dealt = resolved(objects::BALANCER, 1 << 20, vip_scheduler::SEQUENCE)?;
+    let mut least = resolved(objects::BALANCER, 1 << 20, vip_scheduler::LEAST_CONNECTIONS)?;
     let mut shared_lru = balancer(1 << 20)?;
     ensure!(shared_lru.flow_table_flags()? == 0, "the shipped flow table is expected to have one LRU list");
-    let mut percpu_lru =
-        balancer_from(&with_flow_table_flags(BPF_F_NO_COMMON_LRU)?, 1 << 20, vip_scheduler::MAGLEV, 0)?;
+    let mut percpu_lru = resolved(&with_flow_table_flags(BPF_F_NO_COMMON_LRU)?, 1 << 20, vip_scheduler::MAGLEV)?;
     ensure!(percpu_lru.flow_table_flags()? == BPF_F_NO_COMMON_LRU, "patching the flow table's flags did not take");
     let cpus = std::thread::available_parallelism()?.get();
 

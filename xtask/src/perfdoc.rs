@@ -54,6 +54,22 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
             c["target"].as_str().unwrap_or("")
         );
     }
+    let derived = live["derived"].as_array().cloned().unwrap_or_default();
+    if !derived.is_empty() {
+        let _ = writeln!(s, "\nBetween cases of the same rounds:\n");
+        let _ = writeln!(s, "| figure | median | target |");
+        let _ = writeln!(s, "| --- | ---: | --- |");
+        for d in &derived {
+            let met = if d["met"].as_bool() == Some(true) { "met" } else { "MISSED" };
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {} ({met}) |",
+                d["what"].as_str().unwrap_or(""),
+                num(&d["median_ratio"]),
+                d["target"].as_str().unwrap_or("")
+            );
+        }
+    }
     let stages: Vec<&Value> =
         cases.iter().filter(|c| c["case"].as_str().is_some_and(|n| n.starts_with("stop_after_"))).collect();
     if !stages.is_empty() {
