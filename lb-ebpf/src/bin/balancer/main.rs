@@ -87,7 +87,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
 
     // Established flows first: their entry and their backend's record hold all the fast path
     // needs, so a packet of one takes no VIP lookup. Anything else looks its VIP up.
-    let entry = FLOWS.get_ptr_mut(&ip.flow);
+    let entry = FLOWS.get_ptr_mut(ip.flow);
     let established = entry.and_then(|state| continue_flow(state, &ip.flow, segment, cfg.udp_idle_timeout_ns));
     let (vip_index, backend_id, backend, hash, kind) = match established {
         Some((id, backend, hash)) => (u32::from(backend.vip_index), id, backend, hash, Flow::Known),
