@@ -56,7 +56,23 @@ pub fn trace(
     let hash = flow_hash(&key);
     let exact = VipKey::new(family, d, dport, protocol.number());
     let any = VipKey::new(family, d, 0, protocol.number());
-    let Some((vip_key, vip)) = [exact, any].into_iter().find_map(|k| maps.vips.get(&k, 0).ok().map(|v| (k, v))) else {
+    let matched = [exact, any].into_iter().find_map(|k| maps.vips.get(&k, 0).ok().map(|v| (k, v)));
+    // As the data plane: the flow table first, whose entry stands while its backend takes flows
+    // and still serves the VIP the flow was scheduled for.
+    if let Ok(entry) = maps.flows.get(&key, 0) {
+        let b = maps.backends.get(&entry.backend, 0)?;
+        let idle_ns = crate::active::monotonic_coarse_ns().saturating_sub(entry.last_seen_ns);
+        let expired = protocol == Protocol::Udp && idle_ns > maps.config.get(&0, 0)?.udp_idle_timeout_ns;
+        if b.keeps_flows() && b.vip_tag == entry.vip_tag && !expired {
+            return Ok(Trace {
+                vip: matched.map(|(k, _)| show_vip(&k)),
+                backend: Some(from_key(b.family, &b.addr).to_string()),
+                why: format!("flow-table entry (backend id {}); table changes do not move it", entry.backend),
+                flow_hash: entry.hash,
+            });
+        }
+    }
+    let Some((vip_key, vip)) = matched else {
         return Ok(Trace {
             vip: None,
             backend: None,
@@ -65,19 +81,6 @@ pub fn trace(
         });
     };
     let vip_name = Some(show_vip(&vip_key));
-    if let Ok(entry) = maps.flows.get(&key, 0) {
-        let b = maps.backends.get(&entry.backend, 0)?;
-        let idle_ns = crate::active::monotonic_coarse_ns().saturating_sub(entry.last_seen_ns);
-        let expired = protocol == Protocol::Udp && idle_ns > maps.config.get(&0, 0)?.udp_idle_timeout_ns;
-        if b.keeps_flows() && !expired {
-            return Ok(Trace {
-                vip: vip_name,
-                backend: Some(from_key(b.family, &b.addr).to_string()),
-                why: format!("flow-table entry (backend id {}); table changes do not move it", entry.backend),
-                flow_hash: entry.hash,
-            });
-        }
-    }
     new_flow(maps, vip_name, &vip, &key, hash)
 }
 
