@@ -16,7 +16,7 @@ use anyhow::{Context as _, ensure};
 use aya::programs::{Xdp, xdp::XdpMode};
 use lb_common::{capacity::ablation, vip::scheduler};
 use lb_tests::{
-    bench::{VIP4, VIP6, backend4, backend6, balancer, set_next_hops, small_frame},
+    bench::{VIP4, VIP6, backend4, backend6, balancer, set_next_hops, small_frame, write_json},
     live::{DUT_IF, GENERATOR_IF, Pipeline, Traffic},
     packet::Protocol,
     privileged::{enter_private_netns, require_root},
@@ -341,11 +341,7 @@ fn main() -> anyhow::Result<()> {
             .map(|(what, r, target, met)| serde_json::json!({ "what": what, "median_ratio": r, "target": target, "met": met }))
             .collect();
         let doc = serde_json::json!({ "method": "live frames, native XDP on veth, kernel BPF stats", "rounds": o.rounds, "packets_per_cpu": o.packets, "cases": json, "derived": derived });
-        if let Some(dir) = std::path::Path::new(&file).parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::write(&file, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {file}"))?;
-        println!("written to {file}");
+        write_json(&file, &doc)?;
     }
     Ok(())
 }

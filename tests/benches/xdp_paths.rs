@@ -19,7 +19,7 @@ use anyhow::{Context as _, ensure};
 use aya::programs::Xdp;
 use lb_common::{nexthop::NextHop, vip::scheduler as vip_scheduler};
 use lb_tests::{
-    bench::{VIP4, VIP6, balancer as balancer_from, frames as frames_of, set_next_hops},
+    bench::{VIP4, VIP6, balancer as balancer_from, frames as frames_of, set_next_hops, write_json},
     packet::Protocol,
     pin_to_cpu,
     privileged::{enter_private_netns, require_root},
@@ -249,11 +249,7 @@ fn main() -> anyhow::Result<()> {
     let recount = recount_cost(&mut least)?;
     if let Some(file) = o.json {
         let doc = serde_json::json!({ "method": "BPF_PROG_RUN repeat=1, kernel-reported duration", "rounds": o.rounds, "packets_per_round": o.packets, "paths": json, "recount": recount });
-        if let Some(dir) = std::path::Path::new(&file).parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::write(&file, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {file}"))?;
-        println!("written to {file}");
+        write_json(&file, &doc)?;
     }
     Ok(())
 }

@@ -144,3 +144,14 @@ pub fn small_frame(protocol: Protocol, vip: IpAddr) -> Vec<u8> {
         &Shape { payload_len, ..Shape::default() },
     )
 }
+
+/// Writes a benchmark's results to `file` as pretty JSON, creating its directory.
+pub fn write_json(file: &str, doc: &serde_json::Value) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if let Some(dir) = std::path::Path::new(file).parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(file, serde_json::to_string_pretty(doc)?).with_context(|| format!("writing {file}"))?;
+    println!("written to {file}");
+    Ok(())
+}

@@ -80,9 +80,8 @@ pub struct Pass {
 /// The veth pair, the generator and the sink.
 pub struct Pipeline {
     generator: Ebpf,
-    _sink: Ebpf,
+    sink: Ebpf,
     generator_ifindex: u32,
-    queues: u32,
 }
 
 impl Pipeline {
@@ -120,16 +119,12 @@ impl Pipeline {
         let program: &mut Xdp =
             generator.program_mut("bench_generator").context("no bench_generator program")?.try_into()?;
         program.load()?;
-        Ok(Self { generator, _sink: sink, generator_ifindex: ifindex(GENERATOR_IF)?, queues })
-    }
-
-    pub fn queues(&self) -> u32 {
-        self.queues
+        Ok(Self { generator, sink, generator_ifindex: ifindex(GENERATOR_IF)? })
     }
 
     /// Sends `packets` frames of `traffic` from each of the first `cpus` CPUs at once through
-    /// `dut` (attached to [`DUT_IF`]); `timed` reads the kernel's statistics of `dut` (pass
-    /// them on with `stats`).
+    /// `dut` (attached to [`DUT_IF`]). With `stats`, the kernel's statistics are on for the pass
+    /// and give `dut`'s run time per packet; without, the delivered rate is undisturbed by them.
     pub fn pass(
         &mut self,
         dut: &Xdp,
@@ -178,7 +173,7 @@ impl Pipeline {
 
     fn received(&self) -> anyhow::Result<u64> {
         let counts: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self._sink.map("SINK_RECEIVED").context("no sink counter")?)?;
+            PerCpuArray::try_from(self.sink.map("SINK_RECEIVED").context("no sink counter")?)?;
         Ok(counts.get(&0, 0)?.iter().sum())
     }
 }
