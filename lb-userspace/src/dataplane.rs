@@ -72,6 +72,8 @@ pub enum DataplaneError {
         path.display()
     )]
     PinnedReasons { path: std::path::PathBuf, found: u32, expected: u32 },
+    #[error("reading the flow table's memory accounting: {0}")]
+    MapMemory(std::io::Error),
     #[error("reading the flow table: {0}")]
     FlowScan(std::io::Error),
     #[error("no interface named {0}")]
@@ -431,6 +433,21 @@ impl BalancerMaps {
     /// The flow table's map flags as the kernel reports them.
     pub fn flow_table_flags(&self) -> Result<u32, DataplaneError> {
         Ok(self.flows.map().info()?.map_flags())
+    }
+
+    /// The flow table's memory as the kernel accounts it (`memlock` of the map, in bytes), and
+    /// its entries. An LRU hash allocates every entry up front, so this is the cost of a table
+    /// full of flows.
+    pub fn flow_table_memory(&self) -> Result<(u64, u32), DataplaneError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let fd = self.flows.map().fd().as_fd().as_raw_fd();
+        let path = format!("/proc/self/fdinfo/{fd}");
+        let info = std::fs::read_to_string(&path).map_err(DataplaneError::MapMemory)?;
+        let bytes =
+            info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()).ok_or_else(
+                || DataplaneError::MapMemory(std::io::Error::other(format!("{path} has no memlock line"))),
+            )?;
+        Ok((bytes, self.flows.map().info()?.max_entries()))
     }
 
     /// The flow-table entry of a flow, if any.

@@ -17,10 +17,14 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use aya::programs::Xdp;
-use lb_common::{nexthop::NextHop, vip::scheduler as vip_scheduler};
+use lb_common::{
+    maglev::{MaglevBackend, build_table},
+    nexthop::NextHop,
+    vip::scheduler as vip_scheduler,
+};
 use lb_tests::{
     bench::{VIP4, VIP6, balancer as balancer_from, frames as frames_of, set_next_hops, write_json},
-    packet::Protocol,
+    packet::{Protocol, key_addr},
     pin_to_cpu,
     privileged::{enter_private_netns, require_root},
     xdp::{XDP_PASS, XDP_TX, run_once},
@@ -149,6 +153,57 @@ fn recount_cost(balancer: &mut Balancer) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({ "entries": entries, "median_ms": ms }))
 }
 
+/// The flow table's memory per flow, from the kernel's own accounting of the map.
+fn flow_memory(balancer: &Balancer) -> anyhow::Result<serde_json::Value> {
+    let (bytes, entries) = balancer.flow_table_memory()?;
+    let per_flow = bytes as f64 / f64::from(entries);
+    println!("flow table: {bytes} bytes for {entries} entries ({per_flow:.1} B per flow; target <= 100)");
+    Ok(serde_json::json!({ "bytes": bytes, "entries": entries, "bytes_per_flow": per_flow, "met": per_flow <= 100.0 }))
+}
+
+/// Maglev: build time of a 65537-entry table (median of 5) for 10, 100 and 1000 backends, and
+/// the share of slots that move when one backend of 100 or 1000 goes or one is added.
+fn maglev() -> anyhow::Result<serde_json::Value> {
+    let backends = |n: u32| -> Vec<MaglevBackend> {
+        (0..n)
+            .map(|i| MaglevBackend {
+                addr: key_addr(IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i))).1,
+                family: lb_common::family::IPV4,
+                weight: 1,
+                id: i,
+            })
+            .collect()
+    };
+    let mut builds = Vec::new();
+    for n in [10, 100, 1000] {
+        let set = backends(n);
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            build_table(&set, 65_537)?;
+            samples.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        let ms = median(samples);
+        println!(
+            "Maglev build, {n} backends, 65537 entries: {ms:.2} ms{}",
+            if n == 1000 { " (target <= 2 ms)" } else { "" }
+        );
+        builds.push(serde_json::json!({ "backends": n, "median_ms": ms }));
+    }
+    let moved = |a: &[u32], b: &[u32]| a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 / a.len() as f64;
+    let mut disruption = Vec::new();
+    for (what, before, after) in [
+        ("1 of 100 removed", backends(100), backends(100)[1..].to_vec()),
+        ("1 of 1000 removed", backends(1000), backends(1000)[1..].to_vec()),
+        ("1 added to 100", backends(100), backends(101)),
+    ] {
+        let share = moved(&build_table(&before, 65_537)?, &build_table(&after, 65_537)?);
+        println!("Maglev disruption, {what}: {:.2}% of slots moved", share * 100.0);
+        disruption.push(serde_json::json!({ "change": what, "moved_share": share }));
+    }
+    Ok(serde_json::json!({ "builds": builds, "disruption": disruption }))
+}
+
 struct Path {
     name: &'static str,
     samples: Vec<f64>,
@@ -247,8 +302,10 @@ fn main() -> anyhow::Result<()> {
         }));
     }
     let recount = recount_cost(&mut least)?;
+    let memory = flow_memory(&hit)?;
+    let maglev = maglev()?;
     if let Some(file) = o.json {
-        let doc = serde_json::json!({ "method": "BPF_PROG_RUN repeat=1, kernel-reported duration", "rounds": o.rounds, "packets_per_round": o.packets, "paths": json, "recount": recount });
+        let doc = serde_json::json!({ "method": "BPF_PROG_RUN repeat=1, kernel-reported duration", "rounds": o.rounds, "packets_per_round": o.packets, "paths": json, "recount": recount, "flow_memory": memory, "maglev": maglev });
         write_json(&file, &doc)?;
     }
     Ok(())

@@ -119,6 +119,33 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
             num(&r["median_ms"])
         );
     }
+    if let Some(m) = paths.get("flow_memory") {
+        let met = if m["met"].as_bool() == Some(true) { "met" } else { "MISSED" };
+        let _ = writeln!(
+            s,
+            "\n## Memory and Maglev\n\nFlow table: {} bytes for {} entries as the kernel accounts them, {:.1} B per \
+             tracked flow (target <= 100 B: {met}).\n",
+            m["bytes"],
+            m["entries"],
+            num(&m["bytes_per_flow"])
+        );
+    }
+    if let Some(m) = paths.get("maglev") {
+        let _ = writeln!(s, "| Maglev, 65537 entries | figure |");
+        let _ = writeln!(s, "| --- | ---: |");
+        for b in m["builds"].as_array().into_iter().flatten() {
+            let _ = writeln!(s, "| build, {} backends | {:.2} ms |", b["backends"], num(&b["median_ms"]));
+        }
+        for d in m["disruption"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "| slots moved, {} | {:.2}% |",
+                d["change"].as_str().unwrap_or(""),
+                num(&d["moved_share"]) * 100.0
+            );
+        }
+        let _ = writeln!(s, "\nTarget: a build for 1000 backends within 2 ms.");
+    }
     std::fs::write(doc, s).with_context(|| format!("writing {}", doc.display()))?;
     println!("written {}", doc.display());
     Ok(())
