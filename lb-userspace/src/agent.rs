@@ -33,7 +33,7 @@ use crate::{
     control::{self, Request, Response},
     dataplane::{Balancer, BalancerSizes},
     health::{self, Outcome, Target},
-    label::{show_addr, show_vip},
+    label::{show_addr, show_mac, show_vip},
     metrics,
     nexthop::NextHops,
     pins::PinDir,
@@ -556,10 +556,6 @@ fn warm_neighbours(config: &Config) {
             tracing::debug!(%address, error = %e, "neighbour refresh failed");
         }
     }
-}
-
-fn show_mac(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// The `Pending` type, for the metrics server.

@@ -73,6 +73,21 @@ impl Resolver {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(NextHopError::Socket)?;
         socket.bind_auto().map_err(NextHopError::Socket)?;
         socket.connect(&SocketAddr::new(0, 0)).map_err(NextHopError::Socket)?;
+        // The agent's loop asks; an answer that never comes must not stop it.
+        let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
+        // SAFETY: a valid socket and a timeval of the size given.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(NextHopError::Socket(std::io::Error::last_os_error()));
+        }
         Ok(Self { socket, sequence: 0 })
     }
 
@@ -86,8 +101,12 @@ impl Resolver {
         message.attributes.push(RouteAttribute::Destination(RouteAddress::from(destination)));
         let answers = match self.request(REQUEST, RouteNetlinkMessage::GetRoute(message), false) {
             Ok(answers) => answers,
-            // No route: ENETUNREACH, EHOSTUNREACH and the like.
-            Err(NextHopError::Request { error, .. }) if error.raw_os_error().is_some() => return Ok(None),
+            // The kernel's answers for an address it cannot route.
+            Err(NextHopError::Request { error, .. })
+                if matches!(error.raw_os_error(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) =>
+            {
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         for answer in answers {

@@ -1693,7 +1693,6 @@ fn flood_leaves(env: &mut Env) -> anyhow::Result<()> {
     flood_vip(env)?;
     let over: Vec<Flow> = (0..=FLOOD_BUDGET).map(|_| flow(env, Protocol::Udp, VIP4_FLOOD.into(), 5000)).collect();
     for f in &over[..FLOOD_BUDGET as usize] {
-        env.balancer.program()?;
         run_once(env.balancer.program()?, &frame(f, &Shape::default()), None)?;
     }
     flood_packet(env, &over[FLOOD_BUDGET as usize], true, true).context("over the budget")?;

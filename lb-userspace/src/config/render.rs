@@ -27,11 +27,7 @@ impl Config {
         let _ =
             writeln!(s, "encap_source_v6 = \"{}/{}\"", i.encap_source_v6.network, 128 - i.encap_source_v6.host_bits);
         if let Some(m) = i.fallback_mac {
-            let _ = writeln!(
-                s,
-                "fallback_mac = \"{}\"",
-                m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-            );
+            let _ = writeln!(s, "fallback_mac = \"{}\"", crate::label::show_mac(m));
         }
         let _ = writeln!(s, "control_socket = {}", quote(&i.control_socket.to_string_lossy()));
         if let Some(a) = i.metrics_address {
