@@ -35,19 +35,24 @@ pub fn to_resolved(ctx: &XdpContext, hop: &NextHop, l3: usize) -> Option<(u32, R
     if !hop.is_known() || (hop.ifindex != ingress && l3 != ETH_LEN) {
         return None;
     }
+    Some(send_to(ctx, hop, ingress))
+}
+
+#[inline(always)]
+fn send_to(ctx: &XdpContext, hop: &NextHop, ingress: u32) -> (u32, Reason) {
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&hop.dst_mac);
     macs[6..].copy_from_slice(&hop.src_mac);
     if write(ctx, 0, macs).is_none() {
-        return Some((xdp_action::XDP_DROP, Reason::DropEncapFailed));
+        return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
     }
     if hop.ifindex == ingress {
-        return Some((xdp_action::XDP_TX, Reason::TxNextHop));
+        return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
-    Some(match EGRESS.redirect(hop.ifindex, 0) {
+    match EGRESS.redirect(hop.ifindex, 0) {
         Ok(action) => (action, Reason::TxRedirect),
         Err(_) => (xdp_action::XDP_DROP, Reason::DropNoEgress),
-    })
+    }
 }
 
 /// From the FIB, for a backend without a resolved next hop. `l3` is where the outer header
