@@ -10,8 +10,11 @@ pub const MAGLEV_MAX_TABLE_SIZE: u32 = 65_537;
 pub const MAGLEV_DEFAULT_TABLE_SIZE: u32 = 65_537;
 /// Tables per VIP: one live, one being written (see [`crate::vip::VipInfo::active_table`]).
 pub const MAGLEV_TABLES_PER_VIP: u32 = 2;
-/// Default number of flow-table entries.
+/// Default number of IPv4 flow-table entries.
 pub const FLOW_TABLE_DEFAULT_ENTRIES: u32 = 1 << 20;
+/// Default number of IPv6 flow-table entries: a quarter of IPv4's, as an IPv6 entry costs more
+/// and most client traffic is still IPv4.
+pub const IPV6_FLOW_TABLE_DEFAULT_ENTRIES: u32 = 1 << 18;
 /// Most interfaces the balancer redirects to.
 pub const MAX_EGRESS_INTERFACES: u32 = 64;
 

@@ -108,52 +108,111 @@ pub mod stage {
     pub const ENDED: u8 = 2;
 }
 
-/// Flow-table value: where an established flow goes.
-#[repr(C, align(8))]
+/// Key of the IPv4 flow table: the 5-tuple in 16 bytes, where [`FlowKey`] takes 40 for either
+/// family. A smaller key hashes and compares faster, and the table costs less memory per flow.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKeyV4 {
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+assert_layout!(FlowKeyV4, size = 16, src_addr = 0, dst_addr = 4, src_port = 8, dst_port = 10, protocol = 12, _pad = 13);
+userspace_pod!(FlowKeyV4);
+
+impl FlowKey {
+    /// The IPv4 flow table's key of this (IPv4) flow.
+    #[inline(always)]
+    pub fn v4(&self) -> FlowKeyV4 {
+        let (s, d) = (self.src_addr, self.dst_addr);
+        FlowKeyV4 {
+            src_addr: [s[0], s[1], s[2], s[3]],
+            dst_addr: [d[0], d[1], d[2], d[3]],
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl FlowKeyV4 {
+    /// The flow as [`FlowKey`], the form every other part uses.
+    pub fn flow(&self) -> FlowKey {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src[..4].copy_from_slice(&self.src_addr);
+        dst[..4].copy_from_slice(&self.dst_addr);
+        FlowKey {
+            src_addr: src,
+            dst_addr: dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            protocol: self.protocol,
+            family: crate::family::IPV4,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Flow-table packet times are kept in ticks of 2^20 ns (about 1.05 ms) in 32 bits, which wrap
+/// after about 52 days: far beyond any idle timeout, and half the bytes of nanoseconds.
+pub const FLOW_CLOCK_SHIFT: u32 = 20;
+
+/// `ns` (of `bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC) in flow-clock ticks.
+#[inline(always)]
+pub const fn flow_clock(ns: u64) -> u32 {
+    (ns >> FLOW_CLOCK_SHIFT) as u32
+}
+
+/// Flow-table value: where an established flow goes. 16 bytes, so an IPv4 flow costs at most
+/// 100 bytes of kernel memory.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowState {
-    /// Last packet time (`bpf_ktime_get_coarse_ns`) of UDP flows and of TCP flows of
-    /// least-connections VIPs (other TCP flows: their first packet's): UDP flows idle longer than
-    /// their timeout are rescheduled, and idle flows stop counting as active.
-    pub last_seen_ns: u64,
-    /// Backend id (index into the backends map).
-    pub backend: u32,
-    /// The flow's [`flow_hash`], kept so that packets of established flows need not rehash.
-    pub hash: u32,
+    /// Backend id (index into the backends map; ids stay below
+    /// [`crate::capacity::MAX_BACKENDS`]).
+    pub backend: u16,
     /// One of [`stage`].
     pub stage: u8,
     /// [`FLOW_TRACKS_TIME`] or not.
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// The flow's [`flow_hash`], kept so that packets of established flows need not rehash.
+    pub hash: u32,
+    /// Last packet time in [`flow_clock`] ticks, of UDP flows and of TCP flows of
+    /// least-connections VIPs (other TCP flows: their first packet's): UDP flows idle longer than
+    /// their timeout are rescheduled, and idle flows stop counting as active.
+    pub last_seen: u32,
     /// The tag of the VIP the flow was scheduled for (`crate::vip::VipKey::tag`), which its
     /// backend's record must still carry.
     pub vip_tag: u32,
 }
-assert_layout!(
-    FlowState,
-    size = 24,
-    last_seen_ns = 0,
-    backend = 8,
-    hash = 12,
-    stage = 16,
-    flags = 17,
-    _pad = 18,
-    vip_tag = 20
-);
+assert_layout!(FlowState, size = 16, backend = 0, stage = 2, flags = 3, hash = 4, last_seen = 8, vip_tag = 12);
 
-/// Flag: the flow's packets keep `last_seen_ns` (UDP, and TCP of least-connections VIPs); other
+/// Flag: the flow's packets keep `last_seen` (UDP, and TCP of least-connections VIPs); other
 /// flows skip the clock.
 pub const FLOW_TRACKS_TIME: u8 = 1;
 
 impl FlowState {
     #[inline(always)]
-    pub const fn new(backend: u32, hash: u32, last_seen_ns: u64, stage: u8, flags: u8, vip_tag: u32) -> Self {
-        Self { last_seen_ns, backend, hash, stage, flags, _pad: [0; 2], vip_tag }
+    pub const fn new(backend: u16, hash: u32, now_ns: u64, stage: u8, flags: u8, vip_tag: u32) -> Self {
+        Self { backend, stage, flags, hash, last_seen: flow_clock(now_ns), vip_tag }
     }
 
     #[inline(always)]
     pub const fn tracks_time(&self) -> bool {
         self.flags & FLOW_TRACKS_TIME != 0
+    }
+
+    /// How long before `now_ns` the flow's last packet came, to a tick; 0 for a packet time
+    /// after `now_ns` (another CPU's, written meanwhile).
+    #[inline(always)]
+    pub const fn idle_ns(&self, now_ns: u64) -> u64 {
+        let ticks = flow_clock(now_ns).wrapping_sub(self.last_seen);
+        if ticks > u32::MAX / 2 { 0 } else { (ticks as u64) << FLOW_CLOCK_SHIFT }
     }
 }
 
@@ -205,6 +264,28 @@ mod tests {
         assert_eq!(source_hash(&x, 64), source_hash(&y, 64));
         assert_ne!(source_hash(&x, 128), source_hash(&y, 128));
         assert_eq!(source_hash(&a, 32), 2_185_216_981, "the source hash changed: it would move every client");
+    }
+
+    #[test]
+    fn ipv4_keys_carry_the_whole_flow() {
+        let flow = FlowKey::new(family::IPV4, 17, v4([198, 18, 0, 10]), 40000, v4([198, 18, 1, 1]), 53);
+        let key = flow.v4();
+        assert_eq!(key.src_addr, [198, 18, 0, 10]);
+        assert_eq!(key.dst_port, 53u16.to_be_bytes());
+        assert_eq!(key.flow(), flow);
+    }
+
+    #[test]
+    fn idle_time_is_kept_to_a_tick_and_survives_the_clock_wrapping() {
+        let tick = 1u64 << FLOW_CLOCK_SHIFT;
+        let seen = FlowState::new(1, 0, 5_000 * tick + 7, stage::ACTIVE, FLOW_TRACKS_TIME, 0);
+        assert_eq!(seen.idle_ns(5_000 * tick + 9), 0);
+        assert_eq!(seen.idle_ns(5_030 * tick), 30 * tick);
+        assert_eq!(seen.idle_ns(4_000 * tick), 0, "a packet time after now is no idle time");
+        // Ticks wrap after 2^32 of them; idle times across the wrap stay right.
+        let wraps = (1u64 << 32) * tick;
+        let late = FlowState::new(1, 0, wraps - 2 * tick, stage::ACTIVE, FLOW_TRACKS_TIME, 0);
+        assert_eq!(late.idle_ns(wraps + 3 * tick), 5 * tick);
     }
 
     #[test]

@@ -88,14 +88,15 @@ impl RecountPlan {
             self.vips.get(&vip).copied()
         })?;
         // An id freed and given to another VIP's backend: the data plane reschedules the flow.
-        if self.backends.get(&state.backend) != Some(&index) {
+        let id = u32::from(state.backend);
+        if self.backends.get(&id) != Some(&index) {
             return None;
         }
         // UDP flows always have packet times; TCP flows only on least-connections VIPs, the
         // others count until their client ends them or the entry goes.
         let (timed, limit) =
             if key.protocol == IPPROTO_UDP { (true, self.idle.udp_ns) } else { (least_connections, self.idle.tcp_ns) };
-        (!timed || now_ns.saturating_sub(state.last_seen_ns) <= limit).then_some(state.backend)
+        (!timed || state.idle_ns(now_ns) <= limit).then_some(id)
     }
 }
 
@@ -179,7 +180,7 @@ mod tests {
 
     const NOW: u64 = 10_000_000_000_000;
 
-    fn seen(backend: u32, ago_s: u64, s: u8) -> FlowState {
+    fn seen(backend: u16, ago_s: u64, s: u8) -> FlowState {
         FlowState::new(backend, 0, NOW - ago_s * 1_000_000_000, s, FLOW_TRACKS_TIME, 0)
     }
 

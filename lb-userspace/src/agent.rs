@@ -76,9 +76,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let pins = PinDir::instance(&config.instance.name);
     let adopting = pins.exists();
-    let balancer =
-        Balancer::open_pinned(BalancerSizes { flow_table_entries: config.instance.flow_table_entries }, &pins)
-            .with_context(|| format!("opening the data plane pinned at {}", pins.root().display()))?;
+    let balancer = Balancer::open_pinned(
+        BalancerSizes {
+            flow_table_entries: config.instance.flow_table_entries,
+            ipv6_flow_table_entries: config.instance.ipv6_flow_table_entries,
+        },
+        &pins,
+    )
+    .with_context(|| format!("opening the data plane pinned at {}", pins.root().display()))?;
     if adopting {
         tracing::info!(pins = %pins.root().display(), "adopting the pinned data plane");
     }

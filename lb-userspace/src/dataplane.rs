@@ -18,7 +18,7 @@ use lb_common::{
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
     flood::FloodState,
-    flow::{FlowKey, FlowState},
+    flow::{FlowKey, FlowKeyV4, FlowState},
     nexthop::NextHop,
     vip::{VipAddrKey, VipInfo, VipKey},
 };
@@ -66,6 +66,13 @@ pub enum DataplaneError {
     )]
     PinnedLayout { name: &'static str, path: std::path::PathBuf, found: (usize, usize), expected: (usize, usize) },
     #[error(
+        "map {name} pinned at {} belongs to an older version of the balancer, whose data plane this \
+         build no longer uses. Remove the pinned data plane with `lb detach` (established flows are \
+         forgotten) and start again",
+        path.display()
+    )]
+    PinnedRetired { name: &'static str, path: std::path::PathBuf },
+    #[error(
         "map REASON_STATS pinned at {} counts {found} reasons where this build counts {expected}: \
          another version of the balancer created it. Remove the pinned data plane with `lb detach` \
          (established flows are forgotten) and start again",
@@ -107,7 +114,8 @@ pub struct BalancerMaps {
     pub(crate) backends: Array<MapData, Backend>,
     pub(crate) next_hops: Array<MapData, NextHop>,
     pub(crate) tables: Array<MapData, MaglevTable>,
-    pub(crate) flows: HashMap<MapData, FlowKey, FlowState>,
+    pub(crate) flows_v4: HashMap<MapData, FlowKeyV4, FlowState>,
+    pub(crate) flows_v6: HashMap<MapData, FlowKey, FlowState>,
     pub(crate) config: Array<MapData, DataplaneConfig>,
     pub(crate) egress: DevMapHash<MapData>,
     pub(crate) reason_stats: PerCpuArray<MapData, ReasonCounter>,
@@ -127,13 +135,14 @@ pub struct VipFlood {
 }
 
 /// Names of the balancer's maps (each pinned under its name).
-pub const BALANCER_MAPS: [&str; 14] = [
+pub const BALANCER_MAPS: [&str; 15] = [
     "VIPS",
     "VIP_ADDRS",
     "BACKENDS",
     "NEXT_HOPS",
     "MAGLEV_TABLES",
-    "FLOWS",
+    "FLOWS_V4",
+    "FLOWS_V6",
     "CONFIG",
     "EGRESS",
     "REASON_STATS",
@@ -144,16 +153,21 @@ pub const BALANCER_MAPS: [&str; 14] = [
     "FLOOD",
 ];
 
+/// Maps that older builds pinned and this one does not use (`FLOWS`: one flow table for both
+/// families, before IPv4 got its own smaller one).
+const RETIRED_MAPS: [&str; 1] = ["FLOWS"];
+
 /// Key and value sizes of the balancer's maps whose layouts this build defines (`EGRESS` is
 /// the kernel's).
-fn map_layouts() -> [(&'static str, usize, usize); 13] {
+fn map_layouts() -> [(&'static str, usize, usize); 14] {
     [
         ("VIPS", size_of::<VipKey>(), size_of::<VipInfo>()),
         ("VIP_ADDRS", size_of::<VipAddrKey>(), size_of::<u32>()),
         ("BACKENDS", size_of::<u32>(), size_of::<Backend>()),
         ("NEXT_HOPS", size_of::<u32>(), size_of::<NextHop>()),
         ("MAGLEV_TABLES", size_of::<u32>(), size_of::<MaglevTable>()),
-        ("FLOWS", size_of::<FlowKey>(), size_of::<FlowState>()),
+        ("FLOWS_V4", size_of::<FlowKeyV4>(), size_of::<FlowState>()),
+        ("FLOWS_V6", size_of::<FlowKey>(), size_of::<FlowState>()),
         ("CONFIG", size_of::<u32>(), size_of::<DataplaneConfig>()),
         ("REASON_STATS", size_of::<u32>(), size_of::<ReasonCounter>()),
         ("VIP_STATS", size_of::<u32>(), size_of::<TrafficCounters>()),
@@ -167,6 +181,12 @@ fn map_layouts() -> [(&'static str, usize, usize); 13] {
 /// Refuses pinned maps of another layout, which aya would adopt as they are: a map created by
 /// another version of the balancer.
 fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> {
+    for name in RETIRED_MAPS {
+        let path = pins.map(name);
+        if path.exists() {
+            return Err(DataplaneError::PinnedRetired { name, path });
+        }
+    }
     for (name, key, value) in map_layouts() {
         let path = pins.map(name);
         if !path.exists() {
@@ -188,7 +208,17 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> {
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct BalancerSizes {
+    /// Entries of the IPv4 flow table.
     pub flow_table_entries: u32,
+    /// Entries of the IPv6 flow table.
+    pub ipv6_flow_table_entries: u32,
+}
+
+impl BalancerSizes {
+    /// Flow tables of `entries` entries for either family.
+    pub const fn flows(entries: u32) -> Self {
+        Self { flow_table_entries: entries, ipv6_flow_table_entries: entries }
+    }
 }
 
 impl Balancer {
@@ -203,7 +233,9 @@ impl Balancer {
         pins.create().map_err(|error| DataplaneError::Pins { path: pins.root().to_path_buf(), error })?;
         check_pinned_layouts(pins)?;
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries("FLOWS", sizes.flow_table_entries);
+        loader
+            .map_max_entries("FLOWS_V4", sizes.flow_table_entries)
+            .map_max_entries("FLOWS_V6", sizes.ipv6_flow_table_entries);
         let paths: Vec<_> = BALANCER_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
@@ -213,7 +245,12 @@ impl Balancer {
 
     /// Loads a balancer object (the embedded one, or a variant of it built by a benchmark).
     pub fn from_object(object: &[u8], sizes: BalancerSizes) -> Result<Self, DataplaneError> {
-        Self::from_ebpf(EbpfLoader::new().map_max_entries("FLOWS", sizes.flow_table_entries).load(object)?)
+        Self::from_ebpf(
+            EbpfLoader::new()
+                .map_max_entries("FLOWS_V4", sizes.flow_table_entries)
+                .map_max_entries("FLOWS_V6", sizes.ipv6_flow_table_entries)
+                .load(object)?,
+        )
     }
 
     fn from_ebpf(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
@@ -255,7 +292,8 @@ impl BalancerMaps {
             backends: typed(take("BACKENDS")?)?,
             next_hops: typed(take("NEXT_HOPS")?)?,
             tables: typed(take("MAGLEV_TABLES")?)?,
-            flows: typed(take("FLOWS")?)?,
+            flows_v4: typed(take("FLOWS_V4")?)?,
+            flows_v6: typed(take("FLOWS_V6")?)?,
             config: typed(take("CONFIG")?)?,
             egress: typed(take("EGRESS")?)?,
             reason_stats: typed(take("REASON_STATS")?)?,
@@ -325,8 +363,10 @@ impl BalancerMaps {
     }
 
     /// Calls `visit` with every flow-table entry (see [`crate::batch`]).
-    pub fn for_each_flow(&self, visit: impl FnMut(&FlowKey, &FlowState)) -> Result<(), DataplaneError> {
-        crate::batch::for_each_entry(self.flows.map(), visit).map_err(DataplaneError::FlowScan)
+    pub fn for_each_flow(&self, mut visit: impl FnMut(&FlowKey, &FlowState)) -> Result<(), DataplaneError> {
+        crate::batch::for_each_entry(self.flows_v4.map(), |key: &FlowKeyV4, state| visit(&key.flow(), state))
+            .map_err(DataplaneError::FlowScan)?;
+        crate::batch::for_each_entry(self.flows_v6.map(), visit).map_err(DataplaneError::FlowScan)
     }
 
     /// Makes `table` (backend ids; its length is the table size) the live Maglev table of the VIP
@@ -432,27 +472,29 @@ impl BalancerMaps {
 
     /// The flow table's map flags as the kernel reports them.
     pub fn flow_table_flags(&self) -> Result<u32, DataplaneError> {
-        Ok(self.flows.map().info()?.map_flags())
+        Ok(self.flows_v4.map().info()?.map_flags())
     }
 
-    /// The flow table's memory as the kernel accounts it (`memlock` of the map, in bytes), and
-    /// its entries. An LRU hash allocates every entry up front, so this is the cost of a table
-    /// full of flows.
-    pub fn flow_table_memory(&self) -> Result<(u64, u32), DataplaneError> {
+    /// The flow table of `family`'s memory as the kernel accounts it (`memlock` of the map, in
+    /// bytes), and its entries. An LRU hash allocates every entry up front, so this is the cost
+    /// of a table full of flows.
+    pub fn flow_table_memory(&self, family: u8) -> Result<(u64, u32), DataplaneError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let fd = self.flows.map().fd().as_fd().as_raw_fd();
+        let map = if family == lb_common::family::IPV4 { self.flows_v4.map() } else { self.flows_v6.map() };
+        let fd = map.fd().as_fd().as_raw_fd();
         let path = format!("/proc/self/fdinfo/{fd}");
         let info = std::fs::read_to_string(&path).map_err(DataplaneError::MapMemory)?;
         let bytes =
             info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()).ok_or_else(
                 || DataplaneError::MapMemory(std::io::Error::other(format!("{path} has no memlock line"))),
             )?;
-        Ok((bytes, self.flows.map().info()?.max_entries()))
+        Ok((bytes, map.info()?.max_entries()))
     }
 
     /// The flow-table entry of a flow, if any.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowState> {
-        self.flows.get(key, 0).ok()
+        if key.family == lb_common::family::IPV4 { self.flows_v4.get(&key.v4(), 0) } else { self.flows_v6.get(key, 0) }
+            .ok()
     }
 
     /// Packets and bytes per reason, summed over CPUs, in [`Reason::ALL`] order.

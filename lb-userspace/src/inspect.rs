@@ -59,9 +59,9 @@ pub fn trace(
     let matched = [exact, any].into_iter().find_map(|k| maps.vips.get(&k, 0).ok().map(|v| (k, v)));
     // As the data plane: the flow table first, whose entry stands while its backend takes flows
     // and still serves the VIP the flow was scheduled for.
-    if let Ok(entry) = maps.flows.get(&key, 0) {
-        let b = maps.backends.get(&entry.backend, 0)?;
-        let idle_ns = crate::active::monotonic_coarse_ns().saturating_sub(entry.last_seen_ns);
+    if let Some(entry) = maps.flow(&key) {
+        let b = maps.backends.get(&u32::from(entry.backend), 0)?;
+        let idle_ns = entry.idle_ns(crate::active::monotonic_coarse_ns());
         let expired = protocol == Protocol::Udp && idle_ns > maps.config.get(&0, 0)?.udp_idle_timeout_ns;
         if b.keeps_flows() && b.vip_tag == entry.vip_tag && !expired {
             return Ok(Trace {
@@ -207,7 +207,7 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
         }
     }
     let keys: BTreeSet<VipKey> = current.vips.keys().chain(tables.keys()).copied().collect();
-    let flows = tracked_flows(maps);
+    let flows = tracked_flows(maps)?;
     let mut out = Vec::new();
     for key in keys {
         let before = current.vips.get(&key).map(|v| v.table.clone()).unwrap_or_default();
@@ -258,17 +258,13 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
 }
 
 /// Every flow-table entry as (the VIP key it was addressed to, its backend id).
-fn tracked_flows(maps: &BalancerMaps) -> Vec<(VipKey, u32)> {
-    maps.flows
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, v)| {
-            (
-                VipKey { addr: k.dst_addr, port: k.dst_port, protocol: k.protocol, family: k.family, _pad: [0; 4] },
-                v.backend,
-            )
-        })
-        .collect()
+fn tracked_flows(maps: &BalancerMaps) -> Result<Vec<(VipKey, u32)>, DataplaneError> {
+    let mut flows = Vec::new();
+    maps.for_each_flow(|k, v| {
+        let vip = VipKey { addr: k.dst_addr, port: k.dst_port, protocol: k.protocol, family: k.family, _pad: [0; 4] };
+        flows.push((vip, u32::from(v.backend)));
+    })?;
+    Ok(flows)
 }
 
 fn matches_vip(flow: &VipKey, vip: &VipKey) -> bool {

@@ -18,6 +18,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use aya::programs::Xdp;
 use lb_common::{
+    family,
     maglev::{MaglevBackend, build_table},
     nexthop::NextHop,
     vip::scheduler as vip_scheduler,
@@ -84,8 +85,8 @@ fn frames(vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
 fn with_flow_table_flags(flags: u32) -> anyhow::Result<Vec<u8>> {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
     let file = object::File::parse(objects::BALANCER)?;
-    let symbol = file.symbols().find(|s| s.name() == Ok("FLOWS")).context("no FLOWS map symbol")?;
-    let section = file.section_by_index(symbol.section_index().context("FLOWS has no section")?)?;
+    let symbol = file.symbols().find(|s| s.name() == Ok("FLOWS_V4")).context("no FLOWS_V4 map symbol")?;
+    let section = file.section_by_index(symbol.section_index().context("FLOWS_V4 has no section")?)?;
     let (offset, _) = section.file_range().context("the maps section has no file data")?;
     // struct bpf_map_def { type, key_size, value_size, max_entries, map_flags, ... }
     let at = usize::try_from(offset + symbol.address() - section.address())? + 16;
@@ -153,12 +154,19 @@ fn recount_cost(balancer: &mut Balancer) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({ "entries": entries, "median_ms": ms }))
 }
 
-/// The flow table's memory per flow, from the kernel's own accounting of the map.
+/// The flow tables' memory per flow, from the kernel's own accounting of each map; the target is
+/// for IPv4 flows.
 fn flow_memory(balancer: &Balancer) -> anyhow::Result<serde_json::Value> {
-    let (bytes, entries) = balancer.flow_table_memory()?;
+    let (bytes, entries) = balancer.flow_table_memory(family::IPV4)?;
     let per_flow = bytes as f64 / f64::from(entries);
-    println!("flow table: {bytes} bytes for {entries} entries ({per_flow:.1} B per flow; target <= 100)");
-    Ok(serde_json::json!({ "bytes": bytes, "entries": entries, "bytes_per_flow": per_flow, "met": per_flow <= 100.0 }))
+    println!("IPv4 flow table: {bytes} bytes for {entries} entries ({per_flow:.1} B per flow; target <= 100)");
+    let (bytes_v6, entries_v6) = balancer.flow_table_memory(family::IPV6)?;
+    let per_flow_v6 = bytes_v6 as f64 / f64::from(entries_v6);
+    println!("IPv6 flow table: {bytes_v6} bytes for {entries_v6} entries ({per_flow_v6:.1} B per flow)");
+    Ok(serde_json::json!({
+        "bytes": bytes, "entries": entries, "bytes_per_flow": per_flow, "met": per_flow <= 100.0,
+        "ipv6_bytes_per_flow": per_flow_v6,
+    }))
 }
 
 /// Maglev: build time of a 65537-entry table (median of 5) for 10, 100 and 1000 backends, and

@@ -46,7 +46,7 @@ pub fn balancer(
     scheduler: u8,
     new_flow_budget: u32,
 ) -> anyhow::Result<Balancer> {
-    let mut b = Balancer::from_object(object, BalancerSizes { flow_table_entries })?;
+    let mut b = Balancer::from_object(object, BalancerSizes::flows(flow_table_entries))?;
     b.set_config(&DataplaneConfig {
         udp_idle_timeout_ns: 30_000_000_000,
         encap_src_v6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0).octets(),

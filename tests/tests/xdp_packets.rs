@@ -108,7 +108,7 @@ struct Env {
 
 impl Env {
     fn new() -> anyhow::Result<Self> {
-        let mut balancer = Balancer::load(BalancerSizes { flow_table_entries: 4096 })?;
+        let mut balancer = Balancer::load(BalancerSizes::flows(4096))?;
         balancer.set_config(&config())?;
         let mut decap = Decap::load()?;
         for addr in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
@@ -1120,7 +1120,7 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
             );
             check(env, &input, None, &expect)
                 .with_context(|| format!("{a} active vs {b} active at weight {weight}"))?;
-            ensure!(env.balancer.flow(&f.key()).map(|s| s.backend) == Some(winner), "flow entry");
+            ensure!(env.balancer.flow(&f.key()).map(|s| u32::from(s.backend)) == Some(winner), "flow entry");
         }
         // Mid-connection (no entry, no SYN): the Maglev candidate, though the other has fewer.
         env.balancer.set_active_flows(first, 5)?;
@@ -1273,7 +1273,10 @@ fn removed_backend_rescheduled(env: &mut Env) -> anyhow::Result<()> {
     let expect = expect_encap(env, &f, &input, &shape, true)?;
     ensure!(expect.forwarded.map(|x| x.1) == Some(survivor), "prediction should be the survivor");
     check(env, &input, None, &expect)?;
-    ensure!(env.balancer.flow(&f.key()).map(|s| s.backend) == Some(survivor), "flow entry not moved to the survivor");
+    ensure!(
+        env.balancer.flow(&f.key()).map(|s| u32::from(s.backend)) == Some(survivor),
+        "flow entry not moved to the survivor"
+    );
     Ok(())
 }
 
@@ -1316,33 +1319,31 @@ fn reused_id_of_another_vip_reschedules(env: &mut Env) -> anyhow::Result<()> {
     result
 }
 
-/// A flow table pinned by a build whose flow-table values were 16 bytes: refused with the map,
-/// the sizes and what to do, before anything is loaded.
+/// A flow table pinned by a build whose IPv4 flow table had 40-byte keys and 24-byte values, and
+/// one pinned under the name older builds gave their only flow table: each refused with the map,
+/// what is wrong and what to do, before anything is loaded.
 fn pinned_map_of_another_layout(_: &mut Env) -> anyhow::Result<()> {
     let pins = PinDir::instance(&format!("lbtest-layout-{}", std::process::id()));
-    pins.create()?;
-    let result = (|| {
-        let flows = pins.map("FLOWS");
-        let path = flows.to_str().context("pin path")?;
+    let refusal = |name: &str, expected: &[&str]| -> anyhow::Result<()> {
+        pins.create()?;
+        let map = pins.map(name);
+        let path = map.to_str().context("pin path")?;
         run(Command::new("bpftool")
-            .args(["map", "create", path, "type", "lru_hash", "key", "40", "value", "16"])
-            .args(["entries", "64", "name", "FLOWS"]))?;
-        match Balancer::open_pinned(BalancerSizes { flow_table_entries: 64 }, &pins) {
-            Ok(_) => bail!("a flow table with 16-byte values was adopted"),
+            .args(["map", "create", path, "type", "lru_hash", "key", "40", "value", "24"])
+            .args(["entries", "64", "name", name]))?;
+        let result = match Balancer::open_pinned(BalancerSizes::flows(64), &pins) {
+            Ok(_) => Err(anyhow::anyhow!("a pinned {name} of another build was adopted")),
             Err(e) => {
                 let message = e.to_string();
-                ensure!(
-                    message.contains("map FLOWS")
-                        && message.contains("16-byte values")
-                        && message.contains("lb detach"),
-                    "unclear refusal: {message}"
-                );
-                Ok(())
+                let clear = expected.iter().all(|part| message.contains(part)) && message.contains("lb detach");
+                if clear { Ok(()) } else { Err(anyhow::anyhow!("unclear refusal: {message}")) }
             }
-        }
-    })();
-    pins.remove()?;
-    result
+        };
+        pins.remove()?;
+        result
+    };
+    refusal("FLOWS_V4", &["map FLOWS_V4", "40-byte keys and 24-byte values", "needs 16 and 16"])?;
+    refusal("FLOWS", &["map FLOWS pinned", "older version"])
 }
 
 /// A draining backend (kept, out of the table) keeps its pinned flows; a down one (record

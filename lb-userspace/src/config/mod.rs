@@ -216,7 +216,10 @@ pub struct Instance {
     pub name: String,
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
+    /// Entries of the IPv4 flow table.
     pub flow_table_entries: u32,
+    /// Entries of the IPv6 flow table.
+    pub ipv6_flow_table_entries: u32,
     pub udp_idle_timeout_secs: u32,
     /// A TCP flow silent this long stops counting as active (it keeps its backend).
     pub tcp_idle_timeout_secs: u32,
@@ -271,6 +274,7 @@ impl Vip {
 }
 
 pub const DEFAULT_FLOW_TABLE_ENTRIES: u32 = lb_common::capacity::FLOW_TABLE_DEFAULT_ENTRIES;
+pub const DEFAULT_IPV6_FLOW_TABLE_ENTRIES: u32 = lb_common::capacity::IPV6_FLOW_TABLE_DEFAULT_ENTRIES;
 pub const FLOW_TABLE_ENTRIES: Range<i64> = 1024..(1 << 26) + 1;
 pub const DEFAULT_UDP_IDLE_TIMEOUT_SECS: u32 = 30;
 pub const UDP_IDLE_TIMEOUT_SECS: Range<i64> = 1..86_401;
@@ -422,6 +426,12 @@ impl Validator<'_> {
             FLOW_TABLE_ENTRIES,
             i64::from(DEFAULT_FLOW_TABLE_ENTRIES),
         );
+        let ipv6_flow_table_entries = self.ranged(
+            &raw.ipv6_flow_table_entries,
+            "instance.ipv6_flow_table_entries",
+            FLOW_TABLE_ENTRIES,
+            i64::from(DEFAULT_IPV6_FLOW_TABLE_ENTRIES),
+        );
         let udp_idle_timeout_secs = self.ranged(
             &raw.udp_idle_timeout_secs,
             "instance.udp_idle_timeout_secs",
@@ -478,6 +488,7 @@ impl Validator<'_> {
             interfaces,
             xdp_mode: xdp_mode?,
             flow_table_entries: flow_table_entries? as u32,
+            ipv6_flow_table_entries: ipv6_flow_table_entries? as u32,
             udp_idle_timeout_secs: udp_idle_timeout_secs? as u32,
             tcp_idle_timeout_secs: tcp_idle_timeout_secs? as u32,
             mtu: mtu? as u16,

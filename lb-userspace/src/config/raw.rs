@@ -22,6 +22,8 @@ pub struct Instance {
     #[serde(default)]
     pub flow_table_entries: Option<Spanned<i64>>,
     #[serde(default)]
+    pub ipv6_flow_table_entries: Option<Spanned<i64>>,
+    #[serde(default)]
     pub udp_idle_timeout_secs: Option<Spanned<i64>>,
     #[serde(default)]
     pub tcp_idle_timeout_secs: Option<Spanned<i64>>,

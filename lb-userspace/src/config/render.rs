@@ -20,6 +20,7 @@ impl Config {
         };
         let _ = writeln!(s, "xdp_mode = \"{mode}\"");
         let _ = writeln!(s, "flow_table_entries = {}", i.flow_table_entries);
+        let _ = writeln!(s, "ipv6_flow_table_entries = {}", i.ipv6_flow_table_entries);
         let _ = writeln!(s, "udp_idle_timeout_secs = {}", i.udp_idle_timeout_secs);
         let _ = writeln!(s, "tcp_idle_timeout_secs = {}", i.tcp_idle_timeout_secs);
         let _ = writeln!(s, "mtu = {}", i.mtu);

@@ -37,6 +37,7 @@ fn minimal_config_gets_defaults() {
     let c = Config::parse(MINIMAL, "test.toml").unwrap();
     assert_eq!(c.instance.xdp_mode, XdpMode::Auto);
     assert_eq!(c.instance.flow_table_entries, DEFAULT_FLOW_TABLE_ENTRIES);
+    assert_eq!(c.instance.ipv6_flow_table_entries, DEFAULT_IPV6_FLOW_TABLE_ENTRIES);
     assert_eq!(c.instance.udp_idle_timeout_secs, 30);
     assert_eq!(c.instance.tcp_idle_timeout_secs, 900);
     assert_eq!(c.instance.mtu, 1500);

@@ -22,7 +22,8 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::x
 use lb_common::{
     backend::Backend,
     counters::Reason,
-    flow::{FLOW_TRACKS_TIME, FlowKey, FlowState, flow_hash, source_hash, stage},
+    family,
+    flow::{FLOW_TRACKS_TIME, FlowKey, FlowState, flow_clock, flow_hash, source_hash, stage},
     least_connections::{candidates, second_wins},
     maglev::table_slot,
     vip::{VipAddrKey, VipInfo, VipKey, scheduler},
@@ -34,7 +35,8 @@ use lb_ebpf::{
 };
 
 use crate::maps::{
-    BACKEND_STATS, BACKENDS, CONFIG, FLOOD, FLOWS, MAGLEV_TABLES, MaglevTable, NEXT_HOPS, VIP_ADDRS, VIP_STATS, VIPS,
+    BACKEND_STATS, BACKENDS, CONFIG, FLOOD, FLOWS_V4, FLOWS_V6, MAGLEV_TABLES, MaglevTable, NEXT_HOPS, VIP_ADDRS,
+    VIP_STATS, VIPS,
 };
 
 /// Benchmark builds only (`lb_common::capacity::ablation`): the stage after which the path returns
@@ -87,7 +89,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
 
     // Established flows first: their entry and their backend's record hold all the fast path
     // needs, so a packet of one takes no VIP lookup. Anything else looks its VIP up.
-    let entry = FLOWS.get_ptr_mut(ip.flow);
+    let entry = flow_entry(&ip.flow);
     let established = entry.and_then(|state| continue_flow(state, &ip.flow, segment, cfg.udp_idle_timeout_ns));
     let (vip_index, backend_id, backend, hash, kind) = match established {
         Some((id, backend, hash)) => (u32::from(backend.vip_index), id, backend, hash, Flow::Known),
@@ -169,6 +171,12 @@ fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
     unsafe { VIPS.get(key) }.copied()
 }
 
+/// The flow's entry in its family's flow table.
+#[inline(always)]
+fn flow_entry(key: &FlowKey) -> Option<*mut FlowState> {
+    if key.family == family::IPV4 { FLOWS_V4.get_ptr_mut(key.v4()) } else { FLOWS_V6.get_ptr_mut(key) }
+}
+
 /// The backend of a flow with entry `state`, if the flow stays there: the entry's backend still
 /// takes flows and serves the VIP the flow was scheduled for (tags agree: an id or a VIP index
 /// given to another VIP since fails this), and the packet neither opens a new connection nor
@@ -185,7 +193,8 @@ fn continue_flow(
     // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend id,
     // which is validated here.
     let known = unsafe { *state };
-    let backend = BACKENDS.get(known.backend)?;
+    let id = u32::from(known.backend);
+    let backend = BACKENDS.get(id)?;
     if !backend.keeps_flows() || backend.vip_tag != known.vip_tag {
         return None;
     }
@@ -200,19 +209,19 @@ fn continue_flow(
     unsafe {
         // Written only when it moved by a granularity: a write per packet would dirty the
         // entry's cache line on every packet of the flow.
-        if known.tracks_time() && now.wrapping_sub(known.last_seen_ns) > last_seen_granularity(udp_idle_timeout_ns) {
-            (*state).last_seen_ns = now;
+        if known.tracks_time() && known.idle_ns(now) > last_seen_granularity(udp_idle_timeout_ns) {
+            (*state).last_seen = flow_clock(now);
         }
         if stage != known.stage {
             (*state).stage = stage;
         }
     }
     match (known.stage, stage) {
-        (stage::OPENING, stage::ACTIVE) => maps::add_active_flows(known.backend, 1),
-        (stage::ACTIVE, stage::ENDED) => maps::add_active_flows(known.backend, -1),
+        (stage::OPENING, stage::ACTIVE) => maps::add_active_flows(id, 1),
+        (stage::ACTIVE, stage::ENDED) => maps::add_active_flows(id, -1),
         _ => {}
     }
-    Some((known.backend, *backend, known.hash))
+    Some((id, *backend, known.hash))
 }
 
 /// A backend for a flow of `vip` that has no entry, or whose entry `entry` does not stand
@@ -234,7 +243,7 @@ fn schedule(
         // The entry is replaced below; if no backend is found it stays, uncounted until a later
         // packet finds its backend back. Either way the flow stops counting here, once.
         if known.stage == stage::ACTIVE {
-            maps::add_active_flows(known.backend, -1);
+            maps::add_active_flows(u32::from(known.backend), -1);
             // SAFETY: as above.
             unsafe { (*state).stage = stage::OPENING };
         }
@@ -287,13 +296,17 @@ fn schedule(
     // agent's recount).
     let tracks_time = key.protocol == IPPROTO_UDP || vip.scheduler == scheduler::LEAST_CONNECTIONS;
     let flags = if tracks_time { FLOW_TRACKS_TIME } else { 0 };
-    let fresh = FlowState::new(id, hash, now, stage, flags, vip.tag);
+    // Backend ids stay below `MAX_BACKENDS`, so they fit the entry's 16 bits.
+    let fresh = FlowState::new(id as u16, hash, now, stage, flags, vip.tag);
     match entry {
         // SAFETY: as above.
         Some(state) => unsafe { *state = fresh },
         // A full table evicts its least recently used entry; an insert error only costs stickiness.
+        None if key.family == family::IPV4 => {
+            let _ = FLOWS_V4.insert(key.v4(), fresh, 0);
+        }
         None => {
-            let _ = FLOWS.insert(key, fresh, 0);
+            let _ = FLOWS_V6.insert(key, fresh, 0);
         }
     }
     Some((id, *backend, hash, Flow::New))
@@ -314,7 +327,7 @@ fn stays_pinned(known: &FlowState, protocol: u8, segment: Segment, now: u64, udp
     if segment == Segment::Opens {
         return known.stage == stage::OPENING;
     }
-    protocol != IPPROTO_UDP || now.wrapping_sub(known.last_seen_ns) <= udp_idle_timeout_ns
+    protocol != IPPROTO_UDP || known.idle_ns(now) <= udp_idle_timeout_ns
 }
 
 /// The stage a flow in `stage` moves to with a packet that does `segment`.

@@ -9,13 +9,13 @@ use aya_ebpf::{
 use lb_common::{
     backend::Backend,
     capacity::{
-        FLOW_TABLE_DEFAULT_ENTRIES, MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLES_PER_VIP, MAX_BACKENDS, MAX_EGRESS_INTERFACES,
-        MAX_VIPS,
+        FLOW_TABLE_DEFAULT_ENTRIES, IPV6_FLOW_TABLE_DEFAULT_ENTRIES, MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLES_PER_VIP,
+        MAX_BACKENDS, MAX_EGRESS_INTERFACES, MAX_VIPS,
     },
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
     flood::FloodState,
-    flow::{FlowKey, FlowState},
+    flow::{FlowKey, FlowKeyV4, FlowState},
     nexthop::NextHop,
     vip::{VipAddrKey, VipInfo, VipKey},
 };
@@ -45,13 +45,18 @@ pub type MaglevTable = [u32; MAGLEV_MAX_TABLE_SIZE as usize];
 #[map]
 pub static MAGLEV_TABLES: Array<MaglevTable> = Array::with_max_entries(MAX_VIPS * MAGLEV_TABLES_PER_VIP, 0);
 
-/// Flow table: established flows keep their backend. One table shared by all CPUs, so a flow
-/// whose packets move to another CPU still finds its entry, with one LRU list: per-CPU lists
+/// Flow tables, one per family: established flows keep their backend. The IPv4 one has a key
+/// of 16 bytes where IPv6 needs 40, so IPv4 flows hash faster and cost less memory; a flood of
+/// one family cannot evict the other's flows. Each table is shared by all CPUs, so a flow whose
+/// packets move to another CPU still finds its entry, with one LRU list: per-CPU lists
 /// (BPF_F_NO_COMMON_LRU) were not measurably faster with every CPU inserting (`cargo xtask
 /// bench`, docs/dataplane.md) and would split the capacity per CPU, evicting live flows of a
 /// busy CPU early.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT_ENTRIES, 0);
+pub static FLOWS_V4: LruHashMap<FlowKeyV4, FlowState> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT_ENTRIES, 0);
+
+#[map]
+pub static FLOWS_V6: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(IPV6_FLOW_TABLE_DEFAULT_ENTRIES, 0);
 
 #[map]
 pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
