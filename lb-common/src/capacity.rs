@@ -31,5 +31,6 @@ pub const OUTER_TTL: u8 = 64;
 /// Shipped builds leave the variable unset and run the whole path.
 pub mod ablation {
     pub const ENV: &str = "LB_BENCH_STOP_AFTER";
-    pub const STAGES: [(u8, &str); 4] = [(1, "parse"), (2, "flow_table"), (3, "vip_counters"), (4, "encapsulate")];
+    pub const STAGES: [(u8, &str); 5] =
+        [(1, "parse"), (2, "flow_lookup"), (3, "backend_record"), (4, "vip_counters"), (5, "encapsulate")];
 }

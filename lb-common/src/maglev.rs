@@ -96,17 +96,23 @@ mod builder {
         let quotas = quotas(&live, size);
         let max_quota = *quotas.iter().max().expect("non-empty");
 
-        let (offsets, skips): (Vec<u64>, Vec<u64>) = live
+        // Positions in u32, and each step a conditional subtraction rather than a division:
+        // the probe loop is the whole cost of a build.
+        let (mut next_candidate, skips): (Vec<u32>, Vec<u32>) = live
             .iter()
             .map(|b| {
                 let words = identity_words(b);
-                let offset = u64::from(murmur3_words(&words, PERMUTATION_OFFSET_SEED)) % size;
-                let skip = u64::from(murmur3_words(&words, PERMUTATION_SKIP_SEED)) % (size - 1) + 1;
+                let offset = murmur3_words(&words, PERMUTATION_OFFSET_SEED) % table_size;
+                let skip = murmur3_words(&words, PERMUTATION_SKIP_SEED) % (table_size - 1) + 1;
                 (offset, skip)
             })
             .unzip();
-        let mut next_candidate = offsets.clone();
         let mut claimed = std::vec![0u64; live.len()];
+        let step = |position: u32, skip: u32| {
+            // Both below the table size (at most 65537), so the sum cannot overflow.
+            let next = position + skip;
+            if next >= table_size { next - table_size } else { next }
+        };
 
         const EMPTY: u32 = u32::MAX;
         let mut table = std::vec![EMPTY; table_size as usize];
@@ -122,10 +128,10 @@ mod builder {
                 }
                 let mut candidate = next_candidate[i];
                 while table[candidate as usize] != EMPTY {
-                    candidate = (candidate + skips[i]) % size;
+                    candidate = step(candidate, skips[i]);
                 }
                 table[candidate as usize] = live[i].id;
-                next_candidate[i] = (candidate + skips[i]) % size;
+                next_candidate[i] = step(candidate, skips[i]);
                 claimed[i] += 1;
                 filled += 1;
             }

@@ -90,6 +90,10 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     // Established flows first: their entry and their backend's record hold all the fast path
     // needs, so a packet of one takes no VIP lookup. Anything else looks its VIP up.
     let entry = flow_entry(&ip.flow);
+    // A miss goes on, so that the build's first packets fill the table its timed ones hit.
+    if stop_after(2) && entry.is_some() {
+        return (xdp_action::XDP_TX, Reason::TxNextHop);
+    }
     let established = entry.and_then(|state| continue_flow(state, &ip.flow, segment, cfg.udp_idle_timeout_ns));
     let (vip_index, backend_id, backend, hash, kind) = match established {
         Some((id, backend, hash)) => (u32::from(backend.vip_index), id, backend, hash, Flow::Known),
@@ -105,11 +109,11 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         }
     };
     let new_flow = kind != Flow::Known;
-    if stop_after(2) {
+    if stop_after(3) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
     maps::count_traffic(&VIP_STATS, vip_index, bytes, new_flow);
-    if stop_after(3) {
+    if stop_after(4) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
 
@@ -121,7 +125,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         Ok(len) => len,
         Err(reason) => return (xdp_action::XDP_DROP, reason),
     };
-    if stop_after(4) {
+    if stop_after(5) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
     let resolved = NEXT_HOPS.get(backend_id).and_then(|hop| nexthop::to_resolved(ctx, hop, ip.l3_offset));
