@@ -430,6 +430,11 @@ impl BalancerMaps {
         Ok(self.egress.insert(ifindex, ifindex, None, 0)?)
     }
 
+    /// Backend record `id` as the data plane reads it.
+    pub fn backend(&self, id: u32) -> Result<Backend, DataplaneError> {
+        Ok(self.backends.get(&id, 0)?)
+    }
+
     /// What the maps hold now (the input of [`crate::reconcile::plan`]).
     pub fn current(&self) -> Result<Current, DataplaneError> {
         let dataplane = self.config.get(&0, 0)?;

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the benchmark suite. The BPF_PROG_RUN benchmark
-//! (tests/benches/xdp_paths.rs) and the live-frames one (tests/benches/xdp_live.rs), each
-//! printing a table and writing JSON under target/bench/; with `--ablation`, the live one also
-//! measures balancer builds that stop after each stage of the fast path (built here).
+//! (tests/benches/xdp_paths.rs), the live-frames one (tests/benches/xdp_live.rs) and the
+//! control-plane latency in the lab (tests/benches/control_latency.rs), each printing a table and
+//! writing JSON under target/bench/; with `--ablation`, the live one also measures balancer
+//! builds that stop after each stage of the fast path (built here).
 
 use std::{path::Path, process::Command};
 
@@ -16,12 +17,13 @@ pub struct Options {
     pub live_rounds: usize,
     pub live_packets: usize,
     pub ablation: bool,
+    pub control_changes: usize,
 }
 
 impl Options {
     /// The `--quick` variant: fewer and shorter rounds.
     pub fn quick(ablation: bool) -> Self {
-        Self { rounds: 3, packets: 500, live_rounds: 3, live_packets: 300_000, ablation }
+        Self { rounds: 3, packets: 500, live_rounds: 3, live_packets: 300_000, ablation, control_changes: 30 }
     }
 }
 
@@ -56,7 +58,13 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if o.ablation {
         live.arg("--ablation").arg(&ablation_dir);
     }
-    cmd::run(&mut live)
+    cmd::run(&mut live)?;
+    cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--bench", "control_latency", "--"]).args([
+        "--changes",
+        &o.control_changes.to_string(),
+        "--json",
+        &out.join("control_latency.json").to_string_lossy(),
+    ]))
 }
 
 /// Builds the balancer once per fast-path stage, stopping after it, as `stop-N.o` in `dir`: the

@@ -86,7 +86,14 @@ fn main() -> anyhow::Result<()> {
             let options = if quick {
                 bench::Options::quick(ablation)
             } else {
-                bench::Options { rounds: 15, packets: 2000, live_rounds: 7, live_packets: 1_000_000, ablation }
+                bench::Options {
+                    rounds: 15,
+                    packets: 2000,
+                    live_rounds: 7,
+                    live_packets: 1_000_000,
+                    ablation,
+                    control_changes: 100,
+                }
             };
             bench::run(&options)?;
             if write_docs {

@@ -123,11 +123,12 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
         let met = if m["met"].as_bool() == Some(true) { "met" } else { "MISSED" };
         let _ = writeln!(
             s,
-            "\n## Memory and Maglev\n\nFlow table: {} bytes for {} entries as the kernel accounts them, {:.1} B per \
-             tracked flow (target <= 100 B: {met}).\n",
+            "\n## Memory and Maglev\n\nIPv4 flow table: {} bytes for {} entries as the kernel accounts them, {:.1} B \
+             per tracked flow (target <= 100 B: {met}); the IPv6 one (40-byte keys) {:.1} B per flow.\n",
             m["bytes"],
             m["entries"],
-            num(&m["bytes_per_flow"])
+            num(&m["bytes_per_flow"]),
+            num(&m["ipv6_bytes_per_flow"])
         );
     }
     if let Some(m) = paths.get("maglev") {
@@ -144,7 +145,30 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
                 num(&d["moved_share"]) * 100.0
             );
         }
-        let _ = writeln!(s, "\nTarget: a build for 1000 backends within 2 ms.");
+        let build_1000 = m["builds"].as_array().into_iter().flatten().find(|b| b["backends"] == 1000);
+        let met = build_1000.is_some_and(|b| num(&b["median_ms"]) <= 2.0);
+        let _ = writeln!(s, "\nTarget: a build for 1000 backends within 2 ms: {}.", if met { "met" } else { "MISSED" });
+    }
+    if let Ok(control) = read(&results.join("control_latency.json")) {
+        let _ = writeln!(
+            s,
+            "\n## Control-plane latency\n\nIn the namespaced lab, a change sent to the agent's control socket until \
+             the pinned backend record shows it (`tests/benches/control_latency.rs`), {} changes of each kind.\n",
+            control["changes"]
+        );
+        let _ = writeln!(s, "| change | p50 ms | p99 ms | max ms | target |");
+        let _ = writeln!(s, "| --- | ---: | ---: | ---: | --- |");
+        for c in control["latency"].as_array().into_iter().flatten() {
+            let met = if c["met"].as_bool() == Some(true) { "met" } else { "MISSED" };
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {:.2} | {:.2} | p99 <= 50 ms: {met} |",
+                c["change"].as_str().unwrap_or(""),
+                num(&c["p50_ms"]),
+                num(&c["p99_ms"]),
+                num(&c["max_ms"])
+            );
+        }
     }
     std::fs::write(doc, s).with_context(|| format!("writing {}", doc.display()))?;
     println!("written {}", doc.display());
