@@ -3,7 +3,9 @@
 /// Most VIPs one balancer instance serves (per-VIP arrays are sized by this).
 pub const MAX_VIPS: u32 = 64;
 /// Most backends across all VIPs (backend ids are indexes below this).
-pub const MAX_BACKENDS: u32 = 4096;
+pub const MAX_BACKENDS: u32 = 8192;
+// Flow-table entries keep backend ids in 16 bits (`crate::flow::FlowState::backend`).
+const _: () = assert!(MAX_BACKENDS <= 1 << 16);
 /// Largest Maglev table (a prime). Every table slot array has this many entries; smaller tables use a prefix.
 pub const MAGLEV_MAX_TABLE_SIZE: u32 = 65_537;
 /// Default Maglev table size: the paper's recommendation (M > 100 x backends) for up to 655 backends.

@@ -79,6 +79,13 @@ pub enum DataplaneError {
         path.display()
     )]
     PinnedReasons { path: std::path::PathBuf, found: u32, expected: u32 },
+    #[error(
+        "map {name} pinned at {} has {found} entries where this build needs {expected}: another version \
+         of the balancer, with other limits, created it. Remove the pinned data plane with `lb detach` \
+         (established flows are forgotten) and start again",
+        path.display()
+    )]
+    PinnedCapacity { name: &'static str, path: std::path::PathBuf, found: u32, expected: u32 },
     #[error("reading the flow table's memory accounting: {0}")]
     MapMemory(std::io::Error),
     #[error("reading the flow table: {0}")]
@@ -178,6 +185,22 @@ fn map_layouts() -> [(&'static str, usize, usize); 14] {
     ]
 }
 
+/// Entries of the balancer's maps whose size is a limit of this build (the flow tables are sized
+/// by the configuration, `REASON_STATS` is checked on its own).
+fn fixed_capacities() -> [(&'static str, u32); 9] {
+    [
+        ("VIPS", MAX_VIPS),
+        ("BACKENDS", MAX_BACKENDS),
+        ("NEXT_HOPS", MAX_BACKENDS),
+        ("MAGLEV_TABLES", MAX_VIPS * MAGLEV_TABLES_PER_VIP),
+        ("VIP_STATS", MAX_VIPS),
+        ("BACKEND_STATS", MAX_BACKENDS),
+        ("ACTIVE_FLOWS", MAX_BACKENDS),
+        ("FLOOD", MAX_VIPS),
+        ("SEQUENCE_POSITIONS", MAX_VIPS),
+    ]
+}
+
 /// Refuses pinned maps of another layout, which aya would adopt as they are: a map created by
 /// another version of the balancer.
 fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> {
@@ -200,6 +223,13 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> {
         // A reason counter per reason: a build with other reasons would count under the wrong names.
         if name == "REASON_STATS" && info.max_entries() != Reason::COUNT {
             return Err(DataplaneError::PinnedReasons { path, found: info.max_entries(), expected: Reason::COUNT });
+        }
+        // Maps indexed by backend id or VIP index: a smaller one, of a build with lower limits,
+        // would refuse the ids this build hands out.
+        if let Some(&(_, expected)) = fixed_capacities().iter().find(|(n, _)| *n == name)
+            && info.max_entries() != expected
+        {
+            return Err(DataplaneError::PinnedCapacity { name, path, found: info.max_entries(), expected });
         }
     }
     Ok(())

@@ -1319,18 +1319,28 @@ fn reused_id_of_another_vip_reschedules(env: &mut Env) -> anyhow::Result<()> {
     result
 }
 
-/// A flow table pinned by a build whose IPv4 flow table had 40-byte keys and 24-byte values, and
-/// one pinned under the name older builds gave their only flow table: each refused with the map,
-/// what is wrong and what to do, before anything is loaded.
+/// Maps pinned by other builds, each refused with the map, what is wrong and what to do, before
+/// anything is loaded: an IPv4 flow table with 40-byte keys and 24-byte values, a flow table under
+/// the name older builds gave their only one, and a backends array of an older limit.
 fn pinned_map_of_another_layout(_: &mut Env) -> anyhow::Result<()> {
     let pins = PinDir::instance(&format!("lbtest-layout-{}", std::process::id()));
-    let refusal = |name: &str, expected: &[&str]| -> anyhow::Result<()> {
+    // (map, bpftool's type key value entries, what the refusal must say)
+    let cases: [(&str, [&str; 4], &[&str]); 3] = [
+        (
+            "FLOWS_V4",
+            ["lru_hash", "40", "24", "64"],
+            &["map FLOWS_V4", "40-byte keys and 24-byte values", "needs 16 and 16"],
+        ),
+        ("FLOWS", ["lru_hash", "40", "24", "64"], &["map FLOWS pinned", "older version"]),
+        ("BACKENDS", ["array", "4", "32", "4096"], &["map BACKENDS", "4096 entries where this build needs 8192"]),
+    ];
+    for (name, [kind, key, value, entries], expected) in cases {
         pins.create()?;
         let map = pins.map(name);
         let path = map.to_str().context("pin path")?;
         run(Command::new("bpftool")
-            .args(["map", "create", path, "type", "lru_hash", "key", "40", "value", "24"])
-            .args(["entries", "64", "name", name]))?;
+            .args(["map", "create", path, "type", kind, "key", key, "value", value])
+            .args(["entries", entries, "name", name]))?;
         let result = match Balancer::open_pinned(BalancerSizes::flows(64), &pins) {
             Ok(_) => Err(anyhow::anyhow!("a pinned {name} of another build was adopted")),
             Err(e) => {
@@ -1340,10 +1350,9 @@ fn pinned_map_of_another_layout(_: &mut Env) -> anyhow::Result<()> {
             }
         };
         pins.remove()?;
-        result
-    };
-    refusal("FLOWS_V4", &["map FLOWS_V4", "40-byte keys and 24-byte values", "needs 16 and 16"])?;
-    refusal("FLOWS", &["map FLOWS pinned", "older version"])
+        result?;
+    }
+    Ok(())
 }
 
 /// A draining backend (kept, out of the table) keeps its pinned flows; a down one (record
