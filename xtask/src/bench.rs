@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the benchmark suite. The BPF_PROG_RUN benchmark
-//! (tests/benches/xdp_paths.rs), the live-frames one (tests/benches/xdp_live.rs) and the
-//! control-plane latency in the lab (tests/benches/control_latency.rs), each printing a table and
-//! writing JSON under target/bench/; with `--ablation`, the live one also measures balancer
+//! (tests/benches/xdp_paths.rs), the live-frames one (tests/benches/xdp_live.rs), and in the lab
+//! the control-plane latency (tests/benches/control_latency.rs) and TCP throughput through the
+//! VIP (tests/benches/tcp_throughput.rs), each printing a table and writing JSON under
+//! target/bench/; with `--ablation`, the live one also measures balancer
 //! builds that stop after each stage of the fast path (built here).
 
 use std::{path::Path, process::Command};
@@ -18,12 +19,21 @@ pub struct Options {
     pub live_packets: usize,
     pub ablation: bool,
     pub control_changes: usize,
+    pub tcp_rounds: usize,
 }
 
 impl Options {
     /// The `--quick` variant: fewer and shorter rounds.
     pub fn quick(ablation: bool) -> Self {
-        Self { rounds: 3, packets: 500, live_rounds: 3, live_packets: 300_000, ablation, control_changes: 30 }
+        Self {
+            rounds: 3,
+            packets: 500,
+            live_rounds: 3,
+            live_packets: 300_000,
+            ablation,
+            control_changes: 30,
+            tcp_rounds: 1,
+        }
     }
 }
 
@@ -64,6 +74,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         &o.control_changes.to_string(),
         "--json",
         &out.join("control_latency.json").to_string_lossy(),
+    ]))?;
+    cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--bench", "tcp_throughput", "--"]).args([
+        "--rounds",
+        &o.tcp_rounds.to_string(),
+        "--json",
+        &out.join("tcp_throughput.json").to_string_lossy(),
     ]))
 }
 

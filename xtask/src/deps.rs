@@ -19,6 +19,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("dnsmasq-base", "the lab backends' DNS servers"),
     ("curl", "the lab client's HTTP requests"),
     ("bind9-dnsutils", "dig, the lab client's DNS queries"),
+    ("iperf3", "the benchmark's TCP throughput through the VIP in the lab"),
 ];
 
 /// Keeps Debian from starting installed services (nginx) on the machine itself: the lab runs

@@ -93,6 +93,7 @@ fn main() -> anyhow::Result<()> {
                     live_packets: 1_000_000,
                     ablation,
                     control_changes: 100,
+                    tcp_rounds: 3,
                 }
             };
             bench::run(&options)?;

@@ -170,6 +170,23 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
             );
         }
     }
+    if let Ok(tcp) = read(&results.join("tcp_throughput.json")) {
+        let met = if tcp["met"].as_bool() == Some(true) { "met" } else { "MISSED" };
+        let _ = writeln!(
+            s,
+            "\n## TCP through the VIP\n\nIn the namespaced lab, the balancer native: iperf3 from the client, {} streams \
+             x {} s, {} rounds alternated (`tests/benches/tcp_throughput.rs`). Through a VIP with one backend: {:.2} \
+             Gbit/s; straight to that backend: {:.2} Gbit/s; {:.2}x (target >= 0.9x: {met}). Both paths share the \
+             machine's two cores with the client and the server, and the VIP's path crosses the lab's bridge twice \
+             more (client to balancer, balancer to backend).",
+            tcp["streams"].as_str().unwrap_or(""),
+            tcp["seconds"],
+            tcp["rounds"],
+            num(&tcp["median_via_vip_gbps"]),
+            num(&tcp["median_direct_gbps"]),
+            num(&tcp["ratio"])
+        );
+    }
     std::fs::write(doc, s).with_context(|| format!("writing {}", doc.display()))?;
     println!("written {}", doc.display());
     Ok(())
