@@ -12,6 +12,7 @@ mod cmd;
 mod deps;
 mod lab;
 mod perfdoc;
+mod perfplot;
 mod test;
 
 use clap::{Parser, Subcommand};

@@ -6,10 +6,17 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::Context as _;
 use serde_json::Value;
 
+use crate::perfplot::{self, Bar};
+
 fn read(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading {} (run `cargo xtask bench` first)", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The ratio of a "net <= 2.2x minimal: ..." target.
+fn net_target(target: &str) -> Option<f64> {
+    target.strip_prefix("net <= ")?.split('x').next()?.parse().ok()
 }
 
 fn num(v: &Value) -> f64 {
@@ -54,6 +61,38 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
             c["target"].as_str().unwrap_or("")
         );
     }
+    // The figure: net cost over the minimal program's, each net target marked.
+    let figure_dir = doc.parent().context("docs/performance.md has no directory")?;
+    let bars: Vec<Bar> = cases
+        .iter()
+        .filter_map(|c| {
+            let name = c["case"].as_str()?;
+            if name.starts_with("minimal") || name.starts_with("stop_after_") {
+                return None;
+            }
+            let target = c["target"].as_str().and_then(net_target);
+            Some(Bar { label: name.to_string(), value: num(&c["median_net_ratio"]), target })
+        })
+        .collect();
+    perfplot::bars(
+        &figure_dir.join("perf-live.png"),
+        "Live frames: net ns per packet / minimal program's ns (black: target)",
+        "net / minimal",
+        &bars,
+    )?;
+    let net_targets: Vec<String> = cases
+        .iter()
+        .filter_map(|c| Some((c["case"].as_str()?, c["target"].as_str().filter(|t| t.starts_with("net"))?)))
+        .map(|(name, target)| format!("{name}: {target}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "
+![net cost per case over the minimal program's](perf-live.png)
+
+Targets in the figure: {}.",
+        net_targets.join("; ")
+    );
     let derived = live["derived"].as_array().cloned().unwrap_or_default();
     if !derived.is_empty() {
         let _ = writeln!(s, "\nBetween cases of the same rounds:\n");
@@ -83,13 +122,29 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
         let _ = writeln!(s, "| --- | ---: | ---: |");
         let whole = cases.iter().find(|c| c["case"] == "established_udp4");
         let mut before = 0.0;
+        let mut bars = Vec::new();
         for c in stages.iter().copied().chain(whole) {
             let name = c["case"].as_str().unwrap_or("").trim_start_matches("stop_after_");
             let name = if name == "established_udp4" { "next hop and counters (whole path)" } else { name };
             let net = num(&c["median_net_ns"]);
             let _ = writeln!(s, "| {name} | {net:.1} | {:.1} |", net - before);
+            bars.push(Bar { label: name.to_string(), value: (net - before).max(0.0), target: None });
             before = net;
         }
+        perfplot::bars(
+            &figure_dir.join("perf-stages.png"),
+            "Established IPv4 UDP: each stage's cost, ns per packet",
+            "ns",
+            &bars,
+        )?;
+        let _ = writeln!(
+            s,
+            "
+![each stage's cost](perf-stages.png)
+
+No target per stage: the whole path's is the net \
+             target above (established_udp4)."
+        );
     }
     let _ = writeln!(s, "\n## Single BPF_PROG_RUN calls\n");
     let _ = writeln!(
@@ -190,4 +245,17 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
     std::fs::write(doc, s).with_context(|| format!("writing {}", doc.display()))?;
     println!("written {}", doc.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::net_target;
+
+    #[test]
+    fn net_targets_are_read_from_the_bench_verdicts() {
+        assert_eq!(net_target("net <= 2.2x minimal: met"), Some(2.2));
+        assert_eq!(net_target("net <= 22x minimal: MISSED"), Some(22.0));
+        assert_eq!(net_target("rate >= 0.75x minimal: MISSED"), None);
+        assert_eq!(net_target(""), None);
+    }
 }
