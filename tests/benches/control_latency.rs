@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail, ensure};
 use lb_common::{addr::to_key, backend::Backend, family, vip::VipKey};
 use lb_tests::{
     bench::write_json,
-    e2e::{Health, start},
+    e2e::{Health, in_lab},
 };
 use lb_userspace::{
     control::{self, Request},
@@ -94,13 +94,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let o = options()?;
-    let mut env = start("bench-control", Health::default())?;
-    let result = measure(&o);
-    if let Some(agent) = env.agent.take() {
-        let _ = env.lab.stop_agent(agent);
-    }
-    env.lab.down();
-    let doc = result?;
+    let doc = in_lab("bench-control", Health::default(), |_| measure(&o))?;
     if let Some(file) = &o.json {
         write_json(file, &doc)?;
     }

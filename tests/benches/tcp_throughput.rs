@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail, ensure};
 use lb_lab::{BACKENDS, CLIENT, VIP_V4, backend_v4, ns};
 use lb_tests::{
     bench::write_json,
-    e2e::{Health, start},
+    e2e::{Health, in_lab},
 };
 use lb_userspace::control::{self, Request};
 
@@ -72,14 +72,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let o = options()?;
-    let mut env = start("bench-tcp", Health::default())?;
-    let result = measure(&o);
-    let _ = ns(BACKENDS[0], "pkill", &["-f", "iperf3 -s"]);
-    if let Some(agent) = env.agent.take() {
-        let _ = env.lab.stop_agent(agent);
-    }
-    env.lab.down();
-    let doc = result?;
+    let doc = in_lab("bench-tcp", Health::default(), |_| {
+        let result = measure(&o);
+        // The server daemonized in the backend's namespace, which it would outlive.
+        let _ = ns(BACKENDS[0], "pkill", &["-f", "iperf3 -s"]);
+        result
+    })?;
     if let Some(file) = &o.json {
         write_json(file, &doc)?;
     }

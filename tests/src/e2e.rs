@@ -250,6 +250,18 @@ pub fn start(dir: &str, health: Health) -> anyhow::Result<Env> {
     Ok(env)
 }
 
+/// Brings the lab up with its agent (as [`start`]), runs `body` on it, then stops the agent and
+/// removes the lab whatever happened: for the benchmarks that measure in the lab.
+pub fn in_lab<T>(dir: &str, health: Health, body: impl FnOnce(&mut Env) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut env = start(dir, health)?;
+    let result = body(&mut env);
+    if let Some(agent) = env.agent.take() {
+        let _ = env.lab.stop_agent(agent);
+    }
+    env.lab.down();
+    result
+}
+
 /// Runs the trials on `env` one at a time, then stops the agent and removes the lab whatever
 /// happened.
 /// A named end-to-end test.
