@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail, ensure};
 use lb_common::{addr::to_key, backend::Backend, family, vip::VipKey};
 use lb_tests::{
     bench::write_json,
-    e2e::{Health, in_lab},
+    e2e::{CONTROL_SOCKET, Health, in_lab},
 };
 use lb_userspace::{
     control::{self, Request},
@@ -25,7 +25,6 @@ use lb_userspace::{
     pins::PinDir,
 };
 
-const SOCKET: &str = "/run/lb/lab.sock";
 /// Where a change must have shown by, or the run fails.
 const LIMIT: Duration = Duration::from_secs(5);
 const TARGET_P99_MS: f64 = 50.0;
@@ -71,7 +70,7 @@ fn time_change(
     shows: impl Fn(&Backend) -> bool,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let sender = std::thread::spawn(move || control::request(Path::new(SOCKET), &request));
+    let sender = std::thread::spawn(move || control::request(Path::new(CONTROL_SOCKET), &request));
     let took = loop {
         if shows(&maps.backend(id)?) {
             break started.elapsed();

@@ -11,12 +11,11 @@ use std::{net::IpAddr, path::Path};
 use anyhow::{Context as _, bail, ensure};
 use lb_lab::{BACKENDS, CLIENT, VIP_V4, backend_v4, ns};
 use lb_tests::{
-    bench::write_json,
-    e2e::{Health, in_lab},
+    bench::{median, write_json},
+    e2e::{CONTROL_SOCKET, Health, in_lab},
 };
 use lb_userspace::control::{self, Request};
 
-const SOCKET: &str = "/run/lb/lab.sock";
 const PORT: u16 = 5201;
 const STREAMS: &str = "4";
 const TARGET: f64 = 0.9;
@@ -44,7 +43,7 @@ fn options() -> anyhow::Result<Options> {
 }
 
 fn ask(request: Request) -> anyhow::Result<()> {
-    let response = control::request(Path::new(SOCKET), &request)?;
+    let response = control::request(Path::new(CONTROL_SOCKET), &request)?;
     match response.error {
         Some(e) => bail!("the agent refused {request:?}: {e}"),
         None => Ok(()),
@@ -63,11 +62,6 @@ fn iperf(to: IpAddr, seconds: u32) -> anyhow::Result<f64> {
         .as_f64()
         .with_context(|| format!("iperf3 reported no received rate: {}", report["error"]))?;
     Ok(bits / 1e9)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ use anyhow::{Context as _, ensure};
 use aya::programs::{Xdp, xdp::XdpMode};
 use lb_common::{capacity::ablation, vip::scheduler};
 use lb_tests::{
-    bench::{VIP4, VIP6, backend4, backend6, balancer, set_next_hops, small_frame, write_json},
+    bench::{VIP4, VIP6, backend4, backend6, balancer, median, set_next_hops, small_frame, write_json},
     live::{DUT_IF, GENERATOR_IF, Pipeline, Traffic},
     packet::Protocol,
     privileged::{enter_private_netns, require_root},
@@ -120,11 +120,6 @@ fn set_next_hop(next_hop: NextHop) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {

@@ -24,7 +24,7 @@ use lb_common::{
     vip::scheduler as vip_scheduler,
 };
 use lb_tests::{
-    bench::{VIP4, VIP6, balancer as balancer_from, frames as frames_of, set_next_hops, write_json},
+    bench::{VIP4, VIP6, balancer as balancer_from, frames as frames_of, median, set_next_hops, write_json},
     packet::{Protocol, key_addr},
     pin_to_cpu,
     privileged::{enter_private_netns, require_root},
@@ -123,11 +123,6 @@ fn round(program: &Xdp, inputs: &[Vec<u8>], verdict: u32) -> anyhow::Result<f64>
         total += run.duration;
     }
     Ok(total.as_nanos() as f64 / inputs.len() as f64)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Flow-table entries for the recount measurement.

@@ -146,6 +146,12 @@ pub fn small_frame(protocol: Protocol, vip: IpAddr) -> Vec<u8> {
 }
 
 /// Writes a benchmark's results to `file` as pretty JSON, creating its directory.
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 pub fn write_json(file: &str, doc: &serde_json::Value) -> anyhow::Result<()> {
     use anyhow::Context as _;
     if let Some(dir) = std::path::Path::new(file).parent() {

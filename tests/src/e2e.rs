@@ -17,6 +17,9 @@ use lb_lab::{BACKEND_NAMES, CLIENT, Lab, in_namespace, vip};
 
 use crate::traffic::{Dns, Http};
 
+/// The lab agent's control socket (the default for instance `lab`).
+pub const CONTROL_SOCKET: &str = "/run/lb/lab.sock";
+
 /// Concurrent client threads for bulk traffic.
 pub const THREADS: usize = 4;
 

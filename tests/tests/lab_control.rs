@@ -16,13 +16,12 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use lb_lab::{BACKEND_NAMES, CLIENT, in_namespace, vip};
 use lb_tests::{
-    e2e::{EQUAL, Env, Health, Sessions, Trial, run_trials, start, tally},
+    e2e::{CONTROL_SOCKET, EQUAL, Env, Health, Sessions, Trial, run_trials, start, tally},
     traffic::{Dns, Http, http_connection},
 };
 use lb_userspace::control::{self, Request};
 use serde_json::Value;
 
-const SOCKET: &str = "/run/lb/lab.sock";
 const INTERVAL_MS: u64 = 200;
 const FALL: u64 = 2;
 const RISE: u64 = 2;
@@ -39,7 +38,7 @@ fn dns_check() -> String {
 }
 
 fn ask(request: Request) -> anyhow::Result<Value> {
-    let response = control::request(Path::new(SOCKET), &request)?;
+    let response = control::request(Path::new(CONTROL_SOCKET), &request)?;
     match response.error {
         Some(e) => bail!("{e}"),
         None => Ok(response.body),
