@@ -1,17 +1,28 @@
 //! Map sizes and limits shared by the data plane and the agent.
 
 /// Most VIPs one balancer instance serves (per-VIP arrays are sized by this).
-pub const MAX_VIPS: u32 = 64;
+pub const MAX_VIPS: u32 = 512;
 /// Most backends across all VIPs (backend ids are indexes below this).
 pub const MAX_BACKENDS: u32 = 8192;
 // Flow-table entries keep backend ids in 16 bits (`crate::flow::FlowState::backend`).
 const _: () = assert!(MAX_BACKENDS <= 1 << 16);
-/// Largest Maglev table (a prime). Every table slot array has this many entries; smaller tables use a prefix.
-pub const MAGLEV_MAX_TABLE_SIZE: u32 = 65_537;
-/// Default Maglev table size: the paper's recommendation (M > 100 x backends) for up to 655 backends.
-pub const MAGLEV_DEFAULT_TABLE_SIZE: u32 = 65_537;
+/// Largest Maglev table (a prime below 2^20): 100 entries per backend (about 1% imbalance, the
+/// paper's M > 100 x N) for up to 10,485 backends.
+pub const MAGLEV_MAX_TABLE_SIZE: u32 = 1_048_573;
+/// Maglev table sizes a VIP gets when its configuration names none: the smallest that holds 100
+/// entries per backend, 65537 at least (primes: 2^16 + 1, 2^17 - 1, the largest below 2^18,
+/// 2^19 - 1, the largest below 2^20).
+pub const MAGLEV_TABLE_SIZES: [u32; 5] = [65_537, 131_071, 262_139, 524_287, MAGLEV_MAX_TABLE_SIZE];
+/// Longest round-robin sequence (weights are scaled down to fit).
+pub const SEQUENCE_MAX_LEN: u32 = 65_537;
 /// Tables per VIP: one live, one being written (see [`crate::vip::VipInfo::active_table`]).
-pub const MAGLEV_TABLES_PER_VIP: u32 = 2;
+pub const TABLES_PER_VIP: u32 = 2;
+/// Entries of one table chunk (`crate::table`): tables are stored in chunks of this many backend
+/// ids, so a VIP's table takes memory in proportion to its size.
+pub const TABLE_CHUNK_ENTRIES: u32 = 4096;
+/// Most table chunks of all VIPs together (both tables of each): 512 MiB of tables at most,
+/// reserved only as chunks are written. 512 VIPs with tables of 65537 entries take 17,408.
+pub const MAX_TABLE_CHUNKS: u32 = 32_768;
 /// Default number of IPv4 flow-table entries.
 pub const FLOW_TABLE_DEFAULT_ENTRIES: u32 = 1 << 20;
 /// Default number of IPv6 flow-table entries: a quarter of IPv4's, as an IPv6 entry costs more

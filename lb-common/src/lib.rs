@@ -12,6 +12,7 @@
 //! - [`least_connections`]: the power-of-two-choices rule of the least-connections scheduler.
 //! - [`maglev`]: the slot lookup shared by both sides and, with feature `user`, the table builder.
 //! - `sequence` (feature `user`): smooth weighted round-robin sequences.
+//! - [`table`]: how a VIP's table of backend ids is stored, in chunks.
 //! - [`capacity`]: map sizes and limits.
 //! - [`generator`]: the benchmark's live-frames traffic generator template.
 //! - `addr` (feature `user`): addresses to and from their key form.
@@ -40,6 +41,7 @@ pub mod maglev;
 pub mod nexthop;
 #[cfg(feature = "user")]
 pub mod sequence;
+pub mod table;
 pub mod vip;
 
 /// Address family tags stored in keys (`family` fields). Values follow Linux's AF_INET/AF_INET6.

@@ -21,7 +21,10 @@ pub use builder::*;
 mod builder {
     use std::vec::Vec;
 
-    use crate::{capacity::MAGLEV_MAX_TABLE_SIZE, hash::murmur3_words};
+    use crate::{
+        capacity::{MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLE_SIZES},
+        hash::murmur3_words,
+    };
 
     use super::{PERMUTATION_OFFSET_SEED, PERMUTATION_SKIP_SEED};
 
@@ -50,6 +53,13 @@ mod builder {
         DuplicateBackend(std::string::String),
         #[error("{backends} backends do not fit a table of {size} entries")]
         TooManyBackends { backends: usize, size: u32 },
+    }
+
+    /// The table size of a VIP whose configuration names none: the smallest of
+    /// [`MAGLEV_TABLE_SIZES`] with 100 entries per backend (about 1% imbalance), else the largest.
+    pub fn default_table_size(backends: usize) -> u32 {
+        let wanted = (backends as u64).saturating_mul(100);
+        MAGLEV_TABLE_SIZES.into_iter().find(|&size| u64::from(size) >= wanted).unwrap_or(MAGLEV_MAX_TABLE_SIZE)
     }
 
     /// Whether `n` is prime (trial division; table sizes are small).
@@ -109,13 +119,16 @@ mod builder {
             .unzip();
         let mut claimed = std::vec![0u64; live.len()];
         let step = |position: u32, skip: u32| {
-            // Both below the table size (at most 65537), so the sum cannot overflow.
+            // Both below the table size (below 2^20), so the sum cannot overflow.
             let next = position + skip;
             if next >= table_size { next - table_size } else { next }
         };
 
-        const EMPTY: u32 = u32::MAX;
-        let mut table = std::vec![EMPTY; table_size as usize];
+        // Which slots are taken, one bit each: the probes read this (128 KiB for the largest
+        // table, cache-resident) rather than the table itself (4 MiB).
+        let mut taken = std::vec![0u64; (table_size as usize).div_ceil(64)];
+        let is_taken = |taken: &[u64], slot: u32| taken[(slot >> 6) as usize] & (1 << (slot & 63)) != 0;
+        let mut table = std::vec![0u32; table_size as usize];
         let mut filled = 0u64;
         let mut round = 0u64;
         while filled < size {
@@ -127,9 +140,10 @@ mod builder {
                     continue;
                 }
                 let mut candidate = next_candidate[i];
-                while table[candidate as usize] != EMPTY {
+                while is_taken(&taken, candidate) {
                     candidate = step(candidate, skips[i]);
                 }
+                taken[(candidate >> 6) as usize] |= 1 << (candidate & 63);
                 table[candidate as usize] = live[i].id;
                 next_candidate[i] = step(candidate, skips[i]);
                 claimed[i] += 1;
@@ -171,7 +185,10 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
-    use crate::family;
+    use crate::{
+        capacity::{MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLE_SIZES},
+        family,
+    };
 
     fn backend(n: u32, weight: u32) -> MaglevBackend {
         let mut addr = [0u8; 16];
@@ -261,10 +278,32 @@ mod tests {
     #[test]
     fn bad_inputs_are_rejected() {
         assert_eq!(build_table(&[backend(1, 1)], 65_536), Err(MaglevError::NotPrime(65_536)));
-        assert_eq!(build_table(&[backend(1, 1)], 131_071), Err(MaglevError::SizeOutOfRange { size: 131_071 }));
+        assert_eq!(build_table(&[backend(1, 1)], 1_048_583), Err(MaglevError::SizeOutOfRange { size: 1_048_583 }));
         assert_eq!(build_table(&[backend(1, 0)], 251), Err(MaglevError::NoBackends));
         assert!(matches!(build_table(&[backend(1, 1), backend(1, 2)], 251), Err(MaglevError::DuplicateBackend(_))));
         let many: Vec<_> = (0..300).map(|i| backend(i, 1)).collect();
         assert!(matches!(build_table(&many, 251), Err(MaglevError::TooManyBackends { .. })));
+    }
+
+    #[test]
+    fn default_sizes_give_100_entries_per_backend() {
+        assert_eq!(default_table_size(0), 65_537);
+        assert_eq!(default_table_size(655), 65_537);
+        assert_eq!(default_table_size(656), 131_071);
+        assert_eq!(default_table_size(5000), 524_287);
+        assert_eq!(default_table_size(20_000), MAGLEV_MAX_TABLE_SIZE);
+        assert!(MAGLEV_TABLE_SIZES.iter().all(|&size| is_prime(size) && size <= MAGLEV_MAX_TABLE_SIZE));
+    }
+
+    #[test]
+    fn a_table_of_5000_backends_balances_within_1_percent() {
+        let all: Vec<_> = (0..5000).map(|i| backend(i, 1)).collect();
+        let size = default_table_size(all.len());
+        let table = build_table(&all, size).unwrap();
+        let counts = counts(&table, 5000);
+        let (least, most) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+        // Largest-remainder quotas: every backend within one entry of its exact share.
+        assert!(most - least <= 1, "{least}..{most}");
+        assert!((most - least) as f64 / (f64::from(size) / 5000.0) <= 0.01);
     }
 }

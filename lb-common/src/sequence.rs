@@ -9,7 +9,7 @@
 
 use std::vec::Vec;
 
-use crate::capacity::MAGLEV_MAX_TABLE_SIZE;
+use crate::capacity::SEQUENCE_MAX_LEN;
 
 /// One backend as the sequence builder sees it: identity (for a stable order), weight, id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct SequenceMember {
 
 /// The smooth weighted round-robin sequence of `members` (weight 0 members are left out).
 /// Weights are reduced by their greatest common divisor; a sequence longer than
-/// [`MAGLEV_MAX_TABLE_SIZE`] is scaled down proportionally (each weight at least 1).
+/// [`SEQUENCE_MAX_LEN`] is scaled down proportionally (each weight at least 1).
 pub fn smooth_sequence(members: &[SequenceMember]) -> Vec<u32> {
     let mut live: Vec<SequenceMember> = members.iter().copied().filter(|m| m.weight > 0).collect();
     if live.is_empty() {
@@ -32,7 +32,7 @@ pub fn smooth_sequence(members: &[SequenceMember]) -> Vec<u32> {
     let divisor = live.iter().fold(0, |g, m| gcd(g, m.weight));
     let mut weights: Vec<u64> = live.iter().map(|m| u64::from(m.weight / divisor)).collect();
     let total: u64 = weights.iter().sum();
-    let cap = u64::from(MAGLEV_MAX_TABLE_SIZE);
+    let cap = u64::from(SEQUENCE_MAX_LEN);
     if total > cap {
         weights = weights.iter().map(|w| (w * cap / total).max(1)).collect();
     }
@@ -83,7 +83,7 @@ mod tests {
     #[test]
     fn long_sequences_are_scaled_and_zero_weights_left_out() {
         let s = smooth_sequence(&[member(1, 65_535), member(2, 65_534), member(3, 0)]);
-        assert!(s.len() as u32 <= MAGLEV_MAX_TABLE_SIZE);
+        assert!(s.len() as u32 <= SEQUENCE_MAX_LEN);
         assert!(!s.contains(&3));
         let ones = s.iter().filter(|&&id| id == 1).count() as f64 / s.len() as f64;
         assert!((ones - 0.5).abs() < 0.001, "{ones}");

@@ -124,9 +124,9 @@ impl VipInfo {
         Self { index, table_size, active_table, scheduler, source_prefix_len, _pad: [0; 2], new_flow_budget, tag }
     }
 
-    /// Index into the Maglev tables map of the live table.
+    /// The live table ([`crate::table::chunk_key`]).
     #[inline(always)]
     pub const fn live_table_slot(&self) -> u32 {
-        self.index * crate::capacity::MAGLEV_TABLES_PER_VIP + (self.active_table & 1)
+        self.index * crate::capacity::TABLES_PER_VIP + (self.active_table & 1)
     }
 }

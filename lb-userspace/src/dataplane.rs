@@ -1,9 +1,9 @@
 //! Typed handles on the loaded XDP programs and their maps.
 //!
 //! [`Balancer`] owns the balancer program and every map it reads; the agent is its only writer.
-//! Maglev tables are installed with [`Balancer::install_vip`]: the new table goes into the VIP's
-//! idle table slot and one `VIPS` update then makes it live, so the data plane never reads a
-//! half-written table.
+//! Tables of backend ids are installed with [`Balancer::install_vip`]: the new table goes into the
+//! VIP's idle table (in chunks, `lb_common::table`) and one `VIPS` update then makes it live, so the
+//! data plane never reads a half-written table.
 
 use std::collections::BTreeMap;
 
@@ -14,12 +14,13 @@ use aya::{
 };
 use lb_common::{
     backend::Backend,
-    capacity::{MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLES_PER_VIP, MAX_BACKENDS, MAX_VIPS},
+    capacity::{MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_CHUNKS, MAX_VIPS, TABLE_CHUNK_ENTRIES, TABLES_PER_VIP},
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
     flood::FloodState,
     flow::{FlowKey, FlowKeyV4, FlowState},
     nexthop::NextHop,
+    table::{MAX_CHUNKS_PER_TABLE, TableChunk, chunk_key, chunks},
     vip::{VipAddrKey, VipInfo, VipKey},
 };
 
@@ -30,9 +31,6 @@ use crate::{
     pins::PinDir,
     reconcile::{Current, Op, Scheduling, VipTable},
 };
-
-/// One whole Maglev table as stored in a map value.
-pub type MaglevTable = [u32; MAGLEV_MAX_TABLE_SIZE as usize];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -52,6 +50,13 @@ pub enum DataplaneError {
     BackendId { id: u32 },
     #[error("Maglev table has {len} entries, more than {MAGLEV_MAX_TABLE_SIZE}")]
     TableSize { len: usize },
+    #[error(
+        "the VIPs' tables need more than {MAX_TABLE_CHUNKS} chunks of {TABLE_CHUNK_ENTRIES} entries: \
+         give VIPs with many backends smaller table_size values, or fewer VIPs"
+    )]
+    TablesFull,
+    #[error("chunk {chunk} of the live table of VIP index {index} is missing")]
+    TableChunkMissing { index: u32, chunk: u32 },
     #[error("VIP index {index} already belongs to another VIP")]
     VipIndexInUse { index: u32 },
     #[error("XDP link: {0}")]
@@ -86,7 +91,7 @@ pub enum DataplaneError {
         path.display()
     )]
     PinnedCapacity { name: &'static str, path: std::path::PathBuf, found: u32, expected: u32 },
-    #[error("reading the flow table's memory accounting: {0}")]
+    #[error("reading a map's memory accounting: {0}")]
     MapMemory(std::io::Error),
     #[error("reading the flow table: {0}")]
     FlowScan(std::io::Error),
@@ -120,7 +125,7 @@ pub struct BalancerMaps {
     pub(crate) vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     pub(crate) backends: Array<MapData, Backend>,
     pub(crate) next_hops: Array<MapData, NextHop>,
-    pub(crate) tables: Array<MapData, MaglevTable>,
+    pub(crate) tables: HashMap<MapData, u32, TableChunk>,
     pub(crate) flows_v4: HashMap<MapData, FlowKeyV4, FlowState>,
     pub(crate) flows_v6: HashMap<MapData, FlowKey, FlowState>,
     pub(crate) config: Array<MapData, DataplaneConfig>,
@@ -147,7 +152,7 @@ pub const BALANCER_MAPS: [&str; 15] = [
     "VIP_ADDRS",
     "BACKENDS",
     "NEXT_HOPS",
-    "MAGLEV_TABLES",
+    "BACKEND_TABLES",
     "FLOWS_V4",
     "FLOWS_V6",
     "CONFIG",
@@ -161,8 +166,9 @@ pub const BALANCER_MAPS: [&str; 15] = [
 ];
 
 /// Maps that older builds pinned and this one does not use (`FLOWS`: one flow table for both
-/// families, before IPv4 got its own smaller one).
-const RETIRED_MAPS: [&str; 1] = ["FLOWS"];
+/// families, before IPv4 got its own smaller one; `MAGLEV_TABLES`: every VIP's tables at the
+/// largest size, before tables were stored in chunks).
+const RETIRED_MAPS: [&str; 2] = ["FLOWS", "MAGLEV_TABLES"];
 
 /// Key and value sizes of the balancer's maps whose layouts this build defines (`EGRESS` is
 /// the kernel's).
@@ -172,7 +178,7 @@ fn map_layouts() -> [(&'static str, usize, usize); 14] {
         ("VIP_ADDRS", size_of::<VipAddrKey>(), size_of::<u32>()),
         ("BACKENDS", size_of::<u32>(), size_of::<Backend>()),
         ("NEXT_HOPS", size_of::<u32>(), size_of::<NextHop>()),
-        ("MAGLEV_TABLES", size_of::<u32>(), size_of::<MaglevTable>()),
+        ("BACKEND_TABLES", size_of::<u32>(), size_of::<TableChunk>()),
         ("FLOWS_V4", size_of::<FlowKeyV4>(), size_of::<FlowState>()),
         ("FLOWS_V6", size_of::<FlowKey>(), size_of::<FlowState>()),
         ("CONFIG", size_of::<u32>(), size_of::<DataplaneConfig>()),
@@ -192,7 +198,7 @@ fn fixed_capacities() -> [(&'static str, u32); 9] {
         ("VIPS", MAX_VIPS),
         ("BACKENDS", MAX_BACKENDS),
         ("NEXT_HOPS", MAX_BACKENDS),
-        ("MAGLEV_TABLES", MAX_VIPS * MAGLEV_TABLES_PER_VIP),
+        ("BACKEND_TABLES", MAX_TABLE_CHUNKS),
         ("VIP_STATS", MAX_VIPS),
         ("BACKEND_STATS", MAX_BACKENDS),
         ("ACTIVE_FLOWS", MAX_BACKENDS),
@@ -233,6 +239,17 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> {
         }
     }
     Ok(())
+}
+
+/// Bytes the kernel accounts to `map` (its memlock in fdinfo).
+fn memory_of(map: &MapData) -> Result<u64, DataplaneError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let path = format!("/proc/self/fdinfo/{}", map.fd().as_fd().as_raw_fd());
+    let info = std::fs::read_to_string(&path).map_err(DataplaneError::MapMemory)?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| DataplaneError::MapMemory(std::io::Error::other(format!("{path} has no memlock line"))))
 }
 
 /// Sizes chosen at load time.
@@ -321,7 +338,7 @@ impl BalancerMaps {
             vip_addrs: typed(take("VIP_ADDRS")?)?,
             backends: typed(take("BACKENDS")?)?,
             next_hops: typed(take("NEXT_HOPS")?)?,
-            tables: typed(take("MAGLEV_TABLES")?)?,
+            tables: typed(take("BACKEND_TABLES")?)?,
             flows_v4: typed(take("FLOWS_V4")?)?,
             flows_v6: typed(take("FLOWS_V6")?)?,
             config: typed(take("CONFIG")?)?,
@@ -415,12 +432,7 @@ impl BalancerMaps {
             return Err(DataplaneError::VipIndexInUse { index });
         }
         let next = current.map_or(0, |info| 1 - (info.active_table & 1));
-        let mut value: Box<MaglevTable> = vec![0u32; MAGLEV_MAX_TABLE_SIZE as usize]
-            .into_boxed_slice()
-            .try_into()
-            .expect("length is MAGLEV_MAX_TABLE_SIZE");
-        value[..table.len()].copy_from_slice(table);
-        self.tables.set(index * MAGLEV_TABLES_PER_VIP + next, value.as_ref(), 0)?;
+        self.write_table(index * TABLES_PER_VIP + next, table)?;
         let how = vip.scheduling;
         self.vips.insert(
             key,
@@ -443,9 +455,43 @@ impl BalancerMaps {
         Ok(())
     }
 
+    /// Writes `entries` into table `table` (VIP index x 2 + which), chunk by chunk, and removes
+    /// the chunks that a longer table left there.
+    fn write_table(&mut self, table: u32, entries: &[u32]) -> Result<(), DataplaneError> {
+        let mut chunk: Box<TableChunk> = Box::new([0; TABLE_CHUNK_ENTRIES as usize]);
+        for (n, part) in entries.chunks(TABLE_CHUNK_ENTRIES as usize).enumerate() {
+            chunk[..part.len()].copy_from_slice(part);
+            chunk[part.len()..].fill(0);
+            self.tables.insert(chunk_key(table, n as u32), chunk.as_ref(), 0).map_err(|error| match error {
+                MapError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                    DataplaneError::TablesFull
+                }
+                other => other.into(),
+            })?;
+        }
+        self.remove_chunks(table, chunks(entries.len() as u32))
+    }
+
+    /// Removes the chunks of table `table` from chunk `from` on (chunks are written from 0 up,
+    /// so the first missing one ends the table).
+    fn remove_chunks(&mut self, table: u32, from: u32) -> Result<(), DataplaneError> {
+        for n in from..MAX_CHUNKS_PER_TABLE {
+            match self.tables.remove(&chunk_key(table, n)) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => break,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a VIP; its traffic then passes to the kernel.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        let info = self.vips.get(key, 0)?;
         self.vips.remove(key)?;
+        for which in 0..TABLES_PER_VIP {
+            self.remove_chunks(info.index * TABLES_PER_VIP + which, 0)?;
+        }
         let addr = VipAddrKey::new(key.family, key.addr);
         match self.vip_addrs.get(&addr, 0) {
             Ok(count) if count > 1 => self.vip_addrs.insert(addr, count - 1, 0)?,
@@ -458,6 +504,30 @@ impl BalancerMaps {
     /// Allows redirects to interface `ifindex`.
     pub fn add_egress(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         Ok(self.egress.insert(ifindex, ifindex, None, 0)?)
+    }
+
+    /// The live table of the VIP with record `info`, as the data plane reads it.
+    pub fn live_table(&self, info: &VipInfo) -> Result<Vec<u32>, DataplaneError> {
+        let mut table = Vec::with_capacity(info.table_size as usize);
+        for n in 0..chunks(info.table_size) {
+            let chunk = self
+                .tables
+                .get(&chunk_key(info.live_table_slot(), n), 0)
+                .map_err(|_| DataplaneError::TableChunkMissing { index: info.index, chunk: n })?;
+            let wanted = (info.table_size as usize - table.len()).min(chunk.len());
+            table.extend_from_slice(&chunk[..wanted]);
+        }
+        Ok(table)
+    }
+
+    /// Table chunks stored for all VIPs (each [`TABLE_CHUNK_ENTRIES`] entries).
+    pub fn table_chunks(&self) -> Result<usize, DataplaneError> {
+        let mut count = 0;
+        for key in self.tables.keys() {
+            key?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// Backend record `id` as the data plane reads it.
@@ -478,12 +548,7 @@ impl BalancerMaps {
         let mut vips = BTreeMap::new();
         for entry in self.vips.iter() {
             let (key, info) = entry?;
-            let table = if info.table_size == 0 {
-                Vec::new()
-            } else {
-                let live: Box<MaglevTable> = Box::new(self.tables.get(&info.live_table_slot(), 0)?);
-                live[..info.table_size as usize].to_vec()
-            };
+            let table = self.live_table(&info)?;
             let scheduling = Scheduling {
                 scheduler: info.scheduler,
                 source_prefix_len: info.source_prefix_len,
@@ -514,16 +579,13 @@ impl BalancerMaps {
     /// bytes), and its entries. An LRU hash allocates every entry up front, so this is the cost
     /// of a table full of flows.
     pub fn flow_table_memory(&self, family: u8) -> Result<(u64, u32), DataplaneError> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
         let map = if family == lb_common::family::IPV4 { self.flows_v4.map() } else { self.flows_v6.map() };
-        let fd = map.fd().as_fd().as_raw_fd();
-        let path = format!("/proc/self/fdinfo/{fd}");
-        let info = std::fs::read_to_string(&path).map_err(DataplaneError::MapMemory)?;
-        let bytes =
-            info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()).ok_or_else(
-                || DataplaneError::MapMemory(std::io::Error::other(format!("{path} has no memlock line"))),
-            )?;
-        Ok((bytes, map.info()?.max_entries()))
+        Ok((memory_of(map)?, map.info()?.max_entries()))
+    }
+
+    /// Bytes the kernel accounts to the VIPs' tables (allocated chunk by chunk as tables are written).
+    pub fn table_memory(&self) -> Result<u64, DataplaneError> {
+        memory_of(self.tables.map())
     }
 
     /// The flow-table entry of a flow, if any.

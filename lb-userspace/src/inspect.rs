@@ -115,7 +115,7 @@ fn new_flow(
         scheduler::LEAST_CONNECTIONS => return least_connections(maps, vip, info, hash),
         _ => (table_slot(hash, info.table_size), format!("flow hash {hash:#010x}")),
     };
-    let table = Box::new(maps.tables.get(&info.live_table_slot(), 0)?);
+    let table = maps.live_table(info)?;
     let id = table[slot as usize];
     let b = maps.backends.get(&id, 0)?;
     Ok(Trace {
@@ -133,7 +133,7 @@ fn least_connections(
     info: &VipInfo,
     hash: u32,
 ) -> Result<Trace, DataplaneError> {
-    let table = Box::new(maps.tables.get(&info.live_table_slot(), 0)?);
+    let table = maps.live_table(info)?;
     let at = |slot: u32| table.get(slot as usize).copied();
     let Some((first, second)) = candidates(hash, info.table_size, at) else {
         return Ok(Trace { vip, backend: None, why: "the VIP's table is unreadable".into(), flow_hash: hash });

@@ -18,10 +18,11 @@ use std::{
 use anyhow::{Context as _, ensure};
 use aya::programs::Xdp;
 use lb_common::{
+    capacity::MAX_VIPS,
     family,
-    maglev::{MaglevBackend, build_table},
+    maglev::{MaglevBackend, build_table, default_table_size},
     nexthop::NextHop,
-    vip::scheduler as vip_scheduler,
+    vip::{VipKey, scheduler as vip_scheduler},
 };
 use lb_tests::{
     bench::{VIP4, VIP6, balancer as balancer_from, frames as frames_of, median, set_next_hops, write_json},
@@ -32,8 +33,9 @@ use lb_tests::{
 };
 use lb_userspace::{
     active::{self, IdleTimeouts, RecountPlan},
-    dataplane::{Balancer, load_xdp_tx_baseline, program},
+    dataplane::{Balancer, BalancerSizes, load_xdp_tx_baseline, program},
     objects,
+    reconcile::{Scheduling, VipTable},
 };
 
 struct Options {
@@ -164,8 +166,9 @@ fn flow_memory(balancer: &Balancer) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-/// Maglev: build time of a 65537-entry table (median of 5) for 10, 100 and 1000 backends, and
-/// the share of slots that move when one backend of 100 or 1000 goes or one is added.
+/// Maglev: build time (median of 5) for 10, 100 and 1000 backends at 65537 entries and for 5000
+/// and 8192 backends at their default sizes (100 entries per backend), and the share of slots that
+/// move when one backend of 100 or 1000 goes or one is added.
 fn maglev() -> anyhow::Result<serde_json::Value> {
     let backends = |n: u32| -> Vec<MaglevBackend> {
         (0..n)
@@ -178,20 +181,24 @@ fn maglev() -> anyhow::Result<serde_json::Value> {
             .collect()
     };
     let mut builds = Vec::new();
-    for n in [10, 100, 1000] {
+    for (n, size, target_ms) in [
+        (10, 65_537, None),
+        (100, 65_537, None),
+        (1000, 65_537, Some(2.0)),
+        (5000, default_table_size(5000), Some(20.0)),
+        (8192, default_table_size(8192), None),
+    ] {
         let set = backends(n);
         let mut samples = Vec::new();
         for _ in 0..5 {
             let started = Instant::now();
-            build_table(&set, 65_537)?;
+            build_table(&set, size)?;
             samples.push(started.elapsed().as_secs_f64() * 1e3);
         }
         let ms = median(samples);
-        println!(
-            "Maglev build, {n} backends, 65537 entries: {ms:.2} ms{}",
-            if n == 1000 { " (target <= 2 ms)" } else { "" }
-        );
-        builds.push(serde_json::json!({ "backends": n, "median_ms": ms }));
+        let target = target_ms.map(|t| format!(" (target <= {t} ms)")).unwrap_or_default();
+        println!("Maglev build, {n} backends, {size} entries: {ms:.2} ms{target}");
+        builds.push(serde_json::json!({ "backends": n, "table_size": size, "median_ms": ms, "target_ms": target_ms }));
     }
     let moved = |a: &[u32], b: &[u32]| a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 / a.len() as f64;
     let mut disruption = Vec::new();
@@ -205,6 +212,29 @@ fn maglev() -> anyhow::Result<serde_json::Value> {
         disruption.push(serde_json::json!({ "change": what, "moved_share": share }));
     }
     Ok(serde_json::json!({ "builds": builds, "disruption": disruption }))
+}
+
+/// What the VIPs' tables cost in kernel memory (allocated as chunks are written): none, one VIP
+/// with a default table, and 512 such VIPs (the most an instance serves), in a balancer of its own.
+fn table_memory() -> anyhow::Result<serde_json::Value> {
+    let mut balancer = Balancer::load(BalancerSizes::flows(1024))?;
+    let empty = balancer.table_memory()?;
+    let table: Vec<u32> = (0..65_537u32).map(|slot| slot % 3).collect();
+    let mut points = vec![serde_json::json!({ "vips": 0, "bytes": empty })];
+    for index in 0..MAX_VIPS {
+        let key =
+            VipKey::new(family::IPV4, [198, 18, 101, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], index as u16 + 1, 17);
+        let vip = VipTable { index, scheduling: Scheduling::default(), table: table.clone() };
+        // Twice: both of the VIP's tables written, as after its first change.
+        balancer.install_vip(&key, &vip)?;
+        balancer.install_vip(&key, &vip)?;
+        if index == 0 || index + 1 == MAX_VIPS {
+            let bytes = balancer.table_memory()?;
+            println!("tables of {} VIPs (65537 entries, both tables): {bytes} bytes", index + 1);
+            points.push(serde_json::json!({ "vips": index + 1, "bytes": bytes }));
+        }
+    }
+    Ok(serde_json::json!({ "table_size": 65_537, "points": points }))
 }
 
 struct Path {
@@ -307,8 +337,9 @@ fn main() -> anyhow::Result<()> {
     let recount = recount_cost(&mut least)?;
     let memory = flow_memory(&hit)?;
     let maglev = maglev()?;
+    let tables = table_memory()?;
     if let Some(file) = o.json {
-        let doc = serde_json::json!({ "method": "BPF_PROG_RUN repeat=1, kernel-reported duration", "rounds": o.rounds, "packets_per_round": o.packets, "paths": json, "recount": recount, "flow_memory": memory, "maglev": maglev });
+        let doc = serde_json::json!({ "method": "BPF_PROG_RUN repeat=1, kernel-reported duration", "rounds": o.rounds, "packets_per_round": o.packets, "paths": json, "recount": recount, "flow_memory": memory, "maglev": maglev, "table_memory": tables });
         write_json(&file, &doc)?;
     }
     Ok(())

@@ -804,6 +804,7 @@ fn cases() -> Vec<(&'static str, Body)> {
         // Flow table and table changes.
         ("flows/hit_keeps_backend_after_table_rebuilt_without_it", flow_survives_rebuild),
         ("flows/removed_backend_is_rescheduled", removed_backend_rescheduled),
+        ("tables/largest_table_spans_chunks", largest_table_spans_chunks),
         ("flows/draining_backend_keeps_pinned_flows_down_backend_sheds_them", drain_keeps_down_sheds),
         ("flows/backend_id_reused_by_another_vip_reschedules", reused_id_of_another_vip_reschedules),
         ("pins/a_pinned_map_of_another_layout_is_refused", pinned_map_of_another_layout),
@@ -1252,6 +1253,55 @@ fn flow_survives_rebuild(env: &mut Env) -> anyhow::Result<()> {
     env.balancer.install_vip(&key, &maglev_vip(index, &old_table))?;
     env.vips.insert(key, (index, old_table));
     result
+}
+
+/// The largest table, stored in 256 chunks: new flows whose slots fall in different chunks get
+/// the backend of their slot (each chunk holds another backend), and going back to a small table
+/// frees the large one's chunks.
+fn largest_table_spans_chunks(env: &mut Env) -> anyhow::Result<()> {
+    let key = rebuild_key();
+    let shape = Shape::default();
+    let (index, old_table) = env.vips[&key].clone();
+    // Both of the VIP's tables hold the small table to begin with.
+    for _ in 0..2 {
+        env.balancer.install_vip(&key, &maglev_vip(index, &old_table))?;
+    }
+    let chunks_before = env.balancer.table_chunks()?;
+    let ids = [40, 41, 42, 43];
+    let size = lb_common::capacity::MAGLEV_MAX_TABLE_SIZE;
+    let entries = lb_common::capacity::TABLE_CHUNK_ENTRIES;
+    let large: Vec<u32> = (0..size).map(|slot| ids[(slot / entries) as usize % ids.len()]).collect();
+    env.balancer.install_vip(&key, &maglev_vip(index, &large))?;
+    env.vips.insert(key, (index, large));
+    let result = (|| {
+        ensure!(
+            // The small table's one chunk in the table written becomes the first of 256.
+            env.balancer.table_chunks()? == chunks_before + 255,
+            "{} chunks after installing a table of 256 chunks over {chunks_before}",
+            env.balancer.table_chunks()?
+        );
+        let mut chunks_seen = std::collections::BTreeSet::new();
+        for _ in 0..64 {
+            let f = flow(env, Protocol::Tcp, VIP4_REBUILD.into(), 80);
+            chunks_seen.insert(table_slot(flow_hash(&f.key()), size) / entries);
+            let input = frame(&f, &shape);
+            check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)
+                .with_context(|| format!("new flow to slot {}", table_slot(flow_hash(&f.key()), size)))?;
+        }
+        ensure!(chunks_seen.len() >= 32, "64 flows met only {} chunks", chunks_seen.len());
+        Ok(())
+    })();
+    env.balancer.install_vip(&key, &maglev_vip(index, &old_table))?;
+    env.vips.insert(key, (index, old_table.clone()));
+    result?;
+    // Both of the VIP's tables are small again: the large one's chunks were removed.
+    env.balancer.install_vip(&key, &maglev_vip(index, &old_table))?;
+    ensure!(
+        env.balancer.table_chunks()? == chunks_before,
+        "{} chunks, {chunks_before} before",
+        env.balancer.table_chunks()?
+    );
+    Ok(())
 }
 
 /// A flow pinned to a backend that is removed entirely is rescheduled as a new flow.

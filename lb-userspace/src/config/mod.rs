@@ -16,9 +16,12 @@ use std::{
 };
 
 use lb_common::{
-    capacity::{MAGLEV_DEFAULT_TABLE_SIZE, MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS},
+    capacity::{
+        MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_CHUNKS, MAX_VIPS, SEQUENCE_MAX_LEN, TABLE_CHUNK_ENTRIES,
+        TABLES_PER_VIP,
+    },
     dataplane::{MAX_ENCAP_SRC_V4_HOST_BITS, MAX_ENCAP_SRC_V6_HOST_BITS},
-    maglev::is_prime,
+    maglev::{default_table_size, is_prime},
 };
 use toml::Spanned;
 
@@ -267,6 +270,16 @@ pub struct Backend {
 }
 
 impl Vip {
+    /// Table chunks (`lb_common::table`) the VIP's two tables take at most: a Maglev table has
+    /// `table_size` entries, a round-robin sequence at most [`SEQUENCE_MAX_LEN`].
+    pub fn table_chunks(&self) -> u32 {
+        let entries = match self.scheduler {
+            Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => SEQUENCE_MAX_LEN,
+            _ => self.table_size,
+        };
+        TABLES_PER_VIP * lb_common::table::chunks(entries)
+    }
+
     /// The check that applies to `backend`.
     pub fn check_for<'a>(&'a self, backend: &'a Backend) -> Option<&'a HealthCheck> {
         backend.health.as_ref().or(self.health.as_ref())
@@ -359,6 +372,7 @@ impl Validator<'_> {
         let mut vips = Vec::new();
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         let mut keys: BTreeMap<(IpAddr, u16, Protocol), usize> = BTreeMap::new();
+        let (mut table_chunks, mut tables_full) = (0, false);
         for (i, raw_vip) in file.vip.iter().enumerate() {
             let field = format!("vip[{i}]");
             let Some(vip) = self.vip(raw_vip.get_ref(), &field) else { continue };
@@ -374,6 +388,20 @@ impl Validator<'_> {
                     raw_vip.span(),
                     &field,
                     format!("vip[{first}] already serves {} port {} {}", vip.address, vip.port, vip.protocol),
+                );
+            }
+            table_chunks += vip.table_chunks();
+            if table_chunks > MAX_TABLE_CHUNKS && !tables_full {
+                tables_full = true;
+                let span = raw_vip.get_ref().table_size.as_ref().map_or(raw_vip.span(), |t| t.span());
+                self.problem(
+                    span,
+                    &format!("{field}.table_size"),
+                    format!(
+                        "with this VIP the tables need {table_chunks} chunks of {TABLE_CHUNK_ENTRIES} entries \
+                         (two tables per VIP), more than the {MAX_TABLE_CHUNKS} supported; give VIPs with many \
+                         backends a smaller table_size"
+                    ),
                 );
             }
             vips.push(vip);
@@ -568,8 +596,9 @@ impl Validator<'_> {
                 other => Err(format!("\"{other}\" is not an available forwarding mode; use \"ipip\"")),
             }),
         };
+        // Without a size, the VIP's table gets one from its backends (below).
         let table_size = match &raw.table_size {
-            None => Some(MAGLEV_DEFAULT_TABLE_SIZE),
+            None => Some(None),
             Some(t) => self.check(t, &format!("{field}.table_size"), |n| {
                 let Ok(size) = u32::try_from(*n) else {
                     return Err(format!("{n} is out of range 3..={MAGLEV_MAX_TABLE_SIZE}"));
@@ -579,7 +608,7 @@ impl Validator<'_> {
                 } else if !is_prime(size) {
                     Err(format!("{n} is not a prime; use a prime such as 251, 1021, 4093, 16381 or 65537"))
                 } else {
-                    Ok(size)
+                    Ok(Some(size))
                 }
             }),
         };
@@ -657,6 +686,7 @@ impl Validator<'_> {
                 backends.push(Backend { address, weight, state, health });
             }
         }
+        let table_size = table_size.map(|size| size.unwrap_or_else(|| default_table_size(raw.backend.len())));
         if let (Some(size), true) = (table_size, backends.len() as u64 > u64::from(table_size.unwrap_or(u32::MAX))) {
             self.problem(
                 raw.backend[0].span(),

@@ -77,8 +77,47 @@ fn table_size_must_be_a_prime_in_range() {
         got,
         "12:14: vip[0].table_size: 65536 is not a prime; use a prime such as 251, 1021, 4093, 16381 or 65537"
     );
-    let got = only_problem(&MINIMAL.replace("port = 80", "port = 80\ntable_size = 131071"));
-    assert!(got.contains("131071 is out of range 3..=65537"), "{got}");
+    let got = only_problem(&MINIMAL.replace("port = 80", "port = 80\ntable_size = 1048583"));
+    assert!(got.contains("1048583 is out of range 3..=1048573"), "{got}");
+}
+
+/// A configuration of `vips` VIPs, each with `backends` backends and the given table_size line.
+fn many(vips: usize, backends: usize, table_size: &str) -> String {
+    let mut text = MINIMAL.split("[[vip]]").next().unwrap().to_string();
+    for v in 0..vips {
+        text += &format!(
+            "[[vip]]\nname = \"v{v}\"\naddress = \"198.18.100.1\"\nport = {}\nprotocol = \"udp\"\n{table_size}\n",
+            v + 1
+        );
+        for b in 0..backends {
+            text += &format!("[[vip.backend]]\naddress = \"198.19.{}.{}\"\n", b / 250, b % 250 + 1);
+        }
+    }
+    text
+}
+
+#[test]
+fn the_default_table_size_gives_100_entries_per_backend() {
+    let c = Config::parse(&many(1, 3, ""), "test.toml").unwrap();
+    assert_eq!(c.vips[0].table_size, 65_537);
+    let c = Config::parse(&many(1, 700, ""), "test.toml").unwrap();
+    assert_eq!(c.vips[0].table_size, 131_071);
+    let c = Config::parse(&many(1, 5000, ""), "test.toml").unwrap();
+    assert_eq!(c.vips[0].table_size, 524_287);
+}
+
+#[test]
+fn the_largest_vip_count_fits_with_default_tables_and_more_table_memory_is_refused() {
+    let c = Config::parse(&many(512, 1, ""), "test.toml").unwrap();
+    assert_eq!(c.vips.len(), 512);
+    // Tables of 1048573 entries take 2 x 256 chunks: 64 VIPs fill 32768 chunks, a 65th does not fit.
+    assert!(Config::parse(&many(64, 1, "table_size = 1048573"), "test.toml").is_ok());
+    let got = problems(&many(65, 1, "table_size = 1048573"));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].field, "vip[64].table_size");
+    assert!(got[0].message.contains("need 33280 chunks of 4096 entries"), "{}", got[0].message);
+    assert!(got[0].message.contains("give VIPs with many backends a smaller table_size"), "{}", got[0].message);
+    assert!(got[0].line > 0);
 }
 
 #[test]

@@ -34,10 +34,7 @@ use lb_ebpf::{
     l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3, Segment},
 };
 
-use crate::maps::{
-    BACKEND_STATS, BACKENDS, CONFIG, FLOOD, FLOWS_V4, FLOWS_V6, MAGLEV_TABLES, MaglevTable, NEXT_HOPS, VIP_ADDRS,
-    VIP_STATS, VIPS,
-};
+use crate::maps::{BACKEND_STATS, BACKENDS, CONFIG, FLOOD, FLOWS_V4, FLOWS_V6, NEXT_HOPS, VIP_ADDRS, VIP_STATS, VIPS};
 
 /// Benchmark builds only (`lb_common::capacity::ablation`): the stage after which the path returns
 /// XDP_TX with the frame as it stands. 0, in every shipped build: the whole path. A constant, so
@@ -264,20 +261,20 @@ fn schedule(
             unsafe { (*state).track_new_flow(vip.new_flow_budget, now) }
         });
     let hash = flow_hash(key);
-    let table = MAGLEV_TABLES.get(vip.live_table_slot())?;
+    let table = vip.live_table_slot();
     let id = match vip.scheduler {
         scheduler::SOURCE_HASH => {
-            *table.get(table_slot(source_hash(key, vip.source_prefix_len), vip.table_size) as usize)?
+            maps::table_entry(table, table_slot(source_hash(key, vip.source_prefix_len), vip.table_size))?
         }
         // Untracked flows need a choice that every packet of the flow repeats: the hash's slot.
-        scheduler::SEQUENCE if tracked => *table.get(maps::next_in_sequence(vip.index, vip.table_size)? as usize)?,
+        scheduler::SEQUENCE if tracked => maps::table_entry(table, maps::next_in_sequence(vip.index, vip.table_size)?)?,
         // A TCP packet without an entry that is no SYN belongs to a connection whose entry was
         // evicted or that began on another balancer: its likeliest backend is the Maglev
         // candidate, which every balancer computes alike and which won every tie.
         scheduler::LEAST_CONNECTIONS if tracked && (key.protocol == IPPROTO_UDP || segment == Segment::Opens) => {
             fewer_active_flows(table, hash, vip.table_size)?
         }
-        _ => *table.get(table_slot(hash, vip.table_size) as usize)?,
+        _ => maps::table_entry(table, table_slot(hash, vip.table_size))?,
     };
     let backend = BACKENDS.get(id)?;
     if !backend.keeps_flows() {
@@ -346,8 +343,8 @@ fn next_stage(stage: u8, segment: Segment) -> u8 {
 
 /// Least connections by the power of two choices (`lb_common::least_connections`).
 #[inline(never)]
-fn fewer_active_flows(table: &MaglevTable, hash: u32, table_size: u32) -> Option<u32> {
-    let (first, second) = candidates(hash, table_size, |slot| table.get(slot as usize).copied())?;
+fn fewer_active_flows(table: u32, hash: u32, table_size: u32) -> Option<u32> {
+    let (first, second) = candidates(hash, table_size, |slot| maps::table_entry(table, slot))?;
     let Some(second) = second else { return Some(first) };
     let (first_weight, second_weight) = (BACKENDS.get(first)?.weight, BACKENDS.get(second)?.weight);
     let wins = second_wins(maps::active_flows(first), first_weight, maps::active_flows(second), second_weight);

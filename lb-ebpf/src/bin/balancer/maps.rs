@@ -9,14 +9,15 @@ use aya_ebpf::{
 use lb_common::{
     backend::Backend,
     capacity::{
-        FLOW_TABLE_DEFAULT_ENTRIES, IPV6_FLOW_TABLE_DEFAULT_ENTRIES, MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLES_PER_VIP,
-        MAX_BACKENDS, MAX_EGRESS_INTERFACES, MAX_VIPS,
+        FLOW_TABLE_DEFAULT_ENTRIES, IPV6_FLOW_TABLE_DEFAULT_ENTRIES, MAX_BACKENDS, MAX_EGRESS_INTERFACES,
+        MAX_TABLE_CHUNKS, MAX_VIPS,
     },
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
     flood::FloodState,
     flow::{FlowKey, FlowKeyV4, FlowState},
     nexthop::NextHop,
+    table::{TableChunk, chunk_key, locate},
     vip::{VipAddrKey, VipInfo, VipKey},
 };
 
@@ -36,14 +37,24 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// A VIP's table of backend ids, whole in one map value.
-pub type MaglevTable = [u32; MAGLEV_MAX_TABLE_SIZE as usize];
-
-/// Two tables of backend ids per VIP (index `vip * 2 + active_table`): Maglev tables or
-/// round-robin sequences, each whole in one value, so the agent writes a table in one update and
-/// switches tables with one `VIPS` update.
+/// Two tables of backend ids per VIP (Maglev tables or round-robin sequences) in chunks
+/// (`lb_common::table`), allocated as the agent writes them (no preallocation): the agent writes
+/// the table that is not live and switches tables with one `VIPS` update. Read for new flows only.
 #[map]
-pub static MAGLEV_TABLES: Array<MaglevTable> = Array::with_max_entries(MAX_VIPS * MAGLEV_TABLES_PER_VIP, 0);
+pub static BACKEND_TABLES: HashMap<u32, TableChunk> = HashMap::with_max_entries(MAX_TABLE_CHUNKS, BPF_F_NO_PREALLOC);
+
+/// `BPF_F_NO_PREALLOC` of the kernel's map flags.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Entry `slot` of table `table` (`VipInfo::live_table_slot`).
+#[inline(always)]
+pub fn table_entry(table: u32, slot: u32) -> Option<u32> {
+    let (chunk, index) = locate(slot);
+    // SAFETY: the agent writes chunks whole with map updates, which replace a value rather than
+    // write into it; a copy of one entry is read.
+    let chunk = unsafe { BACKEND_TABLES.get(chunk_key(table, chunk)) }?;
+    chunk.get(index).copied()
+}
 
 /// Flow tables, one per family: established flows keep their backend. The IPv4 one has a key
 /// of 16 bytes where IPv6 needs 40, so IPv4 flows hash faster and cost less memory; a flood of
