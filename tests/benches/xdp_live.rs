@@ -138,6 +138,10 @@ fn main() -> anyhow::Result<()> {
         balancer(objects::BALANCER, 1 << 20, scheduler::MAGLEV, 0)?,
         // The same full table with a flood budget far below the offered rate: flood mode.
         balancer(objects::BALANCER, 4096, scheduler::MAGLEV, 1000)?,
+        // The other schedulers' new flows, the table full as above.
+        balancer(objects::BALANCER, 4096, scheduler::SOURCE_HASH, 0)?,
+        balancer(objects::BALANCER, 4096, scheduler::SEQUENCE, 0)?,
+        balancer(objects::BALANCER, 4096, scheduler::LEAST_CONNECTIONS, 0)?,
     ];
     // Balancer 2 has the next hops the agent would resolve: lbgen's MAC, from lbdut.
     let hop = lb_common::nexthop::NextHop {
@@ -145,9 +149,9 @@ fn main() -> anyhow::Result<()> {
         dst_mac: [2, 0, 0, 0, 0, 1],
         src_mac: [2, 0, 0, 0, 0, 2],
     };
-    set_next_hops(&mut balancers[2], &hop)?;
-    set_next_hops(&mut balancers[1], &hop)?;
-    set_next_hops(&mut balancers[3], &hop)?;
+    for b in balancers.iter_mut().skip(1) {
+        set_next_hops(b, &hop)?;
+    }
     let udp4 = traffic(Protocol::Udp, IpAddr::V4(VIP4), FLOWS_PER_CPU);
     let case = |name: &str, dut, traffic: &Traffic, cpus, next_hop, target| Case {
         name: name.to_string(),
@@ -196,6 +200,14 @@ fn main() -> anyhow::Result<()> {
             Some(Target::NetRatioAtMost(15.0)),
         ),
     ];
+    for (name, dut) in [
+        ("new_flow_udp4_source_hash", Dut::Balancer(4)),
+        ("new_flow_udp4_round_robin", Dut::Balancer(5)),
+        ("new_flow_udp4_least_connections", Dut::Balancer(6)),
+    ] {
+        let new_flows = traffic(Protocol::Udp, IpAddr::V4(VIP4), 0);
+        cases.push(case(name, dut, &new_flows, 1, NextHop::Resolved, Some(Target::NetRatioAtMost(22.0))));
+    }
     if cpus > 1 {
         cases.push(case("minimal_2cpu", Dut::Minimal, &udp4, cpus, NextHop::Fallback, None));
         cases.push(case(
@@ -228,7 +240,7 @@ fn main() -> anyhow::Result<()> {
 
     // Fill the small tables so that the new-flow cases evict from the first packet on.
     set_next_hop(NextHop::Fib)?;
-    for i in [1, 3] {
+    for i in [1, 3, 4, 5, 6] {
         let fill = traffic(Protocol::Udp, IpAddr::V4(VIP4), 0);
         let program = balancers[i].program()?;
         let link = program.attach(DUT_IF, XdpMode::Driver).context("attaching the balancer natively")?;
@@ -272,7 +284,7 @@ fn main() -> anyhow::Result<()> {
     println!("ns: kernel BPF statistics; Mpps: delivered to the sink with statistics off; net = case - minimal");
     println!("of the same round and CPU count; medians over rounds of the per-round figures");
     println!(
-        "{:<28} {:>4} {:>8} {:>8} {:>10} {:>8} {:>10}  target",
+        "{:<32} {:>4} {:>8} {:>8} {:>10} {:>8} {:>10}  target",
         "case", "cpus", "ns", "net ns", "net/min", "Mpps", "Mpps/min"
     );
     let mut json = Vec::new();
@@ -296,7 +308,7 @@ fn main() -> anyhow::Result<()> {
             }
         };
         println!(
-            "{:<28} {:>4} {:>8.1} {:>8.1} {:>10.2} {:>8.2} {:>10.2}  {verdict}",
+            "{:<32} {:>4} {:>8.1} {:>8.1} {:>10.2} {:>8.2} {:>10.2}  {verdict}",
             c.name, c.cpus, ns, net, net_ratio, mpps, rate_ratio
         );
         json.push(serde_json::json!({
