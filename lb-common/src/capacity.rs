@@ -2,6 +2,10 @@
 
 /// Most VIPs one balancer instance serves (per-VIP arrays are sized by this).
 pub const MAX_VIPS: u32 = 512;
+/// Entries of the VIP counter map: below [`MAX_VIPS`], what the data plane counts for a VIP
+/// itself (its packets that reach no backend); from [`MAX_VIPS`] on, per VIP index, the agent's
+/// totals of the VIP's backends that were removed. A VIP's traffic is both plus its backends'.
+pub const VIP_COUNTER_ENTRIES: u32 = 2 * MAX_VIPS;
 /// Most backends across all VIPs (backend ids are indexes below this).
 pub const MAX_BACKENDS: u32 = 8192;
 // Flow-table entries keep backend ids in 16 bits (`crate::flow::FlowState::backend`).
@@ -44,6 +48,5 @@ pub const OUTER_TTL: u8 = 64;
 /// Shipped builds leave the variable unset and run the whole path.
 pub mod ablation {
     pub const ENV: &str = "LB_BENCH_STOP_AFTER";
-    pub const STAGES: [(u8, &str); 5] =
-        [(1, "parse"), (2, "flow_lookup"), (3, "backend_record"), (4, "vip_counters"), (5, "encapsulate")];
+    pub const STAGES: [(u8, &str); 4] = [(1, "parse"), (2, "flow_lookup"), (3, "backend_record"), (4, "encapsulate")];
 }

@@ -115,6 +115,15 @@ impl Reason {
     }
 }
 
+/// Reasons under which a packet is sent to a backend. Such a packet also counts in its backend's
+/// traffic counters, so the data plane counts all of them but [`Reason::TxNextHop`] (the hit
+/// path's common case) in the reason map: a forwarded packet updates one counter. Readers take
+/// `tx_next_hop` as the backends' totals less the other reasons here, plus its reason-map slot,
+/// which holds the totals of backend counters that the agent zeroed to give their id to a new
+/// backend.
+pub const SENT_TO_BACKEND: [Reason; 5] =
+    [Reason::TxNextHop, Reason::TxFib, Reason::TxFallback, Reason::TxRedirect, Reason::TxUntracked];
+
 /// Traffic counters of one VIP or backend (per CPU in the data plane; userspace sums them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -28,12 +28,34 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Calls `visit` with every entry of the hash map `map` (keys `K`, values `V`, which must be the
-/// map's key and value sizes: checked). Entries added or removed meanwhile may or may not be
-/// visited; none is visited twice.
+/// Calls `visit` with every entry of the hash map or array `map` (keys `K`, values `V`, which
+/// must be the map's key and value sizes: checked). Entries added or removed meanwhile may or may
+/// not be visited; none is visited twice.
 pub fn for_each_entry<K: Pod + Default, V: Pod + Default>(
     map: &MapData,
     mut visit: impl FnMut(&K, &V),
+) -> io::Result<()> {
+    read_batches(map, 1, |key: &K, values: &[V]| visit(key, &values[0]))
+}
+
+/// Calls `visit` with every entry of the per-CPU array `map` and its values on each of `cpus`
+/// possible CPUs (`V` a multiple of 8 bytes, as the kernel lays per-CPU values out).
+pub fn for_each_per_cpu_entry<K: Pod + Default, V: Pod + Default>(
+    map: &MapData,
+    cpus: usize,
+    visit: impl FnMut(&K, &[V]),
+) -> io::Result<()> {
+    if !size_of::<V>().is_multiple_of(8) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "per-CPU values must be a multiple of 8 bytes"));
+    }
+    read_batches(map, cpus, visit)
+}
+
+/// Reads `map` in batches; each entry has `per_key` values.
+fn read_batches<K: Pod + Default, V: Pod + Default>(
+    map: &MapData,
+    per_key: usize,
+    mut visit: impl FnMut(&K, &[V]),
 ) -> io::Result<()> {
     let info = map.info().map_err(io::Error::other)?;
     let sizes = (info.key_size() as usize, info.value_size() as usize);
@@ -50,12 +72,13 @@ pub fn for_each_entry<K: Pod + Default, V: Pod + Default>(
         ));
     }
     let mut keys = vec![K::default(); BATCH_ENTRIES as usize];
-    let mut values = vec![V::default(); BATCH_ENTRIES as usize];
-    // The kernel's cursor for hash maps: a bucket index, 0 for the first.
-    let (mut cursor, mut next) = (0u32, 0u32);
+    let mut values = vec![V::default(); BATCH_ENTRIES as usize * per_key];
+    // The kernel's cursor: none for the first batch, then where the last one ended (a bucket
+    // index for hash maps, an index for arrays).
+    let (mut cursor, mut next) = (None::<u32>, 0u32);
     loop {
         let mut attr = BatchAttr {
-            in_batch: &raw const cursor as u64,
+            in_batch: cursor.as_ref().map_or(0, |c| c as *const u32 as u64),
             out_batch: &raw mut next as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -83,12 +106,12 @@ pub fn for_each_entry<K: Pod + Default, V: Pod + Default>(
             false
         };
         let got = (attr.count as usize).min(keys.len());
-        for (k, v) in keys[..got].iter().zip(&values[..got]) {
+        for (k, v) in keys[..got].iter().zip(values.chunks(per_key)) {
             visit(k, v);
         }
         if done {
             return Ok(());
         }
-        cursor = next;
+        cursor = Some(next);
     }
 }

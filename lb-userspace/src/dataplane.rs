@@ -14,8 +14,11 @@ use aya::{
 };
 use lb_common::{
     backend::Backend,
-    capacity::{MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_CHUNKS, MAX_VIPS, TABLE_CHUNK_ENTRIES, TABLES_PER_VIP},
-    counters::{Reason, ReasonCounter, TrafficCounters},
+    capacity::{
+        MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_CHUNKS, MAX_VIPS, TABLE_CHUNK_ENTRIES, TABLES_PER_VIP,
+        VIP_COUNTER_ENTRIES,
+    },
+    counters::{Reason, ReasonCounter, SENT_TO_BACKEND, TrafficCounters},
     dataplane::DataplaneConfig,
     flood::FloodState,
     flow::{FlowKey, FlowKeyV4, FlowState},
@@ -95,6 +98,10 @@ pub enum DataplaneError {
     MapMemory(std::io::Error),
     #[error("reading the flow table: {0}")]
     FlowScan(std::io::Error),
+    #[error("reading the traffic counters: {0}")]
+    Counters(std::io::Error),
+    #[error("the CPUs of this host: {0}")]
+    Cpus(std::io::Error),
     #[error("no interface named {0}")]
     NoInterface(String),
 }
@@ -199,7 +206,7 @@ fn fixed_capacities() -> [(&'static str, u32); 9] {
         ("BACKENDS", MAX_BACKENDS),
         ("NEXT_HOPS", MAX_BACKENDS),
         ("BACKEND_TABLES", MAX_TABLE_CHUNKS),
-        ("VIP_STATS", MAX_VIPS),
+        ("VIP_STATS", VIP_COUNTER_ENTRIES),
         ("BACKEND_STATS", MAX_BACKENDS),
         ("ACTIVE_FLOWS", MAX_BACKENDS),
         ("FLOOD", MAX_VIPS),
@@ -356,7 +363,9 @@ impl BalancerMaps {
     }
 
     /// Writes backend `id`. An id that gets another address forgets its next hop first, so that
-    /// no packet goes to the old address's neighbour (the agent resolves the new one).
+    /// no packet goes to the old address's neighbour (the agent resolves the new one). An id given
+    /// to a new backend starts its counters at zero: what its previous backend counted moves to
+    /// the retired total that `tx_next_hop` is read with ([`Self::reason_counters`]).
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {
         if id >= MAX_BACKENDS {
             return Err(DataplaneError::BackendId { id });
@@ -364,6 +373,17 @@ impl BalancerMaps {
         let old = self.backends.get(&id, 0)?;
         if (old.family, old.addr) != (backend.family, backend.addr) {
             self.set_next_hop(id, &NextHop::NONE)?;
+        }
+        if !old.is_assigned() && backend.is_assigned() {
+            let counted = self.backend_counters(id)?;
+            if counted != TrafficCounters::default() {
+                let slot = Reason::TxNextHop as u32;
+                let retired = sum_reason(&self.reason_stats.get(&slot, 0)?);
+                let retired =
+                    ReasonCounter { packets: retired.packets + counted.packets, bytes: retired.bytes + counted.bytes };
+                set_agent_total(&mut self.reason_stats, slot, retired)?;
+                set_agent_total(&mut self.backend_stats, id, TrafficCounters::default())?;
+            }
         }
         Ok(self.backends.set(id, backend, 0)?)
     }
@@ -396,8 +416,16 @@ impl BalancerMaps {
     /// Marks a backend id unused; flows pinned to it are rescheduled on their next packet. Its
     /// count of active flows starts again from zero for the next backend given the id.
     pub fn clear_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let old = self.backends.get(&id, 0)?;
         self.set_backend(id, &Backend::default())?;
-        self.set_active_flows(id, 0)
+        self.set_active_flows(id, 0)?;
+        // The VIP keeps what the backend counted (the id's counters stay until it is given again).
+        if old.is_assigned() {
+            let slot = MAX_VIPS + u32::from(old.vip_index);
+            let retired = add_traffic(sum_traffic(&self.vip_stats.get(&slot, 0)?), self.backend_counters(id)?);
+            set_agent_total(&mut self.vip_stats, slot, retired)?;
+        }
+        Ok(())
     }
 
     /// Backend `id`'s active flows as the data plane counts them (see [`crate::active`]).
@@ -594,19 +622,67 @@ impl BalancerMaps {
             .ok()
     }
 
-    /// Packets and bytes per reason, summed over CPUs, in [`Reason::ALL`] order.
+    /// Packets and bytes per reason, summed over CPUs, in [`Reason::ALL`] order; `tx_next_hop`
+    /// from the backends' counters ([`lb_common::counters::SENT_TO_BACKEND`]).
     pub fn reason_counters(&self) -> Result<Vec<ReasonCounter>, DataplaneError> {
-        Reason::ALL
+        let mut counters: Vec<ReasonCounter> = Reason::ALL
             .iter()
-            .map(|&r| {
-                let per_cpu = self.reason_stats.get(&(r as u32), 0)?;
-                Ok(sum_reason(&per_cpu))
-            })
-            .collect()
+            .map(|&r| Ok(sum_reason(&self.reason_stats.get(&(r as u32), 0)?)))
+            .collect::<Result<_, DataplaneError>>()?;
+        let sent = self.all_backend_counters()?.into_iter().fold(TrafficCounters::default(), add_traffic);
+        let others = SENT_TO_BACKEND
+            .iter()
+            .filter(|&&r| r != Reason::TxNextHop)
+            .fold((0, 0), |(p, b), &r| (p + counters[r as usize].packets, b + counters[r as usize].bytes));
+        // The slot holds what retired backend counters sent: with the live ones, every packet of
+        // the other reasons is in there too.
+        let next_hop = &mut counters[Reason::TxNextHop as usize];
+        next_hop.packets = (next_hop.packets + sent.packets).saturating_sub(others.0);
+        next_hop.bytes = (next_hop.bytes + sent.bytes).saturating_sub(others.1);
+        Ok(counters)
+    }
+
+    /// Every backend id's counters, summed over CPUs (indexed by id).
+    fn all_backend_counters(&self) -> Result<Vec<TrafficCounters>, DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| DataplaneError::Cpus(error))?;
+        let mut all = vec![TrafficCounters::default(); MAX_BACKENDS as usize];
+        crate::batch::for_each_per_cpu_entry(
+            self.backend_stats.map(),
+            cpus,
+            |id: &u32, per_cpu: &[TrafficCounters]| {
+                if let Some(total) = all.get_mut(*id as usize) {
+                    *total = per_cpu.iter().copied().fold(TrafficCounters::default(), add_traffic);
+                }
+            },
+        )
+        .map_err(DataplaneError::Counters)?;
+        Ok(all)
+    }
+
+    /// Traffic of every VIP by index: its own (packets that reached no backend), its removed
+    /// backends', and its backends'.
+    pub fn vip_traffic(&self) -> Result<BTreeMap<u32, TrafficCounters>, DataplaneError> {
+        let mut vips = BTreeMap::new();
+        for entry in self.vips.iter() {
+            let (_, info) = entry?;
+            let own = sum_traffic(&self.vip_stats.get(&info.index, 0)?);
+            let retired = sum_traffic(&self.vip_stats.get(&(MAX_VIPS + info.index), 0)?);
+            vips.insert(info.index, add_traffic(own, retired));
+        }
+        let counters = self.all_backend_counters()?;
+        let mut records = Vec::new();
+        crate::batch::for_each_entry(self.backends.map(), |id: &u32, b: &Backend| records.push((*id, *b)))
+            .map_err(DataplaneError::Counters)?;
+        for (id, b) in records {
+            if let (true, Some(total)) = (b.is_assigned(), vips.get_mut(&u32::from(b.vip_index))) {
+                *total = add_traffic(*total, counters.get(id as usize).copied().unwrap_or_default());
+            }
+        }
+        Ok(vips)
     }
 
     pub fn vip_counters(&self, index: u32) -> Result<TrafficCounters, DataplaneError> {
-        Ok(sum_traffic(&self.vip_stats.get(&index, 0)?))
+        Ok(self.vip_traffic()?.get(&index).copied().unwrap_or_default())
     }
 
     pub fn backend_counters(&self, id: u32) -> Result<TrafficCounters, DataplaneError> {
@@ -720,6 +796,23 @@ pub(crate) fn sum_reason(per_cpu: &PerCpuValues<ReasonCounter>) -> ReasonCounter
         packets: acc.packets + c.packets,
         bytes: acc.bytes + c.bytes,
     })
+}
+
+fn add_traffic(a: TrafficCounters, b: TrafficCounters) -> TrafficCounters {
+    TrafficCounters { packets: a.packets + b.packets, bytes: a.bytes + b.bytes, new_flows: a.new_flows + b.new_flows }
+}
+
+/// Sets a per-CPU slot that only the agent writes to `total` (held by the first CPU).
+fn set_agent_total<T: aya::Pod + Default>(
+    map: &mut PerCpuArray<MapData, T>,
+    index: u32,
+    total: T,
+) -> Result<(), DataplaneError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, error)| DataplaneError::Cpus(error))?;
+    let mut values: Vec<T> = (0..cpus).map(|_| T::default()).collect();
+    values[0] = total;
+    let values = PerCpuValues::try_from(values).map_err(DataplaneError::Cpus)?;
+    Ok(map.set(index, values, 0)?)
 }
 
 pub(crate) fn sum_traffic(per_cpu: &PerCpuValues<TrafficCounters>) -> TrafficCounters {

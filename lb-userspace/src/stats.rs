@@ -4,7 +4,7 @@ use lb_common::{capacity::MAX_BACKENDS, counters::Reason};
 use serde::Serialize;
 
 use crate::{
-    dataplane::{BalancerMaps, DataplaneError, sum_reason, sum_traffic},
+    dataplane::{BalancerMaps, DataplaneError},
     label::{show_addr, show_vip},
     pins::PinDir,
 };
@@ -43,9 +43,10 @@ impl PinnedStats {
 
     pub fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
         let mut vips = Vec::new();
+        let traffic = self.maps.vip_traffic()?;
         for entry in self.maps.vips.iter() {
             let (key, info) = entry?;
-            let c = sum_traffic(&self.maps.vip_stats.get(&info.index, 0)?);
+            let c = traffic.get(&info.index).copied().unwrap_or_default();
             vips.push(Row { name: show_vip(&key), packets: c.packets, bytes: c.bytes, new_flows: c.new_flows });
         }
         vips.sort_by(|a, b| a.name.cmp(&b.name));
@@ -55,17 +56,17 @@ impl PinnedStats {
         for id in 0..MAX_BACKENDS {
             let b = self.maps.backends.get(&id, 0)?;
             if b.is_assigned() {
-                let c = sum_traffic(&self.maps.backend_stats.get(&id, 0)?);
+                let c = self.maps.backend_counters(id)?;
                 let vip = vip_names.get(&u32::from(b.vip_index)).map_or("?", String::as_str);
                 let name = format!("{} via {vip}", show_addr(b.family, &b.addr));
                 backends.push(Row { name, packets: c.packets, bytes: c.bytes, new_flows: c.new_flows });
             }
         }
-        let mut reasons = Vec::new();
-        for r in Reason::ALL {
-            let c = sum_reason(&self.maps.reason_stats.get(&(r as u32), 0)?);
-            reasons.push(ReasonRow { reason: r.name(), packets: c.packets, bytes: c.bytes });
-        }
+        let reasons = Reason::ALL
+            .iter()
+            .zip(self.maps.reason_counters()?)
+            .map(|(r, c)| ReasonRow { reason: r.name(), packets: c.packets, bytes: c.bytes })
+            .collect();
         Ok(Snapshot { vips, backends, reasons })
     }
 }

@@ -805,6 +805,7 @@ fn cases() -> Vec<(&'static str, Body)> {
         ("flows/hit_keeps_backend_after_table_rebuilt_without_it", flow_survives_rebuild),
         ("flows/removed_backend_is_rescheduled", removed_backend_rescheduled),
         ("tables/largest_table_spans_chunks", largest_table_spans_chunks),
+        ("counters/removed_backend_keeps_vip_and_reason_totals", removed_backend_keeps_totals),
         ("flows/draining_backend_keeps_pinned_flows_down_backend_sheds_them", drain_keeps_down_sheds),
         ("flows/backend_id_reused_by_another_vip_reschedules", reused_id_of_another_vip_reschedules),
         ("pins/a_pinned_map_of_another_layout_is_refused", pinned_map_of_another_layout),
@@ -1304,6 +1305,38 @@ fn largest_table_spans_chunks(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A backend's traffic stays in its VIP's totals and in the reason totals when the backend is
+/// removed and when its id is given to a new backend, which starts counting from zero.
+fn removed_backend_keeps_totals(env: &mut Env) -> anyhow::Result<()> {
+    let shape = Shape::default();
+    let f = flow(env, Protocol::Tcp, VIP4_REBUILD.into(), 80);
+    let input = frame(&f, &shape);
+    let (vip, owner, _) = env.predict(&f)?;
+    check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
+    let record = env.balancer.backend(owner)?;
+    let totals =
+        |env: &Env| -> anyhow::Result<_> { Ok((env.balancer.reason_counters()?, env.balancer.vip_counters(vip)?)) };
+    let before = totals(env)?;
+    ensure!(env.balancer.backend_counters(owner)?.packets > 0, "backend {owner} counted nothing");
+    env.balancer.clear_backend(owner)?;
+    let result = (|| {
+        ensure!(totals(env)? == before, "totals changed when backend {owner} was removed");
+        let newcomer = Backend::new(
+            record.family,
+            [198, 18, 10, 99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            record.vip_index,
+            record.vip_tag,
+        );
+        env.balancer.set_backend(owner, &newcomer)?;
+        ensure!(totals(env)? == before, "totals changed when id {owner} was given to a new backend");
+        let counted = env.balancer.backend_counters(owner)?;
+        ensure!(counted == Default::default(), "the new backend at id {owner} starts at {counted:?}");
+        Ok(())
+    })();
+    env.balancer.set_backend(owner, &record)?;
+    result
+}
+
 /// A flow pinned to a backend that is removed entirely is rescheduled as a new flow.
 fn removed_backend_rescheduled(env: &mut Env) -> anyhow::Result<()> {
     let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_REMOVAL.into()).1, 80, 6);
@@ -1734,9 +1767,28 @@ fn flood_enters(env: &mut Env) -> anyhow::Result<()> {
     lb_tests::pin_to_cpu(0)?;
     flood_vip(env)?;
     let first: Vec<Flow> = (0..FLOOD_BUDGET).map(|_| flow(env, Protocol::Udp, VIP4_FLOOD.into(), 5000)).collect();
-    for (i, f) in first.iter().enumerate() {
-        flood_packet(env, f, true, false)
-            .with_context(|| format!("new flow {} of a budget of {FLOOD_BUDGET}", i + 1))?;
+    // Within one flood window (100 ms): outputs and entries only, the counters' readers take
+    // longer than a window in a debug build.
+    let shape = Shape::default();
+    let expected: Vec<(Vec<u8>, Expect)> = first
+        .iter()
+        .map(|f| {
+            let input = frame(f, &shape);
+            let expect = expect_encap(env, f, &input, &shape, true)?;
+            Ok((input, expect))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for (i, (f, (input, expect))) in first.iter().zip(&expected).enumerate() {
+        let run = run_once(env.balancer.program()?, input, None)?;
+        ensure!(
+            run.verdict == expect.verdict
+                && Some(&run.output) == expect.output.as_ref()
+                && env.balancer.flow(&f.key()).is_some(),
+            "new flow {} of a budget of {FLOOD_BUDGET}: verdict {}, entry {}",
+            i + 1,
+            verdict_name(run.verdict),
+            env.balancer.flow(&f.key()).is_some()
+        );
     }
     let over = flow(env, Protocol::Udp, VIP4_FLOOD.into(), 5000);
     flood_packet(env, &over, true, true).context("the first new flow over the budget")?;

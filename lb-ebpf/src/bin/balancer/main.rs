@@ -53,7 +53,11 @@ fn stop_after(stage: u8) -> bool {
 pub fn balancer(ctx: XdpContext) -> u32 {
     let bytes = frame_len(&ctx) as u64;
     let (action, reason) = balance(&ctx, bytes);
-    maps::count_reason(reason, bytes);
+    // Packets sent to their next hop count in their backend's counters alone
+    // (`lb_common::counters::SENT_TO_BACKEND`).
+    if reason != Reason::TxNextHop {
+        maps::count_reason(reason, bytes);
+    }
     action
 }
 
@@ -109,20 +113,21 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     if stop_after(3) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
-    maps::count_traffic(&VIP_STATS, vip_index, bytes, new_flow);
-    if stop_after(4) {
-        return (xdp_action::XDP_TX, Reason::TxNextHop);
-    }
 
+    // A packet that reaches no backend counts for its VIP; one that does, for its backend alone.
+    let unsent = |verdict: (u32, Reason)| {
+        maps::count_traffic(&VIP_STATS, vip_index, bytes, new_flow);
+        verdict
+    };
     let inner_mtu = encap::inner_mtu(&backend, cfg);
     if ip.packet_len > inner_mtu {
-        return icmp::too_big(ctx, &ip, inner_mtu);
+        return unsent(icmp::too_big(ctx, &ip, inner_mtu));
     }
     let outer_len = match encap::encapsulate(ctx, cfg, &ip, &backend, hash) {
         Ok(len) => len,
-        Err(reason) => return (xdp_action::XDP_DROP, reason),
+        Err(reason) => return unsent((xdp_action::XDP_DROP, reason)),
     };
-    if stop_after(5) {
+    if stop_after(4) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
     let resolved = NEXT_HOPS.get(backend_id).and_then(|hop| nexthop::to_resolved(ctx, hop, ip.l3_offset));
@@ -131,7 +136,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         None => nexthop::from_fib(ctx, &backend, ip.l3_offset, outer_len),
     };
     if verdict.0 == xdp_action::XDP_DROP {
-        return verdict;
+        return unsent(verdict);
     }
     maps::count_traffic(&BACKEND_STATS, backend_id, bytes, new_flow);
     if kind == Flow::Untracked { (verdict.0, Reason::TxUntracked) } else { verdict }

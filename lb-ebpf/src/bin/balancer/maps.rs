@@ -10,7 +10,7 @@ use lb_common::{
     backend::Backend,
     capacity::{
         FLOW_TABLE_DEFAULT_ENTRIES, IPV6_FLOW_TABLE_DEFAULT_ENTRIES, MAX_BACKENDS, MAX_EGRESS_INTERFACES,
-        MAX_TABLE_CHUNKS, MAX_VIPS,
+        MAX_TABLE_CHUNKS, MAX_VIPS, VIP_COUNTER_ENTRIES,
     },
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
@@ -79,8 +79,10 @@ pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_EGRESS_INTERFAC
 #[map]
 pub static REASON_STATS: PerCpuArray<ReasonCounter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
+/// Per VIP, its packets that reach no backend (`lb_common::capacity::VIP_COUNTER_ENTRIES`): a
+/// packet sent to a backend counts in `BACKEND_STATS` alone, and readers add a VIP's backends.
 #[map]
-pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(VIP_COUNTER_ENTRIES, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
