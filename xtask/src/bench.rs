@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the benchmark suite. The BPF_PROG_RUN benchmark
 //! (tests/benches/xdp_paths.rs), the live-frames one (tests/benches/xdp_live.rs), and in the lab
 //! the control-plane latency (tests/benches/control_latency.rs) and TCP throughput through the
-//! VIP (tests/benches/tcp_throughput.rs), each printing a table and writing JSON under
+//! VIP (tests/benches/tcp_throughput.rs), and nginx's UDP proxy for scale
+//! (tests/benches/udp_proxy.rs), each printing a table and writing JSON under
 //! target/bench/; with `--ablation`, the live one also measures balancer
 //! builds that stop after each stage of the fast path (built here).
 
@@ -20,6 +21,8 @@ pub struct Options {
     pub ablation: bool,
     pub control_changes: usize,
     pub tcp_rounds: usize,
+    /// How long the UDP proxy benchmark holds each offered rate.
+    pub proxy_seconds: f64,
 }
 
 impl Options {
@@ -33,6 +36,7 @@ impl Options {
             ablation,
             control_changes: 30,
             tcp_rounds: 1,
+            proxy_seconds: 0.5,
         }
     }
 }
@@ -80,6 +84,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         &o.tcp_rounds.to_string(),
         "--json",
         &out.join("tcp_throughput.json").to_string_lossy(),
+    ]))?;
+    cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--bench", "udp_proxy", "--"]).args([
+        "--seconds",
+        &o.proxy_seconds.to_string(),
+        "--json",
+        &out.join("udp_proxy.json").to_string_lossy(),
     ]))
 }
 

@@ -20,6 +20,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("curl", "the lab client's HTTP requests"),
     ("bind9-dnsutils", "dig, the lab client's DNS queries"),
     ("iperf3", "the benchmark's TCP throughput through the VIP in the lab"),
+    ("libnginx-mod-stream", "the benchmark's userspace UDP proxy (nginx stream) next to the balancer"),
     ("fonts-dejavu-core", "the text of the benchmark's figures in docs/performance.md"),
 ];
 

@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
                     ablation,
                     control_changes: 100,
                     tcp_rounds: 3,
+                    proxy_seconds: 1.0,
                 }
             };
             bench::run(&options)?;
