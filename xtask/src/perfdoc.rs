@@ -222,6 +222,14 @@ No target per stage: the whole path's is the net \
         for p in t["points"].as_array().into_iter().flatten() {
             let _ = writeln!(s, "| {} | {:.1} MiB |", p["vips"], num(&p["bytes"]) / (1024.0 * 1024.0));
         }
+        if let Some(ms) = t["read_back_ms"].as_f64() {
+            let _ = writeln!(
+                s,
+                "\nReading the data plane's state back with all of them, every table whole, as the agent does once \
+                 when it starts or adopts a data plane (`Balancer::current`; later changes work from its own \
+                 copy): {ms:.1} ms."
+            );
+        }
     }
     if let Ok(control) = read(&results.join("control_latency.json")) {
         let _ = writeln!(
