@@ -12,6 +12,7 @@
 
 use std::{
     net::UdpSocket,
+    os::unix::process::CommandExt as _,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -128,6 +129,8 @@ impl Nginx {
             .arg("-c")
             .arg(&path)
             .stdout(Stdio::null())
+            // Its own process group, so that its workers go with it.
+            .process_group(0)
             .spawn()
             .context("starting nginx (cargo xtask deps installs it)")?;
         Ok(Self { child, _dir: dir })
@@ -135,8 +138,17 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// Stops nginx and its workers: a fast shutdown (SIGTERM), then SIGKILL to the whole group.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = self.child.id() as libc::pid_t;
+        // SAFETY: signals to the process group this benchmark started.
+        unsafe { libc::kill(-group, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above; workers left behind by the master are in the same group.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
