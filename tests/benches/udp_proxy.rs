@@ -13,6 +13,7 @@
 use std::{
     net::UdpSocket,
     os::unix::process::CommandExt as _,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -93,47 +94,44 @@ impl Drop for Sink {
     }
 }
 
-/// nginx in the foreground with a configuration of its own; stopped when dropped.
+/// nginx in the foreground with a configuration of its own, in a directory of its own; both
+/// removed when dropped.
 struct Nginx {
     child: Child,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed when dropped.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    dir: PathBuf,
 }
 
 impl Nginx {
     fn start(name: &str, server: &str) -> anyhow::Result<Self> {
-        let dir = tempdir::Dir(std::env::temp_dir().join(format!("lb-udp-proxy-{name}-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0)?;
+        let dir = std::env::temp_dir().join(format!("lb-udp-proxy-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
         let conf = format!(
             "load_module {NGINX_STREAM_MODULE};\n\
              worker_processes 2;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log crit;\n\
              events {{ worker_connections 65536; }}\n\
              stream {{\n  upstream sink {{ server 127.0.0.1:{SINK_PORT}; }}\n  server {{\n    \
              listen 127.0.0.1:{PROXY_PORT} udp reuseport;\n    proxy_pass sink;\n    {server}\n  }}\n}}\n",
-            dir = dir.0.display()
+            dir = dir.display()
         );
-        let path = dir.0.join("nginx.conf");
+        let path = dir.join("nginx.conf");
         std::fs::write(&path, conf)?;
         let child = Command::new("nginx")
             .args(["-e", "stderr", "-p"])
-            .arg(&dir.0)
+            .arg(&dir)
             .arg("-c")
             .arg(&path)
             .stdout(Stdio::null())
             // Its own process group, so that its workers go with it.
             .process_group(0)
-            .spawn()
-            .context("starting nginx (cargo xtask deps installs it)")?;
-        Ok(Self { child, _dir: dir })
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e).context("starting nginx (cargo xtask deps installs it)");
+            }
+        };
+        Ok(Self { child, dir })
     }
 }
 
@@ -150,6 +148,7 @@ impl Drop for Nginx {
         // SAFETY: as above; workers left behind by the master are in the same group.
         unsafe { libc::kill(-group, libc::SIGKILL) };
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

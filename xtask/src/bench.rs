@@ -52,45 +52,26 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     // Built before timing anything: never a build next to a benchmark.
     cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--no-run"]))?;
-    cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--bench", "xdp_paths", "--"]).args([
-        "--rounds",
-        &o.rounds.to_string(),
-        "--packets",
-        &o.packets.to_string(),
-        "--json",
-        &out.join("xdp_paths.json").to_string_lossy(),
-    ]))?;
-    let mut live = cmd::cargo();
-    live.args(["bench", "-p", "lb-tests", "--bench", "xdp_live", "--"]).args([
-        "--rounds",
-        &o.live_rounds.to_string(),
-        "--packets",
-        &o.live_packets.to_string(),
-        "--json",
-        &out.join("xdp_live.json").to_string_lossy(),
-    ]);
+    let rounds = o.rounds.to_string();
+    let packets = o.packets.to_string();
+    cmd::run(&mut bench("xdp_paths", &out, &["--rounds", &rounds, "--packets", &packets]))?;
+    let (live_rounds, live_packets) = (o.live_rounds.to_string(), o.live_packets.to_string());
+    let mut live = bench("xdp_live", &out, &["--rounds", &live_rounds, "--packets", &live_packets]);
     if o.ablation {
         live.arg("--ablation").arg(&ablation_dir);
     }
     cmd::run(&mut live)?;
-    cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--bench", "control_latency", "--"]).args([
-        "--changes",
-        &o.control_changes.to_string(),
-        "--json",
-        &out.join("control_latency.json").to_string_lossy(),
-    ]))?;
-    cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--bench", "tcp_throughput", "--"]).args([
-        "--rounds",
-        &o.tcp_rounds.to_string(),
-        "--json",
-        &out.join("tcp_throughput.json").to_string_lossy(),
-    ]))?;
-    cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--bench", "udp_proxy", "--"]).args([
-        "--seconds",
-        &o.proxy_seconds.to_string(),
-        "--json",
-        &out.join("udp_proxy.json").to_string_lossy(),
-    ]))
+    cmd::run(&mut bench("control_latency", &out, &["--changes", &o.control_changes.to_string()]))?;
+    cmd::run(&mut bench("tcp_throughput", &out, &["--rounds", &o.tcp_rounds.to_string()]))?;
+    cmd::run(&mut bench("udp_proxy", &out, &["--seconds", &o.proxy_seconds.to_string()]))
+}
+
+/// `cargo bench` of lb-tests' benchmark `name` with `args`, writing its JSON to `out/NAME.json`.
+fn bench(name: &str, out: &Path, args: &[&str]) -> Command {
+    let mut command = cmd::cargo();
+    command.args(["bench", "-p", "lb-tests", "--bench", name, "--"]).args(args);
+    command.arg("--json").arg(out.join(format!("{name}.json")));
+    command
 }
 
 /// Builds the balancer once per fast-path stage, stopping after it, as `stop-N.o` in `dir`: the

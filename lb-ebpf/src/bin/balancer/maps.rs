@@ -3,6 +3,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -42,9 +43,6 @@ pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// the table that is not live and switches tables with one `VIPS` update. Read for new flows only.
 #[map]
 pub static BACKEND_TABLES: HashMap<u32, TableChunk> = HashMap::with_max_entries(MAX_TABLE_CHUNKS, BPF_F_NO_PREALLOC);
-
-/// `BPF_F_NO_PREALLOC` of the kernel's map flags.
-const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Entry `slot` of table `table` (`VipInfo::live_table_slot`).
 #[inline(always)]
