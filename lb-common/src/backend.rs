@@ -30,7 +30,10 @@ pub struct Backend {
     /// index) given to another VIP since never receives the old VIP's flows, and the fast path
     /// needs no VIP lookup for established flows.
     pub vip_tag: u32,
-    pub _pad: [u8; 4],
+    /// The admission stages the served VIP runs on established flows' packets
+    /// (`crate::admission::checks::ESTABLISHED`), which take no VIP lookup.
+    pub admission: u8,
+    pub _pad: [u8; 3],
 }
 assert_layout!(
     Backend,
@@ -41,7 +44,8 @@ assert_layout!(
     vip_index = 18,
     weight = 20,
     vip_tag = 24,
-    _pad = 28
+    admission = 28,
+    _pad = 29
 );
 userspace_pod!(Backend);
 
@@ -56,8 +60,16 @@ impl Backend {
             vip_index,
             weight: 1,
             vip_tag,
-            _pad: [0; 4],
+            admission: 0,
+            _pad: [0; 3],
         }
+    }
+
+    /// The same backend of a VIP whose admission stages are `checks`: it keeps those that apply
+    /// to established flows.
+    pub const fn with_admission(mut self, checks: u8) -> Self {
+        self.admission = checks & crate::admission::checks::ESTABLISHED;
+        self
     }
 
     /// The same backend with weight `weight`.

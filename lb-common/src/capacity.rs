@@ -32,6 +32,11 @@ pub const FLOW_TABLE_DEFAULT_ENTRIES: u32 = 1 << 20;
 /// Default number of IPv6 flow-table entries: a quarter of IPv4's, as an IPv6 entry costs more
 /// and most client traffic is still IPv4.
 pub const IPV6_FLOW_TABLE_DEFAULT_ENTRIES: u32 = 1 << 18;
+/// Per-source rate buckets (`crate::admission::SourceBucketKey`) kept at once, all VIPs
+/// together; the least recently used one makes room for a new source.
+pub const MAX_SOURCE_BUCKETS: u32 = 1 << 16;
+/// Most source-list prefixes of all VIPs together.
+pub const MAX_SOURCE_LIST_ENTRIES: u32 = 1 << 16;
 /// Most interfaces the balancer redirects to.
 pub const MAX_EGRESS_INTERFACES: u32 = 64;
 

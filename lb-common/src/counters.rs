@@ -44,6 +44,15 @@ pub enum Reason {
     DropTooBig,
     /// The VIP has no usable backend.
     DropNoBackend,
+    /// VIP traffic from a source the VIP's lists deny (`crate::admission`).
+    DropSourceDenied,
+    /// A new flow to a VIP from a source no client can have: unspecified, loopback, multicast,
+    /// broadcast, a VIP or the balancer's own encapsulation prefix.
+    DropSpoofedSource,
+    /// VIP traffic over its source prefix's packet rate.
+    DropSourcePacketRate,
+    /// A new flow over its source prefix's new-flow rate.
+    DropSourceFlowRate,
     /// The packet could not be grown for the outer header.
     DropEncapFailed,
     /// The FIB's egress interface is not in the redirect map.
@@ -79,6 +88,10 @@ impl Reason {
         Reason::DropTtlExpired,
         Reason::DropTooBig,
         Reason::DropNoBackend,
+        Reason::DropSourceDenied,
+        Reason::DropSpoofedSource,
+        Reason::DropSourcePacketRate,
+        Reason::DropSourceFlowRate,
         Reason::DropEncapFailed,
         Reason::DropNoEgress,
         Reason::DecapPass,
@@ -106,6 +119,10 @@ impl Reason {
             Reason::DropTtlExpired => "drop_ttl_expired",
             Reason::DropTooBig => "drop_too_big",
             Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropSourceDenied => "drop_source_denied",
+            Reason::DropSpoofedSource => "drop_spoofed_source",
+            Reason::DropSourcePacketRate => "drop_source_packet_rate",
+            Reason::DropSourceFlowRate => "drop_source_flow_rate",
             Reason::DropEncapFailed => "drop_encap_failed",
             Reason::DropNoEgress => "drop_no_egress",
             Reason::DecapPass => "decap_pass",

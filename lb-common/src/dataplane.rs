@@ -21,10 +21,12 @@ pub struct DataplaneConfig {
     /// Next-hop MAC used when the FIB has no answer (no route, no neighbour entry, forwarding off).
     pub fallback_dst_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The secret key of the flow and source hashes (`crate::flow::HashKey`).
+    pub flow_hash_key: [u64; 2],
 }
 assert_layout!(
     DataplaneConfig,
-    size = 40,
+    size = 56,
     udp_idle_timeout_ns = 0,
     encap_src_v6 = 8,
     encap_src_v4 = 24,
@@ -32,7 +34,8 @@ assert_layout!(
     encap_src_v4_host_bits = 30,
     encap_src_v6_host_bits = 31,
     fallback_dst_mac = 32,
-    _pad = 38
+    _pad = 38,
+    flow_hash_key = 40
 );
 userspace_pod!(DataplaneConfig);
 

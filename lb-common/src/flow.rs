@@ -1,9 +1,6 @@
 //! Flows: the 5-tuple key, the flow-table value, and the flow hash.
 
-use crate::{assert_layout, hash::murmur3_words, userspace_pod};
-
-/// Seed of the flow hash. Part of the fleet contract (see [`crate::hash`]).
-pub const FLOW_HASH_SEED: u32 = 0x4c42_5846; // "LBXF"
+use crate::{assert_layout, hash::siphash13_words, userspace_pod};
 
 /// A flow's 5-tuple as the data plane sees it. IPv4 addresses take the first 4 bytes of the
 /// 16-byte fields; the rest stays zero. Ports are in network byte order.
@@ -53,44 +50,59 @@ impl FlowKey {
         }
     }
 
-    /// The key as ten little-endian words, the input of [`flow_hash`].
+    /// The key as five little-endian 64-bit words, the input of [`flow_hash`].
     #[inline(always)]
-    pub fn words(&self) -> [u32; 10] {
+    pub fn words(&self) -> [u64; 5] {
         // SAFETY: FlowKey is 40 bytes, 8-aligned, all bytes initialised (padding is a field).
-        let raw: [u32; 10] = unsafe { core::mem::transmute_copy(self) };
-        let mut words = [0u32; 10];
+        let raw: [u64; 5] = unsafe { core::mem::transmute_copy(self) };
+        let mut words = [0u64; 5];
         let mut i = 0;
-        while i < 10 {
-            words[i] = u32::from_le(raw[i]);
+        while i < 5 {
+            words[i] = u64::from_le(raw[i]);
             i += 1;
         }
         words
     }
 }
 
-/// The flow hash: chooses a flow's Maglev slot and varies the outer source address per flow.
+/// The instance's secret key of the flow and source hashes (`crate::hash`), the same on every
+/// balancer of a fleet: (k0, k1) of SipHash.
+pub type HashKey = [u64; 2];
+
+/// The key of an instance whose configuration names none. It is public, so it keeps flows
+/// consistent across a fleet but does not hide anything from an attacker.
+pub const PUBLIC_HASH_KEY: HashKey = [0x4c42_5846_6c6f_7773, 0x7075_626c_6963_6b65]; // "LBXFlows", "publicke"
+
+/// The flow hash: chooses a flow's backend (its table slot) and varies the outer source address
+/// per flow. Keyed: without `key`, nobody can tell which flows share a backend.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey) -> u32 {
-    murmur3_words(&key.words(), FLOW_HASH_SEED)
+pub fn flow_hash(flow: &FlowKey, key: &HashKey) -> u32 {
+    fold(siphash13_words(key, &flow.words()))
 }
 
-/// Seed of the source hash (client address only).
-pub const SOURCE_HASH_SEED: u32 = 0x4c42_5348; // "LBSH"
+/// Marks the source hash's input, so that it never equals a flow hash input.
+const SOURCE_HASH_DOMAIN: u64 = 0x4c42_5348 << 32; // "LBSH"
 
-/// The source hash: the client address's first `prefix_len` bits, and its family.
+/// The source hash: the client address's first `prefix_len` bits, and its family. Keyed like
+/// [`flow_hash`].
 #[inline(always)]
-pub fn source_hash(key: &FlowKey, prefix_len: u8) -> u32 {
-    let w = key.words();
-    let mut words = [w[0], w[1], w[2], w[3], u32::from(key.family)];
+pub fn source_hash(flow: &FlowKey, prefix_len: u8, key: &HashKey) -> u32 {
+    let w = flow.words();
+    let mut words = [w[0], w[1], SOURCE_HASH_DOMAIN | u64::from(flow.family)];
     let mut i = 0;
-    while i < 4 {
-        let bits = (prefix_len as u32).saturating_sub(32 * i as u32).min(32);
+    while i < 2 {
+        let bits = (prefix_len as u32).saturating_sub(64 * i as u32).min(64);
         // Words are little-endian reads of network-order bytes: mask in byte order.
-        let mask_be: u32 = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
-        words[i] &= u32::from_le_bytes(mask_be.to_be_bytes());
+        let mask_be: u64 = if bits == 0 { 0 } else { u64::MAX << (64 - bits) };
+        words[i] &= u64::from_le_bytes(mask_be.to_be_bytes());
         i += 1;
     }
-    murmur3_words(&words, SOURCE_HASH_SEED)
+    fold(siphash13_words(key, &words))
+}
+
+#[inline(always)]
+const fn fold(hash: u64) -> u32 {
+    (hash ^ (hash >> 32)) as u32
 }
 
 /// Where a flow stands in its backend's count of active flows (`FlowState::stage`), which the
@@ -221,6 +233,8 @@ mod tests {
     use super::*;
     use crate::family;
 
+    const KEY: HashKey = [0x0011_2233_4455_6677, 0x8899_aabb_ccdd_eeff];
+
     fn v4(a: [u8; 4]) -> [u8; 16] {
         let mut out = [0; 16];
         out[..4].copy_from_slice(&a);
@@ -239,21 +253,33 @@ mod tests {
         b6[0] = 0xfd;
         b6[15] = 0x01;
         let tcp6 = FlowKey::new(family::IPV6, 6, a6, 50000, b6, 443);
-        let got = [flow_hash(&tcp4), flow_hash(&udp4), flow_hash(&tcp6), flow_hash(&FlowKey::default())];
+        let got = [tcp4, udp4, tcp6, FlowKey::default()].map(|f| flow_hash(&f, &KEY));
         assert_eq!(got, FLOW_HASH_VECTORS, "the flow hash changed: this would move every flow of a fleet");
+        let public = [tcp4, udp4, tcp6, FlowKey::default()].map(|f| flow_hash(&f, &PUBLIC_HASH_KEY));
+        assert_eq!(public, PUBLIC_KEY_VECTORS, "the flow hash changed: this would move every flow of a fleet");
     }
 
-    const FLOW_HASH_VECTORS: [u32; 4] = [1_787_808_412, 4_021_127_563, 2_098_962_318, 1_632_371_310];
+    #[test]
+    fn another_key_gives_other_hashes() {
+        let flow = FlowKey::new(family::IPV4, 6, v4([198, 18, 0, 10]), 40000, v4([198, 18, 1, 1]), 80);
+        let other = [KEY[0], KEY[1] ^ 1];
+        assert_ne!(flow_hash(&flow, &KEY), flow_hash(&flow, &other));
+        assert_ne!(source_hash(&flow, 32, &KEY), source_hash(&flow, 32, &other));
+        assert_ne!(flow_hash(&flow, &KEY), source_hash(&flow, 128, &KEY));
+    }
+
+    const FLOW_HASH_VECTORS: [u32; 4] = [2_617_499_010, 130_941_144, 3_887_547_702, 3_844_896_802];
+    const PUBLIC_KEY_VECTORS: [u32; 4] = [4_113_046_089, 3_932_317_530, 2_885_209_490, 1_327_155_280];
 
     #[test]
     fn source_hash_sees_only_the_prefix() {
         let a = FlowKey::new(family::IPV4, 6, v4([198, 18, 7, 10]), 40000, v4([198, 18, 1, 1]), 80);
         let same_client = FlowKey::new(family::IPV4, 17, v4([198, 18, 7, 10]), 1234, v4([198, 18, 1, 2]), 53);
         let same_24 = FlowKey::new(family::IPV4, 6, v4([198, 18, 7, 99]), 40000, v4([198, 18, 1, 1]), 80);
-        assert_eq!(source_hash(&a, 32), source_hash(&same_client, 32));
-        assert_ne!(source_hash(&a, 32), source_hash(&same_24, 32));
-        assert_eq!(source_hash(&a, 24), source_hash(&same_24, 24));
-        assert_eq!(source_hash(&a, 0), source_hash(&same_24, 0));
+        assert_eq!(source_hash(&a, 32, &KEY), source_hash(&same_client, 32, &KEY));
+        assert_ne!(source_hash(&a, 32, &KEY), source_hash(&same_24, 32, &KEY));
+        assert_eq!(source_hash(&a, 24, &KEY), source_hash(&same_24, 24, &KEY));
+        assert_eq!(source_hash(&a, 0, &KEY), source_hash(&same_24, 0, &KEY));
         let mut b6 = [0u8; 16];
         b6[0] = 0xfd;
         b6[7] = 1;
@@ -261,9 +287,9 @@ mod tests {
         let mut c6 = b6;
         c6[15] = 0x99;
         let (x, y) = (FlowKey::new(family::IPV6, 6, b6, 1, b6, 80), FlowKey::new(family::IPV6, 6, c6, 2, b6, 80));
-        assert_eq!(source_hash(&x, 64), source_hash(&y, 64));
-        assert_ne!(source_hash(&x, 128), source_hash(&y, 128));
-        assert_eq!(source_hash(&a, 32), 2_185_216_981, "the source hash changed: it would move every client");
+        assert_eq!(source_hash(&x, 64, &KEY), source_hash(&y, 64, &KEY));
+        assert_ne!(source_hash(&x, 128, &KEY), source_hash(&y, 128, &KEY));
+        assert_eq!(source_hash(&a, 32, &KEY), 2_888_682_122, "the source hash changed: it would move every client");
     }
 
     #[test]
@@ -293,12 +319,12 @@ mod tests {
         let base = FlowKey::new(family::IPV4, 6, v4([198, 18, 0, 10]), 40000, v4([198, 18, 1, 1]), 80);
         let mut other = base;
         other.src_port = 40001u16.to_be_bytes();
-        assert_ne!(flow_hash(&base), flow_hash(&other));
+        assert_ne!(flow_hash(&base, &KEY), flow_hash(&other, &KEY));
         let mut other = base;
         other.protocol = 17;
-        assert_ne!(flow_hash(&base), flow_hash(&other));
+        assert_ne!(flow_hash(&base, &KEY), flow_hash(&other, &KEY));
         let mut other = base;
         other.dst_addr[3] = 2;
-        assert_ne!(flow_hash(&base), flow_hash(&other));
+        assert_ne!(flow_hash(&base, &KEY), flow_hash(&other, &KEY));
     }
 }

@@ -1,8 +1,9 @@
 //! Everything the XDP data plane and the userspace agent must agree on, defined once.
 //!
 //! Layout:
-//! - [`hash`]: the word hash behind flow hashing and Maglev permutations (pinned by test vectors).
+//! - [`hash`]: the word hashes: keyed SipHash for flows, MurmurHash3 for Maglev (pinned by test vectors).
 //! - [`flow`]: the flow key (5-tuple), the flow-table value and [`flow::flow_hash`].
+//! - [`admission`]: who is served: source lists, anti-spoofing, per-source rate limits.
 //! - [`flood`]: flood mode, per VIP and CPU: new flows past a budget get no flow-table entry.
 //! - [`vip`]: VIP keys and per-VIP metadata (which Maglev table is live).
 //! - [`backend`]: backend records as the data plane reads them.
@@ -28,6 +29,7 @@ extern crate std;
 
 #[cfg(feature = "user")]
 pub mod addr;
+pub mod admission;
 pub mod backend;
 pub mod capacity;
 pub mod counters;

@@ -90,7 +90,9 @@ pub struct VipInfo {
     pub scheduler: u8,
     /// Source hash: how many leading bits of the client address are hashed.
     pub source_prefix_len: u8,
-    pub _pad: [u8; 2],
+    /// The admission stages the VIP runs (`crate::admission::checks`).
+    pub admission: u8,
+    pub _pad: [u8; 1],
     /// New flows per CPU per flood window past which the VIP is in flood mode
     /// ([`crate::flood`]); 0: never.
     pub new_flow_budget: u32,
@@ -105,7 +107,8 @@ assert_layout!(
     active_table = 8,
     scheduler = 12,
     source_prefix_len = 13,
-    _pad = 14,
+    admission = 14,
+    _pad = 15,
     new_flow_budget = 16,
     tag = 20
 );
@@ -121,7 +124,23 @@ impl VipInfo {
         new_flow_budget: u32,
         tag: u32,
     ) -> Self {
-        Self { index, table_size, active_table, scheduler, source_prefix_len, _pad: [0; 2], new_flow_budget, tag }
+        Self {
+            index,
+            table_size,
+            active_table,
+            scheduler,
+            source_prefix_len,
+            admission: 0,
+            _pad: [0; 1],
+            new_flow_budget,
+            tag,
+        }
+    }
+
+    /// The same VIP running admission stages `checks` (`crate::admission::checks`).
+    pub const fn with_admission(mut self, checks: u8) -> Self {
+        self.admission = checks;
+        self
     }
 
     /// The live table ([`crate::table::chunk_key`]).

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{flow::FLOW_HASH_SEED, hash::murmur3_words};
+use lb_common::hash::murmur3_words;
 use serde_json::json;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -410,6 +410,23 @@ impl Agent {
             .map(|v| {
                 let index = self.current.vips.get(&reconcile::vip_key(v)).map(|t| t.index);
                 let flood = index.and_then(|i| self.balancer.flood(i).ok()).unwrap_or_default();
+                let refused = index.and_then(|i| self.balancer.refusals(i).ok()).unwrap_or_default();
+                let a = &v.admission;
+                let admission = json!({
+                    "allow": a.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "deny": a.deny.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "packets_per_second": a.packets.map(|r| r.per_second),
+                    "packet_burst": a.packets.map(|r| r.burst),
+                    "new_flows_per_second": a.new_flows.map(|r| r.per_second),
+                    "new_flow_burst": a.new_flows.map(|r| r.burst),
+                    "source_prefix_v4": a.source_prefix_v4,
+                    "source_prefix_v6": a.source_prefix_v6,
+                    "refused": lb_common::admission::REFUSALS
+                        .iter()
+                        .zip(refused)
+                        .map(|(r, n)| (r.name().to_string(), json!(n)))
+                        .collect::<serde_json::Map<_, _>>(),
+                });
                 json!({
                     "name": v.name,
                     "address": v.address.to_string(),
@@ -422,6 +439,7 @@ impl Agent {
                     "new_flow_budget": v.new_flow_budget,
                     "flooding_cpus": flood.flooding_cpus,
                     "untracked_flows": flood.untracked,
+                    "admission": admission,
                 })
             })
             .collect();
@@ -429,6 +447,8 @@ impl Agent {
             "instance": self.config.instance.name,
             "config": self.config_path.display().to_string(),
             "generation": self.generation,
+            "flow_hash_key": if self.config.instance.flow_hash_key.is_some() { "configured" } else { "public" },
+            "source_buckets": self.balancer.source_buckets_in_use().ok(),
             "warnings": self.warnings,
             "vips": vips,
             "backends": self.backend_rows(),
@@ -457,15 +477,25 @@ fn log_op(op: &Op) {
         ),
         Op::RemoveVip { key } => tracing::info!(vip = %show_vip(key), "removed VIP"),
         Op::ClearBackend { id } => tracing::info!(id, "removed backend"),
+        Op::SetAdmission { index, admission } => tracing::info!(
+            vip_index = index,
+            checks = admission.policy.checks,
+            listed = admission.lists.len(),
+            "set admission"
+        ),
     }
 }
+
+/// Seed of the table fingerprints (kept from when they shared the flow hash's seed, so that
+/// fingerprints stay comparable across versions).
+const FINGERPRINT_SEED: u32 = 0x4c42_5846;
 
 /// Per VIP name: a hash of the live table as backend addresses, slot by slot.
 fn fingerprints(current: &reconcile::Current, config: &Config) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for vip in &config.vips {
         let Some(reconcile::VipTable { table, .. }) = current.vips.get(&reconcile::vip_key(vip)) else { continue };
-        let mut h = FLOW_HASH_SEED;
+        let mut h = FINGERPRINT_SEED;
         for id in table {
             let addr = current.backends.get(id).map_or([0; 16], |b| b.addr);
             let words = lb_common::hash::le_words::<4>(&addr);

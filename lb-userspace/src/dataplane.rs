@@ -9,14 +9,22 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    maps::{
+        Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        xdp::DevMapHash,
+    },
     programs::{ProgramError, Xdp},
 };
 use lb_common::{
+    admission::{
+        AdmissionPolicy, REFUSAL_COUNTERS, REFUSALS, SOURCE_LIST_FIXED_BITS, SourceBucket, SourceBucketKey,
+        SourceListKey, refusal_slot,
+    },
     backend::Backend,
     capacity::{
-        MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_CHUNKS, MAX_VIPS, TABLE_CHUNK_ENTRIES, TABLES_PER_VIP,
-        VIP_COUNTER_ENTRIES,
+        MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES, MAX_TABLE_CHUNKS, MAX_VIPS,
+        TABLE_CHUNK_ENTRIES, TABLES_PER_VIP, VIP_COUNTER_ENTRIES,
     },
     counters::{Reason, ReasonCounter, SENT_TO_BACKEND, TrafficCounters},
     dataplane::DataplaneConfig,
@@ -32,7 +40,7 @@ use crate::{
     config::XdpMode,
     objects,
     pins::PinDir,
-    reconcile::{Current, Op, Scheduling, VipTable},
+    reconcile::{Current, ListedPrefix, Op, Scheduling, VipAdmission, VipTable},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +66,11 @@ pub enum DataplaneError {
          give VIPs with many backends smaller table_size values, or fewer VIPs"
     )]
     TablesFull,
+    #[error(
+        "the source lists of all VIPs hold more than {MAX_SOURCE_LIST_ENTRIES} prefixes: list fewer, or \
+         shorter prefixes"
+    )]
+    SourceListsFull,
     #[error("chunk {chunk} of the live table of VIP index {index} is missing")]
     TableChunkMissing { index: u32, chunk: u32 },
     #[error("VIP index {index} already belongs to another VIP")]
@@ -142,6 +155,10 @@ pub struct BalancerMaps {
     pub(crate) backend_stats: PerCpuArray<MapData, TrafficCounters>,
     pub(crate) active_flows: Array<MapData, i64>,
     pub(crate) flood: PerCpuArray<MapData, FloodState>,
+    pub(crate) admission: Array<MapData, AdmissionPolicy>,
+    pub(crate) source_lists: LpmTrie<MapData, SourceListKey, u32>,
+    pub(crate) source_buckets: HashMap<MapData, SourceBucketKey, SourceBucket>,
+    pub(crate) refusals: PerCpuArray<MapData, u64>,
 }
 
 /// A VIP's flood mode as the data plane's CPUs see it (`lb_common::flood`).
@@ -154,7 +171,7 @@ pub struct VipFlood {
 }
 
 /// Names of the balancer's maps (each pinned under its name).
-pub const BALANCER_MAPS: [&str; 15] = [
+pub const BALANCER_MAPS: [&str; 19] = [
     "VIPS",
     "VIP_ADDRS",
     "BACKENDS",
@@ -170,6 +187,10 @@ pub const BALANCER_MAPS: [&str; 15] = [
     "SEQUENCE_POSITIONS",
     "ACTIVE_FLOWS",
     "FLOOD",
+    "ADMISSION",
+    "SOURCE_LISTS",
+    "SOURCE_BUCKETS",
+    "REFUSALS",
 ];
 
 /// Maps that older builds pinned and this one does not use (`FLOWS`: one flow table for both
@@ -179,7 +200,7 @@ const RETIRED_MAPS: [&str; 2] = ["FLOWS", "MAGLEV_TABLES"];
 
 /// Key and value sizes of the balancer's maps whose layouts this build defines (`EGRESS` is
 /// the kernel's).
-fn map_layouts() -> [(&'static str, usize, usize); 14] {
+fn map_layouts() -> [(&'static str, usize, usize); 18] {
     [
         ("VIPS", size_of::<VipKey>(), size_of::<VipInfo>()),
         ("VIP_ADDRS", size_of::<VipAddrKey>(), size_of::<u32>()),
@@ -195,12 +216,16 @@ fn map_layouts() -> [(&'static str, usize, usize); 14] {
         ("SEQUENCE_POSITIONS", size_of::<u32>(), size_of::<u32>()),
         ("ACTIVE_FLOWS", size_of::<u32>(), size_of::<i64>()),
         ("FLOOD", size_of::<u32>(), size_of::<FloodState>()),
+        ("ADMISSION", size_of::<u32>(), size_of::<AdmissionPolicy>()),
+        ("SOURCE_LISTS", size_of::<LpmKey<SourceListKey>>(), size_of::<u32>()),
+        ("SOURCE_BUCKETS", size_of::<SourceBucketKey>(), size_of::<SourceBucket>()),
+        ("REFUSALS", size_of::<u32>(), size_of::<u64>()),
     ]
 }
 
 /// Entries of the balancer's maps whose size is a limit of this build (the flow tables are sized
 /// by the configuration, `REASON_STATS` is checked on its own).
-fn fixed_capacities() -> [(&'static str, u32); 9] {
+fn fixed_capacities() -> [(&'static str, u32); 13] {
     [
         ("VIPS", MAX_VIPS),
         ("BACKENDS", MAX_BACKENDS),
@@ -211,6 +236,10 @@ fn fixed_capacities() -> [(&'static str, u32); 9] {
         ("ACTIVE_FLOWS", MAX_BACKENDS),
         ("FLOOD", MAX_VIPS),
         ("SEQUENCE_POSITIONS", MAX_VIPS),
+        ("ADMISSION", MAX_VIPS),
+        ("SOURCE_LISTS", MAX_SOURCE_LIST_ENTRIES),
+        ("SOURCE_BUCKETS", MAX_SOURCE_BUCKETS),
+        ("REFUSALS", REFUSAL_COUNTERS),
     ]
 }
 
@@ -355,6 +384,10 @@ impl BalancerMaps {
             backend_stats: typed(take("BACKEND_STATS")?)?,
             active_flows: typed(take("ACTIVE_FLOWS")?)?,
             flood: typed(take("FLOOD")?)?,
+            admission: typed(take("ADMISSION")?)?,
+            source_lists: typed(take("SOURCE_LISTS")?)?,
+            source_buckets: typed(take("SOURCE_BUCKETS")?)?,
+            refusals: typed(take("REFUSALS")?)?,
         })
     }
 
@@ -472,7 +505,8 @@ impl BalancerMaps {
                 how.source_prefix_len,
                 how.new_flow_budget,
                 key.tag(),
-            ),
+            )
+            .with_admission(how.admission),
             0,
         )?;
         if current.is_none() {
@@ -581,10 +615,83 @@ impl BalancerMaps {
                 scheduler: info.scheduler,
                 source_prefix_len: info.source_prefix_len,
                 new_flow_budget: info.new_flow_budget,
+                admission: info.admission,
             };
             vips.insert(key, VipTable { index: info.index, scheduling, table });
         }
-        Ok(Current { dataplane, backends, vips })
+        let admission = self.admissions()?;
+        Ok(Current { dataplane, backends, vips, admission })
+    }
+
+    /// Packets VIP `index`'s admission refused, per reason (in `lb_common::admission::REFUSALS`
+    /// order), all CPUs.
+    pub fn refusals(&self, index: u32) -> Result<[u64; REFUSALS.len()], DataplaneError> {
+        let mut out = [0; REFUSALS.len()];
+        for (count, reason) in out.iter_mut().zip(REFUSALS) {
+            let slot = refusal_slot(index, reason).ok_or(DataplaneError::VipIndex { index })?;
+            *count = self.refusals.get(&slot, 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Client prefixes with rate buckets now (at most `MAX_SOURCE_BUCKETS`, least recently used
+    /// first out).
+    pub fn source_buckets_in_use(&self) -> Result<usize, DataplaneError> {
+        let mut count = 0;
+        crate::batch::for_each_entry(self.source_buckets.map(), |_: &SourceBucketKey, _: &SourceBucket| count += 1)
+            .map_err(DataplaneError::Counters)?;
+        Ok(count)
+    }
+
+    /// Every VIP index's admission that is not the default.
+    pub fn admissions(&self) -> Result<BTreeMap<u32, VipAdmission>, DataplaneError> {
+        let mut all: BTreeMap<u32, VipAdmission> = BTreeMap::new();
+        for index in 0..MAX_VIPS {
+            let policy = self.admission.get(&index, 0)?;
+            if policy != AdmissionPolicy::default() {
+                all.entry(index).or_default().policy = policy;
+            }
+        }
+        for entry in self.source_lists.iter() {
+            let (key, verdict) = entry?;
+            let (index, prefix) = listed_prefix(&key);
+            all.entry(index).or_default().lists.insert(prefix, verdict);
+        }
+        Ok(all)
+    }
+
+    /// Makes `admission` VIP `index`'s policy and source lists: new and changed prefixes first,
+    /// then the policy, then the prefixes no longer listed, so a source is judged by the old or the
+    /// new lists while they change, never by none.
+    pub fn set_admission(&mut self, index: u32, admission: &VipAdmission) -> Result<(), DataplaneError> {
+        if index >= MAX_VIPS {
+            return Err(DataplaneError::VipIndex { index });
+        }
+        let mut stale = Vec::new();
+        for key in self.source_lists.keys() {
+            let key = key?;
+            let (owner, prefix) = listed_prefix(&key);
+            if owner == index && !admission.lists.contains_key(&prefix) {
+                stale.push(key);
+            }
+        }
+        for (prefix, verdict) in &admission.lists {
+            let key = LpmKey::new(
+                SOURCE_LIST_FIXED_BITS + u32::from(prefix.len),
+                SourceListKey::new(index, prefix.family, prefix.addr),
+            );
+            self.source_lists.insert(&key, *verdict, 0).map_err(|error| match error {
+                MapError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(libc::ENOSPC) => {
+                    DataplaneError::SourceListsFull
+                }
+                other => other.into(),
+            })?;
+        }
+        self.admission.set(index, admission.policy, 0)?;
+        for key in &stale {
+            self.source_lists.remove(key)?;
+        }
+        Ok(())
     }
 
     /// Carries out one reconcile operation.
@@ -595,6 +702,7 @@ impl BalancerMaps {
             Op::InstallVip { key, vip } => self.install_vip(key, vip),
             Op::RemoveVip { key } => self.remove_vip(key),
             Op::ClearBackend { id } => self.clear_backend(*id),
+            Op::SetAdmission { index, admission } => self.set_admission(*index, admission),
         }
     }
 
@@ -688,6 +796,13 @@ impl BalancerMaps {
     pub fn backend_counters(&self, id: u32) -> Result<TrafficCounters, DataplaneError> {
         Ok(sum_traffic(&self.backend_stats.get(&id, 0)?))
     }
+}
+
+/// The VIP index and prefix of a source-list key.
+fn listed_prefix(key: &LpmKey<SourceListKey>) -> (u32, ListedPrefix) {
+    let data = key.data();
+    let len = key.prefix_len().saturating_sub(SOURCE_LIST_FIXED_BITS) as u8;
+    (u32::from_be_bytes(data.vip_index), ListedPrefix { family: data.family, addr: data.addr, len })
 }
 
 /// The decapsulation program and its maps.

@@ -53,7 +53,8 @@ pub fn trace(
         });
     }
     let key = FlowKey::new(family, protocol.number(), s, sport, d, dport);
-    let hash = flow_hash(&key);
+    let hash_key = maps.config.get(&0, 0)?.flow_hash_key;
+    let hash = flow_hash(&key, &hash_key);
     let exact = VipKey::new(family, d, dport, protocol.number());
     let any = VipKey::new(family, d, 0, protocol.number());
     let matched = [exact, any].into_iter().find_map(|k| maps.vips.get(&k, 0).ok().map(|v| (k, v)));
@@ -81,7 +82,7 @@ pub fn trace(
         });
     };
     let vip_name = Some(show_vip(&vip_key));
-    new_flow(maps, vip_name, &vip, &key, hash)
+    new_flow(maps, vip_name, &vip, &key, hash, &hash_key)
 }
 
 fn new_flow(
@@ -90,6 +91,7 @@ fn new_flow(
     info: &VipInfo,
     key: &FlowKey,
     hash: u32,
+    hash_key: &lb_common::flow::HashKey,
 ) -> Result<Trace, DataplaneError> {
     if info.table_size == 0 {
         return Ok(Trace {
@@ -106,7 +108,7 @@ fn new_flow(
             return Ok(Trace { vip, backend: None, why, flow_hash: hash });
         }
         scheduler::SOURCE_HASH => {
-            let h = source_hash(key, info.source_prefix_len);
+            let h = source_hash(key, info.source_prefix_len, hash_key);
             (
                 table_slot(h, info.table_size),
                 format!("source hash of the client's first {} bits {h:#010x}", info.source_prefix_len),
@@ -171,6 +173,8 @@ pub struct VipPlan {
     pub vip: String,
     /// Share of the hash space whose backend changes.
     pub hash_space_moved: f64,
+    /// The flow hash key changes: every new flow hashes anew (flows in the flow table stay).
+    pub flow_hash_key_changes: bool,
     pub tracked_flows: usize,
     /// Tracked flows whose backend stops keeping flows (removed, disabled): they move.
     pub tracked_flows_moved: usize,
@@ -203,11 +207,13 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
             Op::ClearBackend { id } => {
                 records.remove(id);
             }
-            Op::SetDataplane(_) => {}
+            Op::SetDataplane(_) | Op::SetAdmission { .. } => {}
         }
     }
     let keys: BTreeSet<VipKey> = current.vips.keys().chain(tables.keys()).copied().collect();
     let flows = tracked_flows(maps)?;
+    let hash_keys = (current.dataplane.flow_hash_key, desired.dataplane.flow_hash_key);
+    let key_changed = hash_keys.0 != hash_keys.1;
     let mut out = Vec::new();
     for key in keys {
         let before = current.vips.get(&key).map(|v| v.table.clone()).unwrap_or_default();
@@ -223,10 +229,21 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
             }
         };
         let mut moved = 0u32;
-        for i in 0..SAMPLES {
-            let h = fmix32(i.wrapping_mul(0x9e37_79b9));
-            if pick(&before, &current.backends, h) != pick(&after, &records, h) {
-                moved += 1;
+        if key_changed {
+            // Every flow hashes anew: sample flows, each hashed with the old key and the new.
+            for i in 0..SAMPLES / KEY_CHANGE_SAMPLE_DIVISOR {
+                let flow = sample_flow(&key, i);
+                let (h_before, h_after) = (flow_hash(&flow, &hash_keys.0), flow_hash(&flow, &hash_keys.1));
+                if pick(&before, &current.backends, h_before) != pick(&after, &records, h_after) {
+                    moved += KEY_CHANGE_SAMPLE_DIVISOR;
+                }
+            }
+        } else {
+            for i in 0..SAMPLES {
+                let h = fmix32(i.wrapping_mul(0x9e37_79b9));
+                if pick(&before, &current.backends, h) != pick(&after, &records, h) {
+                    moved += 1;
+                }
             }
         }
         let share = |table: &[u32], records: &BTreeMap<u32, lb_common::backend::Backend>| {
@@ -249,12 +266,30 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
         out.push(VipPlan {
             vip: show_vip(&key),
             hash_space_moved: f64::from(moved) / f64::from(SAMPLES),
+            flow_hash_key_changes: key_changed,
             tracked_flows: mine.len(),
             tracked_flows_moved: flows_moved,
             shares,
         });
     }
     Ok(out)
+}
+
+/// Flows sampled when the hash key changes: SipHash costs more than the table-only sampling's
+/// mixing, so a fifth as many.
+const KEY_CHANGE_SAMPLE_DIVISOR: u32 = 5;
+
+/// The `i`th sample flow to `vip`: client address and port spread by a mixing function.
+fn sample_flow(vip: &VipKey, i: u32) -> FlowKey {
+    let mixed = fmix32(i.wrapping_mul(0x9e37_79b9));
+    let mut src = vip.addr;
+    if vip.family == lb_common::family::IPV4 {
+        src[..4].copy_from_slice(&mixed.to_be_bytes());
+    } else {
+        src[12..].copy_from_slice(&mixed.to_be_bytes());
+    }
+    let port = if vip.port == [0; 2] { 443 } else { u16::from_be_bytes(vip.port) };
+    FlowKey::new(vip.family, vip.protocol, src, 1024 + (i % 60_000) as u16, vip.addr, port)
 }
 
 /// Every flow-table entry as (the VIP key it was addressed to, its backend id).

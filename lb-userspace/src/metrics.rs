@@ -88,10 +88,28 @@ fn render(pins: &PinDir, status: &serde_json::Value) -> String {
         s,
         "# HELP lb_vip_untracked_flows_total New flows forwarded in flood mode without a flow-table entry.\n# TYPE lb_vip_untracked_flows_total counter"
     );
+    let _ = writeln!(
+        s,
+        "# HELP lb_vip_admission_refused_packets_total Packets the VIP's admission refused (source lists, spoofed sources, per-source rates), by reason.\n# TYPE lb_vip_admission_refused_packets_total counter"
+    );
+    let _ = writeln!(
+        s,
+        "# HELP lb_source_buckets Client prefixes with per-source rate buckets now.\n# TYPE lb_source_buckets gauge"
+    );
+    if let Some(n) = status["source_buckets"].as_u64() {
+        let _ = writeln!(s, "lb_source_buckets {n}");
+    }
     for v in status["vips"].as_array().into_iter().flatten() {
         let labels = format!("vip=\"{}\"", v["name"].as_str().unwrap_or(""));
         let _ = writeln!(s, "lb_vip_flood_cpus{{{labels}}} {}", v["flooding_cpus"].as_u64().unwrap_or(0));
         let _ = writeln!(s, "lb_vip_untracked_flows_total{{{labels}}} {}", v["untracked_flows"].as_u64().unwrap_or(0));
+        for (reason, n) in v["admission"]["refused"].as_object().into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "lb_vip_admission_refused_packets_total{{{labels},reason=\"{reason}\"}} {}",
+                n.as_u64().unwrap_or(0)
+            );
+        }
     }
     for b in status["backends"].as_array().into_iter().flatten() {
         let labels =

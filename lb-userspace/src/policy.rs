@@ -254,6 +254,7 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
             scheduler: vip.scheduler,
             table_size: vip.table_size,
             new_flow_budget: crate::reconcile::flood_budget(vip),
+            admission: crate::reconcile::VipAdmission::from_config(&vip.admission),
             backends,
         });
     }

@@ -13,6 +13,7 @@ use std::{
 
 use lb_common::{
     addr::to_key,
+    admission::{AdmissionPolicy, Gcra, verdict},
     backend::Backend,
     capacity::{MAX_BACKENDS, MAX_VIPS},
     dataplane::DataplaneConfig,
@@ -21,7 +22,7 @@ use lb_common::{
     vip::{VipKey, scheduler as vip_scheduler},
 };
 
-use crate::config::{AdminState, Config, Instance, Scheduler, Vip};
+use crate::config::{AdminState, Admission, Config, Instance, RateLimit, Scheduler, Vip};
 
 /// What the maps should hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +39,55 @@ pub struct DesiredVip {
     pub table_size: u32,
     /// New flows per CPU per flood window ([`flood_budget`]).
     pub new_flow_budget: u32,
+    pub admission: VipAdmission,
     pub backends: Vec<DesiredBackend>,
+}
+
+/// A VIP's admission as the maps hold it (`lb_common::admission`): its policy and its source
+/// lists. The default admits everyone, unlimited, and runs no admission stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VipAdmission {
+    pub policy: AdmissionPolicy,
+    /// Listed prefix -> `lb_common::admission::verdict`.
+    pub lists: BTreeMap<ListedPrefix, u32>,
+}
+
+/// A source-list prefix in the maps' terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListedPrefix {
+    pub family: u8,
+    /// The network address (host bits zero).
+    pub addr: [u8; 16],
+    pub len: u8,
+}
+
+impl VipAdmission {
+    pub fn from_config(admission: &Admission) -> Self {
+        if admission.admits_all() {
+            return Self::default();
+        }
+        let rate = |limit: Option<RateLimit>| {
+            limit.map_or(Gcra::default(), |l| Gcra::new(u64::from(l.per_second), u64::from(l.burst)))
+        };
+        let mut lists = BTreeMap::new();
+        for (prefixes, verdict) in [(&admission.allow, verdict::ALLOW), (&admission.deny, verdict::DENY)] {
+            for p in prefixes {
+                let (family, addr) = to_key(p.network);
+                lists.insert(ListedPrefix { family, addr, len: p.len }, verdict);
+            }
+        }
+        // An allow list makes every source it does not name a stranger.
+        let unlisted = if admission.allow.is_empty() { verdict::ALLOW } else { verdict::DENY };
+        let policy = AdmissionPolicy::new(
+            rate(admission.packets),
+            rate(admission.new_flows),
+            unlisted,
+            !lists.is_empty(),
+            admission.source_prefix_v4,
+            admission.source_prefix_v6,
+        );
+        Self { policy, lists }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +114,7 @@ impl Desired {
                     scheduler: v.scheduler,
                     table_size: v.table_size,
                     new_flow_budget: flood_budget(v),
+                    admission: VipAdmission::from_config(&v.admission),
                     backends: v
                         .backends
                         .iter()
@@ -86,14 +136,14 @@ impl Desired {
 
 /// How the data plane reads a table built for `scheduler`, with flood budget `new_flow_budget`
 /// (per CPU per window).
-pub fn scheduling(scheduler: Scheduler, new_flow_budget: u32) -> Scheduling {
+pub fn scheduling(scheduler: Scheduler, new_flow_budget: u32, admission: u8) -> Scheduling {
     let (scheduler, source_prefix_len) = match scheduler {
         Scheduler::Maglev | Scheduler::LeastResponseTime => (vip_scheduler::MAGLEV, 0),
         Scheduler::SourceHash { prefix_len } => (vip_scheduler::SOURCE_HASH, prefix_len),
         Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => (vip_scheduler::SEQUENCE, 0),
         Scheduler::LeastConnections => (vip_scheduler::LEAST_CONNECTIONS, 0),
     };
-    Scheduling { scheduler, source_prefix_len, new_flow_budget }
+    Scheduling { scheduler, source_prefix_len, new_flow_budget, admission }
 }
 
 /// The data plane's flood budget for `vip`: its new flows per second, per CPU per window.
@@ -117,6 +167,8 @@ pub struct Scheduling {
     pub source_prefix_len: u8,
     /// New flows per CPU per flood window (`lb_common::flood::window_budget`); 0: no flood mode.
     pub new_flow_budget: u32,
+    /// The admission stages the VIP runs (`lb_common::admission::checks`).
+    pub admission: u8,
 }
 
 /// A VIP's live table as the maps hold it.
@@ -135,6 +187,8 @@ pub struct Current {
     /// Backend id -> record, for assigned ids.
     pub backends: BTreeMap<u32, Backend>,
     pub vips: BTreeMap<VipKey, VipTable>,
+    /// VIP index -> admission, where it is not the default.
+    pub admission: BTreeMap<u32, VipAdmission>,
 }
 
 impl Current {
@@ -155,6 +209,13 @@ impl Current {
             Op::ClearBackend { id } => {
                 self.backends.remove(id);
             }
+            Op::SetAdmission { index, admission } => {
+                if *admission == VipAdmission::default() {
+                    self.admission.remove(index);
+                } else {
+                    self.admission.insert(*index, admission.clone());
+                }
+            }
         }
     }
 }
@@ -163,10 +224,25 @@ impl Current {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     SetDataplane(DataplaneConfig),
-    SetBackend { id: u32, backend: Backend },
-    InstallVip { key: VipKey, vip: VipTable },
-    RemoveVip { key: VipKey },
-    ClearBackend { id: u32 },
+    SetBackend {
+        id: u32,
+        backend: Backend,
+    },
+    InstallVip {
+        key: VipKey,
+        vip: VipTable,
+    },
+    RemoveVip {
+        key: VipKey,
+    },
+    ClearBackend {
+        id: u32,
+    },
+    /// VIP `index`'s admission policy and source lists (the default clears them).
+    SetAdmission {
+        index: u32,
+        admission: VipAdmission,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -196,13 +272,15 @@ pub fn dataplane_config(instance: &Instance) -> DataplaneConfig {
         encap_src_v6_host_bits: instance.encap_source_v6.host_bits,
         fallback_dst_mac: instance.fallback_mac.unwrap_or([0; 6]),
         _pad: [0; 2],
+        flow_hash_key: instance.flow_hash_key.unwrap_or(lb_common::flow::PUBLIC_HASH_KEY),
     }
 }
 
 /// The operations that make `current` match `desired`, in this order: instance settings;
+/// admission policies and source lists (in place before a new VIP or a record asks for them);
 /// backend records that are new or may keep flows again; tables; records whose flows must now
 /// move (after no table points at them, so no new flow lands on a record that sheds it);
-/// removed VIPs; records nothing uses any more.
+/// removed VIPs and then their admission; records nothing uses any more.
 pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileError> {
     let mut ops = Vec::new();
     if desired.dataplane != current.dataplane {
@@ -221,6 +299,13 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
         indexes.push(index);
     }
 
+    let no_admission = VipAdmission::default();
+    for (vip, &index) in desired.vips.iter().zip(&indexes) {
+        if current.admission.get(&index).unwrap_or(&no_admission) != &vip.admission {
+            ops.push(Op::SetAdmission { index, admission: vip.admission.clone() });
+        }
+    }
+
     // Backend ids: one per (VIP, address), kept while configured.
     let existing: BTreeMap<(u16, u8, [u8; 16]), u32> =
         current.backends.iter().map(|(id, b)| ((b.vip_index, b.family, b.addr), *id)).collect();
@@ -234,7 +319,8 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
             let (family, addr) = to_key(b.address);
             let record = Backend::new(family, addr, index as u16, vip.key.tag())
                 .with_weight(b.weight)
-                .keeping_flows(b.keeps_flows);
+                .keeping_flows(b.keeps_flows)
+                .with_admission(vip.admission.policy.checks);
             let id = match existing.get(&(index as u16, family, addr)) {
                 Some(&id) => {
                     let now = current.backends[&id];
@@ -282,7 +368,8 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
                 smooth_sequence(&sequence)
             }
         };
-        let live = VipTable { index, scheduling: scheduling(vip.scheduler, vip.new_flow_budget), table };
+        let how = scheduling(vip.scheduler, vip.new_flow_budget, vip.admission.policy.checks);
+        let live = VipTable { index, scheduling: how, table };
         if current.vips.get(&vip.key) != Some(&live) {
             tables.push(Op::InstallVip { key: vip.key, vip: live });
         }
@@ -291,8 +378,11 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
     ops.extend(tables);
     ops.extend(shed);
     let desired_keys: BTreeSet<VipKey> = desired.vips.iter().map(|v| v.key).collect();
-    for key in current.vips.keys().filter(|k| !desired_keys.contains(k)) {
+    for (key, vip) in current.vips.iter().filter(|(k, _)| !desired_keys.contains(k)) {
         ops.push(Op::RemoveVip { key: *key });
+        if current.admission.contains_key(&vip.index) {
+            ops.push(Op::SetAdmission { index: vip.index, admission: VipAdmission::default() });
+        }
     }
     for id in current.backends.keys().filter(|id| !wanted_ids.contains(id)) {
         ops.push(Op::ClearBackend { id: *id });

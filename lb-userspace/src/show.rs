@@ -22,15 +22,36 @@ fn flood(vip: &Value) -> String {
     }
 }
 
+/// A VIP's admission in a few words: lists, rates and refusals, or "-" if it serves everyone.
+fn admission(vip: &Value) -> String {
+    let a = &vip["admission"];
+    let mut parts = Vec::new();
+    let listed = |k: &str| a[k].as_array().map_or(0, Vec::len);
+    if listed("allow") + listed("deny") > 0 {
+        parts.push(format!("allow:{} deny:{}", listed("allow"), listed("deny")));
+    }
+    if let Some(r) = a["packets_per_second"].as_u64() {
+        parts.push(format!("pps:{r}"));
+    }
+    if let Some(r) = a["new_flows_per_second"].as_u64() {
+        parts.push(format!("flows/s:{r}"));
+    }
+    let refused: u64 = a["refused"].as_object().into_iter().flatten().filter_map(|(_, n)| n.as_u64()).sum();
+    if refused > 0 {
+        parts.push(format!("refused:{refused}"));
+    }
+    if parts.is_empty() { "-".into() } else { parts.join(" ") }
+}
+
 pub fn vips(vips: &Value) -> String {
     let mut s = format!(
-        "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6}  {}\n",
-        "VIP", "address", "port", "proto", "scheduler", "table", "backends", "flood", "fingerprint"
+        "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6} {:<10}  {}\n",
+        "VIP", "address", "port", "proto", "scheduler", "table", "backends", "flood", "fingerprint", "admission"
     );
     for v in vips.as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6}  {}",
+            "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6} {:<10}  {}",
             text(&v["name"]),
             text(&v["address"]),
             text(&v["port"]),
@@ -39,7 +60,8 @@ pub fn vips(vips: &Value) -> String {
             text(&v["table_size"]),
             text(&v["backends"]),
             flood(v),
-            text(&v["fingerprint"])
+            text(&v["fingerprint"]),
+            admission(v)
         );
     }
     s
@@ -79,10 +101,12 @@ pub fn backends(rows: &Value) -> String {
 
 pub fn status(status: &Value) -> String {
     let mut s = format!(
-        "instance {} (config {}), data plane generation {}\n",
+        "instance {} (config {}), data plane generation {}, flow hash key {}, {} client prefixes rate-tracked\n",
         text(&status["instance"]),
         text(&status["config"]),
-        text(&status["generation"])
+        text(&status["generation"]),
+        text(&status["flow_hash_key"]),
+        text(&status["source_buckets"])
     );
     for w in status["warnings"].as_array().into_iter().flatten() {
         let _ = writeln!(s, "WARNING: {}", text(w));
@@ -96,6 +120,10 @@ pub fn status(status: &Value) -> String {
 
 pub fn plan(plan: &[VipPlan]) -> String {
     let mut s = String::new();
+    if plan.iter().any(|v| v.flow_hash_key_changes) {
+        s += "the flow hash key changes: every new flow is hashed anew and most move to another backend; \
+              flows in the flow table keep theirs. Change the key on every balancer of the fleet together.\n";
+    }
     for v in plan {
         let _ = writeln!(
             s,

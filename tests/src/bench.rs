@@ -56,6 +56,7 @@ pub fn balancer(
         encap_src_v6_host_bits: 16,
         fallback_dst_mac: FALLBACK_MAC,
         _pad: [0; 2],
+        flow_hash_key: lb_common::flow::PUBLIC_HASH_KEY,
     })?;
     for (index, vip, backends) in [
         (0, IpAddr::V4(VIP4), (1..=10u32).map(|i| (i, IpAddr::V4(backend4(i as u8)))).collect::<Vec<_>>()),
@@ -75,12 +76,12 @@ pub fn balancer(
                 maglev.iter().map(|m| SequenceMember { addr: m.addr, family: m.family, weight: 1, id: m.id }).collect();
             VipTable {
                 index,
-                scheduling: Scheduling { scheduler, source_prefix_len: 0, new_flow_budget },
+                scheduling: Scheduling { scheduler, source_prefix_len: 0, new_flow_budget, admission: 0 },
                 table: smooth_sequence(&members),
             }
         } else {
             let scheduling = if index == 0 {
-                Scheduling { scheduler, source_prefix_len: 32, new_flow_budget }
+                Scheduling { scheduler, source_prefix_len: 32, new_flow_budget, admission: 0 }
             } else {
                 Scheduling::default()
             };

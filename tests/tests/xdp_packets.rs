@@ -19,7 +19,7 @@ use lb_common::{
     counters::{Reason, ReasonCounter},
     dataplane::DataplaneConfig,
     flood::FLOOD_WINDOW_NS,
-    flow::{flow_hash, source_hash},
+    flow::{HashKey, flow_hash, source_hash},
     least_connections::{candidates, second_wins},
     maglev::{MaglevBackend, build_table, table_slot},
     nexthop::NextHop,
@@ -85,8 +85,12 @@ fn config() -> DataplaneConfig {
         encap_src_v6_host_bits: 16,
         fallback_dst_mac: FALLBACK_MAC,
         _pad: [0; 2],
+        flow_hash_key: HASH_KEY,
     }
 }
+
+/// The fixtures' flow hash key (an instance's secret).
+const HASH_KEY: HashKey = [0x5eed_0f1a_b5c4_1e57, 0x0123_4567_89ab_cdef];
 
 /// The loaded programs plus the userspace copy of what was installed, to predict every decision.
 struct Env {
@@ -141,7 +145,8 @@ impl Env {
         // Schedulers other than Maglev, on the same backends with their own ids.
         let hashed: Vec<_> = (0..3).map(|i| (70 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
         env.vip(13, VIP4_SOURCE_HASH.into(), 80, Protocol::Tcp, &hashed, 251)?;
-        let source_hash = Scheduling { scheduler: scheduler::SOURCE_HASH, source_prefix_len: 24, new_flow_budget: 0 };
+        let source_hash =
+            Scheduling { scheduler: scheduler::SOURCE_HASH, source_prefix_len: 24, new_flow_budget: 0, admission: 0 };
         env.reschedule(VIP4_SOURCE_HASH.into(), source_hash)?;
         let dealt: Vec<_> = (0..3).map(|i| (80 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
         env.vip(14, VIP4_ROUND_ROBIN.into(), 80, Protocol::Tcp, &dealt, 251)?;
@@ -156,13 +161,23 @@ impl Env {
         let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_ROUND_ROBIN.into()).1, 80, 6);
         let sequence = VipTable {
             index: 14,
-            scheduling: Scheduling { scheduler: scheduler::SEQUENCE, source_prefix_len: 0, new_flow_budget: 0 },
+            scheduling: Scheduling {
+                scheduler: scheduler::SEQUENCE,
+                source_prefix_len: 0,
+                new_flow_budget: 0,
+                admission: 0,
+            },
             table: smooth_sequence(&members),
         };
         env.balancer.install_vip(&key, &sequence)?;
         env.vips.insert(key, (14, sequence.table.clone()));
         env.schedulings.insert(key, sequence.scheduling);
-        let least = Scheduling { scheduler: scheduler::LEAST_CONNECTIONS, source_prefix_len: 0, new_flow_budget: 0 };
+        let least = Scheduling {
+            scheduler: scheduler::LEAST_CONNECTIONS,
+            source_prefix_len: 0,
+            new_flow_budget: 0,
+            admission: 0,
+        };
         for (index, port, protocol, first_id) in [(15, 80, Protocol::Tcp, 90), (16, 53, Protocol::Udp, 93)] {
             let ids: Vec<_> =
                 (0..3).map(|i| (first_id + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
@@ -226,14 +241,14 @@ impl Env {
         let how = self.schedulings.get(&vip_key).copied().unwrap_or_default();
         let slot = match how.scheduler {
             scheduler::SOURCE_HASH => {
-                table_slot(source_hash(&flow.key(), how.source_prefix_len), table.len() as u32) as usize
+                table_slot(source_hash(&flow.key(), how.source_prefix_len, &HASH_KEY), table.len() as u32) as usize
             }
             scheduler::SEQUENCE => self.positions.get(&vip_key).copied().unwrap_or(0) % table.len(),
             scheduler::LEAST_CONNECTIONS => {
                 let id = self.fewer_active_flows(flow, table)?;
                 return Ok((index, id, self.backends[&id]));
             }
-            _ => table_slot(flow_hash(&flow.key()), table.len() as u32) as usize,
+            _ => table_slot(flow_hash(&flow.key(), &HASH_KEY), table.len() as u32) as usize,
         };
         let id = table[slot];
         Ok((index, id, self.backends[&id]))
@@ -243,7 +258,7 @@ impl Env {
     /// weights of [`Env::weights`] (1 unless set).
     fn fewer_active_flows(&self, flow: &Flow, table: &[u32]) -> anyhow::Result<u32> {
         let at = |slot: u32| table.get(slot as usize).copied();
-        let (first, second) = candidates(flow_hash(&flow.key()), table.len() as u32, at).context("table")?;
+        let (first, second) = candidates(flow_hash(&flow.key(), &HASH_KEY), table.len() as u32, at).context("table")?;
         let Some(second) = second else { return Ok(first) };
         let load = |id: u32| -> anyhow::Result<(u64, u32)> {
             Ok((self.balancer.active_flows(id)?.max(0) as u64, self.weights.get(&id).copied().unwrap_or(1)))
@@ -269,7 +284,7 @@ impl Env {
 
     /// The outer source for `flow` towards a backend of `backend`'s family, per the config.
     fn outer_src(flow: &Flow, backend: IpAddr) -> IpAddr {
-        let hash = flow_hash(&flow.key());
+        let hash = flow_hash(&flow.key(), &HASH_KEY);
         match backend {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 18, 200, hash as u8)),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, hash as u16)),
@@ -383,7 +398,7 @@ fn expect_encap(env: &Env, flow: &Flow, input: &[u8], shape: &Shape, new_flow: b
         outer_dst: backend,
         src_mac: BALANCER_MAC,
         dst_mac: FALLBACK_MAC,
-        flow_hash: flow_hash(&flow.key()),
+        flow_hash: flow_hash(&flow.key(), &HASH_KEY),
     };
     Ok(Expect {
         verdict: XDP_TX,
@@ -1056,7 +1071,7 @@ fn least_connections_udp_counts(env: &mut Env) -> anyhow::Result<()> {
         // The expired entry stops counting before the choice: every count is 0 then, so the
         // tie goes to the Maglev choice.
         let table = &env.vips[&least_connections_key(53, Protocol::Udp)].1;
-        let now = table[table_slot(flow_hash(&f.key()), table.len() as u32) as usize];
+        let now = table[table_slot(flow_hash(&f.key(), &HASH_KEY), table.len() as u32) as usize];
         let expect = expect_encap_to(env, &f, &input, &shape, now, true)?;
         check(env, &input, None, &expect).context("datagram after the idle timeout")?;
         let counts = active(env, ids.clone())?;
@@ -1078,7 +1093,7 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
     let syn = Shape { tcp: TcpFlags::Syn, ..Shape::default() };
     let candidates_of = |f: &Flow| {
         let at = |slot: u32| table.get(slot as usize).copied();
-        candidates(flow_hash(&f.key()), table.len() as u32, at)
+        candidates(flow_hash(&f.key(), &HASH_KEY), table.len() as u32, at)
     };
     let (first, second) = loop {
         let f = flow(env, Protocol::Tcp, VIP4_LEAST_CONNECTIONS.into(), 80);
@@ -1161,7 +1176,7 @@ fn expect_encap_to(
         outer_dst: address,
         src_mac: BALANCER_MAC,
         dst_mac: FALLBACK_MAC,
-        flow_hash: flow_hash(&flow.key()),
+        flow_hash: flow_hash(&flow.key(), &HASH_KEY),
     };
     Ok(Expect {
         verdict: XDP_TX,
@@ -1284,10 +1299,10 @@ fn largest_table_spans_chunks(env: &mut Env) -> anyhow::Result<()> {
         let mut chunks_seen = std::collections::BTreeSet::new();
         for _ in 0..64 {
             let f = flow(env, Protocol::Tcp, VIP4_REBUILD.into(), 80);
-            chunks_seen.insert(table_slot(flow_hash(&f.key()), size) / entries);
+            chunks_seen.insert(table_slot(flow_hash(&f.key(), &HASH_KEY), size) / entries);
             let input = frame(&f, &shape);
             check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)
-                .with_context(|| format!("new flow to slot {}", table_slot(flow_hash(&f.key()), size)))?;
+                .with_context(|| format!("new flow to slot {}", table_slot(flow_hash(&f.key(), &HASH_KEY), size)))?;
         }
         ensure!(chunks_seen.len() >= 32, "64 flows met only {} chunks", chunks_seen.len());
         Ok(())
@@ -1481,7 +1496,7 @@ fn drain_keeps_down_sheds(env: &mut Env) -> anyhow::Result<()> {
             outer_dst: backend,
             src_mac: BALANCER_MAC,
             dst_mac: FALLBACK_MAC,
-            flow_hash: flow_hash(&drained_flow.key()),
+            flow_hash: flow_hash(&drained_flow.key(), &HASH_KEY),
         };
         keeps.output = Some(encapsulated(&input, l3_offset(&shape), &encap));
         keeps.forwarded = Some((index, drained, false));
@@ -1568,7 +1583,7 @@ fn fib_expect(
         outer_dst: backend,
         src_mac,
         dst_mac,
-        flow_hash: flow_hash(&f.key()),
+        flow_hash: flow_hash(&f.key(), &HASH_KEY),
     };
     Ok(Expect {
         verdict: verdict.0,

@@ -4,8 +4,11 @@
 //! problem is reported with the file, line and column, the field, what is wrong and what is
 //! allowed. A file with any problem yields no [`Config`] at all, so nothing of it can be applied.
 
+mod admission;
 mod raw;
 mod render;
+
+pub use admission::{Admission, Prefix, RateLimit};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -17,8 +20,8 @@ use std::{
 
 use lb_common::{
     capacity::{
-        MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_CHUNKS, MAX_VIPS, SEQUENCE_MAX_LEN, TABLE_CHUNK_ENTRIES,
-        TABLES_PER_VIP,
+        MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_SOURCE_LIST_ENTRIES, MAX_TABLE_CHUNKS, MAX_VIPS, SEQUENCE_MAX_LEN,
+        TABLE_CHUNK_ENTRIES, TABLES_PER_VIP,
     },
     dataplane::{MAX_ENCAP_SRC_V4_HOST_BITS, MAX_ENCAP_SRC_V6_HOST_BITS},
     maglev::{default_table_size, is_prime},
@@ -234,6 +237,9 @@ pub struct Instance {
     pub control_socket: std::path::PathBuf,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The secret key of the flow hash, the same on every balancer of a fleet; None: the public
+    /// one (`lb_common::flow::PUBLIC_HASH_KEY`).
+    pub flow_hash_key: Option<lb_common::flow::HashKey>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -255,6 +261,8 @@ pub struct Vip {
     /// New flows per second past which the VIP is in flood mode on this balancer (new flows
     /// forwarded without flow-table entries, see `lb_common::flood`); 0: never.
     pub new_flow_budget: u32,
+    /// Whom the VIP serves: source lists and per-source rates.
+    pub admission: Admission,
     pub health: Option<HealthCheck>,
     pub backends: Vec<Backend>,
 }
@@ -373,6 +381,7 @@ impl Validator<'_> {
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         let mut keys: BTreeMap<(IpAddr, u16, Protocol), usize> = BTreeMap::new();
         let (mut table_chunks, mut tables_full) = (0, false);
+        let (mut listed, mut lists_full) = (0, false);
         for (i, raw_vip) in file.vip.iter().enumerate() {
             let field = format!("vip[{i}]");
             let Some(vip) = self.vip(raw_vip.get_ref(), &field) else { continue };
@@ -388,6 +397,18 @@ impl Validator<'_> {
                     raw_vip.span(),
                     &field,
                     format!("vip[{first}] already serves {} port {} {}", vip.address, vip.port, vip.protocol),
+                );
+            }
+            listed += vip.admission.listed();
+            if listed > MAX_SOURCE_LIST_ENTRIES as usize && !lists_full {
+                lists_full = true;
+                self.problem(
+                    raw_vip.get_ref().admission.as_ref().map_or(raw_vip.span(), |a| a.span()),
+                    &format!("{field}.admission"),
+                    format!(
+                        "with this VIP the source lists hold {listed} prefixes, more than the \
+                         {MAX_SOURCE_LIST_ENTRIES} supported for all VIPs together"
+                    ),
                 );
             }
             table_chunks += vip.table_chunks();
@@ -511,6 +532,10 @@ impl Validator<'_> {
                     .map_err(|_| format!("\"{s}\" is not an address and port such as 127.0.0.1:9100"))
             }),
         };
+        let flow_hash_key = match &raw.flow_hash_key {
+            None => Some(None),
+            Some(k) => self.check(k, "instance.flow_hash_key", |s| hash_key(s).map(Some)),
+        };
         Some(Instance {
             name: name?,
             interfaces,
@@ -525,6 +550,7 @@ impl Validator<'_> {
             fallback_mac: fallback_mac?,
             control_socket: control_socket?,
             metrics_address: metrics_address?,
+            flow_hash_key: flow_hash_key?,
         })
     }
 
@@ -645,6 +671,10 @@ impl Validator<'_> {
                 "least-response-time needs a [vip.health] check to measure response times".into(),
             );
         }
+        let admission = match &raw.admission {
+            None => Some(Admission::default()),
+            Some(a) => self.admission(a, &format!("{field}.admission"), vip_address),
+        };
         let mut backends = Vec::new();
         let mut seen: BTreeMap<IpAddr, usize> = BTreeMap::new();
         for (i, b) in raw.backend.iter().enumerate() {
@@ -706,6 +736,7 @@ impl Validator<'_> {
             max_ejected_percent: max_ejected_percent? as u8,
             slow_start: std::time::Duration::from_secs(slow_start_secs? as u64),
             new_flow_budget: new_flow_budget? as u32,
+            admission: admission?,
             health: vip_health?,
             backends,
         })
@@ -878,6 +909,25 @@ fn hex(s: &str) -> Result<Vec<u8>, String> {
         return Err(format!("\"{s}\" is not hexadecimal bytes (pairs of 0-9, a-f)"));
     }
     Ok((0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("checked")).collect())
+}
+
+/// A flow hash key: 32 hexadecimal digits (128 bits), not all zero.
+fn hash_key(s: &str) -> Result<lb_common::flow::HashKey, String> {
+    let digits: String = s.chars().filter(|c| !c.is_whitespace() && *c != '-').collect();
+    if digits.len() != 32 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "is not 32 hexadecimal digits (a 128-bit key); make one with `od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'` \
+             and give every balancer of the fleet the same"
+        ));
+    }
+    let key = [
+        u64::from_str_radix(&digits[..16], 16).expect("checked"),
+        u64::from_str_radix(&digits[16..], 16).expect("checked"),
+    ];
+    if key == [0, 0] {
+        return Err("is all zeros, which is no secret; use random digits".into());
+    }
+    Ok(key)
 }
 
 fn mac(s: &str) -> Result<[u8; 6], String> {

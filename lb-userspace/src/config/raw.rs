@@ -37,6 +37,8 @@ pub struct Instance {
     pub control_socket: Option<Spanned<String>>,
     #[serde(default)]
     pub metrics_address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub flow_hash_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,7 +67,30 @@ pub struct Vip {
     #[serde(default)]
     pub health: Option<Spanned<Health>>,
     #[serde(default)]
+    pub admission: Option<Spanned<Admission>>,
+    #[serde(default)]
     pub backend: Vec<Spanned<Backend>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admission {
+    #[serde(default)]
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub packets_per_second: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub packet_burst: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub new_flows_per_second: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub new_flow_burst: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub source_prefix_v4: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub source_prefix_v6: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,9 @@ impl Config {
         if let Some(a) = i.metrics_address {
             let _ = writeln!(s, "metrics_address = \"{a}\"");
         }
+        if let Some([k0, k1]) = i.flow_hash_key {
+            let _ = writeln!(s, "flow_hash_key = \"{k0:016x}{k1:016x}\"");
+        }
         for v in &self.vips {
             let _ = writeln!(s, "\n[[vip]]");
             let _ = writeln!(s, "name = {}", quote(&v.name));
@@ -57,6 +60,9 @@ impl Config {
             if let Some(h) = &v.health {
                 let _ = writeln!(s, "[vip.health]");
                 health(&mut s, h);
+            }
+            if !v.admission.admits_all() {
+                admission(&mut s, &v.admission);
             }
             for b in &v.backends {
                 let _ = writeln!(s, "[[vip.backend]]");
@@ -119,6 +125,20 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A TOML basic string.
+fn admission(s: &mut String, a: &super::Admission) {
+    let list = |prefixes: &[super::Prefix]| prefixes.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(s, "[vip.admission]");
+    let _ = writeln!(s, "allow = [{}]", list(&a.allow));
+    let _ = writeln!(s, "deny = [{}]", list(&a.deny));
+    if let Some(r) = a.packets {
+        let _ = writeln!(s, "packets_per_second = {}\npacket_burst = {}", r.per_second, r.burst);
+    }
+    if let Some(r) = a.new_flows {
+        let _ = writeln!(s, "new_flows_per_second = {}\nnew_flow_burst = {}", r.per_second, r.burst);
+    }
+    let _ = writeln!(s, "source_prefix_v4 = {}\nsource_prefix_v6 = {}", a.source_prefix_v4, a.source_prefix_v6);
+}
+
 fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }

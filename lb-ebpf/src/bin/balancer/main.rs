@@ -1,8 +1,9 @@
 //! The balancer: XDP fast path of the load balancer.
 //!
 //! A straight line of small stages: link and IP parsing (`lb_ebpf::l2`, `lb_ebpf::l3`) ->
-//! flow table ([`continue_flow`]: an established flow needs no VIP lookup), else VIP lookup and
-//! the VIP's scheduler ([`schedule`], with flood mode) -> MTU check
+//! flow table ([`continue_flow`]: an established flow needs no VIP lookup), else VIP lookup,
+//! admission ([`admission`]: source lists, anti-spoofing, per-source rates) and the VIP's
+//! scheduler ([`schedule`], with flood mode) -> MTU check
 //! ([`icmp`] answers packets too big to encapsulate) -> encapsulation ([`encap`]) -> next hop and
 //! verdict ([`nexthop`]: the backend's next hop as the agent resolved it, else the FIB) -> counters
 //! ([`maps`]).
@@ -13,6 +14,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod admission;
 mod encap;
 mod icmp;
 mod maps;
@@ -22,6 +24,7 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::x
 use lb_common::{
     backend::Backend,
     counters::Reason,
+    dataplane::DataplaneConfig,
     family,
     flow::{FLOW_TRACKS_TIME, FlowKey, FlowState, flow_clock, flow_hash, source_hash, stage},
     least_connections::{candidates, second_wins},
@@ -95,18 +98,29 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     if stop_after(2) && entry.is_some() {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
-    let established = entry.and_then(|state| continue_flow(state, &ip.flow, segment, cfg.udp_idle_timeout_ns));
+    let established = match entry {
+        Some(state) => continue_flow(state, &ip.flow, segment, cfg.udp_idle_timeout_ns),
+        None => Continued::Rescheduled,
+    };
     let (vip_index, backend_id, backend, hash, kind) = match established {
-        Some((id, backend, hash)) => (u32::from(backend.vip_index), id, backend, hash, Flow::Known),
-        None => {
+        Continued::Stays(id, backend, hash) => (u32::from(backend.vip_index), id, backend, hash, Flow::Known),
+        Continued::Refused(vip_index, reason) => {
+            maps::count_unsent(vip_index, reason, bytes);
+            return (xdp_action::XDP_DROP, reason);
+        }
+        Continued::Rescheduled => {
             let Some(vip) = find_vip(&ip.flow) else {
                 return (xdp_action::XDP_PASS, Reason::PassNotVip);
             };
-            let Some((id, backend, hash, kind)) = schedule(entry, &ip.flow, &vip, segment) else {
-                maps::count_traffic(&VIP_STATS, vip.index, bytes, false);
-                return (xdp_action::XDP_DROP, Reason::DropNoBackend);
-            };
-            (vip.index, id, backend, hash, kind)
+            let scheduled =
+                admission::new_flow(&ip.flow, &vip, cfg).and_then(|()| schedule(entry, &ip.flow, &vip, segment, cfg));
+            match scheduled {
+                Ok((id, backend, hash, kind)) => (vip.index, id, backend, hash, kind),
+                Err(reason) => {
+                    maps::count_unsent(vip.index, reason, bytes);
+                    return (xdp_action::XDP_DROP, reason);
+                }
+            }
         }
     };
     let new_flow = kind != Flow::Known;
@@ -183,32 +197,44 @@ fn flow_entry(key: &FlowKey) -> Option<*mut FlowState> {
     if key.family == family::IPV4 { FLOWS_V4.get_ptr_mut(key.v4()) } else { FLOWS_V6.get_ptr_mut(key) }
 }
 
-/// The backend of a flow with entry `state`, if the flow stays there: the entry's backend still
-/// takes flows and serves the VIP the flow was scheduled for (tags agree: an id or a VIP index
-/// given to another VIP since fails this), and the packet neither opens a new connection nor
-/// comes after the UDP idle timeout ([`stays_pinned`]). Keeps the entry's stage and packet time,
-/// and the backend's count of active flows (see [`stage`]). Returns (backend id, backend, flow
-/// hash).
+/// What became of a packet whose flow has an entry.
+enum Continued {
+    /// It goes to the entry's backend: (backend id, backend, flow hash).
+    Stays(u32, Backend, u32),
+    /// Its VIP's admission refuses it (VIP index, why); the entry is left as it was.
+    Refused(u32, Reason),
+    /// It is scheduled as a new flow.
+    Rescheduled,
+}
+
+/// Where a packet of a flow with entry `state` goes. It stays on the entry's backend if that
+/// still takes flows and serves the VIP the flow was scheduled for (tags agree: an id or a VIP
+/// index given to another VIP since fails this), and the packet neither opens a new connection nor
+/// comes after the UDP idle timeout ([`stays_pinned`]), and the VIP's admission lets it through
+/// (`admission::established`). Keeps the entry's stage and packet time, and the backend's count
+/// of active flows (see [`stage`]).
 #[inline(always)]
-fn continue_flow(
-    state: *mut FlowState,
-    key: &FlowKey,
-    segment: Segment,
-    udp_idle_timeout_ns: u64,
-) -> Option<(u32, Backend, u32)> {
+fn continue_flow(state: *mut FlowState, key: &FlowKey, segment: Segment, udp_idle_timeout_ns: u64) -> Continued {
     // SAFETY: LRU values are plain data; a concurrent update at worst yields a stale backend id,
     // which is validated here.
     let known = unsafe { *state };
     let id = u32::from(known.backend);
-    let backend = BACKENDS.get(id)?;
+    let Some(backend) = BACKENDS.get(id) else {
+        return Continued::Rescheduled;
+    };
     if !backend.keeps_flows() || backend.vip_tag != known.vip_tag {
-        return None;
+        return Continued::Rescheduled;
     }
     // Packet times cost a clock read: kept only where they are used (`FLOW_TRACKS_TIME`).
     // SAFETY: helper without arguments.
     let now = if known.tracks_time() { unsafe { bpf_ktime_get_coarse_ns() } } else { 0 };
     if !stays_pinned(&known, key.protocol, segment, now, udp_idle_timeout_ns) {
-        return None;
+        return Continued::Rescheduled;
+    }
+    if backend.admission != 0
+        && let Err(reason) = admission::established(key, u32::from(backend.vip_index), backend.admission)
+    {
+        return Continued::Refused(u32::from(backend.vip_index), reason);
     }
     let stage = next_stage(known.stage, segment);
     // SAFETY: as above; this CPU's packet of the flow updates its own entry.
@@ -227,7 +253,7 @@ fn continue_flow(
         (stage::ACTIVE, stage::ENDED) => maps::add_active_flows(id, -1),
         _ => {}
     }
-    Some((id, *backend, known.hash))
+    Continued::Stays(id, *backend, known.hash)
 }
 
 /// A backend for a flow of `vip` that has no entry, or whose entry `entry` does not stand
@@ -235,13 +261,26 @@ fn continue_flow(
 /// or inserted). A TCP SYN on an entry past its handshake comes here too: a client reusing a
 /// source port opens a new connection and must not inherit the old one's backend. In flood mode
 /// a flow without an entry is sent where the VIP's table says by its hash alone and not inserted
-/// (see `lb_common::flood`). Returns (backend id, backend, flow hash, how the flow was found).
+/// (see `lb_common::flood`). Returns (backend id, backend, flow hash, how the flow was found), or
+/// [`Reason::DropNoBackend`].
 #[inline(always)]
 fn schedule(
     entry: Option<*mut FlowState>,
     key: &FlowKey,
     vip: &VipInfo,
     segment: Segment,
+    cfg: &DataplaneConfig,
+) -> Result<(u32, Backend, u32, Flow), Reason> {
+    choose(entry, key, vip, segment, &cfg.flow_hash_key).ok_or(Reason::DropNoBackend)
+}
+
+#[inline(always)]
+fn choose(
+    entry: Option<*mut FlowState>,
+    key: &FlowKey,
+    vip: &VipInfo,
+    segment: Segment,
+    hash_key: &[u64; 2],
 ) -> Option<(u32, Backend, u32, Flow)> {
     if let Some(state) = entry {
         // SAFETY: as in `continue_flow`.
@@ -265,11 +304,11 @@ fn schedule(
             // SAFETY: per-CPU value, only this CPU writes it.
             unsafe { (*state).track_new_flow(vip.new_flow_budget, now) }
         });
-    let hash = flow_hash(key);
+    let hash = flow_hash(key, hash_key);
     let table = vip.live_table_slot();
     let id = match vip.scheduler {
         scheduler::SOURCE_HASH => {
-            maps::table_entry(table, table_slot(source_hash(key, vip.source_prefix_len), vip.table_size))?
+            maps::table_entry(table, table_slot(source_hash(key, vip.source_prefix_len, hash_key), vip.table_size))?
         }
         // Untracked flows need a choice that every packet of the flow repeats: the hash's slot.
         scheduler::SEQUENCE if tracked => maps::table_entry(table, maps::next_in_sequence(vip.index, vip.table_size)?)?,

@@ -5,13 +5,14 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
+    admission::{AdmissionPolicy, REFUSAL_COUNTERS, SourceBucket, SourceBucketKey, SourceListKey, refusal_slot},
     backend::Backend,
     capacity::{
         FLOW_TABLE_DEFAULT_ENTRIES, IPV6_FLOW_TABLE_DEFAULT_ENTRIES, MAX_BACKENDS, MAX_EGRESS_INTERFACES,
-        MAX_TABLE_CHUNKS, MAX_VIPS, VIP_COUNTER_ENTRIES,
+        MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES, MAX_TABLE_CHUNKS, MAX_VIPS, VIP_COUNTER_ENTRIES,
     },
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
@@ -106,6 +107,38 @@ pub fn add_active_flows(id: u32, delta: i64) {
 #[inline(always)]
 pub fn active_flows(id: u32) -> u64 {
     ACTIVE_FLOWS.get(id).map_or(0, |count| (*count).max(0) as u64)
+}
+
+/// VIP index -> its admission settings (`lb_common::admission`).
+#[map]
+pub static ADMISSION: Array<AdmissionPolicy> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// (VIP index, family, client prefix) -> allow or deny (`lb_common::admission::verdict`).
+#[map]
+pub static SOURCE_LISTS: LpmTrie<SourceListKey, u32> = LpmTrie::with_max_entries(MAX_SOURCE_LIST_ENTRIES, 0);
+
+/// (VIP index, client prefix) -> its rate buckets. Shared by all CPUs, as one client's flows
+/// spread over them; two CPUs updating one bucket at once may each take the same token, so a
+/// limit can be exceeded by a packet per CPU, never undercut.
+#[map]
+pub static SOURCE_BUCKETS: LruHashMap<SourceBucketKey, SourceBucket> =
+    LruHashMap::with_max_entries(MAX_SOURCE_BUCKETS, 0);
+
+/// Per CPU: packets admission refused, per VIP and reason (`lb_common::admission::refusal_slot`).
+#[map]
+pub static REFUSALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REFUSAL_COUNTERS, 0);
+
+/// Counts a packet to VIP `vip_index` that reached no backend for `reason`: in the VIP's
+/// traffic, and per VIP and reason if admission refused it.
+#[inline(always)]
+pub fn count_unsent(vip_index: u32, reason: Reason, bytes: u64) {
+    count_traffic(&VIP_STATS, vip_index, bytes, false);
+    if let Some(slot) = refusal_slot(vip_index, reason)
+        && let Some(count) = REFUSALS.get_ptr_mut(slot)
+    {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { *count += 1 };
+    }
 }
 
 /// Per CPU, per VIP: new flows counted against the VIP's flood budget (`lb_common::flood`).
