@@ -43,6 +43,8 @@ use lb_userspace::{
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod admission;
+
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
@@ -1916,6 +1918,7 @@ fn main() -> anyhow::Result<()> {
     let env: Shared = Arc::new(Mutex::new(Env::new().context("loading the XDP programs")?));
     let trials = cases()
         .into_iter()
+        .chain(admission::cases())
         .map(|(name, body)| {
             let env = Arc::clone(&env);
             Trial::test(name, move || {
