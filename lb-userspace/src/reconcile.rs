@@ -486,6 +486,63 @@ mod tests {
         assert!(new_id.is_some_and(|id| !current.backends.contains_key(&id)), "{ops:?}");
     }
 
+    /// VIP `a` on .1 with one backend, and `admission` lines under `[vip.admission]`.
+    fn admitted(admission: &str) -> Config {
+        config(&(vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1)]) + "[vip.admission]\n" + admission + "\n"))
+    }
+
+    #[test]
+    fn admission_is_in_place_before_a_vip_or_record_asks_for_it() {
+        let c = admitted("allow = [\"198.18.0.0/24\"]\npackets_per_second = 100");
+        let ops = plan(&Desired::from_config(&c), &Current::default()).unwrap();
+        let set = ops.iter().position(|o| matches!(o, Op::SetAdmission { .. })).unwrap();
+        let first_backend = ops.iter().position(|o| matches!(o, Op::SetBackend { .. })).unwrap();
+        assert!(set < first_backend, "{ops:?}");
+        let Op::SetAdmission { admission, .. } = &ops[set] else { unreachable!() };
+        let checks = lb_common::admission::checks::SOURCE_LISTS | lb_common::admission::checks::PACKET_RATE;
+        assert_eq!(admission.policy.checks, checks);
+        assert_eq!(admission.policy.unlisted, verdict::DENY, "an allow list denies everyone else");
+        assert_eq!(admission.lists.len(), 1);
+        // The records and the VIP carry the stages.
+        for op in &ops {
+            match op {
+                Op::SetBackend { backend, .. } => assert_eq!(backend.admission, checks),
+                Op::InstallVip { vip, .. } => assert_eq!(vip.scheduling.admission, checks),
+                _ => {}
+            }
+        }
+        let mut current = Current::default();
+        apply(&mut current, &ops);
+        assert_eq!(plan(&Desired::from_config(&c), &current).unwrap(), vec![], "applied twice");
+    }
+
+    #[test]
+    fn lifting_admission_clears_it_and_a_removed_vip_leaves_none() {
+        let mut current = Current::default();
+        let with = admitted("deny = [\"198.18.0.66\"]");
+        let ops = plan(&Desired::from_config(&with), &current).unwrap();
+        apply(&mut current, &ops);
+        // Lifted: the lists go, and the records and table stop asking for them.
+        let without = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1)]));
+        let ops = plan(&Desired::from_config(&without), &current).unwrap();
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, Op::SetAdmission { admission, .. } if *admission == VipAdmission::default()))
+        );
+        assert!(ops.iter().any(|o| matches!(o, Op::SetBackend { backend, .. } if backend.admission == 0)), "{ops:?}");
+        apply(&mut current, &ops);
+        assert!(current.admission.is_empty());
+        // A removed VIP's admission goes after the VIP.
+        let ops = plan(&Desired::from_config(&with), &current).unwrap();
+        apply(&mut current, &ops);
+        let ops = plan(&Desired::from_config(&config("")), &current).unwrap();
+        let remove = ops.iter().position(|o| matches!(o, Op::RemoveVip { .. })).unwrap();
+        let clear = ops.iter().position(|o| matches!(o, Op::SetAdmission { .. })).unwrap();
+        assert!(remove < clear, "{ops:?}");
+        apply(&mut current, &ops);
+        assert!(current.admission.is_empty());
+    }
+
     #[test]
     fn weight_zero_everywhere_leaves_an_empty_table() {
         let c = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 0)]));

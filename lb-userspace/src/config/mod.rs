@@ -915,10 +915,9 @@ fn hex(s: &str) -> Result<Vec<u8>, String> {
 fn hash_key(s: &str) -> Result<lb_common::flow::HashKey, String> {
     let digits: String = s.chars().filter(|c| !c.is_whitespace() && *c != '-').collect();
     if digits.len() != 32 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "is not 32 hexadecimal digits (a 128-bit key); make one with `od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'` \
-             and give every balancer of the fleet the same"
-        ));
+        return Err("is not 32 hexadecimal digits (a 128-bit key); make one with \
+                    `od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'` and give every balancer of the fleet the same"
+            .into());
     }
     let key = [
         u64::from_str_radix(&digits[..16], 16).expect("checked"),

@@ -278,3 +278,86 @@ fn new_flow_budget_is_off_by_default_and_bounded() {
     let negative = MINIMAL.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nnew_flow_budget = -1\n");
     assert_eq!(only_problem(&negative), "13:19: vip[0].new_flow_budget: -1 is out of range 0..=1000000000");
 }
+
+/// MINIMAL with `[vip.admission]` holding `body`.
+fn with_admission(body: &str) -> String {
+    MINIMAL.replace("protocol = \"tcp\"\n", &format!("protocol = \"tcp\"\n[vip.admission]\n{body}\n"))
+}
+
+#[test]
+fn admission_parses_with_defaults() {
+    let c = Config::parse(MINIMAL, "test.toml").unwrap();
+    assert!(c.vips[0].admission.admits_all());
+    let text = with_admission(
+        "allow = [\"198.18.0.0/24\", \"198.18.9.9\"]\ndeny = [\"198.18.0.64/26\"]\npackets_per_second = 1000\n\
+         new_flows_per_second = 50\nnew_flow_burst = 10\nsource_prefix_v4 = 24",
+    );
+    let a = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}")).vips[0].admission.clone();
+    assert_eq!(
+        a.allow,
+        vec![
+            Prefix { network: "198.18.0.0".parse().unwrap(), len: 24 },
+            Prefix { network: "198.18.9.9".parse().unwrap(), len: 32 }
+        ]
+    );
+    assert_eq!(a.deny, vec![Prefix { network: "198.18.0.64".parse().unwrap(), len: 26 }]);
+    // A burst defaults to one second's worth.
+    assert_eq!(a.packets, Some(RateLimit { per_second: 1000, burst: 1000 }));
+    assert_eq!(a.new_flows, Some(RateLimit { per_second: 50, burst: 10 }));
+    assert_eq!((a.source_prefix_v4, a.source_prefix_v6), (24, 64));
+    // And it renders back.
+    let config = Config::parse(&text, "test.toml").unwrap();
+    assert_eq!(Config::parse(&config.to_toml(), "rendered").unwrap(), config);
+}
+
+#[test]
+fn bad_admission_is_explained() {
+    assert_eq!(
+        only_problem(&with_admission("allow = [\"198.18.0.1/24\"]")),
+        "14:10: vip[0].admission.allow[0]: 198.18.0.1/24 has host bits set; the prefix is 198.18.0.0/24"
+    );
+    assert_eq!(
+        only_problem(&with_admission("deny = [\"fd00::/64\"]")),
+        "14:9: vip[0].admission.deny[0]: fd00::/64 is an IPv6 prefix, but the VIP 198.18.100.1 is IPv4: its clients are IPv4"
+    );
+    assert_eq!(
+        only_problem(&with_admission("allow = [\"198.18.0.0/24\"]\ndeny = [\"198.18.0.0/24\"]")),
+        "15:9: vip[0].admission.deny[0]: 198.18.0.0/24 is already vip[0].admission.allow[0]"
+    );
+    assert_eq!(
+        only_problem(&with_admission("deny = [\"198.18.0.0/33\"]")),
+        "14:9: vip[0].admission.deny[0]: \"33\" is not a prefix length of 198.18.0.0/33 (0..=32)"
+    );
+    assert_eq!(
+        only_problem(&with_admission("packet_burst = 10")),
+        "14:16: vip[0].admission.packet_burst: a burst needs a rate: set packets_per_second too"
+    );
+    assert_eq!(
+        only_problem(&with_admission("new_flows_per_second = 0")),
+        "14:24: vip[0].admission.new_flows_per_second: 0 is out of range 1..=100000000"
+    );
+    assert_eq!(
+        only_problem(&with_admission("source_prefix_v6 = 129")),
+        "14:20: vip[0].admission.source_prefix_v6: 129 is out of range 1..=128"
+    );
+    assert_eq!(
+        only_problem(&with_admission("allow = [\"any\"]")),
+        "14:10: vip[0].admission.allow[0]: \"any\" is not a prefix; write it as ADDRESS/LENGTH or ADDRESS"
+    );
+}
+
+#[test]
+fn flow_hash_key_is_128_secret_bits() {
+    assert_eq!(Config::parse(MINIMAL, "test.toml").unwrap().instance.flow_hash_key, None);
+    let key = |k: &str| MINIMAL.replace("[instance]\n", &format!("[instance]\nflow_hash_key = \"{k}\"\n"));
+    let c = Config::parse(&key("00112233445566778899aabbccddeeff"), "test.toml").unwrap();
+    assert_eq!(c.instance.flow_hash_key, Some([0x0011_2233_4455_6677, 0x8899_aabb_ccdd_eeff]));
+    assert_eq!(Config::parse(&c.to_toml(), "rendered").unwrap(), c);
+    let short = only_problem(&key("0011"));
+    assert!(short.starts_with("3:17: instance.flow_hash_key: is not 32 hexadecimal digits"), "{short}");
+    assert!(!short.contains("0011"), "the error repeats the key: {short}");
+    assert_eq!(
+        only_problem(&key(&"0".repeat(32))),
+        "3:17: instance.flow_hash_key: is all zeros, which is no secret; use random digits"
+    );
+}

@@ -81,14 +81,14 @@ fn rates(flow: &FlowKey, vip_index: u32, policy: &AdmissionPolicy, checks: u8) -
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = SourceBucketKey::new(vip_index as u16, flow.family, policy.source_prefix(flow.family, &flow.src_addr));
-    let Some(bucket) = SOURCE_BUCKETS.get_ptr_mut(&key) else {
+    let Some(bucket) = SOURCE_BUCKETS.get_ptr_mut(key) else {
         // A new client prefix starts with full buckets: this packet takes a token of each.
         let fresh = SourceBucket {
             packets_tat: now + policy.packet_rate.interval_ns,
             flows_tat: if checks & checks::FLOW_RATE != 0 { now + policy.flow_rate.interval_ns } else { 0 },
         };
         // A failed insert (the LRU could not make room) admits the packet unlimited this once.
-        let _ = SOURCE_BUCKETS.insert(&key, &fresh, 0);
+        let _ = SOURCE_BUCKETS.insert(key, fresh, 0);
         return Ok(());
     };
     // SAFETY: LRU values are plain data; concurrent CPUs at worst lose a token update (see the map).
