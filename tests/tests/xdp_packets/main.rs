@@ -488,8 +488,25 @@ fn icmpv6_frame(icmp_type: u8, dst: Ipv6Addr) -> Vec<u8> {
     out
 }
 
+/// The kernel verifies at most a million instructions per program, counting every path it
+/// explores. A branchy stage in the fast path can multiply the count by the paths after it, so
+/// this fixture keeps a margin for what comes next and says how much is used.
+fn verifier_headroom(env: &mut Env) -> anyhow::Result<()> {
+    const LIMIT: u32 = 1_000_000;
+    let verified =
+        env.balancer.program()?.info()?.verified_instruction_count().context("kernel without verified_insns")?;
+    println!("balancer: {verified} instructions verified of the kernel's {LIMIT}");
+    ensure!(
+        verified < LIMIT * 7 / 10,
+        "the verifier explored {verified} instructions, over 70% of its limit of {LIMIT}: move branchy stages into \
+         #[inline(never)] functions or compute more in the agent"
+    );
+    Ok(())
+}
+
 fn cases() -> Vec<(&'static str, Body)> {
     vec![
+        ("verifier/balancer_headroom", verifier_headroom),
         // Forwarded traffic: exact encapsulated bytes, counters, and a flow-table hit.
         ("encap/tcp4_to_vip", |e| encap_case(e, Protocol::Tcp, VIP4.into(), 80, Shape::default())),
         ("encap/udp4_to_vip", |e| encap_case(e, Protocol::Udp, VIP4.into(), 53, Shape::default())),

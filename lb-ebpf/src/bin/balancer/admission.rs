@@ -75,20 +75,23 @@ fn source_lists(flow: &FlowKey, vip_index: u32, policy: &AdmissionPolicy) -> Res
 /// flow token for a new flow (`checks::FLOW_RATE`), as `checks` asks. A packet refused for its
 /// flow rate has still taken its packet token: it was sent.
 #[inline(always)]
+// By reference (clippy would pass the key and value by value): a moved copy takes another
+// stack slot, and this subprogram's stack adds to the caller's within BPF's 512 bytes.
+#[allow(clippy::needless_borrows_for_generic_args)]
 fn rates(flow: &FlowKey, vip_index: u32, policy: &AdmissionPolicy, checks: u8) -> Result<(), Reason> {
     // A precise clock: the coarse one moves a tick (1-4 ms) at once, which would cap a rate at its
     // burst per tick.
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = SourceBucketKey::new(vip_index as u16, flow.family, policy.source_prefix(flow.family, &flow.src_addr));
-    let Some(bucket) = SOURCE_BUCKETS.get_ptr_mut(key) else {
+    let Some(bucket) = SOURCE_BUCKETS.get_ptr_mut(&key) else {
         // A new client prefix starts with full buckets: this packet takes a token of each.
         let fresh = SourceBucket {
             packets_tat: now + policy.packet_rate.interval_ns,
             flows_tat: if checks & checks::FLOW_RATE != 0 { now + policy.flow_rate.interval_ns } else { 0 },
         };
         // A failed insert (the LRU could not make room) admits the packet unlimited this once.
-        let _ = SOURCE_BUCKETS.insert(key, fresh, 0);
+        let _ = SOURCE_BUCKETS.insert(&key, &fresh, 0);
         return Ok(());
     };
     // SAFETY: LRU values are plain data; concurrent CPUs at worst lose a token update (see the map).
