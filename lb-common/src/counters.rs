@@ -63,11 +63,15 @@ pub enum Reason {
     DecapPassNotTunnel,
     /// Decapsulation program: tunnel packet whose inner destination is not a configured VIP; passed untouched.
     DecapPassUnknownVip,
+    /// Decapsulation program: tunnel packet from a source that is no balancer's; passed untouched.
+    DecapPassUnknownSource,
+    /// Decapsulation program: tunnel packet from a source that is no balancer's; dropped.
+    DecapDropUnknownSource,
 }
 
 impl Reason {
     /// Number of reasons (size of the reason counter map).
-    pub const COUNT: u32 = Reason::DecapPassUnknownVip as u32 + 1;
+    pub const COUNT: u32 = Reason::DecapDropUnknownSource as u32 + 1;
 
     /// Every reason, in counter-index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
@@ -97,6 +101,8 @@ impl Reason {
         Reason::DecapPass,
         Reason::DecapPassNotTunnel,
         Reason::DecapPassUnknownVip,
+        Reason::DecapPassUnknownSource,
+        Reason::DecapDropUnknownSource,
     ];
 
     /// Stable snake_case name, used by the CLI and metrics.
@@ -128,6 +134,8 @@ impl Reason {
             Reason::DecapPass => "decap_pass",
             Reason::DecapPassNotTunnel => "decap_pass_not_tunnel",
             Reason::DecapPassUnknownVip => "decap_pass_unknown_vip",
+            Reason::DecapPassUnknownSource => "decap_pass_unknown_source",
+            Reason::DecapDropUnknownSource => "decap_drop_unknown_source",
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`backend`]: backend records as the data plane reads them.
 //! - [`nexthop`]: backends' next hops, resolved by the agent.
 //! - [`dataplane`]: the instance-wide data plane configuration (encapsulation source, MTU, ...).
+//! - [`decap`]: the backends' decapsulation program's accepted tunnel sources.
 //! - [`counters`]: counted reasons for every verdict, and per-VIP/per-backend traffic counters.
 //! - [`least_connections`]: the power-of-two-choices rule of the least-connections scheduler.
 //! - [`maglev`]: the slot lookup shared by both sides and, with feature `user`, the table builder.
@@ -34,6 +35,7 @@ pub mod backend;
 pub mod capacity;
 pub mod counters;
 pub mod dataplane;
+pub mod decap;
 pub mod flood;
 pub mod flow;
 pub mod generator;

@@ -5,7 +5,7 @@
 //! VIP's idle table (in chunks, `lb_common::table`) and one `VIPS` update then makes it live, so the
 //! data plane never reads a half-written table.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -28,6 +28,7 @@ use lb_common::{
     },
     counters::{Reason, ReasonCounter, SENT_TO_BACKEND, TrafficCounters},
     dataplane::DataplaneConfig,
+    decap::{DECAP_SOURCE_FIXED_BITS, DecapConfig, DecapSourceKey},
     flood::FloodState,
     flow::{FlowKey, FlowKeyV4, FlowState},
     nexthop::NextHop,
@@ -809,8 +810,13 @@ fn listed_prefix(key: &LpmKey<SourceListKey>) -> (u32, ListedPrefix) {
 pub struct Decap {
     ebpf: Ebpf,
     vips: HashMap<MapData, VipAddrKey, u32>,
+    sources: LpmTrie<MapData, DecapSourceKey, u32>,
+    config: Array<MapData, DecapConfig>,
     reason_stats: PerCpuArray<MapData, ReasonCounter>,
 }
+
+/// Names of the decapsulation program's maps (each pinned under its name).
+const DECAP_MAPS: [&str; 4] = ["DECAP_VIPS", "DECAP_SOURCES", "DECAP_CONFIG", "REASON_STATS"];
 
 impl Decap {
     pub fn load() -> Result<Self, DataplaneError> {
@@ -820,19 +826,53 @@ impl Decap {
     /// Loads the decapsulation program with its maps pinned (adopted if already there) in `pins`.
     pub fn open_pinned(pins: &PinDir) -> Result<Self, DataplaneError> {
         pins.create().map_err(|error| DataplaneError::Pins { path: pins.root().to_path_buf(), error })?;
-        let (vips, stats) = (pins.map("DECAP_VIPS"), pins.map("REASON_STATS"));
-        Self::from_ebpf(
-            EbpfLoader::new()
-                .map_pin_path("DECAP_VIPS", vips.as_path())
-                .map_pin_path("REASON_STATS", stats.as_path())
-                .load(objects::DECAP)?,
-        )
+        // An older build's pinned reason counters count fewer reasons.
+        check_pinned_layouts(pins)?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<_> = DECAP_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Self::from_ebpf(loader.load(objects::DECAP)?)
     }
 
     fn from_ebpf(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
         let program: &mut Xdp = program(&mut ebpf, "decap")?;
         program.load()?;
-        Ok(Self { vips: take(&mut ebpf, "DECAP_VIPS")?, reason_stats: take(&mut ebpf, "REASON_STATS")?, ebpf })
+        Ok(Self {
+            vips: take(&mut ebpf, "DECAP_VIPS")?,
+            sources: take(&mut ebpf, "DECAP_SOURCES")?,
+            config: take(&mut ebpf, "DECAP_CONFIG")?,
+            reason_stats: take(&mut ebpf, "REASON_STATS")?,
+            ebpf,
+        })
+    }
+
+    /// Makes `prefixes` the exact set of tunnel sources decapsulated (the balancers'), and
+    /// `unlisted` (`lb_common::decap::unlisted_source`) what happens to other sources' tunnel
+    /// packets. New prefixes go in before stale ones go, so a balancer's packets are never refused
+    /// while the set changes.
+    pub fn set_sources(&mut self, prefixes: &[(IpAddr, u8)], unlisted: u32) -> Result<(), DataplaneError> {
+        let wanted: Vec<LpmKey<DecapSourceKey>> = prefixes
+            .iter()
+            .map(|&(network, len)| {
+                let (family, addr) = lb_common::addr::to_key(network);
+                LpmKey::new(DECAP_SOURCE_FIXED_BITS + u32::from(len), DecapSourceKey { family, addr })
+            })
+            .collect();
+        let same = |a: &LpmKey<DecapSourceKey>, b: &LpmKey<DecapSourceKey>| {
+            a.prefix_len() == b.prefix_len() && a.data() == b.data()
+        };
+        let stale: Vec<_> =
+            self.sources.keys().filter_map(Result::ok).filter(|k| !wanted.iter().any(|w| same(w, k))).collect();
+        for key in &wanted {
+            self.sources.insert(key, 1, 0)?;
+        }
+        self.config.set(0, DecapConfig { unlisted_source: unlisted }, 0)?;
+        for key in &stale {
+            self.sources.remove(key)?;
+        }
+        Ok(())
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use lb_common::{addr::to_key, vip::VipAddrKey};
 use lb_userspace::{
     agent,
-    config::{Config, Protocol, XdpMode},
+    config::{Config, Prefix, Protocol, XdpMode},
     control::{self, Request},
     dataplane::{BalancerMaps, Decap},
     inspect,
@@ -223,6 +223,15 @@ enum DecapCommand {
         /// A VIP address served by this backend (repeat for several).
         #[arg(long = "vip", required = true)]
         vips: Vec<IpAddr>,
+        /// A prefix the balancers' tunnel packets come from: their encap_source_v4 and
+        /// encap_source_v6, and their own addresses if they run tunnel health checks (repeat for
+        /// several). Tunnel packets from anywhere else are not decapsulated.
+        #[arg(long = "balancer-source", required = true, value_name = "PREFIX")]
+        balancer_sources: Vec<Prefix>,
+        /// What happens to a tunnel packet from another source: dropped, or passed untouched to
+        /// this host's stack (for a host that terminates other tunnels itself).
+        #[arg(long, value_enum, default_value = "drop")]
+        unlisted_source: UnlistedSource,
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: Mode,
     },
@@ -231,6 +240,12 @@ enum DecapCommand {
         #[arg(long)]
         name: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UnlistedSource {
+    Drop,
+    Pass,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -368,7 +383,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", show::plan(&plan));
             }
         }
-        Command::Decap(DecapCommand::Attach { name, interface, vips, xdp_mode }) => {
+        Command::Decap(DecapCommand::Attach { name, interface, vips, balancer_sources, unlisted_source, xdp_mode }) => {
             let pins = PinDir::decap(&name);
             let mut decap = Decap::open_pinned(&pins)?;
             let addrs: Vec<VipAddrKey> = vips
@@ -379,8 +394,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             decap.set_vips(&addrs)?;
+            let sources: Vec<(IpAddr, u8)> = balancer_sources.iter().map(|p| (p.network, p.len)).collect();
+            let unlisted = match unlisted_source {
+                UnlistedSource::Drop => lb_common::decap::unlisted_source::DROP,
+                UnlistedSource::Pass => lb_common::decap::unlisted_source::PASS,
+            };
+            decap.set_sources(&sources, unlisted)?;
             let attached = decap.attach(&interface, xdp_mode.into(), &pins)?;
-            println!("decapsulation on {interface} for {} VIP address(es): {attached:?}", addrs.len());
+            println!(
+                "decapsulation on {interface} for {} VIP address(es), tunnels from {} balancer prefix(es): {attached:?}",
+                addrs.len(),
+                sources.len()
+            );
         }
         Command::Decap(DecapCommand::Detach { name }) => {
             let pins = PinDir::decap(&name);

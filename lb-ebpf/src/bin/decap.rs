@@ -1,5 +1,6 @@
 //! Backend-side decapsulation: strips the balancer's outer IPv4/IPv6 header from packets whose
-//! inner destination is a configured VIP and passes the inner packet to the stack.
+//! outer source is a balancer's (`lb_common::decap`) and whose inner destination is a configured
+//! VIP, and passes the inner packet to the stack.
 //!
 //! Needed because backends may lack the kernel's ipip/ip6_tunnel modules. Only option-free,
 //! unfragmented outer headers carrying IPv4 (protocol 4) or IPv6 (41) are decapsulated; anything
@@ -12,12 +13,13 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use lb_common::{
     capacity::MAX_VIPS,
     counters::{Reason, ReasonCounter},
+    decap::{DECAP_SOURCE_FIXED_BITS, DecapConfig, DecapSourceKey, MAX_DECAP_SOURCES, unlisted_source},
     family,
     vip::VipAddrKey,
 };
@@ -32,6 +34,13 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 /// VIP addresses this backend serves.
 #[map]
 static DECAP_VIPS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Tunnel sources accepted: the balancers' prefixes.
+#[map]
+static DECAP_SOURCES: LpmTrie<DecapSourceKey, u32> = LpmTrie::with_max_entries(MAX_DECAP_SOURCES, 0);
+
+#[map]
+static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 static REASON_STATS: PerCpuArray<ReasonCounter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
@@ -50,7 +59,7 @@ pub fn decap(ctx: XdpContext) -> u32 {
             (*c).bytes += bytes;
         }
     }
-    xdp_action::XDP_PASS
+    if reason == Reason::DecapDropUnknownSource { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
 #[inline(always)]
@@ -58,9 +67,15 @@ fn decapsulate(ctx: &XdpContext) -> Reason {
     let Link::Ip { ether_type, l3_offset } = l2::parse(ctx) else {
         return Reason::DecapPassNotTunnel;
     };
-    let Some((outer_len, inner_protocol, outer_ecn)) = outer_header(ctx, ether_type, l3_offset) else {
+    let Some(outer) = outer_header(ctx, ether_type, l3_offset) else {
         return Reason::DecapPassNotTunnel;
     };
+    let (outer_len, inner_protocol, outer_ecn) = (outer.len, outer.inner_protocol, outer.ecn);
+    let source = Key::new(DECAP_SOURCE_FIXED_BITS + 128, DecapSourceKey { family: outer.family, addr: outer.src });
+    if DECAP_SOURCES.get(&source).is_none() {
+        let drop = DECAP_CONFIG.get(0).is_some_and(|c| c.unlisted_source == unlisted_source::DROP);
+        return if drop { Reason::DecapDropUnknownSource } else { Reason::DecapPassUnknownSource };
+    }
     let inner = l3_offset + outer_len;
     let (inner_family, inner_ether_type, inner_dst) = if inner_protocol == IPPROTO_IPIP {
         let Some(h) = read::<Ipv4Hdr>(ctx, inner) else {
@@ -100,23 +115,40 @@ fn decapsulate(ctx: &XdpContext) -> Reason {
     Reason::DecapPass
 }
 
-/// (outer header length, inner protocol, outer ECN bits) of a tunnel packet this program handles.
+/// The outer header of a tunnel packet this program handles.
+struct Outer {
+    len: usize,
+    inner_protocol: u8,
+    ecn: u8,
+    family: u8,
+    /// IPv4 in the first 4 bytes, the rest zero.
+    src: [u8; 16],
+}
+
 #[inline(always)]
-fn outer_header(ctx: &XdpContext, ether_type: u16, l3_offset: usize) -> Option<(usize, u8, u8)> {
+fn outer_header(ctx: &XdpContext, ether_type: u16, l3_offset: usize) -> Option<Outer> {
     if ether_type == ETH_P_IPV4 {
         let h = read::<Ipv4Hdr>(ctx, l3_offset)?;
         let unfragmented = u16::from_be_bytes(h.frags) & 0x3fff == 0;
         if h.vihl != 0x45 || !unfragmented || (h.proto != IPPROTO_IPIP && h.proto != IPPROTO_IPV6) {
             return None;
         }
-        Some((Ipv4Hdr::LEN, h.proto, h.tos & ECN_MASK))
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&h.src_addr);
+        Some(Outer { len: Ipv4Hdr::LEN, inner_protocol: h.proto, ecn: h.tos & ECN_MASK, family: family::IPV4, src })
     } else {
         let h = read::<Ipv6Hdr>(ctx, l3_offset)?;
         if h.vcf[0] >> 4 != 6 || (h.next_hdr != IPPROTO_IPIP && h.next_hdr != IPPROTO_IPV6) {
             return None;
         }
         let traffic_class = (h.vcf[0] << 4) | (h.vcf[1] >> 4);
-        Some((Ipv6Hdr::LEN, h.next_hdr, traffic_class & ECN_MASK))
+        Some(Outer {
+            len: Ipv6Hdr::LEN,
+            inner_protocol: h.next_hdr,
+            ecn: traffic_class & ECN_MASK,
+            family: family::IPV6,
+            src: h.src_addr,
+        })
     }
 }
 

@@ -21,6 +21,15 @@ impl fmt::Display for Prefix {
     }
 }
 
+impl std::str::FromStr for Prefix {
+    type Err = String;
+
+    /// ADDRESS/LENGTH with no host bits set, or one address.
+    fn from_str(s: &str) -> Result<Self, String> {
+        source_prefix(s)
+    }
+}
+
 /// A rate limit: `per_second` on average, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {

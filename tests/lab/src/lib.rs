@@ -41,6 +41,9 @@ pub const INSTANCE: &str = "lab";
 
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
+/// The balancer's encapsulation source prefixes, as config/lab.toml sets them.
+pub const LAB_ENCAP_SOURCE_V4: &str = "198.18.200.0/24";
+pub const LAB_ENCAP_SOURCE_V6: &str = "fd00:200::/112";
 pub const BALANCER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const BALANCER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -199,16 +202,21 @@ impl Lab {
         wait_until(Duration::from_secs(5), &format!("{server} to stop"), || unsafe { libc::kill(pid, 0) } != 0)
     }
 
-    /// Attaches the decapsulation program on backend `i` for both VIPs.
+    /// Attaches the decapsulation program on backend `i` for both VIPs, taking tunnel packets
+    /// from the balancer's encapsulation prefixes (config/lab.toml) and, for its tunnel health
+    /// checks, its own addresses.
     pub fn attach_decap(&self, i: usize) -> anyhow::Result<()> {
         let lb = self.lb.to_string_lossy().into_owned();
         let name = decap_name(i);
         let (v4, v6) = (VIP_V4.to_string(), VIP_V6.to_string());
-        in_netns(
-            BACKENDS[i],
-            &lb,
-            &["decap", "attach", "--name", &name, "--interface", "eth0", "--vip", &v4, "--vip", &v6],
-        )
+        let (own4, own6) = (BALANCER_V4.to_string(), BALANCER_V6.to_string());
+        #[rustfmt::skip]
+        let args = [
+            "decap", "attach", "--name", &name, "--interface", "eth0", "--vip", &v4, "--vip", &v6,
+            "--balancer-source", LAB_ENCAP_SOURCE_V4, "--balancer-source", LAB_ENCAP_SOURCE_V6,
+            "--balancer-source", &own4, "--balancer-source", &own6,
+        ];
+        in_netns(BACKENDS[i], &lb, &args)
     }
 
     /// Removes backend `i`'s decapsulation program: tunnelled traffic then never reaches its servers.

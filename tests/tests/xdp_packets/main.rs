@@ -18,6 +18,7 @@ use lb_common::{
     backend::Backend,
     counters::{Reason, ReasonCounter},
     dataplane::DataplaneConfig,
+    decap::unlisted_source,
     flood::FLOOD_WINDOW_NS,
     flow::{HashKey, flow_hash, source_hash},
     least_connections::{candidates, second_wins},
@@ -91,6 +92,12 @@ fn config() -> DataplaneConfig {
     }
 }
 
+/// The tunnel sources the decapsulation fixtures accept: the balancer's encapsulation prefixes.
+const BALANCER_SOURCES: [(IpAddr, u8); 2] = [
+    (IpAddr::V4(Ipv4Addr::new(198, 18, 200, 0)), 24),
+    (IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0)), 112),
+];
+
 /// The fixtures' flow hash key (an instance's secret).
 const HASH_KEY: HashKey = [0x5eed_0f1a_b5c4_1e57, 0x0123_4567_89ab_cdef];
 
@@ -121,6 +128,7 @@ impl Env {
             let (family, a) = key_addr(addr);
             decap.add_vip(VipAddrKey::new(family, a))?;
         }
+        decap.set_sources(&BALANCER_SOURCES, unlisted_source::DROP)?;
         let mut env = Env {
             balancer,
             decap,
@@ -895,6 +903,11 @@ fn cases() -> Vec<(&'static str, Body)> {
             decap_check(e, &tunnel[..14 + 20 + 19], None, Reason::PassUnparseable)
         }),
         ("decap/balancer_output_round_trips", balancer_decap_round_trip),
+        ("decap/unknown_ipv4_source_dropped", |e| decap_from(e, "198.18.50.1", "198.18.10.1", unlisted_source::DROP)),
+        ("decap/unknown_ipv6_source_dropped", |e| decap_from(e, "fd00:50::1", "fd00:10::1", unlisted_source::DROP)),
+        ("decap/unknown_source_passed_untouched_if_configured", |e| {
+            decap_from(e, "198.18.201.1", "198.18.10.1", unlisted_source::PASS)
+        }),
     ]
 }
 
@@ -1862,16 +1875,40 @@ fn encap_to(backend: &str) -> Encap {
     }
 }
 
-/// Runs the decapsulation program once and checks verdict (always PASS), output and counters.
+/// Runs the decapsulation program once and checks verdict (PASS, but for a dropped unknown
+/// source), output and counters.
 fn decap_check(env: &mut Env, input: &[u8], want: Option<&[u8]>, reason: Reason) -> anyhow::Result<()> {
     let before = env.decap.reason_counters()?;
     let run = run_once(env.decap.program()?, input, None)?;
-    ensure!(run.verdict == XDP_PASS, "verdict {}", verdict_name(run.verdict));
+    let verdict = if reason == Reason::DecapDropUnknownSource { XDP_DROP } else { XDP_PASS };
+    ensure!(run.verdict == verdict, "verdict {}", verdict_name(run.verdict));
     let want = want.unwrap_or(input);
-    if run.output != want {
+    if verdict == XDP_PASS && run.output != want {
         bail!("output differs\n  got:  {}\n  want: {}", hex(&run.output), hex(want));
     }
     check_reason(&before, &env.decap.reason_counters()?, reason, input.len())
+}
+
+/// A tunnel packet for a VIP from `source`, no balancer's: refused as `unlisted` says, and never
+/// decapsulated. Anyone could otherwise reach the service from the VIP's address past the
+/// balancer's policy.
+fn decap_from(env: &mut Env, source: &str, backend: &str, unlisted: u32) -> anyhow::Result<()> {
+    env.decap.set_sources(&BALANCER_SOURCES, unlisted)?;
+    let result = (|| {
+        let vip: IpAddr = if backend.contains(':') { VIP6.into() } else { VIP4.into() };
+        let f = flow(env, Protocol::Tcp, vip, 80);
+        let input = frame(&f, &Shape::default());
+        let encap = Encap { outer_src: source.parse().expect("address"), ..encap_to(backend) };
+        let tunnel = encapsulated(&input, 14, &encap);
+        let reason = if unlisted == unlisted_source::DROP {
+            Reason::DecapDropUnknownSource
+        } else {
+            Reason::DecapPassUnknownSource
+        };
+        decap_check(env, &tunnel, None, reason)
+    })();
+    env.decap.set_sources(&BALANCER_SOURCES, unlisted_source::DROP)?;
+    result
 }
 
 /// A tunnel packet from `backend`'s point of view; `inner_ecn`/`outer_ecn` set the ECN bits.
