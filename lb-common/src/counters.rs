@@ -27,6 +27,11 @@ pub enum Reason {
     /// Too big once encapsulated: turned into an ICMP "fragmentation needed" / ICMPv6 "packet
     /// too big" to the client, sent back where it came from.
     TxIcmpTooBig,
+    /// An ICMP echo request to a VIP address, answered from the VIP (instance `icmp_echo = "reply"`).
+    TxIcmpEchoReply,
+    /// An ICMP error about a VIP's flow (fragmentation needed, packet too big, unreachable),
+    /// encapsulated to the flow's backend like the flow's packets.
+    TxIcmpError,
     /// VIP traffic whose IP or L4 header is cut short.
     DropTruncated,
     /// VIP traffic with a malformed IP header (bad IHL, version or lengths).
@@ -42,6 +47,11 @@ pub enum Reason {
     /// Would exceed the MTU once encapsulated, and no ICMP error can be sent (IPv4 without DF),
     /// or exceeds the MTU of the route to the backend.
     DropTooBig,
+    /// An ICMP echo request to a VIP address, dropped by the instance's `icmp_echo = "drop"`.
+    DropIcmpEcho,
+    /// An ICMP error to a VIP address that quotes no flow of it (not TCP/UDP, another source, a
+    /// quote cut short).
+    DropIcmpUnmatched,
     /// The VIP has no usable backend.
     DropNoBackend,
     /// VIP traffic from a source the VIP's lists deny (`crate::admission`).
@@ -84,6 +94,8 @@ impl Reason {
         Reason::TxRedirect,
         Reason::TxUntracked,
         Reason::TxIcmpTooBig,
+        Reason::TxIcmpEchoReply,
+        Reason::TxIcmpError,
         Reason::DropTruncated,
         Reason::DropBadHeader,
         Reason::DropIpv4Options,
@@ -91,6 +103,8 @@ impl Reason {
         Reason::DropIpv6Extension,
         Reason::DropTtlExpired,
         Reason::DropTooBig,
+        Reason::DropIcmpEcho,
+        Reason::DropIcmpUnmatched,
         Reason::DropNoBackend,
         Reason::DropSourceDenied,
         Reason::DropSpoofedSource,
@@ -117,6 +131,8 @@ impl Reason {
             Reason::TxRedirect => "tx_redirect",
             Reason::TxUntracked => "tx_untracked",
             Reason::TxIcmpTooBig => "tx_icmp_too_big",
+            Reason::TxIcmpEchoReply => "tx_icmp_echo_reply",
+            Reason::TxIcmpError => "tx_icmp_error",
             Reason::DropTruncated => "drop_truncated",
             Reason::DropBadHeader => "drop_bad_header",
             Reason::DropIpv4Options => "drop_ipv4_options",
@@ -124,6 +140,8 @@ impl Reason {
             Reason::DropIpv6Extension => "drop_ipv6_extension",
             Reason::DropTtlExpired => "drop_ttl_expired",
             Reason::DropTooBig => "drop_too_big",
+            Reason::DropIcmpEcho => "drop_icmp_echo",
+            Reason::DropIcmpUnmatched => "drop_icmp_unmatched",
             Reason::DropNoBackend => "drop_no_backend",
             Reason::DropSourceDenied => "drop_source_denied",
             Reason::DropSpoofedSource => "drop_spoofed_source",
@@ -146,8 +164,14 @@ impl Reason {
 /// `tx_next_hop` as the backends' totals less the other reasons here, plus its reason-map slot,
 /// which holds the totals of backend counters that the agent zeroed to give their id to a new
 /// backend.
-pub const SENT_TO_BACKEND: [Reason; 5] =
-    [Reason::TxNextHop, Reason::TxFib, Reason::TxFallback, Reason::TxRedirect, Reason::TxUntracked];
+pub const SENT_TO_BACKEND: [Reason; 6] = [
+    Reason::TxNextHop,
+    Reason::TxFib,
+    Reason::TxFallback,
+    Reason::TxRedirect,
+    Reason::TxUntracked,
+    Reason::TxIcmpError,
+];
 
 /// Traffic counters of one VIP or backend (per CPU in the data plane; userspace sums them).
 #[repr(C)]

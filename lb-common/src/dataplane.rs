@@ -20,7 +20,9 @@ pub struct DataplaneConfig {
     pub encap_src_v6_host_bits: u8,
     /// Next-hop MAC used when the FIB has no answer (no route, no neighbour entry, forwarding off).
     pub fallback_dst_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// What an ICMP echo request to a VIP address gets ([`icmp_echo`]).
+    pub icmp_echo: u8,
+    pub _pad: [u8; 1],
     /// The secret key of the flow and source hashes (`crate::flow::HashKey`).
     pub flow_hash_key: [u64; 2],
 }
@@ -34,10 +36,21 @@ assert_layout!(
     encap_src_v4_host_bits = 30,
     encap_src_v6_host_bits = 31,
     fallback_dst_mac = 32,
-    _pad = 38,
+    icmp_echo = 38,
+    _pad = 39,
     flow_hash_key = 40
 );
 userspace_pod!(DataplaneConfig);
+
+/// What an ICMP echo request to a VIP address gets ([`DataplaneConfig::icmp_echo`]).
+pub mod icmp_echo {
+    /// Answered by the balancer, from the VIP: the VIP answers pings while a balancer serves it.
+    pub const REPLY: u8 = 0;
+    /// Passed to the balancer's kernel (which answers if the address is its own).
+    pub const PASS: u8 = 1;
+    /// Dropped.
+    pub const DROP: u8 = 2;
+}
 
 /// Most host bits of the IPv4 encapsulation source that may vary.
 pub const MAX_ENCAP_SRC_V4_HOST_BITS: u8 = 16;

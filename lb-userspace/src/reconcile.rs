@@ -271,7 +271,8 @@ pub fn dataplane_config(instance: &Instance) -> DataplaneConfig {
         encap_src_v4_host_bits: instance.encap_source_v4.host_bits,
         encap_src_v6_host_bits: instance.encap_source_v6.host_bits,
         fallback_dst_mac: instance.fallback_mac.unwrap_or([0; 6]),
-        _pad: [0; 2],
+        icmp_echo: instance.icmp_echo.data_plane_value(),
+        _pad: [0; 1],
         flow_hash_key: instance.flow_hash_key.unwrap_or(lb_common::flow::PUBLIC_HASH_KEY),
     }
 }

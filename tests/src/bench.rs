@@ -55,7 +55,8 @@ pub fn balancer(
         encap_src_v4_host_bits: 8,
         encap_src_v6_host_bits: 16,
         fallback_dst_mac: FALLBACK_MAC,
-        _pad: [0; 2],
+        icmp_echo: lb_common::dataplane::icmp_echo::REPLY,
+        _pad: [0; 1],
         flow_hash_key: lb_common::flow::PUBLIC_HASH_KEY,
     })?;
     for (index, vip, backends) in [

@@ -72,6 +72,37 @@ pub enum XdpMode {
     Auto,
 }
 
+/// What an ICMP echo request to a VIP address gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IcmpEcho {
+    /// The balancer answers from the VIP.
+    #[default]
+    Reply,
+    /// The balancer's kernel gets it.
+    Pass,
+    Drop,
+}
+
+impl IcmpEcho {
+    pub fn name(self) -> &'static str {
+        match self {
+            IcmpEcho::Reply => "reply",
+            IcmpEcho::Pass => "pass",
+            IcmpEcho::Drop => "drop",
+        }
+    }
+
+    /// The data plane's value (`lb_common::dataplane::icmp_echo`).
+    pub fn data_plane_value(self) -> u8 {
+        use lb_common::dataplane::icmp_echo;
+        match self {
+            IcmpEcho::Reply => icmp_echo::REPLY,
+            IcmpEcho::Pass => icmp_echo::PASS,
+            IcmpEcho::Drop => icmp_echo::DROP,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,
@@ -240,6 +271,8 @@ pub struct Instance {
     /// The secret key of the flow hash, the same on every balancer of a fleet; None: the public
     /// one (`lb_common::flow::PUBLIC_HASH_KEY`).
     pub flow_hash_key: Option<lb_common::flow::HashKey>,
+    /// What ICMP echo requests to VIP addresses get.
+    pub icmp_echo: IcmpEcho,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -532,6 +565,15 @@ impl Validator<'_> {
                     .map_err(|_| format!("\"{s}\" is not an address and port such as 127.0.0.1:9100"))
             }),
         };
+        let icmp_echo = match &raw.icmp_echo {
+            None => Some(IcmpEcho::default()),
+            Some(m) => self.check(m, "instance.icmp_echo", |s| match s.as_str() {
+                "reply" => Ok(IcmpEcho::Reply),
+                "pass" => Ok(IcmpEcho::Pass),
+                "drop" => Ok(IcmpEcho::Drop),
+                other => Err(format!("\"{other}\" is not an echo policy; use \"reply\", \"pass\" or \"drop\"")),
+            }),
+        };
         let flow_hash_key = match &raw.flow_hash_key {
             None => Some(None),
             Some(k) => self.check(k, "instance.flow_hash_key", |s| hash_key(s).map(Some)),
@@ -551,6 +593,7 @@ impl Validator<'_> {
             control_socket: control_socket?,
             metrics_address: metrics_address?,
             flow_hash_key: flow_hash_key?,
+            icmp_echo: icmp_echo?,
         })
     }
 

@@ -39,6 +39,8 @@ pub struct Instance {
     pub metrics_address: Option<Spanned<String>>,
     #[serde(default)]
     pub flow_hash_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub icmp_echo: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,7 @@ impl Config {
         if let Some(a) = i.metrics_address {
             let _ = writeln!(s, "metrics_address = \"{a}\"");
         }
+        let _ = writeln!(s, "icmp_echo = \"{}\"", i.icmp_echo.name());
         if let Some([k0, k1]) = i.flow_hash_key {
             let _ = writeln!(s, "flow_hash_key = \"{k0:016x}{k1:016x}\"");
         }

@@ -45,6 +45,7 @@ use lb_userspace::{
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod admission;
+mod icmp;
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
@@ -87,7 +88,8 @@ fn config() -> DataplaneConfig {
         encap_src_v4_host_bits: 8,
         encap_src_v6_host_bits: 16,
         fallback_dst_mac: FALLBACK_MAC,
-        _pad: [0; 2],
+        icmp_echo: lb_common::dataplane::icmp_echo::REPLY,
+        _pad: [0; 1],
         flow_hash_key: HASH_KEY,
     }
 }
@@ -602,12 +604,13 @@ fn cases() -> Vec<(&'static str, Body)> {
         ("pass/ipv6_neighbour_advertisement_to_vip_address", |e| {
             check(e, &icmpv6_frame(136, VIP6), None, &Expect::pass(Reason::PassNotVip))
         }),
-        ("pass/icmp_echo_to_vip_address", |e| {
+        ("pass/icmp_timestamp_to_vip_address", |e| {
+            // ICMP other than echo and errors about flows (`icmp/...`) is the kernel's.
             let mut f = Vec::new();
             etherparse::PacketBuilder::ethernet2(CLIENT_MAC, BALANCER_MAC)
                 .ipv4(CLIENT4.octets(), VIP4.octets(), 64)
-                .icmpv4_echo_request(1, 1)
-                .write(&mut f, &[1, 2, 3, 4])?;
+                .icmpv4_raw(13, 0, [0; 4])
+                .write(&mut f, &[0; 12])?;
             check(e, &f, None, &Expect::pass(Reason::PassNotVip))
         }),
         ("pass/tcp4_not_a_vip", |e| {
@@ -1894,19 +1897,14 @@ fn decap_check(env: &mut Env, input: &[u8], want: Option<&[u8]>, reason: Reason)
 /// balancer's policy.
 fn decap_from(env: &mut Env, source: &str, backend: &str, unlisted: u32) -> anyhow::Result<()> {
     env.decap.set_sources(&BALANCER_SOURCES, unlisted)?;
-    let result = (|| {
-        let vip: IpAddr = if backend.contains(':') { VIP6.into() } else { VIP4.into() };
-        let f = flow(env, Protocol::Tcp, vip, 80);
-        let input = frame(&f, &Shape::default());
-        let encap = Encap { outer_src: source.parse().expect("address"), ..encap_to(backend) };
-        let tunnel = encapsulated(&input, 14, &encap);
-        let reason = if unlisted == unlisted_source::DROP {
-            Reason::DecapDropUnknownSource
-        } else {
-            Reason::DecapPassUnknownSource
-        };
-        decap_check(env, &tunnel, None, reason)
-    })();
+    let vip: IpAddr = if backend.contains(':') { VIP6.into() } else { VIP4.into() };
+    let f = flow(env, Protocol::Tcp, vip, 80);
+    let input = frame(&f, &Shape::default());
+    let encap = Encap { outer_src: source.parse().expect("address"), ..encap_to(backend) };
+    let tunnel = encapsulated(&input, 14, &encap);
+    let reason =
+        if unlisted == unlisted_source::DROP { Reason::DecapDropUnknownSource } else { Reason::DecapPassUnknownSource };
+    let result = decap_check(env, &tunnel, None, reason);
     env.decap.set_sources(&BALANCER_SOURCES, unlisted_source::DROP)?;
     result
 }
@@ -1973,6 +1971,7 @@ fn main() -> anyhow::Result<()> {
     let trials = cases()
         .into_iter()
         .chain(admission::cases())
+        .chain(icmp::cases())
         .map(|(name, body)| {
             let env = Arc::clone(&env);
             Trial::test(name, move || {

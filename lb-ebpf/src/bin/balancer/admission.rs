@@ -61,8 +61,10 @@ fn is_vip_address(flow: &FlowKey) -> bool {
     unsafe { VIP_ADDRS.get(VipAddrKey::new(flow.family, flow.src_addr)) }.is_some()
 }
 
-/// The longest listed prefix holding the client decides; none: the VIP's default.
-#[inline(always)]
+/// The longest listed prefix holding the client decides; none: the VIP's default. This and
+/// [`rates`] are subprograms of their own: their keys would otherwise sit in the caller's frame,
+/// under the fast path's, within the 512 bytes of stack a call chain may take.
+#[inline(never)]
 fn source_lists(flow: &FlowKey, vip_index: u32, policy: &AdmissionPolicy) -> Result<(), Reason> {
     // IPv4 addresses fill the first 4 bytes and zeros the rest, so one full-length lookup serves
     // both families.
@@ -74,7 +76,7 @@ fn source_lists(flow: &FlowKey, vip_index: u32, policy: &AdmissionPolicy) -> Res
 /// The client prefix's buckets: a packet token for every packet (`checks::PACKET_RATE`), a
 /// flow token for a new flow (`checks::FLOW_RATE`), as `checks` asks. A packet refused for its
 /// flow rate has still taken its packet token: it was sent.
-#[inline(always)]
+#[inline(never)]
 // By reference (clippy would pass the key and value by value): a moved copy takes another
 // stack slot, and this subprogram's stack adds to the caller's within BPF's 512 bytes.
 #[allow(clippy::needless_borrows_for_generic_args)]
@@ -83,7 +85,9 @@ fn rates(flow: &FlowKey, vip_index: u32, policy: &AdmissionPolicy, checks: u8) -
     // burst per tick.
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = SourceBucketKey::new(vip_index as u16, flow.family, policy.source_prefix(flow.family, &flow.src_addr));
+    // Built in place: an address built apart and copied in would take another 16 bytes of stack.
+    let mut key = SourceBucketKey::new(vip_index as u16, flow.family, flow.src_addr);
+    policy.cut_to_source_prefix(flow.family, &mut key.addr);
     let Some(bucket) = SOURCE_BUCKETS.get_ptr_mut(&key) else {
         // A new client prefix starts with full buckets: this packet takes a token of each.
         let fresh = SourceBucket {
@@ -94,15 +98,14 @@ fn rates(flow: &FlowKey, vip_index: u32, policy: &AdmissionPolicy, checks: u8) -
         let _ = SOURCE_BUCKETS.insert(&key, &fresh, 0);
         return Ok(());
     };
-    // SAFETY: LRU values are plain data; concurrent CPUs at worst lose a token update (see the map).
-    let mut state = unsafe { *bucket };
-    let mut verdict = Ok(());
-    if checks & checks::PACKET_RATE != 0 && !policy.packet_rate.admit(&mut state.packets_tat, now) {
-        verdict = Err(Reason::DropSourcePacketRate);
-    } else if checks & checks::FLOW_RATE != 0 && !policy.flow_rate.admit(&mut state.flows_tat, now) {
-        verdict = Err(Reason::DropSourceFlowRate);
+    // SAFETY: LRU values are plain data, updated in place; concurrent CPUs at worst lose a token
+    // update (see the map).
+    let bucket = unsafe { &mut *bucket };
+    if checks & checks::PACKET_RATE != 0 && !policy.packet_rate.admit(&mut bucket.packets_tat, now) {
+        return Err(Reason::DropSourcePacketRate);
     }
-    // SAFETY: as above.
-    unsafe { *bucket = state };
-    verdict
+    if checks & checks::FLOW_RATE != 0 && !policy.flow_rate.admit(&mut bucket.flows_tat, now) {
+        return Err(Reason::DropSourceFlowRate);
+    }
+    Ok(())
 }

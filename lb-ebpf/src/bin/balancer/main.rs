@@ -17,6 +17,7 @@
 mod admission;
 mod encap;
 mod icmp;
+mod icmp_in;
 mod maps;
 mod nexthop;
 
@@ -37,7 +38,10 @@ use lb_ebpf::{
     l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3, Segment},
 };
 
-use crate::maps::{BACKEND_STATS, BACKENDS, CONFIG, FLOOD, FLOWS_V4, FLOWS_V6, NEXT_HOPS, VIP_ADDRS, VIP_STATS, VIPS};
+use crate::{
+    icmp_in::Icmp,
+    maps::{BACKEND_STATS, BACKENDS, CONFIG, FLOOD, FLOWS_V4, FLOWS_V6, NEXT_HOPS, VIP_ADDRS, VIP_STATS, VIPS},
+};
 
 /// Benchmark builds only (`lb_common::capacity::ablation`): the stage after which the path returns
 /// XDP_TX with the frame as it stands. 0, in every shipped build: the whole path. A constant, so
@@ -79,7 +83,11 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         return refuse_if_vip_address(&ip, anomaly);
     }
     if ip.flow.protocol != IPPROTO_TCP && ip.flow.protocol != IPPROTO_UDP {
-        return (xdp_action::XDP_PASS, Reason::PassNotVip);
+        let icmp = if ip.flow.family == family::IPV4 { icmp_in::IPPROTO_ICMP } else { icmp_in::IPPROTO_ICMPV6 };
+        if ip.flow.protocol != icmp {
+            return (xdp_action::XDP_PASS, Reason::PassNotVip);
+        }
+        return icmp_to_vip(ctx, &ip, bytes);
     }
     let Some(segment) = l3::ports(ctx, &mut ip) else {
         return refuse_if_vip_address(&ip, Reason::DropTruncated);
@@ -102,8 +110,10 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         Some(state) => continue_flow(state, &ip.flow, segment, cfg.udp_idle_timeout_ns),
         None => Continued::Rescheduled,
     };
-    let (vip_index, backend_id, backend, hash, kind) = match established {
-        Continued::Stays(id, backend, hash) => (u32::from(backend.vip_index), id, backend, hash, Flow::Known),
+    let target = match established {
+        Continued::Stays(id, backend, hash) => {
+            Target { vip_index: u32::from(backend.vip_index), id, backend, hash, kind: Flow::Known }
+        }
         Continued::Refused(vip_index, reason) => {
             maps::count_unsent(vip_index, reason, bytes);
             return (xdp_action::XDP_DROP, reason);
@@ -115,7 +125,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
             let scheduled =
                 admission::new_flow(&ip.flow, &vip, cfg).and_then(|()| schedule(entry, &ip.flow, &vip, segment, cfg));
             match scheduled {
-                Ok((id, backend, hash, kind)) => (vip.index, id, backend, hash, kind),
+                Ok((id, backend, hash, kind)) => Target { vip_index: vip.index, id, backend, hash, kind },
                 Err(reason) => {
                     maps::count_unsent(vip.index, reason, bytes);
                     return (xdp_action::XDP_DROP, reason);
@@ -123,37 +133,116 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
             }
         }
     };
-    let new_flow = kind != Flow::Known;
+    forward(ctx, cfg, &ip, &target, bytes)
+}
+
+/// Where a packet goes: backend `id` of VIP `vip_index`, with the flow's hash. The backend's
+/// record is referred to in its map rather than copied: a copy would take 32 bytes of the fast
+/// path's stack frame, which the verifier adds to every callee's within 512 bytes.
+struct Target {
+    vip_index: u32,
+    id: u32,
+    backend: &'static Backend,
+    hash: u32,
+    kind: Flow,
+}
+
+/// Encapsulates the packet to its backend and sends it to the backend's next hop, counting it
+/// for the backend; a packet that reaches no backend counts for its VIP.
+#[inline(always)]
+fn forward(ctx: &XdpContext, cfg: &DataplaneConfig, ip: &Ip, target: &Target, bytes: u64) -> (u32, Reason) {
+    let new_flow = target.kind == Flow::New || target.kind == Flow::Untracked;
     if stop_after(3) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
-
-    // A packet that reaches no backend counts for its VIP; one that does, for its backend alone.
     let unsent = |verdict: (u32, Reason)| {
-        maps::count_traffic(&VIP_STATS, vip_index, bytes, new_flow);
+        maps::count_traffic(&VIP_STATS, target.vip_index, bytes, new_flow);
         verdict
     };
-    let inner_mtu = encap::inner_mtu(&backend, cfg);
+    let inner_mtu = encap::inner_mtu(target.backend, cfg);
     if ip.packet_len > inner_mtu {
-        return unsent(icmp::too_big(ctx, &ip, inner_mtu));
+        // Never an ICMP error about an ICMP error.
+        if target.kind == Flow::IcmpError {
+            return unsent((xdp_action::XDP_DROP, Reason::DropTooBig));
+        }
+        return unsent(icmp::too_big(ctx, ip, inner_mtu));
     }
-    let outer_len = match encap::encapsulate(ctx, cfg, &ip, &backend, hash) {
+    let outer_len = match encap::encapsulate(ctx, cfg, ip, target.backend, target.hash) {
         Ok(len) => len,
         Err(reason) => return unsent((xdp_action::XDP_DROP, reason)),
     };
     if stop_after(4) {
         return (xdp_action::XDP_TX, Reason::TxNextHop);
     }
-    let resolved = NEXT_HOPS.get(backend_id).and_then(|hop| nexthop::to_resolved(ctx, hop, ip.l3_offset));
+    let resolved = NEXT_HOPS.get(target.id).and_then(|hop| nexthop::to_resolved(ctx, hop, ip.l3_offset));
     let verdict = match resolved {
         Some(verdict) => verdict,
-        None => nexthop::from_fib(ctx, &backend, ip.l3_offset, outer_len),
+        None => nexthop::from_fib(ctx, target.backend, ip.l3_offset, outer_len),
     };
     if verdict.0 == xdp_action::XDP_DROP {
         return unsent(verdict);
     }
-    maps::count_traffic(&BACKEND_STATS, backend_id, bytes, new_flow);
-    if kind == Flow::Untracked { (verdict.0, Reason::TxUntracked) } else { verdict }
+    maps::count_traffic(&BACKEND_STATS, target.id, bytes, new_flow);
+    match target.kind {
+        Flow::Untracked => (verdict.0, Reason::TxUntracked),
+        Flow::IcmpError => (verdict.0, Reason::TxIcmpError),
+        _ => verdict,
+    }
+}
+
+/// ICMP to a VIP address (`icmp_in`): echo by the instance's policy, errors about a VIP's flow to
+/// the flow's backend.
+#[inline(always)]
+fn icmp_to_vip(ctx: &XdpContext, ip: &Ip, bytes: u64) -> (u32, Reason) {
+    let Some(cfg) = CONFIG.get(0) else {
+        return (xdp_action::XDP_PASS, Reason::PassNotVip);
+    };
+    let flow = match icmp_in::to_vip(ctx, ip, cfg) {
+        Icmp::Pass => return (xdp_action::XDP_PASS, Reason::PassNotVip),
+        Icmp::Done(action, reason) => return (action, reason),
+        Icmp::Steer(flow) => flow,
+    };
+    match error_owner(&flow, cfg) {
+        Ok(target) => forward(ctx, cfg, ip, &target, bytes),
+        Err((Some(vip_index), reason)) => {
+            maps::count_unsent(vip_index, reason, bytes);
+            (xdp_action::XDP_DROP, reason)
+        }
+        Err((None, reason)) => (xdp_action::XDP_DROP, reason),
+    }
+}
+
+/// The backend that owns `flow` (as the client sends it), for an ICMP error about it: its
+/// flow-table entry's, else the one the VIP's table gives its hash, as for a flow in flood mode.
+/// Nothing is inserted: an error opens no flow. Errs with the VIP index, if any, and the reason.
+#[inline(always)]
+fn error_owner(flow: &FlowKey, cfg: &DataplaneConfig) -> Result<Target, (Option<u32>, Reason)> {
+    if let Some(state) = flow_entry(flow) {
+        // SAFETY: LRU values are plain data, copied out.
+        let known = unsafe { *state };
+        let id = u32::from(known.backend);
+        if let Some(backend) = BACKENDS.get(id)
+            && backend.keeps_flows()
+            && backend.vip_tag == known.vip_tag
+        {
+            let vip_index = u32::from(backend.vip_index);
+            return Ok(Target { vip_index, id, backend, hash: known.hash, kind: Flow::IcmpError });
+        }
+    }
+    let vip = find_vip(flow).ok_or((None, Reason::DropIcmpUnmatched))?;
+    let no_backend = (Some(vip.index), Reason::DropNoBackend);
+    if vip.table_size == 0 {
+        return Err(no_backend);
+    }
+    let hash = flow_hash(flow, &cfg.flow_hash_key);
+    let slot_hash = if vip.scheduler == scheduler::SOURCE_HASH {
+        source_hash(flow, vip.source_prefix_len, &cfg.flow_hash_key)
+    } else {
+        hash
+    };
+    let id = maps::table_entry(vip.live_table_slot(), table_slot(slot_hash, vip.table_size)).ok_or(no_backend)?;
+    let backend = BACKENDS.get(id).filter(|b| b.keeps_flows()).ok_or(no_backend)?;
+    Ok(Target { vip_index: vip.index, id, backend, hash, kind: Flow::IcmpError })
 }
 
 /// How a packet's flow was found.
@@ -165,6 +254,8 @@ enum Flow {
     New,
     /// Scheduled now by the VIP's table alone, not remembered: the VIP is in flood mode.
     Untracked,
+    /// An ICMP error about the flow, sent to the flow's backend.
+    IcmpError,
 }
 
 /// A packet the balancer cannot serve: dropped if it is addressed to a VIP, passed otherwise.
@@ -200,7 +291,7 @@ fn flow_entry(key: &FlowKey) -> Option<*mut FlowState> {
 /// What became of a packet whose flow has an entry.
 enum Continued {
     /// It goes to the entry's backend: (backend id, backend, flow hash).
-    Stays(u32, Backend, u32),
+    Stays(u32, &'static Backend, u32),
     /// Its VIP's admission refuses it (VIP index, why); the entry is left as it was.
     Refused(u32, Reason),
     /// It is scheduled as a new flow.
@@ -253,7 +344,7 @@ fn continue_flow(state: *mut FlowState, key: &FlowKey, segment: Segment, udp_idl
         (stage::ACTIVE, stage::ENDED) => maps::add_active_flows(id, -1),
         _ => {}
     }
-    Continued::Stays(id, *backend, known.hash)
+    Continued::Stays(id, backend, known.hash)
 }
 
 /// A backend for a flow of `vip` that has no entry, or whose entry `entry` does not stand
@@ -270,18 +361,25 @@ fn schedule(
     vip: &VipInfo,
     segment: Segment,
     cfg: &DataplaneConfig,
-) -> Result<(u32, Backend, u32, Flow), Reason> {
-    choose(entry, key, vip, segment, &cfg.flow_hash_key).ok_or(Reason::DropNoBackend)
+) -> Result<(u32, &'static Backend, u32, Flow), Reason> {
+    let _ = cfg;
+    choose(entry.unwrap_or(core::ptr::null_mut()), key, vip, segment).ok_or(Reason::DropNoBackend)
 }
 
-#[inline(always)]
+/// The scheduler proper. A subprogram of its own: the hash's state and the scheduler's
+/// temporaries would otherwise sit in the fast path's frame, under every callee's within the
+/// 512 bytes of stack a call chain may take. (BPF passes at most five arguments, the result's
+/// place among them, so the hash key is read here, and the entry is a nullable pointer: an
+/// `Option` of one takes two.)
+#[inline(never)]
 fn choose(
-    entry: Option<*mut FlowState>,
+    entry: *mut FlowState,
     key: &FlowKey,
     vip: &VipInfo,
     segment: Segment,
-    hash_key: &[u64; 2],
-) -> Option<(u32, Backend, u32, Flow)> {
+) -> Option<(u32, &'static Backend, u32, Flow)> {
+    let entry = if entry.is_null() { None } else { Some(entry) };
+    let hash_key = &CONFIG.get(0)?.flow_hash_key;
     if let Some(state) = entry {
         // SAFETY: as in `continue_flow`.
         let known = unsafe { *state };
@@ -325,7 +423,7 @@ fn choose(
         return None;
     }
     if !tracked {
-        return Some((id, *backend, hash, Flow::Untracked));
+        return Some((id, backend, hash, Flow::Untracked));
     }
     let stage = match segment {
         Segment::Ends => stage::ENDED,
@@ -354,7 +452,7 @@ fn choose(
             let _ = FLOWS_V6.insert(key, fresh, 0);
         }
     }
-    Some((id, *backend, hash, Flow::New))
+    Some((id, backend, hash, Flow::New))
 }
 
 /// How far a flow entry's packet time may lag behind its last packet: 1/16 of the UDP idle
