@@ -361,3 +361,14 @@ fn flow_hash_key_is_128_secret_bits() {
         "3:17: instance.flow_hash_key: is all zeros, which is no secret; use random digits"
     );
 }
+
+#[test]
+fn icmp_echo_policy_defaults_to_reply() {
+    assert_eq!(Config::parse(MINIMAL, "test.toml").unwrap().instance.icmp_echo, IcmpEcho::Reply);
+    let with = |p: &str| MINIMAL.replace("[instance]\n", &format!("[instance]\nicmp_echo = \"{p}\"\n"));
+    assert_eq!(Config::parse(&with("drop"), "test.toml").unwrap().instance.icmp_echo, IcmpEcho::Drop);
+    assert_eq!(
+        only_problem(&with("ignore")),
+        "3:13: instance.icmp_echo: \"ignore\" is not an echo policy; use \"reply\", \"pass\" or \"drop\""
+    );
+}
