@@ -37,6 +37,9 @@ pub const IPV6_FLOW_TABLE_DEFAULT_ENTRIES: u32 = 1 << 18;
 pub const MAX_SOURCE_BUCKETS: u32 = 1 << 16;
 /// Most source-list prefixes of all VIPs together.
 pub const MAX_SOURCE_LIST_ENTRIES: u32 = 1 << 16;
+/// Fragmented datagrams whose later fragments the balancer can steer at once (`FRAGMENTS`, an
+/// LRU): a datagram's fragments arrive within milliseconds of each other.
+pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 1 << 14;
 /// Most interfaces the balancer redirects to.
 pub const MAX_EGRESS_INTERFACES: u32 = 64;
 

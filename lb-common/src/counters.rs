@@ -38,8 +38,11 @@ pub enum Reason {
     DropBadHeader,
     /// IPv4 packet with options to a VIP address.
     DropIpv4Options,
-    /// IPv4 or IPv6 fragment to a VIP address (ports unknown, so no consistent backend).
+    /// IPv4 or IPv6 fragment of neither TCP nor UDP to a VIP address.
     DropFragment,
+    /// A later fragment (no ports) to a VIP address whose datagram's first fragment was not seen
+    /// (out of order, or forgotten): no backend is known for it.
+    DropFragmentUnknown,
     /// IPv6 packet to a VIP address with an extension header before TCP/UDP.
     DropIpv6Extension,
     /// VIP traffic that arrived with TTL / hop limit 0.
@@ -100,6 +103,7 @@ impl Reason {
         Reason::DropBadHeader,
         Reason::DropIpv4Options,
         Reason::DropFragment,
+        Reason::DropFragmentUnknown,
         Reason::DropIpv6Extension,
         Reason::DropTtlExpired,
         Reason::DropTooBig,
@@ -137,6 +141,7 @@ impl Reason {
             Reason::DropBadHeader => "drop_bad_header",
             Reason::DropIpv4Options => "drop_ipv4_options",
             Reason::DropFragment => "drop_fragment",
+            Reason::DropFragmentUnknown => "drop_fragment_unknown",
             Reason::DropIpv6Extension => "drop_ipv6_extension",
             Reason::DropTtlExpired => "drop_ttl_expired",
             Reason::DropTooBig => "drop_too_big",

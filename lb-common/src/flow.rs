@@ -105,6 +105,35 @@ const fn fold(hash: u64) -> u32 {
     (hash ^ (hash >> 32)) as u32
 }
 
+/// Key of the fragment table: one fragmented datagram, as its IP header names it (RFC 791, RFC
+/// 8200). Its first fragment carries the ports and finds the datagram's backend; the later ones
+/// carry none and follow the first by this key.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragmentKey {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// The IPv4 identification (16 bits) or IPv6 fragment header identification.
+    pub id: u32,
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+assert_layout!(FragmentKey, size = 40, src_addr = 0, dst_addr = 16, id = 32, protocol = 36, family = 37, _pad = 38);
+
+/// Where a fragmented datagram goes: its first fragment's backend.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragmentOwner {
+    pub backend: u32,
+    /// The flow's hash (the outer source of the first fragment's encapsulation).
+    pub hash: u32,
+    /// The VIP tag of the backend when the first fragment went there (see [`FlowState::vip_tag`]).
+    pub vip_tag: u32,
+}
+assert_layout!(FragmentOwner, size = 12, backend = 0, hash = 4, vip_tag = 8);
+userspace_pod!(FragmentKey, FragmentOwner);
+
 /// Where a flow stands in its backend's count of active flows (`FlowState::stage`), which the
 /// least-connections scheduler compares.
 pub mod stage {

@@ -24,6 +24,19 @@ const IPV6_EXTENSION_HEADERS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
 
 const IPV4_DONT_FRAGMENT: u16 = 0x4000;
 const IPV4_FRAGMENT_BITS: u16 = 0x3fff; // more-fragments flag and fragment offset
+const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
+/// Length of an IPv6 fragment header.
+const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
+
+/// Where a packet stands in a fragmented datagram ([`Ip::fragment`]).
+pub mod fragment {
+    /// Not a fragment (an IPv6 atomic fragment, offset 0 without more, included).
+    pub const NONE: u8 = 0;
+    /// The first fragment: it carries the L4 header, ports included.
+    pub const FIRST: u8 = 1;
+    /// A later fragment: no L4 header.
+    pub const LATER: u8 = 2;
+}
 
 /// An IP header as the balancer needs it. The addresses, protocol and family are kept in the
 /// flow key itself ([`ports`] completes it), so the fast path never copies them again.
@@ -38,6 +51,13 @@ pub struct Ip {
     pub dont_fragment: bool,
     /// Why the balancer cannot serve this packet, if it cannot.
     pub anomaly: Option<Reason>,
+    /// One of [`fragment`]. Fragments of TCP and UDP are served (the first finds the backend,
+    /// the later ones follow it); others are an anomaly.
+    pub fragment: u8,
+    /// The IPv4 identification or IPv6 fragment identification of a fragment.
+    pub fragment_id: u32,
+    /// Bytes of an IPv6 fragment header after the fixed header (0 or 8).
+    pub extension_len: u8,
 }
 
 /// Result of reading the IP header.
@@ -68,11 +88,18 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> L3 {
     let packet_len = u16::from_be_bytes(h.tot_len);
     let frags = u16::from_be_bytes(h.frags);
     let available = frame_len(ctx) - l3_offset;
+    let fragment = if frags & IPV4_FRAGMENT_BITS == 0 {
+        fragment::NONE
+    } else if frags & IPV4_FRAGMENT_OFFSET == 0 {
+        fragment::FIRST
+    } else {
+        fragment::LATER
+    };
     let anomaly = if h.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || usize::from(packet_len) < header_len {
         Some(Reason::DropBadHeader)
     } else if usize::from(packet_len) > available {
         Some(Reason::DropTruncated)
-    } else if frags & IPV4_FRAGMENT_BITS != 0 {
+    } else if fragment != fragment::NONE && h.proto != IPPROTO_TCP && h.proto != IPPROTO_UDP {
         Some(Reason::DropFragment)
     } else if header_len != Ipv4Hdr::LEN {
         Some(Reason::DropIpv4Options)
@@ -96,6 +123,9 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> L3 {
         traffic_class: h.tos,
         dont_fragment: frags & IPV4_DONT_FRAGMENT != 0,
         anomaly,
+        fragment,
+        fragment_id: u32::from(u16::from_be_bytes(h.id)),
+        extension_len: 0,
     })
 }
 
@@ -108,20 +138,46 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> L3 {
     let h = unsafe { &*h };
     let packet_len = u16::from_be_bytes(h.payload_len).saturating_add(Ipv6Hdr::LEN as u16);
     let available = frame_len(ctx) - l3_offset;
-    let next = h.next_hdr;
-    let anomaly = if h.vcf[0] >> 4 != 6 {
+    let mut next = h.next_hdr;
+    let (mut fragment, mut fragment_id, mut extension_len) = (fragment::NONE, 0, 0);
+    let mut anomaly = if h.vcf[0] >> 4 != 6 {
         Some(Reason::DropBadHeader)
     } else if usize::from(u16::from_be_bytes(h.payload_len)) + Ipv6Hdr::LEN > available {
         Some(Reason::DropTruncated)
-    } else if next == IPPROTO_FRAGMENT {
-        Some(Reason::DropFragment)
-    } else if IPV6_EXTENSION_HEADERS.contains(&next) {
-        Some(Reason::DropIpv6Extension)
-    } else if h.hop_limit == 0 {
-        Some(Reason::DropTtlExpired)
     } else {
         None
     };
+    if anomaly.is_none() && next == IPPROTO_FRAGMENT {
+        // Next header, reserved, offset (13 bits) with the more-fragments flag, identification.
+        match read::<[u8; 8]>(ctx, l3_offset + Ipv6Hdr::LEN) {
+            None => anomaly = Some(Reason::DropTruncated),
+            Some(f) => {
+                next = f[0];
+                extension_len = IPV6_FRAGMENT_HEADER_LEN as u8;
+                fragment_id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+                let offset_and_more = u16::from_be_bytes([f[2], f[3]]);
+                fragment = if offset_and_more & !1 != 0 {
+                    fragment::LATER
+                } else if offset_and_more & 1 != 0 {
+                    fragment::FIRST
+                } else {
+                    fragment::NONE
+                };
+                if next != IPPROTO_TCP && next != IPPROTO_UDP && !IPV6_EXTENSION_HEADERS.contains(&next) {
+                    anomaly = Some(Reason::DropFragment);
+                }
+            }
+        }
+    }
+    if anomaly.is_none() {
+        anomaly = if next == IPPROTO_FRAGMENT || IPV6_EXTENSION_HEADERS.contains(&next) {
+            Some(Reason::DropIpv6Extension)
+        } else if h.hop_limit == 0 {
+            Some(Reason::DropTtlExpired)
+        } else {
+            None
+        };
+    }
     L3::Ip(Ip {
         flow: FlowKey {
             src_addr: h.src_addr,
@@ -137,14 +193,18 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> L3 {
         traffic_class: (h.vcf[0] << 4) | (h.vcf[1] >> 4),
         dont_fragment: true,
         anomaly,
+        fragment,
+        fragment_id,
+        extension_len,
     })
 }
 
 impl Ip {
-    /// Length of the IP header (options and extension headers are never served).
+    /// Length of the IP header, an IPv6 fragment header included (options and other extension
+    /// headers are never served).
     #[inline(always)]
     pub fn header_len(&self) -> usize {
-        if self.flow.family == family::IPV4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN }
+        if self.flow.family == family::IPV4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN + usize::from(self.extension_len) }
     }
 }
 

@@ -23,14 +23,14 @@ use lb_common::{
     },
     backend::Backend,
     capacity::{
-        MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES, MAX_TABLE_CHUNKS, MAX_VIPS,
-        TABLE_CHUNK_ENTRIES, TABLES_PER_VIP, VIP_COUNTER_ENTRIES,
+        MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_FRAGMENTED_DATAGRAMS, MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES,
+        MAX_TABLE_CHUNKS, MAX_VIPS, TABLE_CHUNK_ENTRIES, TABLES_PER_VIP, VIP_COUNTER_ENTRIES,
     },
     counters::{Reason, ReasonCounter, SENT_TO_BACKEND, TrafficCounters},
     dataplane::DataplaneConfig,
     decap::{DECAP_SOURCE_FIXED_BITS, DecapConfig, DecapSourceKey},
     flood::FloodState,
-    flow::{FlowKey, FlowKeyV4, FlowState},
+    flow::{FlowKey, FlowKeyV4, FlowState, FragmentKey, FragmentOwner},
     nexthop::NextHop,
     table::{MAX_CHUNKS_PER_TABLE, TableChunk, chunk_key, chunks},
     vip::{VipAddrKey, VipInfo, VipKey},
@@ -172,7 +172,7 @@ pub struct VipFlood {
 }
 
 /// Names of the balancer's maps (each pinned under its name).
-pub const BALANCER_MAPS: [&str; 19] = [
+pub const BALANCER_MAPS: [&str; 20] = [
     "VIPS",
     "VIP_ADDRS",
     "BACKENDS",
@@ -192,6 +192,7 @@ pub const BALANCER_MAPS: [&str; 19] = [
     "SOURCE_LISTS",
     "SOURCE_BUCKETS",
     "REFUSALS",
+    "FRAGMENTS",
 ];
 
 /// Maps that older builds pinned and this one does not use (`FLOWS`: one flow table for both
@@ -201,7 +202,7 @@ const RETIRED_MAPS: [&str; 2] = ["FLOWS", "MAGLEV_TABLES"];
 
 /// Key and value sizes of the balancer's maps whose layouts this build defines (`EGRESS` is
 /// the kernel's).
-fn map_layouts() -> [(&'static str, usize, usize); 18] {
+fn map_layouts() -> [(&'static str, usize, usize); 19] {
     [
         ("VIPS", size_of::<VipKey>(), size_of::<VipInfo>()),
         ("VIP_ADDRS", size_of::<VipAddrKey>(), size_of::<u32>()),
@@ -221,12 +222,13 @@ fn map_layouts() -> [(&'static str, usize, usize); 18] {
         ("SOURCE_LISTS", size_of::<LpmKey<SourceListKey>>(), size_of::<u32>()),
         ("SOURCE_BUCKETS", size_of::<SourceBucketKey>(), size_of::<SourceBucket>()),
         ("REFUSALS", size_of::<u32>(), size_of::<u64>()),
+        ("FRAGMENTS", size_of::<FragmentKey>(), size_of::<FragmentOwner>()),
     ]
 }
 
 /// Entries of the balancer's maps whose size is a limit of this build (the flow tables are sized
 /// by the configuration, `REASON_STATS` is checked on its own).
-fn fixed_capacities() -> [(&'static str, u32); 13] {
+fn fixed_capacities() -> [(&'static str, u32); 14] {
     [
         ("VIPS", MAX_VIPS),
         ("BACKENDS", MAX_BACKENDS),
@@ -241,6 +243,7 @@ fn fixed_capacities() -> [(&'static str, u32); 13] {
         ("SOURCE_LISTS", MAX_SOURCE_LIST_ENTRIES),
         ("SOURCE_BUCKETS", MAX_SOURCE_BUCKETS),
         ("REFUSALS", REFUSAL_COUNTERS),
+        ("FRAGMENTS", MAX_FRAGMENTED_DATAGRAMS),
     ]
 }
 

@@ -45,6 +45,7 @@ use lb_userspace::{
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod admission;
+mod fragments;
 mod icmp;
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
@@ -648,55 +649,6 @@ fn cases() -> Vec<(&'static str, Body)> {
         // Policy drops for VIP addresses.
         ("drop/ipv4_options", |e| {
             edited_case(e, Protocol::Tcp, VIP4.into(), 80, add_ipv4_options, Expect::drop(Reason::DropIpv4Options))
-        }),
-        ("drop/ipv4_first_fragment", |e| {
-            edited_case(
-                e,
-                Protocol::Udp,
-                VIP4.into(),
-                53,
-                |f, l3| {
-                    set_u16(f, l3 + 6, 0x2000);
-                    fix_ipv4_checksum(f, l3)
-                },
-                Expect::drop(Reason::DropFragment),
-            )
-        }),
-        ("drop/ipv4_later_fragment", |e| {
-            edited_case(
-                e,
-                Protocol::Udp,
-                VIP4.into(),
-                53,
-                |f, l3| {
-                    set_u16(f, l3 + 6, 185);
-                    fix_ipv4_checksum(f, l3)
-                },
-                Expect::drop(Reason::DropFragment),
-            )
-        }),
-        ("drop/ipv4_fragment_of_other_port_of_vip_address", |e| {
-            edited_case(
-                e,
-                Protocol::Udp,
-                VIP4.into(),
-                9999,
-                |f, l3| {
-                    set_u16(f, l3 + 6, 0x2000 | 185);
-                    fix_ipv4_checksum(f, l3)
-                },
-                Expect::drop(Reason::DropFragment),
-            )
-        }),
-        ("drop/ipv6_fragment_header", |e| {
-            edited_case(
-                e,
-                Protocol::Udp,
-                VIP6.into(),
-                53,
-                |f, l3| insert_ipv6_extension(f, l3, 44, [0, 0, 0, 1, 0, 0, 0, 7]),
-                Expect::drop(Reason::DropFragment),
-            )
         }),
         ("drop/ipv6_hop_by_hop_header", |e| {
             edited_case(
@@ -1972,6 +1924,7 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .chain(admission::cases())
         .chain(icmp::cases())
+        .chain(fragments::cases())
         .map(|(name, body)| {
             let env = Arc::clone(&env);
             Trial::test(name, move || {

@@ -16,6 +16,7 @@
 
 mod admission;
 mod encap;
+mod fragments;
 mod icmp;
 mod icmp_in;
 mod maps;
@@ -27,7 +28,7 @@ use lb_common::{
     counters::Reason,
     dataplane::DataplaneConfig,
     family,
-    flow::{FLOW_TRACKS_TIME, FlowKey, FlowState, flow_clock, flow_hash, source_hash, stage},
+    flow::{FLOW_TRACKS_TIME, FlowKey, FlowState, FragmentOwner, flow_clock, flow_hash, source_hash, stage},
     least_connections::{candidates, second_wins},
     maglev::table_slot,
     vip::{VipAddrKey, VipInfo, VipKey, scheduler},
@@ -35,7 +36,7 @@ use lb_common::{
 use lb_ebpf::{
     access::frame_len,
     l2::{self, Link},
-    l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3, Segment},
+    l3::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, L3, Segment, fragment},
 };
 
 use crate::{
@@ -81,6 +82,9 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     };
     if let Some(anomaly) = ip.anomaly {
         return refuse_if_vip_address(&ip, anomaly);
+    }
+    if ip.fragment == fragment::LATER {
+        return later_fragment(ctx, &ip, bytes);
     }
     if ip.flow.protocol != IPPROTO_TCP && ip.flow.protocol != IPPROTO_UDP {
         let icmp = if ip.flow.family == family::IPV4 { icmp_in::IPPROTO_ICMP } else { icmp_in::IPPROTO_ICMPV6 };
@@ -133,7 +137,35 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
             }
         }
     };
+    if ip.fragment == fragment::FIRST {
+        let owner = FragmentOwner { backend: target.id, hash: target.hash, vip_tag: target.backend.vip_tag };
+        fragments::remember(&ip, &owner);
+    }
     forward(ctx, cfg, &ip, &target, bytes)
+}
+
+/// A later fragment of a TCP/UDP datagram: to its first fragment's backend, as a packet of an
+/// established flow (admission included), if that backend still serves the VIP.
+#[inline(always)]
+fn later_fragment(ctx: &XdpContext, ip: &Ip, bytes: u64) -> (u32, Reason) {
+    let Some(owner) = fragments::owner(ip) else {
+        return refuse_if_vip_address(ip, Reason::DropFragmentUnknown);
+    };
+    let (Some(cfg), Some(backend)) = (CONFIG.get(0), BACKENDS.get(owner.backend)) else {
+        return refuse_if_vip_address(ip, Reason::DropFragmentUnknown);
+    };
+    if !backend.keeps_flows() || backend.vip_tag != owner.vip_tag {
+        return refuse_if_vip_address(ip, Reason::DropFragmentUnknown);
+    }
+    let vip_index = u32::from(backend.vip_index);
+    if backend.admission != 0
+        && let Err(reason) = admission::established(&ip.flow, vip_index, backend.admission)
+    {
+        maps::count_unsent(vip_index, reason, bytes);
+        return (xdp_action::XDP_DROP, reason);
+    }
+    let target = Target { vip_index, id: owner.backend, backend, hash: owner.hash, kind: Flow::Known };
+    forward(ctx, cfg, ip, &target, bytes)
 }
 
 /// Where a packet goes: backend `id` of VIP `vip_index`, with the flow's hash. The backend's

@@ -12,12 +12,13 @@ use lb_common::{
     backend::Backend,
     capacity::{
         FLOW_TABLE_DEFAULT_ENTRIES, IPV6_FLOW_TABLE_DEFAULT_ENTRIES, MAX_BACKENDS, MAX_EGRESS_INTERFACES,
-        MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES, MAX_TABLE_CHUNKS, MAX_VIPS, VIP_COUNTER_ENTRIES,
+        MAX_FRAGMENTED_DATAGRAMS, MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES, MAX_TABLE_CHUNKS, MAX_VIPS,
+        VIP_COUNTER_ENTRIES,
     },
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
     flood::FloodState,
-    flow::{FlowKey, FlowKeyV4, FlowState},
+    flow::{FlowKey, FlowKeyV4, FlowState, FragmentKey, FragmentOwner},
     nexthop::NextHop,
     table::{TableChunk, chunk_key, locate},
     vip::{VipAddrKey, VipInfo, VipKey},
@@ -67,6 +68,11 @@ pub static FLOWS_V4: LruHashMap<FlowKeyV4, FlowState> = LruHashMap::with_max_ent
 
 #[map]
 pub static FLOWS_V6: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(IPV6_FLOW_TABLE_DEFAULT_ENTRIES, 0);
+
+/// Fragmented datagrams -> their first fragment's backend (`crate::fragments`).
+#[map]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentOwner> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
 
 #[map]
 pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
