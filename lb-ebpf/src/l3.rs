@@ -23,8 +23,8 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPV6_EXTENSION_HEADERS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
 
 const IPV4_DONT_FRAGMENT: u16 = 0x4000;
-const IPV4_FRAGMENT_BITS: u16 = 0x3fff; // more-fragments flag and fragment offset
 const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
+const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
 /// Length of an IPv6 fragment header.
 const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
 
@@ -36,6 +36,17 @@ pub mod fragment {
     pub const FIRST: u8 = 1;
     /// A later fragment: no L4 header.
     pub const LATER: u8 = 2;
+
+    /// The kind of a fragment at `offset` (13 bits) with more fragments after it or not. Without
+    /// branches: a branch here would give the verifier one state per kind through every stage
+    /// after the parse.
+    #[inline(always)]
+    pub fn classify(offset: u16, more: bool) -> u8 {
+        // 1 if the offset is not zero, else 0 (the sum stays below 2^14).
+        let later = ((u32::from(offset) + 0x1fff) >> 13) as u8;
+        let more = u8::from(more);
+        later * LATER + (1 - later) * more * FIRST
+    }
 }
 
 /// An IP header as the balancer needs it. The addresses, protocol and family are kept in the
@@ -88,13 +99,7 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> L3 {
     let packet_len = u16::from_be_bytes(h.tot_len);
     let frags = u16::from_be_bytes(h.frags);
     let available = frame_len(ctx) - l3_offset;
-    let fragment = if frags & IPV4_FRAGMENT_BITS == 0 {
-        fragment::NONE
-    } else if frags & IPV4_FRAGMENT_OFFSET == 0 {
-        fragment::FIRST
-    } else {
-        fragment::LATER
-    };
+    let fragment = fragment::classify(frags & IPV4_FRAGMENT_OFFSET, frags & IPV4_MORE_FRAGMENTS != 0);
     let anomaly = if h.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || usize::from(packet_len) < header_len {
         Some(Reason::DropBadHeader)
     } else if usize::from(packet_len) > available {
@@ -156,13 +161,7 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> L3 {
                 extension_len = IPV6_FRAGMENT_HEADER_LEN as u8;
                 fragment_id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
                 let offset_and_more = u16::from_be_bytes([f[2], f[3]]);
-                fragment = if offset_and_more & !1 != 0 {
-                    fragment::LATER
-                } else if offset_and_more & 1 != 0 {
-                    fragment::FIRST
-                } else {
-                    fragment::NONE
-                };
+                fragment = fragment::classify(offset_and_more >> 3, offset_and_more & 1 != 0);
                 if next != IPPROTO_TCP && next != IPPROTO_UDP && !IPV6_EXTENSION_HEADERS.contains(&next) {
                     anomaly = Some(Reason::DropFragment);
                 }

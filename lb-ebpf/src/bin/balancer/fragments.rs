@@ -8,7 +8,7 @@
 //! path's stack.
 
 use lb_common::flow::{FragmentKey, FragmentOwner};
-use lb_ebpf::l3::Ip;
+use lb_ebpf::l3::{Ip, fragment};
 
 use crate::maps::FRAGMENTS;
 
@@ -24,14 +24,19 @@ fn key(ip: &Ip) -> FragmentKey {
     }
 }
 
-/// Records that the datagram whose first fragment is `ip` goes to `owner`.
+/// If `ip` is a datagram's first fragment, records that the datagram goes to backend `id`
+/// (flow hash `hash`, VIP tag `vip_tag`). Called for every packet, the test inside: a branch
+/// on the fragment kind in the caller would split the verifier's states through every stage after.
 #[inline(never)]
 // By reference: a moved copy of the key would take another stack slot.
 #[allow(clippy::needless_borrows_for_generic_args)]
-pub fn remember(ip: &Ip, owner: &FragmentOwner) {
+pub fn remember_first(ip: &Ip, id: u32, hash: u32, vip_tag: u32) {
+    if ip.fragment != fragment::FIRST {
+        return;
+    }
     // A full table evicts its least recently used datagram; an insert error costs only the
     // datagram's later fragments.
-    let _ = FRAGMENTS.insert(&key(ip), owner, 0);
+    let _ = FRAGMENTS.insert(&key(ip), &FragmentOwner { backend: id, hash, vip_tag }, 0);
 }
 
 /// Where the first fragment of the datagram that `ip` (a later fragment) belongs to went.

@@ -28,7 +28,7 @@ use lb_common::{
     counters::Reason,
     dataplane::DataplaneConfig,
     family,
-    flow::{FLOW_TRACKS_TIME, FlowKey, FlowState, FragmentOwner, flow_clock, flow_hash, source_hash, stage},
+    flow::{FLOW_TRACKS_TIME, FlowKey, FlowState, flow_clock, flow_hash, source_hash, stage},
     least_connections::{candidates, second_wins},
     maglev::table_slot,
     vip::{VipAddrKey, VipInfo, VipKey, scheduler},
@@ -137,10 +137,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
             }
         }
     };
-    if ip.fragment == fragment::FIRST {
-        let owner = FragmentOwner { backend: target.id, hash: target.hash, vip_tag: target.backend.vip_tag };
-        fragments::remember(&ip, &owner);
-    }
+    fragments::remember_first(&ip, target.id, target.hash, target.backend.vip_tag);
     forward(ctx, cfg, &ip, &target, bytes)
 }
 
