@@ -153,8 +153,10 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> L3 {
         None
     };
     if anomaly.is_none() && next == IPPROTO_FRAGMENT {
-        // Next header, reserved, offset (13 bits) with the more-fragments flag, identification.
-        match read::<[u8; 8]>(ctx, l3_offset + Ipv6Hdr::LEN) {
+        // Next header, reserved, offset (13 bits) with the more-fragments flag, identification;
+        // inside the packet's payload length, not merely the frame.
+        let inside = usize::from(packet_len) >= Ipv6Hdr::LEN + IPV6_FRAGMENT_HEADER_LEN;
+        match read::<[u8; 8]>(ctx, l3_offset + Ipv6Hdr::LEN).filter(|_| inside) {
             None => anomaly = Some(Reason::DropTruncated),
             Some(f) => {
                 next = f[0];

@@ -33,6 +33,16 @@ enum Command {
         #[arg(long, value_enum)]
         tier: Option<test::Tier>,
     },
+    /// The fuzzer: structure-aware packets through the real XDP programs, checked against the
+    /// data plane's invariants (needs root). A failure prints the seed that replays it.
+    Fuzz {
+        /// Packets to run.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Seed (decimal or 0x-hex); a fresh one if absent.
+        #[arg(long, value_parser = parse_seed)]
+        seed: Option<u64>,
+    },
     /// The balancer in the namespaced lab with real servers and clients, then a summary (needs root).
     Demo,
     /// Bring the namespaced lab up or down (needs root).
@@ -62,6 +72,14 @@ enum LabAction {
     Down,
 }
 
+fn parse_seed(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|_| format!("\"{s}\" is not a seed (a decimal or 0x-hexadecimal number)"))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     std::env::set_current_dir(cmd::workspace_root())?;
@@ -70,6 +88,10 @@ fn main() -> anyhow::Result<()> {
         Command::Test { tier } => {
             deps::ensure()?;
             test::run(tier)
+        }
+        Command::Fuzz { packets, seed } => {
+            deps::ensure()?;
+            test::fuzz(packets, seed)
         }
         Command::Demo => {
             deps::ensure()?;

@@ -82,7 +82,8 @@ fn run_tier(tier: Tier) -> anyhow::Result<usize> {
             if passed < MIN_PACKET_FIXTURES {
                 bail!("only {passed} packet fixtures ran, expected at least {MIN_PACKET_FIXTURES}");
             }
-            Ok(passed)
+            // The fuzzer's CI run: its default packets and seed (`cargo xtask fuzz` runs more).
+            Ok(passed + cargo_test(&["-p", "lb-tests", "--test", "xdp_fuzz", "--", "--nocapture"])?)
         }
         Tier::E2e => {
             if !cmd::is_root() {
@@ -100,6 +101,26 @@ fn run_tier(tier: Tier) -> anyhow::Result<usize> {
             Ok(passed)
         }
     }
+}
+
+/// Runs the fuzzer (`tests/tests/xdp_fuzz`) on `packets` packets from `seed` (a fresh one if
+/// none), in a release build: a million packets take about a minute.
+pub fn fuzz(packets: u64, seed: Option<u64>) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("the fuzzer loads XDP programs and must run as root (`sudo -E cargo xtask fuzz`)");
+    }
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    println!(
+        "fuzzing {packets} packets from seed {seed:#x} (replay: cargo xtask fuzz --packets {packets} --seed {seed:#x})"
+    );
+    cmd::run(
+        cmd::cargo()
+            .args(["test", "--release", "-p", "lb-tests", "--test", "xdp_fuzz", "--", "--nocapture"])
+            .env("LB_FUZZ_PACKETS", packets.to_string())
+            .env("LB_FUZZ_SEED", format!("{seed:#x}")),
+    )
 }
 
 /// Runs `cargo test ARGS`; returns how many tests passed.

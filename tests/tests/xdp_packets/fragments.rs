@@ -22,6 +22,15 @@ pub fn cases() -> Vec<(&'static str, Body)> {
             later_alone(e, NOT_VIP4.into(), 53, Reason::PassNotVip)
         }),
         ("fragments/ipv6_atomic_fragment_served_as_a_packet", atomic_fragment),
+        ("fragments/ipv6_fragment_header_past_the_payload_length_dropped", |e| {
+            // Found by the fuzzer: the fragment header must lie inside the packet's payload
+            // length, not merely in the frame.
+            let f = flow(e, Protocol::Udp, VIP6.into(), 53);
+            let mut input = frame(&f, &Shape::default());
+            fragment(&mut input, false, 5, 10, true);
+            set_u16(&mut input, 14 + 4, 1);
+            check(e, &input, None, &Expect::drop(Reason::DropTruncated))
+        }),
         ("fragments/icmp_fragment_to_vip_address_dropped", |e| {
             let mut f = Vec::new();
             etherparse::PacketBuilder::ethernet2(lb_tests::packet::CLIENT_MAC, lb_tests::packet::BALANCER_MAC)

@@ -39,6 +39,15 @@ pub fn cases() -> Vec<(&'static str, Body)> {
             error_reaches_owner(e, Protocol::Udp, VIP6.into(), 53, false)
         }),
         ("icmp/error_quoting_another_source_dropped", error_quoting_another_source),
+        ("icmp/error_whose_quote_lies_past_its_ip_length_dropped", |e| {
+            // Found by the fuzzer: the quote must be read inside the error's IP packet, not from
+            // bytes after it in the frame.
+            let f = flow(e, Protocol::Tcp, VIP4.into(), 80);
+            let mut input = error_about(&f);
+            input[14 + 2..14 + 4].copy_from_slice(&28u16.to_be_bytes());
+            lb_tests::packet::fix_ipv4_checksum(&mut input, 14);
+            check(e, &input, None, &Expect::drop(Reason::DropIcmpUnmatched))
+        }),
         ("icmp/error_to_other_address_passes", |e| {
             let f = flow(e, Protocol::Tcp, VIP4.into(), 80);
             let mut input = error_about(&f);

@@ -88,6 +88,12 @@ pub fn to_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Icmp {
 /// least the ports is read.
 #[inline(always)]
 fn quoted_flow(ctx: &XdpContext, ip: &Ip, quote: usize) -> Option<FlowKey> {
+    // The quoted header and ports must lie inside the error's IP packet, not in what follows it
+    // in the frame.
+    let quoted_len = if ip.flow.family == family::IPV4 { 20 + 4 } else { 40 + 4 };
+    if quote + quoted_len > ip.l3_offset + usize::from(ip.packet_len) {
+        return None;
+    }
     let mut flow = FlowKey::default();
     flow.family = ip.flow.family;
     let (protocol, ports_at) = if ip.flow.family == family::IPV4 {
