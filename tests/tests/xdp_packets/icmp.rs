@@ -48,6 +48,14 @@ pub fn cases() -> Vec<(&'static str, Body)> {
             lb_tests::packet::fix_ipv4_checksum(&mut input, 14);
             check(e, &input, None, &Expect::drop(Reason::DropIcmpUnmatched))
         }),
+        ("icmp/echo_past_its_ip_length_dropped", |e| {
+            // Found by the fuzzer: an IPv4 packet of 20 bytes holds no ICMP header, whatever
+            // the frame carries after it.
+            let mut input = echo(CLIENT4.into(), VIP4.into());
+            input[14 + 2..14 + 4].copy_from_slice(&20u16.to_be_bytes());
+            lb_tests::packet::fix_ipv4_checksum(&mut input, 14);
+            check(e, &input, None, &Expect::drop(Reason::DropTruncated))
+        }),
         ("icmp/error_to_other_address_passes", |e| {
             let f = flow(e, Protocol::Tcp, VIP4.into(), 80);
             let mut input = error_about(&f);

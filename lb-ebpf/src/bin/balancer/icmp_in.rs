@@ -62,7 +62,9 @@ pub fn to_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Icmp {
     }
     let v4 = ip.flow.family == family::IPV4;
     let l4 = ip.l3_offset + ip.header_len();
-    let Some([kind, code]) = read::<[u8; 2]>(ctx, l4) else {
+    // The ICMP header must lie inside the IP packet, not merely in the frame.
+    let inside = l4 + ICMP_HEADER_LEN <= ip.l3_offset + usize::from(ip.packet_len);
+    let Some([kind, code]) = read::<[u8; 2]>(ctx, l4).filter(|_| inside) else {
         return Icmp::Done(XDP_DROP, Reason::DropTruncated);
     };
     let echo = if v4 { kind == ICMP_ECHO_REQUEST } else { kind == ICMPV6_ECHO_REQUEST };
