@@ -61,6 +61,9 @@ struct Agent {
     current: reconcile::Current,
     decisions: Vec<BackendDecision>,
     warnings: Vec<String>,
+    /// Problems of the host the agent found and could not repair (interfaces that strip VLAN
+    /// tags), shown with the policy's warnings.
+    host_warnings: Vec<String>,
     ramping: bool,
     /// Table fingerprints per VIP name (a hash of the table's backend addresses, slot by slot:
     /// equal on every balancer with the same configuration and health).
@@ -101,6 +104,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         outcomes: outcome_tx,
         decisions: Vec::new(),
         warnings: Vec::new(),
+        host_warnings: Vec::new(),
         ramping: false,
         fingerprints: BTreeMap::new(),
         generation: 0,
@@ -116,6 +120,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // Give the first packets their next hops (entries the warming creates arrive on later ticks).
     agent.refresh_next_hops();
     for interface in agent.config.instance.interfaces.clone() {
+        match crate::vlan::keep_vlan_tags(&interface) {
+            Ok(off) if !off.is_empty() => tracing::info!(interface, features = ?off, "turned receive VLAN offload off"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!("{e}");
+                agent.host_warnings.push(e.to_string());
+            }
+        }
         let attached = agent
             .balancer
             .attach(&interface, agent.config.instance.xdp_mode, &agent.pins)
@@ -449,7 +461,7 @@ impl Agent {
             "generation": self.generation,
             "flow_hash_key": if self.config.instance.flow_hash_key.is_some() { "configured" } else { "public" },
             "source_buckets": self.balancer.source_buckets_in_use().ok(),
-            "warnings": self.warnings,
+            "warnings": self.warnings.iter().chain(&self.host_warnings).collect::<Vec<_>>(),
             "vips": vips,
             "backends": self.backend_rows(),
         })

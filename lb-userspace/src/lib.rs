@@ -7,6 +7,7 @@
 //! - [`objects`]: the compiled XDP programs, embedded at build time (built by `build.rs`).
 //! - [`dataplane`]: typed handles on the loaded balancer and decapsulation programs and their
 //!   maps: configuration, VIPs, backends, atomic Maglev table installs, counters.
+//! - [`vlan`]: receive VLAN offload turned off on the balancer's interfaces (tags stay in the frame).
 //! - [`nexthop`]: backends' next hops from the kernel's route and neighbour tables (rtnetlink).
 //! - [`batch`]: reading a whole hash map in a few syscalls.
 //! - [`active`]: active flows per backend (least connections), recounted from the flow table.
@@ -36,3 +37,4 @@ pub mod pins;
 pub mod policy;
 pub mod reconcile;
 pub mod stats;
+pub mod vlan;

@@ -515,8 +515,31 @@ fn verifier_headroom(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The agent's VLAN offload switch on a real interface (a veth pair in this test's namespace):
+/// both receive offloads on before, off after, and a second call finds nothing to do.
+fn vlan_offload_turned_off(_: &mut Env) -> anyhow::Result<()> {
+    use lb_userspace::vlan::{RECEIVE_VLAN_OFFLOADS, keep_vlan_tags, receive_offload};
+    let (a, b) = ("lbvlan0", "lbvlan1");
+    run(Command::new("ip").args(["link", "add", a, "type", "veth", "peer", "name", b]))?;
+    let result = (|| {
+        for feature in RECEIVE_VLAN_OFFLOADS {
+            ensure!(receive_offload(a, feature)? == Some(true), "{feature} was not on to begin with");
+        }
+        let off = keep_vlan_tags(a)?;
+        ensure!(off == RECEIVE_VLAN_OFFLOADS, "turned off {off:?}");
+        for feature in RECEIVE_VLAN_OFFLOADS {
+            ensure!(receive_offload(a, feature)? == Some(false), "{feature} still on");
+        }
+        ensure!(keep_vlan_tags(a)?.is_empty(), "a second call turned something off");
+        Ok(())
+    })();
+    run(Command::new("ip").args(["link", "del", a]))?;
+    result
+}
+
 fn cases() -> Vec<(&'static str, Body)> {
     vec![
+        ("host/receive_vlan_offload_turned_off", vlan_offload_turned_off),
         ("verifier/balancer_headroom", verifier_headroom),
         // Forwarded traffic: exact encapsulated bytes, counters, and a flow-table hit.
         ("encap/tcp4_to_vip", |e| encap_case(e, Protocol::Tcp, VIP4.into(), 80, Shape::default())),
@@ -597,6 +620,14 @@ fn cases() -> Vec<(&'static str, Body)> {
             let mut f = arp_frame();
             f.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
             check(e, &f, None, &Expect::pass(Reason::PassNotIp))
+        }),
+        ("pass/qinq_to_vip_never_forwarded_with_a_tag_unparsed", |e| {
+            // Two tags (802.1ad outer, 802.1Q inner): the program parses one, so the frame is
+            // the kernel's, never sent on with the inner tag alone.
+            let f = flow(e, Protocol::Tcp, VIP4.into(), 80);
+            let mut input = frame(&f, &Shape { vlan: Some(100), ..Shape::default() });
+            input.splice(12..12, [0x88, 0xa8, 0x00, 0xc8]);
+            check(e, &input, None, &Expect::pass(Reason::PassNotIp))
         }),
         ("pass/ipv6_neighbour_solicitation", |e| {
             let target = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1);
