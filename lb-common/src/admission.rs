@@ -69,13 +69,20 @@ pub mod verdict {
 pub struct Gcra {
     /// Nanoseconds per token; 0: no limit.
     pub interval_ns: u64,
-    /// `(burst - 1) * interval_ns`: how far ahead of the clock the TAT may run.
+    /// `(burst - 1) * interval_ns`, at least [`CLOCK_TICK_NS`]: how far ahead of the clock the TAT
+    /// may run.
     pub tolerance_ns: u64,
 }
 assert_layout!(Gcra, size = 16, interval_ns = 0, tolerance_ns = 8);
 
 /// Highest rate a [`Gcra`] can express: one token per nanosecond.
 pub const MAX_RATE_PER_SECOND: u64 = 1_000_000_000;
+
+/// The data plane reads the coarse clock for rate buckets (30 ns a packet cheaper than the
+/// precise one, `cargo xtask bench`), which moves a jiffy at a time: 10 ms at the lowest tick
+/// rate Linux builds with (HZ=100). A bucket's tolerance is at least that, or a limit would
+/// admit no more than its burst per tick: a burst is at least what the rate allows in 10 ms.
+pub const CLOCK_TICK_NS: u64 = 10_000_000;
 
 impl Gcra {
     /// `per_second` tokens per second (at most [`MAX_RATE_PER_SECOND`]; 0: no limit), `burst`
@@ -86,7 +93,8 @@ impl Gcra {
         }
         let interval_ns = 1_000_000_000 / per_second;
         let burst = if burst == 0 { 1 } else { burst };
-        Self { interval_ns, tolerance_ns: (burst - 1) * interval_ns }
+        let tolerance_ns = (burst - 1) * interval_ns;
+        Self { interval_ns, tolerance_ns: if tolerance_ns < CLOCK_TICK_NS { CLOCK_TICK_NS } else { tolerance_ns } }
     }
 
     #[inline(always)]
@@ -333,7 +341,11 @@ mod tests {
     #[test]
     fn unlimited_gcra_is_off() {
         assert!(!Gcra::new(0, 5).is_limited());
-        assert_eq!(Gcra::new(MAX_RATE_PER_SECOND, 1), Gcra { interval_ns: 1, tolerance_ns: 0 });
+        assert_eq!(Gcra::new(MAX_RATE_PER_SECOND, 1), Gcra { interval_ns: 1, tolerance_ns: CLOCK_TICK_NS });
+        // A burst below a clock tick's worth is a tick's worth: 10,000/s for 10 ms is 100.
+        let fast = Gcra::new(10_000, 5);
+        let (mut tat, t0) = (0, 1_000_000_000);
+        assert_eq!((0..200).filter(|_| fast.admit(&mut tat, t0)).count(), 101);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use anyhow::{Context as _, ensure};
 use aya::programs::{Xdp, xdp::XdpMode};
 use lb_common::{capacity::ablation, vip::scheduler};
 use lb_tests::{
-    bench::{VIP4, VIP6, backend4, backend6, balancer, median, set_next_hops, small_frame, write_json},
+    bench::{VIP4, VIP6, backend4, backend6, balancer, median, set_next_hops, small_frame, with_admission, write_json},
     live::{DUT_IF, GENERATOR_IF, Pipeline, Traffic},
     packet::Protocol,
     privileged::{enter_private_netns, require_root},
@@ -142,7 +142,14 @@ fn main() -> anyhow::Result<()> {
         balancer(objects::BALANCER, 4096, scheduler::SOURCE_HASH, 0)?,
         balancer(objects::BALANCER, 4096, scheduler::SEQUENCE, 0)?,
         balancer(objects::BALANCER, 4096, scheduler::LEAST_CONNECTIONS, 0)?,
+        // Balancer 2 with admission: source lists and a per-source packet rate, each alone.
+        balancer(objects::BALANCER, 1 << 16, scheduler::MAGLEV, 0)?,
+        balancer(objects::BALANCER, 1 << 16, scheduler::MAGLEV, 0)?,
+        balancer(objects::BALANCER, 1 << 16, scheduler::MAGLEV, 0)?,
     ];
+    with_admission(&mut balancers[7], true, true)?;
+    with_admission(&mut balancers[8], true, false)?;
+    with_admission(&mut balancers[9], false, true)?;
     // Balancer 2 has the next hops the agent would resolve: lbgen's MAC, from lbdut.
     let hop = lb_common::nexthop::NextHop {
         ifindex: lb_userspace::dataplane::ifindex(DUT_IF)?,
@@ -165,6 +172,16 @@ fn main() -> anyhow::Result<()> {
     let mut cases = vec![
         case("minimal", Dut::Minimal, &udp4, 1, NextHop::Fallback, None),
         case("established_udp4", Dut::Balancer(2), &udp4, 1, NextHop::Resolved, Some(Target::NetRatioAtMost(2.2))),
+        case(
+            "established_udp4_admission",
+            Dut::Balancer(7),
+            &udp4,
+            1,
+            NextHop::Resolved,
+            Some(Target::NetRatioAtMost(2.2)),
+        ),
+        case("established_udp4_source_lists", Dut::Balancer(8), &udp4, 1, NextHop::Resolved, None),
+        case("established_udp4_packet_rate", Dut::Balancer(9), &udp4, 1, NextHop::Resolved, None),
         case("established_udp4_fib", Dut::Balancer(0), &udp4, 1, NextHop::Fib, None),
         case("established_udp4_fallback", Dut::Balancer(0), &udp4, 1, NextHop::Fallback, None),
         case(

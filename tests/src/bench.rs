@@ -104,6 +104,39 @@ pub fn balancer(
     Ok(b)
 }
 
+/// Gives the IPv4 UDP VIP of [`balancer`] the admission stages that established flows run, as
+/// asked: source lists (an allow list holding the benchmark's clients, 198.19.0.0/16, with a deny
+/// entry inside it they miss) and a per-source packet rate far above what they send, so every
+/// packet takes the lookups and the bucket and none is refused.
+pub fn with_admission(b: &mut Balancer, lists: bool, packet_rate: bool) -> anyhow::Result<()> {
+    use lb_common::admission::{AdmissionPolicy, Gcra, verdict};
+    use lb_userspace::reconcile::{ListedPrefix, VipAdmission};
+    let listed = |addr: Ipv4Addr, len| {
+        let (family, addr) = key_addr(IpAddr::V4(addr));
+        ListedPrefix { family, addr, len }
+    };
+    let entries = [
+        (listed(Ipv4Addr::new(198, 19, 0, 0), 16), verdict::ALLOW),
+        (listed(Ipv4Addr::new(198, 19, 255, 0), 24), verdict::DENY),
+    ];
+    let entries = if lists { entries.into_iter().collect() } else { Default::default() };
+    let packets = if packet_rate { Gcra::new(100_000_000, 100_000_000) } else { Gcra::default() };
+    let unlisted = if lists { verdict::DENY } else { verdict::ALLOW };
+    let policy = AdmissionPolicy::new(packets, Gcra::default(), unlisted, lists, 32, 64);
+    b.set_admission(0, &VipAdmission { policy, lists: entries })?;
+    let (family, a) = key_addr(IpAddr::V4(VIP4));
+    let udp = VipKey::new(family, a, VIP_PORT, 17);
+    for id in 1..=10u32 {
+        let record = b.backend(id)?.with_admission(policy.checks);
+        b.set_backend(id, &record)?;
+    }
+    let current = b.current()?;
+    let mut table = current.vips[&udp].clone();
+    table.scheduling.admission = policy.checks;
+    b.install_vip(&udp, &table)?;
+    Ok(())
+}
+
 /// Gives every backend of [`balancer`] the next hop `hop`, as the agent would resolve it.
 pub fn set_next_hops(b: &mut Balancer, hop: &NextHop) -> anyhow::Result<()> {
     for id in (1..=20).chain(101..=110) {

@@ -2,7 +2,7 @@
 //! before a packet reaches the flow table's insert or its backend. Flood mode, the last stage,
 //! is the scheduler's (`crate::schedule`).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use lb_common::{
     admission::{
         AdmissionPolicy, SOURCE_LIST_FIXED_BITS, SourceBucket, SourceBucketKey, SourceListKey, checks,
@@ -81,10 +81,9 @@ fn source_lists(flow: &FlowKey, vip_index: u32, policy: &AdmissionPolicy) -> Res
 // stack slot, and this subprogram's stack adds to the caller's within BPF's 512 bytes.
 #[allow(clippy::needless_borrows_for_generic_args)]
 fn rates(flow: &FlowKey, vip_index: u32, policy: &AdmissionPolicy, checks: u8) -> Result<(), Reason> {
-    // A precise clock: the coarse one moves a tick (1-4 ms) at once, which would cap a rate at its
-    // burst per tick.
+    // The coarse clock: buckets tolerate at least its tick (`lb_common::admission::CLOCK_TICK_NS`).
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Built in place: an address built apart and copied in would take another 16 bytes of stack.
     let mut key = SourceBucketKey::new(vip_index as u16, flow.family, flow.src_addr);
     policy.cut_to_source_prefix(flow.family, &mut key.addr);
