@@ -32,6 +32,10 @@ pub struct Health {
     pub web_extra: String,
     /// Extra VIP settings for web6.
     pub web6_extra: String,
+    /// Extra VIP settings for dns and dns6 (an `[vip.admission]` table, ...).
+    pub dns_extra: String,
+    /// The instance's MTU instead of config/lab.toml's.
+    pub mtu: Option<u16>,
     /// More VIPs (TOML), appended to the generated configuration.
     pub more_vips: String,
 }
@@ -66,7 +70,14 @@ impl Env {
 pub fn lab_config(workspace: &Path, backends: &[(usize, u32)], health: &Health) -> anyhow::Result<String> {
     let lab = std::fs::read_to_string(workspace.join("config/lab.toml"))?;
     let instance = &lab[..lab.find("[[vip]]").context("config/lab.toml has no [[vip]]")?];
-    let mut out = instance.to_string();
+    let mut out = match health.mtu {
+        Some(mtu) => instance.replace("\nmtu = 1500\n", &format!("\nmtu = {mtu}\n")),
+        None => instance.to_string(),
+    };
+    ensure!(
+        health.mtu.is_none() || out.contains(&format!("\nmtu = {}\n", health.mtu.unwrap_or(0))),
+        "config/lab.toml has no `mtu = 1500` line to replace"
+    );
     for (name, address, port, protocol, v6) in [
         ("web", "198.18.100.1", 80, "tcp", false),
         ("dns", "198.18.100.1", 53, "udp", false),
@@ -78,7 +89,7 @@ pub fn lab_config(workspace: &Path, backends: &[(usize, u32)], health: &Health) 
         match name {
             "web" => out += &health.web_extra,
             "web6" => out += &health.web6_extra,
-            _ => {}
+            _ => out += &health.dns_extra,
         }
         let check = match name {
             "web" => health.web.as_deref(),
@@ -95,6 +106,19 @@ pub fn lab_config(workspace: &Path, backends: &[(usize, u32)], health: &Health) 
     }
     out += &health.more_vips;
     Ok(out)
+}
+
+/// Packets counted under reason `reason` by the lab's data plane, from `lb stats --json`.
+pub fn reason_count(env: &Env, reason: &str) -> anyhow::Result<u64> {
+    let out =
+        std::process::Command::new(&env.lab.lb).args(["stats", "--instance", lb_lab::INSTANCE, "--json"]).output()?;
+    ensure!(out.status.success(), "lb stats failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    stats["reasons"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["reason"] == reason))
+        .and_then(|r| r["packets"].as_u64())
+        .with_context(|| format!("no {reason} counter in lb stats --json"))
 }
 
 /// Runs `count` calls of `one` over [`THREADS`] threads in the client's namespace and tallies

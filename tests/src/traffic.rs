@@ -42,6 +42,11 @@ impl Http {
     }
 
     /// GET / and the body (the backend's name).
+    /// The connection's client address and port.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.stream.local_addr()?)
+    }
+
     pub fn get(&mut self) -> anyhow::Result<String> {
         self.request("GET / HTTP/1.1\r\nHost: lab\r\n\r\n".as_bytes())
     }
@@ -100,8 +105,13 @@ impl Dns {
 
     /// A session whose answers are given up on after `timeout`.
     pub fn with_timeout(vip: IpAddr, timeout: Duration) -> anyhow::Result<Self> {
-        let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
-        let socket = UdpSocket::bind(bind)?;
+        let any = if vip.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) };
+        Self::from_source(any, vip, timeout)
+    }
+
+    /// A session from the client's address `source`.
+    pub fn from_source(source: IpAddr, vip: IpAddr, timeout: Duration) -> anyhow::Result<Self> {
+        let socket = UdpSocket::bind(SocketAddr::new(source, 0)).with_context(|| format!("bind {source}"))?;
         socket.set_read_timeout(Some(timeout))?;
         Ok(Self { socket, vip: SocketAddr::new(vip, 53), id: 0 })
     }

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use lb_lab::{CLIENT, in_namespace, vip};
 use lb_tests::{
-    e2e::{EQUAL, Env, Health, Trial, check_shares, run_trials, start, tally, under_load},
+    e2e::{EQUAL, Env, Health, Trial, check_shares, reason_count, run_trials, start, tally, under_load},
     traffic::{Dns, Http, http_connection},
 };
 
@@ -99,17 +99,8 @@ fn agent_restart_loses_nothing(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `tx_icmp_too_big` counter of the lab instance, from `lb stats --json`.
 fn icmp_too_big_sent(env: &Env) -> anyhow::Result<u64> {
-    let out =
-        std::process::Command::new(&env.lab.lb).args(["stats", "--instance", lb_lab::INSTANCE, "--json"]).output()?;
-    ensure!(out.status.success(), "lb stats failed: {}", String::from_utf8_lossy(&out.stderr));
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    stats["reasons"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["reason"] == "tx_icmp_too_big"))
-        .and_then(|r| r["packets"].as_u64())
-        .context("no tx_icmp_too_big counter in lb stats --json")
+    reason_count(env, "tx_icmp_too_big")
 }
 
 /// A client sending full-size segments (its MTU is the segment's, 1500) through a tunnel that

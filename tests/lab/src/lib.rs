@@ -3,10 +3,18 @@
 //! created in, or connected to, the machine's own network namespace.
 //!
 //! ```text
-//!   client 198.18.0.10  fd00::10 ─┐
-//!   lb     198.18.0.2   fd00::2  ─┼─ br0 (namespace lblab-sw)
-//!   be1..4 198.18.0.21… fd00::21…─┘
+//!   client 198.18.0.10  fd00::10  ─┐
+//!   lb     198.18.0.2   fd00::2   ─┤
+//!   be1..4 198.18.0.21… fd00::21… ─┼─ br0 (namespace lblab-sw, bridge netfilter off)
+//!   rt     198.18.0.254 fd00::fe  ─┘
+//!    └─ eth1 198.18.50.1 fd00:50::1, MTU 1400 ── far 198.18.50.10 fd00:50::10 (MTU 1500)
 //! ```
+//!
+//! The far client sits behind a router whose link to it is narrower than the far client's own
+//! MTU: replies to it are what path-MTU discovery on the direct-return path is tested with (the
+//! router's "fragmentation needed" goes to the VIP, that is to the balancer). The balancer's
+//! and backends' links to the bridge take 1600 bytes, so a client's full-size packet still fits
+//! once encapsulated (the backends' routes keep their own packets at 1500).
 //!
 //! The balancer runs native XDP; a frame it sends back out of its veth (XDP_TX) is delivered
 //! only if the veth's peer, its bridge port, runs an XDP program too: the lab gives it one that
@@ -33,6 +41,10 @@ use anyhow::{Context as _, bail, ensure};
 pub const PREFIX: &str = "lblab";
 pub const SWITCH: &str = "lblab-sw";
 pub const CLIENT: &str = "lblab-client";
+/// The router in front of the far client.
+pub const ROUTER: &str = "lblab-rt";
+/// A client behind [`ROUTER`], on a narrower link.
+pub const FAR_CLIENT: &str = "lblab-far";
 pub const BALANCER: &str = "lblab-lb";
 pub const BACKENDS: [&str; 4] = ["lblab-be1", "lblab-be2", "lblab-be3", "lblab-be4"];
 /// Backend names as their servers answer them, in [`BACKENDS`] order.
@@ -40,10 +52,22 @@ pub const BACKEND_NAMES: [&str; 4] = ["be1", "be2", "be3", "be4"];
 pub const INSTANCE: &str = "lab";
 
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const FAR_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 10);
+pub const FAR_CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x10);
+/// The MTU of the router's link to the far client.
+pub const FAR_LINK_MTU: u32 = 1400;
+/// The MTU of the balancer's and backends' links to the bridge.
+pub const WIDE_MTU: u32 = 1600;
+/// Bytes of `/big` on every backend's HTTP server.
+pub const BIG_REPLY_LEN: usize = 256 * 1024;
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
 /// The balancer's encapsulation source prefixes, as config/lab.toml sets them.
 pub const LAB_ENCAP_SOURCE_V4: &str = "198.18.200.0/24";
 pub const LAB_ENCAP_SOURCE_V6: &str = "fd00:200::/112";
+pub const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xfe);
+const ROUTER_FAR_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 1);
+const ROUTER_FAR_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
 pub const BALANCER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const BALANCER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -75,11 +99,26 @@ impl Lab {
         self.down();
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         ip(&["netns", "add", SWITCH])?;
-        ns(SWITCH, "ip", &["link", "add", "br0", "type", "bridge"])?;
+        // The bridge must not filter what it forwards (malformed traffic must reach the
+        // balancer): bridge netfilter off, on the bridge and, where br_netfilter is loaded, in
+        // the namespace.
+        #[rustfmt::skip]
+        ns(SWITCH, "ip", &["link", "add", "br0", "type", "bridge",
+            "nf_call_iptables", "0", "nf_call_ip6tables", "0", "nf_call_arptables", "0"])?;
+        ns(
+            SWITCH,
+            "sh",
+            &[
+                "-c",
+                "[ ! -d /proc/sys/net/bridge ] || sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+            net.bridge.bridge-nf-call-ip6tables=0 net.bridge.bridge-nf-call-arptables=0",
+            ],
+        )?;
         ns(SWITCH, "ip", &["link", "set", "br0", "up"])?;
         let hosts: Vec<(&str, Vec<String>)> = [
             (CLIENT, vec![format!("{CLIENT_V4}/24"), format!("{CLIENT_V6}/64")]),
             (BALANCER, vec![format!("{BALANCER_V4}/24"), format!("{BALANCER_V6}/64")]),
+            (ROUTER, vec![format!("{ROUTER_V4}/24"), format!("{ROUTER_V6}/64")]),
         ]
         .into_iter()
         .chain(
@@ -104,8 +143,14 @@ impl Lab {
                 ns(host, "ip", &args)?;
             }
         }
+        for host in std::iter::once(&BALANCER).chain(BACKENDS.iter()) {
+            let port = host.trim_start_matches("lblab-");
+            ns(SWITCH, "ip", &["link", "set", port, "mtu", &WIDE_MTU.to_string()])?;
+            ns(host, "ip", &["link", "set", "eth0", "mtu", &WIDE_MTU.to_string()])?;
+        }
         // UDP from a namespace leaves a veth with a partial checksum that XDP cannot carry.
         ns(CLIENT, "ethtool", &["-K", "eth0", "tx", "off"])?;
+        self.far_client_up().context("setting up the router and the far client")?;
         ns(CLIENT, "ip", &["route", "add", "198.18.100.0/24", "via", &BALANCER_V4.to_string()])?;
         ns(CLIENT, "ip", &["-6", "route", "add", "fd00:100::/64", "via", &BALANCER_V6.to_string()])?;
         for (i, backend) in BACKENDS.iter().enumerate() {
@@ -121,9 +166,39 @@ impl Lab {
         })
     }
 
+    /// The router and the far client behind it.
+    fn far_client_up(&self) -> anyhow::Result<()> {
+        ip(&["netns", "add", FAR_CLIENT])?;
+        ip(&["link", "add", "eth1", "netns", ROUTER, "type", "veth", "peer", "name", "eth0", "netns", FAR_CLIENT])?;
+        for (key, value) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
+            ns(ROUTER, "sysctl", &["-qw", &format!("{key}={value}")])?;
+        }
+        let far_mtu = FAR_LINK_MTU.to_string();
+        ns(ROUTER, "ip", &["link", "set", "eth1", "mtu", &far_mtu, "up"])?;
+        ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_FAR_V4}/24"), "dev", "eth1"])?;
+        ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_FAR_V6}/64"), "dev", "eth1", "nodad"])?;
+        ns(ROUTER, "ip", &["route", "add", "198.18.100.0/24", "via", &BALANCER_V4.to_string()])?;
+        ns(ROUTER, "ip", &["-6", "route", "add", "fd00:100::/64", "via", &BALANCER_V6.to_string()])?;
+        ns(FAR_CLIENT, "ip", &["link", "set", "lo", "up"])?;
+        ns(FAR_CLIENT, "ip", &["link", "set", "eth0", "up"])?;
+        ns(FAR_CLIENT, "ip", &["addr", "add", &format!("{FAR_CLIENT_V4}/24"), "dev", "eth0"])?;
+        ns(FAR_CLIENT, "ip", &["addr", "add", &format!("{FAR_CLIENT_V6}/64"), "dev", "eth0", "nodad"])?;
+        ns(FAR_CLIENT, "ip", &["route", "add", "default", "via", &ROUTER_FAR_V4.to_string()])?;
+        ns(FAR_CLIENT, "ip", &["-6", "route", "add", "default", "via", &ROUTER_FAR_V6.to_string()])?;
+        ns(FAR_CLIENT, "ethtool", &["-K", "eth0", "tx", "off"]).map(drop)
+    }
+
     fn backend_up(&self, i: usize, backend: &str) -> anyhow::Result<()> {
         ns(backend, "ip", &["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
         ns(backend, "ip", &["-6", "addr", "add", &format!("{VIP_V6}/128"), "dev", "lo"])?;
+        // Its link takes the balancer's encapsulated full-size packets; what it sends stays at
+        // the clients' 1500.
+        let (own_v4, own_v6) = (backend_v4(i).to_string(), backend_v6(i).to_string());
+        ns(backend, "ip", &["route", "replace", "198.18.0.0/24", "dev", "eth0", "src", &own_v4, "mtu", "1500"])?;
+        ns(backend, "ip", &["-6", "route", "replace", "fd00::/64", "dev", "eth0", "src", &own_v6, "mtu", "1500"])?;
+        let (router_v4, router_v6) = (ROUTER_V4.to_string(), ROUTER_V6.to_string());
+        ns(backend, "ip", &["route", "add", "198.18.50.0/24", "via", &router_v4, "mtu", "1500"])?;
+        ns(backend, "ip", &["-6", "route", "add", "fd00:50::/64", "via", &router_v6, "mtu", "1500"])?;
         for (key, value) in [
             ("net.ipv4.conf.all.arp_ignore", "1"),
             ("net.ipv4.conf.all.arp_announce", "2"),
@@ -137,6 +212,8 @@ impl Lab {
         let dir = self.dir.join(name);
         std::fs::create_dir_all(&dir)?;
         let d = dir.display();
+        // A large reply, for path-MTU discovery.
+        std::fs::write(dir.join("big"), vec![b'x'; BIG_REPLY_LEN])?;
         let nginx_conf = dir.join("nginx.conf");
         std::fs::write(
             &nginx_conf,
@@ -148,6 +225,7 @@ impl Lab {
                  keepalive_timeout 65;\n  keepalive_requests 1000000;\n\
                  server {{\n    listen {VIP_V4}:80;\n    listen [{VIP_V6}]:80;\n    listen {own_v4}:80;\n    listen [{own_v6}]:80;\n\
                  location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n\
+                 location = /big {{ default_type application/octet-stream; alias {d}/big; }}\n\
                  }}\n}}\n"
             ),
         )?;
@@ -304,7 +382,7 @@ impl Lab {
             }
         }
         // Anything still running inside the lab's namespaces.
-        for host in [CLIENT, BALANCER].iter().chain(BACKENDS.iter()) {
+        for host in [CLIENT, BALANCER, ROUTER, FAR_CLIENT].iter().chain(BACKENDS.iter()) {
             if let Ok(out) = Command::new("ip").args(["netns", "pids", host]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok())
                 {
@@ -313,7 +391,7 @@ impl Lab {
                 }
             }
         }
-        for host in [SWITCH, CLIENT, BALANCER].iter().chain(BACKENDS.iter()) {
+        for host in [SWITCH, CLIENT, BALANCER, ROUTER, FAR_CLIENT].iter().chain(BACKENDS.iter()) {
             let _ = quiet(Command::new("ip").args(["netns", "del", host]));
         }
     }
