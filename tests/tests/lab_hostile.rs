@@ -64,6 +64,10 @@ fn main() -> anyhow::Result<()> {
         ..Health::default()
     };
     let env = start("lab-hostile", health)?;
+    if let Err(e) = env.lab.far_client_up() {
+        env.lab.down();
+        return Err(e.context("adding the router and the far client"));
+    }
     let trials: Vec<Trial> = vec![
         ("hostile/one_source_flooding_new_udp_flows_leaves_the_others_served", flood_from_one_source),
         ("hostile/random_source_syn_flood_evicts_no_established_flow", syn_flood),

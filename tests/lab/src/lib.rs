@@ -6,13 +6,14 @@
 //!   client 198.18.0.10  fd00::10  ─┐
 //!   lb     198.18.0.2   fd00::2   ─┤
 //!   be1..4 198.18.0.21… fd00::21… ─┼─ br0 (namespace lblab-sw, bridge netfilter off)
-//!   rt     198.18.0.254 fd00::fe  ─┘
+//!   rt     198.18.0.254 fd00::fe  ─┘  (rt and far: only where a test adds them)
 //!    └─ eth1 198.18.50.1 fd00:50::1, MTU 1400 ── far 198.18.50.10 fd00:50::10 (MTU 1500)
 //! ```
 //!
 //! The far client sits behind a router whose link to it is narrower than the far client's own
 //! MTU: replies to it are what path-MTU discovery on the direct-return path is tested with (the
-//! router's "fragmentation needed" goes to the VIP, that is to the balancer). The balancer's
+//! router's "fragmentation needed" goes to the VIP, that is to the balancer). Tests that need
+//! them add the two with [`Lab::far_client_up`]. The balancer's
 //! and backends' links to the bridge take 1600 bytes, so a client's full-size packet still fits
 //! once encapsulated (the backends' routes keep their own packets at 1500).
 //!
@@ -118,7 +119,6 @@ impl Lab {
         let hosts: Vec<(&str, Vec<String>)> = [
             (CLIENT, vec![format!("{CLIENT_V4}/24"), format!("{CLIENT_V6}/64")]),
             (BALANCER, vec![format!("{BALANCER_V4}/24"), format!("{BALANCER_V6}/64")]),
-            (ROUTER, vec![format!("{ROUTER_V4}/24"), format!("{ROUTER_V6}/64")]),
         ]
         .into_iter()
         .chain(
@@ -150,7 +150,6 @@ impl Lab {
         }
         // UDP from a namespace leaves a veth with a partial checksum that XDP cannot carry.
         ns(CLIENT, "ethtool", &["-K", "eth0", "tx", "off"])?;
-        self.far_client_up().context("setting up the router and the far client")?;
         ns(CLIENT, "ip", &["route", "add", "198.18.100.0/24", "via", &BALANCER_V4.to_string()])?;
         ns(CLIENT, "ip", &["-6", "route", "add", "fd00:100::/64", "via", &BALANCER_V6.to_string()])?;
         for (i, backend) in BACKENDS.iter().enumerate() {
@@ -166,8 +165,17 @@ impl Lab {
         })
     }
 
-    /// The router and the far client behind it.
-    fn far_client_up(&self) -> anyhow::Result<()> {
+    /// Adds the router and the far client behind it to a lab that is up. Only the tests that use
+    /// them do: an IPv6 router on the segment made the first connections of a thousand fresh
+    /// client addresses stall (as a lab-wide change it made the source-hash test flaky).
+    pub fn far_client_up(&self) -> anyhow::Result<()> {
+        ip(&["netns", "add", ROUTER])?;
+        ip(&["link", "add", "eth0", "netns", ROUTER, "type", "veth", "peer", "name", "rt", "netns", SWITCH])?;
+        ns(SWITCH, "ip", &["link", "set", "rt", "master", "br0", "up"])?;
+        ns(ROUTER, "ip", &["link", "set", "lo", "up"])?;
+        ns(ROUTER, "ip", &["link", "set", "eth0", "up"])?;
+        ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_V4}/24"), "dev", "eth0"])?;
+        ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_V6}/64"), "dev", "eth0", "nodad"])?;
         ip(&["netns", "add", FAR_CLIENT])?;
         ip(&["link", "add", "eth1", "netns", ROUTER, "type", "veth", "peer", "name", "eth0", "netns", FAR_CLIENT])?;
         for (key, value) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
@@ -195,7 +203,10 @@ impl Lab {
         // the clients' 1500.
         let (own_v4, own_v6) = (backend_v4(i).to_string(), backend_v6(i).to_string());
         ns(backend, "ip", &["route", "replace", "198.18.0.0/24", "dev", "eth0", "src", &own_v4, "mtu", "1500"])?;
-        ns(backend, "ip", &["-6", "route", "replace", "fd00::/64", "dev", "eth0", "src", &own_v6, "mtu", "1500"])?;
+        // The kernel's own IPv6 route (metric 256), replaced: a second one would lose to it.
+        #[rustfmt::skip]
+        ns(backend, "ip", &["-6", "route", "replace", "fd00::/64", "dev", "eth0", "proto", "kernel", "metric", "256",
+            "src", &own_v6, "mtu", "1500"])?;
         let (router_v4, router_v6) = (ROUTER_V4.to_string(), ROUTER_V6.to_string());
         ns(backend, "ip", &["route", "add", "198.18.50.0/24", "via", &router_v4, "mtu", "1500"])?;
         ns(backend, "ip", &["-6", "route", "add", "fd00:50::/64", "via", &router_v6, "mtu", "1500"])?;
