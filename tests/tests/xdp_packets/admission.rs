@@ -43,6 +43,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
         ("admission/packet_rate_per_source_prefix", packet_rate),
         ("admission/flow_rate_refuses_without_an_entry", flow_rate),
         ("hash/key_change_moves_new_flows_not_established", hash_key_change),
+        ("hash/plan_shows_a_key_change_moving_new_flows", plan_key_change),
     ]
 }
 
@@ -288,6 +289,31 @@ fn flow_rate(env: &mut Env) -> anyhow::Result<()> {
         check(env, &input, None, &expect)?;
     }
     served(env, Ipv4Addr::new(198, 18, 40, 2).into(), VIP4_FLOW_RATE.into())?;
+    Ok(())
+}
+
+/// `lb plan` of a configuration whose flow hash key differs from the running one says so, and
+/// that about two thirds of a three-backend VIP's new flows move; with the same key, none do.
+fn plan_key_change(env: &mut Env) -> anyhow::Result<()> {
+    let config = |key: HashKey| {
+        let backends: String = (1..=3).map(|i| format!("[[vip.backend]]\naddress = \"198.18.10.{i}\"\n")).collect();
+        let text = format!(
+            "[instance]\nname = \"fixtures\"\ninterfaces = [\"eth0\"]\nencap_source_v4 = \"198.18.200.0/24\"\n\
+             encap_source_v6 = \"fd00:200::/112\"\nflow_hash_key = \"{:016x}{:016x}\"\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP4}\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 65537\n{backends}",
+            key[0], key[1]
+        );
+        lb_userspace::config::Config::parse(&text, "plan.toml").map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let web = |plan: &[lb_userspace::inspect::VipPlan]| -> anyhow::Result<(bool, f64)> {
+        let v = plan.iter().find(|v| v.vip == format!("{VIP4}:80/tcp")).context("no plan for the web VIP")?;
+        Ok((v.flow_hash_key_changes, v.hash_space_moved))
+    };
+    let changed = web(&lb_userspace::inspect::plan(&env.balancer, &config([7, 8])?)?)?;
+    ensure!(changed.0 && (0.55..0.8).contains(&changed.1), "a new key: {changed:?}");
+    let same = web(&lb_userspace::inspect::plan(&env.balancer, &config(crate::HASH_KEY)?)?)?;
+    ensure!(!same.0 && same.1 < 0.01, "the same key: {same:?}");
+    println!("    a new key moves {:.1}% of the VIP's hash space", changed.1 * 100.0);
     Ok(())
 }
 
