@@ -127,7 +127,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
                 return (xdp_action::XDP_PASS, Reason::PassNotVip);
             };
             let scheduled =
-                admission::new_flow(&ip.flow, &vip, cfg).and_then(|()| schedule(entry, &ip.flow, &vip, segment, cfg));
+                admission::new_flow(&ip.flow, &vip, cfg).and_then(|()| schedule(entry, &ip.flow, &vip, segment));
             match scheduled {
                 Ok((id, backend, hash, kind)) => Target { vip_index: vip.index, id, backend, hash, kind },
                 Err(reason) => {
@@ -389,26 +389,47 @@ fn schedule(
     key: &FlowKey,
     vip: &VipInfo,
     segment: Segment,
-    cfg: &DataplaneConfig,
 ) -> Result<(u32, &'static Backend, u32, Flow), Reason> {
-    let _ = cfg;
-    choose(entry.unwrap_or(core::ptr::null_mut()), key, vip, segment).ok_or(Reason::DropNoBackend)
+    let choice = choose(entry.unwrap_or(core::ptr::null_mut()), key, vip, segment);
+    // SAFETY: a backend record in its array map, or null.
+    match unsafe { choice.backend.as_ref() } {
+        Some(backend) => Ok((choice.id, backend, choice.hash, choice.kind)),
+        None => Err(Reason::DropNoBackend),
+    }
+}
+
+/// [`choose`]'s answer. A plain struct with a nullable pointer: BPF type information (BTF) has
+/// no form for an `Option` of a tuple holding a reference, and the kernel refused the whole
+/// object's type information over one.
+#[repr(C)]
+struct Choice {
+    /// The backend's record in `BACKENDS`; null: none.
+    backend: *const Backend,
+    id: u32,
+    hash: u32,
+    kind: Flow,
 }
 
 /// The scheduler proper. A subprogram of its own: the hash's state and the scheduler's
 /// temporaries would otherwise sit in the fast path's frame, under every callee's within the
 /// 512 bytes of stack a call chain may take. (BPF passes at most five arguments, the result's
-/// place among them, so the hash key is read here, and the entry is a nullable pointer: an
-/// `Option` of one takes two.)
+/// place among them, so the entry is a nullable pointer: an `Option` of one takes two.)
 #[inline(never)]
-fn choose(
-    entry: *mut FlowState,
+fn choose(entry: *mut FlowState, key: &FlowKey, vip: &VipInfo, segment: Segment) -> Choice {
+    let entry = if entry.is_null() { None } else { Some(entry) };
+    match pick(entry, key, vip, segment) {
+        Some((id, backend, hash, kind)) => Choice { backend, id, hash, kind },
+        None => Choice { backend: core::ptr::null(), id: 0, hash: 0, kind: Flow::New },
+    }
+}
+
+#[inline(always)]
+fn pick(
+    entry: Option<*mut FlowState>,
     key: &FlowKey,
     vip: &VipInfo,
     segment: Segment,
 ) -> Option<(u32, &'static Backend, u32, Flow)> {
-    let entry = if entry.is_null() { None } else { Some(entry) };
-    let hash_key = &CONFIG.get(0)?.flow_hash_key;
     if let Some(state) = entry {
         // SAFETY: as in `continue_flow`.
         let known = unsafe { *state };
@@ -431,12 +452,11 @@ fn choose(
             // SAFETY: per-CPU value, only this CPU writes it.
             unsafe { (*state).track_new_flow(vip.new_flow_budget, now) }
         });
-    let hash = flow_hash(key, hash_key);
+    let hashes = hashes(key, vip);
+    let (hash, slot_hash) = ((hashes >> 32) as u32, hashes as u32);
     let table = vip.live_table_slot();
     let id = match vip.scheduler {
-        scheduler::SOURCE_HASH => {
-            maps::table_entry(table, table_slot(source_hash(key, vip.source_prefix_len, hash_key), vip.table_size))?
-        }
+        scheduler::SOURCE_HASH => maps::table_entry(table, table_slot(slot_hash, vip.table_size))?,
         // Untracked flows need a choice that every packet of the flow repeats: the hash's slot.
         scheduler::SEQUENCE if tracked => maps::table_entry(table, maps::next_in_sequence(vip.index, vip.table_size)?)?,
         // A TCP packet without an entry that is no SYN belongs to a connection whose entry was
@@ -482,6 +502,22 @@ fn choose(
         }
     }
     Some((id, backend, hash, Flow::New))
+}
+
+/// A new flow's hash (high half) and the hash its table slot is taken by (low half: the source
+/// hash for source-hash VIPs, else the flow hash), both keyed with the instance's key. A
+/// subprogram of its own, returning in a register: SipHash's state would otherwise sit in the
+/// scheduler's frame, under the fast path's within the 512 bytes of stack a call chain may take.
+#[inline(never)]
+fn hashes(key: &FlowKey, vip: &VipInfo) -> u64 {
+    let Some(cfg) = CONFIG.get(0) else { return 0 };
+    let hash = flow_hash(key, &cfg.flow_hash_key);
+    let slot_hash = if vip.scheduler == scheduler::SOURCE_HASH {
+        source_hash(key, vip.source_prefix_len, &cfg.flow_hash_key)
+    } else {
+        hash
+    };
+    (u64::from(hash) << 32) | u64::from(slot_hash)
 }
 
 /// How far a flow entry's packet time may lag behind its last packet: 1/16 of the UDP idle
