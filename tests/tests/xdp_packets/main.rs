@@ -504,8 +504,11 @@ fn icmpv6_frame(icmp_type: u8, dst: Ipv6Addr) -> Vec<u8> {
 /// this fixture keeps a margin for what comes next and says how much is used.
 fn verifier_headroom(env: &mut Env) -> anyhow::Result<()> {
     const LIMIT: u32 = 1_000_000;
-    let verified =
-        env.balancer.program()?.info()?.verified_instruction_count().context("kernel without verified_insns")?;
+    let info = env.balancer.program()?.info()?;
+    // Type information the kernel refuses is dropped by the loader with a warning; types BTF
+    // cannot express (an `Option` of a tuple holding a reference, returned by a subprogram) did.
+    ensure!(info.btf_id().is_some(), "the balancer was loaded without its BTF: the kernel refused the object's types");
+    let verified = info.verified_instruction_count().context("kernel without verified_insns")?;
     println!("balancer: {verified} instructions verified of the kernel's {LIMIT}");
     ensure!(
         verified < LIMIT * 7 / 10,

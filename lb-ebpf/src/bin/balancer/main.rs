@@ -127,7 +127,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
                 return (xdp_action::XDP_PASS, Reason::PassNotVip);
             };
             let scheduled =
-                admission::new_flow(&ip.flow, &vip, cfg).and_then(|()| schedule(entry, &ip.flow, &vip, segment));
+                admission::new_flow(&ip.flow, vip, cfg).and_then(|()| schedule(entry, &ip.flow, vip, segment));
             match scheduled {
                 Ok((id, backend, hash, kind)) => Target { vip_index: vip.index, id, backend, hash, kind },
                 Err(reason) => {
@@ -298,17 +298,20 @@ fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> (u32, Reason) {
     }
 }
 
-/// The VIP for (destination, port, protocol), falling back to the address's all-ports VIP.
-#[inline(always)]
-fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
+/// The VIP for (destination, port, protocol), falling back to the address's all-ports VIP. A
+/// subprogram returning the record in its map: the key and a copy of the record would otherwise
+/// take the fast path's stack, under every callee's within the 512 bytes a call chain may take.
+#[inline(never)]
+fn find_vip(flow: &FlowKey) -> Option<&'static VipInfo> {
     let mut key =
         VipKey { addr: flow.dst_addr, port: flow.dst_port, protocol: flow.protocol, family: flow.family, _pad: [0; 4] };
-    // SAFETY: VIPS values are plain data, copied out at once.
+    // SAFETY: VIPS values are plain data; the agent replaces a record with one map update.
     if let Some(vip) = unsafe { VIPS.get(key) } {
-        return Some(*vip);
+        return Some(vip);
     }
     key.port = [0; 2];
-    unsafe { VIPS.get(key) }.copied()
+    // SAFETY: as above.
+    unsafe { VIPS.get(key) }
 }
 
 /// The flow's entry in its family's flow table.
