@@ -9,7 +9,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
     backend::Backend,
-    dataplane::DataplaneConfig,
     maglev::{MaglevBackend, build_table},
     nexthop::NextHop,
     sequence::{SequenceMember, smooth_sequence},
@@ -25,8 +24,7 @@ use crate::packet::{Flow, Protocol, Shape, frame, key_addr};
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
 pub const VIP_PORT: u16 = 53;
-/// The next hop the balancer falls back to when the FIB has no answer.
-pub const FALLBACK_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+pub use crate::packet::FALLBACK_MAC;
 
 /// IPv4 backend `i` (1..=10).
 pub fn backend4(i: u8) -> Ipv4Addr {
@@ -47,18 +45,7 @@ pub fn balancer(
     new_flow_budget: u32,
 ) -> anyhow::Result<Balancer> {
     let mut b = Balancer::from_object(object, BalancerSizes::flows(flow_table_entries))?;
-    b.set_config(&DataplaneConfig {
-        udp_idle_timeout_ns: 30_000_000_000,
-        encap_src_v6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0).octets(),
-        encap_src_v4: [198, 18, 200, 0],
-        mtu: 1500,
-        encap_src_v4_host_bits: 8,
-        encap_src_v6_host_bits: 16,
-        fallback_dst_mac: FALLBACK_MAC,
-        icmp_echo: lb_common::dataplane::icmp_echo::REPLY,
-        _pad: [0; 1],
-        flow_hash_key: lb_common::flow::PUBLIC_HASH_KEY,
-    })?;
+    b.set_config(&crate::packet::dataplane_config(lb_common::flow::PUBLIC_HASH_KEY))?;
     for (index, vip, backends) in [
         (0, IpAddr::V4(VIP4), (1..=10u32).map(|i| (i, IpAddr::V4(backend4(i as u8)))).collect::<Vec<_>>()),
         (1, IpAddr::V6(VIP6), (11..=20u32).map(|i| (i, IpAddr::V6(backend6(i as u16 - 10)))).collect()),

@@ -8,9 +8,32 @@ use etherparse::{
     PacketBuilder, VlanId,
 };
 pub use lb_common::addr::to_key as key_addr;
-use lb_common::flow::FlowKey;
+use lb_common::{
+    dataplane::{DataplaneConfig, icmp_echo},
+    flow::{FlowKey, HashKey},
+};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The next hop the balancer falls back to when the FIB has no answer.
+pub const FALLBACK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+/// The instance settings of the packet tests, the fuzzer and the benchmarks: encapsulation
+/// sources 198.18.200.0/24 and fd00:200::/112, MTU 1500, the fallback MAC, echo answered, a UDP
+/// idle timeout of 30 s, and flow hash key `key`.
+pub fn dataplane_config(key: HashKey) -> DataplaneConfig {
+    DataplaneConfig {
+        udp_idle_timeout_ns: 30_000_000_000,
+        encap_src_v6: std::net::Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0).octets(),
+        encap_src_v4: [198, 18, 200, 0],
+        mtu: 1500,
+        encap_src_v4_host_bits: 8,
+        encap_src_v6_host_bits: 16,
+        fallback_dst_mac: FALLBACK_MAC,
+        icmp_echo: icmp_echo::REPLY,
+        _pad: [0; 1],
+        flow_hash_key: key,
+    }
+}
 pub const BALANCER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const ETH_LEN: usize = 14;
 pub const VLAN_LEN: usize = 4;

@@ -9,7 +9,7 @@ use std::{
 use lb_common::{
     admission::{AdmissionPolicy, Gcra, verdict},
     backend::Backend,
-    dataplane::{DataplaneConfig, icmp_echo},
+    dataplane::DataplaneConfig,
     decap::unlisted_source,
     maglev::{MaglevBackend, build_table},
     sequence::{SequenceMember, smooth_sequence},
@@ -146,18 +146,7 @@ impl Model {
                 0,
             ),
         ];
-        let config = DataplaneConfig {
-            udp_idle_timeout_ns: 30_000_000_000,
-            encap_src_v6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0).octets(),
-            encap_src_v4: [198, 18, 200, 0],
-            mtu: 1500,
-            encap_src_v4_host_bits: 8,
-            encap_src_v6_host_bits: 16,
-            fallback_dst_mac: [0x02, 0, 0, 0, 0, 0xfe],
-            icmp_echo: icmp_echo::REPLY,
-            _pad: [0; 1],
-            flow_hash_key: [0xf0f0_1234_5678_9abc, 0x0fed_cba9_8765_4321],
-        };
+        let config = lb_tests::packet::dataplane_config([0xf0f0_1234_5678_9abc, 0x0fed_cba9_8765_4321]);
         Self {
             vips,
             config,

@@ -30,8 +30,8 @@ use lb_common::{
 use lb_lab::run;
 use lb_tests::{
     packet::{
-        BALANCER_MAC, CLIENT_MAC, Encap, Flow, Protocol, Shape, TcpFlags, encapsulated, fix_ipv4_checksum, frame,
-        key_addr, l3_offset, too_big_answer,
+        BALANCER_MAC, CLIENT_MAC, Encap, FALLBACK_MAC, Flow, Protocol, Shape, TcpFlags, dataplane_config, encapsulated,
+        fix_ipv4_checksum, frame, key_addr, l3_offset, too_big_answer,
     },
     privileged::{enter_private_netns, require_root},
     xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, run_once, verdict_name},
@@ -66,9 +66,8 @@ const NOT_VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 9);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
 const VIP6_V4_BACKENDS: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 3);
 const NOT_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 9);
-const FALLBACK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+/// The MTU of [`config`].
 const MTU: u16 = 1500;
-const UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
 
 /// Three IPv4 backends with ids `first_id..first_id + 3`: like the agent's, ids belong to one
 /// VIP (the data plane checks a record's VIP).
@@ -81,18 +80,7 @@ fn v6_backends(first_id: u32) -> Vec<(u32, IpAddr)> {
 }
 
 fn config() -> DataplaneConfig {
-    DataplaneConfig {
-        udp_idle_timeout_ns: UDP_IDLE_TIMEOUT_NS,
-        encap_src_v6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0).octets(),
-        encap_src_v4: [198, 18, 200, 0],
-        mtu: MTU,
-        encap_src_v4_host_bits: 8,
-        encap_src_v6_host_bits: 16,
-        fallback_dst_mac: FALLBACK_MAC,
-        icmp_echo: lb_common::dataplane::icmp_echo::REPLY,
-        _pad: [0; 1],
-        flow_hash_key: HASH_KEY,
-    }
+    dataplane_config(HASH_KEY)
 }
 
 /// The tunnel sources the decapsulation fixtures accept: the balancer's encapsulation prefixes.
