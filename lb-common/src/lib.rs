@@ -5,7 +5,8 @@
 //! - [`flow`]: the flow key (5-tuple), the flow-table value and [`flow::flow_hash`].
 //! - [`admission`]: who is served: source lists, anti-spoofing, per-source rate limits.
 //! - [`flood`]: flood mode, per VIP and CPU: new flows past a budget get no flow-table entry.
-//! - [`vip`]: VIP keys and per-VIP metadata (which Maglev table is live).
+//! - [`vip`]: VIP keys, per-VIP metadata (which Maglev table is live) and [`vip::find_vip`], the
+//!   VIP lookup the data plane, `lb trace`, the recount and the tests share.
 //! - [`backend`]: backend records as the data plane reads them.
 //! - [`nexthop`]: backends' next hops, resolved by the agent.
 //! - [`dataplane`]: the instance-wide data plane configuration (encapsulation source, MTU, ...).

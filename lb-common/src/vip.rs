@@ -2,9 +2,26 @@
 
 use crate::{
     assert_layout,
+    flow::FlowKey,
     hash::{le_words, murmur3_words},
     userspace_pod,
 };
+
+/// The VIP a packet of `flow` belongs to, as the data plane matches it: the VIP of its
+/// destination, port and protocol, else its destination's all-ports VIP (port 0). `lookup` reads
+/// whatever holds the VIPs (the data plane's map, the agent's copy, a test's model) and returns
+/// what the caller wants of a match. The one definition the XDP program, `lb trace`, the recount
+/// and the tests share.
+#[inline(always)]
+pub fn find_vip<V>(flow: &FlowKey, mut lookup: impl FnMut(&VipKey) -> Option<V>) -> Option<V> {
+    let mut key =
+        VipKey { addr: flow.dst_addr, port: flow.dst_port, protocol: flow.protocol, family: flow.family, _pad: [0; 4] };
+    if let Some(found) = lookup(&key) {
+        return Some(found);
+    }
+    key.port = [0; 2];
+    lookup(&key)
+}
 
 /// VIP match key: destination address, port (network order; 0 = all ports) and protocol.
 #[repr(C, align(8))]
@@ -34,6 +51,28 @@ impl VipKey {
         bytes[18] = self.protocol;
         bytes[19] = self.family;
         murmur3_words(&le_words::<6>(&bytes), VIP_TAG_SEED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::family;
+
+    #[test]
+    fn find_vip_takes_the_exact_port_then_all_ports() {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[198, 18, 1, 1]);
+        let exact = VipKey::new(family::IPV4, addr, 80, 6);
+        let all = VipKey::new(family::IPV4, addr, 0, 6);
+        let flow = |port| FlowKey::new(family::IPV4, 6, [0; 16], 1234, addr, port);
+        let both = |k: &VipKey| [exact, all].contains(k).then_some(*k);
+        assert_eq!(find_vip(&flow(80), both), Some(exact));
+        assert_eq!(find_vip(&flow(443), both), Some(all));
+        let only_exact = |k: &VipKey| (*k == exact).then_some(*k);
+        assert_eq!(find_vip(&flow(443), only_exact), None);
+        let udp = FlowKey::new(family::IPV4, 17, [0; 16], 1234, addr, 80);
+        assert_eq!(find_vip(&udp, both), None, "another protocol is another VIP");
     }
 }
 

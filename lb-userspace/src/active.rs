@@ -17,7 +17,7 @@ use std::{
 
 use lb_common::{
     flow::{FlowKey, FlowState, stage},
-    vip::{VipKey, scheduler},
+    vip::{VipKey, find_vip, scheduler},
 };
 
 use crate::{
@@ -80,13 +80,7 @@ impl RecountPlan {
         if state.stage != stage::ACTIVE {
             return None;
         }
-        // The data plane's VIP lookup: the exact VIP, else the address's all-ports VIP.
-        let mut vip =
-            VipKey { addr: key.dst_addr, port: key.dst_port, protocol: key.protocol, family: key.family, _pad: [0; 4] };
-        let (index, least_connections) = self.vips.get(&vip).copied().or_else(|| {
-            vip.port = [0; 2];
-            self.vips.get(&vip).copied()
-        })?;
+        let (index, least_connections) = find_vip(key, |vip| self.vips.get(vip).copied())?;
         // An id freed and given to another VIP's backend: the data plane reschedules the flow.
         let id = u32::from(state.backend);
         if self.backends.get(&id) != Some(&index) {

@@ -14,7 +14,7 @@ use lb_common::{
     hash::fmix32,
     least_connections::{candidates, second_wins},
     maglev::table_slot,
-    vip::{VipInfo, VipKey, scheduler},
+    vip::{VipInfo, VipKey, find_vip, scheduler},
 };
 use serde::Serialize;
 
@@ -55,9 +55,7 @@ pub fn trace(
     let key = FlowKey::new(family, protocol.number(), s, sport, d, dport);
     let hash_key = maps.config.get(&0, 0)?.flow_hash_key;
     let hash = flow_hash(&key, &hash_key);
-    let exact = VipKey::new(family, d, dport, protocol.number());
-    let any = VipKey::new(family, d, 0, protocol.number());
-    let matched = [exact, any].into_iter().find_map(|k| maps.vips.get(&k, 0).ok().map(|v| (k, v)));
+    let matched = find_vip(&key, |k| maps.vips.get(k, 0).ok().map(|v| (*k, v)));
     // As the data plane: the flow table first, whose entry stands while its backend takes flows
     // and still serves the VIP the flow was scheduled for.
     if let Some(entry) = maps.flow(&key) {
@@ -211,7 +209,7 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
         }
     }
     let keys: BTreeSet<VipKey> = current.vips.keys().chain(tables.keys()).copied().collect();
-    let flows = tracked_flows(maps)?;
+    let flows = tracked_flows(maps, &keys)?;
     let hash_keys = (current.dataplane.flow_hash_key, desired.dataplane.flow_hash_key);
     let key_changed = hash_keys.0 != hash_keys.1;
     let mut out = Vec::new();
@@ -261,7 +259,7 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
                 (s_before.get(name).copied().unwrap_or(0.0), s_after.get(name).copied().unwrap_or(0.0)),
             );
         }
-        let mine: Vec<&(VipKey, u32)> = flows.iter().filter(|(k, _)| matches_vip(k, &key)).collect();
+        let mine: Vec<&(VipKey, u32)> = flows.iter().filter(|(vip, _)| *vip == key).collect();
         let flows_moved = mine.iter().filter(|(_, id)| !records.get(id).is_some_and(|b| b.keeps_flows())).count();
         out.push(VipPlan {
             vip: show_vip(&key),
@@ -292,19 +290,13 @@ fn sample_flow(vip: &VipKey, i: u32) -> FlowKey {
     FlowKey::new(vip.family, vip.protocol, src, 1024 + (i % 60_000) as u16, vip.addr, port)
 }
 
-/// Every flow-table entry as (the VIP key it was addressed to, its backend id).
-fn tracked_flows(maps: &BalancerMaps) -> Result<Vec<(VipKey, u32)>, DataplaneError> {
+/// Every flow-table entry whose VIP is among `vips`, as (its VIP, its backend id).
+fn tracked_flows(maps: &BalancerMaps, vips: &BTreeSet<VipKey>) -> Result<Vec<(VipKey, u32)>, DataplaneError> {
     let mut flows = Vec::new();
     maps.for_each_flow(|k, v| {
-        let vip = VipKey { addr: k.dst_addr, port: k.dst_port, protocol: k.protocol, family: k.family, _pad: [0; 4] };
-        flows.push((vip, u32::from(v.backend)));
+        if let Some(vip) = find_vip(k, |vip| vips.get(vip).copied()) {
+            flows.push((vip, u32::from(v.backend)));
+        }
     })?;
     Ok(flows)
-}
-
-fn matches_vip(flow: &VipKey, vip: &VipKey) -> bool {
-    flow.addr == vip.addr
-        && flow.family == vip.family
-        && flow.protocol == vip.protocol
-        && (vip.port == [0; 2] || flow.port == vip.port)
 }

@@ -227,10 +227,7 @@ impl Env {
     }
 
     fn lookup_vip(&self, flow: &Flow) -> Option<(u32, &Vec<u32>)> {
-        let (family, a) = key_addr(flow.dst);
-        let exact = VipKey::new(family, a, flow.dst_port, flow.protocol.number());
-        let any = VipKey::new(family, a, 0, flow.protocol.number());
-        self.vips.get(&exact).or_else(|| self.vips.get(&any)).map(|(i, t)| (*i, t))
+        lb_common::vip::find_vip(&flow.key(), |vip| self.vips.get(vip)).map(|(i, t)| (*i, t))
     }
 
     /// The backend the userspace copy of the table picks for a new flow (for a round-robin VIP:

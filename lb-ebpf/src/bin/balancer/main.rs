@@ -31,7 +31,7 @@ use lb_common::{
     flow::{FLOW_TRACKS_TIME, FlowKey, FlowState, flow_clock, flow_hash, source_hash, stage},
     least_connections::{candidates, second_wins},
     maglev::table_slot,
-    vip::{VipAddrKey, VipInfo, VipKey, scheduler},
+    vip::{VipAddrKey, VipInfo, scheduler},
 };
 use lb_ebpf::{
     access::frame_len,
@@ -303,15 +303,8 @@ fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> (u32, Reason) {
 /// take the fast path's stack, under every callee's within the 512 bytes a call chain may take.
 #[inline(never)]
 fn find_vip(flow: &FlowKey) -> Option<&'static VipInfo> {
-    let mut key =
-        VipKey { addr: flow.dst_addr, port: flow.dst_port, protocol: flow.protocol, family: flow.family, _pad: [0; 4] };
     // SAFETY: VIPS values are plain data; the agent replaces a record with one map update.
-    if let Some(vip) = unsafe { VIPS.get(key) } {
-        return Some(vip);
-    }
-    key.port = [0; 2];
-    // SAFETY: as above.
-    unsafe { VIPS.get(key) }
+    lb_common::vip::find_vip(flow, |key| unsafe { VIPS.get(key) })
 }
 
 /// The flow's entry in its family's flow table.
