@@ -22,7 +22,7 @@ use crate::{
     config::{Config, Protocol},
     dataplane::{BalancerMaps, DataplaneError},
     label::show_vip,
-    reconcile::{self, Desired, Op},
+    reconcile,
 };
 
 #[derive(Debug, Serialize)]
@@ -186,28 +186,15 @@ const SAMPLES: u32 = 200_003;
 /// What applying `config` would change, VIP by VIP (backends taken as healthy).
 pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>> {
     let current = maps.current()?;
-    let desired = Desired::from_config(config);
+    let desired = crate::policy::desired(config);
     let ops = reconcile::plan(&desired, &current)?;
-    // Backend records after the change: current ones updated by the plan.
-    let mut records = current.backends.clone();
-    let mut tables: BTreeMap<VipKey, Vec<u32>> = current.vips.iter().map(|(k, v)| (*k, v.table.clone())).collect();
+    // The maps after the change, as the agent's own copy follows them.
+    let mut after = current.clone();
     for op in &ops {
-        match op {
-            Op::SetBackend { id, backend } => {
-                records.insert(*id, *backend);
-            }
-            Op::InstallVip { key, vip } => {
-                tables.insert(*key, vip.table.clone());
-            }
-            Op::RemoveVip { key } => {
-                tables.remove(key);
-            }
-            Op::ClearBackend { id } => {
-                records.remove(id);
-            }
-            Op::SetDataplane(_) | Op::SetAdmission { .. } => {}
-        }
+        after.apply(op);
     }
+    let records = after.backends;
+    let tables: BTreeMap<VipKey, Vec<u32>> = after.vips.into_iter().map(|(k, v)| (k, v.table)).collect();
     let keys: BTreeSet<VipKey> = current.vips.keys().chain(tables.keys()).copied().collect();
     let flows = tracked_flows(maps, &keys)?;
     let hash_keys = (current.dataplane.flow_hash_key, desired.dataplane.flow_hash_key);

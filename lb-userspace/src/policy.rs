@@ -154,6 +154,13 @@ pub struct Decision {
     pub ramping: bool,
 }
 
+/// The desired state of `config` before any health check has answered: every backend as its
+/// admin state says, at full weight. What `lb plan` compares against the maps, and what the agent
+/// applies first: both go through [`decide`], so a plan shows what the agent would do.
+pub fn desired(config: &Config) -> Desired {
+    decide(config, &BTreeMap::new(), Instant::now()).desired
+}
+
 pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instant) -> Decision {
     let mut decision = Decision {
         desired: Desired { dataplane: dataplane_config(&config.instance), vips: Vec::new() },

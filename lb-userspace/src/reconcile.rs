@@ -22,7 +22,7 @@ use lb_common::{
     vip::{VipKey, scheduler as vip_scheduler},
 };
 
-use crate::config::{AdminState, Admission, Config, Instance, RateLimit, Scheduler, Vip};
+use crate::config::{Admission, Instance, RateLimit, Scheduler, Vip};
 
 /// What the maps should hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,41 +97,6 @@ pub struct DesiredBackend {
     pub weight: u32,
     /// Whether flows already pinned to it continue (up, draining) or move (down, disabled).
     pub keeps_flows: bool,
-}
-
-impl Desired {
-    /// The configuration as written, every backend taken as healthy (the agent's policy
-    /// refines this with health, slow start and guard rails).
-    pub fn from_config(config: &Config) -> Desired {
-        Desired {
-            dataplane: dataplane_config(&config.instance),
-            vips: config
-                .vips
-                .iter()
-                .map(|v| DesiredVip {
-                    key: vip_key(v),
-                    name: v.name.clone(),
-                    scheduler: v.scheduler,
-                    table_size: v.table_size,
-                    new_flow_budget: flood_budget(v),
-                    admission: VipAdmission::from_config(&v.admission),
-                    backends: v
-                        .backends
-                        .iter()
-                        .map(|b| match b.state {
-                            AdminState::Up => {
-                                DesiredBackend { address: b.address, weight: b.weight, keeps_flows: true }
-                            }
-                            AdminState::Drain => DesiredBackend { address: b.address, weight: 0, keeps_flows: true },
-                            AdminState::Disabled => {
-                                DesiredBackend { address: b.address, weight: 0, keeps_flows: false }
-                            }
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
-    }
 }
 
 /// How the data plane reads a table built for `scheduler`, with flood budget `new_flow_budget`
@@ -414,6 +379,12 @@ mod tests {
         s
     }
 
+    /// What the agent's policy makes of `config` with no health known yet: the one path from a
+    /// configuration to desired state, shared with `lb plan`.
+    fn desired(config: &Config) -> Desired {
+        crate::policy::desired(config)
+    }
+
     fn apply(current: &mut Current, ops: &[Op]) {
         for op in ops {
             current.apply(op);
@@ -426,7 +397,7 @@ mod tests {
             &(vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 1)])
                 + &vip("b", "fd00:100::1", 80, &[("fd00::21", 1)])),
         );
-        let ops = plan(&Desired::from_config(&c), &Current::default()).unwrap();
+        let ops = plan(&desired(&c), &Current::default()).unwrap();
         assert!(matches!(ops[0], Op::SetDataplane(_)));
         let first_install = ops.iter().position(|o| matches!(o, Op::InstallVip { .. })).unwrap();
         let last_backend = ops.iter().rposition(|o| matches!(o, Op::SetBackend { .. })).unwrap();
@@ -439,9 +410,9 @@ mod tests {
     fn applying_twice_changes_nothing() {
         let c = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 2)]));
         let mut current = Current::default();
-        let ops = plan(&Desired::from_config(&c), &current).unwrap();
+        let ops = plan(&desired(&c), &current).unwrap();
         apply(&mut current, &ops);
-        assert_eq!(plan(&Desired::from_config(&c), &current).unwrap(), vec![]);
+        assert_eq!(plan(&desired(&c), &current).unwrap(), vec![]);
     }
 
     #[test]
@@ -451,14 +422,14 @@ mod tests {
                 + &vip("b", "198.18.100.2", 80, &[("198.18.0.23", 1)])),
         );
         let mut current = Current::default();
-        let ops = plan(&Desired::from_config(&before), &current).unwrap();
+        let ops = plan(&desired(&before), &current).unwrap();
         apply(&mut current, &ops);
         let ids_before = current.backends.clone();
         let index_b = current.vips.iter().find(|(k, _)| k.addr[3] == 2).unwrap().1.index;
 
         // Remove VIP a and backend .21; add backend .24 to b.
         let after = config(&vip("b", "198.18.100.2", 80, &[("198.18.0.23", 1), ("198.18.0.24", 1)]));
-        let ops = plan(&Desired::from_config(&after), &current).unwrap();
+        let ops = plan(&desired(&after), &current).unwrap();
         apply(&mut current, &ops);
         let id_23 = |m: &BTreeMap<u32, Backend>| m.iter().find(|(_, b)| b.addr[3] == 23).map(|(id, _)| *id);
         assert_eq!(id_23(&ids_before), id_23(&current.backends), "backend .23 kept its id");
@@ -475,11 +446,11 @@ mod tests {
     fn a_freed_id_is_reused_only_after_it_is_cleared() {
         let c1 = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 1)]));
         let mut current = Current::default();
-        let ops = plan(&Desired::from_config(&c1), &current).unwrap();
+        let ops = plan(&desired(&c1), &current).unwrap();
         apply(&mut current, &ops);
         // Swap .21 for .30 in one change: .30 must not take .21's id while .21 still holds it.
         let c2 = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.30", 1), ("198.18.0.22", 1)]));
-        let ops = plan(&Desired::from_config(&c2), &current).unwrap();
+        let ops = plan(&desired(&c2), &current).unwrap();
         let new_id = ops.iter().find_map(|o| match o {
             Op::SetBackend { id, .. } => Some(*id),
             _ => None,
@@ -495,7 +466,7 @@ mod tests {
     #[test]
     fn admission_is_in_place_before_a_vip_or_record_asks_for_it() {
         let c = admitted("allow = [\"198.18.0.0/24\"]\npackets_per_second = 100");
-        let ops = plan(&Desired::from_config(&c), &Current::default()).unwrap();
+        let ops = plan(&desired(&c), &Current::default()).unwrap();
         let set = ops.iter().position(|o| matches!(o, Op::SetAdmission { .. })).unwrap();
         let first_backend = ops.iter().position(|o| matches!(o, Op::SetBackend { .. })).unwrap();
         assert!(set < first_backend, "{ops:?}");
@@ -514,18 +485,18 @@ mod tests {
         }
         let mut current = Current::default();
         apply(&mut current, &ops);
-        assert_eq!(plan(&Desired::from_config(&c), &current).unwrap(), vec![], "applied twice");
+        assert_eq!(plan(&desired(&c), &current).unwrap(), vec![], "applied twice");
     }
 
     #[test]
     fn lifting_admission_clears_it_and_a_removed_vip_leaves_none() {
         let mut current = Current::default();
         let with = admitted("deny = [\"198.18.0.66\"]");
-        let ops = plan(&Desired::from_config(&with), &current).unwrap();
+        let ops = plan(&desired(&with), &current).unwrap();
         apply(&mut current, &ops);
         // Lifted: the lists go, and the records and table stop asking for them.
         let without = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1)]));
-        let ops = plan(&Desired::from_config(&without), &current).unwrap();
+        let ops = plan(&desired(&without), &current).unwrap();
         assert!(
             ops.iter()
                 .any(|o| matches!(o, Op::SetAdmission { admission, .. } if *admission == VipAdmission::default()))
@@ -534,9 +505,9 @@ mod tests {
         apply(&mut current, &ops);
         assert!(current.admission.is_empty());
         // A removed VIP's admission goes after the VIP.
-        let ops = plan(&Desired::from_config(&with), &current).unwrap();
+        let ops = plan(&desired(&with), &current).unwrap();
         apply(&mut current, &ops);
-        let ops = plan(&Desired::from_config(&config("")), &current).unwrap();
+        let ops = plan(&desired(&config("")), &current).unwrap();
         let remove = ops.iter().position(|o| matches!(o, Op::RemoveVip { .. })).unwrap();
         let clear = ops.iter().position(|o| matches!(o, Op::SetAdmission { .. })).unwrap();
         assert!(remove < clear, "{ops:?}");
@@ -547,7 +518,7 @@ mod tests {
     #[test]
     fn weight_zero_everywhere_leaves_an_empty_table() {
         let c = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 0)]));
-        let ops = plan(&Desired::from_config(&c), &Current::default()).unwrap();
+        let ops = plan(&desired(&c), &Current::default()).unwrap();
         assert!(ops.iter().any(|o| matches!(o, Op::InstallVip { vip, .. } if vip.table.is_empty())), "{ops:?}");
     }
 
@@ -558,13 +529,13 @@ mod tests {
                 + &vip("b", "198.18.100.2", 80, &[("198.18.0.22", 1)])),
         );
         let mut current = Current::default();
-        let ops = plan(&Desired::from_config(&c1), &current).unwrap();
+        let ops = plan(&desired(&c1), &current).unwrap();
         apply(&mut current, &ops);
         let c2 = config(
             &(vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.23", 1)])
                 + &vip("b", "198.18.100.2", 80, &[("198.18.0.22", 1)])),
         );
-        let ops = plan(&Desired::from_config(&c2), &current).unwrap();
+        let ops = plan(&desired(&c2), &current).unwrap();
         let installs: Vec<_> = ops
             .iter()
             .filter_map(|o| match o {
@@ -581,7 +552,7 @@ mod tests {
             .replace("table_size = 251\n", "table_size = 251\nscheduler = \"least-connections\"\n");
         let c = config(&text);
         let mut current = Current::default();
-        let ops = plan(&Desired::from_config(&c), &current).unwrap();
+        let ops = plan(&desired(&c), &current).unwrap();
         apply(&mut current, &ops);
         let live = current.vips.values().next().unwrap();
         assert_eq!(live.scheduling.scheduler, vip_scheduler::LEAST_CONNECTIONS);
@@ -590,7 +561,7 @@ mod tests {
         assert_eq!(weights, vec![1, 3]);
 
         // A weight change rewrites the record (the comparison reads it) before the table.
-        let mut desired = Desired::from_config(&c);
+        let mut desired = desired(&c);
         desired.vips[0].backends[1].weight = 2;
         let ops = plan(&desired, &current).unwrap();
         let record = ops.iter().position(|o| matches!(o, Op::SetBackend { backend, .. } if backend.weight == 2));
@@ -602,7 +573,7 @@ mod tests {
     fn a_backend_going_down_sheds_flows_only_after_leaving_the_table() {
         let c = config(&vip("a", "198.18.100.1", 80, &[("198.18.0.21", 1), ("198.18.0.22", 1)]));
         let mut current = Current::default();
-        let mut desired = Desired::from_config(&c);
+        let mut desired = desired(&c);
         let ops = plan(&desired, &current).unwrap();
         apply(&mut current, &ops);
         desired.vips[0].backends[0] =
@@ -634,7 +605,7 @@ mod tests {
             );
         let c = config(&text);
         let mut current = Current::default();
-        let ops = plan(&Desired::from_config(&c), &current).unwrap();
+        let ops = plan(&desired(&c), &current).unwrap();
         apply(&mut current, &ops);
         let by_addr =
             |last: u8| current.backends.iter().find(|(_, b)| b.addr[3] == last).map(|(id, b)| (*id, *b)).unwrap();
@@ -653,7 +624,7 @@ mod tests {
                 + &vip("b", "198.18.100.1", 443, &[("198.18.0.21", 1)])),
         );
         let mut current = Current::default();
-        let ops = plan(&Desired::from_config(&c), &current).unwrap();
+        let ops = plan(&desired(&c), &current).unwrap();
         apply(&mut current, &ops);
         assert_eq!(current.backends.len(), 2);
         let vips: BTreeSet<u16> = current.backends.values().map(|b| b.vip_index).collect();
