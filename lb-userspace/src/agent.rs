@@ -29,7 +29,7 @@ use tokio::{
 
 use crate::{
     active::{self, IdleTimeouts, RecountPlan},
-    config::{Config, HealthCheck},
+    config::{Config, HealthCheck, Named as _},
     control::{self, Request, Response},
     dataplane::{Balancer, BalancerSizes},
     health::{self, Outcome, Target},

@@ -17,7 +17,7 @@ use std::{
 };
 
 use crate::{
-    config::{AdminState, Config, FailureMode, HealthCheck, Scheduler},
+    config::{AdminState, Config, FailureMode, HealthCheck, Named as _, Scheduler},
     reconcile::{Desired, DesiredBackend, DesiredVip, dataplane_config, vip_key},
 };
 

@@ -5,10 +5,12 @@
 //! allowed. A file with any problem yields no [`Config`] at all, so nothing of it can be applied.
 
 mod admission;
+mod names;
 mod raw;
 mod render;
 
 pub use admission::{Admission, Prefix, RateLimit};
+pub use names::Named;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -72,6 +74,12 @@ pub enum XdpMode {
     Auto,
 }
 
+impl Named for XdpMode {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("native", XdpMode::Native), ("generic", XdpMode::Generic), ("auto", XdpMode::Auto)];
+    const WHAT: &'static str = "an XDP mode";
+}
+
 /// What an ICMP echo request to a VIP address gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IcmpEcho {
@@ -83,15 +91,13 @@ pub enum IcmpEcho {
     Drop,
 }
 
-impl IcmpEcho {
-    pub fn name(self) -> &'static str {
-        match self {
-            IcmpEcho::Reply => "reply",
-            IcmpEcho::Pass => "pass",
-            IcmpEcho::Drop => "drop",
-        }
-    }
+impl Named for IcmpEcho {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("reply", IcmpEcho::Reply), ("pass", IcmpEcho::Pass), ("drop", IcmpEcho::Drop)];
+    const WHAT: &'static str = "an echo policy";
+}
 
+impl IcmpEcho {
     /// The data plane's value (`lb_common::dataplane::icmp_echo`).
     pub fn data_plane_value(self) -> u8 {
         use lb_common::dataplane::icmp_echo;
@@ -118,12 +124,14 @@ impl Protocol {
     }
 }
 
+impl Named for Protocol {
+    const NAMES: &'static [(&'static str, Self)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
+    const WHAT: &'static str = "a protocol";
+}
+
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -145,17 +153,16 @@ pub enum Scheduler {
     LeastResponseTime,
 }
 
-impl Scheduler {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Scheduler::Maglev => "maglev",
-            Scheduler::SourceHash { .. } => "source-hash",
-            Scheduler::RoundRobin => "round-robin",
-            Scheduler::WeightedRoundRobin => "weighted-round-robin",
-            Scheduler::LeastConnections => "least-connections",
-            Scheduler::LeastResponseTime => "least-response-time",
-        }
-    }
+impl Named for Scheduler {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("maglev", Scheduler::Maglev),
+        ("source-hash", Scheduler::SourceHash { prefix_len: 0 }),
+        ("round-robin", Scheduler::RoundRobin),
+        ("weighted-round-robin", Scheduler::WeightedRoundRobin),
+        ("least-connections", Scheduler::LeastConnections),
+        ("least-response-time", Scheduler::LeastResponseTime),
+    ];
+    const WHAT: &'static str = "a scheduler";
 }
 
 /// How packets reach the backend.
@@ -165,6 +172,11 @@ pub enum Forwarding {
     Ipip,
 }
 
+impl Named for Forwarding {
+    const NAMES: &'static [(&'static str, Self)] = &[("ipip", Forwarding::Ipip)];
+    const WHAT: &'static str = "an available forwarding mode";
+}
+
 /// What a VIP does when health checks would leave it without any backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureMode {
@@ -172,6 +184,11 @@ pub enum FailureMode {
     Open,
     /// Drop the VIP's traffic.
     Closed,
+}
+
+impl Named for FailureMode {
+    const NAMES: &'static [(&'static str, Self)] = &[("open", FailureMode::Open), ("closed", FailureMode::Closed)];
+    const WHAT: &'static str = "a failure mode";
 }
 
 /// An operator's say over one backend, whatever its health.
@@ -184,14 +201,10 @@ pub enum AdminState {
     Disabled,
 }
 
-impl AdminState {
-    pub const fn name(self) -> &'static str {
-        match self {
-            AdminState::Up => "up",
-            AdminState::Drain => "drain",
-            AdminState::Disabled => "disabled",
-        }
-    }
+impl Named for AdminState {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("up", AdminState::Up), ("drain", AdminState::Drain), ("disabled", AdminState::Disabled)];
+    const WHAT: &'static str = "a backend state";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,12 +508,7 @@ impl Validator<'_> {
         }
         let xdp_mode = match &raw.xdp_mode {
             None => Some(XdpMode::Auto),
-            Some(m) => self.check(m, "instance.xdp_mode", |s| match s.as_str() {
-                "native" => Ok(XdpMode::Native),
-                "generic" => Ok(XdpMode::Generic),
-                "auto" => Ok(XdpMode::Auto),
-                other => Err(format!("\"{other}\" is not an XDP mode; use \"native\", \"generic\" or \"auto\"")),
-            }),
+            Some(m) => self.check(m, "instance.xdp_mode", |s| XdpMode::parse(s)),
         };
         let flow_table_entries = self.ranged(
             &raw.flow_table_entries,
@@ -567,12 +575,7 @@ impl Validator<'_> {
         };
         let icmp_echo = match &raw.icmp_echo {
             None => Some(IcmpEcho::default()),
-            Some(m) => self.check(m, "instance.icmp_echo", |s| match s.as_str() {
-                "reply" => Ok(IcmpEcho::Reply),
-                "pass" => Ok(IcmpEcho::Pass),
-                "drop" => Ok(IcmpEcho::Drop),
-                other => Err(format!("\"{other}\" is not an echo policy; use \"reply\", \"pass\" or \"drop\"")),
-            }),
+            Some(m) => self.check(m, "instance.icmp_echo", |s| IcmpEcho::parse(s)),
         };
         let flow_hash_key = match &raw.flow_hash_key {
             None => Some(None),
@@ -617,24 +620,14 @@ impl Validator<'_> {
         let port = self.check(&raw.port, &format!("{field}.port"), |p| {
             u16::try_from(*p).map_err(|_| format!("{p} is out of range 0..=65535 (0 serves every port)"))
         });
-        let protocol = self.check(&raw.protocol, &format!("{field}.protocol"), |s| match s.as_str() {
-            "tcp" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            other => Err(format!("\"{other}\" is not a protocol; use \"tcp\" or \"udp\"")),
-        });
+        let protocol = self.check(&raw.protocol, &format!("{field}.protocol"), |s| Protocol::parse(s));
         let max_prefix: i64 = if vip_address.is_some_and(|a| a.is_ipv6()) { 128 } else { 32 };
         let scheduler = match &raw.scheduler {
             None => Some(Scheduler::Maglev),
-            Some(s) => self.check(s, &format!("{field}.scheduler"), |s| match s.as_str() {
-                "maglev" => Ok(Scheduler::Maglev),
-                "source-hash" => Ok(Scheduler::SourceHash { prefix_len: max_prefix as u8 }),
-                "round-robin" => Ok(Scheduler::RoundRobin),
-                "weighted-round-robin" => Ok(Scheduler::WeightedRoundRobin),
-                "least-connections" => Ok(Scheduler::LeastConnections),
-                "least-response-time" => Ok(Scheduler::LeastResponseTime),
-                other => Err(format!(
-                    "\"{other}\" is not a scheduler; use \"maglev\", \"source-hash\", \"round-robin\", \"weighted-round-robin\", \"least-connections\" or \"least-response-time\""
-                )),
+            // A source hash takes the whole address unless `source_prefix_len` says otherwise.
+            Some(s) => self.check(s, &format!("{field}.scheduler"), |s| match Scheduler::parse(s)? {
+                Scheduler::SourceHash { .. } => Ok(Scheduler::SourceHash { prefix_len: max_prefix as u8 }),
+                other => Ok(other),
             }),
         };
         let scheduler = match (&raw.source_prefix_len, scheduler) {
@@ -660,10 +653,7 @@ impl Validator<'_> {
         };
         let forwarding = match &raw.forwarding {
             None => Some(Forwarding::Ipip),
-            Some(s) => self.check(s, &format!("{field}.forwarding"), |s| match s.as_str() {
-                "ipip" => Ok(Forwarding::Ipip),
-                other => Err(format!("\"{other}\" is not an available forwarding mode; use \"ipip\"")),
-            }),
+            Some(s) => self.check(s, &format!("{field}.forwarding"), |s| Forwarding::parse(s)),
         };
         // Without a size, the VIP's table gets one from its backends (below).
         let table_size = match &raw.table_size {
@@ -683,11 +673,7 @@ impl Validator<'_> {
         };
         let failure_mode = match &raw.failure_mode {
             None => Some(FailureMode::Open),
-            Some(m) => self.check(m, &format!("{field}.failure_mode"), |s| match s.as_str() {
-                "open" => Ok(FailureMode::Open),
-                "closed" => Ok(FailureMode::Closed),
-                other => Err(format!("\"{other}\" is not a failure mode; use \"open\" or \"closed\"")),
-            }),
+            Some(m) => self.check(m, &format!("{field}.failure_mode"), |s| FailureMode::parse(s)),
         };
         let max_ejected_percent = self.ranged(
             &raw.max_ejected_percent,
@@ -744,12 +730,7 @@ impl Validator<'_> {
             }
             let state = match &b.get_ref().state {
                 None => Some(AdminState::Up),
-                Some(s) => self.check(s, &format!("{bfield}.state"), |s| match s.as_str() {
-                    "up" => Ok(AdminState::Up),
-                    "drain" => Ok(AdminState::Drain),
-                    "disabled" => Ok(AdminState::Disabled),
-                    other => Err(format!("\"{other}\" is not a backend state; use \"up\", \"drain\" or \"disabled\"")),
-                }),
+                Some(s) => self.check(s, &format!("{bfield}.state"), |s| AdminState::parse(s)),
             };
             let health = match &b.get_ref().health {
                 None => Some(None),

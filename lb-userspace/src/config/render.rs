@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{AdminState, CheckKind, Config, FailureMode, HealthCheck, HttpMethod, Scheduler, XdpMode};
+use super::{AdminState, CheckKind, Config, HealthCheck, HttpMethod, Named as _, Scheduler};
 
 impl Config {
     pub fn to_toml(&self) -> String {
@@ -13,12 +13,7 @@ impl Config {
         let _ = writeln!(s, "name = {}", quote(&i.name));
         let ifaces: Vec<String> = i.interfaces.iter().map(|n| quote(n)).collect();
         let _ = writeln!(s, "interfaces = [{}]", ifaces.join(", "));
-        let mode = match i.xdp_mode {
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-            XdpMode::Auto => "auto",
-        };
-        let _ = writeln!(s, "xdp_mode = \"{mode}\"");
+        let _ = writeln!(s, "xdp_mode = \"{}\"", i.xdp_mode.name());
         let _ = writeln!(s, "flow_table_entries = {}", i.flow_table_entries);
         let _ = writeln!(s, "ipv6_flow_table_entries = {}", i.ipv6_flow_table_entries);
         let _ = writeln!(s, "udp_idle_timeout_secs = {}", i.udp_idle_timeout_secs);
@@ -48,13 +43,9 @@ impl Config {
             if let Scheduler::SourceHash { prefix_len } = v.scheduler {
                 let _ = writeln!(s, "source_prefix_len = {prefix_len}");
             }
-            let _ = writeln!(s, "forwarding = \"ipip\"");
+            let _ = writeln!(s, "forwarding = \"{}\"", v.forwarding.name());
             let _ = writeln!(s, "table_size = {}", v.table_size);
-            let mode = match v.failure_mode {
-                FailureMode::Open => "open",
-                FailureMode::Closed => "closed",
-            };
-            let _ = writeln!(s, "failure_mode = \"{mode}\"");
+            let _ = writeln!(s, "failure_mode = \"{}\"", v.failure_mode.name());
             let _ = writeln!(s, "max_ejected_percent = {}", v.max_ejected_percent);
             let _ = writeln!(s, "slow_start_secs = {}", v.slow_start.as_secs());
             let _ = writeln!(s, "new_flow_budget = {}", v.new_flow_budget);
