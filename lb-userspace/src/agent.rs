@@ -380,7 +380,7 @@ impl Agent {
 
     /// The backend id of `address` in the VIP named `vip`.
     fn backend_id(&self, vip: &str, address: IpAddr) -> Option<u32> {
-        let key = reconcile::vip_key(self.config.vips.iter().find(|v| v.name == vip)?);
+        let key = self.config.vips.iter().find(|v| v.name == vip)?.key();
         let index = self.current.vips.get(&key)?.index as u16;
         let (family, addr) = lb_common::addr::to_key(address);
         self.current
@@ -420,7 +420,7 @@ impl Agent {
             .vips
             .iter()
             .map(|v| {
-                let index = self.current.vips.get(&reconcile::vip_key(v)).map(|t| t.index);
+                let index = self.current.vips.get(&v.key()).map(|t| t.index);
                 let flood = index.and_then(|i| self.balancer.flood(i).ok()).unwrap_or_default();
                 let refused = index.and_then(|i| self.balancer.refusals(i).ok()).unwrap_or_default();
                 let a = &v.admission;
@@ -506,7 +506,7 @@ const FINGERPRINT_SEED: u32 = 0x4c42_5846;
 fn fingerprints(current: &reconcile::Current, config: &Config) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for vip in &config.vips {
-        let Some(reconcile::VipTable { table, .. }) = current.vips.get(&reconcile::vip_key(vip)) else { continue };
+        let Some(reconcile::VipTable { table, .. }) = current.vips.get(&vip.key()) else { continue };
         let mut h = FINGERPRINT_SEED;
         for id in table {
             let addr = current.backends.get(id).map_or([0; 16], |b| b.addr);

@@ -18,7 +18,7 @@ use std::{
 
 use crate::{
     config::{AdminState, Config, FailureMode, HealthCheck, Named as _, Scheduler},
-    reconcile::{Desired, DesiredBackend, DesiredVip, dataplane_config, vip_key},
+    reconcile::{Desired, DesiredBackend, DesiredVip},
 };
 
 /// Rise/fall state of one checked (VIP, backend).
@@ -163,7 +163,7 @@ pub fn desired(config: &Config) -> Desired {
 
 pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instant) -> Decision {
     let mut decision = Decision {
-        desired: Desired { dataplane: dataplane_config(&config.instance), vips: Vec::new() },
+        desired: Desired { dataplane: config.instance.dataplane_config(), vips: Vec::new() },
         backends: Vec::new(),
         warnings: Vec::new(),
         ramping: false,
@@ -256,7 +256,7 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
             backends.push(DesiredBackend { address: b.address, weight: effective, keeps_flows: keeps });
         }
         decision.desired.vips.push(DesiredVip {
-            key: vip_key(vip),
+            key: vip.key(),
             name: vip.name.clone(),
             scheduler: vip.scheduler,
             table_size: vip.table_size,

@@ -19,10 +19,10 @@ use lb_common::{
     dataplane::DataplaneConfig,
     maglev::{MaglevBackend, MaglevError, build_table},
     sequence::{SequenceMember, smooth_sequence},
-    vip::{VipKey, scheduler as vip_scheduler},
+    vip::VipKey,
 };
 
-use crate::config::{Admission, Instance, RateLimit, Scheduler, Vip};
+use crate::config::{Admission, RateLimit, Scheduler, Vip};
 
 /// What the maps should hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,14 +100,9 @@ pub struct DesiredBackend {
 }
 
 /// How the data plane reads a table built for `scheduler`, with flood budget `new_flow_budget`
-/// (per CPU per window).
+/// (per CPU per window) and admission stages `admission`.
 pub fn scheduling(scheduler: Scheduler, new_flow_budget: u32, admission: u8) -> Scheduling {
-    let (scheduler, source_prefix_len) = match scheduler {
-        Scheduler::Maglev | Scheduler::LeastResponseTime => (vip_scheduler::MAGLEV, 0),
-        Scheduler::SourceHash { prefix_len } => (vip_scheduler::SOURCE_HASH, prefix_len),
-        Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => (vip_scheduler::SEQUENCE, 0),
-        Scheduler::LeastConnections => (vip_scheduler::LEAST_CONNECTIONS, 0),
-    };
+    let (scheduler, source_prefix_len) = scheduler.data_plane();
     Scheduling { scheduler, source_prefix_len, new_flow_budget, admission }
 }
 
@@ -116,12 +111,6 @@ pub fn flood_budget(vip: &Vip) -> u32 {
     // The data plane's per-CPU maps have one value per possible CPU; traffic spreads over them.
     let cpus = aya::util::nr_cpus().map_or(1, |n| n as u32);
     lb_common::flood::window_budget(vip.new_flow_budget, cpus)
-}
-
-/// The data plane key of a configured VIP.
-pub fn vip_key(vip: &Vip) -> VipKey {
-    let (family, addr) = to_key(vip.address);
-    VipKey::new(family, addr, vip.port, vip.protocol.number())
 }
 
 /// How a VIP's table is read by the data plane.
@@ -218,28 +207,6 @@ pub enum ReconcileError {
     TooManyVips,
     #[error("VIP {vip}: {source}")]
     Maglev { vip: String, source: MaglevError },
-}
-
-/// The data plane's instance settings for `instance`.
-pub fn dataplane_config(instance: &Instance) -> DataplaneConfig {
-    let mut encap_src_v6 = instance.encap_source_v6.network.octets();
-    // Only the low 32 bits may vary; clear the host bits so the prefix alone is stored.
-    let mask =
-        if instance.encap_source_v6.host_bits >= 32 { 0 } else { u32::MAX << instance.encap_source_v6.host_bits };
-    let low = u32::from_be_bytes([encap_src_v6[12], encap_src_v6[13], encap_src_v6[14], encap_src_v6[15]]) & mask;
-    encap_src_v6[12..].copy_from_slice(&low.to_be_bytes());
-    DataplaneConfig {
-        udp_idle_timeout_ns: u64::from(instance.udp_idle_timeout_secs) * 1_000_000_000,
-        encap_src_v6,
-        encap_src_v4: instance.encap_source_v4.network.octets(),
-        mtu: instance.mtu,
-        encap_src_v4_host_bits: instance.encap_source_v4.host_bits,
-        encap_src_v6_host_bits: instance.encap_source_v6.host_bits,
-        fallback_dst_mac: instance.fallback_mac.unwrap_or([0; 6]),
-        icmp_echo: instance.icmp_echo.data_plane_value(),
-        _pad: [0; 1],
-        flow_hash_key: instance.flow_hash_key.unwrap_or(lb_common::flow::PUBLIC_HASH_KEY),
-    }
 }
 
 /// The operations that make `current` match `desired`, in this order: instance settings;
@@ -360,6 +327,7 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
 mod tests {
     use super::*;
     use crate::config::Config;
+    use lb_common::vip::scheduler as vip_scheduler;
 
     fn config(vips: &str) -> Config {
         let text = format!(
@@ -634,7 +602,7 @@ mod tests {
     #[test]
     fn dataplane_settings_follow_the_instance() {
         let c = config("");
-        let d = dataplane_config(&c.instance);
+        let d = c.instance.dataplane_config();
         assert_eq!(d.encap_src_v4, [198, 18, 200, 0]);
         assert_eq!(d.encap_src_v4_host_bits, 8);
         assert_eq!(d.encap_src_v6_host_bits, 16);

@@ -5,6 +5,7 @@
 //! allowed. A file with any problem yields no [`Config`] at all, so nothing of it can be applied.
 
 mod admission;
+mod data_plane;
 mod names;
 mod raw;
 mod render;
