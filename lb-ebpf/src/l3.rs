@@ -13,10 +13,12 @@ use crate::{
     l2::ETH_P_IPV4,
 };
 
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_FRAGMENT: u8 = 44;
 /// IPv6 extension headers other than the fragment header: hop-by-hop, routing, destination
 /// options, AH, mobility, HIP, shim6.

@@ -15,12 +15,10 @@ use lb_common::{
     maglev::table_slot,
     vip::VipKey,
 };
-use lb_tests::packet::{BALANCER_MAC, Encap, Flow, Protocol, Shape, encapsulated, frame, key_addr, l3_offset};
+use lb_tests::packet::{Flow, Protocol, Shape, frame, key_addr, l3_offset};
 use lb_userspace::reconcile::{ListedPrefix, Scheduling, VipAdmission, VipTable};
 
-use crate::{
-    Body, CLIENT4, CLIENT6, Env, Expect, FALLBACK_MAC, VIP4, VIP6, XDP_TX, check, config, expect_encap, expect_encap_to,
-};
+use crate::{Body, CLIENT4, CLIENT6, Env, Expect, VIP4, VIP6, check, config, expect_encap, expect_encap_to, sent_to};
 
 const VIP4_LISTS: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 20);
 const VIP6_LISTS: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x20);
@@ -337,21 +335,9 @@ fn hash_key_change(env: &mut Env) -> anyhow::Result<()> {
             let hash = flow_hash(&f.key(), &other);
             let id = table[table_slot(hash, table.len() as u32) as usize];
             moved += usize::from(id != env.predict(&f)?.1);
-            let backend = env.backends[&id];
             let input = frame(&f, &Shape::default());
-            let encap = Encap {
-                outer_src: IpAddr::V4(Ipv4Addr::new(198, 18, 200, hash as u8)),
-                outer_dst: backend,
-                src_mac: BALANCER_MAC,
-                dst_mac: FALLBACK_MAC,
-                flow_hash: hash,
-            };
-            let expect = Expect {
-                verdict: XDP_TX,
-                reason: Reason::TxFallback,
-                output: Some(encapsulated(&input, l3_offset(&Shape::default()), &encap)),
-                forwarded: Some((index, id, true)),
-            };
+            let l3 = l3_offset(&Shape::default());
+            let expect = sent_to(&input, l3, env.backends[&id], hash, Reason::TxFallback, (index, id, true));
             check(env, &input, None, &expect).context("a new flow hashed with the new key")?;
         }
         ensure!(moved > 0, "no new flow of 8 moved with the key: the key is not used");

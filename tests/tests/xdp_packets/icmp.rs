@@ -6,11 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::Context as _;
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4::DestUnreachableHeader};
 use lb_common::{counters::Reason, dataplane::icmp_echo, flow::flow_hash};
-use lb_tests::packet::{BALANCER_MAC, CLIENT_MAC, Encap, Flow, Protocol, Shape, encapsulated, frame};
+use lb_tests::packet::{BALANCER_MAC, CLIENT_MAC, Flow, Protocol, Shape, frame};
 
 use crate::{
-    Body, CLIENT4, CLIENT6, Env, Expect, FALLBACK_MAC, HASH_KEY, NOT_VIP4, VIP4, VIP6, XDP_TX, check, config,
-    expect_encap, flow,
+    Body, CLIENT4, CLIENT6, Env, Expect, HASH_KEY, NOT_VIP4, VIP4, VIP6, XDP_TX, check, config, expect_encap, flow,
+    sent_to,
 };
 
 /// The router on the direct-return path that sends the errors.
@@ -169,19 +169,7 @@ fn error_reaches_owner(
     let (index, id, backend) = env.predict(&f)?;
     let input = error_about(&f);
     let hash = flow_hash(&f.key(), &HASH_KEY);
-    let encap = Encap {
-        outer_src: Env::outer_src(&f, backend),
-        outer_dst: backend,
-        src_mac: BALANCER_MAC,
-        dst_mac: FALLBACK_MAC,
-        flow_hash: hash,
-    };
-    let expect = Expect {
-        verdict: XDP_TX,
-        reason: Reason::TxIcmpError,
-        output: Some(encapsulated(&input, 14, &encap)),
-        forwarded: Some((index, id, false)),
-    };
+    let expect = sent_to(&input, 14, backend, hash, Reason::TxIcmpError, (index, id, false));
     check(env, &input, None, &expect)?;
     anyhow::ensure!(established || env.balancer.flow(&f.key()).is_none(), "an ICMP error created a flow entry");
     Ok(())

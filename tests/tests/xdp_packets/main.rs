@@ -282,11 +282,7 @@ impl Env {
 
     /// The outer source for `flow` towards a backend of `backend`'s family, per the config.
     fn outer_src(flow: &Flow, backend: IpAddr) -> IpAddr {
-        let hash = flow_hash(&flow.key(), &HASH_KEY);
-        match backend {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 18, 200, hash as u8)),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, hash as u16)),
-        }
+        outer_src(flow_hash(&flow.key(), &HASH_KEY), backend)
     }
 
     fn reasons(&self) -> anyhow::Result<Vec<ReasonCounter>> {
@@ -391,19 +387,30 @@ fn hex(bytes: &[u8]) -> String {
 /// send to the fallback MAC.
 fn expect_encap(env: &Env, flow: &Flow, input: &[u8], shape: &Shape, new_flow: bool) -> anyhow::Result<Expect> {
     let (vip, id, backend) = env.predict(flow)?;
+    let hash = flow_hash(&flow.key(), &HASH_KEY);
+    Ok(sent_to(input, l3_offset(shape), backend, hash, Reason::TxFallback, (vip, id, new_flow)))
+}
+
+/// The outer source of a flow with hash `hash` towards a backend of `backend`'s family.
+fn outer_src(hash: u32, backend: IpAddr) -> IpAddr {
+    match backend {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 18, 200, hash as u8)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, hash as u16)),
+    }
+}
+
+/// `input` (its IP header at `l3`) sent to `backend`: encapsulated with the outer source and
+/// flow label of flow hash `hash`, to the fallback MAC, under `reason`, counted as `forwarded`
+/// (VIP index, backend id, new flow).
+fn sent_to(input: &[u8], l3: usize, backend: IpAddr, hash: u32, reason: Reason, forwarded: (u32, u32, bool)) -> Expect {
     let encap = Encap {
-        outer_src: Env::outer_src(flow, backend),
+        outer_src: outer_src(hash, backend),
         outer_dst: backend,
         src_mac: BALANCER_MAC,
         dst_mac: FALLBACK_MAC,
-        flow_hash: flow_hash(&flow.key(), &HASH_KEY),
+        flow_hash: hash,
     };
-    Ok(Expect {
-        verdict: XDP_TX,
-        reason: Reason::TxFallback,
-        output: Some(encapsulated(input, l3_offset(shape), &encap)),
-        forwarded: Some((vip, id, new_flow)),
-    })
+    Expect { verdict: XDP_TX, reason, output: Some(encapsulated(input, l3, &encap)), forwarded: Some(forwarded) }
 }
 
 type Shared = Arc<Mutex<Env>>;
@@ -1177,19 +1184,8 @@ fn expect_encap_to(
 ) -> anyhow::Result<Expect> {
     let address = env.backends[&backend];
     let (index, _) = env.lookup_vip(flow).context("VIP")?;
-    let encap = Encap {
-        outer_src: Env::outer_src(flow, address),
-        outer_dst: address,
-        src_mac: BALANCER_MAC,
-        dst_mac: FALLBACK_MAC,
-        flow_hash: flow_hash(&flow.key(), &HASH_KEY),
-    };
-    Ok(Expect {
-        verdict: XDP_TX,
-        reason: Reason::TxFallback,
-        output: Some(encapsulated(input, l3_offset(shape), &encap)),
-        forwarded: Some((index, backend, new_flow)),
-    })
+    let hash = flow_hash(&flow.key(), &HASH_KEY);
+    Ok(sent_to(input, l3_offset(shape), address, hash, Reason::TxFallback, (index, backend, new_flow)))
 }
 
 fn add_ipv4_options(f: &mut Vec<u8>, l3: usize) {

@@ -16,11 +16,9 @@ use lb_ebpf::{
     access::{frame_len, ptr_at, read, write},
     checksum,
     l2::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, ether_type_offset},
-    l3::Ip,
+    l3::{IPPROTO_ICMP, IPPROTO_ICMPV6, Ip},
 };
 
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
 /// The quoted part of the client's packet: its IP header and 8 bytes of L4 header.
 const QUOTE_V4: usize = 20 + 8;
 const QUOTE_V6: usize = 40 + 8;

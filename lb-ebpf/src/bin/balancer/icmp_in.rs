@@ -28,8 +28,6 @@ use lb_ebpf::{
 
 use crate::maps::VIP_ADDRS;
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_ICMPV6: u8 = 58;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACHABLE: u8 = 3;
 const ICMP_ECHO_REQUEST: u8 = 8;

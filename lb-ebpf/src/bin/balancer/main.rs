@@ -87,7 +87,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         return later_fragment(ctx, &ip, bytes);
     }
     if ip.flow.protocol != IPPROTO_TCP && ip.flow.protocol != IPPROTO_UDP {
-        let icmp = if ip.flow.family == family::IPV4 { icmp_in::IPPROTO_ICMP } else { icmp_in::IPPROTO_ICMPV6 };
+        let icmp = if ip.flow.family == family::IPV4 { l3::IPPROTO_ICMP } else { l3::IPPROTO_ICMPV6 };
         if ip.flow.protocol != icmp {
             return (xdp_action::XDP_PASS, Reason::PassNotVip);
         }
