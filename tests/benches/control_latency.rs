@@ -20,9 +20,10 @@ use lb_tests::{
     e2e::{CONTROL_SOCKET, Health, in_lab},
 };
 use lb_userspace::{
-    control::{self, Request},
+    agent::control::{self, Request},
+    config::AdminState,
     dataplane::BalancerMaps,
-    pins::PinDir,
+    dataplane::pins::PinDir,
 };
 
 /// Where a change must have shown by, or the run fails.
@@ -107,9 +108,9 @@ fn measure(o: &Options) -> anyhow::Result<serde_json::Value> {
     let (vip, backend) = ("web".to_string(), address.to_string());
     let mut kinds: Vec<(&str, Vec<f64>)> = vec![("down", vec![]), ("up", vec![]), ("weight", vec![])];
     for i in 0..o.changes {
-        let state = |s: &str| Request::BackendState { vip: vip.clone(), address: backend.clone(), state: s.into() };
-        let down = time_change(&maps, id, state("disabled"), |b| !b.keeps_flows())?;
-        let up = time_change(&maps, id, state("up"), |b| b.keeps_flows())?;
+        let state = |state| Request::BackendState { vip: vip.clone(), address: backend.clone(), state };
+        let down = time_change(&maps, id, state(AdminState::Disabled), |b| !b.keeps_flows())?;
+        let up = time_change(&maps, id, state(AdminState::Up), |b| b.keeps_flows())?;
         // Weights alternate between 2 and 1, so that every request changes the record.
         let weight = if i % 2 == 0 { 2 } else { 1 };
         let request = Request::BackendWeight { vip: vip.clone(), address: backend.clone(), weight };

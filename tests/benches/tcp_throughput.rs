@@ -14,7 +14,7 @@ use lb_tests::{
     bench::{median, write_json},
     e2e::{CONTROL_SOCKET, Health, in_lab},
 };
-use lb_userspace::control::{self, Request};
+use lb_userspace::agent::control::{self, Request};
 
 const PORT: u16 = 5201;
 const STREAMS: &str = "4";

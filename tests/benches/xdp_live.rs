@@ -21,10 +21,7 @@ use lb_tests::{
     packet::Protocol,
     privileged::{enter_private_netns, require_root},
 };
-use lb_userspace::{
-    dataplane::{Balancer, load_xdp_tx_baseline, program},
-    objects,
-};
+use lb_userspace::dataplane::{Balancer, load_xdp_tx_baseline, objects, program};
 
 struct Options {
     rounds: usize,

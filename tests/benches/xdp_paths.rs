@@ -32,9 +32,8 @@ use lb_tests::{
     xdp::{XDP_PASS, XDP_TX, run_once},
 };
 use lb_userspace::{
-    active::{self, IdleTimeouts, RecountPlan},
-    dataplane::{Balancer, BalancerSizes, load_xdp_tx_baseline, program},
-    objects,
+    agent::active::{self, IdleTimeouts, RecountPlan},
+    dataplane::{Balancer, BalancerSizes, load_xdp_tx_baseline, objects, program},
     reconcile::{Scheduling, VipTable},
 };
 

@@ -27,7 +27,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp, xdp::XdpMode},
 };
 use lb_common::generator::{GENERATOR_MAX_FRAME, GeneratorTemplate};
-use lb_userspace::{dataplane::ifindex, objects};
+use lb_userspace::dataplane::{ifindex, objects};
 
 /// The generator's side of the veth pair.
 pub const GENERATOR_IF: &str = "lbgen";

@@ -13,14 +13,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use lb_lab::{BACKEND_NAMES, CLIENT, in_namespace, vip};
 use lb_tests::{
     e2e::{CONTROL_SOCKET, EQUAL, Env, Health, Sessions, Trial, run_trials, start, tally},
     traffic::{Dns, Http, http_connection},
 };
-use lb_userspace::control::{self, Request};
-use serde_json::Value;
+use lb_userspace::{
+    agent::{
+        control::{self, Request},
+        status::{BackendStatus, Changed, Status},
+    },
+    config::AdminState,
+    inspect::VipPlan,
+    reconcile::policy::HealthState,
+};
 
 const INTERVAL_MS: u64 = 200;
 const FALL: u64 = 2;
@@ -37,31 +44,35 @@ fn dns_check() -> String {
     )
 }
 
-fn ask(request: Request) -> anyhow::Result<Value> {
-    let response = control::request(Path::new(CONTROL_SOCKET), &request)?;
-    match response.error {
-        Some(e) => bail!("{e}"),
-        None => Ok(response.body),
-    }
+fn ask<T: serde::de::DeserializeOwned>(request: Request) -> anyhow::Result<T> {
+    control::request(Path::new(CONTROL_SOCKET), &request)?.into_answer()
+}
+
+/// Asks for a change; what it did.
+fn change(request: Request) -> anyhow::Result<Option<Changed>> {
+    ask(request)
+}
+
+fn status() -> anyhow::Result<Status> {
+    ask(Request::Status)
 }
 
 /// The agent's view of one backend of one VIP.
-fn backend(vip_name: &str, address: IpAddr) -> anyhow::Result<Value> {
-    let status = ask(Request::Status)?;
-    status["backends"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["vip"] == vip_name && r["address"] == address.to_string()))
-        .cloned()
+fn backend(vip_name: &str, address: IpAddr) -> anyhow::Result<BackendStatus> {
+    status()?
+        .backends
+        .into_iter()
+        .find(|r| r.vip == vip_name && r.address == address)
         .with_context(|| format!("no backend {address} of {vip_name} in the status"))
 }
 
-fn wait_health(vip_name: &str, address: IpAddr, health: &str, limit: Duration) -> anyhow::Result<Duration> {
+fn wait_health(vip_name: &str, address: IpAddr, health: HealthState, limit: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
     loop {
-        if backend(vip_name, address)?["health"] == health {
+        if backend(vip_name, address)?.health == health {
             return Ok(start.elapsed());
         }
-        ensure!(start.elapsed() < limit, "{address} of {vip_name} not {health} after {limit:?}");
+        ensure!(start.elapsed() < limit, "{address} of {vip_name} not {health:?} after {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -149,13 +160,14 @@ fn server_down_and_back(env: &mut Env, service: Service) -> anyhow::Result<()> {
         std::thread::spawn(move || service.stop(&lab).map(|()| killed.elapsed()))
     };
     let limit = Duration::from_millis(INTERVAL_MS * FALL) + Duration::from_secs(1);
-    let detected = wait_health(vip_name, be(0), "down", limit + Duration::from_secs(2)).map(|_| killed.elapsed());
+    let detected =
+        wait_health(vip_name, be(0), HealthState::Down, limit + Duration::from_secs(2)).map(|_| killed.elapsed());
     let marked_down = Instant::now();
     let stopped = stopping.join().map_err(|_| anyhow::anyhow!("stop thread panicked"))??;
     std::thread::sleep(Duration::from_millis(700));
     service.start(&env.lab)?;
     let restarted = Instant::now();
-    let back = wait_health(vip_name, be(0), "up", Duration::from_secs(5));
+    let back = wait_health(vip_name, be(0), HealthState::Up, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let log = stream.join().map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
@@ -190,20 +202,20 @@ fn tunnel_check_catches_missing_decap(env: &mut Env) -> anyhow::Result<()> {
     env.run_agent(&EQUAL)?;
     let result = (|| {
         for i in 0..3 {
-            wait_health("web", be(i), "up", Duration::from_secs(3))?;
+            wait_health("web", be(i), HealthState::Up, Duration::from_secs(3))?;
         }
         env.lab.detach_decap(0)?;
-        let took =
-            wait_health("web", be(0), "down", Duration::from_secs(3)).context("the tunnel check did not notice")?;
+        let took = wait_health("web", be(0), HealthState::Down, Duration::from_secs(3))
+            .context("the tunnel check did not notice")?;
         std::thread::sleep(Duration::from_millis(INTERVAL_MS * (FALL + 2)));
         let plain = backend("dns", be(0))?;
-        ensure!(plain["health"] == "up", "the plain check should still pass: {plain}");
+        ensure!(plain.health == HealthState::Up, "the plain check should still pass: {plain:?}");
         println!(
             "    tunnel check: down {:.0} ms after decapsulation was removed; the plain check still says up",
             took.as_secs_f64() * 1000.0
         );
         env.lab.attach_decap(0)?;
-        wait_health("web", be(0), "up", Duration::from_secs(3))?;
+        wait_health("web", be(0), HealthState::Up, Duration::from_secs(3))?;
         Ok(())
     })();
     env.health.web = Some(http_check());
@@ -221,7 +233,7 @@ fn drain_keeps_connections(_env: &mut Env) -> anyhow::Result<()> {
             sessions.tcp.push((c, name));
         }
         let on_be2 = sessions.tcp.iter().filter(|(_, n)| n == BACKEND_NAMES[1]).count();
-        ask(Request::BackendState { vip: "web".into(), address: be(1).to_string(), state: "drain".into() })?;
+        change(Request::BackendState { vip: "web".into(), address: be(1).to_string(), state: AdminState::Drain })?;
         sessions.check().context("after the drain")?;
         let mut new_on_be2 = 0;
         for _ in 0..300 {
@@ -230,7 +242,7 @@ fn drain_keeps_connections(_env: &mut Env) -> anyhow::Result<()> {
             }
         }
         sessions.check().context("after 300 new connections")?;
-        ask(Request::BackendState { vip: "web".into(), address: be(1).to_string(), state: "up".into() })?;
+        change(Request::BackendState { vip: "web".into(), address: be(1).to_string(), state: AdminState::Up })?;
         println!(
             "    drained be2 with {on_be2} of 50 open connections on it: none broke; {new_on_be2} of 300 new connections went to it"
         );
@@ -265,8 +277,10 @@ fn random_live_changes(_env: &mut Env) -> anyhow::Result<()> {
                     address: be(i).to_string(),
                     weight: 1 + rng.next(4) as i64,
                 },
-                1 => Request::BackendState { vip: vip_name.into(), address: be(i).to_string(), state: "drain".into() },
-                2 => Request::BackendState { vip: vip_name.into(), address: be(i).to_string(), state: "up".into() },
+                1 => {
+                    Request::BackendState { vip: vip_name.into(), address: be(i).to_string(), state: AdminState::Drain }
+                }
+                2 => Request::BackendState { vip: vip_name.into(), address: be(i).to_string(), state: AdminState::Up },
                 _ => {
                     be4_in = !be4_in;
                     if be4_in {
@@ -277,16 +291,20 @@ fn random_live_changes(_env: &mut Env) -> anyhow::Result<()> {
                 }
             };
             let start = Instant::now();
-            ask(request)?;
+            change(request)?;
             recorded.lock().expect("latencies").push(start.elapsed());
         }
         if be4_in {
-            ask(Request::BackendRemove { vip: "web".into(), address: be(3).to_string() })?;
+            change(Request::BackendRemove { vip: "web".into(), address: be(3).to_string() })?;
         }
         for vip_name in ["web", "dns"] {
             for i in 0..3 {
-                ask(Request::BackendState { vip: vip_name.into(), address: be(i).to_string(), state: "up".into() })?;
-                ask(Request::BackendWeight { vip: vip_name.into(), address: be(i).to_string(), weight: 1 })?;
+                change(Request::BackendState {
+                    vip: vip_name.into(),
+                    address: be(i).to_string(),
+                    state: AdminState::Up,
+                })?;
+                change(Request::BackendWeight { vip: vip_name.into(), address: be(i).to_string(), weight: 1 })?;
             }
         }
         Ok(())
@@ -308,19 +326,15 @@ fn plan_matches_measurement(env: &mut Env) -> anyhow::Result<()> {
     std::fs::write(&planned, lb_tests::e2e::lab_config(&env.workspace, &weights, &env.health)?)?;
     let out = std::process::Command::new(&env.lab.lb).arg("plan").arg(&planned).arg("--json").output()?;
     ensure!(out.status.success(), "lb plan: {}", String::from_utf8_lossy(&out.stderr));
-    let plan: Value = serde_json::from_slice(&out.stdout)?;
-    let web = plan
-        .as_array()
-        .and_then(|p| p.iter().find(|v| v["vip"] == "198.18.100.1:80/tcp"))
-        .context("web in the plan")?
-        .clone();
+    let plan: Vec<VipPlan> = serde_json::from_slice(&out.stdout)?;
+    let web = plan.into_iter().find(|v| v.vip == "198.18.100.1:80/tcp").context("web in the plan")?;
     env.run_agent(&weights)?;
     let result = (|| {
         let counts = tally(2000, |vip| http_connection(vip, 1), vip(false))?;
         let total: usize = counts.values().sum();
         let mut report = Vec::new();
         for (i, _) in weights {
-            let predicted = web["shares"][be(i).to_string()][1].as_f64().context("share")?;
+            let predicted = web.shares.get(&be(i).to_string()).context("share")?.1;
             let measured = counts.get(BACKEND_NAMES[i]).copied().unwrap_or(0) as f64 / total as f64;
             report.push(format!(
                 "{} planned {:.1}% measured {:.1}%",
@@ -331,11 +345,7 @@ fn plan_matches_measurement(env: &mut Env) -> anyhow::Result<()> {
             // 5 points: over four standard deviations of 2000 samples.
             ensure!((predicted - measured).abs() <= 0.05, "{}", report.join(", "));
         }
-        println!(
-            "    plan: {:.1}% of web's hash space moves; {}",
-            web["hash_space_moved"].as_f64().unwrap_or(0.0) * 100.0,
-            report.join(", ")
-        );
+        println!("    plan: {:.1}% of web's hash space moves; {}", web.hash_space_moved * 100.0, report.join(", "));
         Ok(())
     })();
     env.run_agent(&EQUAL)?;
@@ -343,10 +353,10 @@ fn plan_matches_measurement(env: &mut Env) -> anyhow::Result<()> {
 }
 
 fn bad_changes_change_nothing(_env: &mut Env) -> anyhow::Result<()> {
-    let generation = ask(Request::Status)?["generation"].clone();
-    let dump = ask(Request::ConfigDump)?;
+    let generation = status()?.generation;
+    let dump: String = ask(Request::ConfigDump)?;
     let err =
-        ask(Request::BackendWeight { vip: "web".into(), address: be(0).to_string(), weight: 70_000 }).unwrap_err();
+        change(Request::BackendWeight { vip: "web".into(), address: be(0).to_string(), weight: 70_000 }).unwrap_err();
     ensure!(err.to_string() == "vip[0].backend[0].weight: 70000 is out of range 0..=65535 (0 = no new flows)", "{err}");
     let bad_table = Request::VipAdd {
         name: "web7".into(),
@@ -355,7 +365,7 @@ fn bad_changes_change_nothing(_env: &mut Env) -> anyhow::Result<()> {
         protocol: "tcp".into(),
         table_size: Some(1000),
     };
-    let err = ask(bad_table).unwrap_err().to_string();
+    let err = change(bad_table).unwrap_err().to_string();
     ensure!(
         err == "vip[4].table_size: 1000 is not a prime; use a prime such as 251, 1021, 4093, 16381 or 65537",
         "{err}"
@@ -367,17 +377,17 @@ fn bad_changes_change_nothing(_env: &mut Env) -> anyhow::Result<()> {
         protocol: "tcp".into(),
         table_size: None,
     };
-    let err = ask(same_name).unwrap_err().to_string();
+    let err = change(same_name).unwrap_err().to_string();
     ensure!(err == "vip[4].name: \"web\" is already the name of vip[0]; VIP names must be unique", "{err}");
     // A reload of a broken file: refused with the file's position, nothing changes.
-    let config_path = ask(Request::Status)?["config"].as_str().context("config path")?.to_string();
+    let config_path = status()?.config.display().to_string();
     let good = std::fs::read_to_string(&config_path)?;
     std::fs::write(&config_path, good.replacen("port = 80", "port = 80\nmystery = 1", 1))?;
-    let err = ask(Request::Reload).unwrap_err();
+    let err = change(Request::Reload).unwrap_err();
     std::fs::write(&config_path, &good)?;
     ensure!(err.to_string().contains("unknown field `mystery`") && err.to_string().contains(&config_path), "{err}");
-    ensure!(ask(Request::Status)?["generation"] == generation, "a refused change moved the generation");
-    ensure!(ask(Request::ConfigDump)? == dump, "a refused change altered the configuration");
+    ensure!(status()?.generation == generation, "a refused change moved the generation");
+    ensure!(ask::<String>(Request::ConfigDump)? == dump, "a refused change altered the configuration");
     Ok(())
 }
 
@@ -388,15 +398,10 @@ fn all_checks_failing_fails_open(env: &mut Env) -> anyhow::Result<()> {
     env.run_agent(&EQUAL)?;
     let result = (|| {
         for i in 0..3 {
-            wait_health("web", be(i), "down", Duration::from_secs(3))?;
+            wait_health("web", be(i), HealthState::Down, Duration::from_secs(3))?;
         }
-        let status = ask(Request::Status)?;
-        let warned = status["warnings"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|w| w.as_str().is_some_and(|w| w.contains("failing open")));
-        ensure!(warned, "no fail-open warning in {status}");
+        let warnings = status()?.warnings;
+        ensure!(warnings.iter().any(|w| w.contains("failing open")), "no fail-open warning in {warnings:?}");
         // Every connection succeeds (tally fails otherwise) and each backend takes a part.
         let counts = tally(300, |vip| http_connection(vip, 1), vip(false))?;
         for name in &BACKEND_NAMES[..3] {
@@ -418,10 +423,8 @@ fn all_checks_failing_fails_open(env: &mut Env) -> anyhow::Result<()> {
 fn metrics(_env: &mut Env) -> anyhow::Result<()> {
     // Every checked backend has reported at least once.
     lb_lab::wait_until(Duration::from_secs(3), "every backend to have a check latency", || {
-        ask(Request::Status).is_ok_and(|s| {
-            s["backends"].as_array().is_some_and(|rows| {
-                rows.iter().filter(|r| r["health"] != "unchecked").all(|r| !r["check_latency_ms"].is_null())
-            })
+        status().is_ok_and(|s| {
+            s.backends.iter().filter(|r| r.health != HealthState::Unchecked).all(|r| r.check_latency_ms.is_some())
         })
     })?;
     let body = in_namespace(lb_lab::BALANCER, || -> anyhow::Result<String> {
@@ -448,7 +451,7 @@ fn metrics(_env: &mut Env) -> anyhow::Result<()> {
 
 /// A changed configuration file, announced with SIGHUP, is applied.
 fn sighup_reloads(env: &mut Env) -> anyhow::Result<()> {
-    let config_path = ask(Request::Status)?["config"].as_str().context("config path")?.to_string();
+    let config_path = status()?.config.display().to_string();
     let original = std::fs::read_to_string(&config_path)?;
     let changed = original.replacen("weight = 1", "weight = 3", 1);
     std::fs::write(&config_path, &changed)?;
@@ -457,7 +460,7 @@ fn sighup_reloads(env: &mut Env) -> anyhow::Result<()> {
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let start = Instant::now();
     let result = loop {
-        if backend("web", be(0))?["weight"] == 3 {
+        if backend("web", be(0))?.weight == 3 {
             break Ok(start.elapsed());
         }
         if start.elapsed() > Duration::from_secs(2) {

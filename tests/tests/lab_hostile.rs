@@ -23,7 +23,7 @@ use lb_tests::{
     e2e::{Env, Health, Trial, reason_count, run_trials, start},
     traffic::{Dns, Http},
 };
-use lb_userspace::{dataplane::BalancerMaps, pins::PinDir};
+use lb_userspace::dataplane::{BalancerMaps, PinDir};
 
 /// New flows per second each client address may open on the DNS VIPs.
 const FLOWS_PER_SOURCE: u32 = 100;

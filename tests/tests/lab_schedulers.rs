@@ -23,11 +23,14 @@ use lb_tests::{
     traffic::{Http, http_connection},
 };
 use lb_userspace::{
-    config::Protocol,
-    control::{self, Request},
+    agent::{
+        control::{self, Request},
+        status::Status,
+    },
+    config::{AdminState, Protocol},
     dataplane::BalancerMaps,
+    dataplane::pins::PinDir,
     inspect::trace,
-    pins::PinDir,
 };
 
 /// Restarts the agent with `web_extra` / `web6_extra` settings for the web VIPs.
@@ -97,8 +100,8 @@ fn source_hash(env: &mut Env) -> anyhow::Result<()> {
 fn switch_live(env: &mut Env) -> anyhow::Result<()> {
     with(env, "", "", &EQUAL)?;
     let socket = Path::new("/run/lb/lab.sock");
-    let status = control::request(socket, &Request::Status)?.body;
-    let config = status["config"].as_str().context("config path")?.to_string();
+    let status: Status = control::request(socket, &Request::Status)?.into_answer()?;
+    let config = status.config;
     let original = std::fs::read_to_string(&config)?;
     let mut switched = Vec::new();
     under_load(40, 10, || {
@@ -146,17 +149,17 @@ fn by_backend(held: &[(Http, String)]) -> BTreeMap<String, usize> {
 }
 
 /// The lab name of the IPv4 backend address `address`.
-fn backend_name(address: &str) -> Option<&'static str> {
-    (0..3).find(|i| lb_lab::backend_v4(*i).to_string() == address).map(|i| BACKEND_NAMES[i])
+fn backend_name(address: IpAddr) -> Option<&'static str> {
+    (0..3).find(|i| IpAddr::V4(lb_lab::backend_v4(*i)) == address).map(|i| BACKEND_NAMES[i])
 }
 
 /// Active flows per backend of the web VIP, as `lb status` shows them.
 fn active_flows(socket: &Path) -> anyhow::Result<BTreeMap<String, i64>> {
-    let status = control::request(socket, &Request::Status)?.body;
+    let status: Status = control::request(socket, &Request::Status)?.into_answer()?;
     let mut out = BTreeMap::new();
-    for b in status["backends"].as_array().context("backends")?.iter().filter(|b| b["vip"] == "web") {
-        let name = backend_name(b["address"].as_str().context("address")?).context("not a lab backend")?;
-        out.insert(name.to_string(), b["active_flows"].as_i64().context("active_flows")?);
+    for b in status.backends.iter().filter(|b| b.vip == "web") {
+        let name = backend_name(b.address).context("not a lab backend")?;
+        out.insert(name.to_string(), b.active_flows.context("active_flows")?);
     }
     Ok(out)
 }
@@ -175,10 +178,10 @@ fn web_backend_id(maps: &BalancerMaps, i: usize) -> anyhow::Result<u32> {
         .context("no such backend in the web VIP")
 }
 
-fn set_state(socket: &Path, address: IpAddr, state: &str) -> anyhow::Result<()> {
-    let request = Request::BackendState { vip: "web".into(), address: address.to_string(), state: state.into() };
+fn set_state(socket: &Path, address: IpAddr, state: AdminState) -> anyhow::Result<()> {
+    let request = Request::BackendState { vip: "web".into(), address: address.to_string(), state };
     if let Some(e) = control::request(socket, &request)?.error {
-        bail!("setting {address} {state}: {e}");
+        bail!("setting {address} {state:?}: {e}");
     }
     Ok(())
 }
@@ -191,11 +194,11 @@ fn least_connections(env: &mut Env) -> anyhow::Result<()> {
     let socket = Path::new("/run/lb/lab.sock");
     let (a, others) = (BACKEND_NAMES[0], [1, 2].map(|i| IpAddr::V4(lb_lab::backend_v4(i))));
     for address in others {
-        set_state(socket, address, "drain")?;
+        set_state(socket, address, AdminState::Drain)?;
     }
     let on_a = hold(60);
     for address in others {
-        set_state(socket, address, "up")?;
+        set_state(socket, address, AdminState::Up)?;
     }
     let on_a = on_a?;
     ensure!(by_backend(&on_a).get(a) == Some(&60), "while the others drained: {:?}", by_backend(&on_a));
@@ -222,7 +225,12 @@ fn least_connections(env: &mut Env) -> anyhow::Result<()> {
     let port = 61_000;
     let predicted = trace(&maps, Protocol::Tcp, IpAddr::V4(CLIENT_V4), port, vip(false), 80)?;
     ensure!(predicted.why.contains("least connections"), "trace: {}", predicted.why);
-    let predicted_name = predicted.backend.as_deref().and_then(backend_name).context("trace named no lab backend")?;
+    let predicted_name = predicted
+        .backend
+        .as_deref()
+        .and_then(|b| b.parse().ok())
+        .and_then(backend_name)
+        .context("trace named no lab backend")?;
     let answered = in_namespace(CLIENT, move || from(SocketAddr::new(CLIENT_V4.into(), port)))??;
     ensure!(answered == predicted_name, "trace predicted {predicted_name} ({}), {answered} answered", predicted.why);
     println!("    lb trace: {}", predicted.why);

@@ -208,6 +208,8 @@ impl Named for AdminState {
     const WHAT: &'static str = "a backend state";
 }
 
+crate::serde_by_name!(AdminState, Protocol);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpMethod {
     Get,

@@ -33,6 +33,28 @@ pub trait Named: Copy + 'static {
     }
 }
 
+/// Serializes and deserializes named enums by their names, for the enums that cross the
+/// control socket: the names are the ones the file uses.
+#[macro_export]
+macro_rules! serde_by_name {
+    ($($ty:ty),+ $(,)?) => {
+        $(
+            impl serde::Serialize for $ty {
+                fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    serializer.serialize_str($crate::config::Named::name(*self))
+                }
+            }
+
+            impl<'de> serde::Deserialize<'de> for $ty {
+                fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+                    <$ty as $crate::config::Named>::parse(&name).map_err(serde::de::Error::custom)
+                }
+            }
+        )+
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,9 +37,9 @@ use lb_tests::{
     xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, run_once, verdict_name},
 };
 use lb_userspace::{
+    dataplane::pins::PinDir,
     dataplane::{Balancer, BalancerSizes, Decap, VipFlood},
-    nexthop::NextHops,
-    pins::PinDir,
+    host::nexthop::NextHops,
     reconcile::{Scheduling, VipTable},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -513,7 +513,7 @@ fn verifier_headroom(env: &mut Env) -> anyhow::Result<()> {
 /// The agent's VLAN offload switch on a real interface (a veth pair in this test's namespace):
 /// both receive offloads on before, off after, and a second call finds nothing to do.
 fn vlan_offload_turned_off(_: &mut Env) -> anyhow::Result<()> {
-    use lb_userspace::vlan::{RECEIVE_VLAN_OFFLOADS, keep_vlan_tags, receive_offload};
+    use lb_userspace::host::vlan::{RECEIVE_VLAN_OFFLOADS, keep_vlan_tags, receive_offload};
     let (a, b) = ("lbvlan0", "lbvlan1");
     run(Command::new("ip").args(["link", "add", a, "type", "veth", "peer", "name", b]))?;
     let result = (|| {

@@ -9,7 +9,8 @@ use aya::programs::{
     xdp::{XdpLink, XdpMode as AyaXdpMode},
 };
 
-use crate::{config::XdpMode, dataplane::DataplaneError};
+use super::DataplaneError;
+use crate::config::XdpMode;
 
 /// What [`attach`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

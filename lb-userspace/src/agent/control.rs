@@ -12,10 +12,16 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader},
+    net::UnixListener,
+    sync::{mpsc, oneshot},
+};
 use toml::{Table, Value};
 
-use crate::config::{Config, ConfigError};
+use super::status::Status;
+use crate::config::{AdminState, Config, ConfigError, Named as _};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -24,41 +30,17 @@ pub enum Request {
     ConfigDump,
     Reload,
     VipList,
-    VipAdd {
-        name: String,
-        address: String,
-        port: i64,
-        protocol: String,
-        table_size: Option<i64>,
-    },
-    VipRemove {
-        name: String,
-    },
-    BackendList {
-        vip: Option<String>,
-    },
-    BackendAdd {
-        vip: String,
-        address: String,
-        weight: Option<i64>,
-    },
-    BackendRemove {
-        vip: String,
-        address: String,
-    },
-    BackendWeight {
-        vip: String,
-        address: String,
-        weight: i64,
-    },
-    /// `state`: "up", "drain" or "disabled".
-    BackendState {
-        vip: String,
-        address: String,
-        state: String,
-    },
+    VipAdd { name: String, address: String, port: i64, protocol: String, table_size: Option<i64> },
+    VipRemove { name: String },
+    BackendList { vip: Option<String> },
+    BackendAdd { vip: String, address: String, weight: Option<i64> },
+    BackendRemove { vip: String, address: String },
+    BackendWeight { vip: String, address: String, weight: i64 },
+    BackendState { vip: String, address: String, state: AdminState },
 }
 
+/// The agent's answer: an error, or a body whose type the request decides (`status::Status` for
+/// `status`, `Option<status::Changed>` for changes, the configuration's text for `config_dump`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
@@ -69,12 +51,23 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn ok(body: serde_json::Value) -> Self {
-        Self { ok: true, error: None, body }
+    pub fn answer(body: &impl Serialize) -> Self {
+        match serde_json::to_value(body) {
+            Ok(body) => Self { ok: true, error: None, body },
+            Err(e) => Self::error(format!("internal: the answer does not serialize: {e}")),
+        }
     }
 
     pub fn error(message: impl Into<String>) -> Self {
         Self { ok: false, error: Some(message.into()), body: serde_json::Value::Null }
+    }
+
+    /// The body as the type the request answers with, or the agent's error.
+    pub fn into_answer<T: DeserializeOwned>(self) -> anyhow::Result<T> {
+        if let Some(e) = self.error {
+            anyhow::bail!("{e}");
+        }
+        serde_json::from_value(self.body).context("the agent's answer is not of the type this request expects")
     }
 }
 
@@ -159,13 +152,78 @@ pub fn edit(config: &Config, request: &Request) -> Result<Option<Config>, String
         Request::BackendState { vip, address, state } => {
             let i = find(vips, vip)?;
             let j = backend_of(&mut vips[i], address)?;
-            vips[i]["backend"][j].as_table_mut().expect("table").insert("state".into(), Value::String(state.clone()));
+            vips[i]["backend"][j]
+                .as_table_mut()
+                .expect("table")
+                .insert("state".into(), Value::String(state.name().to_string()));
         }
     }
     let text = toml::to_string(&doc).map_err(|e| format!("internal: {e}"))?;
     Config::parse(&text, "change").map(Some).map_err(|e: ConfigError| {
         e.problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; ")
     })
+}
+
+/// A request waiting for the agent's loop, with where its answer goes.
+pub type Pending = (Request, oneshot::Sender<Response>);
+/// Where the control socket and the metrics server hand requests to the agent's loop.
+pub type ControlSender = mpsc::Sender<Pending>;
+
+/// Binds the control socket: a directory only root can enter, a socket only root can open.
+pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if socket.exists() {
+        // A live agent answers; a stale socket from a stopped one does not.
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(socket).is_err(),
+            "another agent is running on {}; stop it first",
+            socket.display()
+        );
+        std::fs::remove_file(socket)?;
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding the control socket {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers each connection on `listener` with the agent's reply to its one request.
+pub async fn serve(listener: UnixListener, requests: ControlSender) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if AsyncBufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let response = match serde_json::from_str::<Request>(&line) {
+                Err(e) => Response::error(format!("not a request: {e}")),
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if requests.send((request, tx)).await.is_err() {
+                        return;
+                    }
+                    rx.await.unwrap_or_else(|_| Response::error("the agent is stopping"))
+                }
+            };
+            let mut text = serde_json::to_string(&response).unwrap_or_default();
+            text.push('\n');
+            let _ = write.write_all(text.as_bytes()).await;
+        });
+    }
+}
+
+/// Asks the agent for its status through the same channel the control socket uses.
+pub async fn status(requests: &ControlSender) -> Option<Status> {
+    let (tx, rx) = oneshot::channel();
+    requests.send((Request::Status, tx)).await.ok()?;
+    rx.await.ok()?.into_answer().ok()
 }
 
 #[cfg(test)]
@@ -200,11 +258,14 @@ mod tests {
         let duplicate = Request::BackendAdd { vip: "web".into(), address: "198.18.0.21".into(), weight: None };
         assert!(edit(&c, &duplicate).unwrap_err().contains("is already vip[0].backend[0]"));
         let unknown =
-            Request::BackendState { vip: "nope".into(), address: "198.18.0.21".into(), state: "drain".into() };
+            Request::BackendState { vip: "nope".into(), address: "198.18.0.21".into(), state: AdminState::Drain };
         assert_eq!(edit(&c, &unknown).unwrap_err(), "no VIP named nope");
-        let bad_state =
-            Request::BackendState { vip: "web".into(), address: "198.18.0.21".into(), state: "sleep".into() };
-        assert!(edit(&c, &bad_state).unwrap_err().contains("\"sleep\" is not a backend state"));
+        let bad_state = r#"{"cmd":"backend_state","vip":"web","address":"198.18.0.21","state":"sleep"}"#;
+        let refused = serde_json::from_str::<Request>(bad_state).unwrap_err().to_string();
+        assert!(
+            refused.contains("\"sleep\" is not a backend state; use \"up\", \"drain\" or \"disabled\""),
+            "{refused}"
+        );
     }
 
     #[test]
@@ -212,11 +273,11 @@ mod tests {
         let c = lab();
         let drained = edit(
             &c,
-            &Request::BackendState { vip: "dns".into(), address: "198.18.0.22".into(), state: "drain".into() },
+            &Request::BackendState { vip: "dns".into(), address: "198.18.0.22".into(), state: AdminState::Drain },
         )
         .unwrap()
         .unwrap();
-        assert_eq!(drained.vips[1].backends[1].state, crate::config::AdminState::Drain);
+        assert_eq!(drained.vips[1].backends[1].state, AdminState::Drain);
         let removed = edit(&c, &Request::VipRemove { name: "web6".into() }).unwrap().unwrap();
         assert_eq!(removed.vips.len(), 3);
         assert!(edit(&c, &Request::Status).unwrap().is_none());

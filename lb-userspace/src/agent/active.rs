@@ -22,8 +22,7 @@ use lb_common::{
 
 use crate::{
     config::Instance,
-    dataplane::{BalancerMaps, DataplaneError},
-    pins::PinDir,
+    dataplane::{BalancerMaps, DataplaneError, PinDir, monotonic_coarse_ns},
     reconcile::Current,
 };
 
@@ -138,14 +137,6 @@ pub fn spawn(pins: PinDir, plan: Arc<Mutex<RecountPlan>>) -> std::io::Result<std
             std::thread::sleep(RECOUNT_EVERY.max(started.elapsed().mul_f64(1.0 / RECOUNT_DUTY)));
         }
     })
-}
-
-/// The clock of the data plane's flow times (`bpf_ktime_get_coarse_ns`).
-pub fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

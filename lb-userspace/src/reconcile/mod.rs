@@ -6,6 +6,8 @@
 //! VIP keeps its id (so flow-table entries and counters stay valid) and a VIP keeps its index for
 //! as long as they stay configured.
 
+pub mod policy;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -350,7 +352,7 @@ mod tests {
     /// What the agent's policy makes of `config` with no health known yet: the one path from a
     /// configuration to desired state, shared with `lb plan`.
     fn desired(config: &Config) -> Desired {
-        crate::policy::desired(config)
+        policy::desired(config)
     }
 
     fn apply(current: &mut Current, ops: &[Op]) {

@@ -4,9 +4,8 @@ use lb_common::{capacity::MAX_BACKENDS, counters::Reason};
 use serde::Serialize;
 
 use crate::{
-    dataplane::{BalancerMaps, DataplaneError},
+    dataplane::{BalancerMaps, DataplaneError, PinDir},
     label::{show_addr, show_vip},
-    pins::PinDir,
 };
 
 /// An instance's pinned counters.

@@ -9,8 +9,7 @@
 //! plane keeps forwarding; the next `lb run` adopts it. `lb detach` removes it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr, UdpSocket},
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -18,35 +17,39 @@ use std::{
 
 use anyhow::Context as _;
 use lb_common::hash::murmur3_words;
-use serde_json::json;
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::UnixListener,
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot},
+    sync::mpsc,
     task::JoinHandle,
 };
 
+pub mod active;
+pub mod control;
+pub mod health;
+pub mod metrics;
+pub mod status;
+
+use self::{
+    active::{IdleTimeouts, RecountPlan},
+    control::{Request, Response},
+    health::{Outcome, Target},
+    status::Changed,
+};
 use crate::{
-    active::{self, IdleTimeouts, RecountPlan},
-    config::{Config, HealthCheck, Named as _},
-    control::{self, Request, Response},
-    dataplane::{Balancer, BalancerSizes},
-    health::{self, Outcome, Target},
+    config::{Config, HealthCheck},
+    dataplane::{Balancer, BalancerSizes, PinDir, attach::Attached},
+    host::{self, nexthop::NextHops},
     label::{show_addr, show_mac, show_vip},
-    metrics,
-    nexthop::NextHops,
-    pins::PinDir,
-    policy::{self, BackendDecision, Health, HealthKey},
-    reconcile::{self, Op},
+    reconcile::{
+        self, Op,
+        policy::{self, BackendDecision, Health, HealthKey},
+    },
 };
 
-/// How often backends' neighbour entries are refreshed (see [`warm_neighbours`]).
+/// How often backends' neighbour entries are refreshed (see [`host::warm_neighbours`]).
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(10);
 /// How often slow starts advance and the configuration file is looked at.
 const TICK: Duration = Duration::from_secs(1);
-
-type Pending = (Request, oneshot::Sender<Response>);
 
 struct Agent {
     config_path: PathBuf,
@@ -114,13 +117,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     agent.apply()?;
     agent.fingerprints = fingerprints(&agent.current, &agent.config);
     for interface in agent.config.instance.interfaces.clone() {
-        enable_forwarding(&interface);
+        host::enable_forwarding(&interface);
     }
-    warm_neighbours(&agent.config);
+    host::warm_neighbours(&agent.config);
     // Give the first packets their next hops (entries the warming creates arrive on later ticks).
     agent.refresh_next_hops();
     for interface in agent.config.instance.interfaces.clone() {
-        match crate::vlan::keep_vlan_tags(&interface) {
+        match host::vlan::keep_vlan_tags(&interface) {
             Ok(off) if !off.is_empty() => tracing::info!(interface, features = ?off, "turned receive VLAN offload off"),
             Ok(_) => {}
             Err(e) => {
@@ -133,8 +136,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .attach(&interface, agent.config.instance.xdp_mode, &agent.pins)
             .with_context(|| format!("attaching the balancer to {interface}"))?;
         match attached {
-            crate::attach::Attached::New(mode) => tracing::info!(interface, ?mode, "attached the balancer"),
-            crate::attach::Attached::Replaced => {
+            Attached::New(mode) => tracing::info!(interface, ?mode, "attached the balancer"),
+            Attached::Replaced => {
                 tracing::info!(interface, "replaced the balancer program inside the pinned link")
             }
         }
@@ -142,10 +145,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     agent.sync_checks();
     active::spawn(agent.pins.clone(), Arc::clone(&agent.recount_plan)).context("starting the recount thread")?;
 
-    let (request_tx, mut request_rx) = mpsc::channel::<Pending>(64);
+    let (request_tx, mut request_rx) = mpsc::channel::<control::Pending>(64);
     let socket = agent.config.instance.control_socket.clone();
-    let listener = bind_control(&socket)?;
-    tokio::spawn(serve_control(listener, request_tx.clone()));
+    let listener = control::bind(&socket)?;
+    tokio::spawn(control::serve(listener, request_tx.clone()));
     if let Some(address) = agent.config.instance.metrics_address {
         let listener =
             tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding metrics on {address}"))?;
@@ -175,7 +178,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     tracing::error!("reload refused, nothing changed: {e:#}");
                 }
             }
-            _ = refresh.tick() => warm_neighbours(&agent.config),
+            _ = refresh.tick() => host::warm_neighbours(&agent.config),
             _ = tick.tick() => agent.tick(),
             Some(outcome) = outcome_rx.recv() => agent.record(outcome),
             Some((request, reply)) = request_rx.recv() => {
@@ -349,17 +352,17 @@ impl Agent {
 
     fn handle(&mut self, request: Request) -> Response {
         match &request {
-            Request::Status => return Response::ok(self.status()),
-            Request::ConfigDump => return Response::ok(json!(self.config.to_toml())),
-            Request::VipList => return Response::ok(json!(self.status()["vips"])),
+            Request::Status => return Response::answer(&self.status()),
+            Request::ConfigDump => return Response::answer(&self.config.to_toml()),
+            Request::VipList => return Response::answer(&self.vip_rows()),
             Request::BackendList { vip } => {
-                let rows: Vec<_> =
-                    self.backend_rows().into_iter().filter(|r| vip.as_ref().is_none_or(|v| r["vip"] == *v)).collect();
-                return Response::ok(json!(rows));
+                let mut rows = self.backend_rows();
+                rows.retain(|r| vip.as_ref().is_none_or(|v| r.vip == *v));
+                return Response::answer(&rows);
             }
             Request::Reload => {
                 return match self.reload() {
-                    Ok(()) => Response::ok(json!({ "generation": self.generation })),
+                    Ok(()) => Response::answer(&Some(Changed { generation: self.generation })),
                     Err(e) => Response::error(format!("{e:#}")),
                 };
             }
@@ -369,102 +372,13 @@ impl Agent {
             Ok(Some(config)) => match self.replace(config) {
                 Ok(()) => {
                     tracing::info!(?request, generation = self.generation, "applied a live change");
-                    Response::ok(json!({ "generation": self.generation }))
+                    Response::answer(&Some(Changed { generation: self.generation }))
                 }
                 Err(e) => Response::error(format!("{e:#}")),
             },
-            Ok(None) => Response::ok(json!(null)),
+            Ok(None) => Response::answer(&None::<Changed>),
             Err(message) => Response::error(message),
         }
-    }
-
-    /// The backend id of `address` in the VIP named `vip`.
-    fn backend_id(&self, vip: &str, address: IpAddr) -> Option<u32> {
-        let key = self.config.vips.iter().find(|v| v.name == vip)?.key();
-        let index = self.current.vips.get(&key)?.index as u16;
-        let (family, addr) = lb_common::addr::to_key(address);
-        self.current
-            .backends
-            .iter()
-            .find(|(_, b)| b.vip_index == index && b.family == family && b.addr == addr)
-            .map(|(id, _)| *id)
-    }
-
-    fn backend_rows(&self) -> Vec<serde_json::Value> {
-        self.decisions
-            .iter()
-            .map(|d| {
-                let h = self.health.get(&(d.vip.clone(), d.address));
-                let active_flows =
-                    self.backend_id(&d.vip, d.address).and_then(|id| self.balancer.active_flows(id).ok());
-                json!({
-                    "vip": d.vip,
-                    "address": d.address.to_string(),
-                    "admin": d.admin,
-                    "health": d.health,
-                    "weight": d.weight,
-                    "effective_weight": d.effective_weight,
-                    "in_table": d.in_table,
-                    "keeps_flows": d.keeps_flows,
-                    "active_flows": active_flows.map(|n| n.max(0)),
-                    "last_error": h.and_then(|h| h.last_error.clone()),
-                    "check_latency_ms": h.and_then(|h| h.last_latency).map(|l| l.as_secs_f64() * 1000.0),
-                })
-            })
-            .collect()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let vips: Vec<_> = self
-            .config
-            .vips
-            .iter()
-            .map(|v| {
-                let index = self.current.vips.get(&v.key()).map(|t| t.index);
-                let flood = index.and_then(|i| self.balancer.flood(i).ok()).unwrap_or_default();
-                let refused = index.and_then(|i| self.balancer.refusals(i).ok()).unwrap_or_default();
-                let a = &v.admission;
-                let admission = json!({
-                    "allow": a.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "deny": a.deny.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "packets_per_second": a.packets.map(|r| r.per_second),
-                    "packet_burst": a.packets.map(|r| r.burst),
-                    "new_flows_per_second": a.new_flows.map(|r| r.per_second),
-                    "new_flow_burst": a.new_flows.map(|r| r.burst),
-                    "source_prefix_v4": a.source_prefix_v4,
-                    "source_prefix_v6": a.source_prefix_v6,
-                    "refused": lb_common::admission::REFUSALS
-                        .iter()
-                        .zip(refused)
-                        .map(|(r, n)| (r.name().to_string(), json!(n)))
-                        .collect::<serde_json::Map<_, _>>(),
-                });
-                json!({
-                    "name": v.name,
-                    "address": v.address.to_string(),
-                    "port": v.port,
-                    "protocol": v.protocol.to_string(),
-                    "scheduler": v.scheduler.name(),
-                    "table_size": v.table_size,
-                    "fingerprint": self.fingerprints.get(&v.name),
-                    "backends": v.backends.len(),
-                    "new_flow_budget": v.new_flow_budget,
-                    "flooding_cpus": flood.flooding_cpus,
-                    "untracked_flows": flood.untracked,
-                    "admission": admission,
-                })
-            })
-            .collect();
-        json!({
-            "instance": self.config.instance.name,
-            "config": self.config_path.display().to_string(),
-            "generation": self.generation,
-            "flow_hash_key": if self.config.instance.flow_hash_key.is_some() { "configured" } else { "public" },
-            "source_buckets": self.balancer.source_buckets_in_use().ok(),
-            "warnings": self.warnings.iter().chain(&self.host_warnings).collect::<Vec<_>>(),
-            "vips": vips,
-            "backends": self.backend_rows(),
-        })
     }
 }
 
@@ -521,89 +435,3 @@ fn fingerprints(current: &reconcile::Current, config: &Config) -> BTreeMap<Strin
 fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
-
-/// Binds the control socket: a directory only root can enter, a socket only root can open.
-fn bind_control(socket: &Path) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    if socket.exists() {
-        // A live agent answers; a stale socket from a stopped one does not.
-        anyhow::ensure!(
-            std::os::unix::net::UnixStream::connect(socket).is_err(),
-            "another agent is running on {}; stop it first",
-            socket.display()
-        );
-        std::fs::remove_file(socket)?;
-    }
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("binding the control socket {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-async fn serve_control(listener: UnixListener, requests: mpsc::Sender<Pending>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let requests = requests.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            if BufReader::new(read).read_line(&mut line).await.is_err() {
-                return;
-            }
-            let response = match serde_json::from_str::<Request>(&line) {
-                Err(e) => Response::error(format!("not a request: {e}")),
-                Ok(request) => {
-                    let (tx, rx) = oneshot::channel();
-                    if requests.send((request, tx)).await.is_err() {
-                        return;
-                    }
-                    rx.await.unwrap_or_else(|_| Response::error("the agent is stopping"))
-                }
-            };
-            let mut text = serde_json::to_string(&response).unwrap_or_default();
-            text.push('\n');
-            let _ = write.write_all(text.as_bytes()).await;
-        });
-    }
-}
-
-/// Asks the agent for its status through the same channel the control socket uses.
-pub async fn status(requests: &mpsc::Sender<Pending>) -> Option<serde_json::Value> {
-    let (tx, rx) = oneshot::channel();
-    requests.send((Request::Status, tx)).await.ok()?;
-    rx.await.ok().map(|r| r.body)
-}
-
-/// The FIB lookup of the data plane requires forwarding on the ingress interface.
-fn enable_forwarding(interface: &str) {
-    for family in ["ipv4", "ipv6"] {
-        let path = format!("/proc/sys/net/{family}/conf/{interface}/forwarding");
-        match std::fs::write(&path, "1") {
-            Ok(()) => tracing::debug!(path, "enabled forwarding"),
-            Err(e) => {
-                tracing::warn!(path, error = %e, "could not enable forwarding; next hops then come from the fallback MAC")
-            }
-        }
-    }
-}
-
-/// The data plane needs a neighbour entry for each backend (or its gateway) to address frames,
-/// and the kernel only keeps entries that traffic uses, which XDP bypasses. An empty datagram to
-/// the discard port makes the kernel resolve and refresh the entry.
-fn warm_neighbours(config: &Config) {
-    let backends: BTreeSet<IpAddr> = config.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect();
-    for address in backends {
-        let bind: SocketAddr = if address.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-        let sent = UdpSocket::bind(bind).and_then(|s| s.send_to(&[], SocketAddr::new(address, 9)));
-        if let Err(e) = sent {
-            tracing::debug!(%address, error = %e, "neighbour refresh failed");
-        }
-    }
-}
-
-/// The `Pending` type, for the metrics server.
-pub type ControlSender = mpsc::Sender<Pending>;

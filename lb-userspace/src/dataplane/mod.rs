@@ -5,7 +5,7 @@
 //! VIP's idle table (in chunks, `lb_common::table`) and one `VIPS` update then makes it live, so the
 //! data plane never reads a half-written table.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,111 +14,40 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
         xdp::DevMapHash,
     },
-    programs::{ProgramError, Xdp},
+    programs::Xdp,
 };
 use lb_common::{
     admission::{
-        AdmissionPolicy, REFUSAL_COUNTERS, REFUSALS, SOURCE_LIST_FIXED_BITS, SourceBucket, SourceBucketKey,
-        SourceListKey, refusal_slot,
+        AdmissionPolicy, REFUSALS, SOURCE_LIST_FIXED_BITS, SourceBucket, SourceBucketKey, SourceListKey, refusal_slot,
     },
     backend::Backend,
-    capacity::{
-        MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_FRAGMENTED_DATAGRAMS, MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES,
-        MAX_TABLE_CHUNKS, MAX_VIPS, TABLE_CHUNK_ENTRIES, TABLES_PER_VIP, VIP_COUNTER_ENTRIES,
-    },
+    capacity::{MAGLEV_MAX_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, TABLE_CHUNK_ENTRIES, TABLES_PER_VIP},
     counters::{Reason, ReasonCounter, SENT_TO_BACKEND, TrafficCounters},
     dataplane::DataplaneConfig,
-    decap::{DECAP_SOURCE_FIXED_BITS, DecapConfig, DecapSourceKey},
     flood::FloodState,
-    flow::{FlowKey, FlowKeyV4, FlowState, FragmentKey, FragmentOwner},
+    flow::{FlowKey, FlowKeyV4, FlowState},
     nexthop::NextHop,
     table::{MAX_CHUNKS_PER_TABLE, TableChunk, chunk_key, chunks},
     vip::{VipAddrKey, VipInfo, VipKey},
 };
 
-use crate::{
+pub mod attach;
+pub mod batch;
+mod decap;
+mod error;
+mod layout;
+pub mod objects;
+pub mod pins;
+
+use self::{
     attach::{Attached, attach},
+    layout::{BALANCER_MAPS, check_pinned_layouts},
+};
+pub use self::{decap::Decap, error::DataplaneError, pins::PinDir};
+use crate::{
     config::XdpMode,
-    objects,
-    pins::PinDir,
     reconcile::{Current, ListedPrefix, Op, Scheduling, VipAdmission, VipTable},
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    #[error("loading the eBPF object failed: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("eBPF program: {0}")]
-    Program(#[from] ProgramError),
-    #[error("eBPF map: {0}")]
-    Map(#[from] MapError),
-    #[error("redirect map: {0}")]
-    Egress(#[from] aya::maps::xdp::XdpMapError),
-    #[error("the eBPF object has no {kind} named {name}: was it built from this source tree?")]
-    Missing { kind: &'static str, name: &'static str },
-    #[error("VIP index {index} is out of range 0..{MAX_VIPS}")]
-    VipIndex { index: u32 },
-    #[error("backend id {id} is out of range 0..{MAX_BACKENDS}")]
-    BackendId { id: u32 },
-    #[error("Maglev table has {len} entries, more than {MAGLEV_MAX_TABLE_SIZE}")]
-    TableSize { len: usize },
-    #[error(
-        "the VIPs' tables need more than {MAX_TABLE_CHUNKS} chunks of {TABLE_CHUNK_ENTRIES} entries: \
-         give VIPs with many backends smaller table_size values, or fewer VIPs"
-    )]
-    TablesFull,
-    #[error(
-        "the source lists of all VIPs hold more than {MAX_SOURCE_LIST_ENTRIES} prefixes: list fewer, or \
-         shorter prefixes"
-    )]
-    SourceListsFull,
-    #[error("chunk {chunk} of the live table of VIP index {index} is missing")]
-    TableChunkMissing { index: u32, chunk: u32 },
-    #[error("VIP index {index} already belongs to another VIP")]
-    VipIndexInUse { index: u32 },
-    #[error("XDP link: {0}")]
-    Link(String),
-    #[error("pin directory {path}: {error}")]
-    Pins { path: std::path::PathBuf, error: std::io::Error },
-    #[error(
-        "map {name} pinned at {} has {}-byte keys and {}-byte values where this build needs {} and {}: \
-         another version of the balancer created it. Remove the pinned data plane with `lb detach` \
-         (established flows are forgotten) and start again",
-        path.display(), found.0, found.1, expected.0, expected.1
-    )]
-    PinnedLayout { name: &'static str, path: std::path::PathBuf, found: (usize, usize), expected: (usize, usize) },
-    #[error(
-        "map {name} pinned at {} belongs to an older version of the balancer, whose data plane this \
-         build no longer uses. Remove the pinned data plane with `lb detach` (established flows are \
-         forgotten) and start again",
-        path.display()
-    )]
-    PinnedRetired { name: &'static str, path: std::path::PathBuf },
-    #[error(
-        "map REASON_STATS pinned at {} counts {found} reasons where this build counts {expected}: \
-         another version of the balancer created it. Remove the pinned data plane with `lb detach` \
-         (established flows are forgotten) and start again",
-        path.display()
-    )]
-    PinnedReasons { path: std::path::PathBuf, found: u32, expected: u32 },
-    #[error(
-        "map {name} pinned at {} has {found} entries where this build needs {expected}: another version \
-         of the balancer, with other limits, created it. Remove the pinned data plane with `lb detach` \
-         (established flows are forgotten) and start again",
-        path.display()
-    )]
-    PinnedCapacity { name: &'static str, path: std::path::PathBuf, found: u32, expected: u32 },
-    #[error("reading a map's memory accounting: {0}")]
-    MapMemory(std::io::Error),
-    #[error("reading the flow table: {0}")]
-    FlowScan(std::io::Error),
-    #[error("reading the traffic counters: {0}")]
-    Counters(std::io::Error),
-    #[error("the CPUs of this host: {0}")]
-    Cpus(std::io::Error),
-    #[error("no interface named {0}")]
-    NoInterface(String),
-}
 
 /// The balancer program and its maps.
 pub struct Balancer {
@@ -169,116 +98,6 @@ pub struct VipFlood {
     pub flooding_cpus: u32,
     /// New flows forwarded without a flow-table entry, all CPUs.
     pub untracked: u64,
-}
-
-/// Names of the balancer's maps (each pinned under its name).
-pub const BALANCER_MAPS: [&str; 20] = [
-    "VIPS",
-    "VIP_ADDRS",
-    "BACKENDS",
-    "NEXT_HOPS",
-    "BACKEND_TABLES",
-    "FLOWS_V4",
-    "FLOWS_V6",
-    "CONFIG",
-    "EGRESS",
-    "REASON_STATS",
-    "VIP_STATS",
-    "BACKEND_STATS",
-    "SEQUENCE_POSITIONS",
-    "ACTIVE_FLOWS",
-    "FLOOD",
-    "ADMISSION",
-    "SOURCE_LISTS",
-    "SOURCE_BUCKETS",
-    "REFUSALS",
-    "FRAGMENTS",
-];
-
-/// Maps that older builds pinned and this one does not use (`FLOWS`: one flow table for both
-/// families, before IPv4 got its own smaller one; `MAGLEV_TABLES`: every VIP's tables at the
-/// largest size, before tables were stored in chunks).
-const RETIRED_MAPS: [&str; 2] = ["FLOWS", "MAGLEV_TABLES"];
-
-/// Key and value sizes of the balancer's maps whose layouts this build defines (`EGRESS` is
-/// the kernel's).
-fn map_layouts() -> [(&'static str, usize, usize); 19] {
-    [
-        ("VIPS", size_of::<VipKey>(), size_of::<VipInfo>()),
-        ("VIP_ADDRS", size_of::<VipAddrKey>(), size_of::<u32>()),
-        ("BACKENDS", size_of::<u32>(), size_of::<Backend>()),
-        ("NEXT_HOPS", size_of::<u32>(), size_of::<NextHop>()),
-        ("BACKEND_TABLES", size_of::<u32>(), size_of::<TableChunk>()),
-        ("FLOWS_V4", size_of::<FlowKeyV4>(), size_of::<FlowState>()),
-        ("FLOWS_V6", size_of::<FlowKey>(), size_of::<FlowState>()),
-        ("CONFIG", size_of::<u32>(), size_of::<DataplaneConfig>()),
-        ("REASON_STATS", size_of::<u32>(), size_of::<ReasonCounter>()),
-        ("VIP_STATS", size_of::<u32>(), size_of::<TrafficCounters>()),
-        ("BACKEND_STATS", size_of::<u32>(), size_of::<TrafficCounters>()),
-        ("SEQUENCE_POSITIONS", size_of::<u32>(), size_of::<u32>()),
-        ("ACTIVE_FLOWS", size_of::<u32>(), size_of::<i64>()),
-        ("FLOOD", size_of::<u32>(), size_of::<FloodState>()),
-        ("ADMISSION", size_of::<u32>(), size_of::<AdmissionPolicy>()),
-        ("SOURCE_LISTS", size_of::<LpmKey<SourceListKey>>(), size_of::<u32>()),
-        ("SOURCE_BUCKETS", size_of::<SourceBucketKey>(), size_of::<SourceBucket>()),
-        ("REFUSALS", size_of::<u32>(), size_of::<u64>()),
-        ("FRAGMENTS", size_of::<FragmentKey>(), size_of::<FragmentOwner>()),
-    ]
-}
-
-/// Entries of the balancer's maps whose size is a limit of this build (the flow tables are sized
-/// by the configuration, `REASON_STATS` is checked on its own).
-fn fixed_capacities() -> [(&'static str, u32); 14] {
-    [
-        ("VIPS", MAX_VIPS),
-        ("BACKENDS", MAX_BACKENDS),
-        ("NEXT_HOPS", MAX_BACKENDS),
-        ("BACKEND_TABLES", MAX_TABLE_CHUNKS),
-        ("VIP_STATS", VIP_COUNTER_ENTRIES),
-        ("BACKEND_STATS", MAX_BACKENDS),
-        ("ACTIVE_FLOWS", MAX_BACKENDS),
-        ("FLOOD", MAX_VIPS),
-        ("SEQUENCE_POSITIONS", MAX_VIPS),
-        ("ADMISSION", MAX_VIPS),
-        ("SOURCE_LISTS", MAX_SOURCE_LIST_ENTRIES),
-        ("SOURCE_BUCKETS", MAX_SOURCE_BUCKETS),
-        ("REFUSALS", REFUSAL_COUNTERS),
-        ("FRAGMENTS", MAX_FRAGMENTED_DATAGRAMS),
-    ]
-}
-
-/// Refuses pinned maps of another layout, which aya would adopt as they are: a map created by
-/// another version of the balancer.
-fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> {
-    for name in RETIRED_MAPS {
-        let path = pins.map(name);
-        if path.exists() {
-            return Err(DataplaneError::PinnedRetired { name, path });
-        }
-    }
-    for (name, key, value) in map_layouts() {
-        let path = pins.map(name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapData::from_pin(&path)?.info()?;
-        let found = (info.key_size() as usize, info.value_size() as usize);
-        if found != (key, value) {
-            return Err(DataplaneError::PinnedLayout { name, path, found, expected: (key, value) });
-        }
-        // A reason counter per reason: a build with other reasons would count under the wrong names.
-        if name == "REASON_STATS" && info.max_entries() != Reason::COUNT {
-            return Err(DataplaneError::PinnedReasons { path, found: info.max_entries(), expected: Reason::COUNT });
-        }
-        // Maps indexed by backend id or VIP index: a smaller one, of a build with lower limits,
-        // would refuse the ids this build hands out.
-        if let Some(&(_, expected)) = fixed_capacities().iter().find(|(n, _)| *n == name)
-            && info.max_entries() != expected
-        {
-            return Err(DataplaneError::PinnedCapacity { name, path, found: info.max_entries(), expected });
-        }
-    }
-    Ok(())
 }
 
 /// Bytes the kernel accounts to `map` (its memlock in fdinfo).
@@ -476,9 +295,9 @@ impl BalancerMaps {
 
     /// Calls `visit` with every flow-table entry (see [`crate::batch`]).
     pub fn for_each_flow(&self, mut visit: impl FnMut(&FlowKey, &FlowState)) -> Result<(), DataplaneError> {
-        crate::batch::for_each_entry(self.flows_v4.map(), |key: &FlowKeyV4, state| visit(&key.flow(), state))
+        batch::for_each_entry(self.flows_v4.map(), |key: &FlowKeyV4, state| visit(&key.flow(), state))
             .map_err(DataplaneError::FlowScan)?;
-        crate::batch::for_each_entry(self.flows_v6.map(), visit).map_err(DataplaneError::FlowScan)
+        batch::for_each_entry(self.flows_v6.map(), visit).map_err(DataplaneError::FlowScan)
     }
 
     /// Makes `table` (backend ids; its length is the table size) the live Maglev table of the VIP
@@ -642,7 +461,7 @@ impl BalancerMaps {
     /// first out).
     pub fn source_buckets_in_use(&self) -> Result<usize, DataplaneError> {
         let mut count = 0;
-        crate::batch::for_each_entry(self.source_buckets.map(), |_: &SourceBucketKey, _: &SourceBucket| count += 1)
+        batch::for_each_entry(self.source_buckets.map(), |_: &SourceBucketKey, _: &SourceBucket| count += 1)
             .map_err(DataplaneError::Counters)?;
         Ok(count)
     }
@@ -758,15 +577,11 @@ impl BalancerMaps {
     fn all_backend_counters(&self) -> Result<Vec<TrafficCounters>, DataplaneError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, error)| DataplaneError::Cpus(error))?;
         let mut all = vec![TrafficCounters::default(); MAX_BACKENDS as usize];
-        crate::batch::for_each_per_cpu_entry(
-            self.backend_stats.map(),
-            cpus,
-            |id: &u32, per_cpu: &[TrafficCounters]| {
-                if let Some(total) = all.get_mut(*id as usize) {
-                    *total = per_cpu.iter().copied().fold(TrafficCounters::default(), add_traffic);
-                }
-            },
-        )
+        batch::for_each_per_cpu_entry(self.backend_stats.map(), cpus, |id: &u32, per_cpu: &[TrafficCounters]| {
+            if let Some(total) = all.get_mut(*id as usize) {
+                *total = per_cpu.iter().copied().fold(TrafficCounters::default(), add_traffic);
+            }
+        })
         .map_err(DataplaneError::Counters)?;
         Ok(all)
     }
@@ -783,7 +598,7 @@ impl BalancerMaps {
         }
         let counters = self.all_backend_counters()?;
         let mut records = Vec::new();
-        crate::batch::for_each_entry(self.backends.map(), |id: &u32, b: &Backend| records.push((*id, *b)))
+        batch::for_each_entry(self.backends.map(), |id: &u32, b: &Backend| records.push((*id, *b)))
             .map_err(DataplaneError::Counters)?;
         for (id, b) in records {
             if let (true, Some(total)) = (b.is_assigned(), vips.get_mut(&u32::from(b.vip_index))) {
@@ -809,109 +624,12 @@ fn listed_prefix(key: &LpmKey<SourceListKey>) -> (u32, ListedPrefix) {
     (u32::from_be_bytes(data.vip_index), ListedPrefix { family: data.family, addr: data.addr, len })
 }
 
-/// The decapsulation program and its maps.
-pub struct Decap {
-    ebpf: Ebpf,
-    vips: HashMap<MapData, VipAddrKey, u32>,
-    sources: LpmTrie<MapData, DecapSourceKey, u32>,
-    config: Array<MapData, DecapConfig>,
-    reason_stats: PerCpuArray<MapData, ReasonCounter>,
-}
-
-/// Names of the decapsulation program's maps (each pinned under its name).
-const DECAP_MAPS: [&str; 4] = ["DECAP_VIPS", "DECAP_SOURCES", "DECAP_CONFIG", "REASON_STATS"];
-
-impl Decap {
-    pub fn load() -> Result<Self, DataplaneError> {
-        Self::from_ebpf(EbpfLoader::new().load(objects::DECAP)?)
-    }
-
-    /// Loads the decapsulation program with its maps pinned (adopted if already there) in `pins`.
-    pub fn open_pinned(pins: &PinDir) -> Result<Self, DataplaneError> {
-        pins.create().map_err(|error| DataplaneError::Pins { path: pins.root().to_path_buf(), error })?;
-        // An older build's pinned reason counters count fewer reasons.
-        check_pinned_layouts(pins)?;
-        let mut loader = EbpfLoader::new();
-        let paths: Vec<_> = DECAP_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        Self::from_ebpf(loader.load(objects::DECAP)?)
-    }
-
-    fn from_ebpf(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
-        let program: &mut Xdp = program(&mut ebpf, "decap")?;
-        program.load()?;
-        Ok(Self {
-            vips: take(&mut ebpf, "DECAP_VIPS")?,
-            sources: take(&mut ebpf, "DECAP_SOURCES")?,
-            config: take(&mut ebpf, "DECAP_CONFIG")?,
-            reason_stats: take(&mut ebpf, "REASON_STATS")?,
-            ebpf,
-        })
-    }
-
-    /// Makes `prefixes` the exact set of tunnel sources decapsulated (the balancers'), and
-    /// `unlisted` (`lb_common::decap::unlisted_source`) what happens to other sources' tunnel
-    /// packets. New prefixes go in before stale ones go, so a balancer's packets are never refused
-    /// while the set changes.
-    pub fn set_sources(&mut self, prefixes: &[(IpAddr, u8)], unlisted: u32) -> Result<(), DataplaneError> {
-        let wanted: Vec<LpmKey<DecapSourceKey>> = prefixes
-            .iter()
-            .map(|&(network, len)| {
-                let (family, addr) = lb_common::addr::to_key(network);
-                LpmKey::new(DECAP_SOURCE_FIXED_BITS + u32::from(len), DecapSourceKey { family, addr })
-            })
-            .collect();
-        let same = |a: &LpmKey<DecapSourceKey>, b: &LpmKey<DecapSourceKey>| {
-            a.prefix_len() == b.prefix_len() && a.data() == b.data()
-        };
-        let stale: Vec<_> =
-            self.sources.keys().filter_map(Result::ok).filter(|k| !wanted.iter().any(|w| same(w, k))).collect();
-        for key in &wanted {
-            self.sources.insert(key, 1, 0)?;
-        }
-        self.config.set(0, DecapConfig { unlisted_source: unlisted }, 0)?;
-        for key in &stale {
-            self.sources.remove(key)?;
-        }
-        Ok(())
-    }
-
-    pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        program(&mut self.ebpf, "decap")
-    }
-
-    /// Decapsulate tunnel packets whose inner destination is `addr`.
-    pub fn add_vip(&mut self, addr: VipAddrKey) -> Result<(), DataplaneError> {
-        Ok(self.vips.insert(addr, 1, 0)?)
-    }
-
-    pub fn remove_vip(&mut self, addr: &VipAddrKey) -> Result<(), DataplaneError> {
-        Ok(self.vips.remove(addr)?)
-    }
-
-    /// Makes `addrs` the exact set of VIP addresses to decapsulate for.
-    pub fn set_vips(&mut self, addrs: &[VipAddrKey]) -> Result<(), DataplaneError> {
-        let stale: Vec<VipAddrKey> = self.vips.keys().filter_map(Result::ok).filter(|k| !addrs.contains(k)).collect();
-        for addr in addrs {
-            self.add_vip(*addr)?;
-        }
-        for addr in &stale {
-            self.remove_vip(addr)?;
-        }
-        Ok(())
-    }
-
-    /// Attaches to `interface` (or replaces the program in its pinned link).
-    pub fn attach(&mut self, interface: &str, mode: XdpMode, pins: &PinDir) -> Result<Attached, DataplaneError> {
-        ifindex(interface)?;
-        attach(self.program()?, interface, mode, &pins.link(interface))
-    }
-
-    pub fn reason_counters(&self) -> Result<Vec<ReasonCounter>, DataplaneError> {
-        Reason::ALL.iter().map(|&r| Ok(sum_reason(&self.reason_stats.get(&(r as u32), 0)?))).collect()
-    }
+/// The clock of the data plane's flow times (`bpf_ktime_get_coarse_ns`).
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The index of interface `name` in this network namespace.

@@ -17,8 +17,8 @@ use std::{
 };
 
 use crate::{
-    config::{AdminState, Config, FailureMode, HealthCheck, Named as _, Scheduler},
-    reconcile::{Desired, DesiredBackend, DesiredVip},
+    config::{AdminState, Config, FailureMode, HealthCheck, Named, Scheduler},
+    reconcile::{Desired, DesiredBackend, DesiredVip, VipAdmission, flood_budget},
 };
 
 /// Rise/fall state of one checked (VIP, backend).
@@ -126,17 +126,35 @@ pub fn update_response_factors(config: &Config, health: &mut BTreeMap<HealthKey,
     changed
 }
 
+/// A backend's health as its checks say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    /// Its checks pass (or have not failed enough yet: backends start up).
+    Up,
+    /// Its checks failed `fall` times in a row.
+    Down,
+    /// It has no health check.
+    Unchecked,
+}
+
+impl Named for HealthState {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("up", HealthState::Up), ("down", HealthState::Down), ("unchecked", HealthState::Unchecked)];
+    const WHAT: &'static str = "a health state";
+}
+
+crate::serde_by_name!(HealthState);
+
 /// Key of a checked backend.
 pub type HealthKey = (String, IpAddr);
 
 /// What policy decided for one backend.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendDecision {
     pub vip: String,
     pub address: IpAddr,
-    pub admin: &'static str,
-    /// "up", "down" or "unchecked".
-    pub health: &'static str,
+    pub admin: AdminState,
+    pub health: HealthState,
     pub weight: u32,
     pub effective_weight: u32,
     /// Takes new flows.
@@ -215,10 +233,10 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
         for b in &vip.backends {
             let h = state_of(b.address);
             let checked = vip.check_for(b).is_some();
-            let health_name = match (checked, h.map(|h| h.up)) {
-                (false, _) => "unchecked",
-                (true, Some(false)) => "down",
-                (true, _) => "up",
+            let health = match (checked, h.map(|h| h.up)) {
+                (false, _) => HealthState::Unchecked,
+                (true, Some(false)) => HealthState::Down,
+                (true, _) => HealthState::Up,
             };
             let (effective, keeps) = match b.state {
                 AdminState::Disabled => (0, false),
@@ -246,8 +264,8 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
             decision.backends.push(BackendDecision {
                 vip: vip.name.clone(),
                 address: b.address,
-                admin: b.state.name(),
-                health: health_name,
+                admin: b.state,
+                health,
                 weight: b.weight,
                 effective_weight: effective,
                 in_table: effective > 0,
@@ -260,8 +278,8 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
             name: vip.name.clone(),
             scheduler: vip.scheduler,
             table_size: vip.table_size,
-            new_flow_budget: crate::reconcile::flood_budget(vip),
-            admission: crate::reconcile::VipAdmission::from_config(&vip.admission),
+            new_flow_budget: flood_budget(vip),
+            admission: VipAdmission::from_config(&vip.admission),
             backends,
         });
     }

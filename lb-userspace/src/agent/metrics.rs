@@ -1,0 +1,109 @@
+//! Prometheus metrics (text exposition format) over plain HTTP on a local address: the data
+//! plane's counters from the pinned maps, and the agent's health, weights and table generation.
+
+use std::fmt::Write as _;
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+use super::{
+    control::{self, ControlSender},
+    status::Status,
+};
+use crate::reconcile::policy::HealthState;
+use crate::{dataplane::PinDir, inspect::PinnedStats};
+
+pub async fn serve(listener: TcpListener, requests: ControlSender, pins: PinDir) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let requests = requests.clone();
+        let pins = pins.clone();
+        tokio::spawn(async move {
+            let mut head = [0u8; 2048];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.read(&mut head)).await;
+            let status = control::status(&requests).await;
+            let body = render(&pins, status.as_ref());
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+/// The agent's metric families: name, type, help.
+const AGENT_FAMILIES: [(&str, &str, &str); 9] = [
+    ("lb_table_generation", "counter", "Changes applied to the data plane since the agent started."),
+    ("lb_backend_healthy", "gauge", "1 if the backend passes its checks (or has none)."),
+    ("lb_backend_effective_weight", "gauge", "Weight in the Maglev table after health, slow start and admin state."),
+    ("lb_backend_active_flows", "gauge", "Flows counted active (least connections compares these)."),
+    ("lb_health_check_latency_seconds", "gauge", "Duration of the last health probe."),
+    ("lb_vip_flood_cpus", "gauge", "CPUs on which the VIP is in flood mode (new flows get no flow-table entry)."),
+    ("lb_vip_untracked_flows_total", "counter", "New flows forwarded in flood mode without a flow-table entry."),
+    (
+        "lb_vip_admission_refused_packets_total",
+        "counter",
+        "Packets the VIP's admission refused (source lists, spoofed sources, per-source rates), by reason.",
+    ),
+    ("lb_source_buckets", "gauge", "Client prefixes with per-source rate buckets now."),
+];
+
+fn render(pins: &PinDir, status: Option<&Status>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# HELP lb_up 1 while the agent answers.\n# TYPE lb_up gauge\nlb_up 1");
+    if let Ok(snapshot) = PinnedStats::open(pins).and_then(|p| p.snapshot()) {
+        for (metric, help, rows, label) in
+            [("lb_vip", "VIP", &snapshot.vips, "vip"), ("lb_backend", "backend", &snapshot.backends, "backend")]
+        {
+            for (suffix, pick) in [("packets_total", 0usize), ("bytes_total", 1), ("new_flows_total", 2)] {
+                let _ = writeln!(
+                    s,
+                    "# HELP {metric}_{suffix} Per-{help} {suffix} seen by the balancer.\n# TYPE {metric}_{suffix} counter"
+                );
+                for r in rows.iter() {
+                    let v = [r.packets, r.bytes, r.new_flows][pick];
+                    let _ = writeln!(s, "{metric}_{suffix}{{{label}=\"{}\"}} {v}", r.name);
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP lb_reason_packets_total Packets by verdict reason.\n# TYPE lb_reason_packets_total counter"
+        );
+        for r in &snapshot.reasons {
+            let _ = writeln!(s, "lb_reason_packets_total{{reason=\"{}\"}} {}", r.reason, r.packets);
+        }
+    }
+    for (name, kind, help) in AGENT_FAMILIES {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+    let Some(status) = status else { return s };
+    let _ = writeln!(s, "lb_table_generation {}", status.generation);
+    if let Some(n) = status.source_buckets {
+        let _ = writeln!(s, "lb_source_buckets {n}");
+    }
+    for v in &status.vips {
+        let labels = format!("vip=\"{}\"", v.name);
+        let _ = writeln!(s, "lb_vip_flood_cpus{{{labels}}} {}", v.flooding_cpus);
+        let _ = writeln!(s, "lb_vip_untracked_flows_total{{{labels}}} {}", v.untracked_flows);
+        for (reason, n) in &v.admission.refused {
+            let _ = writeln!(s, "lb_vip_admission_refused_packets_total{{{labels},reason=\"{reason}\"}} {n}");
+        }
+    }
+    for b in &status.backends {
+        let labels = format!("vip=\"{}\",backend=\"{}\"", b.vip, b.address);
+        let healthy = u8::from(b.health != HealthState::Down);
+        let _ = writeln!(s, "lb_backend_healthy{{{labels}}} {healthy}");
+        let _ = writeln!(s, "lb_backend_effective_weight{{{labels}}} {}", b.effective_weight);
+        if let Some(n) = b.active_flows {
+            let _ = writeln!(s, "lb_backend_active_flows{{{labels}}} {n}");
+        }
+        if let Some(ms) = b.check_latency_ms {
+            let _ = writeln!(s, "lb_health_check_latency_seconds{{{labels}}} {}", ms / 1000.0);
+        }
+    }
+    s
+}

@@ -1,0 +1,100 @@
+//! `lb vip`: list, add or remove VIPs of the running agent.
+
+use std::fmt::Write as _;
+
+use clap::Subcommand;
+use lb_userspace::agent::{
+    control::Request,
+    status::{AdmissionStatus, VipStatus},
+};
+
+use super::{AgentArgs, cell};
+
+#[derive(Subcommand)]
+pub enum VipCommand {
+    List {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    Add {
+        #[command(flatten)]
+        agent: AgentArgs,
+        name: String,
+        #[arg(long)]
+        address: String,
+        #[arg(long, allow_negative_numbers = true)]
+        port: i64,
+        #[arg(long)]
+        protocol: String,
+        #[arg(long, allow_negative_numbers = true)]
+        table_size: Option<i64>,
+    },
+    Remove {
+        #[command(flatten)]
+        agent: AgentArgs,
+        name: String,
+    },
+}
+
+pub fn run(command: VipCommand) -> anyhow::Result<()> {
+    match command {
+        VipCommand::List { agent } => print!("{}", table(&agent.ask::<Vec<VipStatus>>(Request::VipList)?)),
+        VipCommand::Add { agent, name, address, port, protocol, table_size } => {
+            agent.change(Request::VipAdd { name, address, port, protocol, table_size })?;
+        }
+        VipCommand::Remove { agent, name } => agent.change(Request::VipRemove { name })?,
+    }
+    Ok(())
+}
+
+pub fn table(vips: &[VipStatus]) -> String {
+    let mut s = format!(
+        "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6} {:<10}  {}\n",
+        "VIP", "address", "port", "proto", "scheduler", "table", "backends", "flood", "fingerprint", "admission"
+    );
+    for v in vips {
+        let _ = writeln!(
+            s,
+            "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6} {:<10}  {}",
+            v.name,
+            v.address.to_string(),
+            v.port,
+            v.protocol.to_string(),
+            v.scheduler,
+            v.table_size,
+            v.backends,
+            flood(v),
+            cell(v.fingerprint.as_ref()),
+            admission(&v.admission)
+        );
+    }
+    s
+}
+
+/// A VIP's flood mode: "-" without a budget, "on" (on how many CPUs) or "off".
+fn flood(vip: &VipStatus) -> String {
+    match (vip.new_flow_budget, vip.flooding_cpus) {
+        (0, _) => "-".into(),
+        (_, n) if n > 0 => format!("on:{n}"),
+        _ => "off".into(),
+    }
+}
+
+/// A VIP's admission in a few words: lists, rates and refusals, or "-" if it serves everyone.
+fn admission(a: &AdmissionStatus) -> String {
+    let mut parts = Vec::new();
+    if a.allow.len() + a.deny.len() > 0 {
+        parts.push(format!("allow:{} deny:{}", a.allow.len(), a.deny.len()));
+    }
+    if let Some(r) = a.packets_per_second {
+        parts.push(format!("pps:{r}"));
+    }
+    if let Some(r) = a.new_flows_per_second {
+        parts.push(format!("flows/s:{r}"));
+    }
+    let refused: u64 = a.refused.values().sum();
+    if refused > 0 {
+        parts.push(format!("refused:{refused}"));
+    }
+    if parts.is_empty() { "-".into() } else { parts.join(" ") }
+}

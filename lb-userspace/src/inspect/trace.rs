@@ -1,0 +1,161 @@
+//! `lb trace`: which backend a flow goes to now, and why, computed from the pinned maps with the
+//! data plane's own code (VIP lookup, flow hash, Maglev slot, least-connections choice).
+
+use std::net::IpAddr;
+
+use lb_common::{
+    addr::{from_key, to_key},
+    backend::Backend,
+    flow::{FlowKey, flow_hash, source_hash},
+    least_connections::{candidates, second_wins},
+    maglev::table_slot,
+    vip::{VipInfo, find_vip, scheduler},
+};
+use serde::Serialize;
+
+use crate::{
+    config::Protocol,
+    dataplane::{BalancerMaps, DataplaneError},
+    label::show_vip,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Trace {
+    pub vip: Option<String>,
+    pub backend: Option<String>,
+    pub why: String,
+    pub flow_hash: u32,
+}
+
+/// Where the data plane sends this flow now, and why.
+pub fn trace(
+    maps: &BalancerMaps,
+    protocol: Protocol,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+) -> Result<Trace, DataplaneError> {
+    let (family, s) = to_key(src);
+    let (_, d) = to_key(dst);
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Ok(Trace {
+            vip: None,
+            backend: None,
+            why: "source and destination are of different families".into(),
+            flow_hash: 0,
+        });
+    }
+    let key = FlowKey::new(family, protocol.number(), s, sport, d, dport);
+    let hash_key = maps.config.get(&0, 0)?.flow_hash_key;
+    let hash = flow_hash(&key, &hash_key);
+    let matched = find_vip(&key, |k| maps.vips.get(k, 0).ok().map(|v| (*k, v)));
+    // As the data plane: the flow table first, whose entry stands while its backend takes flows
+    // and still serves the VIP the flow was scheduled for.
+    if let Some(entry) = maps.flow(&key) {
+        let b = maps.backends.get(&u32::from(entry.backend), 0)?;
+        let idle_ns = entry.idle_ns(crate::dataplane::monotonic_coarse_ns());
+        let expired = protocol == Protocol::Udp && idle_ns > maps.config.get(&0, 0)?.udp_idle_timeout_ns;
+        if b.keeps_flows() && b.vip_tag == entry.vip_tag && !expired {
+            return Ok(Trace {
+                vip: matched.map(|(k, _)| show_vip(&k)),
+                backend: Some(from_key(b.family, &b.addr).to_string()),
+                why: format!("flow-table entry (backend id {}); table changes do not move it", entry.backend),
+                flow_hash: entry.hash,
+            });
+        }
+    }
+    let Some((vip_key, vip)) = matched else {
+        return Ok(Trace {
+            vip: None,
+            backend: None,
+            why: "no VIP matches: passed to the kernel (pass_not_vip)".into(),
+            flow_hash: hash,
+        });
+    };
+    let vip_name = Some(show_vip(&vip_key));
+    new_flow(maps, vip_name, &vip, &key, hash, &hash_key)
+}
+
+fn new_flow(
+    maps: &BalancerMaps,
+    vip: Option<String>,
+    info: &VipInfo,
+    key: &FlowKey,
+    hash: u32,
+    hash_key: &lb_common::flow::HashKey,
+) -> Result<Trace, DataplaneError> {
+    if info.table_size == 0 {
+        return Ok(Trace {
+            vip,
+            backend: None,
+            why: "the VIP has no backend: dropped (drop_no_backend)".into(),
+            flow_hash: hash,
+        });
+    }
+    let (slot, how) = match info.scheduler {
+        scheduler::SEQUENCE => {
+            let why =
+                format!("round robin: a new flow takes the next of {} entries in its CPU's turn", info.table_size);
+            return Ok(Trace { vip, backend: None, why, flow_hash: hash });
+        }
+        scheduler::SOURCE_HASH => {
+            let h = source_hash(key, info.source_prefix_len, hash_key);
+            (
+                table_slot(h, info.table_size),
+                format!("source hash of the client's first {} bits {h:#010x}", info.source_prefix_len),
+            )
+        }
+        scheduler::LEAST_CONNECTIONS => return least_connections(maps, vip, info, hash),
+        _ => (table_slot(hash, info.table_size), format!("flow hash {hash:#010x}")),
+    };
+    let table = maps.live_table(info)?;
+    let id = table[slot as usize];
+    let b = maps.backends.get(&id, 0)?;
+    Ok(Trace {
+        vip,
+        backend: Some(from_key(b.family, &b.addr).to_string()),
+        why: format!("new flow: {how}, Maglev slot {slot} of {} -> backend id {id}", info.table_size),
+        flow_hash: hash,
+    })
+}
+
+/// A new flow under least connections: the two candidates and their loads right now.
+fn least_connections(
+    maps: &BalancerMaps,
+    vip: Option<String>,
+    info: &VipInfo,
+    hash: u32,
+) -> Result<Trace, DataplaneError> {
+    let table = maps.live_table(info)?;
+    let at = |slot: u32| table.get(slot as usize).copied();
+    let Some((first, second)) = candidates(hash, info.table_size, at) else {
+        return Ok(Trace { vip, backend: None, why: "the VIP's table is unreadable".into(), flow_hash: hash });
+    };
+    let load = |id: u32| -> Result<(Backend, u64), DataplaneError> {
+        Ok((maps.backends.get(&id, 0)?, maps.active_flows(id)?.max(0) as u64))
+    };
+    let (a, a_active) = load(first)?;
+    let name = |b: &Backend| from_key(b.family, &b.addr).to_string();
+    let (winner, why) = match second {
+        None => (a, format!("least connections: every draw met backend id {first}, which takes the flow")),
+        Some(second) => {
+            let (b, b_active) = load(second)?;
+            let wins = second_wins(a_active, a.weight, b_active, b.weight);
+            let why = format!(
+                "least connections: candidates {} ({a_active} active, weight {}) and {} ({b_active} active, weight {}); {}",
+                name(&a),
+                a.weight,
+                name(&b),
+                b.weight,
+                if wins {
+                    "the second has fewer per unit of weight and takes the flow"
+                } else {
+                    "the first has no more per unit of weight and takes the flow"
+                }
+            );
+            (if wins { b } else { a }, why)
+        }
+    };
+    Ok(Trace { vip, backend: Some(name(&winner)), why: format!("new flow: {why}"), flow_hash: hash })
+}
