@@ -17,6 +17,7 @@
 //! - `sequence` (feature `user`): smooth weighted round-robin sequences.
 //! - [`table`]: how a VIP's table of backend ids is stored, in chunks.
 //! - [`capacity`]: map sizes and limits.
+//! - [`maps`]: the maps' names, as the kernel and the pins show them.
 //! - [`generator`]: the benchmark's live-frames traffic generator template.
 //! - `addr` (feature `user`): addresses to and from their key form.
 //!
@@ -43,6 +44,7 @@ pub mod generator;
 pub mod hash;
 pub mod least_connections;
 pub mod maglev;
+pub mod maps;
 pub mod nexthop;
 #[cfg(feature = "user")]
 pub mod sequence;

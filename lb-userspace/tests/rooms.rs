@@ -9,9 +9,8 @@ const ROOMS: [&str; 7] = ["label", "config", "reconcile", "dataplane", "host", "
 /// The rooms a source text names after `crate::`: the first name of each path, or of each item
 /// of a `crate::{...}` group.
 fn rooms_used(text: &str) -> Vec<String> {
-    let first_name = |path: &str| -> String {
-        path.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
-    };
+    let first_name =
+        |path: &str| -> String { path.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect() };
     let mut used = Vec::new();
     for (i, _) in text.match_indices("crate::") {
         let rest = &text[i + "crate::".len()..];

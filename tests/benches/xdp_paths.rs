@@ -21,6 +21,7 @@ use lb_common::{
     capacity::MAX_VIPS,
     family,
     maglev::{MaglevBackend, build_table, default_table_size},
+    maps::FLOWS_V4,
     nexthop::NextHop,
     vip::{VipKey, scheduler as vip_scheduler},
 };
@@ -86,8 +87,8 @@ fn frames(vip: IpAddr, n: usize, salt: u32) -> Vec<Vec<u8>> {
 fn with_flow_table_flags(flags: u32) -> anyhow::Result<Vec<u8>> {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
     let file = object::File::parse(objects::BALANCER)?;
-    let symbol = file.symbols().find(|s| s.name() == Ok("FLOWS_V4")).context("no FLOWS_V4 map symbol")?;
-    let section = file.section_by_index(symbol.section_index().context("FLOWS_V4 has no section")?)?;
+    let symbol = file.symbols().find(|s| s.name() == Ok(FLOWS_V4)).context("no flow table map symbol")?;
+    let section = file.section_by_index(symbol.section_index().context("the flow table has no section")?)?;
     let (offset, _) = section.file_range().context("the maps section has no file data")?;
     // struct bpf_map_def { type, key_size, value_size, max_entries, map_flags, ... }
     let at = usize::try_from(offset + symbol.address() - section.address())? + 16;

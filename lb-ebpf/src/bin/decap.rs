@@ -32,17 +32,17 @@ use lb_ebpf::{
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 /// VIP addresses this backend serves.
-#[map]
+#[map(name = "LB_DECAP_VIPS")]
 static DECAP_VIPS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 /// Tunnel sources accepted: the balancers' prefixes.
-#[map]
+#[map(name = "LB_DECAP_SRCS")]
 static DECAP_SOURCES: LpmTrie<DecapSourceKey, u32> = LpmTrie::with_max_entries(MAX_DECAP_SOURCES, 0);
 
-#[map]
+#[map(name = "LB_DECAP_CONFIG")]
 static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
 
-#[map]
+#[map(name = "LB_REASON_STATS")]
 static REASON_STATS: PerCpuArray<ReasonCounter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
 const ECN_MASK: u8 = 0b11;

@@ -14,6 +14,7 @@ use aya::{
 use lb_common::{
     counters::{Reason, ReasonCounter},
     decap::{DECAP_SOURCE_FIXED_BITS, DecapConfig, DecapSourceKey},
+    maps as names,
     vip::VipAddrKey,
 };
 
@@ -36,9 +37,6 @@ pub struct Decap {
     reason_stats: PerCpuArray<MapData, ReasonCounter>,
 }
 
-/// Names of the decapsulation program's maps (each pinned under its name).
-const DECAP_MAPS: [&str; 4] = ["DECAP_VIPS", "DECAP_SOURCES", "DECAP_CONFIG", "REASON_STATS"];
-
 impl Decap {
     pub fn load() -> Result<Self, DataplaneError> {
         Self::from_ebpf(EbpfLoader::new().load(objects::DECAP)?)
@@ -50,7 +48,7 @@ impl Decap {
         // An older build's pinned reason counters count fewer reasons.
         check_pinned_layouts(pins)?;
         let mut loader = EbpfLoader::new();
-        let paths: Vec<_> = DECAP_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
+        let paths: Vec<_> = names::DECAP.iter().map(|name| (*name, pins.map(name))).collect();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -61,10 +59,10 @@ impl Decap {
         let program: &mut Xdp = program(&mut ebpf, "decap")?;
         program.load()?;
         Ok(Self {
-            vips: take(&mut ebpf, "DECAP_VIPS")?,
-            sources: take(&mut ebpf, "DECAP_SOURCES")?,
-            config: take(&mut ebpf, "DECAP_CONFIG")?,
-            reason_stats: take(&mut ebpf, "REASON_STATS")?,
+            vips: take(&mut ebpf, names::DECAP_VIPS)?,
+            sources: take(&mut ebpf, names::DECAP_SOURCES)?,
+            config: take(&mut ebpf, names::DECAP_CONFIG)?,
+            reason_stats: take(&mut ebpf, names::REASON_STATS)?,
             ebpf,
         })
     }

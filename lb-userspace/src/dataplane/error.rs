@@ -56,7 +56,7 @@ pub enum DataplaneError {
     )]
     PinnedRetired { name: &'static str, path: std::path::PathBuf },
     #[error(
-        "map REASON_STATS pinned at {} counts {found} reasons where this build counts {expected}: \
+        "map LB_REASON_STATS pinned at {} counts {found} reasons where this build counts {expected}: \
          another version of the balancer created it. Remove the pinned data plane with `lb detach` \
          (established flows are forgotten) and start again",
         path.display()

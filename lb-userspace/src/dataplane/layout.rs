@@ -13,6 +13,7 @@ use lb_common::{
     dataplane::DataplaneConfig,
     flood::FloodState,
     flow::{FlowKey, FlowKeyV4, FlowState, FragmentKey, FragmentOwner},
+    maps::{self as names, RETIRED},
     nexthop::NextHop,
     table::TableChunk,
     vip::{VipAddrKey, VipInfo, VipKey},
@@ -20,86 +21,57 @@ use lb_common::{
 
 use super::{DataplaneError, PinDir};
 
-/// Names of the balancer's maps (each pinned under its name).
-pub(super) const BALANCER_MAPS: [&str; 20] = [
-    "VIPS",
-    "VIP_ADDRS",
-    "BACKENDS",
-    "NEXT_HOPS",
-    "BACKEND_TABLES",
-    "FLOWS_V4",
-    "FLOWS_V6",
-    "CONFIG",
-    "EGRESS",
-    "REASON_STATS",
-    "VIP_STATS",
-    "BACKEND_STATS",
-    "SEQUENCE_POSITIONS",
-    "ACTIVE_FLOWS",
-    "FLOOD",
-    "ADMISSION",
-    "SOURCE_LISTS",
-    "SOURCE_BUCKETS",
-    "REFUSALS",
-    "FRAGMENTS",
-];
-
-/// Maps that older builds pinned and this one does not use (`FLOWS`: one flow table for both
-/// families, before IPv4 got its own smaller one; `MAGLEV_TABLES`: every VIP's tables at the
-/// largest size, before tables were stored in chunks).
-const RETIRED_MAPS: [&str; 2] = ["FLOWS", "MAGLEV_TABLES"];
-
-/// Key and value sizes of the balancer's maps whose layouts this build defines (`EGRESS` is
+/// Key and value sizes of the balancer's maps whose layouts this build defines (`LB_EGRESS` is
 /// the kernel's).
 fn map_layouts() -> [(&'static str, usize, usize); 19] {
     [
-        ("VIPS", size_of::<VipKey>(), size_of::<VipInfo>()),
-        ("VIP_ADDRS", size_of::<VipAddrKey>(), size_of::<u32>()),
-        ("BACKENDS", size_of::<u32>(), size_of::<Backend>()),
-        ("NEXT_HOPS", size_of::<u32>(), size_of::<NextHop>()),
-        ("BACKEND_TABLES", size_of::<u32>(), size_of::<TableChunk>()),
-        ("FLOWS_V4", size_of::<FlowKeyV4>(), size_of::<FlowState>()),
-        ("FLOWS_V6", size_of::<FlowKey>(), size_of::<FlowState>()),
-        ("CONFIG", size_of::<u32>(), size_of::<DataplaneConfig>()),
-        ("REASON_STATS", size_of::<u32>(), size_of::<ReasonCounter>()),
-        ("VIP_STATS", size_of::<u32>(), size_of::<TrafficCounters>()),
-        ("BACKEND_STATS", size_of::<u32>(), size_of::<TrafficCounters>()),
-        ("SEQUENCE_POSITIONS", size_of::<u32>(), size_of::<u32>()),
-        ("ACTIVE_FLOWS", size_of::<u32>(), size_of::<i64>()),
-        ("FLOOD", size_of::<u32>(), size_of::<FloodState>()),
-        ("ADMISSION", size_of::<u32>(), size_of::<AdmissionPolicy>()),
-        ("SOURCE_LISTS", size_of::<LpmKey<SourceListKey>>(), size_of::<u32>()),
-        ("SOURCE_BUCKETS", size_of::<SourceBucketKey>(), size_of::<SourceBucket>()),
-        ("REFUSALS", size_of::<u32>(), size_of::<u64>()),
-        ("FRAGMENTS", size_of::<FragmentKey>(), size_of::<FragmentOwner>()),
+        (names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
+        (names::VIP_ADDRS, size_of::<VipAddrKey>(), size_of::<u32>()),
+        (names::BACKENDS, size_of::<u32>(), size_of::<Backend>()),
+        (names::NEXT_HOPS, size_of::<u32>(), size_of::<NextHop>()),
+        (names::TABLE_CHUNKS, size_of::<u32>(), size_of::<TableChunk>()),
+        (names::FLOWS_V4, size_of::<FlowKeyV4>(), size_of::<FlowState>()),
+        (names::FLOWS_V6, size_of::<FlowKey>(), size_of::<FlowState>()),
+        (names::CONFIG, size_of::<u32>(), size_of::<DataplaneConfig>()),
+        (names::REASON_STATS, size_of::<u32>(), size_of::<ReasonCounter>()),
+        (names::VIP_STATS, size_of::<u32>(), size_of::<TrafficCounters>()),
+        (names::BACKEND_STATS, size_of::<u32>(), size_of::<TrafficCounters>()),
+        (names::RR_POSITIONS, size_of::<u32>(), size_of::<u32>()),
+        (names::ACTIVE_FLOWS, size_of::<u32>(), size_of::<i64>()),
+        (names::FLOOD, size_of::<u32>(), size_of::<FloodState>()),
+        (names::ADMISSION, size_of::<u32>(), size_of::<AdmissionPolicy>()),
+        (names::SOURCE_LISTS, size_of::<LpmKey<SourceListKey>>(), size_of::<u32>()),
+        (names::RATE_BUCKETS, size_of::<SourceBucketKey>(), size_of::<SourceBucket>()),
+        (names::REFUSALS, size_of::<u32>(), size_of::<u64>()),
+        (names::FRAGMENTS, size_of::<FragmentKey>(), size_of::<FragmentOwner>()),
     ]
 }
 
 /// Entries of the balancer's maps whose size is a limit of this build (the flow tables are sized
-/// by the configuration, `REASON_STATS` is checked on its own).
+/// by the configuration, `LB_REASON_STATS` is checked on its own).
 fn fixed_capacities() -> [(&'static str, u32); 14] {
     [
-        ("VIPS", MAX_VIPS),
-        ("BACKENDS", MAX_BACKENDS),
-        ("NEXT_HOPS", MAX_BACKENDS),
-        ("BACKEND_TABLES", MAX_TABLE_CHUNKS),
-        ("VIP_STATS", VIP_COUNTER_ENTRIES),
-        ("BACKEND_STATS", MAX_BACKENDS),
-        ("ACTIVE_FLOWS", MAX_BACKENDS),
-        ("FLOOD", MAX_VIPS),
-        ("SEQUENCE_POSITIONS", MAX_VIPS),
-        ("ADMISSION", MAX_VIPS),
-        ("SOURCE_LISTS", MAX_SOURCE_LIST_ENTRIES),
-        ("SOURCE_BUCKETS", MAX_SOURCE_BUCKETS),
-        ("REFUSALS", REFUSAL_COUNTERS),
-        ("FRAGMENTS", MAX_FRAGMENTED_DATAGRAMS),
+        (names::VIPS, MAX_VIPS),
+        (names::BACKENDS, MAX_BACKENDS),
+        (names::NEXT_HOPS, MAX_BACKENDS),
+        (names::TABLE_CHUNKS, MAX_TABLE_CHUNKS),
+        (names::VIP_STATS, VIP_COUNTER_ENTRIES),
+        (names::BACKEND_STATS, MAX_BACKENDS),
+        (names::ACTIVE_FLOWS, MAX_BACKENDS),
+        (names::FLOOD, MAX_VIPS),
+        (names::RR_POSITIONS, MAX_VIPS),
+        (names::ADMISSION, MAX_VIPS),
+        (names::SOURCE_LISTS, MAX_SOURCE_LIST_ENTRIES),
+        (names::RATE_BUCKETS, MAX_SOURCE_BUCKETS),
+        (names::REFUSALS, REFUSAL_COUNTERS),
+        (names::FRAGMENTS, MAX_FRAGMENTED_DATAGRAMS),
     ]
 }
 
 /// Refuses pinned maps of another layout, which aya would adopt as they are: a map created by
 /// another version of the balancer.
 pub(super) fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> {
-    for name in RETIRED_MAPS {
+    for name in RETIRED {
         let path = pins.map(name);
         if path.exists() {
             return Err(DataplaneError::PinnedRetired { name, path });
@@ -116,7 +88,7 @@ pub(super) fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> 
             return Err(DataplaneError::PinnedLayout { name, path, found, expected: (key, value) });
         }
         // A reason counter per reason: a build with other reasons would count under the wrong names.
-        if name == "REASON_STATS" && info.max_entries() != Reason::COUNT {
+        if name == names::REASON_STATS && info.max_entries() != Reason::COUNT {
             return Err(DataplaneError::PinnedReasons { path, found: info.max_entries(), expected: Reason::COUNT });
         }
         // Maps indexed by backend id or VIP index: a smaller one, of a build with lower limits,

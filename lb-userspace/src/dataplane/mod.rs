@@ -2,7 +2,7 @@
 //!
 //! [`Balancer`] owns the balancer program and every map it reads; the agent is its only writer.
 //! Tables of backend ids are installed with [`Balancer::install_vip`]: the new table goes into the
-//! VIP's idle table (in chunks, `lb_common::table`) and one `VIPS` update then makes it live, so the
+//! VIP's idle table (in chunks, `lb_common::table`) and one `LB_VIPS` update then makes it live, so the
 //! data plane never reads a half-written table.
 
 use std::collections::BTreeMap;
@@ -26,6 +26,7 @@ use lb_common::{
     dataplane::DataplaneConfig,
     flood::FloodState,
     flow::{FlowKey, FlowKeyV4, FlowState},
+    maps as names,
     nexthop::NextHop,
     table::{MAX_CHUNKS_PER_TABLE, TableChunk, chunk_key, chunks},
     vip::{VipAddrKey, VipInfo, VipKey},
@@ -41,7 +42,7 @@ pub mod pins;
 
 use self::{
     attach::{Attached, attach},
-    layout::{BALANCER_MAPS, check_pinned_layouts},
+    layout::check_pinned_layouts,
 };
 pub use self::{decap::Decap, error::DataplaneError, pins::PinDir};
 use crate::{
@@ -140,9 +141,9 @@ impl Balancer {
         check_pinned_layouts(pins)?;
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries("FLOWS_V4", sizes.flow_table_entries)
-            .map_max_entries("FLOWS_V6", sizes.ipv6_flow_table_entries);
-        let paths: Vec<_> = BALANCER_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
+            .map_max_entries(names::FLOWS_V4, sizes.flow_table_entries)
+            .map_max_entries(names::FLOWS_V6, sizes.ipv6_flow_table_entries);
+        let paths: Vec<_> = names::BALANCER.iter().map(|name| (*name, pins.map(name))).collect();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -153,8 +154,8 @@ impl Balancer {
     pub fn from_object(object: &[u8], sizes: BalancerSizes) -> Result<Self, DataplaneError> {
         Self::from_ebpf(
             EbpfLoader::new()
-                .map_max_entries("FLOWS_V4", sizes.flow_table_entries)
-                .map_max_entries("FLOWS_V6", sizes.ipv6_flow_table_entries)
+                .map_max_entries(names::FLOWS_V4, sizes.flow_table_entries)
+                .map_max_entries(names::FLOWS_V6, sizes.ipv6_flow_table_entries)
                 .load(object)?,
         )
     }
@@ -193,24 +194,24 @@ impl BalancerMaps {
         mut take: impl FnMut(&'static str) -> Result<aya::maps::Map, DataplaneError>,
     ) -> Result<Self, DataplaneError> {
         Ok(Self {
-            vips: typed(take("VIPS")?)?,
-            vip_addrs: typed(take("VIP_ADDRS")?)?,
-            backends: typed(take("BACKENDS")?)?,
-            next_hops: typed(take("NEXT_HOPS")?)?,
-            tables: typed(take("BACKEND_TABLES")?)?,
-            flows_v4: typed(take("FLOWS_V4")?)?,
-            flows_v6: typed(take("FLOWS_V6")?)?,
-            config: typed(take("CONFIG")?)?,
-            egress: typed(take("EGRESS")?)?,
-            reason_stats: typed(take("REASON_STATS")?)?,
-            vip_stats: typed(take("VIP_STATS")?)?,
-            backend_stats: typed(take("BACKEND_STATS")?)?,
-            active_flows: typed(take("ACTIVE_FLOWS")?)?,
-            flood: typed(take("FLOOD")?)?,
-            admission: typed(take("ADMISSION")?)?,
-            source_lists: typed(take("SOURCE_LISTS")?)?,
-            source_buckets: typed(take("SOURCE_BUCKETS")?)?,
-            refusals: typed(take("REFUSALS")?)?,
+            vips: typed(take(names::VIPS)?)?,
+            vip_addrs: typed(take(names::VIP_ADDRS)?)?,
+            backends: typed(take(names::BACKENDS)?)?,
+            next_hops: typed(take(names::NEXT_HOPS)?)?,
+            tables: typed(take(names::TABLE_CHUNKS)?)?,
+            flows_v4: typed(take(names::FLOWS_V4)?)?,
+            flows_v6: typed(take(names::FLOWS_V6)?)?,
+            config: typed(take(names::CONFIG)?)?,
+            egress: typed(take(names::EGRESS)?)?,
+            reason_stats: typed(take(names::REASON_STATS)?)?,
+            vip_stats: typed(take(names::VIP_STATS)?)?,
+            backend_stats: typed(take(names::BACKEND_STATS)?)?,
+            active_flows: typed(take(names::ACTIVE_FLOWS)?)?,
+            flood: typed(take(names::FLOOD)?)?,
+            admission: typed(take(names::ADMISSION)?)?,
+            source_lists: typed(take(names::SOURCE_LISTS)?)?,
+            source_buckets: typed(take(names::RATE_BUCKETS)?)?,
+            refusals: typed(take(names::REFUSALS)?)?,
         })
     }
 

@@ -23,6 +23,7 @@ use lb_common::{
     flow::{HashKey, flow_hash, source_hash},
     least_connections::{candidates, second_wins},
     maglev::{MaglevBackend, build_table, table_slot},
+    maps,
     nexthop::NextHop,
     sequence::{SequenceMember, smooth_sequence},
     vip::{VipAddrKey, VipKey, scheduler},
@@ -1420,19 +1421,25 @@ fn reused_id_of_another_vip_reschedules(env: &mut Env) -> anyhow::Result<()> {
 }
 
 /// Maps pinned by other builds, each refused with the map, what is wrong and what to do, before
-/// anything is loaded: an IPv4 flow table with 40-byte keys and 24-byte values, a flow table under
-/// the name older builds gave their only one, and a backends array of an older limit.
+/// anything is loaded: an IPv4 flow table with 40-byte keys and 24-byte values, flow tables under
+/// the names older builds gave them, and a backends array of an older limit.
 fn pinned_map_of_another_layout(_: &mut Env) -> anyhow::Result<()> {
     let pins = PinDir::instance(&format!("lbtest-layout-{}", std::process::id()));
     // (map, bpftool's type key value entries, what the refusal must say)
-    let cases: [(&str, [&str; 4], &[&str]); 3] = [
+    let cases: [(&str, [&str; 4], &[&str]); 4] = [
         (
-            "FLOWS_V4",
+            maps::FLOWS_V4,
             ["lru_hash", "40", "24", "64"],
-            &["map FLOWS_V4", "40-byte keys and 24-byte values", "needs 16 and 16"],
+            &["map LB_FLOWS_V4", "40-byte keys and 24-byte values", "needs 16 and 16"],
         ),
         ("FLOWS", ["lru_hash", "40", "24", "64"], &["map FLOWS pinned", "older version"]),
-        ("BACKENDS", ["array", "4", "32", "4096"], &["map BACKENDS", "4096 entries where this build needs 8192"]),
+        // The name this build's flow table had before map names had a prefix.
+        ("FLOWS_V4", ["lru_hash", "16", "16", "64"], &["map FLOWS_V4 pinned", "older version"]),
+        (
+            maps::BACKENDS,
+            ["array", "4", "32", "4096"],
+            &["map LB_BACKENDS", "4096 entries where this build needs 8192"],
+        ),
     ];
     for (name, [kind, key, value, entries], expected) in cases {
         pins.create()?;

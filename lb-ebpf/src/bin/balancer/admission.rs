@@ -14,7 +14,7 @@ use lb_common::{
     vip::{VipAddrKey, VipInfo},
 };
 
-use crate::maps::{ADMISSION, SOURCE_BUCKETS, SOURCE_LISTS, VIP_ADDRS};
+use crate::maps::{ADMISSION, RATE_BUCKETS, SOURCE_LISTS, VIP_ADDRS};
 
 /// A packet of an established flow of VIP `vip_index`, whose backend record carries `checks`
 /// (`checks::ESTABLISHED`, not 0).
@@ -87,14 +87,14 @@ fn rates(flow: &FlowKey, vip_index: u32, policy: &AdmissionPolicy, checks: u8) -
     // Built in place: an address built apart and copied in would take another 16 bytes of stack.
     let mut key = SourceBucketKey::new(vip_index as u16, flow.family, flow.src_addr);
     policy.cut_to_source_prefix(flow.family, &mut key.addr);
-    let Some(bucket) = SOURCE_BUCKETS.get_ptr_mut(&key) else {
+    let Some(bucket) = RATE_BUCKETS.get_ptr_mut(&key) else {
         // A new client prefix starts with full buckets: this packet takes a token of each.
         let fresh = SourceBucket {
             packets_tat: now + policy.packet_rate.interval_ns,
             flows_tat: if checks & checks::FLOW_RATE != 0 { now + policy.flow_rate.interval_ns } else { 0 },
         };
         // A failed insert (the LRU could not make room) admits the packet unlimited this once.
-        let _ = SOURCE_BUCKETS.insert(&key, &fresh, 0);
+        let _ = RATE_BUCKETS.insert(&key, &fresh, 0);
         return Ok(());
     };
     // SAFETY: LRU values are plain data, updated in place; concurrent CPUs at worst lose a token
