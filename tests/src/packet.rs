@@ -269,3 +269,29 @@ pub fn too_big_answer(input: &[u8], l3: usize, mtu: u16) -> Vec<u8> {
     }
     out
 }
+
+/// Bytes as hex, for failure messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a big-endian u16 at `at`.
+pub fn set_u16(frame: &mut [u8], at: usize, value: u16) {
+    frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+/// Reads a big-endian u16 at `at`.
+pub fn get_u16(frame: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([frame[at], frame[at + 1]])
+}
+
+/// Inserts an IPv6 extension header of type `ext` right after the fixed header.
+pub fn insert_ipv6_extension(frame: &mut Vec<u8>, l3: usize, ext: u8, body: [u8; 8]) {
+    let mut header = body;
+    header[0] = frame[l3 + 6]; // next header of the extension = the original next header
+    frame[l3 + 6] = ext;
+    let payload = get_u16(frame, l3 + 4);
+    set_u16(frame, l3 + 4, payload + 8);
+    let at = l3 + 40;
+    frame.splice(at..at, header);
+}

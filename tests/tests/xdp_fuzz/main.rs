@@ -18,6 +18,7 @@ use anyhow::{Context as _, ensure};
 use invariants::Class;
 use lb_common::counters::{Reason, ReasonCounter};
 use lb_tests::{
+    packet::hex,
     privileged::{enter_private_netns, require_root},
     xdp::run_once,
 };
@@ -52,10 +53,6 @@ fn env_number(name: &str) -> anyhow::Result<Option<u64>> {
             parsed.map(Some).with_context(|| format!("{name}={v} is not a number"))
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Verdict classes a reason counts under: `tx_` sent, `drop_` dropped, the rest passed.

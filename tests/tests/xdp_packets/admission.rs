@@ -18,7 +18,9 @@ use lb_common::{
 use lb_tests::packet::{Flow, Protocol, Shape, frame, key_addr, l3_offset};
 use lb_userspace::reconcile::{ListedPrefix, Scheduling, VipAdmission, VipTable};
 
-use crate::{Body, CLIENT4, CLIENT6, Env, Expect, VIP4, VIP6, check, config, expect_encap, expect_encap_to, sent_to};
+use crate::fixture::{
+    Body, CLIENT4, CLIENT6, Env, Expect, VIP4, VIP6, check, config, expect_encap, expect_encap_to, sent_to,
+};
 
 const VIP4_LISTS: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 20);
 const VIP6_LISTS: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x20);
@@ -309,7 +311,7 @@ fn plan_key_change(env: &mut Env) -> anyhow::Result<()> {
     };
     let changed = web(&lb_userspace::inspect::plan(&env.balancer, &config([7, 8])?)?)?;
     ensure!(changed.0 && (0.55..0.8).contains(&changed.1), "a new key: {changed:?}");
-    let same = web(&lb_userspace::inspect::plan(&env.balancer, &config(crate::HASH_KEY)?)?)?;
+    let same = web(&lb_userspace::inspect::plan(&env.balancer, &config(crate::fixture::HASH_KEY)?)?)?;
     ensure!(!same.0 && same.1 < 0.01, "the same key: {same:?}");
     println!("    a new key moves {:.1}% of the VIP's hash space", changed.1 * 100.0);
     Ok(())

@@ -5,12 +5,9 @@ use std::net::IpAddr;
 
 use anyhow::Context as _;
 use lb_common::counters::Reason;
-use lb_tests::packet::{Protocol, Shape, fix_ipv4_checksum, frame, l3_offset};
+use lb_tests::packet::{Protocol, Shape, fix_ipv4_checksum, frame, get_u16, insert_ipv6_extension, l3_offset, set_u16};
 
-use crate::{
-    Body, Env, Expect, NOT_VIP4, VIP4, VIP6, check, expect_encap, expect_encap_to, flow, get_u16,
-    insert_ipv6_extension, set_u16,
-};
+use crate::fixture::{Body, Env, Expect, NOT_VIP4, VIP4, VIP6, check, expect_encap, expect_encap_to, flow};
 
 pub fn cases() -> Vec<(&'static str, Body)> {
     vec![
@@ -34,7 +31,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
         ("fragments/icmp_fragment_to_vip_address_dropped", |e| {
             let mut f = Vec::new();
             etherparse::PacketBuilder::ethernet2(lb_tests::packet::CLIENT_MAC, lb_tests::packet::BALANCER_MAC)
-                .ipv4(crate::CLIENT4.octets(), VIP4.octets(), 64)
+                .ipv4(crate::fixture::CLIENT4.octets(), VIP4.octets(), 64)
                 .icmpv4_echo_request(1, 1)
                 .write(&mut f, &[0; 32])?;
             set_u16(&mut f, 14 + 6, 0x2000);

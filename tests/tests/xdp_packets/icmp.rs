@@ -6,11 +6,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::Context as _;
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4::DestUnreachableHeader};
 use lb_common::{counters::Reason, dataplane::icmp_echo, flow::flow_hash};
-use lb_tests::packet::{BALANCER_MAC, CLIENT_MAC, Flow, Protocol, Shape, frame};
+use lb_tests::{
+    packet::{BALANCER_MAC, CLIENT_MAC, Flow, Protocol, Shape, frame},
+    xdp::XDP_TX,
+};
 
-use crate::{
-    Body, CLIENT4, CLIENT6, Env, Expect, HASH_KEY, NOT_VIP4, VIP4, VIP6, XDP_TX, check, config, expect_encap, flow,
-    sent_to,
+use crate::fixture::{
+    Body, CLIENT4, CLIENT6, Env, Expect, HASH_KEY, NOT_VIP4, VIP4, VIP6, check, config, expect_encap, flow, sent_to,
 };
 
 /// The router on the direct-return path that sends the errors.
