@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, ops::Range};
 use lb_common::capacity::MAX_SOURCE_LIST_ENTRIES;
 use toml::Spanned;
 
-use super::{Validator, raw};
+use super::{raw, validate::Validator};
 
 /// An IP prefix: its network address (host bits zero) and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,0 +1,177 @@
+//! `[[vip]]` and its `[[vip.backend]]`s.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use lb_common::{
+    capacity::MAGLEV_MAX_TABLE_SIZE,
+    maglev::{default_table_size, is_prime},
+};
+use toml::Spanned;
+
+use super::{Validator, address, name};
+use crate::config::{
+    AdminState, Admission, Backend, DEFAULT_MAX_EJECTED_PERCENT, FailureMode, Forwarding, MAX_WEIGHT, Named as _,
+    Protocol, SLOW_START_SECS, Scheduler, Vip, raw,
+};
+
+impl Validator<'_> {
+    pub(super) fn vip(&mut self, raw: &raw::Vip, field: &str) -> Option<Vip> {
+        let name = self.check(&raw.name, &format!("{field}.name"), |s| name(s));
+        let vip_address = self.check(&raw.address, &format!("{field}.address"), |s| address(s));
+        let port = self.check(&raw.port, &format!("{field}.port"), |p| {
+            u16::try_from(*p).map_err(|_| format!("{p} is out of range 0..=65535 (0 serves every port)"))
+        });
+        let protocol = self.check(&raw.protocol, &format!("{field}.protocol"), |s| Protocol::parse(s));
+        let max_prefix: u8 = if vip_address.is_some_and(|a| a.is_ipv6()) { 128 } else { 32 };
+        let scheduler = self.scheduler(raw, field, max_prefix);
+        let forwarding =
+            self.optional(&raw.forwarding, &format!("{field}.forwarding"), Forwarding::Ipip, |s| Forwarding::parse(s));
+        // Without a size, the VIP's table gets one from its backends (below).
+        let table_size =
+            self.optional(&raw.table_size, &format!("{field}.table_size"), None, |n| table_size(*n).map(Some));
+        let failure_mode = self.optional(&raw.failure_mode, &format!("{field}.failure_mode"), FailureMode::Open, |s| {
+            FailureMode::parse(s)
+        });
+        let max_ejected_percent = self.ranged(
+            &raw.max_ejected_percent,
+            &format!("{field}.max_ejected_percent"),
+            0..101,
+            i64::from(DEFAULT_MAX_EJECTED_PERCENT),
+        );
+        let slow_start_secs =
+            self.ranged(&raw.slow_start_secs, &format!("{field}.slow_start_secs"), SLOW_START_SECS, 0);
+        let new_flow_budget =
+            self.ranged(&raw.new_flow_budget, &format!("{field}.new_flow_budget"), 0..1_000_000_001, 0);
+        let vip_port = *raw.port.get_ref();
+        let vip_health = match &raw.health {
+            None => Some(None),
+            Some(h) => self.health(h, &format!("{field}.health"), vip_port).map(Some),
+        };
+        let admission = match &raw.admission {
+            None => Some(Admission::default()),
+            Some(a) => self.admission(a, &format!("{field}.admission"), vip_address),
+        };
+        let backends = self.backends(&raw.backend, field, vip_port);
+        let table_size = table_size.map(|size| size.unwrap_or_else(|| default_table_size(raw.backend.len())));
+        if let Some(size) = table_size
+            && backends.len() as u64 > u64::from(size)
+        {
+            self.problem(
+                raw.backend[0].span(),
+                &format!("{field}.backend"),
+                format!("{} backends do not fit a table of {size} entries", backends.len()),
+            );
+        }
+        Some(Vip {
+            name: name?,
+            address: vip_address?,
+            port: port?,
+            protocol: protocol?,
+            scheduler: scheduler?,
+            forwarding: forwarding?,
+            table_size: table_size?,
+            failure_mode: failure_mode?,
+            max_ejected_percent: max_ejected_percent? as u8,
+            slow_start: std::time::Duration::from_secs(slow_start_secs? as u64),
+            new_flow_budget: new_flow_budget? as u32,
+            admission: admission?,
+            health: vip_health?,
+            backends,
+        })
+    }
+
+    /// The scheduler and, for a source hash, its prefix length (the whole address of a family of
+    /// `max_prefix` bits unless `source_prefix_len` says otherwise).
+    fn scheduler(&mut self, raw: &raw::Vip, field: &str, max_prefix: u8) -> Option<Scheduler> {
+        let scheduler =
+            self.optional(
+                &raw.scheduler,
+                &format!("{field}.scheduler"),
+                Scheduler::Maglev,
+                |s| match Scheduler::parse(s)? {
+                    Scheduler::SourceHash { .. } => Ok(Scheduler::SourceHash { prefix_len: max_prefix }),
+                    other => Ok(other),
+                },
+            );
+        if scheduler == Some(Scheduler::LeastResponseTime)
+            && raw.health.is_none()
+            && let Some(s) = &raw.scheduler
+        {
+            self.problem(
+                s.span(),
+                &format!("{field}.scheduler"),
+                "least-response-time needs a [vip.health] check to measure response times".into(),
+            );
+        }
+        match (&raw.source_prefix_len, scheduler) {
+            (None, s) => s,
+            (Some(p), Some(Scheduler::SourceHash { .. })) => self
+                .check(p, &format!("{field}.source_prefix_len"), |n| {
+                    u8::try_from(*n)
+                        .ok()
+                        .filter(|n| *n <= max_prefix)
+                        .ok_or_else(|| format!("{n} is out of range 0..={max_prefix}"))
+                })
+                .map(|prefix_len| Scheduler::SourceHash { prefix_len }),
+            (Some(p), Some(_)) => {
+                self.problem(
+                    p.span(),
+                    &format!("{field}.source_prefix_len"),
+                    "applies only to scheduler = \"source-hash\"".into(),
+                );
+                None
+            }
+            (Some(_), None) => None,
+        }
+    }
+
+    /// The VIP's backends that are valid, each address once.
+    fn backends(&mut self, raw: &[Spanned<raw::Backend>], field: &str, vip_port: i64) -> Vec<Backend> {
+        let mut backends = Vec::new();
+        let mut seen: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        for (i, b) in raw.iter().enumerate() {
+            let bfield = format!("{field}.backend[{i}]");
+            let b = b.get_ref();
+            let backend_address = self.check(&b.address, &format!("{bfield}.address"), |s| address(s));
+            if let Some(a) = backend_address
+                && let Some(first) = seen.insert(a, i)
+            {
+                self.problem(
+                    b.address.span(),
+                    &format!("{bfield}.address"),
+                    format!("{a} is already {field}.backend[{first}]"),
+                );
+            }
+            let weight = self.optional(&b.weight, &format!("{bfield}.weight"), 1, |w| {
+                if (0..=MAX_WEIGHT).contains(w) {
+                    Ok(*w as u32)
+                } else {
+                    Err(format!("{w} is out of range 0..={MAX_WEIGHT} (0 = no new flows)"))
+                }
+            });
+            let state = self.optional(&b.state, &format!("{bfield}.state"), AdminState::Up, |s| AdminState::parse(s));
+            let health = match &b.health {
+                None => Some(None),
+                Some(h) => self.health(h, &format!("{bfield}.health"), vip_port).map(Some),
+            };
+            if let (Some(address), Some(weight), Some(state), Some(health)) = (backend_address, weight, state, health) {
+                backends.push(Backend { address, weight, state, health });
+            }
+        }
+        backends
+    }
+}
+
+/// A Maglev table size: a prime the data plane supports.
+fn table_size(n: i64) -> Result<u32, String> {
+    let Ok(size) = u32::try_from(n) else {
+        return Err(format!("{n} is out of range 3..={MAGLEV_MAX_TABLE_SIZE}"));
+    };
+    if !(3..=MAGLEV_MAX_TABLE_SIZE).contains(&size) {
+        Err(format!("{n} is out of range 3..={MAGLEV_MAX_TABLE_SIZE}"))
+    } else if !is_prime(size) {
+        Err(format!("{n} is not a prime; use a prime such as 251, 1021, 4093, 16381 or 65537"))
+    } else {
+        Ok(size)
+    }
+}
