@@ -79,73 +79,8 @@ struct Agent {
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
-    let pins = PinDir::instance(&config.instance.name);
-    let adopting = pins.exists();
-    let balancer = Balancer::open_pinned(
-        BalancerSizes {
-            flow_table_entries: config.instance.flow_table_entries,
-            ipv6_flow_table_entries: config.instance.ipv6_flow_table_entries,
-        },
-        &pins,
-    )
-    .with_context(|| format!("opening the data plane pinned at {}", pins.root().display()))?;
-    if adopting {
-        tracing::info!(pins = %pins.root().display(), "adopting the pinned data plane");
-    }
-    let (outcome_tx, mut outcome_rx) = mpsc::channel(1024);
-    let current = balancer.current().context("reading the current data plane state")?;
-    let mut agent = Agent {
-        current,
-        config_path: config_path.to_path_buf(),
-        config_mtime: mtime(config_path),
-        config,
-        balancer,
-        pins,
-        health: BTreeMap::new(),
-        checks: BTreeMap::new(),
-        outcomes: outcome_tx,
-        decisions: Vec::new(),
-        warnings: Vec::new(),
-        host_warnings: Vec::new(),
-        ramping: false,
-        fingerprints: BTreeMap::new(),
-        generation: 0,
-        recount_plan: Arc::default(),
-        next_hops: NextHops::new().context("opening an rtnetlink socket for next hops")?,
-    };
-    agent.apply()?;
-    agent.fingerprints = fingerprints(&agent.current, &agent.config);
-    for interface in agent.config.instance.interfaces.clone() {
-        host::enable_forwarding(&interface);
-    }
-    host::warm_neighbours(&agent.config);
-    // Give the first packets their next hops (entries the warming creates arrive on later ticks).
-    agent.refresh_next_hops();
-    for interface in agent.config.instance.interfaces.clone() {
-        match host::vlan::keep_vlan_tags(&interface) {
-            Ok(off) if !off.is_empty() => tracing::info!(interface, features = ?off, "turned receive VLAN offload off"),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!("{e}");
-                agent.host_warnings.push(e.to_string());
-            }
-        }
-        let attached = agent
-            .balancer
-            .attach(&interface, agent.config.instance.xdp_mode, &agent.pins)
-            .with_context(|| format!("attaching the balancer to {interface}"))?;
-        match attached {
-            Attached::New(mode) => tracing::info!(interface, ?mode, "attached the balancer"),
-            Attached::Replaced => {
-                tracing::info!(interface, "replaced the balancer program inside the pinned link")
-            }
-        }
-    }
-    agent.sync_checks();
-    active::spawn(agent.pins.clone(), Arc::clone(&agent.recount_plan)).context("starting the recount thread")?;
-
-    let (request_tx, mut request_rx) = mpsc::channel::<control::Pending>(64);
+    let (mut agent, outcomes) = Agent::start(config_path)?;
+    let (request_tx, requests) = mpsc::channel::<control::Pending>(64);
     let socket = agent.config.instance.control_socket.clone();
     let listener = control::bind(&socket)?;
     tokio::spawn(control::serve(listener, request_tx.clone()));
@@ -153,7 +88,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding metrics on {address}"))?;
         tracing::info!(%address, "serving Prometheus metrics");
-        tokio::spawn(metrics::serve(listener, request_tx.clone(), agent.pins.clone()));
+        tokio::spawn(metrics::serve(listener, request_tx, agent.pins.clone()));
     }
     tracing::info!(
         instance = %agent.config.instance.name,
@@ -162,31 +97,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         control = %socket.display(),
         "running"
     );
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut refresh = tokio::time::interval(NEIGHBOUR_REFRESH);
-    let mut tick = tokio::time::interval(TICK);
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the configuration");
-                if let Err(e) = agent.reload() {
-                    tracing::error!("reload refused, nothing changed: {e:#}");
-                }
-            }
-            _ = refresh.tick() => host::warm_neighbours(&agent.config),
-            _ = tick.tick() => agent.tick(),
-            Some(outcome) = outcome_rx.recv() => agent.record(outcome),
-            Some((request, reply)) = request_rx.recv() => {
-                let response = agent.handle(request);
-                let _ = reply.send(response);
-            }
-        }
-    }
+    agent.serve(outcomes, requests).await?;
     for (_, (_, task)) in std::mem::take(&mut agent.checks) {
         task.abort();
     }
@@ -200,6 +111,121 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 }
 
 impl Agent {
+    /// Validates the configuration, opens (or adopts) the pinned data plane, applies the desired
+    /// state, readies the host, attaches, and starts the health checks and the recount. Returns
+    /// the agent and where probe outcomes arrive.
+    fn start(config_path: &Path) -> anyhow::Result<(Self, mpsc::Receiver<Outcome>)> {
+        let config = Config::load(config_path)?;
+        let pins = PinDir::instance(&config.instance.name);
+        let adopting = pins.exists();
+        let sizes = BalancerSizes {
+            flow_table_entries: config.instance.flow_table_entries,
+            ipv6_flow_table_entries: config.instance.ipv6_flow_table_entries,
+        };
+        let balancer = Balancer::open_pinned(sizes, &pins)
+            .with_context(|| format!("opening the data plane pinned at {}", pins.root().display()))?;
+        if adopting {
+            tracing::info!(pins = %pins.root().display(), "adopting the pinned data plane");
+        }
+        let (outcome_tx, outcome_rx) = mpsc::channel(1024);
+        let current = balancer.current().context("reading the current data plane state")?;
+        let mut agent = Agent {
+            current,
+            config_path: config_path.to_path_buf(),
+            config_mtime: mtime(config_path),
+            config,
+            balancer,
+            pins,
+            health: BTreeMap::new(),
+            checks: BTreeMap::new(),
+            outcomes: outcome_tx,
+            decisions: Vec::new(),
+            warnings: Vec::new(),
+            host_warnings: Vec::new(),
+            ramping: false,
+            fingerprints: BTreeMap::new(),
+            generation: 0,
+            recount_plan: Arc::default(),
+            next_hops: NextHops::new().context("opening an rtnetlink socket for next hops")?,
+        };
+        agent.apply()?;
+        agent.fingerprints = fingerprints(&agent.current, &agent.config);
+        agent.ready_host();
+        agent.attach()?;
+        agent.sync_checks();
+        active::spawn(agent.pins.clone(), Arc::clone(&agent.recount_plan)).context("starting the recount thread")?;
+        Ok((agent, outcome_rx))
+    }
+
+    /// Forwarding on, neighbours warmed, next hops resolved, VLAN tags kept on every interface.
+    fn ready_host(&mut self) {
+        for interface in &self.config.instance.interfaces {
+            host::enable_forwarding(interface);
+        }
+        host::warm_neighbours(&self.config);
+        // Give the first packets their next hops (entries the warming creates arrive on later ticks).
+        self.refresh_next_hops();
+        for interface in &self.config.instance.interfaces {
+            match host::vlan::keep_vlan_tags(interface) {
+                Ok(off) if !off.is_empty() => {
+                    tracing::info!(interface, features = ?off, "turned receive VLAN offload off")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("{e}");
+                    self.host_warnings.push(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Attaches the balancer to every interface, or replaces the program in their pinned links.
+    fn attach(&mut self) -> anyhow::Result<()> {
+        for interface in &self.config.instance.interfaces {
+            let attached = self
+                .balancer
+                .attach(interface, self.config.instance.xdp_mode, &self.pins)
+                .with_context(|| format!("attaching the balancer to {interface}"))?;
+            match attached {
+                Attached::New(mode) => tracing::info!(interface, ?mode, "attached the balancer"),
+                Attached::Replaced => tracing::info!(interface, "replaced the balancer program inside the pinned link"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The loop that owns all state, until SIGTERM or SIGINT.
+    async fn serve(
+        &mut self,
+        mut outcomes: mpsc::Receiver<Outcome>,
+        mut requests: mpsc::Receiver<control::Pending>,
+    ) -> anyhow::Result<()> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut refresh = tokio::time::interval(NEIGHBOUR_REFRESH);
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    if let Err(e) = self.reload() {
+                        tracing::error!("reload refused, nothing changed: {e:#}");
+                    }
+                }
+                _ = refresh.tick() => host::warm_neighbours(&self.config),
+                _ = tick.tick() => self.tick(),
+                Some(outcome) = outcomes.recv() => self.record(outcome),
+                Some((request, reply)) = requests.recv() => {
+                    let response = self.handle(request);
+                    let _ = reply.send(response);
+                }
+            }
+        }
+    }
+
     /// Decides with the policy and reconciles the maps to it, logging each change.
     fn apply(&mut self) -> anyhow::Result<()> {
         let decision = policy::decide(&self.config, &self.health, Instant::now());

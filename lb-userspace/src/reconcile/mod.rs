@@ -222,17 +222,7 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
         ops.push(Op::SetDataplane(desired.dataplane));
     }
 
-    // VIP indexes: kept while configured; new VIPs take the lowest free ones.
-    let used: BTreeSet<u32> = current.vips.values().map(|v| v.index).collect();
-    let mut free_index = (0..MAX_VIPS).filter(|i| !used.contains(i));
-    let mut indexes = Vec::new();
-    for vip in &desired.vips {
-        let index = match current.vips.get(&vip.key) {
-            Some(live) => live.index,
-            None => free_index.next().ok_or(ReconcileError::TooManyVips)?,
-        };
-        indexes.push(index);
-    }
+    let indexes = vip_indexes(desired, current)?;
 
     let no_admission = VipAdmission::default();
     for (vip, &index) in desired.vips.iter().zip(&indexes) {
@@ -277,32 +267,7 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
             wanted_ids.insert(id);
             members.push(MaglevBackend { addr, family, weight: b.weight, id });
         }
-        let table = match vip.scheduler {
-            Scheduler::Maglev
-            | Scheduler::SourceHash { .. }
-            | Scheduler::LeastConnections
-            | Scheduler::LeastResponseTime => {
-                match build_table(&members, vip.table_size) {
-                    Ok(table) => table,
-                    // No backend with a weight: the VIP stays and drops its traffic (drop_no_backend).
-                    Err(MaglevError::NoBackends) => Vec::new(),
-                    Err(source) => return Err(ReconcileError::Maglev { vip: vip.name.clone(), source }),
-                }
-            }
-            Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => {
-                let equal = vip.scheduler == Scheduler::RoundRobin;
-                let sequence: Vec<SequenceMember> = members
-                    .iter()
-                    .map(|m| SequenceMember {
-                        addr: m.addr,
-                        family: m.family,
-                        weight: if equal { u32::from(m.weight > 0) } else { m.weight },
-                        id: m.id,
-                    })
-                    .collect();
-                smooth_sequence(&sequence)
-            }
-        };
+        let table = backend_table(vip, &members)?;
         let how = scheduling(vip.scheduler, vip.new_flow_budget, vip.admission.policy.checks);
         let live = VipTable { index, scheduling: how, table };
         if current.vips.get(&vip.key) != Some(&live) {
@@ -323,6 +288,51 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
         ops.push(Op::ClearBackend { id: *id });
     }
     Ok(ops)
+}
+
+/// Each desired VIP's index: kept while configured; new VIPs take the lowest free ones.
+fn vip_indexes(desired: &Desired, current: &Current) -> Result<Vec<u32>, ReconcileError> {
+    let used: BTreeSet<u32> = current.vips.values().map(|v| v.index).collect();
+    let mut free_index = (0..MAX_VIPS).filter(|i| !used.contains(i));
+    desired
+        .vips
+        .iter()
+        .map(|vip| match current.vips.get(&vip.key) {
+            Some(live) => Ok(live.index),
+            None => free_index.next().ok_or(ReconcileError::TooManyVips),
+        })
+        .collect()
+}
+
+/// The table of backend ids the VIP's scheduler reads: a Maglev table, or a round-robin
+/// sequence.
+fn backend_table(vip: &DesiredVip, members: &[MaglevBackend]) -> Result<Vec<u32>, ReconcileError> {
+    match vip.scheduler {
+        Scheduler::Maglev
+        | Scheduler::SourceHash { .. }
+        | Scheduler::LeastConnections
+        | Scheduler::LeastResponseTime => {
+            match build_table(members, vip.table_size) {
+                Ok(table) => Ok(table),
+                // No backend with a weight: the VIP stays and drops its traffic (drop_no_backend).
+                Err(MaglevError::NoBackends) => Ok(Vec::new()),
+                Err(source) => Err(ReconcileError::Maglev { vip: vip.name.clone(), source }),
+            }
+        }
+        Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => {
+            let equal = vip.scheduler == Scheduler::RoundRobin;
+            let sequence: Vec<SequenceMember> = members
+                .iter()
+                .map(|m| SequenceMember {
+                    addr: m.addr,
+                    family: m.family,
+                    weight: if equal { u32::from(m.weight > 0) } else { m.weight },
+                    id: m.id,
+                })
+                .collect();
+            Ok(smooth_sequence(&sequence))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::{
 };
 
 use crate::{
-    config::{AdminState, Config, FailureMode, HealthCheck, Named, Scheduler},
+    config::{AdminState, Backend, Config, FailureMode, HealthCheck, Named, Scheduler, Vip},
     reconcile::{Desired, DesiredBackend, DesiredVip, VipAdmission, flood_budget},
 };
 
@@ -188,46 +188,7 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
     };
     for vip in &config.vips {
         let state_of = |address: IpAddr| health.get(&(vip.name.clone(), address));
-        // Admin-up backends whose checks fail, longest down first.
-        let admin_up: Vec<_> = vip.backends.iter().filter(|b| b.state == AdminState::Up).collect();
-        let mut failing: Vec<_> = admin_up
-            .iter()
-            .filter(|b| vip.check_for(b).is_some() && state_of(b.address).is_some_and(|h| !h.up))
-            .map(|b| (state_of(b.address).and_then(|h| h.down_since), b.address))
-            .collect();
-        failing.sort();
-        let ejected: Vec<IpAddr> = if !admin_up.is_empty() && failing.len() == admin_up.len() {
-            match vip.failure_mode {
-                FailureMode::Open => {
-                    decision.warnings.push(format!(
-                        "VIP {}: all {} backends fail their checks; failing open: traffic keeps going to all of them",
-                        vip.name,
-                        admin_up.len()
-                    ));
-                    Vec::new()
-                }
-                FailureMode::Closed => {
-                    decision.warnings.push(format!(
-                        "VIP {}: all backends fail their checks; failure_mode closed: dropping its traffic",
-                        vip.name
-                    ));
-                    failing.iter().map(|(_, a)| *a).collect()
-                }
-            }
-        } else {
-            let limit = admin_up.len() * usize::from(vip.max_ejected_percent) / 100;
-            if failing.len() > limit {
-                decision.warnings.push(format!(
-                    "VIP {}: {} of {} backends fail their checks; the guard rail ejects only {} (max_ejected_percent = {})",
-                    vip.name,
-                    failing.len(),
-                    admin_up.len(),
-                    limit,
-                    vip.max_ejected_percent
-                ));
-            }
-            failing.iter().take(limit).map(|(_, a)| *a).collect()
-        };
+        let ejected = guard_rail(vip, health, &mut decision.warnings);
 
         let mut backends = Vec::new();
         for b in &vip.backends {
@@ -238,29 +199,7 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
                 (true, Some(false)) => HealthState::Down,
                 (true, _) => HealthState::Up,
             };
-            let (effective, keeps) = match b.state {
-                AdminState::Disabled => (0, false),
-                AdminState::Drain => (0, true),
-                AdminState::Up if ejected.contains(&b.address) => (0, false),
-                AdminState::Up => {
-                    let ramp = h
-                        .and_then(|h| h.up_since)
-                        .map(|since| ramp(now.saturating_duration_since(since), vip.slow_start));
-                    let weight = match ramp {
-                        Some(r) if r < 1.0 && b.weight > 0 => {
-                            decision.ramping = true;
-                            ((f64::from(b.weight) * r).round() as u32).max(1)
-                        }
-                        _ => b.weight,
-                    };
-                    if vip.scheduler == Scheduler::LeastResponseTime && weight > 0 {
-                        let factor = h.map_or(1.0, |h| h.response_factor);
-                        (((f64::from(weight) * RESPONSE_SCALE * factor).round() as u32).max(1), true)
-                    } else {
-                        (weight, true)
-                    }
-                }
-            };
+            let (effective, keeps) = effective_weight(vip, b, h, &ejected, now, &mut decision.ramping);
             decision.backends.push(BackendDecision {
                 vip: vip.name.clone(),
                 address: b.address,
@@ -284,6 +223,87 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
         });
     }
     decision
+}
+
+/// The admin-up backends of `vip` that failing checks take out: the longest down first, no
+/// more than `max_ejected_percent`, and none if all fail and the VIP fails open (`warnings`
+/// says why).
+fn guard_rail(vip: &Vip, health: &BTreeMap<HealthKey, Health>, warnings: &mut Vec<String>) -> Vec<IpAddr> {
+    let state_of = |address: IpAddr| health.get(&(vip.name.clone(), address));
+    // Admin-up backends whose checks fail, longest down first.
+    let admin_up: Vec<_> = vip.backends.iter().filter(|b| b.state == AdminState::Up).collect();
+    let mut failing: Vec<_> = admin_up
+        .iter()
+        .filter(|b| vip.check_for(b).is_some() && state_of(b.address).is_some_and(|h| !h.up))
+        .map(|b| (state_of(b.address).and_then(|h| h.down_since), b.address))
+        .collect();
+    failing.sort();
+    if !admin_up.is_empty() && failing.len() == admin_up.len() {
+        match vip.failure_mode {
+            FailureMode::Open => {
+                warnings.push(format!(
+                    "VIP {}: all {} backends fail their checks; failing open: traffic keeps going to all of them",
+                    vip.name,
+                    admin_up.len()
+                ));
+                Vec::new()
+            }
+            FailureMode::Closed => {
+                warnings.push(format!(
+                    "VIP {}: all backends fail their checks; failure_mode closed: dropping its traffic",
+                    vip.name
+                ));
+                failing.iter().map(|(_, a)| *a).collect()
+            }
+        }
+    } else {
+        let limit = admin_up.len() * usize::from(vip.max_ejected_percent) / 100;
+        if failing.len() > limit {
+            warnings.push(format!(
+                "VIP {}: {} of {} backends fail their checks; the guard rail ejects only {} (max_ejected_percent = {})",
+                vip.name,
+                failing.len(),
+                admin_up.len(),
+                limit,
+                vip.max_ejected_percent
+            ));
+        }
+        failing.iter().take(limit).map(|(_, a)| *a).collect()
+    }
+}
+
+/// A backend's weight in the table now, and whether its pinned flows stay (`ramping` is set
+/// while a slow start goes on).
+fn effective_weight(
+    vip: &Vip,
+    b: &Backend,
+    h: Option<&Health>,
+    ejected: &[IpAddr],
+    now: Instant,
+    ramping: &mut bool,
+) -> (u32, bool) {
+    match b.state {
+        AdminState::Disabled => (0, false),
+        AdminState::Drain => (0, true),
+        AdminState::Up if ejected.contains(&b.address) => (0, false),
+        AdminState::Up => {
+            let ramp =
+                h.and_then(|h| h.up_since).map(|since| ramp(now.saturating_duration_since(since), vip.slow_start));
+            let weight = match ramp {
+                Some(r) if r < 1.0 && b.weight > 0 => {
+                    *ramping = true;
+                    ((f64::from(b.weight) * r).round() as u32).max(1)
+                }
+                _ => b.weight,
+            };
+            if vip.scheduler == Scheduler::LeastResponseTime && weight > 0 {
+                let factor = h.map_or(1.0, |h| h.response_factor);
+                (((f64::from(weight) * RESPONSE_SCALE * factor).round() as u32).max(1), true)
+            } else {
+                (weight, true)
+            }
+        }
+    }
 }
 
 /// Share of the weight after `elapsed` of a `window` slow start, in 10% steps.
