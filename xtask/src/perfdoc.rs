@@ -27,6 +27,22 @@ fn num(v: &Value) -> f64 {
 pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
     let live = read(&results.join("xdp_live.json"))?;
     let paths = read(&results.join("xdp_paths.json"))?;
+    let figure_dir = doc.parent().context("docs/performance.md has no directory")?;
+    let cases = live["cases"].as_array().cloned().unwrap_or_default();
+    let mut s = live_table(&live, command, &cases);
+    s += &live_figure(&cases, figure_dir)?;
+    s += &derived_table(&live);
+    s += &stages_section(&cases, figure_dir)?;
+    s += &paths_table(&paths);
+    s += &paths_extras(&paths);
+    s += &other_benches(results, &live);
+    std::fs::write(doc, s).with_context(|| format!("writing {}", doc.display()))?;
+    println!("written {}", doc.display());
+    Ok(())
+}
+
+/// The title, and the live frames' table, case by case.
+fn live_table(live: &Value, command: &str, cases: &[Value]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Performance\n");
     let _ = writeln!(
@@ -46,8 +62,7 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
     );
     let _ = writeln!(s, "| case | CPUs | ns | net ns | net / minimal | Mpps | Mpps / minimal | target |");
     let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
-    let cases = live["cases"].as_array().cloned().unwrap_or_default();
-    for c in &cases {
+    for c in cases {
         let _ = writeln!(
             s,
             "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {} |",
@@ -61,8 +76,12 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
             c["target"].as_str().unwrap_or("")
         );
     }
-    // The figure: net cost over the minimal program's, each net target marked.
-    let figure_dir = doc.parent().context("docs/performance.md has no directory")?;
+    s
+}
+
+/// The figure: net cost over the minimal program's, each net target marked.
+fn live_figure(cases: &[Value], figure_dir: &Path) -> anyhow::Result<String> {
+    let mut s = String::new();
     let bars: Vec<Bar> = cases
         .iter()
         .filter_map(|c| {
@@ -93,6 +112,12 @@ pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
 Targets in the figure: {}.",
         net_targets.join("; ")
     );
+    Ok(s)
+}
+
+/// Figures derived between cases of the same rounds.
+fn derived_table(live: &Value) -> String {
+    let mut s = String::new();
     let derived = live["derived"].as_array().cloned().unwrap_or_default();
     if !derived.is_empty() {
         let _ = writeln!(s, "\nBetween cases of the same rounds:\n");
@@ -109,6 +134,12 @@ Targets in the figure: {}.",
             );
         }
     }
+    s
+}
+
+/// The ablation builds: the established IPv4 UDP path stage by stage.
+fn stages_section(cases: &[Value], figure_dir: &Path) -> anyhow::Result<String> {
+    let mut s = String::new();
     let stages: Vec<&Value> =
         cases.iter().filter(|c| c["case"].as_str().is_some_and(|n| n.starts_with("stop_after_"))).collect();
     if !stages.is_empty() {
@@ -146,6 +177,12 @@ No target per stage: the whole path's is the net \
              target above (established_udp4)."
         );
     }
+    Ok(s)
+}
+
+/// Single BPF_PROG_RUN calls per path.
+fn paths_table(paths: &Value) -> String {
+    let mut s = String::new();
     let _ = writeln!(s, "\n## Single BPF_PROG_RUN calls\n");
     let _ = writeln!(
         s,
@@ -166,6 +203,12 @@ No target per stage: the whole path's is the net \
             num(&p["median_ns_over_baseline"])
         );
     }
+    s
+}
+
+/// The recount, the flow tables' memory, the Maglev builder and the tables' memory.
+fn paths_extras(paths: &Value) -> String {
+    let mut s = String::new();
     if let Some(r) = paths.get("recount") {
         let _ = writeln!(
             s,
@@ -231,6 +274,12 @@ No target per stage: the whole path's is the net \
             );
         }
     }
+    s
+}
+
+/// The benchmarks of the agent and the lab: control latency, TCP throughput, the UDP proxy.
+fn other_benches(results: &Path, live: &Value) -> String {
+    let mut s = String::new();
     if let Ok(control) = read(&results.join("control_latency.json")) {
         let _ = writeln!(
             s,
@@ -303,9 +352,7 @@ No target per stage: the whole path's is the net \
             );
         }
     }
-    std::fs::write(doc, s).with_context(|| format!("writing {}", doc.display()))?;
-    println!("written {}", doc.display());
-    Ok(())
+    s
 }
 
 #[cfg(test)]
