@@ -128,6 +128,49 @@ fn main() -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(cpus as u32)?;
 
     let mut minimal = load_xdp_tx_baseline()?;
+    // Balancer 2 has the next hops the agent would resolve: lbgen's MAC, from lbdut.
+    let hop = lb_common::nexthop::NextHop {
+        ifindex: lb_userspace::dataplane::ifindex(DUT_IF)?,
+        dst_mac: [2, 0, 0, 0, 0, 1],
+        src_mac: [2, 0, 0, 0, 0, 2],
+    };
+    let mut balancers = balancers(&hop)?;
+    let udp4 = traffic(Protocol::Udp, IpAddr::V4(VIP4), FLOWS_PER_CPU);
+    let mut cases = cases(cpus, &udp4);
+    // Builds that stop after a stage: each stage's cost is the difference to the one before.
+    let mut stages = Vec::new();
+    if let Some(dir) = &o.ablation {
+        for (stage, name) in ablation::STAGES {
+            let path = dir.join(format!("stop-{stage}.o"));
+            let object = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut b = balancer(&object, 1 << 20, scheduler::MAGLEV, 0)?;
+            set_next_hops(&mut b, &hop)?;
+            balancers.push(b);
+            let case_name = format!("stop_after_{name}");
+            cases.push(case(&case_name, Dut::Balancer(balancers.len() - 1), &udp4, 1, NextHop::Resolved, None));
+            stages.push((name, case_name));
+        }
+    }
+    if !o.only.is_empty() {
+        cases.retain(|c| c.dut == Dut::Minimal || o.only.contains(&c.name));
+    }
+
+    // Fill the small tables so that the new-flow cases evict from the first packet on.
+    set_next_hop(NextHop::Fib)?;
+    for i in [1, 3, 4, 5, 6] {
+        let fill = traffic(Protocol::Udp, IpAddr::V4(VIP4), 0);
+        let program = balancers[i].program()?;
+        let link = program.attach(DUT_IF, XdpMode::Driver).context("attaching the balancer natively")?;
+        pipeline.pass(program, &fill, 1, 8192, false)?;
+        program.detach(link)?;
+    }
+
+    measure(&o, &mut pipeline, &mut minimal, &mut balancers, &mut cases)?;
+    report(&o, &cases, &stages)
+}
+
+/// The balancers under test, in the order the cases name them.
+fn balancers(hop: &lb_common::nexthop::NextHop) -> anyhow::Result<Vec<Balancer>> {
     let mut balancers: Vec<Balancer> = vec![
         balancer(objects::BALANCER, 1 << 20, scheduler::MAGLEV, 0)?,
         // A small flow table kept full, so that every new flow evicts one.
@@ -147,40 +190,33 @@ fn main() -> anyhow::Result<()> {
     with_admission(&mut balancers[7], true, true)?;
     with_admission(&mut balancers[8], true, false)?;
     with_admission(&mut balancers[9], false, true)?;
-    // Balancer 2 has the next hops the agent would resolve: lbgen's MAC, from lbdut.
-    let hop = lb_common::nexthop::NextHop {
-        ifindex: lb_userspace::dataplane::ifindex(DUT_IF)?,
-        dst_mac: [2, 0, 0, 0, 0, 1],
-        src_mac: [2, 0, 0, 0, 0, 2],
-    };
     for b in balancers.iter_mut().skip(1) {
-        set_next_hops(b, &hop)?;
+        set_next_hops(b, hop)?;
     }
-    let udp4 = traffic(Protocol::Udp, IpAddr::V4(VIP4), FLOWS_PER_CPU);
-    let case = |name: &str, dut, traffic: &Traffic, cpus, next_hop, target| Case {
-        name: name.to_string(),
-        dut,
-        traffic: traffic.clone(),
-        cpus,
-        next_hop,
-        target,
-        samples: Vec::new(),
-    };
+    Ok(balancers)
+}
+
+fn case(name: &str, dut: Dut, traffic: &Traffic, cpus: usize, next_hop: NextHop, target: Option<Target>) -> Case {
+    Case { name: name.to_string(), dut, traffic: traffic.clone(), cpus, next_hop, target, samples: Vec::new() }
+}
+
+/// The cases, with their targets (the two-CPU ones on a machine with two).
+fn cases(cpus: usize, udp4: &Traffic) -> Vec<Case> {
     let mut cases = vec![
-        case("minimal", Dut::Minimal, &udp4, 1, NextHop::Fallback, None),
-        case("established_udp4", Dut::Balancer(2), &udp4, 1, NextHop::Resolved, Some(Target::NetRatioAtMost(2.2))),
+        case("minimal", Dut::Minimal, udp4, 1, NextHop::Fallback, None),
+        case("established_udp4", Dut::Balancer(2), udp4, 1, NextHop::Resolved, Some(Target::NetRatioAtMost(2.2))),
         case(
             "established_udp4_admission",
             Dut::Balancer(7),
-            &udp4,
+            udp4,
             1,
             NextHop::Resolved,
             Some(Target::NetRatioAtMost(2.2)),
         ),
-        case("established_udp4_source_lists", Dut::Balancer(8), &udp4, 1, NextHop::Resolved, None),
-        case("established_udp4_packet_rate", Dut::Balancer(9), &udp4, 1, NextHop::Resolved, None),
-        case("established_udp4_fib", Dut::Balancer(0), &udp4, 1, NextHop::Fib, None),
-        case("established_udp4_fallback", Dut::Balancer(0), &udp4, 1, NextHop::Fallback, None),
+        case("established_udp4_source_lists", Dut::Balancer(8), udp4, 1, NextHop::Resolved, None),
+        case("established_udp4_packet_rate", Dut::Balancer(9), udp4, 1, NextHop::Resolved, None),
+        case("established_udp4_fib", Dut::Balancer(0), udp4, 1, NextHop::Fib, None),
+        case("established_udp4_fallback", Dut::Balancer(0), udp4, 1, NextHop::Fallback, None),
         case(
             "established_tcp4",
             Dut::Balancer(2),
@@ -223,51 +259,34 @@ fn main() -> anyhow::Result<()> {
         cases.push(case(name, dut, &new_flows, 1, NextHop::Resolved, Some(Target::NetRatioAtMost(22.0))));
     }
     if cpus > 1 {
-        cases.push(case("minimal_2cpu", Dut::Minimal, &udp4, cpus, NextHop::Fallback, None));
+        cases.push(case("minimal_2cpu", Dut::Minimal, udp4, cpus, NextHop::Fallback, None));
         cases.push(case(
             "established_udp4_2cpu",
             Dut::Balancer(2),
-            &udp4,
+            udp4,
             cpus,
             NextHop::Resolved,
             Some(Target::RateRatioAtLeast(0.75)),
         ));
     }
 
-    // Builds that stop after a stage: each stage's cost is the difference to the one before.
-    let mut stages = Vec::new();
-    if let Some(dir) = &o.ablation {
-        for (stage, name) in ablation::STAGES {
-            let path = dir.join(format!("stop-{stage}.o"));
-            let object = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let mut b = balancer(&object, 1 << 20, scheduler::MAGLEV, 0)?;
-            set_next_hops(&mut b, &hop)?;
-            balancers.push(b);
-            let case_name = format!("stop_after_{name}");
-            cases.push(case(&case_name, Dut::Balancer(balancers.len() - 1), &udp4, 1, NextHop::Resolved, None));
-            stages.push((name, case_name));
-        }
-    }
-    if !o.only.is_empty() {
-        cases.retain(|c| c.dut == Dut::Minimal || o.only.contains(&c.name));
-    }
+    cases
+}
 
-    // Fill the small tables so that the new-flow cases evict from the first packet on.
-    set_next_hop(NextHop::Fib)?;
-    for i in [1, 3, 4, 5, 6] {
-        let fill = traffic(Protocol::Udp, IpAddr::V4(VIP4), 0);
-        let program = balancers[i].program()?;
-        let link = program.attach(DUT_IF, XdpMode::Driver).context("attaching the balancer natively")?;
-        pipeline.pass(program, &fill, 1, 8192, false)?;
-        program.detach(link)?;
-    }
-
+/// Every case once per round, in a rotated order, timed and then rated.
+fn measure(
+    o: &Options,
+    pipeline: &mut Pipeline,
+    minimal: &mut aya::Ebpf,
+    balancers: &mut [Balancer],
+    cases: &mut [Case],
+) -> anyhow::Result<()> {
     for round in 0..o.rounds {
         let n = cases.len();
         for k in 0..n {
             let c = &mut cases[(k + round) % n];
             let program: &mut Xdp = match c.dut {
-                Dut::Minimal => program(&mut minimal, "xdp_tx_baseline")?,
+                Dut::Minimal => program(minimal, "xdp_tx_baseline")?,
                 Dut::Balancer(i) => balancers[i].program()?,
             };
             set_next_hop(c.next_hop)?;
@@ -291,6 +310,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    Ok(())
+}
+
+/// Prints the medians and targets, and writes them as JSON if asked.
+fn report(o: &Options, cases: &[Case], stages: &[(&str, String)]) -> anyhow::Result<()> {
     println!(
         "Live frames through a veth pair, program under test native on {DUT_IF}: {} rounds x {} packets per CPU",
         o.rounds, o.packets
@@ -302,7 +326,7 @@ fn main() -> anyhow::Result<()> {
         "case", "cpus", "ns", "net ns", "net/min", "Mpps", "Mpps/min"
     );
     let mut json = Vec::new();
-    for c in &cases {
+    for c in cases {
         let base = cases
             .iter()
             .find(|b| b.dut == Dut::Minimal && b.cpus == c.cpus)
@@ -358,13 +382,13 @@ fn main() -> anyhow::Result<()> {
             before = net;
         }
     }
-    if let Some(file) = o.json {
+    if let Some(file) = &o.json {
         let derived: Vec<_> = derived
             .iter()
             .map(|(what, r, target, met)| serde_json::json!({ "what": what, "median_ratio": r, "target": target, "met": met }))
             .collect();
         let doc = serde_json::json!({ "method": "live frames, native XDP on veth, kernel BPF stats", "rounds": o.rounds, "packets_per_cpu": o.packets, "cases": json, "derived": derived });
-        write_json(&file, &doc)?;
+        write_json(file, &doc)?;
     }
     Ok(())
 }
