@@ -321,6 +321,20 @@ fn main() -> anyhow::Result<()> {
         paths[12].samples.push(round(hit.program()?, &hit4_tcp, XDP_TX)?);
     }
 
+    let json = report(&o, &paths);
+    let recount = recount_cost(&mut least)?;
+    let memory = flow_memory(&hit)?;
+    let maglev = maglev()?;
+    let tables = table_memory()?;
+    if let Some(file) = o.json {
+        let doc = serde_json::json!({ "method": "BPF_PROG_RUN repeat=1, kernel-reported duration", "rounds": o.rounds, "packets_per_round": o.packets, "paths": json, "recount": recount, "flow_memory": memory, "maglev": maglev, "table_memory": tables });
+        write_json(&file, &doc)?;
+    }
+    Ok(())
+}
+
+/// Prints each path's medians against the baseline; returns them as JSON rows.
+fn report(o: &Options, paths: &[Path]) -> Vec<serde_json::Value> {
     let baseline = paths[0].samples.clone();
     println!("XDP path cost, BPF_PROG_RUN repeat=1, {} rounds x {} packets", o.rounds, o.packets);
     println!("ns/packet: median of round means, including the kernel's fixed per-run timer overhead,");
@@ -328,7 +342,7 @@ fn main() -> anyhow::Result<()> {
     println!("figure against the baseline round measured just before it (robust to machine drift)");
     println!("{:<30} {:>10} {:>12} {:>14}", "path", "ns/packet", "x baseline", "ns over base");
     let mut json = Vec::new();
-    for p in &paths {
+    for p in paths {
         let m = median(p.samples.clone());
         let ratio = median(p.samples.iter().zip(&baseline).map(|(x, b)| x / b).collect());
         let over = median(p.samples.iter().zip(&baseline).map(|(x, b)| x - b).collect());
@@ -341,13 +355,5 @@ fn main() -> anyhow::Result<()> {
             "round_means_ns": p.samples,
         }));
     }
-    let recount = recount_cost(&mut least)?;
-    let memory = flow_memory(&hit)?;
-    let maglev = maglev()?;
-    let tables = table_memory()?;
-    if let Some(file) = o.json {
-        let doc = serde_json::json!({ "method": "BPF_PROG_RUN repeat=1, kernel-reported duration", "rounds": o.rounds, "packets_per_round": o.packets, "paths": json, "recount": recount, "flow_memory": memory, "maglev": maglev, "table_memory": tables });
-        write_json(&file, &doc)?;
-    }
-    Ok(())
+    json
 }
