@@ -53,7 +53,7 @@ pub fn encapsulate(
 ) -> Result<u16, Reason> {
     let v4_outer = backend.family == family::IPV4;
     let len = ip.packet_len + overhead(backend);
-    let inner_protocol = if ip.flow.family == family::IPV4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let inner_protocol = inner_protocol(ip);
 
     // Save what stays of the link header before moving the packet start.
     let received_on = read::<[u8; 6]>(ctx, 0).ok_or(Reason::DropEncapFailed)?;
@@ -77,68 +77,106 @@ pub fn encapsulate(
     write(ctx, ether_type_offset(l3), ether_type.to_be_bytes())?;
 
     if v4_outer {
-        let src = encap_source(cfg.encap_src_v4, cfg.encap_src_v4_host_bits, hash);
-        let [len_hi, len_lo] = len.to_be_bytes();
-        let flags = if ip.flow.family == family::IPV6 || ip.dont_fragment { 0x40 } else { 0 };
-        let d = backend.addr;
-        // Checksummed from the values, not by reading the header back.
-        let check = checksum::ipv4_header([
-            u16::from_be_bytes([0x45, ip.traffic_class]),
-            len,
-            0,
-            u16::from_be_bytes([flags, 0]),
-            u16::from_be_bytes([OUTER_TTL, inner_protocol]),
-            0,
-            u16::from_be_bytes([src[0], src[1]]),
-            u16::from_be_bytes([src[2], src[3]]),
-            u16::from_be_bytes([d[0], d[1]]),
-            u16::from_be_bytes([d[2], d[3]]),
-        ]);
-        let h: [u8; 20] = [
-            0x45,
-            ip.traffic_class,
-            len_hi,
-            len_lo,
-            0,
-            0,
-            flags,
-            0,
-            OUTER_TTL,
-            inner_protocol,
-            check[0],
-            check[1],
-            src[0],
-            src[1],
-            src[2],
-            src[3],
-            d[0],
-            d[1],
-            d[2],
-            d[3],
-        ];
-        write(ctx, l3, h)?;
+        outer_ipv4(ctx, cfg, ip, backend, hash, len, inner_protocol)?;
     } else {
-        let mut src = cfg.encap_src_v6;
-        let low = encap_source([src[12], src[13], src[14], src[15]], cfg.encap_src_v6_host_bits, hash);
-        src[12..].copy_from_slice(&low);
-        let tc = ip.traffic_class;
-        let label = hash & 0x000f_ffff;
-        let [pl_hi, pl_lo] = ip.packet_len.to_be_bytes();
-        let head: [u8; 8] = [
-            0x60 | (tc >> 4),
-            (tc << 4) | (label >> 16) as u8,
-            (label >> 8) as u8,
-            label as u8,
-            pl_hi,
-            pl_lo,
-            inner_protocol,
-            OUTER_TTL,
-        ];
-        write(ctx, l3, head)?;
-        write(ctx, l3 + 8, src)?;
-        write(ctx, l3 + 24, backend.addr)?;
+        outer_ipv6(ctx, cfg, ip, backend, hash, inner_protocol)?;
     }
     Ok(len)
+}
+
+/// The outer IPv4 header, `len` bytes long with what it carries (`inner_protocol`), at the
+/// packet's IP offset.
+#[inline(always)]
+fn outer_ipv4(
+    ctx: &XdpContext,
+    cfg: &DataplaneConfig,
+    ip: &Ip,
+    backend: &Backend,
+    hash: u32,
+    len: u16,
+    inner_protocol: u8,
+) -> Result<(), Reason> {
+    let l3 = ip.l3_offset;
+    let src = encap_source(cfg.encap_src_v4, cfg.encap_src_v4_host_bits, hash);
+    let [len_hi, len_lo] = len.to_be_bytes();
+    let flags = if ip.flow.family == family::IPV6 || ip.dont_fragment { 0x40 } else { 0 };
+    let d = backend.addr;
+    // Checksummed from the values, not by reading the header back.
+    let check = checksum::ipv4_header([
+        u16::from_be_bytes([0x45, ip.traffic_class]),
+        len,
+        0,
+        u16::from_be_bytes([flags, 0]),
+        u16::from_be_bytes([OUTER_TTL, inner_protocol]),
+        0,
+        u16::from_be_bytes([src[0], src[1]]),
+        u16::from_be_bytes([src[2], src[3]]),
+        u16::from_be_bytes([d[0], d[1]]),
+        u16::from_be_bytes([d[2], d[3]]),
+    ]);
+    let h: [u8; 20] = [
+        0x45,
+        ip.traffic_class,
+        len_hi,
+        len_lo,
+        0,
+        0,
+        flags,
+        0,
+        OUTER_TTL,
+        inner_protocol,
+        check[0],
+        check[1],
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        d[0],
+        d[1],
+        d[2],
+        d[3],
+    ];
+    write(ctx, l3, h)?;
+    Ok(())
+}
+
+/// The outer IPv6 header at the packet's IP offset; its flow label is the flow hash's.
+#[inline(always)]
+fn outer_ipv6(
+    ctx: &XdpContext,
+    cfg: &DataplaneConfig,
+    ip: &Ip,
+    backend: &Backend,
+    hash: u32,
+    inner_protocol: u8,
+) -> Result<(), Reason> {
+    let l3 = ip.l3_offset;
+    let mut src = cfg.encap_src_v6;
+    let low = encap_source([src[12], src[13], src[14], src[15]], cfg.encap_src_v6_host_bits, hash);
+    src[12..].copy_from_slice(&low);
+    let tc = ip.traffic_class;
+    let label = hash & 0x000f_ffff;
+    let [pl_hi, pl_lo] = ip.packet_len.to_be_bytes();
+    let head: [u8; 8] = [
+        0x60 | (tc >> 4),
+        (tc << 4) | (label >> 16) as u8,
+        (label >> 8) as u8,
+        label as u8,
+        pl_hi,
+        pl_lo,
+        inner_protocol,
+        OUTER_TTL,
+    ];
+    write(ctx, l3, head)?;
+    write(ctx, l3 + 8, src)?;
+    write(ctx, l3 + 24, backend.addr)?;
+    Ok(())
+}
+
+/// The outer header's protocol: what the inner packet is.
+#[inline(always)]
+fn inner_protocol(ip: &Ip) -> u8 {
+    if ip.flow.family == family::IPV4 { IPPROTO_IPIP } else { IPPROTO_IPV6 }
 }
 
 #[inline(always)]

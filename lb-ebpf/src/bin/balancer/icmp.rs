@@ -65,78 +65,87 @@ fn answer(ctx: &XdpContext, ip: &Ip, mtu: u16) -> Option<()> {
     }
     write(ctx, ether_type_offset(l3), (if v4 { ETH_P_IPV4 } else { ETH_P_IPV6 }).to_be_bytes())?;
 
-    if v4 {
-        let (vip, client) = (
-            [ip.flow.dst_addr[0], ip.flow.dst_addr[1], ip.flow.dst_addr[2], ip.flow.dst_addr[3]],
-            [ip.flow.src_addr[0], ip.flow.src_addr[1], ip.flow.src_addr[2], ip.flow.src_addr[3]],
-        );
-        let len = (20 + 8 + QUOTE_V4) as u16;
-        let ip_check = checksum::ipv4_header([
-            0x4500,
-            len,
-            0,
-            0,
-            u16::from_be_bytes([64, IPPROTO_ICMP]),
-            0,
-            u16::from_be_bytes([vip[0], vip[1]]),
-            u16::from_be_bytes([vip[2], vip[3]]),
-            u16::from_be_bytes([client[0], client[1]]),
-            u16::from_be_bytes([client[2], client[3]]),
-        ]);
-        let [l0, l1] = len.to_be_bytes();
-        let header: [u8; 20] = [
-            0x45,
-            0,
-            l0,
-            l1,
-            0,
-            0,
-            0,
-            0,
-            64,
-            IPPROTO_ICMP,
-            ip_check[0],
-            ip_check[1],
-            vip[0],
-            vip[1],
-            vip[2],
-            vip[3],
-            client[0],
-            client[1],
-            client[2],
-            client[3],
-        ];
-        write(ctx, l3, header)?;
-        let quoted = ptr_at::<[u8; QUOTE_V4]>(ctx, l3 + 28)?;
-        // Type 3 (destination unreachable), code 4 (fragmentation needed), next-hop MTU.
-        // SAFETY: ptr_at checked the quote is inside the packet.
-        let sum = words_sum(unsafe { &*quoted }) + 0x0304 + u32::from(mtu);
-        let check = checksum::fold(sum).to_be_bytes();
-        let [m0, m1] = mtu.to_be_bytes();
-        write(ctx, l3 + 20, [3u8, 4, check[0], check[1], 0, 0, m0, m1])?;
-    } else {
-        let mtu = u32::from(mtu.max(IPV6_MIN_MTU));
-        let payload = (8 + QUOTE_V6) as u16;
-        let [p0, p1] = payload.to_be_bytes();
-        write(ctx, l3, [0x60u8, 0, 0, 0, p0, p1, IPPROTO_ICMPV6, 64])?;
-        write(ctx, l3 + 8, ip.flow.dst_addr)?;
-        write(ctx, l3 + 24, ip.flow.src_addr)?;
-        let quoted = ptr_at::<[u8; QUOTE_V6]>(ctx, l3 + 48)?;
-        // SAFETY: ptr_at checked the quote is inside the packet.
-        let quoted = unsafe { &*quoted };
-        // Pseudo-header (addresses, length, next header), type 2 (packet too big), code 0, MTU.
-        let sum = words_sum(&ip.flow.src_addr)
-            + words_sum(&ip.flow.dst_addr)
-            + u32::from(payload)
-            + u32::from(IPPROTO_ICMPV6)
-            + 0x0200
-            + (mtu >> 16)
-            + (mtu & 0xffff)
-            + words_sum(quoted);
-        let check = checksum::fold(sum).to_be_bytes();
-        let m = mtu.to_be_bytes();
-        write(ctx, l3 + 40, [2u8, 0, check[0], check[1], m[0], m[1], m[2], m[3]])?;
-    }
+    if v4 { too_big_v4(ctx, ip, l3, mtu) } else { too_big_v6(ctx, ip, l3, mtu) }
+}
+
+/// The IPv4 header and ICMP "fragmentation needed" of the answer, at `l3`.
+#[inline(always)]
+fn too_big_v4(ctx: &XdpContext, ip: &Ip, l3: usize, mtu: u16) -> Option<()> {
+    let (vip, client) = (
+        [ip.flow.dst_addr[0], ip.flow.dst_addr[1], ip.flow.dst_addr[2], ip.flow.dst_addr[3]],
+        [ip.flow.src_addr[0], ip.flow.src_addr[1], ip.flow.src_addr[2], ip.flow.src_addr[3]],
+    );
+    let len = (20 + 8 + QUOTE_V4) as u16;
+    let ip_check = checksum::ipv4_header([
+        0x4500,
+        len,
+        0,
+        0,
+        u16::from_be_bytes([64, IPPROTO_ICMP]),
+        0,
+        u16::from_be_bytes([vip[0], vip[1]]),
+        u16::from_be_bytes([vip[2], vip[3]]),
+        u16::from_be_bytes([client[0], client[1]]),
+        u16::from_be_bytes([client[2], client[3]]),
+    ]);
+    let [l0, l1] = len.to_be_bytes();
+    let header: [u8; 20] = [
+        0x45,
+        0,
+        l0,
+        l1,
+        0,
+        0,
+        0,
+        0,
+        64,
+        IPPROTO_ICMP,
+        ip_check[0],
+        ip_check[1],
+        vip[0],
+        vip[1],
+        vip[2],
+        vip[3],
+        client[0],
+        client[1],
+        client[2],
+        client[3],
+    ];
+    write(ctx, l3, header)?;
+    let quoted = ptr_at::<[u8; QUOTE_V4]>(ctx, l3 + 28)?;
+    // Type 3 (destination unreachable), code 4 (fragmentation needed), next-hop MTU.
+    // SAFETY: ptr_at checked the quote is inside the packet.
+    let sum = words_sum(unsafe { &*quoted }) + 0x0304 + u32::from(mtu);
+    let check = checksum::fold(sum).to_be_bytes();
+    let [m0, m1] = mtu.to_be_bytes();
+    write(ctx, l3 + 20, [3u8, 4, check[0], check[1], 0, 0, m0, m1])?;
+    Some(())
+}
+
+/// The IPv6 header and ICMPv6 "packet too big" of the answer, at `l3`.
+#[inline(always)]
+fn too_big_v6(ctx: &XdpContext, ip: &Ip, l3: usize, mtu: u16) -> Option<()> {
+    let mtu = u32::from(mtu.max(IPV6_MIN_MTU));
+    let payload = (8 + QUOTE_V6) as u16;
+    let [p0, p1] = payload.to_be_bytes();
+    write(ctx, l3, [0x60u8, 0, 0, 0, p0, p1, IPPROTO_ICMPV6, 64])?;
+    write(ctx, l3 + 8, ip.flow.dst_addr)?;
+    write(ctx, l3 + 24, ip.flow.src_addr)?;
+    let quoted = ptr_at::<[u8; QUOTE_V6]>(ctx, l3 + 48)?;
+    // SAFETY: ptr_at checked the quote is inside the packet.
+    let quoted = unsafe { &*quoted };
+    // Pseudo-header (addresses, length, next header), type 2 (packet too big), code 0, MTU.
+    let sum = words_sum(&ip.flow.src_addr)
+        + words_sum(&ip.flow.dst_addr)
+        + u32::from(payload)
+        + u32::from(IPPROTO_ICMPV6)
+        + 0x0200
+        + (mtu >> 16)
+        + (mtu & 0xffff)
+        + words_sum(quoted);
+    let check = checksum::fold(sum).to_be_bytes();
+    let m = mtu.to_be_bytes();
+    write(ctx, l3 + 40, [2u8, 0, check[0], check[1], m[0], m[1], m[2], m[3]])?;
     Some(())
 }
 
