@@ -7,7 +7,6 @@
 //! (enough for the client to find its socket), and leaves on the interface it came in by.
 
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
@@ -19,6 +18,8 @@ use lb_ebpf::{
     l3::{IPPROTO_ICMP, IPPROTO_ICMPV6, Ip},
 };
 
+use crate::verdict::{self, Verdict};
+
 /// The quoted part of the client's packet: its IP header and 8 bytes of L4 header.
 const QUOTE_V4: usize = 20 + 8;
 const QUOTE_V6: usize = 40 + 8;
@@ -28,14 +29,14 @@ const IPV6_MIN_MTU: u16 = 1280;
 /// Answers a too-big packet; `mtu` is the largest inner packet that fits. Kept out of line: a
 /// cold path with its own stack frame.
 #[inline(never)]
-pub fn too_big(ctx: &XdpContext, ip: &Ip, mtu: u16) -> (u32, Reason) {
+pub fn too_big(ctx: &XdpContext, ip: &Ip, mtu: u16) -> Verdict {
     if ip.flow.family == family::IPV4 && !ip.dont_fragment {
         // The client allows fragmentation, which the balancer does not do: nothing to tell it.
-        return (xdp_action::XDP_DROP, Reason::DropTooBig);
+        return verdict::drop(Reason::DropTooBig);
     }
     match answer(ctx, ip, mtu) {
-        Some(()) => (xdp_action::XDP_TX, Reason::TxIcmpTooBig),
-        None => (xdp_action::XDP_DROP, Reason::DropTooBig),
+        Some(()) => verdict::tx(Reason::TxIcmpTooBig),
+        None => verdict::drop(Reason::DropTooBig),
     }
 }
 

@@ -8,10 +8,7 @@
 //! the flow's hash) gets the error encapsulated like the flow's packets, so path-MTU discovery on
 //! the direct-return path works (as Katran and Cilium do).
 
-use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_TX},
-    programs::XdpContext,
-};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     admission::is_spoofed_source,
     counters::Reason,
@@ -26,7 +23,10 @@ use lb_ebpf::{
     l3::{IPPROTO_TCP, IPPROTO_UDP, Ip},
 };
 
-use crate::maps::VIP_ADDRS;
+use crate::{
+    maps::VIP_ADDRS,
+    verdict::{self, Verdict},
+};
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACHABLE: u8 = 3;
@@ -45,7 +45,7 @@ pub enum Icmp {
     /// Not for a VIP address, or a kind the balancer leaves to the kernel (neighbour discovery...).
     Pass,
     /// Answered or refused here.
-    Done(u32, Reason),
+    Done(Verdict),
     /// An error about the flow `FlowKey` (as the client sends it): to its backend.
     Steer(FlowKey),
 }
@@ -63,7 +63,7 @@ pub fn to_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Icmp {
     // The ICMP header must lie inside the IP packet, not merely in the frame.
     let inside = l4 + ICMP_HEADER_LEN <= ip.l3_offset + usize::from(ip.packet_len);
     let Some([kind, code]) = read::<[u8; 2]>(ctx, l4).filter(|_| inside) else {
-        return Icmp::Done(XDP_DROP, Reason::DropTruncated);
+        return Icmp::Done(verdict::drop(Reason::DropTruncated));
     };
     let echo = if v4 { kind == ICMP_ECHO_REQUEST } else { kind == ICMPV6_ECHO_REQUEST };
     if echo {
@@ -79,7 +79,7 @@ pub fn to_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Icmp {
     }
     match quoted_flow(ctx, ip, l4 + ICMP_HEADER_LEN) {
         Some(flow) => Icmp::Steer(flow),
-        None => Icmp::Done(XDP_DROP, Reason::DropIcmpUnmatched),
+        None => Icmp::Done(verdict::drop(Reason::DropIcmpUnmatched)),
     }
 }
 
@@ -132,14 +132,14 @@ fn quoted_flow(ctx: &XdpContext, ip: &Ip, quote: usize) -> Option<FlowKey> {
 fn echo_request(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig, code: u8) -> Icmp {
     match cfg.icmp_echo {
         icmp_echo::PASS => Icmp::Pass,
-        icmp_echo::DROP => Icmp::Done(XDP_DROP, Reason::DropIcmpEcho),
+        icmp_echo::DROP => Icmp::Done(verdict::drop(Reason::DropIcmpEcho)),
         // A reply to a source no client has would go to a victim, or nowhere.
         _ if is_spoofed_source(ip.flow.family, &ip.flow.src_addr, cfg) => {
-            Icmp::Done(XDP_DROP, Reason::DropSpoofedSource)
+            Icmp::Done(verdict::drop(Reason::DropSpoofedSource))
         }
         _ => match reply(ctx, ip, code) {
-            Some(()) => Icmp::Done(XDP_TX, Reason::TxIcmpEchoReply),
-            None => Icmp::Done(XDP_DROP, Reason::DropTruncated),
+            Some(()) => Icmp::Done(verdict::tx(Reason::TxIcmpEchoReply)),
+            None => Icmp::Done(verdict::drop(Reason::DropTruncated)),
         },
     }
 }

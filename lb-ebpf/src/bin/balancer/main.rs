@@ -21,6 +21,7 @@ mod icmp;
 mod icmp_in;
 mod maps;
 mod nexthop;
+mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
@@ -42,6 +43,7 @@ use lb_ebpf::{
 use crate::{
     icmp_in::Icmp,
     maps::{BACKEND_STATS, BACKENDS, CONFIG, FLOOD, FLOWS_V4, FLOWS_V6, NEXT_HOPS, VIP_ADDRS, VIP_STATS, VIPS},
+    verdict::Verdict,
 };
 
 /// Benchmark builds only (`lb_common::capacity::ablation`): the stage after which the path returns
@@ -70,15 +72,15 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
+fn balance(ctx: &XdpContext, bytes: u64) -> Verdict {
     let (ether_type, l3_offset) = match l2::parse(ctx) {
         Link::Ip { ether_type, l3_offset } => (ether_type, l3_offset),
-        Link::Other => return (xdp_action::XDP_PASS, Reason::PassNotIp),
-        Link::Truncated => return (xdp_action::XDP_PASS, Reason::PassUnparseable),
+        Link::Other => return verdict::pass(Reason::PassNotIp),
+        Link::Truncated => return verdict::pass(Reason::PassUnparseable),
     };
     let mut ip = match l3::parse(ctx, ether_type, l3_offset) {
         L3::Ip(ip) => ip,
-        L3::Truncated => return (xdp_action::XDP_PASS, Reason::PassUnparseable),
+        L3::Truncated => return verdict::pass(Reason::PassUnparseable),
     };
     if let Some(anomaly) = ip.anomaly {
         return refuse_if_vip_address(&ip, anomaly);
@@ -89,7 +91,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     if ip.flow.protocol != IPPROTO_TCP && ip.flow.protocol != IPPROTO_UDP {
         let icmp = if ip.flow.family == family::IPV4 { l3::IPPROTO_ICMP } else { l3::IPPROTO_ICMPV6 };
         if ip.flow.protocol != icmp {
-            return (xdp_action::XDP_PASS, Reason::PassNotVip);
+            return verdict::pass(Reason::PassNotVip);
         }
         return icmp_to_vip(ctx, &ip, bytes);
     }
@@ -97,10 +99,10 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         return refuse_if_vip_address(&ip, Reason::DropTruncated);
     };
     if stop_after(1) {
-        return (xdp_action::XDP_TX, Reason::TxNextHop);
+        return verdict::tx(Reason::TxNextHop);
     }
     let Some(cfg) = CONFIG.get(0) else {
-        return (xdp_action::XDP_DROP, Reason::DropNoEgress);
+        return verdict::drop(Reason::DropNoEgress);
     };
 
     // Established flows first: their entry and their backend's record hold all the fast path
@@ -108,31 +110,29 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     let entry = flow_entry(&ip.flow);
     // A miss goes on, so that the build's first packets fill the table its timed ones hit.
     if stop_after(2) && entry.is_some() {
-        return (xdp_action::XDP_TX, Reason::TxNextHop);
+        return verdict::tx(Reason::TxNextHop);
     }
     let established = match entry {
         Some(state) => continue_flow(state, &ip.flow, segment, cfg.udp_idle_timeout_ns),
         None => Continued::Rescheduled,
     };
     let target = match established {
-        Continued::Stays(id, backend, hash) => {
-            Target { vip_index: u32::from(backend.vip_index), id, backend, hash, kind: Flow::Known }
-        }
+        Continued::Stays(target) => target,
         Continued::Refused(vip_index, reason) => {
             maps::count_unsent(vip_index, reason, bytes);
-            return (xdp_action::XDP_DROP, reason);
+            return verdict::drop(reason);
         }
         Continued::Rescheduled => {
             let Some(vip) = find_vip(&ip.flow) else {
-                return (xdp_action::XDP_PASS, Reason::PassNotVip);
+                return verdict::pass(Reason::PassNotVip);
             };
             let scheduled =
                 admission::new_flow(&ip.flow, vip, cfg).and_then(|()| schedule(entry, &ip.flow, vip, segment));
             match scheduled {
-                Ok((id, backend, hash, kind)) => Target { vip_index: vip.index, id, backend, hash, kind },
+                Ok(target) => target,
                 Err(reason) => {
                     maps::count_unsent(vip.index, reason, bytes);
-                    return (xdp_action::XDP_DROP, reason);
+                    return verdict::drop(reason);
                 }
             }
         }
@@ -144,7 +144,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
 /// A later fragment of a TCP/UDP datagram: to its first fragment's backend, as a packet of an
 /// established flow (admission included), if that backend still serves the VIP.
 #[inline(always)]
-fn later_fragment(ctx: &XdpContext, ip: &Ip, bytes: u64) -> (u32, Reason) {
+fn later_fragment(ctx: &XdpContext, ip: &Ip, bytes: u64) -> Verdict {
     let Some(owner) = fragments::owner(ip) else {
         return refuse_if_vip_address(ip, Reason::DropFragmentUnknown);
     };
@@ -159,7 +159,7 @@ fn later_fragment(ctx: &XdpContext, ip: &Ip, bytes: u64) -> (u32, Reason) {
         && let Err(reason) = admission::established(&ip.flow, vip_index, backend.admission)
     {
         maps::count_unsent(vip_index, reason, bytes);
-        return (xdp_action::XDP_DROP, reason);
+        return verdict::drop(reason);
     }
     let target = Target { vip_index, id: owner.backend, backend, hash: owner.hash, kind: Flow::Known };
     forward(ctx, cfg, ip, &target, bytes)
@@ -179,12 +179,12 @@ struct Target {
 /// Encapsulates the packet to its backend and sends it to the backend's next hop, counting it
 /// for the backend; a packet that reaches no backend counts for its VIP.
 #[inline(always)]
-fn forward(ctx: &XdpContext, cfg: &DataplaneConfig, ip: &Ip, target: &Target, bytes: u64) -> (u32, Reason) {
+fn forward(ctx: &XdpContext, cfg: &DataplaneConfig, ip: &Ip, target: &Target, bytes: u64) -> Verdict {
     let new_flow = target.kind == Flow::New || target.kind == Flow::Untracked;
     if stop_after(3) {
-        return (xdp_action::XDP_TX, Reason::TxNextHop);
+        return verdict::tx(Reason::TxNextHop);
     }
-    let unsent = |verdict: (u32, Reason)| {
+    let unsent = |verdict: Verdict| {
         maps::count_traffic(&VIP_STATS, target.vip_index, bytes, new_flow);
         verdict
     };
@@ -192,16 +192,16 @@ fn forward(ctx: &XdpContext, cfg: &DataplaneConfig, ip: &Ip, target: &Target, by
     if ip.packet_len > inner_mtu {
         // Never an ICMP error about an ICMP error.
         if target.kind == Flow::IcmpError {
-            return unsent((xdp_action::XDP_DROP, Reason::DropTooBig));
+            return unsent(verdict::drop(Reason::DropTooBig));
         }
         return unsent(icmp::too_big(ctx, ip, inner_mtu));
     }
     let outer_len = match encap::encapsulate(ctx, cfg, ip, target.backend, target.hash) {
         Ok(len) => len,
-        Err(reason) => return unsent((xdp_action::XDP_DROP, reason)),
+        Err(reason) => return unsent(verdict::drop(reason)),
     };
     if stop_after(4) {
-        return (xdp_action::XDP_TX, Reason::TxNextHop);
+        return verdict::tx(Reason::TxNextHop);
     }
     let resolved = NEXT_HOPS.get(target.id).and_then(|hop| nexthop::to_resolved(ctx, hop, ip.l3_offset));
     let verdict = match resolved {
@@ -222,22 +222,22 @@ fn forward(ctx: &XdpContext, cfg: &DataplaneConfig, ip: &Ip, target: &Target, by
 /// ICMP to a VIP address (`icmp_in`): echo by the instance's policy, errors about a VIP's flow to
 /// the flow's backend.
 #[inline(always)]
-fn icmp_to_vip(ctx: &XdpContext, ip: &Ip, bytes: u64) -> (u32, Reason) {
+fn icmp_to_vip(ctx: &XdpContext, ip: &Ip, bytes: u64) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
-        return (xdp_action::XDP_PASS, Reason::PassNotVip);
+        return verdict::pass(Reason::PassNotVip);
     };
     let flow = match icmp_in::to_vip(ctx, ip, cfg) {
-        Icmp::Pass => return (xdp_action::XDP_PASS, Reason::PassNotVip),
-        Icmp::Done(action, reason) => return (action, reason),
+        Icmp::Pass => return verdict::pass(Reason::PassNotVip),
+        Icmp::Done(verdict) => return verdict,
         Icmp::Steer(flow) => flow,
     };
     match error_owner(&flow, cfg) {
         Ok(target) => forward(ctx, cfg, ip, &target, bytes),
         Err((Some(vip_index), reason)) => {
             maps::count_unsent(vip_index, reason, bytes);
-            (xdp_action::XDP_DROP, reason)
+            verdict::drop(reason)
         }
-        Err((None, reason)) => (xdp_action::XDP_DROP, reason),
+        Err((None, reason)) => verdict::drop(reason),
     }
 }
 
@@ -289,12 +289,12 @@ enum Flow {
 
 /// A packet the balancer cannot serve: dropped if it is addressed to a VIP, passed otherwise.
 #[inline(always)]
-fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> (u32, Reason) {
+fn refuse_if_vip_address(ip: &Ip, reason: Reason) -> Verdict {
     // SAFETY: plain lookup; the value is not used.
     if unsafe { VIP_ADDRS.get(VipAddrKey::new(ip.flow.family, ip.flow.dst_addr)) }.is_some() {
-        (xdp_action::XDP_DROP, reason)
+        verdict::drop(reason)
     } else {
-        (xdp_action::XDP_PASS, Reason::PassNotVip)
+        verdict::pass(Reason::PassNotVip)
     }
 }
 
@@ -315,8 +315,8 @@ fn flow_entry(key: &FlowKey) -> Option<*mut FlowState> {
 
 /// What became of a packet whose flow has an entry.
 enum Continued {
-    /// It goes to the entry's backend: (backend id, backend, flow hash).
-    Stays(u32, &'static Backend, u32),
+    /// It goes to the entry's backend.
+    Stays(Target),
     /// Its VIP's admission refuses it (VIP index, why); the entry is left as it was.
     Refused(u32, Reason),
     /// It is scheduled as a new flow.
@@ -369,7 +369,13 @@ fn continue_flow(state: *mut FlowState, key: &FlowKey, segment: Segment, udp_idl
         (stage::ACTIVE, stage::ENDED) => maps::add_active_flows(id, -1),
         _ => {}
     }
-    Continued::Stays(id, backend, known.hash)
+    Continued::Stays(Target {
+        vip_index: u32::from(backend.vip_index),
+        id,
+        backend,
+        hash: known.hash,
+        kind: Flow::Known,
+    })
 }
 
 /// A backend for a flow of `vip` that has no entry, or whose entry `entry` does not stand
@@ -377,19 +383,15 @@ fn continue_flow(state: *mut FlowState, key: &FlowKey, segment: Segment, udp_idl
 /// or inserted). A TCP SYN on an entry past its handshake comes here too: a client reusing a
 /// source port opens a new connection and must not inherit the old one's backend. In flood mode
 /// a flow without an entry is sent where the VIP's table says by its hash alone and not inserted
-/// (see `lb_common::flood`). Returns (backend id, backend, flow hash, how the flow was found), or
-/// [`Reason::DropNoBackend`].
+/// (see `lb_common::flood`). Returns where the flow goes, or [`Reason::DropNoBackend`].
 #[inline(always)]
-fn schedule(
-    entry: Option<*mut FlowState>,
-    key: &FlowKey,
-    vip: &VipInfo,
-    segment: Segment,
-) -> Result<(u32, &'static Backend, u32, Flow), Reason> {
+fn schedule(entry: Option<*mut FlowState>, key: &FlowKey, vip: &VipInfo, segment: Segment) -> Result<Target, Reason> {
     let choice = choose(entry.unwrap_or(core::ptr::null_mut()), key, vip, segment);
     // SAFETY: a backend record in its array map, or null.
     match unsafe { choice.backend.as_ref() } {
-        Some(backend) => Ok((choice.id, backend, choice.hash, choice.kind)),
+        Some(backend) => {
+            Ok(Target { vip_index: vip.index, id: choice.id, backend, hash: choice.hash, kind: choice.kind })
+        }
         None => Err(Reason::DropNoBackend),
     }
 }
@@ -414,18 +416,23 @@ struct Choice {
 fn choose(entry: *mut FlowState, key: &FlowKey, vip: &VipInfo, segment: Segment) -> Choice {
     let entry = if entry.is_null() { None } else { Some(entry) };
     match pick(entry, key, vip, segment) {
-        Some((id, backend, hash, kind)) => Choice { backend, id, hash, kind },
+        Some(Picked { id, backend, hash, kind }) => Choice { backend, id, hash, kind },
         None => Choice { backend: core::ptr::null(), id: 0, hash: 0, kind: Flow::New },
     }
 }
 
+/// The scheduler's pick: backend `id` and its record, the flow's hash, and whether the flow
+/// got an entry.
+struct Picked {
+    id: u32,
+    backend: &'static Backend,
+    hash: u32,
+    kind: Flow,
+}
+
+/// The backend `vip`'s scheduler picks for the flow, with its entry written (see [`schedule`]).
 #[inline(always)]
-fn pick(
-    entry: Option<*mut FlowState>,
-    key: &FlowKey,
-    vip: &VipInfo,
-    segment: Segment,
-) -> Option<(u32, &'static Backend, u32, Flow)> {
+fn pick(entry: Option<*mut FlowState>, key: &FlowKey, vip: &VipInfo, segment: Segment) -> Option<Picked> {
     if let Some(state) = entry {
         // SAFETY: as in `continue_flow`.
         let known = unsafe { *state };
@@ -468,7 +475,7 @@ fn pick(
         return None;
     }
     if !tracked {
-        return Some((id, backend, hash, Flow::Untracked));
+        return Some(Picked { id, backend, hash, kind: Flow::Untracked });
     }
     let stage = match segment {
         Segment::Ends => stage::ENDED,
@@ -497,7 +504,7 @@ fn pick(
             let _ = FLOWS_V6.insert(key, fresh, 0);
         }
     }
-    Some((id, backend, hash, Flow::New))
+    Some(Picked { id, backend, hash, kind: Flow::New })
 }
 
 /// A new flow's hash (high half) and the hash its table slot is taken by (low half: the source

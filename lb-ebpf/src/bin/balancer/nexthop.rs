@@ -11,7 +11,7 @@
 //! FIB's MACs only when its egress is the ingress interface, the fallback otherwise.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
@@ -21,7 +21,10 @@ use lb_ebpf::{
     l2::ETH_LEN,
 };
 
-use crate::maps::{CONFIG, EGRESS};
+use crate::{
+    maps::{CONFIG, EGRESS},
+    verdict::{self, Verdict},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -30,7 +33,7 @@ const AF_INET6: u8 = 10;
 /// frame cannot take it: a VLAN-tagged frame keeps its tag and so must leave where it came in,
 /// and one whose next hop is elsewhere asks the FIB. `l3` is where the outer header starts.
 #[inline(always)]
-pub fn to_resolved(ctx: &XdpContext, hop: &NextHop, l3: usize) -> Option<(u32, Reason)> {
+pub fn to_resolved(ctx: &XdpContext, hop: &NextHop, l3: usize) -> Option<Verdict> {
     let ingress = ctx.ingress_ifindex() as u32;
     if !hop.is_known() || (hop.ifindex != ingress && l3 != ETH_LEN) {
         return None;
@@ -39,19 +42,19 @@ pub fn to_resolved(ctx: &XdpContext, hop: &NextHop, l3: usize) -> Option<(u32, R
 }
 
 #[inline(always)]
-fn send_to(ctx: &XdpContext, hop: &NextHop, ingress: u32) -> (u32, Reason) {
+fn send_to(ctx: &XdpContext, hop: &NextHop, ingress: u32) -> Verdict {
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&hop.dst_mac);
     macs[6..].copy_from_slice(&hop.src_mac);
     if write(ctx, 0, macs).is_none() {
-        return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
+        return verdict::drop(Reason::DropEncapFailed);
     }
     if hop.ifindex == ingress {
-        return (xdp_action::XDP_TX, Reason::TxNextHop);
+        return verdict::tx(Reason::TxNextHop);
     }
     match EGRESS.redirect(hop.ifindex, 0) {
         Ok(action) => (action, Reason::TxRedirect),
-        Err(_) => (xdp_action::XDP_DROP, Reason::DropNoEgress),
+        Err(_) => verdict::drop(Reason::DropNoEgress),
     }
 }
 
@@ -60,9 +63,9 @@ fn send_to(ctx: &XdpContext, hop: &NextHop, ingress: u32) -> (u32, Reason) {
 /// lookup's parameters (and the configuration is looked up here: a BPF function takes at most
 /// five arguments, the verdict's return slot being one).
 #[inline(never)]
-pub fn from_fib(ctx: &XdpContext, backend: &Backend, l3: usize, len: u16) -> (u32, Reason) {
+pub fn from_fib(ctx: &XdpContext, backend: &Backend, l3: usize, len: u16) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
-        return (xdp_action::XDP_DROP, Reason::DropNoEgress);
+        return verdict::drop(Reason::DropNoEgress);
     };
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of integers).
@@ -72,7 +75,7 @@ pub fn from_fib(ctx: &XdpContext, backend: &Backend, l3: usize, len: u16) -> (u3
     // The outer source was just written into the packet; the destination is the backend.
     if backend.family == family::IPV4 {
         let Some(src) = read::<[u8; 4]>(ctx, l3 + 12) else {
-            return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
+            return verdict::drop(Reason::DropEncapFailed);
         };
         params.family = AF_INET;
         params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
@@ -80,7 +83,7 @@ pub fn from_fib(ctx: &XdpContext, backend: &Backend, l3: usize, len: u16) -> (u3
         params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
     } else {
         let Some(src) = read::<[u8; 16]>(ctx, l3 + 8) else {
-            return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
+            return verdict::drop(Reason::DropEncapFailed);
         };
         params.family = AF_INET6;
         // SAFETY: plain byte arrays to plain words of the same size (network order kept).
@@ -93,27 +96,27 @@ pub fn from_fib(ctx: &XdpContext, backend: &Backend, l3: usize, len: u16) -> (u3
 
     let tagged = l3 != ETH_LEN;
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED {
-        return (xdp_action::XDP_DROP, Reason::DropTooBig);
+        return verdict::drop(Reason::DropTooBig);
     }
     if rc == BPF_FIB_LKUP_RET_SUCCESS && (params.ifindex == ingress || !tagged) {
         if write(ctx, 0, params.dmac).is_none() || write(ctx, 6, params.smac).is_none() {
-            return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
+            return verdict::drop(Reason::DropEncapFailed);
         }
         if params.ifindex == ingress {
-            return (xdp_action::XDP_TX, Reason::TxFib);
+            return verdict::tx(Reason::TxFib);
         }
         return match EGRESS.redirect(params.ifindex, 0) {
             Ok(action) => (action, Reason::TxRedirect),
-            Err(_) => (xdp_action::XDP_DROP, Reason::DropNoEgress),
+            Err(_) => verdict::drop(Reason::DropNoEgress),
         };
     }
 
     if cfg.fallback_dst_mac == [0; 6] {
-        return (xdp_action::XDP_DROP, Reason::DropNoEgress);
+        return verdict::drop(Reason::DropNoEgress);
     }
     // The source MAC is already this host's (set by the encapsulation).
     if write(ctx, 0, cfg.fallback_dst_mac).is_none() {
-        return (xdp_action::XDP_DROP, Reason::DropEncapFailed);
+        return verdict::drop(Reason::DropEncapFailed);
     }
-    (xdp_action::XDP_TX, Reason::TxFallback)
+    verdict::tx(Reason::TxFallback)
 }
