@@ -5,6 +5,7 @@
 //! - [`l2`]: Ethernet with an optional 802.1Q tag.
 //! - [`l3`]: IPv4 and IPv6 headers, classified for the balancer's policy.
 //! - [`checksum`]: IPv4 header checksums.
+//! - [`counters`]: counting a packet under its reason.
 //!
 //! The programs themselves are the binaries: `balancer` (the load balancer's fast path),
 //! `decap` (backend-side IPIP/IP6IP6 decapsulation) and `xdp-tx-baseline` (the minimal program
@@ -21,5 +22,6 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 pub mod checksum;
+pub mod counters;
 pub mod l2;
 pub mod l3;

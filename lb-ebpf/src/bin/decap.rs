@@ -26,8 +26,9 @@ use lb_common::{
 use lb_ebpf::{
     access::{frame_len, ptr_at_mut, read, write},
     checksum,
+    counters::count_reason,
     l2::{self, ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, Link, ether_type_offset},
-    l3::{IPPROTO_IPIP, IPPROTO_IPV6},
+    l3::{IPPROTO_IPIP, IPPROTO_IPV6, ipv4_is_fragment},
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
@@ -52,13 +53,7 @@ const ECN_CE: u8 = 0b11;
 pub fn decap(ctx: XdpContext) -> u32 {
     let bytes = frame_len(&ctx) as u64;
     let reason = decapsulate(&ctx);
-    if let Some(c) = REASON_STATS.get_ptr_mut(reason as u32) {
-        // SAFETY: per-CPU value, only this CPU writes it.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
-        }
-    }
+    count_reason(&REASON_STATS, reason, bytes);
     if reason == Reason::DecapDropUnknownSource { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
@@ -129,8 +124,7 @@ struct Outer {
 fn outer_header(ctx: &XdpContext, ether_type: u16, l3_offset: usize) -> Option<Outer> {
     if ether_type == ETH_P_IPV4 {
         let h = read::<Ipv4Hdr>(ctx, l3_offset)?;
-        let unfragmented = u16::from_be_bytes(h.frags) & 0x3fff == 0;
-        if h.vihl != 0x45 || !unfragmented || (h.proto != IPPROTO_IPIP && h.proto != IPPROTO_IPV6) {
+        if h.vihl != 0x45 || ipv4_is_fragment(h.frags) || (h.proto != IPPROTO_IPIP && h.proto != IPPROTO_IPV6) {
             return None;
         }
         let mut src = [0u8; 16];

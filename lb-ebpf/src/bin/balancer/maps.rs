@@ -169,13 +169,7 @@ pub fn next_in_sequence(index: u32, len: u32) -> Option<u32> {
 
 #[inline(always)]
 pub fn count_reason(reason: Reason, bytes: u64) {
-    if let Some(c) = REASON_STATS.get_ptr_mut(reason as u32) {
-        // SAFETY: per-CPU value, only this CPU writes it.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
-        }
-    }
+    lb_ebpf::counters::count_reason(&REASON_STATS, reason, bytes);
 }
 
 #[inline(always)]
