@@ -24,7 +24,7 @@ pub enum Reason {
     /// A new flow of a VIP in flood mode (`crate::flood`): encapsulated and sent by the VIP's table
     /// like any other, without a flow-table entry.
     TxUntracked,
-    /// Too big once encapsulated: turned into an ICMP "fragmentation needed" / ICMPv6 "packet
+    /// Too big once encapsulated: turned into an ICMP "fragmentation needed" / `ICMPv6` "packet
     /// too big" to the client, sent back where it came from.
     TxIcmpTooBig,
     /// An ICMP echo request to a VIP address, answered from the VIP (instance `icmp_echo = "reply"`).
@@ -123,7 +123,7 @@ impl Reason {
         Reason::DecapDropUnknownSource,
     ];
 
-    /// Stable snake_case name, used by the CLI and metrics.
+    /// Stable `snake_case` name, used by the CLI and metrics.
     pub const fn name(self) -> &'static str {
         match self {
             Reason::PassNotIp => "pass_not_ip",

@@ -66,7 +66,7 @@ impl FlowKey {
 }
 
 /// The instance's secret key of the flow and source hashes (`crate::hash`), the same on every
-/// balancer of a fleet: (k0, k1) of SipHash.
+/// balancer of a fleet: (k0, k1) of `SipHash`.
 pub type HashKey = [u64; 2];
 
 /// The key of an instance whose configuration names none. It is public, so it keeps flows
@@ -91,7 +91,7 @@ pub fn source_hash(flow: &FlowKey, prefix_len: u8, key: &HashKey) -> u32 {
     let mut words = [w[0], w[1], SOURCE_HASH_DOMAIN | u64::from(flow.family)];
     let mut i = 0;
     while i < 2 {
-        let bits = (prefix_len as u32).saturating_sub(64 * i as u32).min(64);
+        let bits = u32::from(prefix_len).saturating_sub(64 * i as u32).min(64);
         // Words are little-endian reads of network-order bytes: mask in byte order.
         let mask_be: u64 = if bits == 0 { 0 } else { u64::MAX << (64 - bits) };
         words[i] &= u64::from_le_bytes(mask_be.to_be_bytes());
@@ -203,7 +203,7 @@ impl FlowKeyV4 {
 /// after about 52 days: far beyond any idle timeout, and half the bytes of nanoseconds.
 pub const FLOW_CLOCK_SHIFT: u32 = 20;
 
-/// `ns` (of `bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC) in flow-clock ticks.
+/// `ns` (of `bpf_ktime_get_coarse_ns`, `CLOCK_MONOTONIC`) in flow-clock ticks.
 #[inline(always)]
 pub const fn flow_clock(ns: u64) -> u32 {
     (ns >> FLOW_CLOCK_SHIFT) as u32

@@ -1,7 +1,7 @@
 //! The benchmark's live-frames traffic generator: what the agent-side bench tells the generator
 //! program (`lb-ebpf`'s `bench-generator`) to send.
 //!
-//! BPF_PROG_RUN in live-frames mode recycles its pages without restoring their content, and the
+//! `BPF_PROG_RUN` in live-frames mode recycles its pages without restoring their content, and the
 //! programs downstream rewrite them (the balancer prepends an outer header), so the generator
 //! writes the whole template into every frame before varying its flow fields.
 

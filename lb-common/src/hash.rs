@@ -1,9 +1,9 @@
 //! The project's hashes, used in the XDP program and in userspace alike:
-//! - MurmurHash3 (x86, 32-bit) over 32-bit words, for what no client chooses: Maglev
+//! - `MurmurHash3` (x86, 32-bit) over 32-bit words, for what no client chooses: Maglev
 //!   permutations of backend addresses, VIP tags.
 //! - SipHash-1-3 over 64-bit words with a secret 128-bit key, for what clients choose: the flow
 //!   and source hashes that pick a new flow's backend. Without the key an attacker cannot aim
-//!   flows at one backend; MurmurHash3 has seed-independent collisions, so a secret seed would
+//!   flows at one backend; `MurmurHash3` has seed-independent collisions, so a secret seed would
 //!   not do.
 //!
 //! Outputs are part of the wire contract of a fleet: a changed hash (or key) moves every new flow
@@ -12,7 +12,7 @@
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
 
-/// MurmurHash3_x86_32 of `words` (each word read as little-endian bytes), with `seed`.
+/// `MurmurHash3_x86_32` of `words` (each word read as little-endian bytes), with `seed`.
 #[inline(always)]
 pub fn murmur3_words<const N: usize>(words: &[u32; N], seed: u32) -> u32 {
     let mut h = seed;
@@ -120,13 +120,13 @@ mod tests {
         assert_eq!(siphash13_words::<0>(&key, &[]), empty.finish());
     }
 
-    /// Reference values of MurmurHash3_x86_32 (the published algorithm, byte input, little-endian words).
+    /// Reference values of `MurmurHash3_x86_32` (the published algorithm, byte input, little-endian words).
     #[test]
     fn matches_reference_murmur3() {
         assert_eq!(murmur3_words::<0>(&[], 0), 0);
         assert_eq!(murmur3_words::<0>(&[], 1), 0x514e_28b7);
         // "abcd" = 0x64636261 little-endian, seed 0x9747b28c.
-        assert_eq!(murmur3_words(&[0x6463_6261], 0x9747_b28c), 0xf0478627);
+        assert_eq!(murmur3_words(&[0x6463_6261], 0x9747_b28c), 0xf047_8627);
         // The 4 bytes 0x00,0x00,0x00,0x00 with seed 0.
         assert_eq!(murmur3_words(&[0], 0), 0x2362_f9de);
     }

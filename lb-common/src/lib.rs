@@ -1,7 +1,7 @@
 //! Everything the XDP data plane and the userspace agent must agree on, defined once.
 //!
 //! Layout:
-//! - [`hash`]: the word hashes: keyed SipHash for flows, MurmurHash3 for Maglev (pinned by test vectors).
+//! - [`hash`]: the word hashes: keyed `SipHash` for flows, `MurmurHash3` for Maglev (pinned by test vectors).
 //! - [`flow`]: the flow key (5-tuple), the flow-table value and [`flow::flow_hash`].
 //! - [`admission`]: who is served: source lists, anti-spoofing, per-source rate limits.
 //! - [`flood`]: flood mode, per VIP and CPU: new flows past a budget get no flow-table entry.
@@ -51,7 +51,7 @@ pub mod sequence;
 pub mod table;
 pub mod vip;
 
-/// Address family tags stored in keys (`family` fields). Values follow Linux's AF_INET/AF_INET6.
+/// Address family tags stored in keys (`family` fields). Values follow Linux's `AF_INET/AF_INET6`.
 pub mod family {
     pub const IPV4: u8 = 2;
     pub const IPV6: u8 = 10;

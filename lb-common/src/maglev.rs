@@ -95,8 +95,8 @@ mod builder {
             return Err(MaglevError::NoBackends);
         }
         live.sort_by_key(|b| (b.family, b.addr));
-        if let Some(pair) = live.windows(2).find(|w| (w[0].family, w[0].addr) == (w[1].family, w[1].addr)) {
-            return Err(MaglevError::DuplicateBackend(describe(&pair[0])));
+        if let Some([first, _]) = live.windows(2).find(|w| (w[0].family, w[0].addr) == (w[1].family, w[1].addr)) {
+            return Err(MaglevError::DuplicateBackend(describe(first)));
         }
         if live.len() > table_size as usize {
             return Err(MaglevError::TooManyBackends { backends: live.len(), size: table_size });

@@ -7,7 +7,7 @@ use aya_ebpf::programs::XdpContext;
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
+    if start + offset + size_of::<T>() > end {
         return None;
     }
     Some((start + offset) as *const T)
@@ -16,7 +16,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 /// Mutable variant of [`ptr_at`].
 #[inline(always)]
 pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    ptr_at::<T>(ctx, offset).map(|p| p as *mut T)
+    ptr_at::<T>(ctx, offset).map(<*const T>::cast_mut)
 }
 
 /// Copies the `T` at `offset` out of the packet.

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         .init();
     let done = match Cli::parse().command {
         Command::Run(args) => cli::run::run(args),
-        Command::Check(args) => cli::run::check(args),
+        Command::Check(args) => Ok(cli::run::check(args)),
         Command::Detach(args) => cli::run::detach(args),
         Command::Status(args) => cli::status::run(args).map(|()| ExitCode::SUCCESS),
         Command::Stats(args) => cli::stats::run(args).map(|()| ExitCode::SUCCESS),

@@ -110,7 +110,7 @@ fn measure(o: &Options) -> anyhow::Result<serde_json::Value> {
     for i in 0..o.changes {
         let state = |state| Request::BackendState { vip: vip.clone(), address: backend.clone(), state };
         let down = time_change(&maps, id, state(AdminState::Disabled), |b| !b.keeps_flows())?;
-        let up = time_change(&maps, id, state(AdminState::Up), |b| b.keeps_flows())?;
+        let up = time_change(&maps, id, state(AdminState::Up), Backend::keeps_flows)?;
         // Weights alternate between 2 and 1, so that every request changes the record.
         let weight = if i % 2 == 0 { 2 } else { 1 };
         let request = Request::BackendWeight { vip: vip.clone(), address: backend.clone(), weight };

@@ -6,7 +6,7 @@
 //!
 //! The figure is the highest offered rate that loses at most 1% (a search over rates, each held
 //! for a fixed time), next to the fastest the sender itself can send. `cargo xtask bench` sets it
-//! against the balancer's delivered rate on the same cores (tests/benches/xdp_live.rs).
+//! against the balancer's delivered rate on the same cores (`tests/benches/xdp_live.rs`).
 //!
 //! `cargo bench -p lb-tests --bench udp_proxy -- [--seconds S] [--json FILE]`
 
@@ -205,15 +205,15 @@ fn capacity(sink: &Sink, clients: &[UdpSocket], seconds: f64, ceiling: f64) -> (
         let loss = loss_at(sink, clients, rate, seconds);
         tried.push((rate, loss));
         if loss <= MAX_LOSS {
-            served = rate
+            served = rate;
         } else {
-            failed = Some(rate)
+            failed = Some(rate);
         }
         rate *= 2.0;
     }
     if let Some(mut high) = failed {
         for _ in 0..4 {
-            let mid = (served + high) / 2.0;
+            let mid = f64::midpoint(served, high);
             let loss = loss_at(sink, clients, mid, seconds);
             tried.push((mid, loss));
             if loss <= MAX_LOSS { served = mid } else { high = mid }

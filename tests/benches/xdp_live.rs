@@ -1,5 +1,5 @@
 //! Cost per packet and delivered rate of the balancer in native XDP on a veth pair, driven by
-//! live frames (`lb_tests::live`), next to the minimal XDP_TX program in the same rounds.
+//! live frames (`lb_tests::live`), next to the minimal `XDP_TX` program in the same rounds.
 //!
 //! Each round runs every case once, in an order rotated per round, so that machine drift hits
 //! them alike. A case's figures are medians over rounds of its per-round figures against the
@@ -43,7 +43,7 @@ fn options() -> anyhow::Result<Options> {
             "--packets" => o.packets = args.next().context("--packets needs a number")?.parse()?,
             "--json" => o.json = Some(args.next().context("--json needs a file")?),
             "--only" => {
-                o.only = args.next().context("--only needs case names")?.split(',').map(str::to_string).collect()
+                o.only = args.next().context("--only needs case names")?.split(',').map(str::to_string).collect();
             }
             "--ablation" => o.ablation = Some(args.next().context("--ablation needs a directory")?.into()),
             "--bench" => {} // passed by cargo bench

@@ -1,6 +1,6 @@
-//! Cost per packet of the balancer's paths, next to the minimal XDP_TX program, in one run.
+//! Cost per packet of the balancer's paths, next to the minimal `XDP_TX` program, in one run.
 //!
-//! Method: BPF_PROG_RUN with repeat = 1 for every packet, so each run sees fresh input bytes
+//! Method: `BPF_PROG_RUN` with repeat = 1 for every packet, so each run sees fresh input bytes
 //! (with repeat > 1 the kernel re-runs the program on its own output, and an encapsulating
 //! program then times the wrong path). The kernel reports each run's duration, which includes a
 //! fixed timer overhead that the baseline carries too. Rounds of every path are interleaved with
@@ -65,7 +65,7 @@ fn balancer(flow_table_entries: u32) -> anyhow::Result<Balancer> {
 }
 
 /// The benchmark balancer (`lb_tests::bench::balancer`) with every backend's next hop resolved,
-/// as the agent leaves it, on the loopback device that BPF_PROG_RUN receives on.
+/// as the agent leaves it, on the loopback device that `BPF_PROG_RUN` receives on.
 fn resolved(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyhow::Result<Balancer> {
     let mut b = balancer_from(object, flow_table_entries, scheduler, 0)?;
     set_next_hops(
@@ -174,7 +174,7 @@ fn maglev() -> anyhow::Result<serde_json::Value> {
         (0..n)
             .map(|i| MaglevBackend {
                 addr: key_addr(IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i))).1,
-                family: lb_common::family::IPV4,
+                family: family::IPV4,
                 weight: 1,
                 id: i,
             })
@@ -249,6 +249,9 @@ struct Path {
     samples: Vec<f64>,
 }
 
+/// The flow table's flag for per-CPU LRU lists.
+const BPF_F_NO_COMMON_LRU: u32 = 2;
+
 fn main() -> anyhow::Result<()> {
     let o = options()?;
     require_root("the XDP benchmark")?;
@@ -259,12 +262,11 @@ fn main() -> anyhow::Result<()> {
     let mut fresh = balancer(1 << 20)?;
     // A small table kept full, so every new flow evicts one.
     let mut evicting = balancer(4096)?;
-    // The shipped flow table (one LRU list shared by all CPUs) against per-CPU LRU lists
-    // (BPF_F_NO_COMMON_LRU), with every CPU inserting new flows at once.
-    const BPF_F_NO_COMMON_LRU: u32 = 2;
     let mut source_hashed = resolved(objects::BALANCER, 1 << 20, vip_scheduler::SOURCE_HASH)?;
     let mut dealt = resolved(objects::BALANCER, 1 << 20, vip_scheduler::SEQUENCE)?;
     let mut least = resolved(objects::BALANCER, 1 << 20, vip_scheduler::LEAST_CONNECTIONS)?;
+    // The shipped flow table (one LRU list shared by all CPUs) against per-CPU LRU lists
+    // (BPF_F_NO_COMMON_LRU), with every CPU inserting new flows at once.
     let mut shared_lru = balancer(1 << 20)?;
     ensure!(shared_lru.flow_table_flags()? == 0, "the shipped flow table is expected to have one LRU list");
     let mut percpu_lru = resolved(&with_flow_table_flags(BPF_F_NO_COMMON_LRU)?, 1 << 20, vip_scheduler::MAGLEV)?;

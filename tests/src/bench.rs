@@ -1,9 +1,9 @@
-//! The benchmarks' balancer set-up and traffic, shared by the BPF_PROG_RUN benchmark
+//! The benchmarks' balancer set-up and traffic, shared by the `BPF_PROG_RUN` benchmark
 //! (`benches/xdp_paths.rs`) and the live-frames one (`benches/xdp_live.rs`).
 //!
 //! One balancer serves UDP VIP [`VIP4`]:53 (backend ids 1..=10 at 198.18.10.1..10), the same
 //! service over TCP (ids 101..=110, same addresses) and UDP VIP [`VIP6`]:53 (ids 11..=20 at
-//! fd00:10::1..10). The IPv4 UDP VIP's scheduler is the caller's; the others use Maglev.
+//! `fd00:10::1..10`). The IPv4 UDP VIP's scheduler is the caller's; the others use Maglev.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -79,7 +79,7 @@ pub fn balancer(
         if index == 0 {
             // The same service over TCP, for the TCP hit path: another VIP, its own backend ids.
             let mut table = VipTable { index: 2, ..table };
-            for id in table.table.iter_mut() {
+            for id in &mut table.table {
                 *id += 100;
             }
             for m in &maglev {
@@ -97,6 +97,8 @@ pub fn balancer(
 /// packet takes the lookups and the bucket and none is refused.
 pub fn with_admission(b: &mut Balancer, lists: bool, packet_rate: bool) -> anyhow::Result<()> {
     use lb_common::admission::{AdmissionPolicy, Gcra, verdict};
+    use std::collections::BTreeMap;
+
     use lb_userspace::reconcile::{ListedPrefix, VipAdmission};
     let listed = |addr: Ipv4Addr, len| {
         let (family, addr) = key_addr(IpAddr::V4(addr));
@@ -106,7 +108,7 @@ pub fn with_admission(b: &mut Balancer, lists: bool, packet_rate: bool) -> anyho
         (listed(Ipv4Addr::new(198, 19, 0, 0), 16), verdict::ALLOW),
         (listed(Ipv4Addr::new(198, 19, 255, 0), 24), verdict::DENY),
     ];
-    let entries = if lists { entries.into_iter().collect() } else { Default::default() };
+    let entries = if lists { entries.into_iter().collect() } else { BTreeMap::default() };
     let packets = if packet_rate { Gcra::new(100_000_000, 100_000_000) } else { Gcra::default() };
     let unlisted = if lists { verdict::DENY } else { verdict::ALLOW };
     let policy = AdmissionPolicy::new(packets, Gcra::default(), unlisted, lists, 32, 64);

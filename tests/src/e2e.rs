@@ -28,7 +28,7 @@ pub const THREADS: usize = 4;
 pub struct Health {
     pub web: Option<String>,
     pub dns: Option<String>,
-    /// Extra VIP settings for web (failure_mode, max_ejected_percent, scheduler, ...).
+    /// Extra VIP settings for web (`failure_mode`, `max_ejected_percent`, scheduler, ...).
     pub web_extra: String,
     /// Extra VIP settings for web6.
     pub web6_extra: String,
@@ -310,7 +310,7 @@ pub fn run_trials(env: Env, trials: Vec<Trial>) -> anyhow::Result<()> {
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     let mut env = match Arc::try_unwrap(env) {
-        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Ok(m) => m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner),
         Err(_) => bail!("test state still shared"),
     };
     if let Some(agent) = env.agent.take() {

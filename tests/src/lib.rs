@@ -4,7 +4,7 @@
 //! - [`bench`]: the benchmarks' balancer set-up and traffic.
 //! - [`privileged`]: root check and a private network namespace for the test process.
 //! - [`packet`]: building test frames and the expected encapsulated output.
-//! - [`xdp`]: running a loaded XDP program once through BPF_PROG_RUN.
+//! - [`xdp`]: running a loaded XDP program once through `BPF_PROG_RUN`.
 //! - [`live`]: the live-frames pipeline (generator, veth pair in native mode, sink) for benchmarks.
 //! - [`e2e`]: the lab test environment (agent runs, shares, sessions under load).
 //! - [`traffic`]: real HTTP and DNS clients for the namespaced end-to-end tests.
@@ -23,7 +23,7 @@ pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
             return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
         }
     }

@@ -162,7 +162,7 @@ impl Pipeline {
         let received = self.received()? - before_rx;
         let after_info = dut.info()?;
         let runs = after_info.run_count() - before_info.run_count();
-        let run_ns = (after_info.run_time() - before_info.run_time()).as_nanos() as f64;
+        let run_ns = after_info.run_time().checked_sub(before_info.run_time()).unwrap().as_nanos() as f64;
         Ok(Pass {
             ns_per_packet: if stats && runs > 0 { run_ns / runs as f64 } else { f64::NAN },
             delivered_mpps: received as f64 / elapsed / 1e6,

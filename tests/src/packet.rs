@@ -18,7 +18,7 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const FALLBACK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 
 /// The instance settings of the packet tests, the fuzzer and the benchmarks: encapsulation
-/// sources 198.18.200.0/24 and fd00:200::/112, MTU 1500, the fallback MAC, echo answered, a UDP
+/// sources 198.18.200.0/24 and `fd00:200::/112`, MTU 1500, the fallback MAC, echo answered, a UDP
 /// idle timeout of 30 s, and flow hash key `key`.
 pub fn dataplane_config(key: HashKey) -> DataplaneConfig {
     DataplaneConfig {
@@ -226,7 +226,7 @@ pub fn encapsulated(input: &[u8], l3: usize, e: &Encap) -> Vec<u8> {
     out
 }
 
-/// The exact ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" the balancer must
+/// The exact ICMP "fragmentation needed" (IPv4) or `ICMPv6` "packet too big" the balancer must
 /// send back for the too-big client frame `input` (IP header at `l3`), announcing `mtu`.
 pub fn too_big_answer(input: &[u8], l3: usize, mtu: u16) -> Vec<u8> {
     use etherparse::{Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, icmpv4::DestUnreachableHeader};

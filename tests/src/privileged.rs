@@ -2,8 +2,8 @@
 
 use anyhow::{Context as _, bail};
 
-/// Fails unless the process is root (loading XDP programs and BPF_PROG_RUN need CAP_BPF,
-/// CAP_NET_ADMIN and CAP_SYS_ADMIN).
+/// Fails unless the process is root (loading XDP programs and `BPF_PROG_RUN` need `CAP_BPF`,
+/// `CAP_NET_ADMIN` and `CAP_SYS_ADMIN`).
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

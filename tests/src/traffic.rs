@@ -136,7 +136,7 @@ impl Dns {
         let mut buf = [0u8; 512];
         let (n, _) = self.socket.recv_from(&mut buf).context("no answer")?;
         let r = &buf[..n];
-        ensure!(n > 16 && r[3] & 0x0f == 0 && u16::from_be_bytes([r[6], r[7]]) == 1, "bad answer {r:02x?}");
+        ensure!(n > 16 && r[3].trailing_zeros() >= 4 && u16::from_be_bytes([r[6], r[7]]) == 1, "bad answer {r:02x?}");
         // The single TXT string ends the message: [length][name].
         let len = r[n - 4] as usize;
         if len != 3 {

@@ -1,4 +1,4 @@
-//! One BPF_PROG_RUN of an XDP program (repeat = 1, so the program sees exactly the given bytes).
+//! One `BPF_PROG_RUN` of an XDP program (repeat = 1, so the program sees exactly the given bytes).
 
 use anyhow::Context as _;
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
@@ -36,7 +36,7 @@ pub struct XdpMd {
 impl XdpMd {
     pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: XdpMd is repr(C) plain integers without padding.
-        unsafe { std::slice::from_raw_parts((self as *const XdpMd).cast::<u8>(), std::mem::size_of::<XdpMd>()) }
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref::<XdpMd>(self).cast::<u8>(), size_of::<XdpMd>()) }
     }
 }
 

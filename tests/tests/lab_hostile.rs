@@ -174,7 +174,7 @@ fn syn_flood(env: &mut Env) -> anyhow::Result<()> {
     let kept = keys.iter().filter(|k| maps.flow(k).is_some()).count();
     let (conns, after) = in_namespace(CLIENT, move || -> anyhow::Result<(Vec<Http>, Vec<String>)> {
         let mut conns = conns;
-        let names = conns.iter_mut().map(|c| c.get()).collect::<anyhow::Result<Vec<_>>>()?;
+        let names = conns.iter_mut().map(Http::get).collect::<anyhow::Result<Vec<_>>>()?;
         Ok((conns, names))
     })??;
     drop(conns);
@@ -223,7 +223,7 @@ fn syn_flood_from_random_sources(count: u32) -> anyhow::Result<u32> {
                 packet.as_ptr().cast(),
                 packet.len(),
                 0,
-                (&dst as *const libc::sockaddr_in).cast(),
+                (&raw const dst).cast(),
                 size_of::<libc::sockaddr_in>() as u32,
             )
         };

@@ -1,8 +1,8 @@
-//! `cargo xtask bench`: the benchmark suite. The BPF_PROG_RUN benchmark
-//! (tests/benches/xdp_paths.rs), the live-frames one (tests/benches/xdp_live.rs), and in the lab
-//! the control-plane latency (tests/benches/control_latency.rs) and TCP throughput through the
-//! VIP (tests/benches/tcp_throughput.rs), and nginx's UDP proxy for scale
-//! (tests/benches/udp_proxy.rs), each printing a table and writing JSON under
+//! `cargo xtask bench`: the benchmark suite. The `BPF_PROG_RUN` benchmark
+//! (`tests/benches/xdp_paths.rs`), the live-frames one (`tests/benches/xdp_live.rs`), and in the lab
+//! the control-plane latency (`tests/benches/control_latency.rs`) and TCP throughput through the
+//! VIP (`tests/benches/tcp_throughput.rs`), and nginx's UDP proxy for scale
+//! (`tests/benches/udp_proxy.rs`), each printing a table and writing JSON under
 //! target/bench/; with `--ablation`, the live one also measures balancer
 //! builds that stop after each stage of the fast path (built here).
 

@@ -48,7 +48,7 @@ const BURST_PACKETS: &str = "1000000";
 
 /// The data plane's speed, as the lab's clients cannot show it: a bounded burst of live frames
 /// through the balancer in native mode on a veth pair of its own (the live benchmark, one round,
-/// established UDP flows), next to the minimal XDP_TX program measured the same way.
+/// established UDP flows), next to the minimal `XDP_TX` program measured the same way.
 fn burst() -> anyhow::Result<()> {
     println!("\n== a burst of live frames through the balancer, next to a minimal XDP_TX program");
     cmd::run(cmd::cargo().args(["bench", "--profile", "dev", "-p", "lb-tests", "--bench", "xdp_live", "--"]).args([
@@ -75,7 +75,7 @@ fn demo_in(lab: &Lab) -> anyhow::Result<()> {
     let stats = cmd::output(std::process::Command::new(&lab.lb).args(["stats", "--instance", INSTANCE]));
     let status = cmd::output(std::process::Command::new(&lab.lb).args(["status", "--instance", INSTANCE]));
     lab.stop_agent(agent)?;
-    let tally = traffic?;
+    let tally = traffic;
 
     println!(
         "\n== which backend answered ({DEMO_REQUESTS} requests each, each a new flow; be4 is the lab's spare, not in lab.toml)"
@@ -111,7 +111,7 @@ fn demo_in(lab: &Lab) -> anyhow::Result<()> {
 }
 
 /// Service -> answering backend (or "failed") -> count.
-fn send_traffic() -> anyhow::Result<BTreeMap<String, BTreeMap<String, usize>>> {
+fn send_traffic() -> BTreeMap<String, BTreeMap<String, usize>> {
     let mut tally: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     let services = [
         (
@@ -145,12 +145,12 @@ fn send_traffic() -> anyhow::Result<BTreeMap<String, BTreeMap<String, usize>>> {
         }
     }
     std::thread::sleep(Duration::from_millis(100));
-    Ok(tally)
+    tally
 }
 
 fn dig(server: &str) -> Vec<String> {
     ["dig", "+short", "+time=2", "+tries=1", &format!("@{server}"), "whoami.lab", "TXT"]
         .iter()
-        .map(|s| s.to_string())
+        .map(ToString::to_string)
         .collect()
 }

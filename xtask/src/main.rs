@@ -3,7 +3,7 @@
 //! Layout:
 //! - [`deps`]: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker), idempotently.
 //! - [`test`]: every test tier (lint, host unit tests, in-kernel packet tests), with a summary.
-//! - [`bench`]: the benchmark suite (BPF_PROG_RUN and live frames, optionally by stage).
+//! - [`bench`]: the benchmark suite (`BPF_PROG_RUN` and live frames, optionally by stage).
 //! - [`perfdoc`]: docs/performance.md from the benchmarks' results.
 //! - [`lab`]: the namespaced lab and the demo.
 //! - [`cmd`]: running commands with readable failures.
@@ -50,8 +50,8 @@ enum Command {
         #[arg(value_enum)]
         action: LabAction,
     },
-    /// The benchmark suite: ns per packet of the balancer's paths (BPF_PROG_RUN and live frames in
-    /// native mode) next to a minimal XDP_TX program, in the same rounds (needs root). Results
+    /// The benchmark suite: ns per packet of the balancer's paths (`BPF_PROG_RUN` and live frames in
+    /// native mode) next to a minimal `XDP_TX` program, in the same rounds (needs root). Results
     /// as tables and as JSON under target/bench/.
     Bench {
         /// Fewer, shorter rounds (about 3 minutes).

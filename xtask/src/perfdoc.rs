@@ -23,7 +23,7 @@ fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
-/// Writes `doc` from the benchmark results in `results` (xdp_live.json, xdp_paths.json).
+/// Writes `doc` from the benchmark results in `results` (`xdp_live.json`, `xdp_paths.json`).
 pub fn write(results: &Path, doc: &Path, command: &str) -> anyhow::Result<()> {
     let live = read(&results.join("xdp_live.json"))?;
     let paths = read(&results.join("xdp_paths.json"))?;
@@ -180,7 +180,7 @@ No target per stage: the whole path's is the net \
     Ok(s)
 }
 
-/// Single BPF_PROG_RUN calls per path.
+/// Single `BPF_PROG_RUN` calls per path.
 fn paths_table(paths: &Value) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "\n## Single BPF_PROG_RUN calls\n");

@@ -13,7 +13,7 @@ pub enum Tier {
     Lint,
     /// Host unit tests: hashing, Maglev, layouts, parsing helpers.
     Unit,
-    /// In-kernel packet tests: the compiled XDP programs through BPF_PROG_RUN (root).
+    /// In-kernel packet tests: the compiled XDP programs through `BPF_PROG_RUN` (root).
     Packet,
     /// End-to-end tests in the namespaced lab with real servers and clients (root).
     E2e,

@@ -1,6 +1,6 @@
-//! The benchmark's traffic generator, run by BPF_PROG_RUN in live-frames mode on one end of a
+//! The benchmark's traffic generator, run by `BPF_PROG_RUN` in live-frames mode on one end of a
 //! veth pair: each run writes the template (`lb_common::generator`) into the frame, gives it
-//! this CPU's next flow, and sends it out (XDP_TX becomes a transmission on that veth, received
+//! this CPU's next flow, and sends it out (`XDP_TX` becomes a transmission on that veth, received
 //! natively by the program under test on the peer).
 #![no_std]
 #![no_main]

@@ -2,7 +2,7 @@
 //! outer source is a balancer's (`lb_common::decap`) and whose inner destination is a configured
 //! VIP, and passes the inner packet to the stack.
 //!
-//! Needed because backends may lack the kernel's ipip/ip6_tunnel modules. Only option-free,
+//! Needed because backends may lack the kernel's `ipip/ip6_tunnel` modules. Only option-free,
 //! unfragmented outer headers carrying IPv4 (protocol 4) or IPv6 (41) are decapsulated; anything
 //! else passes untouched. A Congestion Experienced mark on the outer header is copied to an
 //! ECN-capable inner packet (RFC 6040), so congestion signals survive the tunnel.

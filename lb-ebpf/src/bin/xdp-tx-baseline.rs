@@ -1,4 +1,4 @@
-//! The smallest useful XDP program: swap the MAC addresses and send the frame back (XDP_TX).
+//! The smallest useful XDP program: swap the MAC addresses and send the frame back (`XDP_TX`).
 //! Benchmarks report the balancer's cost next to this one, measured in the same run.
 #![no_std]
 #![no_main]

@@ -179,7 +179,7 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     if socket.exists() {
         // A live agent answers; a stale socket from a stopped one does not.
         anyhow::ensure!(
-            std::os::unix::net::UnixStream::connect(socket).is_err(),
+            UnixStream::connect(socket).is_err(),
             "another agent is running on {}; stop it first",
             socket.display()
         );

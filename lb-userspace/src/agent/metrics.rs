@@ -63,7 +63,7 @@ fn render(pins: &PinDir, status: Option<&Status>) -> String {
                     s,
                     "# HELP {metric}_{suffix} Per-{help} {suffix} seen by the balancer.\n# TYPE {metric}_{suffix} counter"
                 );
-                for r in rows.iter() {
+                for r in rows {
                     let v = [r.packets, r.bytes, r.new_flows][pick];
                     let _ = writeln!(s, "{metric}_{suffix}{{{label}=\"{}\"}} {v}", r.name);
                 }

@@ -168,7 +168,7 @@ impl Agent {
         for interface in &self.config.instance.interfaces {
             match host::vlan::keep_vlan_tags(interface) {
                 Ok(off) if !off.is_empty() => {
-                    tracing::info!(interface, features = ?off, "turned receive VLAN offload off")
+                    tracing::info!(interface, features = ?off, "turned receive VLAN offload off");
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -411,7 +411,7 @@ impl Agent {
 fn log_op(op: &Op) {
     match op {
         Op::SetDataplane(d) => {
-            tracing::info!(mtu = d.mtu, udp_idle_timeout_ns = d.udp_idle_timeout_ns, "set instance settings")
+            tracing::info!(mtu = d.mtu, udp_idle_timeout_ns = d.udp_idle_timeout_ns, "set instance settings");
         }
         Op::SetBackend { id, backend } => tracing::info!(
             id,

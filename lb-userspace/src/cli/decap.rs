@@ -22,8 +22,8 @@ pub enum DecapCommand {
         /// A VIP address served by this backend (repeat for several).
         #[arg(long = "vip", required = true)]
         vips: Vec<IpAddr>,
-        /// A prefix the balancers' tunnel packets come from: their encap_source_v4 and
-        /// encap_source_v6, and their own addresses if they run tunnel health checks (repeat for
+        /// A prefix the balancers' tunnel packets come from: their `encap_source_v4` and
+        /// `encap_source_v6`, and their own addresses if they run tunnel health checks (repeat for
         /// several). Tunnel packets from anywhere else are not decapsulated.
         #[arg(long = "balancer-source", required = true, value_name = "PREFIX")]
         balancer_sources: Vec<Prefix>,

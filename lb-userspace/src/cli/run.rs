@@ -28,15 +28,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+pub fn check(args: CheckArgs) -> ExitCode {
     match Config::load(&args.config) {
         Ok(c) => {
             println!("{}: ok ({} VIPs, {} backends)", args.config.display(), c.vips.len(), c.backend_count());
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
-            Ok(ExitCode::FAILURE)
+            ExitCode::FAILURE
         }
     }
 }

@@ -173,6 +173,8 @@ impl Validator<'_> {
         prefixes
     }
 
+    /// A rate and its burst: `Some(None)` when neither is set, `None` after a problem.
+    #[allow(clippy::option_option, reason = "absent and invalid differ, as everywhere in the validator")]
     fn rate_limit(
         &mut self,
         rate: &Option<Spanned<i64>>,

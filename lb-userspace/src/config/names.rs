@@ -63,7 +63,7 @@ mod tests {
     fn round_trips<T: Named + core::fmt::Debug>() {
         for (name, value) in T::NAMES {
             assert_eq!(value.name(), *name);
-            assert_eq!(T::parse(name).map(|v| v.name()), Ok(*name));
+            assert_eq!(T::parse(name).map(Named::name), Ok(*name));
         }
     }
 

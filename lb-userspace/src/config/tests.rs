@@ -81,7 +81,7 @@ fn table_size_must_be_a_prime_in_range() {
     assert!(got.contains("1048583 is out of range 3..=1048573"), "{got}");
 }
 
-/// A configuration of `vips` VIPs, each with `backends` backends and the given table_size line.
+/// A configuration of `vips` VIPs, each with `backends` backends and the given `table_size` line.
 fn many(vips: usize, backends: usize, table_size: &str) -> String {
     let mut text = MINIMAL.split("[[vip]]").next().unwrap().to_string();
     for v in 0..vips {

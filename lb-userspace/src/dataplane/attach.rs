@@ -1,4 +1,4 @@
-//! Attaching an XDP program to an interface through a pinned bpf_link, or replacing the program
+//! Attaching an XDP program to an interface through a pinned `bpf_link`, or replacing the program
 //! inside an existing pinned link atomically (a restart or an upgrade loses no packet).
 
 use std::path::Path;

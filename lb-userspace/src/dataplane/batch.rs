@@ -1,4 +1,4 @@
-//! Reading a whole hash map in batches (BPF_MAP_LOOKUP_BATCH), which aya does not offer: a few
+//! Reading a whole hash map in batches (`BPF_MAP_LOOKUP_BATCH`), which aya does not offer: a few
 //! syscalls per thousand entries instead of two per entry, so recounting a flow table of a
 //! million entries costs a fraction of a second rather than seconds.
 
@@ -78,7 +78,7 @@ fn read_batches<K: Pod + Default, V: Pod + Default>(
     let (mut cursor, mut next) = (None::<u32>, 0u32);
     loop {
         let mut attr = BatchAttr {
-            in_batch: cursor.as_ref().map_or(0, |c| c as *const u32 as u64),
+            in_batch: cursor.as_ref().map_or(0, |c| std::ptr::from_ref::<u32>(c) as u64),
             out_batch: &raw mut next as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -89,12 +89,7 @@ fn read_batches<K: Pod + Default, V: Pod + Default>(
         // SAFETY: the attribute points at buffers of `count` keys and values and at two u32
         // cursors, all alive for the call.
         let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                std::mem::size_of::<BatchAttr>() as libc::c_uint,
-            )
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>() as libc::c_uint)
         };
         let done = if rc < 0 {
             let error = io::Error::last_os_error();

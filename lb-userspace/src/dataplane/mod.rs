@@ -170,7 +170,7 @@ impl Balancer {
         Ok(Self { ebpf, maps })
     }
 
-    /// The loaded XDP program (to attach it, or to run it through BPF_PROG_RUN).
+    /// The loaded XDP program (to attach it, or to run it through `BPF_PROG_RUN`).
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
         program(&mut self.ebpf, "balancer")
     }
@@ -303,7 +303,7 @@ impl BalancerMaps {
 
     /// Makes `table` (backend ids; its length is the table size) the live Maglev table of the VIP
     /// `key` at counter/table index `index`, creating the VIP if needed. An empty table makes the
-    /// VIP drop its traffic (reason drop_no_backend).
+    /// VIP drop its traffic (reason `drop_no_backend`).
     pub fn install_vip(&mut self, key: &VipKey, vip: &VipTable) -> Result<(), DataplaneError> {
         let (index, table) = (vip.index, vip.table.as_slice());
         if index >= MAX_VIPS {
@@ -432,7 +432,7 @@ impl BalancerMaps {
             }
         }
         let mut vips = BTreeMap::new();
-        for entry in self.vips.iter() {
+        for entry in &self.vips {
             let (key, info) = entry?;
             let table = self.live_table(&info)?;
             let scheduling = Scheduling {
@@ -476,7 +476,7 @@ impl BalancerMaps {
                 all.entry(index).or_default().policy = policy;
             }
         }
-        for entry in self.source_lists.iter() {
+        for entry in &self.source_lists {
             let (key, verdict) = entry?;
             let (index, prefix) = listed_prefix(&key);
             all.entry(index).or_default().lists.insert(prefix, verdict);
@@ -591,7 +591,7 @@ impl BalancerMaps {
     /// backends', and its backends'.
     pub fn vip_traffic(&self) -> Result<BTreeMap<u32, TrafficCounters>, DataplaneError> {
         let mut vips = BTreeMap::new();
-        for entry in self.vips.iter() {
+        for entry in &self.vips {
             let (_, info) = entry?;
             let own = sum_traffic(&self.vip_stats.get(&info.index, 0)?);
             let retired = sum_traffic(&self.vip_stats.get(&(MAX_VIPS + info.index), 0)?);
@@ -629,7 +629,7 @@ fn listed_prefix(key: &LpmKey<SourceListKey>) -> (u32, ListedPrefix) {
 pub fn monotonic_coarse_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -643,7 +643,7 @@ pub fn ifindex(name: &str) -> Result<u32, DataplaneError> {
     }
 }
 
-/// Loads the minimal XDP_TX program benchmarks compare against.
+/// Loads the minimal `XDP_TX` program benchmarks compare against.
 pub fn load_xdp_tx_baseline() -> Result<Ebpf, DataplaneError> {
     let mut ebpf = Ebpf::load(objects::XDP_TX_BASELINE)?;
     program(&mut ebpf, "xdp_tx_baseline")?.load()?;

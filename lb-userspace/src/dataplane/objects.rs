@@ -4,7 +4,7 @@
 pub static BALANCER: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));
 /// The backend-side decapsulation program (program `decap`).
 pub static DECAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap"));
-/// The minimal XDP_TX program benchmarks compare against (program `xdp_tx_baseline`).
+/// The minimal `XDP_TX` program benchmarks compare against (program `xdp_tx_baseline`).
 pub static XDP_TX_BASELINE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-tx-baseline"));
 /// The benchmark's live-frames traffic generator (program `bench_generator`).
 pub static BENCH_GENERATOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-generator"));
@@ -33,7 +33,7 @@ mod tests {
         for (program, object, expected) in
             [("balancer", super::BALANCER, &maps::BALANCER[..]), ("decap", super::DECAP, &maps::DECAP[..])]
         {
-            let expected: BTreeSet<String> = expected.iter().map(|n| n.to_string()).collect();
+            let expected: BTreeSet<String> = expected.iter().map(ToString::to_string).collect();
             assert_eq!(map_names(object), expected, "the {program} program's maps");
         }
     }

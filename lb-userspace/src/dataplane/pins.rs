@@ -63,7 +63,7 @@ pub fn ensure_bpffs() -> io::Result<()> {
     let path = std::ffi::CString::new(BPFFS).expect("no NUL");
     // SAFETY: valid path, zeroed out-struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+    if unsafe { libc::statfs(path.as_ptr(), &raw mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
     std::fs::create_dir_all(BPFFS)?;

@@ -22,7 +22,7 @@ pub fn enable_forwarding(interface: &str) {
         match std::fs::write(&path, "1") {
             Ok(()) => tracing::debug!(path, "enabled forwarding"),
             Err(e) => {
-                tracing::warn!(path, error = %e, "could not enable forwarding; next hops then come from the fallback MAC")
+                tracing::warn!(path, error = %e, "could not enable forwarding; next hops then come from the fallback MAC");
             }
         }
     }

@@ -81,8 +81,8 @@ impl Resolver {
                 std::os::fd::AsRawFd::as_raw_fd(&socket),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
         if set != 0 {
@@ -202,9 +202,9 @@ impl Resolver {
                 let length = parsed.header.length as usize;
                 if parsed.header.sequence_number == self.sequence {
                     match parsed.payload {
-                        NetlinkPayload::Done(_) => return Ok(answers),
                         NetlinkPayload::Error(e) if e.code.is_some() => return Err(io(e.to_io())),
-                        NetlinkPayload::Error(_) => return Ok(answers),
+                        // An error message without a code acknowledges the request.
+                        NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => return Ok(answers),
                         NetlinkPayload::InnerMessage(m) => {
                             answers.push(m);
                             if !dump {
@@ -264,13 +264,12 @@ impl NextHops {
         let mut changes = Vec::new();
         for (id, backend) in backends {
             let address = from_key(backend.family, &backend.addr);
-            let route = match self.routes.get(&address) {
-                Some(route) => *route,
-                None => {
-                    let route = self.resolver.route(address)?;
-                    self.routes.insert(address, route);
-                    route
-                }
+            let route = if let Some(route) = self.routes.get(&address) {
+                *route
+            } else {
+                let route = self.resolver.route(address)?;
+                self.routes.insert(address, route);
+                route
             };
             let hop = tables.next_hop(route);
             if map.next_hop(*id)? != hop {

@@ -1,6 +1,6 @@
 //! VLAN tags kept in the frame for XDP. A NIC with receive VLAN offload strips the (outer) tag
 //! into the packet's metadata before XDP runs; the balancer would then send the packet back
-//! untagged, or with only the inner tag of a QinQ frame, onto the wrong VLAN. So the agent turns
+//! untagged, or with only the inner tag of a `QinQ` frame, onto the wrong VLAN. So the agent turns
 //! both receive offloads (802.1Q and 802.1ad) off on the interfaces it attaches to, and reports an
 //! interface where that cannot be done.
 //!

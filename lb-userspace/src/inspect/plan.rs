@@ -39,7 +39,7 @@ const SAMPLES: u32 = 200_003;
 /// What applying `config` would change, VIP by VIP (backends taken as healthy).
 pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>> {
     let current = maps.current()?;
-    let desired = crate::reconcile::policy::desired(config);
+    let desired = reconcile::policy::desired(config);
     let ops = reconcile::plan(&desired, &current)?;
     // The maps after the change, as the agent's own copy follows them.
     let mut after = current.clone();
@@ -57,7 +57,7 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
         let before = current.vips.get(&key).map(|v| v.table.clone()).unwrap_or_default();
         let after = tables.get(&key).cloned().unwrap_or_default();
         let addr = |records: &BTreeMap<u32, lb_common::backend::Backend>, id: u32| {
-            records.get(&id).map(|b| from_key(b.family, &b.addr).to_string()).unwrap_or_else(|| "-".into())
+            records.get(&id).map_or_else(|| "-".into(), |b| from_key(b.family, &b.addr).to_string())
         };
         let pick = |table: &[u32], records: &BTreeMap<u32, lb_common::backend::Backend>, h: u32| {
             if table.is_empty() {
@@ -100,7 +100,10 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
             );
         }
         let mine: Vec<&(VipKey, u32)> = flows.iter().filter(|(vip, _)| *vip == key).collect();
-        let flows_moved = mine.iter().filter(|(_, id)| !records.get(id).is_some_and(|b| b.keeps_flows())).count();
+        let flows_moved = mine
+            .iter()
+            .filter(|(_, id)| !records.get(id).is_some_and(lb_common::backend::Backend::keeps_flows))
+            .count();
         out.push(VipPlan {
             vip: show_vip(&key),
             hash_space_moved: f64::from(moved) / f64::from(SAMPLES),
@@ -113,7 +116,7 @@ pub fn plan(maps: &BalancerMaps, config: &Config) -> anyhow::Result<Vec<VipPlan>
     Ok(out)
 }
 
-/// Flows sampled when the hash key changes: SipHash costs more than the table-only sampling's
+/// Flows sampled when the hash key changes: `SipHash` costs more than the table-only sampling's
 /// mixing, so a fifth as many.
 const KEY_CHANGE_SAMPLE_DIVISOR: u32 = 5;
 

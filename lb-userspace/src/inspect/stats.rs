@@ -43,7 +43,7 @@ impl PinnedStats {
     pub fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
         let mut vips = Vec::new();
         let traffic = self.maps.vip_traffic()?;
-        for entry in self.maps.vips.iter() {
+        for entry in &self.maps.vips {
             let (key, info) = entry?;
             let c = traffic.get(&info.index).copied().unwrap_or_default();
             vips.push(Row { name: show_vip(&key), packets: c.packets, bytes: c.bytes, new_flows: c.new_flows });

@@ -246,23 +246,20 @@ pub fn plan(desired: &Desired, current: &Current) -> Result<Vec<Op>, ReconcileEr
                 .with_weight(b.weight)
                 .keeping_flows(b.keeps_flows)
                 .with_admission(vip.admission.policy.checks);
-            let id = match existing.get(&(index as u16, family, addr)) {
-                Some(&id) => {
-                    let now = current.backends[&id];
-                    if now != record {
-                        if b.keeps_flows {
-                            keep_again.push(Op::SetBackend { id, backend: record })
-                        } else {
-                            shed.push(Op::SetBackend { id, backend: record })
-                        }
+            let id = if let Some(&id) = existing.get(&(index as u16, family, addr)) {
+                let now = current.backends[&id];
+                if now != record {
+                    if b.keeps_flows {
+                        keep_again.push(Op::SetBackend { id, backend: record });
+                    } else {
+                        shed.push(Op::SetBackend { id, backend: record });
                     }
-                    id
                 }
-                None => {
-                    let id = free_id.next().ok_or(ReconcileError::TooManyBackends)?;
-                    keep_again.push(Op::SetBackend { id, backend: record });
-                    id
-                }
+                id
+            } else {
+                let id = free_id.next().ok_or(ReconcileError::TooManyBackends)?;
+                keep_again.push(Op::SetBackend { id, backend: record });
+                id
             };
             wanted_ids.insert(id);
             members.push(MaglevBackend { addr, family, weight: b.weight, id });

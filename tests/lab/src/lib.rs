@@ -17,11 +17,11 @@
 //! and backends' links to the bridge take 1600 bytes, so a client's full-size packet still fits
 //! once encapsulated (the backends' routes keep their own packets at 1500).
 //!
-//! The balancer runs native XDP; a frame it sends back out of its veth (XDP_TX) is delivered
+//! The balancer runs native XDP; a frame it sends back out of its veth (`XDP_TX`) is delivered
 //! only if the veth's peer, its bridge port, runs an XDP program too: the lab gives it one that
 //! passes every frame.
-//! The client routes the VIPs (198.18.100.0/24, fd00:100::/64) through the balancer. Backends
-//! hold the VIPs on `lo` (arp_ignore/arp_announce so they never answer for them), run the
+//! The client routes the VIPs (198.18.100.0/24, `fd00:100::/64`) through the balancer. Backends
+//! hold the VIPs on `lo` (`arp_ignore/arp_announce` so they never answer for them), run the
 //! project's decapsulation program on `eth0`, and serve HTTP (nginx) and DNS (dnsmasq) on the
 //! VIPs (and on their own addresses, for plain health checks), each answering with its own
 //! name, so a reply tells which backend served it.
@@ -313,7 +313,7 @@ impl Lab {
         run(Command::new(&self.lb).args(["decap", "detach", "--name", &decap_name(i)])).map(drop)
     }
 
-    /// Gives the client `count` more IPv6 addresses (fd00::1:0 and up), so tests can open flows
+    /// Gives the client `count` more IPv6 addresses (`fd00::1:0` and up), so tests can open flows
     /// from many clients.
     pub fn add_client_addresses(&self, count: u16) -> anyhow::Result<Vec<Ipv6Addr>> {
         let addrs: Vec<Ipv6Addr> = (0..count).map(|i| Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, i)).collect();
@@ -508,7 +508,7 @@ fn attach_pass_program(netns: &str, interface: &str) -> anyhow::Result<()> {
     attr[1] = PROGRAM.as_ptr() as u64;
     attr[2] = license.as_ptr() as u64;
     // SAFETY: attr is a zeroed bpf_attr with valid pointers for the duration of the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), size_of_val(&attr)) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error()).context("loading the pass program");
     }
@@ -521,7 +521,7 @@ fn attach_pass_program(netns: &str, interface: &str) -> anyhow::Result<()> {
     attr[0] = path.as_ptr() as u64;
     attr[1] = fd.as_raw_fd() as u64;
     // SAFETY: as above (BPF_OBJ_PIN: pathname, bpf_fd).
-    if unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), std::mem::size_of_val(&attr)) } != 0 {
+    if unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), size_of_val(&attr)) } != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("pinning the pass program at {}", pin.display()));
     }

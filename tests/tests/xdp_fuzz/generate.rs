@@ -31,9 +31,9 @@ const SOURCES_V4: [Ipv4Addr; 8] = [
     Ipv4Addr::new(198, 18, 0, 66),
     Ipv4Addr::new(198, 18, 7, 1),
     Ipv4Addr::new(198, 19, 255, 254),
-    Ipv4Addr::new(127, 0, 0, 1),
+    Ipv4Addr::LOCALHOST,
     Ipv4Addr::new(224, 0, 0, 1),
-    Ipv4Addr::new(255, 255, 255, 255),
+    Ipv4Addr::BROADCAST,
     Ipv4Addr::new(198, 18, 200, 7),
 ];
 
@@ -289,7 +289,8 @@ impl Generator {
         match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let h = etherparse::Ipv4Header::new(0, 64, number, s.octets(), d.octets()).expect("header");
-                eth.ip(etherparse::IpHeaders::Ipv4(h, Default::default())).write(&mut out, number, inner_ip)
+                eth.ip(etherparse::IpHeaders::Ipv4(h, etherparse::Ipv4Extensions::default()))
+                    .write(&mut out, number, inner_ip)
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let h = etherparse::Ipv6Header {
@@ -299,7 +300,8 @@ impl Generator {
                     destination: d.octets(),
                     ..Default::default()
                 };
-                eth.ip(etherparse::IpHeaders::Ipv6(h, Default::default())).write(&mut out, number, inner_ip)
+                eth.ip(etherparse::IpHeaders::Ipv6(h, etherparse::Ipv6Extensions::default()))
+                    .write(&mut out, number, inner_ip)
             }
             _ => unreachable!("one family"),
         }
@@ -307,7 +309,7 @@ impl Generator {
         out
     }
 
-    /// A VIP's packet under two VLAN tags (QinQ), or one 802.1ad tag.
+    /// A VIP's packet under two VLAN tags (`QinQ`), or one 802.1ad tag.
     fn vlan_stack(&mut self, model: &Model) -> Vec<u8> {
         let flow = self.flow(model);
         let mut f = frame(&flow, &Shape { vlan: None, ..self.shape() });

@@ -1,9 +1,9 @@
 //! The fuzzer: structure-aware packets ([`generate`]) run through the real balancer and
-//! decapsulation programs with BPF_PROG_RUN, each checked against [`invariants`], and at the end
+//! decapsulation programs with `BPF_PROG_RUN`, each checked against [`invariants`], and at the end
 //! the reason counters checked to account for every packet run, each under the verdict it got.
 //!
 //! `LB_FUZZ_PACKETS` (packets run, default 50,000, what every CI run takes; generated frames
-//! shorter than an Ethernet header, which BPF_PROG_RUN refuses, do not count) and `LB_FUZZ_SEED` (default a
+//! shorter than an Ethernet header, which `BPF_PROG_RUN` refuses, do not count) and `LB_FUZZ_SEED` (default a
 //! fixed one, so CI is reproducible) set the run; `cargo xtask fuzz` runs a million with a fresh
 //! seed. A failure names the seed, the packet's index, its template and bytes: the same seed
 //! replays it. Needs root; never skips.
@@ -28,7 +28,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 /// Packets of a run unless `LB_FUZZ_PACKETS` says otherwise.
 const DEFAULT_PACKETS: u64 = 50_000;
 const DEFAULT_SEED: u64 = 0x6c62_2d66_757a_7a31;
-/// The kernel's BPF_PROG_RUN takes no XDP frame shorter than an Ethernet header.
+/// The kernel's `BPF_PROG_RUN` takes no XDP frame shorter than an Ethernet header.
 const SHORTEST_FRAME: usize = 14;
 
 fn main() -> anyhow::Result<()> {

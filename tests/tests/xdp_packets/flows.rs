@@ -171,7 +171,10 @@ fn removed_backend_keeps_totals(env: &mut Env) -> anyhow::Result<()> {
         env.balancer.set_backend(owner, &newcomer)?;
         ensure!(totals(env)? == before, "totals changed when id {owner} was given to a new backend");
         let counted = env.balancer.backend_counters(owner)?;
-        ensure!(counted == Default::default(), "the new backend at id {owner} starts at {counted:?}");
+        ensure!(
+            counted == lb_common::counters::TrafficCounters::default(),
+            "the new backend at id {owner} starts at {counted:?}"
+        );
         Ok(())
     })();
     env.balancer.set_backend(owner, &record)?;

@@ -1,4 +1,4 @@
-//! In-kernel packet tests: the real compiled XDP programs run through BPF_PROG_RUN (repeat = 1)
+//! In-kernel packet tests: the real compiled XDP programs run through `BPF_PROG_RUN` (repeat = 1)
 //! on table-driven fixtures. Each fixture gives input bytes and expects a verdict, exact output
 //! bytes and exact counter changes (one reason counter up by one packet, nothing else; VIP and
 //! backend counters where traffic is forwarded).
@@ -71,7 +71,7 @@ fn pin_to_cpu0() -> anyhow::Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
             return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
         }
     }

@@ -81,7 +81,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
                 53,
                 |f, l3| {
                     set_u16(f, l3 + 6, 0x2000);
-                    fix_ipv4_checksum(f, l3)
+                    fix_ipv4_checksum(f, l3);
                 },
                 Expect::pass(Reason::PassNotVip),
             )
@@ -108,7 +108,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
                 80,
                 |f, l3| {
                     f[l3] = 0x44;
-                    fix_ipv4_checksum(f, l3)
+                    fix_ipv4_checksum(f, l3);
                 },
                 Expect::drop(Reason::DropBadHeader),
             )
@@ -121,7 +121,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
                 80,
                 |f, l3| {
                     f[l3] = 0x55;
-                    fix_ipv4_checksum(f, l3)
+                    fix_ipv4_checksum(f, l3);
                 },
                 Expect::drop(Reason::DropBadHeader),
             )
@@ -134,7 +134,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
                 80,
                 |f, l3| {
                     set_u16(f, l3 + 2, 19);
-                    fix_ipv4_checksum(f, l3)
+                    fix_ipv4_checksum(f, l3);
                 },
                 Expect::drop(Reason::DropBadHeader),
             )
@@ -148,7 +148,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
                 |f, l3| {
                     let l = get_u16(f, l3 + 2);
                     set_u16(f, l3 + 2, l + 1);
-                    fix_ipv4_checksum(f, l3)
+                    fix_ipv4_checksum(f, l3);
                 },
                 Expect::drop(Reason::DropTruncated),
             )
@@ -161,7 +161,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
                 80,
                 |f, l3| {
                     set_u16(f, l3 + 2, 20 + 19);
-                    fix_ipv4_checksum(f, l3)
+                    fix_ipv4_checksum(f, l3);
                 },
                 Expect::drop(Reason::DropTruncated),
             )
@@ -174,7 +174,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
                 53,
                 |f, l3| {
                     set_u16(f, l3 + 2, 20 + 7);
-                    fix_ipv4_checksum(f, l3)
+                    fix_ipv4_checksum(f, l3);
                 },
                 Expect::drop(Reason::DropTruncated),
             )
@@ -187,7 +187,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
                 53,
                 |f, l3| {
                     let l = get_u16(f, l3 + 4);
-                    set_u16(f, l3 + 4, l + 1)
+                    set_u16(f, l3 + 4, l + 1);
                 },
                 Expect::drop(Reason::DropTruncated),
             )
@@ -210,7 +210,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
                 80,
                 |f, l3| {
                     f[l3 + 8] = 0;
-                    fix_ipv4_checksum(f, l3)
+                    fix_ipv4_checksum(f, l3);
                 },
                 Expect::drop(Reason::DropTtlExpired),
             )

@@ -58,7 +58,7 @@ fn round_robin_case(env: &mut Env) -> anyhow::Result<()> {
         let f = flow(env, Protocol::Tcp, VIP4_ROUND_ROBIN.into(), 80);
         let input = frame(&f, &shape);
         let expect = expect_encap(env, &f, &input, &shape, true)?;
-        let backend = expect.forwarded.map(|x| x.1).unwrap_or(0);
+        let backend = expect.forwarded.map_or(0, |x| x.1);
         dealt.push(backend);
         check(env, &input, None, &expect)?;
         env.dealt(key);

@@ -7,7 +7,7 @@
 //!   spread flows across receive queues; IPv6 also carries the flow hash in the flow label;
 //! - TTL / hop limit [`OUTER_TTL`]: the tunnel is a fresh path from balancer to backend;
 //! - TOS / traffic class copied from the inner packet (DSCP and ECN, RFC 2983 uniform model and
-//!   RFC 6040 normal mode), so QoS and congestion marks apply on the way to the backend;
+//!   RFC 6040 normal mode), so `QoS` and congestion marks apply on the way to the backend;
 //! - IPv4 DF copied from an inner IPv4 packet (RFC 2003), set for inner IPv6.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};

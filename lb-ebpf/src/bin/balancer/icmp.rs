@@ -1,6 +1,6 @@
 //! Path MTU discovery through the balancer: a packet that would exceed the MTU once
 //! encapsulated is turned, in place, into an ICMP "fragmentation needed" (IPv4, when the client
-//! set DF) or ICMPv6 "packet too big" back to the client, announcing the MTU left after the
+//! set DF) or `ICMPv6` "packet too big" back to the client, announcing the MTU left after the
 //! tunnel's overhead. The client's stack then sends smaller packets to the VIP.
 //!
 //! The message comes from the VIP, quotes the client's IP header and first 8 bytes of L4 header
@@ -123,7 +123,7 @@ fn too_big_v4(ctx: &XdpContext, ip: &Ip, l3: usize, mtu: u16) -> Option<()> {
     Some(())
 }
 
-/// The IPv6 header and ICMPv6 "packet too big" of the answer, at `l3`.
+/// The IPv6 header and `ICMPv6` "packet too big" of the answer, at `l3`.
 #[inline(always)]
 fn too_big_v6(ctx: &XdpContext, ip: &Ip, l3: usize, mtu: u16) -> Option<()> {
     let mtu = u32::from(mtu.max(IPV6_MIN_MTU));

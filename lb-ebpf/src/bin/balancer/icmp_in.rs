@@ -50,7 +50,7 @@ pub enum Icmp {
     Steer(FlowKey),
 }
 
-/// Classifies (and answers, for echo) an ICMP or ICMPv6 packet. Out of line: its branches
+/// Classifies (and answers, for echo) an ICMP or `ICMPv6` packet. Out of line: its branches
 /// would multiply the verifier's paths through the forwarding stages.
 #[inline(never)]
 pub fn to_vip(ctx: &XdpContext, ip: &Ip, cfg: &DataplaneConfig) -> Icmp {

@@ -47,7 +47,7 @@ use crate::{
 };
 
 /// Benchmark builds only (`lb_common::capacity::ablation`): the stage after which the path returns
-/// XDP_TX with the frame as it stands. 0, in every shipped build: the whole path. A constant, so
+/// `XDP_TX` with the frame as it stands. 0, in every shipped build: the whole path. A constant, so
 /// the checks compile away.
 const STOP_AFTER: u8 = match option_env!("LB_BENCH_STOP_AFTER") {
     Some(stage) => stage.as_bytes()[0] - b'0',
@@ -509,7 +509,7 @@ fn pick(entry: Option<*mut FlowState>, key: &FlowKey, vip: &VipInfo, segment: Se
 
 /// A new flow's hash (high half) and the hash its table slot is taken by (low half: the source
 /// hash for source-hash VIPs, else the flow hash), both keyed with the instance's key. A
-/// subprogram of its own, returning in a register: SipHash's state would otherwise sit in the
+/// subprogram of its own, returning in a register: `SipHash`'s state would otherwise sit in the
 /// scheduler's frame, under the fast path's within the 512 bytes of stack a call chain may take.
 #[inline(never)]
 fn hashes(key: &FlowKey, vip: &VipInfo) -> u64 {

@@ -60,7 +60,7 @@ pub fn table_entry(table: u32, slot: u32) -> Option<u32> {
 /// of 16 bytes where IPv6 needs 40, so IPv4 flows hash faster and cost less memory; a flood of
 /// one family cannot evict the other's flows. Each table is shared by all CPUs, so a flow whose
 /// packets move to another CPU still finds its entry, with one LRU list: per-CPU lists
-/// (BPF_F_NO_COMMON_LRU) were not measurably faster with every CPU inserting (`cargo xtask
+/// (`BPF_F_NO_COMMON_LRU`) were not measurably faster with every CPU inserting (`cargo xtask
 /// bench`, docs/dataplane.md) and would split the capacity per CPU, evicting live flows of a
 /// busy CPU early.
 #[map(name = "LB_FLOWS_V4")]

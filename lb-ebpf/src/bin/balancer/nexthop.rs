@@ -3,10 +3,10 @@
 //! The agent resolves each backend's next hop from the kernel's route and neighbour tables
 //! (`lb_common::nexthop`); a packet to a backend with a known next hop gets its MACs from there
 //! ([`to_resolved`]). Without one (not resolved yet, neighbour gone), [`from_fib`]: the FIB
-//! (bpf_fib_lookup, as if the packet were forwarded from the ingress interface) gives the
-//! egress interface and both MAC addresses. Egress = ingress: XDP_TX. Another interface:
+//! (`bpf_fib_lookup`, as if the packet were forwarded from the ingress interface) gives the
+//! egress interface and both MAC addresses. Egress = ingress: `XDP_TX`. Another interface:
 //! redirect through the `EGRESS` devmap. No usable answer (no route, no neighbour entry yet,
-//! forwarding disabled): XDP_TX to the configured fallback MAC, sourced from the MAC the frame was
+//! forwarding disabled): `XDP_TX` to the configured fallback MAC, sourced from the MAC the frame was
 //! sent to. VLAN-tagged frames keep their tag and so must leave where they came in: they use the
 //! FIB's MACs only when its egress is the ingress interface, the fallback otherwise.
 
@@ -91,8 +91,7 @@ pub fn from_fib(ctx: &XdpContext, backend: &Backend, l3: usize, len: u16) -> Ver
         params.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(backend.addr) };
     }
     // SAFETY: params is a valid, fully initialised lookup structure on our stack.
-    let rc =
-        unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut params, core::mem::size_of::<FibParams>() as i32, 0) } as u32;
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &raw mut params, size_of::<FibParams>() as i32, 0) } as u32;
 
     let tagged = l3 != ETH_LEN;
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED {

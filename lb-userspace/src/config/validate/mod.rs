@@ -125,7 +125,7 @@ impl Validator<'_> {
             if listed > MAX_SOURCE_LIST_ENTRIES as usize && !lists_full {
                 lists_full = true;
                 self.problem(
-                    raw_vip.get_ref().admission.as_ref().map_or(raw_vip.span(), |a| a.span()),
+                    raw_vip.get_ref().admission.as_ref().map_or(raw_vip.span(), Spanned::span),
                     &format!("{field}.admission"),
                     format!(
                         "with this VIP the source lists hold {listed} prefixes, more than the \
@@ -136,7 +136,7 @@ impl Validator<'_> {
             table_chunks += vip.table_chunks();
             if table_chunks > MAX_TABLE_CHUNKS && !tables_full {
                 tables_full = true;
-                let span = raw_vip.get_ref().table_size.as_ref().map_or(raw_vip.span(), |t| t.span());
+                let span = raw_vip.get_ref().table_size.as_ref().map_or(raw_vip.span(), Spanned::span);
                 self.problem(
                     span,
                     &format!("{field}.table_size"),
@@ -152,7 +152,7 @@ impl Validator<'_> {
         if file.vip.len() > MAX_VIPS as usize {
             self.problem(
                 file.vip[MAX_VIPS as usize].span(),
-                &format!("vip[{}]", MAX_VIPS),
+                &format!("vip[{MAX_VIPS}]"),
                 format!("{} VIPs, at most {MAX_VIPS} are supported", file.vip.len()),
             );
         }
