@@ -55,7 +55,9 @@ pub mod checks {
 /// A source list's verdict (the value of a [`SourceListKey`] entry, and
 /// [`AdmissionPolicy::unlisted`]).
 pub mod verdict {
+    /// The source is served.
     pub const ALLOW: u32 = 1;
+    /// The source's packets are dropped.
     pub const DENY: u32 = 2;
 }
 
@@ -97,6 +99,7 @@ impl Gcra {
         Self { interval_ns, tolerance_ns: if tolerance_ns < CLOCK_TICK_NS { CLOCK_TICK_NS } else { tolerance_ns } }
     }
 
+    /// Whether the limit is on (a non-zero rate).
     #[inline(always)]
     pub const fn is_limited(&self) -> bool {
         self.interval_ns != 0
@@ -129,6 +132,7 @@ pub struct AdmissionPolicy {
     pub unlisted: u32,
     /// The stages this VIP runs ([`checks`]).
     pub checks: u8,
+    /// Explicit padding, always zero.
     pub _pad: [u8; 7],
     /// The mask that cuts an IPv6 client address to its rate bucket's prefix.
     pub source_mask_v6: [u8; 16],
@@ -205,7 +209,9 @@ impl AdmissionPolicy {
 pub struct SourceListKey {
     /// Big-endian, as the trie matches bytes from the first one on.
     pub vip_index: [u8; 4],
+    /// Address family ([`crate::family`]).
     pub family: u8,
+    /// Client address (prefix), network byte order, IPv4 in the first 4 bytes.
     pub addr: [u8; 16],
 }
 assert_layout!(SourceListKey, size = 21, vip_index = 0, family = 4, addr = 5);
@@ -214,6 +220,7 @@ assert_layout!(SourceListKey, size = 21, vip_index = 0, family = 4, addr = 5);
 pub const SOURCE_LIST_FIXED_BITS: u32 = 40;
 
 impl SourceListKey {
+    /// The key of `addr` (of `family`) in the source lists of the VIP with index `vip_index`.
     #[inline(always)]
     pub const fn new(vip_index: u32, family: u8, addr: [u8; 16]) -> Self {
         Self { vip_index: vip_index.to_be_bytes(), family, addr }
@@ -225,14 +232,20 @@ impl SourceListKey {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SourceBucketKey {
+    /// Client address, network byte order, cut to the VIP's bucket prefix
+    /// ([`AdmissionPolicy::cut_to_source_prefix`]).
     pub addr: [u8; 16],
+    /// Index of the VIP whose limits the bucket counts against.
     pub vip_index: u16,
+    /// Address family ([`crate::family`]).
     pub family: u8,
+    /// Explicit padding, always zero: it is part of the key the map compares.
     pub _pad: [u8; 5],
 }
 assert_layout!(SourceBucketKey, size = 24, addr = 0, vip_index = 16, family = 18, _pad = 19);
 
 impl SourceBucketKey {
+    /// The key of `addr`'s bucket for VIP index `vip_index`; the caller cuts `addr` to the prefix.
     #[inline(always)]
     pub const fn new(vip_index: u16, family: u8, addr: [u8; 16]) -> Self {
         Self { addr, vip_index, family, _pad: [0; 5] }
@@ -243,7 +256,9 @@ impl SourceBucketKey {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceBucket {
+    /// The packet-rate bucket's TAT ([`AdmissionPolicy::packet_rate`]), in coarse-clock ns.
     pub packets_tat: u64,
+    /// The new-flow-rate bucket's TAT ([`AdmissionPolicy::flow_rate`]), in coarse-clock ns.
     pub flows_tat: u64,
 }
 assert_layout!(SourceBucket, size = 16, packets_tat = 0, flows_tat = 8);

@@ -17,8 +17,11 @@ pub const BACKEND_KEEPS_FLOWS: u8 = 2;
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Backend {
+    /// Backend address, network byte order (IPv4 in the first 4 bytes).
     pub addr: [u8; 16],
+    /// Address family ([`crate::family`]).
     pub family: u8,
+    /// [`BACKEND_ASSIGNED`] and [`BACKEND_KEEPS_FLOWS`].
     pub flags: u8,
     /// Index of the VIP this id serves.
     pub vip_index: u16,
@@ -33,6 +36,7 @@ pub struct Backend {
     /// The admission stages the served VIP runs on established flows' packets
     /// (`crate::admission::checks::ESTABLISHED`), which take no VIP lookup.
     pub admission: u8,
+    /// Explicit padding, always zero.
     pub _pad: [u8; 3],
 }
 assert_layout!(
@@ -84,6 +88,7 @@ impl Backend {
         self
     }
 
+    /// Whether this id is in use ([`BACKEND_ASSIGNED`]).
     #[inline(always)]
     pub const fn is_assigned(&self) -> bool {
         self.flags & BACKEND_ASSIGNED != 0

@@ -55,6 +55,8 @@ pub const OUTER_TTL: u8 = 64;
 /// order as (value, name). Each stage's cost is the difference between consecutive builds.
 /// Shipped builds leave the variable unset and run the whole path.
 pub mod ablation {
+    /// The build environment variable naming the stage to stop after; unset: the whole path.
     pub const ENV: &str = "LB_BENCH_STOP_AFTER";
+    /// The stages in path order, as (value of [`ENV`], name).
     pub const STAGES: [(u8, &str); 4] = [(1, "parse"), (2, "flow_lookup"), (3, "backend_record"), (4, "encapsulate")];
 }

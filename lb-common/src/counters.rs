@@ -182,7 +182,9 @@ pub const SENT_TO_BACKEND: [Reason; 6] = [
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TrafficCounters {
+    /// Packets of the VIP or backend.
     pub packets: u64,
+    /// Bytes of those packets' frames as they arrived (before encapsulation).
     pub bytes: u64,
     /// Flows scheduled by the VIP's scheduler (flow-table misses).
     pub new_flows: u64,
@@ -193,7 +195,9 @@ assert_layout!(TrafficCounters, size = 24, packets = 0, bytes = 8, new_flows = 1
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ReasonCounter {
+    /// Packets counted under the reason.
     pub packets: u64,
+    /// Bytes of those packets' frames as they arrived.
     pub bytes: u64,
 }
 assert_layout!(ReasonCounter, size = 16, packets = 0, bytes = 8);

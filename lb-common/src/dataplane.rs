@@ -22,6 +22,7 @@ pub struct DataplaneConfig {
     pub fallback_dst_mac: [u8; 6],
     /// What an ICMP echo request to a VIP address gets ([`icmp_echo`]).
     pub icmp_echo: u8,
+    /// Explicit padding, always zero.
     pub _pad: [u8; 1],
     /// The secret key of the flow and source hashes (`crate::flow::HashKey`).
     pub flow_hash_key: [u64; 2],

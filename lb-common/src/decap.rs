@@ -12,7 +12,9 @@ use crate::{assert_layout, userspace_pod};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct DecapSourceKey {
+    /// Address family ([`crate::family`]).
     pub family: u8,
+    /// Outer source address (prefix), network byte order, IPv4 in the first 4 bytes.
     pub addr: [u8; 16],
 }
 assert_layout!(DecapSourceKey, size = 17, family = 0, addr = 1);

@@ -7,12 +7,19 @@ use crate::{assert_layout, hash::siphash13_words, userspace_pod};
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
+    /// Source (client) address, network byte order.
     pub src_addr: [u8; 16],
+    /// Destination (VIP) address, network byte order.
     pub dst_addr: [u8; 16],
+    /// Source port, network byte order.
     pub src_port: [u8; 2],
+    /// Destination port, network byte order.
     pub dst_port: [u8; 2],
+    /// IP protocol number (6 TCP, 17 UDP, ...).
     pub protocol: u8,
+    /// Address family ([`crate::family`]).
     pub family: u8,
+    /// Explicit padding, always zero: it is hashed and compared as part of the key.
     pub _pad: [u8; 2],
 }
 assert_layout!(
@@ -111,12 +118,17 @@ const fn fold(hash: u64) -> u32 {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FragmentKey {
+    /// Source address, network byte order (IPv4 in the first 4 bytes).
     pub src_addr: [u8; 16],
+    /// Destination address, network byte order (IPv4 in the first 4 bytes).
     pub dst_addr: [u8; 16],
     /// The IPv4 identification (16 bits) or IPv6 fragment header identification.
     pub id: u32,
+    /// IP protocol number.
     pub protocol: u8,
+    /// Address family ([`crate::family`]).
     pub family: u8,
+    /// Explicit padding, always zero: it is part of the key the map compares.
     pub _pad: [u8; 2],
 }
 assert_layout!(FragmentKey, size = 40, src_addr = 0, dst_addr = 16, id = 32, protocol = 36, family = 37, _pad = 38);
@@ -125,6 +137,7 @@ assert_layout!(FragmentKey, size = 40, src_addr = 0, dst_addr = 16, id = 32, pro
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FragmentOwner {
+    /// Backend id the first fragment went to.
     pub backend: u32,
     /// The flow's hash (the outer source of the first fragment's encapsulation).
     pub hash: u32,
@@ -154,11 +167,17 @@ pub mod stage {
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKeyV4 {
+    /// Source (client) address, network byte order.
     pub src_addr: [u8; 4],
+    /// Destination (VIP) address, network byte order.
     pub dst_addr: [u8; 4],
+    /// Source port, network byte order.
     pub src_port: [u8; 2],
+    /// Destination port, network byte order.
     pub dst_port: [u8; 2],
+    /// IP protocol number.
     pub protocol: u8,
+    /// Explicit padding, always zero: it is part of the key the map compares.
     pub _pad: [u8; 3],
 }
 assert_layout!(FlowKeyV4, size = 16, src_addr = 0, dst_addr = 4, src_port = 8, dst_port = 10, protocol = 12, _pad = 13);
@@ -238,11 +257,13 @@ assert_layout!(FlowState, size = 16, backend = 0, stage = 2, flags = 3, hash = 4
 pub const FLOW_TRACKS_TIME: u8 = 1;
 
 impl FlowState {
+    /// The state of a flow sent to `backend` whose last packet came at `now_ns` (coarse clock).
     #[inline(always)]
     pub const fn new(backend: u16, hash: u32, now_ns: u64, stage: u8, flags: u8, vip_tag: u32) -> Self {
         Self { backend, stage, flags, hash, last_seen: flow_clock(now_ns), vip_tag }
     }
 
+    /// Whether the flow's packets keep `last_seen` ([`FLOW_TRACKS_TIME`]).
     #[inline(always)]
     pub const fn tracks_time(&self) -> bool {
         self.flags & FLOW_TRACKS_TIME != 0

@@ -14,6 +14,7 @@ pub const GENERATOR_MAX_FRAME: usize = 128;
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GeneratorTemplate {
+    /// The frame's bytes; the first `len` are sent.
     pub frame: [u8; GENERATOR_MAX_FRAME],
     /// Bytes of `frame` in use: a multiple of 4, at most [`GENERATOR_MAX_FRAME`], and equal to
     /// the length of the run's input frame.
@@ -24,6 +25,7 @@ pub struct GeneratorTemplate {
     pub src_port_offset: u16,
     /// Offset of the source address's last two bytes: the CPU number, then `n >> 16`.
     pub src_addr_tail_offset: u16,
+    /// Explicit padding, always zero.
     pub _pad: [u8; 4],
 }
 assert_layout!(

@@ -26,6 +26,7 @@
 //! compile time. Multi-byte protocol fields (addresses, ports) are kept as network-order byte arrays
 //! so that hashing them gives the same result on every host.
 #![no_std]
+#![warn(missing_docs)]
 
 #[cfg(feature = "user")]
 extern crate std;
@@ -53,7 +54,9 @@ pub mod vip;
 
 /// Address family tags stored in keys (`family` fields). Values follow Linux's `AF_INET/AF_INET6`.
 pub mod family {
+    /// IPv4 (`AF_INET`).
     pub const IPV4: u8 = 2;
+    /// IPv6 (`AF_INET6`).
     pub const IPV6: u8 = 10;
 }
 

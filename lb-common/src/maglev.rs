@@ -12,6 +12,7 @@ pub fn table_slot(flow_hash: u32, table_size: u32) -> u32 {
 
 /// Seeds of a backend's permutation (offset, skip). Part of the fleet contract, like the flow hash.
 pub const PERMUTATION_OFFSET_SEED: u32 = 0x4d47_4c31; // "MGL1"
+/// Seed of a backend's permutation skip (see [`PERMUTATION_OFFSET_SEED`]).
 pub const PERMUTATION_SKIP_SEED: u32 = 0x4d47_4c32; // "MGL2"
 
 #[cfg(feature = "user")]
@@ -34,6 +35,7 @@ mod builder {
         /// Identity: the backend's address (IPv4 in the first 4 bytes) and family. It alone
         /// decides the backend's permutation, so a backend keeps its preferences whatever else changes.
         pub addr: [u8; 16],
+        /// Address family ([`crate::family`]); with `addr`, the backend's identity.
         pub family: u8,
         /// Relative weight; 0 takes the backend out of the table.
         pub weight: u32,
@@ -41,18 +43,32 @@ mod builder {
         pub id: u32,
     }
 
+    /// Why a Maglev table cannot be built ([`build_table`]).
     #[derive(Debug, thiserror::Error, PartialEq, Eq)]
     pub enum MaglevError {
+        /// The table size is not a prime.
         #[error("Maglev table size {0} is not a prime; use a prime such as 251, 1021, 4093, 16381 or 65537")]
         NotPrime(u32),
+        /// The table size is outside 3 to [`MAGLEV_MAX_TABLE_SIZE`].
         #[error("Maglev table size {size} is out of range 3..={MAGLEV_MAX_TABLE_SIZE}")]
-        SizeOutOfRange { size: u32 },
+        SizeOutOfRange {
+            /// The table size asked for.
+            size: u32,
+        },
+        /// No backend has a non-zero weight.
         #[error("no backend with a non-zero weight")]
         NoBackends,
+        /// A backend address is listed twice (the address, as text).
         #[error("backend {0} is listed twice")]
         DuplicateBackend(std::string::String),
+        /// More backends with a non-zero weight than table entries.
         #[error("{backends} backends do not fit a table of {size} entries")]
-        TooManyBackends { backends: usize, size: u32 },
+        TooManyBackends {
+            /// Backends with a non-zero weight.
+            backends: usize,
+            /// The table size asked for.
+            size: u32,
+        },
     }
 
     /// The table size of a VIP whose configuration names none: the smallest of

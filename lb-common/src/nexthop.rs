@@ -25,6 +25,7 @@ impl NextHop {
     /// No next hop known.
     pub const NONE: NextHop = NextHop { ifindex: 0, dst_mac: [0; 6], src_mac: [0; 6] };
 
+    /// Whether a next hop is known (a non-zero `ifindex`).
     #[inline(always)]
     pub const fn is_known(&self) -> bool {
         self.ifindex != 0

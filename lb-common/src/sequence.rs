@@ -14,9 +14,13 @@ use crate::capacity::SEQUENCE_MAX_LEN;
 /// One backend as the sequence builder sees it: identity (for a stable order), weight, id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SequenceMember {
+    /// Backend address (IPv4 in the first 4 bytes); with `family`, what orders the sequence stably.
     pub addr: [u8; 16],
+    /// Address family ([`crate::family`]).
     pub family: u8,
+    /// Relative weight; 0 leaves the backend out of the sequence.
     pub weight: u32,
+    /// What the sequence holds for this backend (its backend id).
     pub id: u32,
 }
 

@@ -27,15 +27,21 @@ pub fn find_vip<V>(flow: &FlowKey, mut lookup: impl FnMut(&VipKey) -> Option<V>)
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct VipKey {
+    /// VIP address, network byte order (IPv4 in the first 4 bytes).
     pub addr: [u8; 16],
+    /// Destination port, network byte order; 0: all ports.
     pub port: [u8; 2],
+    /// IP protocol number.
     pub protocol: u8,
+    /// Address family ([`crate::family`]).
     pub family: u8,
+    /// Explicit padding, always zero: it is part of the key the map compares.
     pub _pad: [u8; 4],
 }
 assert_layout!(VipKey, size = 24, addr = 0, port = 16, protocol = 18, family = 19, _pad = 20);
 
 impl VipKey {
+    /// The key of the VIP at `addr`, `port` (host byte order; 0: all ports) and `protocol`.
     #[inline(always)]
     pub const fn new(family: u8, addr: [u8; 16], port: u16, protocol: u8) -> Self {
         Self { addr, port: port.to_be_bytes(), protocol, family, _pad: [0; 4] }
@@ -84,13 +90,17 @@ pub const VIP_TAG_SEED: u32 = 0x4c42_5654; // "LBVT"
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct VipAddrKey {
+    /// VIP address, network byte order (IPv4 in the first 4 bytes).
     pub addr: [u8; 16],
+    /// Address family ([`crate::family`]).
     pub family: u8,
+    /// Explicit padding, always zero: it is part of the key the map compares.
     pub _pad: [u8; 7],
 }
 assert_layout!(VipAddrKey, size = 24, addr = 0, family = 16, _pad = 17);
 
 impl VipAddrKey {
+    /// The key of VIP address `addr` of `family`.
     #[inline(always)]
     pub const fn new(family: u8, addr: [u8; 16]) -> Self {
         Self { addr, family, _pad: [0; 7] }
@@ -131,6 +141,7 @@ pub struct VipInfo {
     pub source_prefix_len: u8,
     /// The admission stages the VIP runs (`crate::admission::checks`).
     pub admission: u8,
+    /// Explicit padding, always zero.
     pub _pad: [u8; 1],
     /// New flows per CPU per flood window past which the VIP is in flood mode
     /// ([`crate::flood`]); 0: never.
@@ -154,6 +165,7 @@ assert_layout!(
 userspace_pod!(VipKey, VipAddrKey, VipInfo);
 
 impl VipInfo {
+    /// A VIP's record with no admission stages (see [`VipInfo::with_admission`]).
     pub const fn new(
         index: u32,
         table_size: u32,

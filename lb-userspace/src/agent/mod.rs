@@ -7,6 +7,10 @@
 //! one loop owns all state: probe outcomes, control requests, SIGHUP and configuration file
 //! changes (both reload), a slow-start tick. On SIGTERM or SIGINT the agent exits and the data
 //! plane keeps forwarding; the next `lb run` adopts it. `lb detach` removes it.
+//!
+//! Rooms: this file (the loop and the state it owns), [`control`] (the socket's protocol, its
+//! server and its client), [`status`] (what the agent tells about itself, typed), [`health`]
+//! (probes), [`active`] (the recount of active flows), [`metrics`] (Prometheus).
 
 use std::{
     collections::BTreeMap,

@@ -3,6 +3,11 @@
 //! [`Config::parse`] reads the file (unknown fields are errors) and validates every value; each
 //! problem is reported with the file, line and column, the field, what is wrong and what is
 //! allowed. A file with any problem yields no [`Config`] at all, so nothing of it can be applied.
+//!
+//! Rooms: this file (the model types), `raw` (the file as serde reads it), `validate/` (the
+//! validator), `admission` (`[vip.admission]`: its types and their validation), `names` (enum
+//! names, spelled once), `render` (back to TOML, for `lb config dump`), `data_plane` (the
+//! configuration's values as the data plane holds them).
 
 mod admission;
 mod data_plane;

@@ -4,6 +4,12 @@
 //! Tables of backend ids are installed with [`Balancer::install_vip`]: the new table goes into the
 //! VIP's idle table (in chunks, `lb_common::table`) and one `LB_VIPS` update then makes it live, so the
 //! data plane never reads a half-written table.
+//!
+//! Rooms: this file (the handles, [`Balancer`] and [`BalancerMaps`]), `error` (what can go
+//! wrong, and what to do), [`decap`](Decap) (the backends' program), [`attach`] (through pinned
+//! links), [`pins`] (where things live on bpffs), `layout` (the maps' names and layouts, and
+//! the check of pins left by another build), [`batch`] (reading a whole map in a few syscalls),
+//! [`objects`] (the programs, embedded at build time).
 
 use std::collections::BTreeMap;
 

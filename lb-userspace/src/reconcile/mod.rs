@@ -5,6 +5,9 @@
 //! Pure: no maps, no syscalls, so every decision has a host test. Ids are stable: a backend of a
 //! VIP keeps its id (so flow-table entries and counters stay valid) and a VIP keeps its index for
 //! as long as they stay configured.
+//!
+//! Rooms: this file (desired and current state, the operations, the planner) and [`policy`]
+//! (health, admin states, guard rails and slow start turned into desired state).
 
 pub mod policy;
 

@@ -6,8 +6,10 @@
 //! scheduler ([`schedule`], with flood mode) -> MTU check
 //! ([`icmp`] answers packets too big to encapsulate) -> encapsulation ([`encap`]) -> next hop and
 //! verdict ([`nexthop`]: the backend's next hop as the agent resolved it, else the FIB) -> counters
-//! ([`maps`]).
-//! Every packet is counted under exactly one [`Reason`]; nothing is logged per packet.
+//! ([`maps`]). ICMP to a VIP address goes to [`icmp_in`], later fragments follow their first
+//! ([`fragments`]).
+//! Every packet ends in one [`verdict`] and is counted under exactly one [`Reason`]; nothing is
+//! logged per packet.
 #![no_std]
 #![no_main]
 // Atomic add on map values (`maps::add_active_flows`).
