@@ -1,5 +1,5 @@
 //! Builds the eBPF programs (crate `lb-ebpf`) for the BPF target and leaves the objects in `OUT_DIR`,
-//! where `lb_userspace::objects` embeds them.
+//! where `lb_userspace::dataplane::objects` embeds them.
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 

@@ -291,7 +291,8 @@ impl BalancerMaps {
         Ok(())
     }
 
-    /// Backend `id`'s active flows as the data plane counts them (see [`crate::active`]).
+    /// Backend `id`'s active flows as the data plane counts them (the agent's recount,
+    /// `agent::active`, puts them right).
     pub fn active_flows(&self, id: u32) -> Result<i64, DataplaneError> {
         Ok(self.active_flows.get(&id, 0)?)
     }
@@ -300,7 +301,7 @@ impl BalancerMaps {
         Ok(self.active_flows.set(id, count, 0)?)
     }
 
-    /// Calls `visit` with every flow-table entry (see [`crate::batch`]).
+    /// Calls `visit` with every flow-table entry (see [`batch`]).
     pub fn for_each_flow(&self, mut visit: impl FnMut(&FlowKey, &FlowState)) -> Result<(), DataplaneError> {
         batch::for_each_entry(self.flows_v4.map(), |key: &FlowKeyV4, state| visit(&key.flow(), state))
             .map_err(DataplaneError::FlowScan)?;
