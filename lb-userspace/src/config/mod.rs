@@ -22,6 +22,7 @@ pub use names::Named;
 use std::{
     collections::BTreeSet,
     fmt,
+    io::Read as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::Range,
     path::Path,
@@ -32,6 +33,7 @@ use lb_common::capacity::{SEQUENCE_MAX_LEN, TABLES_PER_VIP};
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// 1-based; 0 for a problem of the whole file (unreadable, too large).
     pub line: usize,
     pub column: usize,
     /// Dotted path of the field (`vip[1].backend[0].weight`), empty for syntax errors.
@@ -44,6 +46,8 @@ pub struct Problem {
 pub struct ConfigError {
     pub source_name: String,
     pub problems: Vec<Problem>,
+    /// Problems not listed (past the first hundred).
+    pub omitted: usize,
 }
 
 impl fmt::Display for ConfigError {
@@ -52,11 +56,19 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: ", self.source_name, p.line, p.column)?;
+            if p.line == 0 {
+                // A problem of the whole file.
+                write!(f, "{}: ", self.source_name)?;
+            } else {
+                write!(f, "{}:{}:{}: ", self.source_name, p.line, p.column)?;
+            }
             if !p.field.is_empty() {
                 write!(f, "{}: ", p.field)?;
             }
             write!(f, "{}", p.message)?;
+        }
+        if self.omitted > 0 {
+            write!(f, "\n{}: and {} more problems; fix these first", self.source_name, self.omitted)?;
         }
         Ok(())
     }
@@ -356,21 +368,62 @@ pub const CHECK_INTERVAL_MS: Range<i64> = 50..60_001;
 pub const CHECK_RISE_FALL: Range<i64> = 1..11;
 pub const SLOW_START_SECS: Range<i64> = 0..3601;
 pub const DEFAULT_MAX_EJECTED_PERCENT: u8 = 50;
+/// The largest configuration file (8 MiB): several times what the largest configuration the
+/// data plane can hold takes (every VIP, every backend, each with a check).
+pub const MAX_CONFIG_BYTES: usize = 8 << 20;
+
+fn too_big() -> String {
+    format!("is larger than {MAX_CONFIG_BYTES} bytes, more than a configuration can be; is it the right file?")
+}
+
 const MAX_NAME_LEN: usize = 32;
 const MAX_INTERFACE_NAME_LEN: usize = 15;
 
 impl Config {
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path`. A file over [`MAX_CONFIG_BYTES`] is refused
+    /// before it is read.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            source_name: path.display().to_string(),
-            problems: vec![Problem { line: 0, column: 0, field: String::new(), message: format!("cannot read: {e}") }],
+        let source_name = path.display().to_string();
+        let whole_file = |message: String| ConfigError {
+            source_name: source_name.clone(),
+            problems: vec![Problem { line: 0, column: 0, field: String::new(), message }],
+            omitted: 0,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_CONFIG_BYTES as u64 + 1).read_to_end(&mut bytes))
+            .map_err(|e| whole_file(format!("cannot read: {e}")))?;
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(whole_file(too_big()));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid_up_to = e.utf8_error().valid_up_to();
+            let valid = std::str::from_utf8(&e.as_bytes()[..valid_up_to]).expect("valid up to there");
+            let (line, column) = validate::end_position(valid);
+            let byte = e.as_bytes()[valid_up_to];
+            ConfigError {
+                source_name: source_name.clone(),
+                problems: vec![Problem {
+                    line,
+                    column,
+                    field: String::new(),
+                    message: format!("byte {byte:#04x} is not UTF-8 text: a configuration is a TOML text file"),
+                }],
+                omitted: 0,
+            }
         })?;
-        Config::parse(&text, &path.display().to_string())
+        Config::parse(&text, &source_name)
     }
 
     /// Validates `text`; `source_name` names it in errors.
     pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError {
+                source_name: source_name.to_string(),
+                problems: vec![Problem { line: 0, column: 0, field: String::new(), message: too_big() }],
+                omitted: 0,
+            });
+        }
         validate::parse(text, source_name)
     }
 

@@ -61,7 +61,59 @@ fn minimal_config_gets_defaults() {
 fn unknown_field_is_rejected_where_it_stands() {
     let text = MINIMAL.replace("port = 80", "port = 80\ntable_sise = 251");
     let got = only_problem(&text);
-    assert!(got.starts_with("12:1: : unknown field `table_sise`"), "{got}");
+    assert!(got.starts_with("12:1: vip[0].table_sise: unknown field `table_sise`"), "{got}");
+}
+
+#[test]
+fn the_parsers_errors_name_the_field() {
+    let got = only_problem(&MINIMAL.replace("port = 80", "port = \"80\""));
+    assert!(got.starts_with("11:8: vip[0].port: invalid type: string \"80\", expected i64"), "{got}");
+    let got = only_problem(&MINIMAL.replace("weight = 3", "weight = [3]"));
+    assert!(got.starts_with("19:10: vip[0].backend[1].weight: invalid type"), "{got}");
+    let got = only_problem(&MINIMAL.replace("port = 80\n", ""));
+    assert!(got.contains(": vip[0]: missing field `port`"), "{got}");
+}
+
+#[test]
+fn addresses_no_host_can_reach_are_refused() {
+    for (from, to, field) in [
+        ("address = \"198.18.100.1\"", "address = \"0.0.0.0\"", "vip[0].address"),
+        ("address = \"198.18.0.21\"", "address = \"224.0.0.5\"", "vip[0].backend[0].address"),
+        ("address = \"198.18.0.21\"", "address = \"255.255.255.255\"", "vip[0].backend[0].address"),
+        ("address = \"fd00::22\"", "address = \"::1\"", "vip[0].backend[1].address"),
+        ("address = \"fd00::22\"", "address = \"ff02::1\"", "vip[0].backend[1].address"),
+    ] {
+        let got = only_problem(&MINIMAL.replace(from, to));
+        assert!(got.contains(&format!("{field}: ")) && got.contains("which no other host can reach"), "{got}");
+    }
+    let got = only_problem(&MINIMAL.replace("address = \"198.18.0.21\"", "address = \"198.18.100.1\""));
+    assert!(got.contains("vip[0].backend[0].address: 198.18.100.1 is the address of VIP web"), "{got}");
+}
+
+#[test]
+fn a_thousand_problems_are_reported_as_a_hundred_and_a_count() {
+    let mut text = MINIMAL.to_string();
+    for _ in 0..1000 {
+        text += "[[vip.backend]]\naddress = \"0.0.0.0\"\n";
+    }
+    let e = Config::parse(&text, "test.toml").expect_err("should be rejected");
+    assert_eq!((e.problems.len(), e.omitted), (100, 900));
+    assert!(e.to_string().ends_with("test.toml: and 900 more problems; fix these first"), "{e}");
+    // Lines are counted from an index, not by rescanning: the last problem's line is right.
+    assert_eq!((e.problems[0].line, e.problems[99].line), (21, 21 + 2 * 99));
+}
+
+#[test]
+fn files_too_large_or_not_text_are_refused_with_where() {
+    let huge = "#".repeat(MAX_CONFIG_BYTES + 1);
+    let e = Config::parse(&huge, "huge.toml").expect_err("too large");
+    assert!(e.to_string().contains("is larger than 8388608 bytes"), "{e}");
+    let path = std::env::temp_dir().join(format!("lb-config-test-{}.toml", std::process::id()));
+    std::fs::write(&path, b"[instance]\nname = \"a\"\nmtu = \xff\n").unwrap();
+    let e = Config::load(&path).expect_err("not text");
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!((e.problems[0].line, e.problems[0].column), (3, 7));
+    assert!(e.problems[0].message.starts_with("byte 0xff is not UTF-8 text"), "{e}");
 }
 
 #[test]
@@ -170,7 +222,7 @@ fn every_problem_is_reported_at_once() {
     let text = MINIMAL.replace("port = 80", "port = -1").replace("weight = 3", "weight = 1000000").replace("mtu", "x");
     let p = problems(&text);
     assert_eq!(p.len(), 2, "{p:#?}");
-    let shown = ConfigError { source_name: "test.toml".into(), problems: p }.to_string();
+    let shown = ConfigError { source_name: "test.toml".into(), problems: p, omitted: 0 }.to_string();
     assert!(shown.lines().all(|l| l.starts_with("test.toml:")), "{shown}");
 }
 

@@ -9,6 +9,7 @@
 
 mod health;
 mod instance;
+mod path;
 mod vip;
 
 use std::{collections::BTreeMap, net::IpAddr, ops::Range};
@@ -18,32 +19,59 @@ use toml::Spanned;
 
 use super::{Config, ConfigError, MAX_INTERFACE_NAME_LEN, MAX_NAME_LEN, Problem, Protocol, raw};
 
+/// Problems reported of one file; past these the count of the others is (a file with thousands
+/// of problems is usually one mistake repeated).
+const MAX_PROBLEMS: usize = 100;
+
 /// Validates `text`; `source_name` names it in errors.
 pub(super) fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
-    let mut v = Validator { text, problems: Vec::new() };
+    let mut v = Validator { text, line_starts: line_starts(text), problems: Vec::new(), omitted: 0 };
     let config = match toml::from_str::<raw::File>(text) {
         Ok(file) => v.config(file),
         Err(e) => {
-            v.problem(e.span().unwrap_or(0..0), "", e.message().to_string());
+            let span = e.span().unwrap_or(0..0);
+            let fields = path::Fields::of(text);
+            v.problem(span.clone(), fields.at(span.start), e.message().to_string());
             None
         }
     };
     match config {
         Some(config) if v.problems.is_empty() => Ok(config),
-        _ => Err(ConfigError { source_name: source_name.to_string(), problems: v.problems }),
+        _ => Err(ConfigError { source_name: source_name.to_string(), problems: v.problems, omitted: v.omitted }),
     }
+}
+
+/// Where each line of `text` starts.
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect()
+}
+
+/// The line and column just past the end of `text`.
+pub(super) fn end_position(text: &str) -> (usize, usize) {
+    line_and_column(&line_starts(text), text.len())
+}
+
+/// The 1-based line and column of byte `offset` of a text whose lines start at `line_starts`.
+fn line_and_column(line_starts: &[usize], offset: usize) -> (usize, usize) {
+    let line = line_starts.partition_point(|&start| start <= offset).max(1);
+    (line, offset - line_starts[line - 1] + 1)
 }
 
 pub(super) struct Validator<'t> {
     text: &'t str,
+    line_starts: Vec<usize>,
     problems: Vec<Problem>,
+    /// Problems found past [`MAX_PROBLEMS`].
+    omitted: usize,
 }
 
 impl Validator<'_> {
     pub(super) fn problem(&mut self, span: Range<usize>, field: &str, message: String) {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        if self.problems.len() >= MAX_PROBLEMS {
+            self.omitted += 1;
+            return;
+        }
+        let (line, column) = line_and_column(&self.line_starts, span.start.min(self.text.len()));
         self.problems.push(Problem { line, column, field: field.to_string(), message });
     }
 
@@ -94,6 +122,23 @@ impl Validator<'_> {
                     Err(format!("{n} is out of range {}..={}", range.start, range.end - 1))
                 }
             }),
+        }
+    }
+
+    /// A backend at a VIP's address would have the balancer send traffic to itself.
+    fn backends_that_are_vips(&mut self, file: &raw::File, vips: &[super::Vip]) {
+        let addresses: BTreeMap<IpAddr, &str> = vips.iter().map(|v| (v.address, v.name.as_str())).collect();
+        for (i, raw_vip) in file.vip.iter().enumerate() {
+            for (j, b) in raw_vip.get_ref().backend.iter().enumerate() {
+                let Ok(a) = b.get_ref().address.get_ref().parse::<IpAddr>() else { continue };
+                if let Some(vip) = addresses.get(&a) {
+                    self.problem(
+                        b.get_ref().address.span(),
+                        &format!("vip[{i}].backend[{j}].address"),
+                        format!("{a} is the address of VIP {vip}; a backend is a server behind the balancer"),
+                    );
+                }
+            }
         }
     }
 
@@ -149,6 +194,7 @@ impl Validator<'_> {
             }
             vips.push(vip);
         }
+        self.backends_that_are_vips(&file, &vips);
         if file.vip.len() > MAX_VIPS as usize {
             self.problem(
                 file.vip[MAX_VIPS as usize].span(),
@@ -189,8 +235,21 @@ pub(super) fn interface_name(s: &str) -> Result<String, String> {
     }
 }
 
+/// A host's address: unicast, not unspecified or loopback (a VIP or a backend another host
+/// reaches).
 pub(super) fn address(s: &str) -> Result<IpAddr, String> {
-    s.parse::<IpAddr>().map_err(|_| format!("\"{s}\" is not an IPv4 or IPv6 address"))
+    let address = s.parse::<IpAddr>().map_err(|_| format!("\"{s}\" is not an IPv4 or IPv6 address"))?;
+    let broadcast = matches!(address, IpAddr::V4(a) if a.is_broadcast());
+    let kind = if address.is_unspecified() {
+        "the unspecified address"
+    } else if address.is_multicast() || broadcast {
+        "a multicast or broadcast address"
+    } else if address.is_loopback() {
+        "a loopback address"
+    } else {
+        return Ok(address);
+    };
+    Err(format!("{address} is {kind}, which no other host can reach; use a host's unicast address"))
 }
 
 pub(super) fn prefix<A: std::str::FromStr>(s: &str) -> Result<(A, u8), String> {
