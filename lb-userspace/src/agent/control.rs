@@ -8,15 +8,16 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader},
-    net::UnixListener,
-    sync::{mpsc, oneshot},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader},
+    net::{UnixListener, unix::OwnedReadHalf},
+    sync::{Semaphore, mpsc, oneshot},
 };
 use toml::{Table, Value};
 
@@ -24,7 +25,7 @@ use super::status::Status;
 use crate::config::{AdminState, Config, ConfigError, Named as _};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
     ConfigDump,
@@ -71,8 +72,20 @@ impl Response {
     }
 }
 
-/// Sends one request to the agent listening on `socket`.
+/// Sends one request to the agent listening on `socket`; while the agent answers [`BUSY`], tries
+/// again for up to [`REQUEST_TIMEOUT`] and a second.
 pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Response> {
+    let give_up = std::time::Instant::now() + REQUEST_TIMEOUT + Duration::from_secs(1);
+    loop {
+        let response = request_once(socket, request)?;
+        if response.error.as_deref() != Some(BUSY) || std::time::Instant::now() > give_up {
+            return Ok(response);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn request_once(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!("connecting to the agent at {} (is `lb run` running, and are you root?)", socket.display())
     })?;
@@ -191,31 +204,79 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers each connection on `listener` with the agent's reply to its one request.
+/// The longest request line (the largest, a VIP added with long names, is well under 1 KiB).
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+/// Connections served at once; more are answered [`BUSY`] and closed (and [`request`] tries
+/// again).
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a connection may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The answer to a connection past [`MAX_CONNECTIONS`].
+pub const BUSY: &str = "the agent is serving as many connections as it takes; try again";
+
+/// Answers each connection on `listener` with the agent's reply to its one request. A client
+/// that is not root, sends more than [`MAX_REQUEST_BYTES`], takes longer than
+/// [`REQUEST_TIMEOUT`], or sends what is not a request gets an error and is disconnected; past
+/// [`MAX_CONNECTIONS`] at once, new ones are refused the same way. None of this reaches the
+/// agent's loop.
 pub async fn serve(listener: UnixListener, requests: ControlSender) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let requests = requests.clone();
+        let slot = Arc::clone(&slots).try_acquire_owned();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            if AsyncBufReader::new(read).read_line(&mut line).await.is_err() {
-                return;
-            }
-            let response = match serde_json::from_str::<Request>(&line) {
-                Err(e) => Response::error(format!("not a request: {e}")),
-                Ok(request) => {
-                    let (tx, rx) = oneshot::channel();
-                    if requests.send((request, tx)).await.is_err() {
-                        return;
-                    }
-                    rx.await.unwrap_or_else(|_| Response::error("the agent is stopping"))
-                }
+            let response = match slot {
+                Err(_) => Some(Response::error(BUSY)),
+                Ok(_slot) => answer(read, &requests).await,
             };
+            let Some(response) = response else { return };
             let mut text = serde_json::to_string(&response).unwrap_or_default();
             text.push('\n');
             let _ = write.write_all(text.as_bytes()).await;
         });
+    }
+}
+
+/// The answer to the one request on `read`; `None` if the agent stops first.
+async fn answer(read: OwnedReadHalf, requests: &ControlSender) -> Option<Response> {
+    if let Err(e) = root_peer(&read) {
+        return Some(Response::error(e));
+    }
+    let mut line = Vec::new();
+    let mut limited = AsyncBufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+    match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut line)).await {
+        Err(_) => return Some(Response::error(format!("no request within {REQUEST_TIMEOUT:?}"))),
+        Ok(Err(e)) => return Some(Response::error(format!("reading the request: {e}"))),
+        Ok(Ok(_)) => {}
+    }
+    if line.len() > MAX_REQUEST_BYTES {
+        return Some(Response::error(format!("a request is one line of at most {MAX_REQUEST_BYTES} bytes")));
+    }
+    let request = match std::str::from_utf8(&line) {
+        Err(e) => return Some(Response::error(format!("not a request: not UTF-8 text ({e})"))),
+        Ok(text) => match serde_json::from_str::<Request>(text) {
+            Err(e) => return Some(Response::error(format!("not a request: {e}"))),
+            Ok(request) => request,
+        },
+    };
+    let (tx, rx) = oneshot::channel();
+    requests.send((request, tx)).await.ok()?;
+    Some(rx.await.unwrap_or_else(|_| Response::error("the agent is stopping")))
+}
+
+/// Only root (or the agent's own user, root in production) may use the socket: its file mode
+/// says so, and the peer's credentials are checked too (a descriptor handed on would otherwise
+/// do).
+fn root_peer(read: &OwnedReadHalf) -> Result<(), String> {
+    let peer = read.as_ref().peer_cred().map_err(|e| format!("reading the peer's credentials: {e}"))?;
+    // SAFETY: no arguments, cannot fail.
+    let own = unsafe { libc::geteuid() };
+    if peer.uid() == 0 || peer.uid() == own {
+        Ok(())
+    } else {
+        Err(format!("only root may control the agent; uid {} may not", peer.uid()))
     }
 }
 
@@ -281,5 +342,54 @@ mod tests {
         let removed = edit(&c, &Request::VipRemove { name: "web6".into() }).unwrap().unwrap();
         assert_eq!(removed.vips.len(), 3);
         assert!(edit(&c, &Request::Status).unwrap().is_none());
+    }
+
+    /// A control socket in a directory of its own, served by a stand-in for the agent's loop
+    /// that answers every request with its name.
+    async fn serving(name: &str) -> std::path::PathBuf {
+        let socket = std::env::temp_dir().join(format!("lb-control-{name}-{}", std::process::id())).join("c.sock");
+        let listener = bind(&socket).unwrap();
+        let (tx, mut rx) = mpsc::channel::<Pending>(8);
+        tokio::spawn(serve(listener, tx));
+        tokio::spawn(async move {
+            while let Some((request, reply)) = rx.recv().await {
+                let _ = reply.send(Response::answer(&format!("{request:?}")));
+            }
+        });
+        socket
+    }
+
+    /// The agent's answer to `bytes`.
+    async fn send(socket: &Path, bytes: &[u8]) -> Response {
+        use tokio::io::AsyncReadExt as _;
+        let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        // The agent may answer (an oversized request) before it has read everything.
+        let _ = stream.write_all(bytes).await;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+    }
+
+    #[tokio::test]
+    async fn what_is_not_a_request_is_answered_and_the_socket_keeps_serving() {
+        let socket = serving("abuse").await;
+        let error = |r: Response| r.error.expect("an error");
+        let unknown = br#"{"cmd":"backend_remove","vip":"web","address":"198.18.0.21","adress":"x"}"#;
+        assert!(error(send(&socket, &[unknown, &b"\n"[..]].concat()).await).contains("unknown field `adress`"));
+        assert!(error(send(&socket, b"\xff\xfe{}\n").await).contains("not UTF-8"));
+        let oversized = vec![b'{'; MAX_REQUEST_BYTES + 10];
+        assert!(error(send(&socket, &oversized).await).contains("at most 65536 bytes"));
+        assert!(error(send(&socket, b"garbage\n").await).starts_with("not a request"));
+        // Idle connections up to the limit, and some past it: a request still gets through once
+        // they time out, and the client library waits for that.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 20 {
+            idle.push(tokio::net::UnixStream::connect(&socket).await.unwrap());
+        }
+        let socket2 = socket.clone();
+        let answered = tokio::task::spawn_blocking(move || request(&socket2, &Request::Status)).await.unwrap();
+        assert_eq!(answered.unwrap().into_answer::<String>().unwrap(), "Status");
+        drop(idle);
+        let _ = std::fs::remove_dir_all(socket.parent().unwrap());
     }
 }
