@@ -346,7 +346,7 @@ mod tests {
 
     /// A control socket in a directory of its own, served by a stand-in for the agent's loop
     /// that answers every request with its name.
-    async fn serving(name: &str) -> std::path::PathBuf {
+    fn serving(name: &str) -> std::path::PathBuf {
         let socket = std::env::temp_dir().join(format!("lb-control-{name}-{}", std::process::id())).join("c.sock");
         let listener = bind(&socket).unwrap();
         let (tx, mut rx) = mpsc::channel::<Pending>(8);
@@ -372,7 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_is_not_a_request_is_answered_and_the_socket_keeps_serving() {
-        let socket = serving("abuse").await;
+        let socket = serving("abuse");
         let error = |r: Response| r.error.expect("an error");
         let unknown = br#"{"cmd":"backend_remove","vip":"web","address":"198.18.0.21","adress":"x"}"#;
         assert!(error(send(&socket, &[unknown, &b"\n"[..]].concat()).await).contains("unknown field `adress`"));
