@@ -5,7 +5,8 @@
 //! pinned maps, apply the policy's desired state, attach (or replace the program inside the
 //! pinned links), start one health-check task per checked backend and the control socket. Then
 //! one loop owns all state: probe outcomes, control requests, SIGHUP and configuration file
-//! changes (both reload), a slow-start tick. On SIGTERM or SIGINT the agent exits and the data
+//! changes (both reload: the file is read and validated off the loop, so a large or broken one
+//! delays nothing), a slow-start tick. On SIGTERM or SIGINT the agent exits and the data
 //! plane keeps forwarding; the next `lb run` adopts it. `lb detach` removes it.
 //!
 //! Rooms: this file (the loop and the state it owns), [`control`] (the socket's protocol, its
@@ -23,7 +24,7 @@ use anyhow::Context as _;
 use lb_common::hash::murmur3_words;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 
@@ -49,6 +50,12 @@ use crate::{
         policy::{self, BackendDecision, Health, HealthKey},
     },
 };
+
+/// A configuration file read and validated off the loop, and who asked.
+struct Loaded {
+    config: anyhow::Result<Config>,
+    reply: Option<oneshot::Sender<Response>>,
+}
 
 /// How often backends' neighbour entries are refreshed (see [`host::warm_neighbours`]).
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(10);
@@ -209,25 +216,44 @@ impl Agent {
         let mut hup = signal(SignalKind::hangup())?;
         let mut refresh = tokio::time::interval(NEIGHBOUR_REFRESH);
         let mut tick = tokio::time::interval(TICK);
+        let (loaded_tx, mut loaded) = mpsc::channel::<Loaded>(16);
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok(()),
                 _ = int.recv() => return Ok(()),
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
-                    if let Err(e) = self.reload() {
-                        tracing::error!("reload refused, nothing changed: {e:#}");
-                    }
+                    self.load(&loaded_tx, None);
                 }
                 _ = refresh.tick() => host::warm_neighbours(&self.config),
-                _ = tick.tick() => self.tick(),
-                Some(outcome) = outcomes.recv() => self.record(outcome),
-                Some((request, reply)) = requests.recv() => {
-                    let response = self.handle(request);
-                    let _ = reply.send(response);
+                _ = tick.tick() => {
+                    if self.tick() {
+                        tracing::info!(path = %self.config_path.display(), "configuration file changed: reloading");
+                        self.load(&loaded_tx, None);
+                    }
                 }
+                Some(outcome) = outcomes.recv() => self.record(outcome),
+                Some(done) = loaded.recv() => self.reload(done),
+                Some((request, reply)) = requests.recv() => match request {
+                    Request::Reload => self.load(&loaded_tx, Some(reply)),
+                    request => {
+                        let response = self.handle(request);
+                        let _ = reply.send(response);
+                    }
+                },
             }
         }
+    }
+
+    /// Reads and validates the configuration file away from this loop (a large or broken file
+    /// must not delay health checks or the control socket); [`Agent::reload`] applies the result.
+    fn load(&mut self, loaded: &mpsc::Sender<Loaded>, reply: Option<oneshot::Sender<Response>>) {
+        self.config_mtime = mtime(&self.config_path);
+        let (path, loaded) = (self.config_path.clone(), loaded.clone());
+        tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path).map_err(anyhow::Error::from);
+            let _ = loaded.blocking_send(Loaded { config, reply });
+        });
     }
 
     /// Decides with the policy and reconciles the maps to it, logging each change.
@@ -332,7 +358,8 @@ impl Agent {
         }
     }
 
-    fn tick(&mut self) {
+    /// Next hops, response-time weights, slow starts; whether the configuration file changed.
+    fn tick(&mut self) -> bool {
         self.refresh_next_hops();
         if policy::update_response_factors(&self.config, &mut self.health)
             && let Err(e) = self.apply()
@@ -340,22 +367,29 @@ impl Agent {
             tracing::error!("applying response-time weights failed: {e:#}");
         }
         if mtime(&self.config_path) != self.config_mtime {
-            tracing::info!(path = %self.config_path.display(), "configuration file changed: reloading");
-            if let Err(e) = self.reload() {
-                tracing::error!("reload refused, nothing changed: {e:#}");
-            }
-        } else if self.ramping
+            return true;
+        }
+        if self.ramping
             && let Err(e) = self.apply()
         {
             tracing::error!("slow start step failed: {e:#}");
         }
+        false
     }
 
-    /// Re-reads the configuration file and applies it; a file that fails validation changes nothing.
-    fn reload(&mut self) -> anyhow::Result<()> {
-        self.config_mtime = mtime(&self.config_path);
-        let config = Config::load(&self.config_path)?;
-        self.replace(config)
+    /// Applies a loaded configuration file; one that failed validation changes nothing. Answers
+    /// the `lb reload` that asked for it, if one did.
+    fn reload(&mut self, loaded: Loaded) {
+        let applied = loaded.config.and_then(|config| self.replace(config));
+        if let Err(e) = &applied {
+            tracing::error!("reload refused, nothing changed: {e:#}");
+        }
+        if let Some(reply) = loaded.reply {
+            let _ = reply.send(match applied {
+                Ok(()) => Response::answer(&Some(Changed { generation: self.generation })),
+                Err(e) => Response::error(format!("{e:#}")),
+            });
+        }
     }
 
     fn replace(&mut self, config: Config) -> anyhow::Result<()> {
@@ -389,12 +423,6 @@ impl Agent {
                 let mut rows = self.backend_rows();
                 rows.retain(|r| vip.as_ref().is_none_or(|v| r.vip == *v));
                 return Response::answer(&rows);
-            }
-            Request::Reload => {
-                return match self.reload() {
-                    Ok(()) => Response::answer(&Some(Changed { generation: self.generation })),
-                    Err(e) => Response::error(format!("{e:#}")),
-                };
             }
             _ => {}
         }
