@@ -475,6 +475,27 @@ fn sighup_reloads(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lb detach` under the running agent: the agent notices within 2 s, pins its maps again and
+/// attaches again, says so in `lb status`, and new connections are served without an operator.
+fn detach_under_the_agent_is_repaired(env: &mut Env) -> anyhow::Result<()> {
+    let before = status()?.data_plane.repairs;
+    lb_lab::run(std::process::Command::new(&env.lab.lb).args(["detach", "--instance", lb_lab::INSTANCE]))?;
+    let detached = Instant::now();
+    lb_lab::wait_until(Duration::from_secs(2), "the agent to repair its data plane", || {
+        status().is_ok_and(|s| s.data_plane.repairs > before && s.data_plane.problem.is_none())
+    })?;
+    let repaired = detached.elapsed();
+    let counts = tally(100, |vip| http_connection(vip, 1), vip(false))?;
+    let health = status()?.data_plane;
+    let last = health.last_repaired.unwrap_or_default();
+    ensure!(last.contains("no map is pinned") && last.contains("has no balancer attached"), "repaired: {last}");
+    println!(
+        "    lb detach under the agent: repaired {:.0} ms later ({last}); then 100 of 100 connections served: {counts:?}",
+        repaired.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let env = start("lab-control", Health { web: Some(http_check()), dns: Some(dns_check()), ..Health::default() })?;
     let trials: Vec<Trial> = vec![
@@ -488,6 +509,7 @@ fn main() -> anyhow::Result<()> {
         ("health/all_checks_failing_fails_open", all_checks_failing_fails_open),
         ("ops/prometheus_metrics", metrics),
         ("ops/sighup_reloads_the_file", sighup_reloads),
+        ("ops/detach_under_the_agent_is_repaired", detach_under_the_agent_is_repaired),
     ];
     run_trials(env, trials)
 }

@@ -35,7 +35,13 @@ pub async fn serve(listener: TcpListener, requests: ControlSender, pins: PinDir)
 }
 
 /// The agent's metric families: name, type, help.
-const AGENT_FAMILIES: [(&str, &str, &str); 9] = [
+const AGENT_FAMILIES: [(&str, &str, &str); 11] = [
+    (
+        "lb_data_plane_healthy",
+        "gauge",
+        "1 if every interface runs this agent's program from its pinned link and its maps are pinned.",
+    ),
+    ("lb_data_plane_repairs_total", "counter", "Times the agent re-pinned maps or re-attached interfaces."),
     ("lb_table_generation", "counter", "Changes applied to the data plane since the agent started."),
     ("lb_backend_healthy", "gauge", "1 if the backend passes its checks (or has none)."),
     ("lb_backend_effective_weight", "gauge", "Weight in the Maglev table after health, slow start and admin state."),
@@ -82,6 +88,8 @@ fn render(pins: &PinDir, status: Option<&Status>) -> String {
     }
     let Some(status) = status else { return s };
     let _ = writeln!(s, "lb_table_generation {}", status.generation);
+    let _ = writeln!(s, "lb_data_plane_healthy {}", u8::from(status.data_plane.problem.is_none()));
+    let _ = writeln!(s, "lb_data_plane_repairs_total {}", status.data_plane.repairs);
     if let Some(n) = status.source_buckets {
         let _ = writeln!(s, "lb_source_buckets {n}");
     }

@@ -38,11 +38,11 @@ use self::{
     active::{IdleTimeouts, RecountPlan},
     control::{Request, Response},
     health::{Outcome, Target},
-    status::Changed,
+    status::{Changed, DataPlaneHealth},
 };
 use crate::{
     config::{Config, HealthCheck},
-    dataplane::{Balancer, BalancerSizes, PinDir, attach::Attached},
+    dataplane::{Balancer, BalancerSizes, PinDir, PinProblem, attach::Attached, describe_pin_problems},
     host::{self, nexthop::NextHops},
     label::{show_addr, show_mac, show_vip},
     reconcile::{
@@ -78,6 +78,8 @@ struct Agent {
     /// Problems of the host the agent found and could not repair (interfaces that strip VLAN
     /// tags), shown with the policy's warnings.
     host_warnings: Vec<String>,
+    /// What the last self-check of the pinned data plane found ([`Agent::self_check`]).
+    data_plane: DataPlaneHealth,
     ramping: bool,
     /// Table fingerprints per VIP name (a hash of the table's backend addresses, slot by slot:
     /// equal on every balancer with the same configuration and health).
@@ -153,6 +155,7 @@ impl Agent {
             decisions: Vec::new(),
             warnings: Vec::new(),
             host_warnings: Vec::new(),
+            data_plane: DataPlaneHealth::default(),
             ramping: false,
             fingerprints: BTreeMap::new(),
             generation: 0,
@@ -358,8 +361,61 @@ impl Agent {
         }
     }
 
+    /// Checks that the pins hold this agent's maps and that every interface runs this agent's
+    /// program from its pinned link; repairs what is missing (maps pinned again, interfaces
+    /// attached again). A link running another program is not fought over: it is reported, and
+    /// changes are refused until an operator decides. Whether the data plane is as it should be.
+    fn self_check(&mut self) -> bool {
+        let interfaces = self.config.instance.interfaces.clone();
+        let found = match self.balancer.check_pins(&self.pins, &interfaces) {
+            Ok(found) if found.is_empty() => {
+                self.data_plane.problem = None;
+                return true;
+            }
+            Ok(found) => found,
+            Err(e) => {
+                self.data_plane.problem = Some(format!("checking the pins failed: {e}"));
+                return false;
+            }
+        };
+        let described = describe_pin_problems(&found);
+        if found.iter().any(|p| matches!(p, PinProblem::OtherProgram { .. })) {
+            if self.data_plane.problem.as_ref() != Some(&described) {
+                tracing::error!(
+                    "{described}: another agent or tool took the interface; changes are refused until it is resolved"
+                );
+            }
+            self.data_plane.problem = Some(described);
+            return false;
+        }
+        tracing::error!("the pinned data plane is not as the agent left it ({described}): repairing");
+        let repaired = self.balancer.repin(&self.pins).map_err(anyhow::Error::from).and_then(|()| self.attach());
+        let still = repaired.and_then(|()| Ok(self.balancer.check_pins(&self.pins, &interfaces)?));
+        match still {
+            Ok(still) if still.is_empty() => {
+                tracing::info!("repaired the data plane ({described})");
+                self.data_plane.repairs += 1;
+                self.data_plane.last_repaired = Some(described);
+                self.data_plane.problem = None;
+                true
+            }
+            Ok(still) => {
+                let left = describe_pin_problems(&still);
+                tracing::error!("repairing the data plane left: {left}");
+                self.data_plane.problem = Some(left);
+                false
+            }
+            Err(e) => {
+                tracing::error!("repairing the data plane failed: {e:#}");
+                self.data_plane.problem = Some(format!("{described}; repairing failed: {e:#}"));
+                false
+            }
+        }
+    }
+
     /// Next hops, response-time weights, slow starts; whether the configuration file changed.
     fn tick(&mut self) -> bool {
+        self.self_check();
         self.refresh_next_hops();
         if policy::update_response_factors(&self.config, &mut self.health)
             && let Err(e) = self.apply()
@@ -393,6 +449,13 @@ impl Agent {
     }
 
     fn replace(&mut self, config: Config) -> anyhow::Result<()> {
+        // A change is acknowledged only once it is in a data plane that is attached.
+        if !self.self_check() {
+            anyhow::bail!(
+                "the data plane is not as the agent left it ({}); nothing changed",
+                self.data_plane.problem.as_deref().unwrap_or("unknown")
+            );
+        }
         let (old, new) = (&self.config.instance, &config.instance);
         if old.name != new.name
             || old.interfaces != new.interfaces

@@ -26,8 +26,20 @@ pub struct Status {
     pub source_buckets: Option<usize>,
     /// The policy's and the host's problems, worst first.
     pub warnings: Vec<String>,
+    pub data_plane: DataPlaneHealth,
     pub vips: Vec<VipStatus>,
     pub backends: Vec<BackendStatus>,
+}
+
+/// The agent's self-check of its data plane: pinned maps, and each interface's program.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPlaneHealth {
+    /// What is wrong now and could not be repaired; `None`: the data plane is as it should be.
+    pub problem: Option<String>,
+    /// Repairs since the agent started.
+    pub repairs: u64,
+    /// What the last repair put right.
+    pub last_repaired: Option<String>,
 }
 
 /// Whether the flow hash has the operator's key or the public default one.
@@ -133,6 +145,7 @@ impl Agent {
             },
             source_buckets: self.balancer.source_buckets_in_use().ok(),
             warnings: self.warnings.iter().chain(&self.host_warnings).cloned().collect(),
+            data_plane: self.data_plane.clone(),
             vips: self.vip_rows(),
             backends: self.backend_rows(),
         }

@@ -34,6 +34,16 @@ fn table(status: &Status) -> String {
         cell(key),
         cell(status.source_buckets)
     );
+    let d = &status.data_plane;
+    if let Some(problem) = &d.problem {
+        let _ = writeln!(s, "DATA PLANE UNHEALTHY: {problem}");
+    } else {
+        let _ = write!(s, "data plane: as configured");
+        if let Some(last) = &d.last_repaired {
+            let _ = write!(s, " ({} repairs since the agent started; last: {last})", d.repairs);
+        }
+        s += "\n";
+    }
     for w in &status.warnings {
         let _ = writeln!(s, "WARNING: {w}");
     }

@@ -53,3 +53,10 @@ pub fn attach(program: &mut Xdp, interface: &str, mode: XdpMode, link_pin: &Path
         .map_err(|e| DataplaneError::Link(format!("pinning the link at {}: {e}", link_pin.display())))?;
     Ok(Attached::New(used))
 }
+
+/// The id of the program running in the link pinned at `link_pin`.
+pub fn pinned_program(link_pin: &Path) -> Result<u32, DataplaneError> {
+    let pinned = PinnedLink::from_pin(link_pin).map_err(|e| DataplaneError::Link(e.to_string()))?;
+    let info = FdLink::from(pinned).info().map_err(|e| DataplaneError::Link(e.to_string()))?;
+    Ok(info.program_id())
+}

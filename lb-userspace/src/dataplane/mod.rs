@@ -190,6 +190,88 @@ impl Balancer {
     }
 }
 
+/// What a self-check of the pinned data plane found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinProblem {
+    /// A map is not pinned where the instance's maps are (removed by hand or by `lb detach`).
+    MapNotPinned(&'static str),
+    /// An interface has no pinned link (so, once its last holder closed it, no program).
+    NotAttached(String),
+    /// An interface's pinned link runs another program than this agent's.
+    OtherProgram { interface: String, program_id: u32 },
+}
+
+impl std::fmt::Display for PinProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PinProblem::MapNotPinned(name) => write!(f, "map {name} is not pinned"),
+            PinProblem::NotAttached(interface) => write!(f, "{interface} has no balancer attached"),
+            PinProblem::OtherProgram { interface, program_id } => {
+                write!(f, "{interface} runs program {program_id}, not this agent's")
+            }
+        }
+    }
+}
+
+/// `problems` in a line: maps not pinned named together, then the interfaces'.
+pub fn describe_pin_problems(problems: &[PinProblem]) -> String {
+    let unpinned: Vec<&str> =
+        problems.iter().filter_map(|p| if let PinProblem::MapNotPinned(n) = p { Some(*n) } else { None }).collect();
+    let mut parts = Vec::new();
+    match unpinned.len() {
+        0 => {}
+        n if n == names::BALANCER.len() => parts.push("no map is pinned".to_string()),
+        _ => parts.push(format!("maps not pinned: {}", unpinned.join(", "))),
+    }
+    parts.extend(problems.iter().filter(|p| !matches!(p, PinProblem::MapNotPinned(_))).map(ToString::to_string));
+    parts.join("; ")
+}
+
+impl Balancer {
+    /// Whether the instance's pins hold this agent's maps and, on each of `interfaces`, a link
+    /// running this agent's program.
+    pub fn check_pins(&mut self, pins: &PinDir, interfaces: &[String]) -> Result<Vec<PinProblem>, DataplaneError> {
+        let mut problems: Vec<PinProblem> = names::BALANCER
+            .iter()
+            .filter(|name| !pins.map(name).exists())
+            .map(|name| PinProblem::MapNotPinned(name))
+            .collect();
+        let ours = self.program()?.info()?.id();
+        for interface in interfaces {
+            let path = pins.link(interface);
+            if !path.exists() {
+                problems.push(PinProblem::NotAttached(interface.clone()));
+                continue;
+            }
+            let program_id = attach::pinned_program(&path)?;
+            if program_id != ours {
+                problems.push(PinProblem::OtherProgram { interface: interface.clone(), program_id });
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Pins again every map that is not pinned; the maps' contents are this agent's, whole.
+    pub fn repin(&self, pins: &PinDir) -> Result<(), DataplaneError> {
+        pins.create().map_err(|error| DataplaneError::Pins { path: pins.root().to_path_buf(), error })?;
+        let handles = self.maps.by_name();
+        for name in names::BALANCER {
+            let path = pins.map(name);
+            if path.exists() {
+                continue;
+            }
+            // The maps the agent writes are in its handles; the data plane's own ones (fragments,
+            // round-robin positions) stay in the loaded object.
+            let pinned = match handles.iter().find(|(n, _)| *n == name) {
+                Some((_, map)) => map.pin(&path),
+                None => self.ebpf.map(name).ok_or(DataplaneError::Missing { kind: "map", name })?.pin(&path),
+            };
+            pinned.map_err(|e| DataplaneError::Link(format!("pinning map {name}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
 impl BalancerMaps {
     /// Opens the maps pinned in `pins` (they must exist: an agent created them).
     pub fn open_pinned(pins: &PinDir) -> Result<Self, DataplaneError> {
@@ -219,6 +301,30 @@ impl BalancerMaps {
             source_buckets: typed(take(names::RATE_BUCKETS)?)?,
             refusals: typed(take(names::REFUSALS)?)?,
         })
+    }
+
+    /// Every map with its name.
+    fn by_name(&self) -> [(&'static str, &MapData); 18] {
+        [
+            (names::VIPS, self.vips.map()),
+            (names::VIP_ADDRS, self.vip_addrs.map()),
+            (names::BACKENDS, self.backends.map()),
+            (names::NEXT_HOPS, self.next_hops.map()),
+            (names::TABLE_CHUNKS, self.tables.map()),
+            (names::FLOWS_V4, self.flows_v4.map()),
+            (names::FLOWS_V6, self.flows_v6.map()),
+            (names::CONFIG, self.config.map()),
+            (names::EGRESS, self.egress.map()),
+            (names::REASON_STATS, self.reason_stats.map()),
+            (names::VIP_STATS, self.vip_stats.map()),
+            (names::BACKEND_STATS, self.backend_stats.map()),
+            (names::ACTIVE_FLOWS, self.active_flows.map()),
+            (names::FLOOD, self.flood.map()),
+            (names::ADMISSION, self.admission.map()),
+            (names::SOURCE_LISTS, self.source_lists.map()),
+            (names::RATE_BUCKETS, self.source_buckets.map()),
+            (names::REFUSALS, self.refusals.map()),
+        ]
     }
 
     pub fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
