@@ -86,34 +86,40 @@ pub const BALANCER: [&str; 20] = [
 /// Every map of the decapsulation program.
 pub const DECAP: [&str; 4] = [DECAP_VIPS, DECAP_SOURCES, DECAP_CONFIG, REASON_STATS];
 
-/// The names older builds pinned their maps under (before the names had a prefix, and maps
-/// this build no longer has): an agent refuses to adopt a pin directory that holds one.
-pub const RETIRED: [&str; 25] = [
-    "FLOWS",
-    "MAGLEV_TABLES",
-    "VIPS",
-    "VIP_ADDRS",
-    "BACKENDS",
-    "NEXT_HOPS",
-    "BACKEND_TABLES",
-    "FLOWS_V4",
-    "FLOWS_V6",
-    "FRAGMENTS",
-    "CONFIG",
-    "EGRESS",
-    "REASON_STATS",
-    "VIP_STATS",
-    "BACKEND_STATS",
-    "ACTIVE_FLOWS",
-    "FLOOD",
-    "SEQUENCE_POSITIONS",
-    "ADMISSION",
-    "SOURCE_LISTS",
-    "SOURCE_BUCKETS",
-    "REFUSALS",
-    "DECAP_VIPS",
-    "DECAP_SOURCES",
-    "DECAP_CONFIG",
+/// Maps of older builds that this one has no counterpart for (`FLOWS`: one flow table for both
+/// families; `MAGLEV_TABLES`: tables at their largest size, before chunks): an agent refuses to
+/// adopt a pin directory that holds one.
+pub const RETIRED: [&str; 2] = ["FLOWS", "MAGLEV_TABLES"];
+
+/// The layout of the pinned maps. 1: the same maps, named without the [`PREFIX`]; an agent of
+/// layout 2 adopts such pins by renaming them ([`RENAMED`]), flows and counters kept.
+pub const LAYOUT: u32 = 2;
+
+/// (name in layout 1, name now), for every map of either program.
+pub const RENAMED: [(&str, &str); 23] = [
+    ("VIPS", VIPS),
+    ("VIP_ADDRS", VIP_ADDRS),
+    ("BACKENDS", BACKENDS),
+    ("NEXT_HOPS", NEXT_HOPS),
+    ("BACKEND_TABLES", TABLE_CHUNKS),
+    ("FLOWS_V4", FLOWS_V4),
+    ("FLOWS_V6", FLOWS_V6),
+    ("FRAGMENTS", FRAGMENTS),
+    ("CONFIG", CONFIG),
+    ("EGRESS", EGRESS),
+    ("REASON_STATS", REASON_STATS),
+    ("VIP_STATS", VIP_STATS),
+    ("BACKEND_STATS", BACKEND_STATS),
+    ("ACTIVE_FLOWS", ACTIVE_FLOWS),
+    ("FLOOD", FLOOD),
+    ("SEQUENCE_POSITIONS", RR_POSITIONS),
+    ("ADMISSION", ADMISSION),
+    ("SOURCE_LISTS", SOURCE_LISTS),
+    ("SOURCE_BUCKETS", RATE_BUCKETS),
+    ("REFUSALS", REFUSALS),
+    ("DECAP_VIPS", DECAP_VIPS),
+    ("DECAP_SOURCES", DECAP_SOURCES),
+    ("DECAP_CONFIG", DECAP_CONFIG),
 ];
 
 const fn starts_with(name: &str, prefix: &str) -> bool {

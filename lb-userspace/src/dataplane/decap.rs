@@ -24,7 +24,7 @@ use super::{
     DataplaneError, PinDir,
     attach::{Attached, attach},
     ifindex,
-    layout::check_pinned_layouts,
+    layout::{check_pinned_layouts, migrate_renamed},
     objects, program, sum_reason, take,
 };
 
@@ -46,6 +46,7 @@ impl Decap {
     pub fn open_pinned(pins: &PinDir) -> Result<Self, DataplaneError> {
         pins.create().map_err(|error| DataplaneError::Pins { path: pins.root().to_path_buf(), error })?;
         // An older build's pinned reason counters count fewer reasons.
+        migrate_renamed(pins)?;
         check_pinned_layouts(pins)?;
         let mut loader = EbpfLoader::new();
         let paths: Vec<_> = names::DECAP.iter().map(|name| (*name, pins.map(name))).collect();

@@ -68,6 +68,28 @@ fn fixed_capacities() -> [(&'static str, u32); 14] {
     ]
 }
 
+/// Adopts pins of the previous layout ([`names::LAYOUT`] 1, the same maps without the prefix)
+/// by renaming them, each after its layout is checked as the new name's: established flows,
+/// tables and counters carry over. Returns how many were renamed.
+pub(super) fn migrate_renamed(pins: &PinDir) -> Result<usize, DataplaneError> {
+    let mut renamed = 0;
+    for (old, new) in names::RENAMED {
+        let from = pins.map(old);
+        if !from.exists() {
+            continue;
+        }
+        let to = pins.map(new);
+        if to.exists() {
+            // Both layouts pinned: not one instance's state. Refused, nothing changed.
+            return Err(DataplaneError::PinnedRetired { name: old, path: from });
+        }
+        check_layout(new, &from)?;
+        std::fs::rename(&from, &to).map_err(|error| DataplaneError::Pins { path: from.clone(), error })?;
+        renamed += 1;
+    }
+    Ok(renamed)
+}
+
 /// Refuses pinned maps of another layout, which aya would adopt as they are: a map created by
 /// another version of the balancer.
 pub(super) fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> {
@@ -77,27 +99,36 @@ pub(super) fn check_pinned_layouts(pins: &PinDir) -> Result<(), DataplaneError> 
             return Err(DataplaneError::PinnedRetired { name, path });
         }
     }
-    for (name, key, value) in map_layouts() {
+    for name in names::BALANCER {
         let path = pins.map(name);
-        if !path.exists() {
-            continue;
+        if path.exists() {
+            check_layout(name, &path)?;
         }
-        let info = MapData::from_pin(&path)?.info()?;
-        let found = (info.key_size() as usize, info.value_size() as usize);
-        if found != (key, value) {
-            return Err(DataplaneError::PinnedLayout { name, path, found, expected: (key, value) });
-        }
-        // A reason counter per reason: a build with other reasons would count under the wrong names.
-        if name == names::REASON_STATS && info.max_entries() != Reason::COUNT {
-            return Err(DataplaneError::PinnedReasons { path, found: info.max_entries(), expected: Reason::COUNT });
-        }
-        // Maps indexed by backend id or VIP index: a smaller one, of a build with lower limits,
-        // would refuse the ids this build hands out.
-        if let Some(&(_, expected)) = fixed_capacities().iter().find(|(n, _)| *n == name)
-            && info.max_entries() != expected
-        {
-            return Err(DataplaneError::PinnedCapacity { name, path, found: info.max_entries(), expected });
-        }
+    }
+    Ok(())
+}
+
+/// Whether the map pinned at `path` has the layout this build gives map `name`.
+fn check_layout(name: &'static str, path: &std::path::Path) -> Result<(), DataplaneError> {
+    let Some((_, key, value)) = map_layouts().into_iter().find(|(n, _, _)| *n == name) else {
+        return Ok(());
+    };
+    let path = path.to_path_buf();
+    let info = MapData::from_pin(&path)?.info()?;
+    let found = (info.key_size() as usize, info.value_size() as usize);
+    if found != (key, value) {
+        return Err(DataplaneError::PinnedLayout { name, path, found, expected: (key, value) });
+    }
+    // A reason counter per reason: a build with other reasons would count under the wrong names.
+    if name == names::REASON_STATS && info.max_entries() != Reason::COUNT {
+        return Err(DataplaneError::PinnedReasons { path, found: info.max_entries(), expected: Reason::COUNT });
+    }
+    // Maps indexed by backend id or VIP index: a smaller one, of a build with lower limits,
+    // would refuse the ids this build hands out.
+    if let Some(&(_, expected)) = fixed_capacities().iter().find(|(n, _)| *n == name)
+        && info.max_entries() != expected
+    {
+        return Err(DataplaneError::PinnedCapacity { name, path, found: info.max_entries(), expected });
     }
     Ok(())
 }

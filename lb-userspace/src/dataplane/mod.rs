@@ -48,7 +48,7 @@ pub mod pins;
 
 use self::{
     attach::{Attached, attach},
-    layout::check_pinned_layouts,
+    layout::{check_pinned_layouts, migrate_renamed},
 };
 pub use self::{decap::Decap, error::DataplaneError, pins::PinDir};
 use crate::{
@@ -144,6 +144,10 @@ impl Balancer {
     /// adopted with their contents (the flow table keeps its size then), missing ones created.
     pub fn open_pinned(sizes: BalancerSizes, pins: &PinDir) -> Result<Self, DataplaneError> {
         pins.create().map_err(|error| DataplaneError::Pins { path: pins.root().to_path_buf(), error })?;
+        let migrated = migrate_renamed(pins)?;
+        if migrated > 0 {
+            tracing::info!(maps = migrated, pins = %pins.root().display(), "adopted the previous layout's pinned maps");
+        }
         check_pinned_layouts(pins)?;
         let mut loader = EbpfLoader::new();
         loader

@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use anyhow::{Context as _, ensure};
+use aya::maps::MapData;
 use lb_common::maps;
 use lb_lab::run;
 use lb_userspace::{
@@ -18,6 +19,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
         ("host/receive_vlan_offload_turned_off", vlan_offload_turned_off),
         ("verifier/balancer_headroom", verifier_headroom),
         ("pins/a_pinned_map_of_another_layout_is_refused", pinned_map_of_another_layout),
+        ("pins/the_previous_layouts_maps_are_adopted_by_renaming", previous_layout_adopted),
     ]
 }
 
@@ -75,8 +77,8 @@ fn pinned_map_of_another_layout(_: &mut Env) -> anyhow::Result<()> {
             &["map LB_FLOWS_V4", "40-byte keys and 24-byte values", "needs 16 and 16"],
         ),
         ("FLOWS", ["lru_hash", "40", "24", "64"], &["map FLOWS pinned", "older version"]),
-        // The name this build's flow table had before map names had a prefix.
-        ("FLOWS_V4", ["lru_hash", "16", "16", "64"], &["map FLOWS_V4 pinned", "older version"]),
+        // Under the name of the previous layout, and of another layout too.
+        ("FLOWS_V4", ["lru_hash", "40", "24", "64"], &["map LB_FLOWS_V4 pinned", "/FLOWS_V4 has 40-byte keys"]),
         (
             maps::BACKENDS,
             ["array", "4", "32", "4096"],
@@ -102,4 +104,33 @@ fn pinned_map_of_another_layout(_: &mut Env) -> anyhow::Result<()> {
         result?;
     }
     Ok(())
+}
+
+/// Maps pinned by the previous layout (the same maps, named without the prefix) are renamed and
+/// adopted: the very maps, so their contents carry over.
+fn previous_layout_adopted(_: &mut Env) -> anyhow::Result<()> {
+    let pins = PinDir::instance(&format!("lbtest-previous-{}", std::process::id()));
+    pins.create()?;
+    let map_id = |path: &std::path::Path| -> anyhow::Result<u32> { Ok(MapData::from_pin(path)?.info()?.id()) };
+    let result = (|| {
+        let mut before = Vec::new();
+        for (old, kind, key, value, entries) in
+            [("FLOWS_V4", "lru_hash", "16", "16", "64"), ("BACKENDS", "array", "4", "32", "8192")]
+        {
+            let path = pins.map(old);
+            run(Command::new("bpftool")
+                .args(["map", "create", path.to_str().context("pin path")?, "type", kind, "key", key, "value"])
+                .args([value, "entries", entries, "name", old]))?;
+            before.push(map_id(&path)?);
+        }
+        let balancer = Balancer::open_pinned(BalancerSizes::flows(64), &pins)?;
+        drop(balancer);
+        for ((old, new), id) in [("FLOWS_V4", maps::FLOWS_V4), ("BACKENDS", maps::BACKENDS)].into_iter().zip(before) {
+            ensure!(!pins.map(old).exists(), "{old} is still pinned under its old name");
+            ensure!(map_id(&pins.map(new))? == id, "{new} is not the map pinned as {old}");
+        }
+        Ok(())
+    })();
+    pins.remove()?;
+    result
 }
