@@ -25,6 +25,7 @@ use lb_userspace::{
         status::{BackendStatus, Changed, Status},
     },
     config::AdminState,
+    host::nexthop::{Resolver, XdpAttachment},
     inspect::VipPlan,
     reconcile::policy::HealthState,
 };
@@ -496,6 +497,40 @@ fn detach_under_the_agent_is_repaired(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the balancer's interface runs XDP now, as the kernel says.
+fn balancer_xdp_mode() -> anyhow::Result<Option<XdpAttachment>> {
+    in_namespace(lb_lab::BALANCER, || -> anyhow::Result<_> {
+        let ifindex = lb_userspace::dataplane::ifindex("eth0")?;
+        Ok(Resolver::new()?.xdp_attachment(ifindex)?)
+    })?
+}
+
+/// An agent restarted with another `xdp_mode` than its pinned link's attaches again in the
+/// configured mode, both ways, and traffic flows after each.
+fn xdp_mode_change_on_restart(env: &mut Env) -> anyhow::Result<()> {
+    ensure!(balancer_xdp_mode()? == Some(XdpAttachment::Native), "the lab runs native to begin with");
+    let config = status()?.config;
+    let generic = config.with_file_name("generic.toml");
+    let text = std::fs::read_to_string(&config)?;
+    ensure!(text.contains("xdp_mode = \"native\""), "the lab configuration sets xdp_mode native");
+    std::fs::write(&generic, text.replacen("xdp_mode = \"native\"", "xdp_mode = \"generic\"", 1))?;
+    if let Some(agent) = env.agent.take() {
+        env.lab.stop_agent(agent)?;
+    }
+    env.agent = Some(env.lab.start_agent(&generic, &env.log)?);
+    let now_generic = balancer_xdp_mode()?;
+    tally(50, |vip| http_connection(vip, 1), vip(false))?;
+    env.run_agent(&EQUAL)?;
+    let back = balancer_xdp_mode()?;
+    tally(50, |vip| http_connection(vip, 1), vip(false))?;
+    println!(
+        "    native -> restart with generic: {now_generic:?} -> restart with native: {back:?}; traffic served after each"
+    );
+    ensure!(now_generic == Some(XdpAttachment::Generic), "after the restart in generic mode: {now_generic:?}");
+    ensure!(back == Some(XdpAttachment::Native), "after the restart in native mode: {back:?}");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let env = start("lab-control", Health { web: Some(http_check()), dns: Some(dns_check()), ..Health::default() })?;
     let trials: Vec<Trial> = vec![
@@ -510,6 +545,7 @@ fn main() -> anyhow::Result<()> {
         ("ops/prometheus_metrics", metrics),
         ("ops/sighup_reloads_the_file", sighup_reloads),
         ("ops/detach_under_the_agent_is_repaired", detach_under_the_agent_is_repaired),
+        ("ops/xdp_mode_change_on_restart_attaches_again", xdp_mode_change_on_restart),
     ];
     run_trials(env, trials)
 }

@@ -41,9 +41,12 @@ use self::{
     status::{Changed, DataPlaneHealth},
 };
 use crate::{
-    config::{Config, HealthCheck},
+    config::{Config, HealthCheck, Named as _, XdpMode},
     dataplane::{Balancer, BalancerSizes, PinDir, PinProblem, attach::Attached, describe_pin_problems},
-    host::{self, nexthop::NextHops},
+    host::{
+        self,
+        nexthop::{NextHops, Resolver, XdpAttachment},
+    },
     label::{show_addr, show_mac, show_vip},
     reconcile::{
         self, Op,
@@ -196,6 +199,7 @@ impl Agent {
     /// Attaches the balancer to every interface, or replaces the program in their pinned links.
     fn attach(&mut self) -> anyhow::Result<()> {
         for interface in &self.config.instance.interfaces {
+            self.unpin_link_of_another_mode(interface)?;
             let attached = self
                 .balancer
                 .attach(interface, self.config.instance.xdp_mode, &self.pins)
@@ -204,6 +208,34 @@ impl Agent {
                 Attached::New(mode) => tracing::info!(interface, ?mode, "attached the balancer"),
                 Attached::Replaced => tracing::info!(interface, "replaced the balancer program inside the pinned link"),
             }
+        }
+        Ok(())
+    }
+
+    /// A pinned link in another XDP mode than the configured one (native asked, generic
+    /// pinned, or the reverse) is removed, so that [`Agent::attach`] attaches anew in the
+    /// configured mode: traffic on the interface pauses between the two, for about a
+    /// millisecond. `auto` takes either mode as it finds it.
+    fn unpin_link_of_another_mode(&self, interface: &str) -> anyhow::Result<()> {
+        let link = self.pins.link(interface);
+        if !link.exists() {
+            return Ok(());
+        }
+        let ifindex = crate::dataplane::ifindex(interface)?;
+        let now = Resolver::new()?.xdp_attachment(ifindex)?;
+        let wanted = self.config.instance.xdp_mode;
+        let differs = matches!(
+            (wanted, now),
+            (XdpMode::Native, Some(XdpAttachment::Generic)) | (XdpMode::Generic, Some(XdpAttachment::Native))
+        );
+        if differs {
+            tracing::warn!(
+                interface,
+                pinned = ?now,
+                configured = wanted.name(),
+                "the pinned link runs in another XDP mode than configured: attaching again (traffic pauses briefly)"
+            );
+            std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
         }
         Ok(())
     }

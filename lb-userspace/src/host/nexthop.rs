@@ -18,7 +18,7 @@ use lb_common::{addr::from_key, backend::Backend, nexthop::NextHop};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    link::{LinkAttribute, LinkMessage},
+    link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
 };
@@ -60,6 +60,15 @@ impl Tables {
             _ => NextHop::NONE,
         }
     }
+}
+
+/// Where an XDP program runs on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpAttachment {
+    /// In the driver.
+    Native,
+    /// In the kernel's generic path.
+    Generic,
 }
 
 /// A synchronous rtnetlink socket of the caller's network namespace.
@@ -125,6 +134,28 @@ impl Resolver {
                 }
             }
             return Ok(ifindex.map(|ifindex| Route { ifindex, neighbour: gateway.unwrap_or(destination) }));
+        }
+        Ok(None)
+    }
+
+    /// How XDP is attached to interface `ifindex` now: in the driver (native), in the generic
+    /// path, or not at all (`None`; also for hardware or several programs, which the balancer
+    /// never attaches).
+    pub fn xdp_attachment(&mut self, ifindex: u32) -> Result<Option<XdpAttachment>, NextHopError> {
+        let mut message = LinkMessage::default();
+        message.header.index = ifindex;
+        for answer in self.request("link lookup", RouteNetlinkMessage::GetLink(message), false)? {
+            let RouteNetlinkMessage::NewLink(link) = answer else { continue };
+            for attribute in &link.attributes {
+                let LinkAttribute::Xdp(xdp) = attribute else { continue };
+                for x in xdp {
+                    match x {
+                        LinkXdp::Attached(XdpAttached::Driver) => return Ok(Some(XdpAttachment::Native)),
+                        LinkXdp::Attached(XdpAttached::SocketBuffer) => return Ok(Some(XdpAttachment::Generic)),
+                        _ => {}
+                    }
+                }
+            }
         }
         Ok(None)
     }
