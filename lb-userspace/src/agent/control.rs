@@ -90,10 +90,19 @@ fn request_once(socket: &Path, request: &Request) -> anyhow::Result<Response> {
         format!("connecting to the agent at {} (is `lb run` running, and are you root?)", socket.display())
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    writeln!(stream, "{}", serde_json::to_string(request)?)?;
+    // An agent that refuses the connection (busy) answers and closes before reading: the answer
+    // is there to read even when sending failed.
+    let sent = writeln!(stream, "{}", serde_json::to_string(request)?);
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).context("reading the agent's answer")?;
-    serde_json::from_str(&line).context("the agent's answer is not a response")
+    let read = BufReader::new(stream).read_line(&mut line);
+    match (serde_json::from_str(&line), sent) {
+        (Ok(response), _) => Ok(response),
+        (Err(_), Err(e)) => Err(e).context("sending the request to the agent"),
+        (Err(e), Ok(())) => {
+            read.context("reading the agent's answer")?;
+            Err(e).context("the agent's answer is not a response")
+        }
+    }
 }
 
 /// The configuration with `request`'s change applied, validated like a file. `Ok(None)` for
