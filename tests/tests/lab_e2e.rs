@@ -17,6 +17,10 @@ use lb_tests::{
     e2e::{EQUAL, Env, Health, Trial, check_shares, reason_count, run_trials, start, tally, under_load},
     traffic::{Dns, Http, http_connection},
 };
+use lb_userspace::{
+    agent::control::{self, Request},
+    dataplane::BalancerMaps,
+};
 
 fn equal_shares_tcp(v6: bool) -> anyhow::Result<()> {
     let counts = tally(3000, |vip| http_connection(vip, 2), vip(v6))?;
@@ -95,6 +99,54 @@ fn upgrade_from_the_previous_layout_loses_nothing(env: &mut Env) -> anyhow::Resu
     Ok(())
 }
 
+/// The agent killed (SIGKILL) while it rewrites tables (weights changing as fast as it applies them):
+/// every live table in the maps is whole (each slot a backend of its own VIP), the restarted
+/// agent adopts them, and every connection and session keeps its backend.
+fn sigkill_during_table_changes_leaves_whole_tables(env: &mut Env) -> anyhow::Result<()> {
+    let pins = lb_userspace::dataplane::PinDir::instance(lb_lab::INSTANCE);
+    let mut changes = 0;
+    under_load(20, 10, || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let changer = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let socket = std::path::Path::new(lb_tests::e2e::CONTROL_SOCKET);
+                let mut applied = 0;
+                for weight in (1..=4).cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let address = lb_lab::backend_v4(weight as usize % 3).to_string();
+                    let request = Request::BackendWeight { vip: "web".into(), address, weight };
+                    if control::request(socket, &request).is_ok_and(|r| r.error.is_none()) {
+                        applied += 1;
+                    }
+                }
+                applied
+            })
+        };
+        std::thread::sleep(Duration::from_millis(400));
+        let mut agent = env.agent.take().context("no agent")?;
+        agent.kill()?;
+        agent.wait()?;
+        stop.store(true, Ordering::Relaxed);
+        changes = changer.join().map_err(|_| anyhow::anyhow!("changer panicked"))?;
+        let current = BalancerMaps::open_pinned(&pins)?.current().context("reading the tables after the kill")?;
+        for (key, vip) in &current.vips {
+            let foreign = vip
+                .table
+                .iter()
+                .filter(|id| current.backends.get(id).is_none_or(|b| u32::from(b.vip_index) != vip.index));
+            ensure!(foreign.count() == 0, "the live table of VIP index {} ({key:?}) holds other ids", vip.index);
+            ensure!(!vip.table.is_empty(), "the live table of VIP index {} is empty", vip.index);
+        }
+        env.run_agent(&EQUAL)
+    })?;
+    println!("    SIGKILL after {changes} weight changes applied: every live table whole, the restart adopted them");
+    ensure!(changes > 3, "only {changes} changes before the kill: the test proves nothing");
+    Ok(())
+}
+
 fn agent_restart_loses_nothing(env: &mut Env) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let stream = {
@@ -162,6 +214,7 @@ fn trials() -> Vec<Trial> {
         ("weights/1_2_3_tcp4_and_udp4", weighted_shares),
         ("change/add_backend_and_change_weight_under_load", table_change_under_load),
         ("restart/agent_restart_under_load_loses_nothing", agent_restart_loses_nothing),
+        ("restart/sigkill_during_table_changes_leaves_whole_tables", sigkill_during_table_changes_leaves_whole_tables),
         (
             "restart/upgrade_from_the_previous_layout_under_load_loses_nothing",
             upgrade_from_the_previous_layout_loses_nothing,
