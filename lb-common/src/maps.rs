@@ -91,11 +91,9 @@ pub const DECAP: [&str; 4] = [DECAP_VIPS, DECAP_SOURCES, DECAP_CONFIG, REASON_ST
 /// adopt a pin directory that holds one.
 pub const RETIRED: [&str; 2] = ["FLOWS", "MAGLEV_TABLES"];
 
-/// The layout of the pinned maps. 1: the same maps, named without the [`PREFIX`]; an agent of
-/// layout 2 adopts such pins by renaming them ([`RENAMED`]), flows and counters kept.
-pub const LAYOUT: u32 = 2;
-
-/// (name in layout 1, name now), for every map of either program.
+/// (name in the previous layout, name now), for every map of either program. The previous
+/// layout pinned the same maps without the [`PREFIX`]; an agent adopts such pins by renaming
+/// them, flows and counters kept.
 pub const RENAMED: [(&str, &str); 23] = [
     ("VIPS", VIPS),
     ("VIP_ADDRS", VIP_ADDRS),

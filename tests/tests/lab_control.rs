@@ -63,14 +63,14 @@ fn backend(vip_name: &str, address: IpAddr) -> anyhow::Result<BackendStatus> {
     status()?
         .backends
         .into_iter()
-        .find(|r| r.vip == vip_name && r.address == address)
+        .find(|r| r.decision.vip == vip_name && r.decision.address == address)
         .with_context(|| format!("no backend {address} of {vip_name} in the status"))
 }
 
 fn wait_health(vip_name: &str, address: IpAddr, health: HealthState, limit: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
     loop {
-        if backend(vip_name, address)?.health == health {
+        if backend(vip_name, address)?.decision.health == health {
             return Ok(start.elapsed());
         }
         ensure!(start.elapsed() < limit, "{address} of {vip_name} not {health:?} after {limit:?}");
@@ -210,7 +210,7 @@ fn tunnel_check_catches_missing_decap(env: &mut Env) -> anyhow::Result<()> {
             .context("the tunnel check did not notice")?;
         std::thread::sleep(Duration::from_millis(INTERVAL_MS * (FALL + 2)));
         let plain = backend("dns", be(0))?;
-        ensure!(plain.health == HealthState::Up, "the plain check should still pass: {plain:?}");
+        ensure!(plain.decision.health == HealthState::Up, "the plain check should still pass: {plain:?}");
         println!(
             "    tunnel check: down {:.0} ms after decapsulation was removed; the plain check still says up",
             took.as_secs_f64() * 1000.0
@@ -425,7 +425,10 @@ fn metrics(_env: &mut Env) -> anyhow::Result<()> {
     // Every checked backend has reported at least once.
     lb_lab::wait_until(Duration::from_secs(3), "every backend to have a check latency", || {
         status().is_ok_and(|s| {
-            s.backends.iter().filter(|r| r.health != HealthState::Unchecked).all(|r| r.check_latency_ms.is_some())
+            s.backends
+                .iter()
+                .filter(|r| r.decision.health != HealthState::Unchecked)
+                .all(|r| r.check_latency_ms.is_some())
         })
     })?;
     let body = in_namespace(lb_lab::BALANCER, || -> anyhow::Result<String> {
@@ -461,7 +464,7 @@ fn sighup_reloads(env: &mut Env) -> anyhow::Result<()> {
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let start = Instant::now();
     let result = loop {
-        if backend("web", be(0))?.weight == 3 {
+        if backend("web", be(0))?.decision.weight == 3 {
             break Ok(start.elapsed());
         }
         if start.elapsed() > Duration::from_secs(2) {

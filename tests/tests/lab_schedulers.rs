@@ -157,8 +157,8 @@ fn backend_name(address: IpAddr) -> Option<&'static str> {
 fn active_flows(socket: &Path) -> anyhow::Result<BTreeMap<String, i64>> {
     let status: Status = control::request(socket, &Request::Status)?.into_answer()?;
     let mut out = BTreeMap::new();
-    for b in status.backends.iter().filter(|b| b.vip == "web") {
-        let name = backend_name(b.address).context("not a lab backend")?;
+    for b in status.backends.iter().filter(|b| b.decision.vip == "web") {
+        let name = backend_name(b.decision.address).context("not a lab backend")?;
         out.insert(name.to_string(), b.active_flows.context("active_flows")?);
     }
     Ok(out)

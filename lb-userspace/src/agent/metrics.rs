@@ -102,10 +102,10 @@ fn render(pins: &PinDir, status: Option<&Status>) -> String {
         }
     }
     for b in &status.backends {
-        let labels = format!("vip=\"{}\",backend=\"{}\"", b.vip, b.address);
-        let healthy = u8::from(b.health != HealthState::Down);
+        let labels = format!("vip=\"{}\",backend=\"{}\"", b.decision.vip, b.decision.address);
+        let healthy = u8::from(b.decision.health != HealthState::Down);
         let _ = writeln!(s, "lb_backend_healthy{{{labels}}} {healthy}");
-        let _ = writeln!(s, "lb_backend_effective_weight{{{labels}}} {}", b.effective_weight);
+        let _ = writeln!(s, "lb_backend_effective_weight{{{labels}}} {}", b.decision.effective_weight);
         if let Some(n) = b.active_flows {
             let _ = writeln!(s, "lb_backend_active_flows{{{labels}}} {n}");
         }

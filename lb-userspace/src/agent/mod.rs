@@ -214,8 +214,8 @@ impl Agent {
 
     /// A pinned link in another XDP mode than the configured one (native asked, generic
     /// pinned, or the reverse) is removed, so that [`Agent::attach`] attaches anew in the
-    /// configured mode: traffic on the interface pauses between the two, for about a
-    /// millisecond. `auto` takes either mode as it finds it.
+    /// configured mode: traffic on the interface pauses between the two. `auto` takes either
+    /// mode as it finds it.
     fn unpin_link_of_another_mode(&self, interface: &str) -> anyhow::Result<()> {
         let link = self.pins.link(interface);
         if !link.exists() {
@@ -516,7 +516,7 @@ impl Agent {
             Request::VipList => return Response::answer(&self.vip_rows()),
             Request::BackendList { vip } => {
                 let mut rows = self.backend_rows();
-                rows.retain(|r| vip.as_ref().is_none_or(|v| r.vip == *v));
+                rows.retain(|r| vip.as_ref().is_none_or(|v| r.decision.vip == *v));
                 return Response::answer(&rows);
             }
             _ => {}

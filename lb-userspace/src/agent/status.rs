@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Agent;
 use crate::{
-    config::{AdminState, Named as _, Protocol, Vip},
+    config::{Named as _, Protocol, Vip},
     dataplane::VipFlood,
-    reconcile::policy::HealthState,
+    reconcile::policy::BackendDecision,
 };
 
 /// The agent's whole state as an operator sees it.
@@ -85,20 +85,11 @@ pub struct AdmissionStatus {
     pub refused: BTreeMap<String, u64>,
 }
 
+/// A backend as the policy decided it, and what the data plane and its checks say of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
-    pub vip: String,
-    pub address: IpAddr,
-    pub admin: AdminState,
-    pub health: HealthState,
-    /// The configured weight.
-    pub weight: u32,
-    /// The weight in the table after health, slow start and admin state.
-    pub effective_weight: u32,
-    /// Takes new flows.
-    pub in_table: bool,
-    /// Flows pinned to it continue.
-    pub keeps_flows: bool,
+    #[serde(flatten)]
+    pub decision: BackendDecision,
     /// Flows the data plane counts active (`None` if it could not be read).
     pub active_flows: Option<i64>,
     pub last_error: Option<String>,
@@ -185,14 +176,7 @@ impl Agent {
                 let active_flows =
                     self.backend_id(&d.vip, d.address).and_then(|id| self.balancer.active_flows(id).ok());
                 BackendStatus {
-                    vip: d.vip.clone(),
-                    address: d.address,
-                    admin: d.admin,
-                    health: d.health,
-                    weight: d.weight,
-                    effective_weight: d.effective_weight,
-                    in_table: d.in_table,
-                    keeps_flows: d.keeps_flows,
+                    decision: d.clone(),
                     active_flows: active_flows.map(|n| n.max(0)),
                     last_error: h.and_then(|h| h.last_error.clone()),
                     check_latency_ms: h.and_then(|h| h.last_latency).map(|l| l.as_secs_f64() * 1000.0),

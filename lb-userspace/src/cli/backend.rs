@@ -88,9 +88,9 @@ pub fn table(rows: &[BackendStatus]) -> String {
         "VIP", "backend", "admin", "health", "weight", "effective", "flows", "active", "check ms", "last error"
     );
     for b in rows {
-        let flows = if b.in_table {
+        let flows = if b.decision.in_table {
             "new+old"
-        } else if b.keeps_flows {
+        } else if b.decision.keeps_flows {
             "old only"
         } else {
             "moved"
@@ -98,12 +98,12 @@ pub fn table(rows: &[BackendStatus]) -> String {
         let _ = writeln!(
             s,
             "{:<12} {:<26} {:<9} {:<10} {:>7} {:>9} {:<8} {:>7} {:>9}  {}",
-            b.vip,
-            b.address.to_string(),
-            b.admin.name(),
-            b.health.name(),
-            b.weight,
-            b.effective_weight,
+            b.decision.vip,
+            b.decision.address.to_string(),
+            b.decision.admin.name(),
+            b.decision.health.name(),
+            b.decision.weight,
+            b.decision.effective_weight,
             flows,
             cell(b.active_flows),
             cell(b.check_latency_ms.map(|m| format!("{m:.1}"))),

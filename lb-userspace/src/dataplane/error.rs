@@ -37,6 +37,8 @@ pub enum DataplaneError {
     TableChunkMissing { index: u32, chunk: u32 },
     #[error("VIP index {index} already belongs to another VIP")]
     VipIndexInUse { index: u32 },
+    #[error("pinning map {name} again: {error}")]
+    Repin { name: &'static str, error: String },
     #[error("XDP link: {0}")]
     Link(String),
     #[error("pin directory {path}: {error}")]

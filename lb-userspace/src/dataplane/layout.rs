@@ -68,7 +68,7 @@ fn fixed_capacities() -> [(&'static str, u32); 14] {
     ]
 }
 
-/// Adopts pins of the previous layout ([`names::LAYOUT`] 1, the same maps without the prefix)
+/// Adopts pins of the previous layout ([`names::RENAMED`]: the same maps without the prefix)
 /// by renaming them, each after its layout is checked as the new name's: established flows,
 /// tables and counters carry over. Returns how many were renamed.
 pub(super) fn migrate_renamed(pins: &PinDir) -> Result<usize, DataplaneError> {

@@ -270,7 +270,7 @@ impl Balancer {
                 Some((_, map)) => map.pin(&path),
                 None => self.ebpf.map(name).ok_or(DataplaneError::Missing { kind: "map", name })?.pin(&path),
             };
-            pinned.map_err(|e| DataplaneError::Link(format!("pinning map {name}: {e}")))?;
+            pinned.map_err(|e| DataplaneError::Repin { name, error: e.to_string() })?;
         }
         Ok(())
     }

@@ -149,13 +149,15 @@ crate::serde_by_name!(HealthState);
 pub type HealthKey = (String, IpAddr);
 
 /// What policy decided for one backend.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BackendDecision {
     pub vip: String,
     pub address: IpAddr,
     pub admin: AdminState,
     pub health: HealthState,
+    /// The configured weight.
     pub weight: u32,
+    /// The weight in the table after health, slow start and admin state.
     pub effective_weight: u32,
     /// Takes new flows.
     pub in_table: bool,
