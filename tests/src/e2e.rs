@@ -289,11 +289,11 @@ pub fn in_lab<T>(dir: &str, health: Health, body: impl FnOnce(&mut Env) -> anyho
     result
 }
 
-/// Runs the trials on `env` one at a time, then stops the agent and removes the lab whatever
-/// happened.
 /// A named end-to-end test.
 pub type Trial = (&'static str, fn(&mut Env) -> anyhow::Result<()>);
 
+/// Runs the trials on `env` one at a time, then stops the agent and removes the lab whatever
+/// happened.
 pub fn run_trials(env: Env, trials: Vec<Trial>) -> anyhow::Result<()> {
     let mut args = libtest_mimic::Arguments::from_args();
     args.test_threads = Some(1);

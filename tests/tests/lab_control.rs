@@ -431,14 +431,7 @@ fn metrics(_env: &mut Env) -> anyhow::Result<()> {
                 .all(|r| r.check_latency_ms.is_some())
         })
     })?;
-    let body = in_namespace(lb_lab::BALANCER, || -> anyhow::Result<String> {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9120")?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })??;
+    let body = metrics_text()?;
     for expected in [
         "HTTP/1.1 200 OK",
         "lb_backend_healthy{vip=\"web\",backend=\"198.18.0.21\"} 1",
@@ -534,6 +527,65 @@ fn xdp_mode_change_on_restart(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Native XDP on a veth whose peer runs no XDP program: the frames the balancer sends back out
+/// are lost in the driver while its own counters say `tx`. The agent reads the driver's XDP
+/// transmit errors and reports them in `lb status` and metrics; traffic returns once the peer
+/// runs a program again.
+fn undeliverable_native_frames_are_reported(env: &mut Env) -> anyhow::Result<()> {
+    let before = status()?.data_plane;
+    ensure!(before.delivery_problem.is_none(), "delivering to begin with: {:?}", before.delivery_problem);
+    env.lab.balancer_port_runs_xdp(false)?;
+    let lost = in_namespace(CLIENT, || {
+        let mut dns = Dns::with_timeout(vip(false), Duration::from_millis(50))?;
+        let started = Instant::now();
+        let mut answered = 0;
+        let mut reported = None;
+        while started.elapsed() < Duration::from_secs(3) {
+            answered += usize::from(dns.ask().is_ok());
+            if let Some(problem) = status()?.data_plane.delivery_problem {
+                reported = Some((started.elapsed(), problem));
+                break;
+            }
+        }
+        let (after, problem) = reported.context("no delivery problem reported within 3 s of the peer losing XDP")?;
+        Ok::<_, anyhow::Error>((after, problem, answered))
+    })
+    .and_then(|r| r);
+    let metrics = metrics_text();
+    let text = lb_lab::run(std::process::Command::new(&env.lab.lb).args(["status", "--instance", lb_lab::INSTANCE]));
+    env.lab.balancer_port_runs_xdp(true)?;
+    let (after, problem, answered) = lost?;
+    let (metrics, text) = (metrics?, text?);
+    let errors = status()?.data_plane.xdp_transmit_errors.get("eth0").copied().unwrap_or_default();
+    ensure!(problem.contains("eth0 could not transmit"), "reported: {problem}");
+    ensure!(text.contains("DATA PLANE NOT DELIVERING: eth0 could not transmit"), "lb status says:\n{text}");
+    ensure!(metrics.contains("lb_data_plane_healthy 0"), "metrics:\n{metrics}");
+    ensure!(errors > 0, "no transmit errors counted for eth0");
+    ensure!(
+        metrics.contains("lb_interface_xdp_transmit_errors_total{interface=\"eth0\"} "),
+        "no transmit error metric for eth0:\n{metrics}"
+    );
+    let counts = tally(50, |vip| http_connection(vip, 1), vip(false))?;
+    println!(
+        "    peer without XDP: reported {:.0} ms after the first lost query ({answered} answered meanwhile, {errors} \
+         frames counted by the driver); peer's program back: 50 of 50 connections served {counts:?}",
+        after.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// The agent's Prometheus exposition, from inside the balancer's namespace.
+fn metrics_text() -> anyhow::Result<String> {
+    in_namespace(lb_lab::BALANCER, || -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9120")?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })?
+}
+
 fn main() -> anyhow::Result<()> {
     let env = start("lab-control", Health { web: Some(http_check()), dns: Some(dns_check()), ..Health::default() })?;
     let trials: Vec<Trial> = vec![
@@ -549,6 +601,7 @@ fn main() -> anyhow::Result<()> {
         ("ops/sighup_reloads_the_file", sighup_reloads),
         ("ops/detach_under_the_agent_is_repaired", detach_under_the_agent_is_repaired),
         ("ops/xdp_mode_change_on_restart_attaches_again", xdp_mode_change_on_restart),
+        ("ops/native_frames_the_peer_cannot_receive_are_reported", undeliverable_native_frames_are_reported),
     ];
     run_trials(env, trials)
 }

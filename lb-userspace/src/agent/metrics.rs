@@ -35,13 +35,19 @@ pub async fn serve(listener: TcpListener, requests: ControlSender, pins: PinDir)
 }
 
 /// The agent's metric families: name, type, help.
-const AGENT_FAMILIES: [(&str, &str, &str); 11] = [
+const AGENT_FAMILIES: [(&str, &str, &str); 12] = [
     (
         "lb_data_plane_healthy",
         "gauge",
-        "1 if every interface runs this agent's program from its pinned link and its maps are pinned.",
+        "1 if every interface runs this agent's program from its pinned link, its maps are pinned, and no \
+         interface failed to transmit XDP frames in the last 10 s.",
     ),
     ("lb_data_plane_repairs_total", "counter", "Times the agent re-pinned maps or re-attached interfaces."),
+    (
+        "lb_interface_xdp_transmit_errors_total",
+        "counter",
+        "XDP frames the interface's driver could not transmit (its ethtool statistics).",
+    ),
     ("lb_table_generation", "counter", "Changes applied to the data plane since the agent started."),
     ("lb_backend_healthy", "gauge", "1 if the backend passes its checks (or has none)."),
     ("lb_backend_effective_weight", "gauge", "Weight in the Maglev table after health, slow start and admin state."),
@@ -88,8 +94,12 @@ fn render(pins: &PinDir, status: Option<&Status>) -> String {
     }
     let Some(status) = status else { return s };
     let _ = writeln!(s, "lb_table_generation {}", status.generation);
-    let _ = writeln!(s, "lb_data_plane_healthy {}", u8::from(status.data_plane.problem.is_none()));
-    let _ = writeln!(s, "lb_data_plane_repairs_total {}", status.data_plane.repairs);
+    let d = &status.data_plane;
+    let _ = writeln!(s, "lb_data_plane_healthy {}", u8::from(d.problem.is_none() && d.delivery_problem.is_none()));
+    let _ = writeln!(s, "lb_data_plane_repairs_total {}", d.repairs);
+    for (interface, n) in &d.xdp_transmit_errors {
+        let _ = writeln!(s, "lb_interface_xdp_transmit_errors_total{{interface=\"{interface}\"}} {n}");
+    }
     if let Some(n) = status.source_buckets {
         let _ = writeln!(s, "lb_source_buckets {n}");
     }

@@ -11,7 +11,8 @@
 //!
 //! Rooms: this file (the loop and the state it owns), [`control`] (the socket's protocol, its
 //! server and its client), [`status`] (what the agent tells about itself, typed), [`health`]
-//! (probes), [`active`] (the recount of active flows), [`metrics`] (Prometheus).
+//! (probes), [`active`] (the recount of active flows), [`delivery`] (whether the drivers
+//! transmit what the data plane forwards), [`metrics`] (Prometheus).
 
 use std::{
     collections::BTreeMap,
@@ -30,6 +31,7 @@ use tokio::{
 
 pub mod active;
 pub mod control;
+pub mod delivery;
 pub mod health;
 pub mod metrics;
 pub mod status;
@@ -37,6 +39,7 @@ pub mod status;
 use self::{
     active::{IdleTimeouts, RecountPlan},
     control::{Request, Response},
+    delivery::{DeliveryWatch, Transition},
     health::{Outcome, Target},
     status::{Changed, DataPlaneHealth},
 };
@@ -83,6 +86,8 @@ struct Agent {
     host_warnings: Vec<String>,
     /// What the last self-check of the pinned data plane found ([`Agent::self_check`]).
     data_plane: DataPlaneHealth,
+    /// The interfaces' drivers' XDP transmit errors, read every tick.
+    delivery: DeliveryWatch,
     ramping: bool,
     /// Table fingerprints per VIP name (a hash of the table's backend addresses, slot by slot:
     /// equal on every balancer with the same configuration and health).
@@ -159,6 +164,7 @@ impl Agent {
             warnings: Vec::new(),
             host_warnings: Vec::new(),
             data_plane: DataPlaneHealth::default(),
+            delivery: DeliveryWatch::default(),
             ramping: false,
             fingerprints: BTreeMap::new(),
             generation: 0,
@@ -445,9 +451,41 @@ impl Agent {
         }
     }
 
+    /// Reads the interfaces' XDP transmit errors; logs an interface that starts or stops losing
+    /// the frames the balancer forwards.
+    fn watch_delivery(&mut self) {
+        let readings: Vec<(String, Option<u64>)> = self
+            .config
+            .instance
+            .interfaces
+            .iter()
+            .map(|interface| {
+                let errors = host::ethtool::xdp_transmit_errors(interface).unwrap_or_else(|e| {
+                    tracing::debug!(interface, error = %e, "reading the driver's statistics failed");
+                    None
+                });
+                (interface.clone(), errors)
+            })
+            .collect();
+        for change in self.delivery.observe(&readings, Instant::now()) {
+            match change {
+                Transition::Failing { interface, lost } => tracing::error!(
+                    interface,
+                    lost,
+                    "the driver could not transmit XDP frames the balancer forwarded: traffic is lost. In native \
+                     mode a veth delivers only if its peer runs an XDP program"
+                ),
+                Transition::Delivering { interface, lost } => {
+                    tracing::info!(interface, lost, "the driver transmits the balancer's frames again");
+                }
+            }
+        }
+    }
+
     /// Next hops, response-time weights, slow starts; whether the configuration file changed.
     fn tick(&mut self) -> bool {
         self.self_check();
+        self.watch_delivery();
         self.refresh_next_hops();
         if policy::update_response_factors(&self.config, &mut self.health)
             && let Err(e) = self.apply()

@@ -2,7 +2,7 @@
 //! the control socket, typed once for the agent that builds them and for the CLI, the metrics
 //! server and the tests that read them.
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,14 @@ pub struct DataPlaneHealth {
     pub repairs: u64,
     /// What the last repair put right.
     pub last_repaired: Option<String>,
+    /// Interfaces whose drivers lately failed to transmit the frames the balancer forwards
+    /// ([`super::delivery`]); `None`: every interface delivers.
+    #[serde(default)]
+    pub delivery_problem: Option<String>,
+    /// Per interface, the driver's count of XDP frames it could not transmit (interfaces whose
+    /// drivers have no such counter are absent).
+    #[serde(default)]
+    pub xdp_transmit_errors: BTreeMap<String, u64>,
 }
 
 /// Whether the flow hash has the operator's key or the public default one.
@@ -136,7 +144,11 @@ impl Agent {
             },
             source_buckets: self.balancer.source_buckets_in_use().ok(),
             warnings: self.warnings.iter().chain(&self.host_warnings).cloned().collect(),
-            data_plane: self.data_plane.clone(),
+            data_plane: DataPlaneHealth {
+                delivery_problem: self.delivery.problem(Instant::now()),
+                xdp_transmit_errors: self.delivery.totals(),
+                ..self.data_plane.clone()
+            },
             vips: self.vip_rows(),
             backends: self.backend_rows(),
         }

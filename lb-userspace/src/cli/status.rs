@@ -44,6 +44,9 @@ fn table(status: &Status) -> String {
         }
         s += "\n";
     }
+    if let Some(problem) = &d.delivery_problem {
+        let _ = writeln!(s, "DATA PLANE NOT DELIVERING: {problem}");
+    }
     for w in &status.warnings {
         let _ = writeln!(s, "WARNING: {w}");
     }

@@ -1,5 +1,7 @@
 //! The host around the data plane: what the kernel must do for XDP forwarding to work, and what
 //! the agent learns from it.
+//! - [`ethtool`]: the ethtool ioctl: feature strings, and driver statistics such as the XDP
+//!   transmit errors that show frames the balancer sent but the interface could not deliver.
 //! - [`vlan`]: receive VLAN offload turned off on the balancer's interfaces (tags stay in the frame).
 //! - [`nexthop`]: backends' next hops from the kernel's route and neighbour tables (rtnetlink).
 //! - this module: IP forwarding on the balancer's interfaces (the FIB lookup needs it) and
@@ -12,6 +14,7 @@ use std::{
 
 use crate::config::Config;
 
+pub mod ethtool;
 pub mod nexthop;
 pub mod vlan;
 

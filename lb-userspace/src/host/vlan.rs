@@ -7,14 +7,10 @@
 //! Through the kernel's ethtool ioctl (`ETHTOOL_SFEATURES`): features are named by strings whose
 //! positions the kernel tells (`ETHTOOL_GSTRINGS`), so no bit is assumed.
 
-use std::{ffi::CString, os::fd::AsRawFd as _};
+use super::ethtool::{ETH_SS_FEATURES, ioctl, socket, string_set};
 
-const ETHTOOL_GSTRINGS: u32 = 0x1b;
-const ETHTOOL_GSSET_INFO: u32 = 0x37;
 const ETHTOOL_GFEATURES: u32 = 0x3a;
 const ETHTOOL_SFEATURES: u32 = 0x3b;
-const ETH_SS_FEATURES: u32 = 4;
-const ETH_GSTRING_LEN: usize = 32;
 
 /// The receive VLAN offloads, by the names `ethtool -k` shows them under (`rx-vlan-offload`,
 /// `rx-vlan-stag-hw-parse`).
@@ -36,7 +32,7 @@ pub enum VlanError {
 /// the driver does not have at all is no concern: the tags stay in the frame.
 pub fn keep_vlan_tags(interface: &str) -> Result<Vec<&'static str>, VlanError> {
     let io = |error| VlanError::Ioctl { interface: interface.to_string(), error };
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(io)?;
+    let socket = socket().map_err(io)?;
     let names = feature_names(&socket, interface).map_err(io)?;
     let mut turned_off = Vec::new();
     for feature in RECEIVE_VLAN_OFFLOADS {
@@ -60,54 +56,15 @@ pub fn keep_vlan_tags(interface: &str) -> Result<Vec<&'static str>, VlanError> {
 /// Whether `feature` (one of [`RECEIVE_VLAN_OFFLOADS`]) is on for `interface`; None if the
 /// interface has no such feature.
 pub fn receive_offload(interface: &str, feature: &str) -> std::io::Result<Option<bool>> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let socket = socket()?;
     let names = feature_names(&socket, interface)?;
     let Some(bit) = names.iter().position(|n| n == feature) else { return Ok(None) };
     Ok(Some(features(&socket, interface, names.len())?.active(bit)))
 }
 
-/// `struct ifreq` with its data pointer, as SIOCETHTOOL takes it.
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    data: *mut libc::c_void,
-    _pad: [u8; 16],
-}
-
-fn ethtool(socket: &std::net::UdpSocket, interface: &str, data: *mut libc::c_void) -> std::io::Result<()> {
-    let c = CString::new(interface).map_err(|_| std::io::Error::other("interface name with a NUL byte"))?;
-    let bytes = c.as_bytes_with_nul();
-    if bytes.len() > libc::IFNAMSIZ {
-        return Err(std::io::Error::other("interface name too long"));
-    }
-    let mut request = IfReq { name: [0; libc::IFNAMSIZ], data, _pad: [0; 16] };
-    request.name[..bytes.len()].copy_from_slice(bytes);
-    // SAFETY: a valid socket, an ifreq whose data points at a command buffer the caller sized
-    // for the command.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// The names of the interface's features, by bit.
 fn feature_names(socket: &std::net::UdpSocket, interface: &str) -> std::io::Result<Vec<String>> {
-    // struct ethtool_sset_info: cmd, reserved, sset_mask (u64), data[1] (u32).
-    let mut info = [0u32; 5];
-    info[0] = ETHTOOL_GSSET_INFO;
-    info[2] = 1 << ETH_SS_FEATURES;
-    ethtool(socket, interface, info.as_mut_ptr().cast())?;
-    let count = info[4] as usize;
-    // struct ethtool_gstrings: cmd, string_set, len, data[len * 32].
-    let mut buf = vec![0u8; 12 + count * ETH_GSTRING_LEN];
-    buf[0..4].copy_from_slice(&ETHTOOL_GSTRINGS.to_ne_bytes());
-    buf[4..8].copy_from_slice(&ETH_SS_FEATURES.to_ne_bytes());
-    buf[8..12].copy_from_slice(&(count as u32).to_ne_bytes());
-    ethtool(socket, interface, buf.as_mut_ptr().cast())?;
-    Ok(buf[12..]
-        .chunks(ETH_GSTRING_LEN)
-        .map(|s| String::from_utf8_lossy(&s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]).into_owned())
-        .collect())
+    string_set(socket, interface, ETH_SS_FEATURES)
 }
 
 /// The features' words: per 32 features, (available, requested, active, never changed).
@@ -135,7 +92,7 @@ fn features(socket: &std::net::UdpSocket, interface: &str, count: usize) -> std:
     let mut buf = vec![0u32; 2 + 4 * size];
     buf[0] = ETHTOOL_GFEATURES;
     buf[1] = size as u32;
-    ethtool(socket, interface, buf.as_mut_ptr().cast())?;
+    ioctl(socket, interface, buf.as_mut_ptr().cast())?;
     Ok(Features(buf[2..].chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()))
 }
 
@@ -155,5 +112,5 @@ fn set_feature(
     if on {
         buf[3 + 2 * (bit / 32)] = 1 << (bit % 32);
     }
-    ethtool(socket, interface, buf.as_mut_ptr().cast())
+    ioctl(socket, interface, buf.as_mut_ptr().cast())
 }

@@ -156,13 +156,23 @@ impl Lab {
             self.backend_up(i, backend).with_context(|| format!("setting up {backend}"))?;
         }
         // After the backends' decapsulation programs, whose attachment mounted bpffs.
-        attach_pass_program(SWITCH, BALANCER.trim_start_matches("lblab-"))
-            .context("attaching an XDP program to the balancer's bridge port")?;
+        self.balancer_port_runs_xdp(true)?;
         wait_until(Duration::from_secs(10), "the backends' servers to answer", || {
             BACKENDS.iter().all(|b| {
                 ns(b, "curl", &["-s", "--max-time", "1", "-o", "/dev/null", &format!("http://{VIP_V4}/")]).is_ok()
             })
         })
+    }
+
+    /// Gives the balancer's bridge port (its veth's peer) its pass program, or takes it away:
+    /// without one, the veth cannot deliver the frames the balancer sends back out natively.
+    pub fn balancer_port_runs_xdp(&self, on: bool) -> anyhow::Result<()> {
+        let port = BALANCER.trim_start_matches("lblab-");
+        if on {
+            attach_pass_program(SWITCH, port).context("attaching an XDP program to the balancer's bridge port")
+        } else {
+            in_netns(SWITCH, "ip", &["link", "set", "dev", port, "xdpdrv", "off"])
+        }
     }
 
     /// Adds the router and the far client behind it to a lab that is up. Only the tests that use
