@@ -292,6 +292,19 @@ impl Lab {
         self.stop(i, "dnsmasq")
     }
 
+    /// Freezes backend `i`'s DNS server (SIGSTOP), or lets it run again (SIGCONT): a failure
+    /// that begins at a known instant, since the server stops answering at once and the
+    /// health checks' probes time out.
+    pub fn freeze_dns(&self, i: usize, frozen: bool) -> anyhow::Result<()> {
+        let pid_file = self.dir.join(BACKEND_NAMES[i]).join("dnsmasq.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+        // SAFETY: signalling the lab's own server by its pid file.
+        if unsafe { libc::kill(pid, if frozen { libc::SIGSTOP } else { libc::SIGCONT }) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("signalling dnsmasq {pid}"));
+        }
+        Ok(())
+    }
+
     fn stop(&self, i: usize, server: &str) -> anyhow::Result<()> {
         let pid_file = self.dir.join(BACKEND_NAMES[i]).join(format!("{server}.pid"));
         let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
