@@ -680,6 +680,92 @@ fn undeliverable_native_frames_are_reported(env: &mut Env) -> anyhow::Result<()>
     Ok(())
 }
 
+/// New UDP sessions, one after another from the client with answers given up on after 50 ms,
+/// until one is answered or `limit` passes: how long that took.
+fn first_answered_session(limit: Duration) -> anyhow::Result<Duration> {
+    in_namespace(CLIENT, move || {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if Dns::with_timeout(vip(false), Duration::from_millis(50)).and_then(|mut d| d.ask()).is_ok() {
+                return Ok(start.elapsed());
+            }
+        }
+        Err(anyhow::anyhow!("no session answered within {limit:?}"))
+    })?
+}
+
+/// The balancer's interface goes down for a second and comes back: its XDP program stays
+/// attached, the agent re-resolves next hops, new sessions are answered within a second of the
+/// link coming up, and established TCP connections and UDP sessions keep their backends.
+fn interface_down_and_up(_env: &mut Env) -> anyhow::Result<()> {
+    // As a network manager would: the balancer's IPv6 addresses survive the link going down.
+    lb_lab::in_netns(lb_lab::BALANCER, "sysctl", &["-qw", "net.ipv6.conf.eth0.keep_addr_on_down=1"])?;
+    let mut sessions = in_namespace(CLIENT, || Sessions::open(20, 10))??;
+    lb_lab::in_netns(lb_lab::BALANCER, "ip", &["link", "set", "dev", "eth0", "down"])?;
+    std::thread::sleep(Duration::from_secs(1));
+    lb_lab::in_netns(lb_lab::BALANCER, "ip", &["link", "set", "dev", "eth0", "up"])?;
+    let resumed = first_answered_session(Duration::from_secs(5))?;
+    let sessions = in_namespace(CLIENT, move || sessions.check().map(|()| sessions))??;
+    let health = status()?.data_plane;
+    ensure!(health.problem.is_none(), "after the link came back: {:?}", health.problem);
+    let counts = tally(50, |vip| http_connection(vip, 1), vip(false))?;
+    println!(
+        "    eth0 down 1 s, up: first new session answered {:.0} ms after; {} TCP connections and {} UDP sessions \
+         kept their backends; then 50 of 50 served {counts:?}",
+        resumed.as_secs_f64() * 1000.0,
+        sessions.tcp.len(),
+        sessions.udp.len()
+    );
+    ensure!(resumed <= Duration::from_secs(1), "new sessions were answered only {resumed:?} after the link came up");
+    Ok(())
+}
+
+/// A checked backend's MAC changes without an announcement (a replaced host): the balancer's
+/// kernel and data plane keep addressing the old MAC until the entry is resolved anew, which
+/// the kernel alone does after up to a minute. The agent forgets the entry at the first failed
+/// probe, so new sessions (UDP, given up on after 300 ms) fail for at most two probe periods
+/// (interval x 1.1 + timeout) and a tick's margin.
+fn backend_mac_change(env: &mut Env) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = flow_stream(Service::Dns, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(300));
+    let changed = Instant::now();
+    let set = env.lab.set_backend_mac(0, "02:00:00:00:be:01");
+    let served_again = lb_lab::wait_until(Duration::from_secs(5), "be1 to answer new sessions again", || {
+        in_namespace(CLIENT, || {
+            (0..6).any(|_| {
+                Dns::with_timeout(vip(false), Duration::from_millis(300))
+                    .and_then(|mut d| d.ask())
+                    .is_ok_and(|name| name == "be1")
+            })
+        })
+        .unwrap_or(false)
+    })
+    .map(|()| changed.elapsed());
+    // A while longer, to see that nothing fails any more.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let log = stream.join().map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
+    set?;
+    let served_again = served_again?;
+    let failed: Vec<Instant> = log.iter().filter(|(at, ok)| *at >= changed && !ok).map(|(at, _)| *at).collect();
+    let resumed = failed.last().map_or(Duration::ZERO, |at| at.duration_since(changed));
+    let limit =
+        Duration::from_millis(INTERVAL_MS * 11 / 10 + PROBE_TIMEOUT_MS).mul_f64(2.0) + Duration::from_millis(200);
+    println!(
+        "    be1's MAC changed: be1 answered again {:.0} ms later; {} of {} new sessions failed, the last started \
+         {:.0} ms after the change (limit {} ms)",
+        served_again.as_secs_f64() * 1000.0,
+        failed.len(),
+        log.iter().filter(|(at, _)| *at >= changed).count(),
+        resumed.as_secs_f64() * 1000.0,
+        limit.as_millis()
+    );
+    ensure!(!failed.is_empty(), "no session failed: the MAC change did not reach the balancer's path to be1");
+    ensure!(resumed <= limit, "sessions to be1 failed until {resumed:?} after its MAC changed");
+    Ok(())
+}
+
 /// The agent's Prometheus exposition, from inside the balancer's namespace.
 fn metrics_text() -> anyhow::Result<String> {
     in_namespace(lb_lab::BALANCER, || -> anyhow::Result<String> {
@@ -709,6 +795,8 @@ fn main() -> anyhow::Result<()> {
         ("ops/detach_under_the_agent_is_repaired", detach_under_the_agent_is_repaired),
         ("ops/xdp_mode_change_on_restart_attaches_again", xdp_mode_change_on_restart),
         ("ops/native_frames_the_peer_cannot_receive_are_reported", undeliverable_native_frames_are_reported),
+        ("ops/interface_down_and_up_flows_resume", interface_down_and_up),
+        ("ops/backend_mac_change_flows_resume", backend_mac_change),
     ];
     run_trials(env, trials)
 }

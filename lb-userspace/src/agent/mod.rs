@@ -15,7 +15,8 @@
 //! transmit what the data plane forwards), [`metrics`] (Prometheus).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -65,6 +66,9 @@ struct Loaded {
 
 /// How often backends' neighbour entries are refreshed (see [`host::warm_neighbours`]).
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(10);
+/// How often, at most, the neighbour entry of a backend that keeps failing its probes is deleted
+/// ([`Agent::forget_neighbour`]).
+const NEIGHBOUR_FORGET: Duration = Duration::from_secs(10);
 /// How often slow starts advance and the configuration file is looked at.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -97,6 +101,11 @@ struct Agent {
     recount_plan: Arc<Mutex<RecountPlan>>,
     /// Backends' next hops for the data plane, refreshed every tick and after every change.
     next_hops: NextHops,
+    /// Interfaces found down by [`Agent::egress_down`], until a probe through them succeeds.
+    links_down: BTreeSet<u32>,
+    /// When each backend's neighbour entry was last forgotten after a failed probe (no entry:
+    /// its last probe succeeded).
+    neighbours_forgotten: BTreeMap<IpAddr, Instant>,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -170,6 +179,8 @@ impl Agent {
             generation: 0,
             recount_plan: Arc::default(),
             next_hops: NextHops::new().context("opening an rtnetlink socket for next hops")?,
+            neighbours_forgotten: BTreeMap::new(),
+            links_down: BTreeSet::new(),
         };
         agent.apply()?;
         agent.fingerprints = fingerprints(&agent.current, &agent.config);
@@ -340,6 +351,9 @@ impl Agent {
             }
             Err(e) => tracing::warn!("refreshing next hops failed: {e:#}"),
         }
+        // Resolved now rather than at the next warming round (an interface that came back up
+        // has lost every entry).
+        host::warm(self.next_hops.unresolved().iter().copied());
     }
 
     /// Starts, stops and restarts health-check tasks to match the configuration.
@@ -379,6 +393,18 @@ impl Agent {
         let key = (outcome.target.vip.clone(), outcome.target.backend);
         let Some((check, _)) = self.checks.get(&key) else { return };
         let check = check.clone();
+        if !outcome.ok && self.egress_down(outcome.target.backend) {
+            return;
+        }
+        if outcome.ok {
+            self.neighbours_forgotten.remove(&outcome.target.backend);
+            if !self.links_down.is_empty() {
+                tracing::info!("probes pass again: the interface towards the backends is back");
+                self.links_down.clear();
+            }
+        } else {
+            self.forget_neighbour(outcome.target.backend);
+        }
         let health = self.health.entry(key).or_default();
         health.last_latency = Some(outcome.latency);
         if let Some(e) = &outcome.error {
@@ -396,6 +422,49 @@ impl Agent {
         }
         if let Err(e) = self.apply() {
             tracing::error!("applying a health change failed: {e:#}");
+        }
+    }
+
+    /// Whether the interface towards `backend` is down, so that its failed probe is not held
+    /// against it: when the balancer's own link goes, every backend would otherwise be marked
+    /// down and every established flow moved. Logged once per interface and outage.
+    fn egress_down(&mut self, backend: IpAddr) -> bool {
+        match self.next_hops.egress_down(backend) {
+            Ok(Some(ifindex)) => {
+                if self.links_down.insert(ifindex) {
+                    tracing::warn!(
+                        ifindex,
+                        "the interface towards the backends is down: failed probes through it are not counted"
+                    );
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(%backend, error = %e, "reading the egress interface's state failed");
+                false
+            }
+        }
+    }
+
+    /// After the first failed probe since one succeeded, then at most once per
+    /// [`NEIGHBOUR_FORGET`] while they keep failing: the backend's neighbour entry is deleted so that the next probe (and packet) learns its MAC anew. A
+    /// backend replaced by a host with another MAC is then found by the next probe, instead of
+    /// after the kernel's own reachability timers (up to a minute, during which it is down).
+    fn forget_neighbour(&mut self, backend: IpAddr) {
+        let now = Instant::now();
+        if self.neighbours_forgotten.get(&backend).is_some_and(|at| now.duration_since(*at) < NEIGHBOUR_FORGET) {
+            return;
+        }
+        self.neighbours_forgotten.insert(backend, now);
+        match self.next_hops.forget_neighbour(backend) {
+            Ok(Some(neighbour)) => {
+                tracing::info!(%backend, %neighbour, "a probe failed: the neighbour entry is resolved anew");
+                // Until then packets go by the FIB, which resolves it too.
+                self.refresh_next_hops();
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%backend, error = %e, "forgetting the neighbour entry failed"),
         }
     }
 

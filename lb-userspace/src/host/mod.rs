@@ -36,7 +36,12 @@ pub fn enable_forwarding(interface: &str) {
 /// the discard port makes the kernel resolve and refresh the entry.
 pub fn warm_neighbours(config: &Config) {
     let backends: BTreeSet<IpAddr> = config.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect();
-    for address in backends {
+    warm(backends);
+}
+
+/// Makes the kernel resolve (or refresh) the neighbour entries of `addresses`.
+pub fn warm(addresses: impl IntoIterator<Item = IpAddr>) {
+    for address in addresses {
         let bind: SocketAddr = if address.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
         let sent = UdpSocket::bind(bind).and_then(|s| s.send_to(&[], SocketAddr::new(address, 9)));
         if let Err(e) = sent {

@@ -9,16 +9,16 @@
 //! entries (`agent::warm_neighbours`), since the kernel keeps only entries that traffic uses.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     time::{Duration, Instant},
 };
 
 use lb_common::{addr::from_key, backend::Backend, nexthop::NextHop};
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
+    link::{LinkAttribute, LinkFlags, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
 };
@@ -49,6 +49,8 @@ pub struct Tables {
     pub neighbours: BTreeMap<(u32, IpAddr), [u8; 6]>,
     /// Interface -> its MAC.
     pub links: BTreeMap<u32, [u8; 6]>,
+    /// (interface, address) of the entries an operator set (`nud permanent`), never forgotten.
+    pub permanent: BTreeSet<(u32, IpAddr)>,
 }
 
 impl Tables {
@@ -108,7 +110,7 @@ impl Resolver {
         message.header.address_family = family(destination);
         message.header.destination_prefix_length = if destination.is_ipv4() { 32 } else { 128 };
         message.attributes.push(RouteAttribute::Destination(RouteAddress::from(destination)));
-        let answers = match self.request(REQUEST, RouteNetlinkMessage::GetRoute(message), false) {
+        let answers = match self.request(REQUEST, RouteNetlinkMessage::GetRoute(message), Answers::One) {
             Ok(answers) => answers,
             // The kernel's answers for an address it cannot route.
             Err(NextHopError::Request { error, .. })
@@ -144,7 +146,7 @@ impl Resolver {
     pub fn xdp_attachment(&mut self, ifindex: u32) -> Result<Option<XdpAttachment>, NextHopError> {
         let mut message = LinkMessage::default();
         message.header.index = ifindex;
-        for answer in self.request("link lookup", RouteNetlinkMessage::GetLink(message), false)? {
+        for answer in self.request("link lookup", RouteNetlinkMessage::GetLink(message), Answers::One)? {
             let RouteNetlinkMessage::NewLink(link) = answer else { continue };
             for attribute in &link.attributes {
                 let LinkAttribute::Xdp(xdp) = attribute else { continue };
@@ -160,12 +162,24 @@ impl Resolver {
         Ok(None)
     }
 
+    /// Whether interface `ifindex` is up with a carrier (`IFF_RUNNING`).
+    pub fn link_running(&mut self, ifindex: u32) -> Result<bool, NextHopError> {
+        let mut message = LinkMessage::default();
+        message.header.index = ifindex;
+        let answers = self.request("link lookup", RouteNetlinkMessage::GetLink(message), Answers::One)?;
+        Ok(answers
+            .iter()
+            .any(|a| matches!(a, RouteNetlinkMessage::NewLink(link) if link.header.flags.contains(LinkFlags::Running))))
+    }
+
     /// The neighbour tables (IPv4 and IPv6) and every interface's MAC.
     pub fn tables(&mut self) -> Result<Tables, NextHopError> {
         let mut tables = Tables::default();
-        for answer in
-            self.request("neighbour dump", RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()), true)?
-        {
+        for answer in self.request(
+            "neighbour dump",
+            RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+            Answers::All,
+        )? {
             let RouteNetlinkMessage::NewNeighbour(entry) = answer else { continue };
             let usable = matches!(
                 entry.header.state,
@@ -190,9 +204,12 @@ impl Resolver {
             }
             if let (Some(address), Some(mac)) = (address, mac) {
                 tables.neighbours.insert((entry.header.ifindex, address), mac);
+                if entry.header.state == NeighbourState::Permanent {
+                    tables.permanent.insert((entry.header.ifindex, address));
+                }
             }
         }
-        for answer in self.request("link dump", RouteNetlinkMessage::GetLink(LinkMessage::default()), true)? {
+        for answer in self.request("link dump", RouteNetlinkMessage::GetLink(LinkMessage::default()), Answers::All)? {
             let RouteNetlinkMessage::NewLink(link) = answer else { continue };
             let mac = link.attributes.iter().find_map(|a| match a {
                 LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
@@ -205,17 +222,41 @@ impl Resolver {
         Ok(tables)
     }
 
-    /// Sends `message` and collects the answers (until DONE for a dump, the first for a get).
+    /// Deletes the neighbour entry of `address` on `ifindex`, so that the next packet to it
+    /// resolves its MAC anew (a broadcast ARP request or a multicast neighbour solicitation).
+    /// Whether there was one.
+    pub fn forget_neighbour(&mut self, ifindex: u32, address: IpAddr) -> Result<bool, NextHopError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = family(address);
+        message.header.ifindex = ifindex;
+        let destination = match address {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        };
+        message.attributes.push(NeighbourAttribute::Destination(destination));
+        match self.request("neighbour delete", RouteNetlinkMessage::DelNeighbour(message), Answers::Acknowledgement) {
+            Ok(_) => Ok(true),
+            Err(NextHopError::Request { error, .. }) if error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `message` and collects the answers it asks for.
     fn request(
         &mut self,
         request: &'static str,
         message: RouteNetlinkMessage,
-        dump: bool,
+        answers_wanted: Answers,
     ) -> Result<Vec<RouteNetlinkMessage>, NextHopError> {
         let io = |error| NextHopError::Request { request, error };
+        let dump = answers_wanted == Answers::All;
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
-        header.flags = if dump { NLM_F_REQUEST | NLM_F_DUMP } else { NLM_F_REQUEST };
+        header.flags = match answers_wanted {
+            Answers::One => NLM_F_REQUEST,
+            Answers::All => NLM_F_REQUEST | NLM_F_DUMP,
+            Answers::Acknowledgement => NLM_F_REQUEST | NLM_F_ACK,
+        };
         header.sequence_number = self.sequence;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
         packet.finalize();
@@ -254,6 +295,17 @@ impl Resolver {
     }
 }
 
+/// What a request to the kernel waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answers {
+    /// The first answer (a get).
+    One,
+    /// Every answer until DONE (a dump).
+    All,
+    /// The kernel's acknowledgement (a change).
+    Acknowledgement,
+}
+
 /// How long a backend's route is trusted before it is looked up again. Neighbour entries are
 /// read on every refresh; routes change rarely and cost a request per backend.
 pub const ROUTE_REFRESH: Duration = Duration::from_secs(10);
@@ -264,6 +316,10 @@ pub struct NextHops {
     resolver: Resolver,
     routes: BTreeMap<IpAddr, Option<Route>>,
     routes_read: Option<Instant>,
+    /// The tables as the last refresh read them.
+    tables: Tables,
+    /// Backends the last refresh found no usable neighbour entry for.
+    unresolved: BTreeSet<IpAddr>,
 }
 
 /// One next hop that [`NextHops::refresh`] changed.
@@ -276,7 +332,13 @@ pub struct Change {
 
 impl NextHops {
     pub fn new() -> Result<Self, NextHopError> {
-        Ok(Self { resolver: Resolver::new()?, routes: BTreeMap::new(), routes_read: None })
+        Ok(Self {
+            resolver: Resolver::new()?,
+            routes: BTreeMap::new(),
+            routes_read: None,
+            tables: Tables::default(),
+            unresolved: BTreeSet::new(),
+        })
     }
 
     /// Resolves the next hop of every backend in `backends` (id -> record) and writes those that
@@ -291,24 +353,59 @@ impl NextHops {
             self.routes.clear();
             self.routes_read = Some(Instant::now());
         }
-        let tables = self.resolver.tables()?;
+        self.tables = self.resolver.tables()?;
+        self.unresolved.clear();
         let mut changes = Vec::new();
         for (id, backend) in backends {
             let address = from_key(backend.family, &backend.addr);
-            let route = if let Some(route) = self.routes.get(&address) {
-                *route
-            } else {
-                let route = self.resolver.route(address)?;
-                self.routes.insert(address, route);
-                route
-            };
-            let hop = tables.next_hop(route);
+            let route = self.route(address)?;
+            let hop = self.tables.next_hop(route);
+            if !hop.is_known() {
+                self.unresolved.insert(address);
+            }
             if map.next_hop(*id)? != hop {
                 map.set_next_hop(*id, &hop)?;
                 changes.push(Change { id: *id, backend: address, hop });
             }
         }
         Ok(changes)
+    }
+
+    /// The backends the last refresh found without a usable neighbour entry (never resolved,
+    /// forgotten, flushed when the interface went down).
+    pub fn unresolved(&self) -> &BTreeSet<IpAddr> {
+        &self.unresolved
+    }
+
+    /// Deletes the neighbour entry a backend's packets are addressed by (its own, or its
+    /// gateway's), unless an operator set it permanent: the next packet then learns the MAC
+    /// anew. For a backend that stopped answering, since one that was replaced by another host
+    /// with the same address (or moved its address to another NIC) has a new MAC, and the
+    /// kernel would keep sending to the old one for up to a minute. The neighbour whose entry
+    /// was deleted, if one was.
+    pub fn forget_neighbour(&mut self, backend: IpAddr) -> Result<Option<IpAddr>, NextHopError> {
+        let Some(route) = self.route(backend)? else { return Ok(None) };
+        if self.tables.permanent.contains(&(route.ifindex, route.neighbour)) {
+            return Ok(None);
+        }
+        Ok(self.resolver.forget_neighbour(route.ifindex, route.neighbour)?.then_some(route.neighbour))
+    }
+
+    /// The interface a backend's packets leave by, if it is down (or has no carrier): a probe
+    /// that failed through it says nothing about the backend.
+    pub fn egress_down(&mut self, backend: IpAddr) -> Result<Option<u32>, NextHopError> {
+        let Some(route) = self.route(backend)? else { return Ok(None) };
+        Ok((!self.resolver.link_running(route.ifindex)?).then_some(route.ifindex))
+    }
+
+    /// The backend's route, looked up once per [`ROUTE_REFRESH`].
+    fn route(&mut self, backend: IpAddr) -> Result<Option<Route>, NextHopError> {
+        if let Some(route) = self.routes.get(&backend) {
+            return Ok(*route);
+        }
+        let route = self.resolver.route(backend)?;
+        self.routes.insert(backend, route);
+        Ok(route)
     }
 }
 

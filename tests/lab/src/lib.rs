@@ -150,6 +150,9 @@ impl Lab {
         }
         // UDP from a namespace leaves a veth with a partial checksum that XDP cannot carry.
         ns(CLIENT, "ethtool", &["-K", "eth0", "tx", "off"])?;
+        // The client opens thousands of connections a second in some tests: ports in TIME_WAIT
+        // are reused (with timestamps) instead of running out.
+        ns(CLIENT, "sysctl", &["-qw", "net.ipv4.tcp_tw_reuse=1"])?;
         ns(CLIENT, "ip", &["route", "add", "198.18.100.0/24", "via", &BALANCER_V4.to_string()])?;
         ns(CLIENT, "ip", &["-6", "route", "add", "fd00:100::/64", "via", &BALANCER_V6.to_string()])?;
         for (i, backend) in BACKENDS.iter().enumerate() {
@@ -290,6 +293,12 @@ impl Lab {
     /// Stops backend `i`'s DNS server and waits until it is gone.
     pub fn stop_dns(&self, i: usize) -> anyhow::Result<()> {
         self.stop(i, "dnsmasq")
+    }
+
+    /// Gives backend `i`'s interface another MAC, as a replaced host or NIC would have; it
+    /// announces nothing (no gratuitous ARP, no unsolicited neighbour advertisement).
+    pub fn set_backend_mac(&self, i: usize, mac: &str) -> anyhow::Result<()> {
+        in_netns(BACKENDS[i], "ip", &["link", "set", "dev", "eth0", "address", mac])
     }
 
     /// Freezes backend `i`'s DNS server (SIGSTOP), or lets it run again (SIGCONT): a failure
