@@ -8,11 +8,13 @@
 //! - [`live`]: the live-frames pipeline (generator, veth pair in native mode, sink) for benchmarks.
 //! - [`e2e`]: the lab test environment (agent runs, shares, sessions under load).
 //! - [`traffic`]: real HTTP and DNS clients for the namespaced end-to-end tests.
+//! - [`scale`]: thousands of health checks in the lab, against responders of the test's own.
 pub mod bench;
 pub mod e2e;
 pub mod live;
 pub mod packet;
 pub mod privileged;
+pub mod scale;
 pub mod traffic;
 pub mod xdp;
 

@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: the benchmark suite. The `BPF_PROG_RUN` benchmark
 //! (`tests/benches/xdp_paths.rs`), the live-frames one (`tests/benches/xdp_live.rs`), and in the lab
 //! the control-plane latency (`tests/benches/control_latency.rs`) and TCP throughput through the
-//! VIP (`tests/benches/tcp_throughput.rs`), and nginx's UDP proxy for scale
-//! (`tests/benches/udp_proxy.rs`), each printing a table and writing JSON under
+//! VIP (`tests/benches/tcp_throughput.rs`), nginx's UDP proxy for scale
+//! (`tests/benches/udp_proxy.rs`), and the agent's CPU for 4000 health checks
+//! (`tests/benches/health_scale.rs`), each printing a table and writing JSON under
 //! target/bench/; with `--ablation`, the live one also measures balancer
 //! builds that stop after each stage of the fast path (built here).
 
@@ -23,6 +24,8 @@ pub struct Options {
     pub tcp_rounds: usize,
     /// How long the UDP proxy benchmark holds each offered rate.
     pub proxy_seconds: f64,
+    /// Windows over which the health-check benchmark reads the agent's CPU time.
+    pub health_windows: usize,
 }
 
 impl Options {
@@ -37,6 +40,7 @@ impl Options {
             control_changes: 30,
             tcp_rounds: 1,
             proxy_seconds: 0.5,
+            health_windows: 3,
         }
     }
 }
@@ -63,7 +67,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     cmd::run(&mut live)?;
     cmd::run(&mut bench("control_latency", &out, &["--changes", &o.control_changes.to_string()]))?;
     cmd::run(&mut bench("tcp_throughput", &out, &["--rounds", &o.tcp_rounds.to_string()]))?;
-    cmd::run(&mut bench("udp_proxy", &out, &["--seconds", &o.proxy_seconds.to_string()]))
+    cmd::run(&mut bench("udp_proxy", &out, &["--seconds", &o.proxy_seconds.to_string()]))?;
+    cmd::run(&mut bench("health_scale", &out, &["--windows", &o.health_windows.to_string()]))
 }
 
 /// `cargo bench` of lb-tests' benchmark `name` with `args`, writing its JSON to `out/NAME.json`.

@@ -118,6 +118,7 @@ fn main() -> anyhow::Result<()> {
                     control_changes: 100,
                     tcp_rounds: 3,
                     proxy_seconds: 1.0,
+                    health_windows: 5,
                 }
             };
             bench::run(&options)?;

@@ -1,5 +1,7 @@
 //! Health checks: one tokio task per checked (VIP, backend), jittered so a fleet does not probe
 //! in lockstep, reporting each probe's outcome to the agent, which keeps the rise/fall state.
+//! Direct probes are asynchronous (thousands of checks cost no thread each, and a UDP check
+//! keeps one connected socket); tunnel probes use raw sockets on tokio's blocking pool.
 //!
 //! Probes: TCP connect; HTTP request (status and optional body substring); UDP request and reply
 //! prefix. With `tunnel`, the probe goes to the VIP through the same encapsulation the balancer
@@ -9,49 +11,72 @@
 
 use std::{
     hash::BuildHasher as _,
-    io::{Read as _, Write as _},
     mem::MaybeUninit,
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use etherparse::PacketBuilder;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::sync::mpsc;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpStream, UdpSocket},
+    sync::mpsc,
+};
 
 use crate::config::{CheckKind, HealthCheck, HttpMethod};
 
-/// Which (VIP, backend) a probe is about.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Where a probe goes. VIPs that check the same backend the same way share one probe, unless
+/// the probe depends on the VIP.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
-    pub vip: String,
-    pub vip_address: IpAddr,
     pub backend: IpAddr,
+    /// The VIP's address, for the probes that depend on it: through the tunnel (sent to the
+    /// VIP), and HTTP without a configured `host` (the VIP is the Host header).
+    pub vip_address: Option<IpAddr>,
+}
+
+impl Target {
+    pub fn new(vip_address: IpAddr, backend: IpAddr, check: &HealthCheck) -> Self {
+        let depends_on_vip = check.tunnel || matches!(check.kind, CheckKind::Http { host: None, .. });
+        Self { backend, vip_address: depends_on_vip.then_some(vip_address) }
+    }
+
+    fn vip(&self) -> anyhow::Result<IpAddr> {
+        self.vip_address.context("a probe through the tunnel needs the VIP's address")
+    }
 }
 
 /// One probe's outcome.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub target: Target,
+    /// The probe's id, as given to [`run`].
+    pub probe: u64,
     pub ok: bool,
     pub latency: Duration,
     pub error: Option<String>,
 }
 
-/// Runs `check` against `target` forever, sending every outcome to `report`.
-pub async fn run(target: Target, check: HealthCheck, report: mpsc::Sender<Outcome>) {
+/// Runs `check` against `target` forever, sending every outcome, marked `id`, to `report`.
+pub async fn run(id: u64, target: Target, check: HealthCheck, report: mpsc::Sender<Outcome>) {
     let hasher = std::collections::hash_map::RandomState::new();
-    // Start anywhere in the first interval, then wait interval +/- 10% between probes.
-    let first = check.interval.mul_f64(fraction(hasher.hash_one((&target, 0u32))));
-    tokio::time::sleep(first).await;
+    // Start anywhere in the first interval; then probes start an interval (+/- 10%) apart,
+    // however long each took, so a backend that stops answering is down at most
+    // fall x interval x 1.1 + timeout after.
+    let mut next = tokio::time::Instant::now() + check.interval.mul_f64(fraction(hasher.hash_one((&target, 0u32))));
+    let mut socket = None;
     for round in 1u32.. {
+        tokio::time::sleep_until(next).await;
         let start = Instant::now();
-        let (t, c) = (target.clone(), check.clone());
-        let result = tokio::task::spawn_blocking(move || probe(&t, &c)).await;
-        let result = result.map_err(anyhow::Error::from).and_then(|r| r);
+        let result = probe(&target, &check, &mut socket).await;
+        if result.is_err() {
+            // A new socket for the next probe: late replies to this one cannot reach it, and a
+            // changed route or source address is picked up.
+            socket = None;
+        }
         let outcome = Outcome {
-            target: target.clone(),
+            probe: id,
             ok: result.is_ok(),
             latency: start.elapsed(),
             error: result.err().map(|e| format!("{e:#}")),
@@ -60,43 +85,70 @@ pub async fn run(target: Target, check: HealthCheck, report: mpsc::Sender<Outcom
             return;
         }
         let jitter = 0.9 + 0.2 * fraction(hasher.hash_one((&target, round)));
-        tokio::time::sleep(check.interval.mul_f64(jitter)).await;
+        next = on_slot((next + check.interval.mul_f64(jitter)).max(tokio::time::Instant::now()));
     }
+}
+
+/// Probes start on a grid of this step, so that thousands of checks send in bursts and their
+/// replies arrive in bursts: the agent wakes a few hundred times a second instead of once per
+/// probe and reply, which is most of what probing costs.
+const PROBE_SLOT: Duration = Duration::from_millis(10);
+
+/// `at`, rounded up to the next [`PROBE_SLOT`] since the process's first call.
+fn on_slot(at: tokio::time::Instant) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let slot = PROBE_SLOT.as_nanos();
+    let rounded = since.div_ceil(slot) * slot;
+    epoch + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
 }
 
 fn fraction(hash: u64) -> f64 {
     (hash % 10_000) as f64 / 10_000.0
 }
 
-/// One probe, blocking, bounded by the check's timeout.
-pub fn probe(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
+/// One probe, bounded by the check's timeout. A UDP check keeps its connected socket in
+/// `socket` from one probe to the next (a probe is then one send and one receive).
+pub async fn probe(target: &Target, check: &HealthCheck, socket: &mut Option<UdpSocket>) -> anyhow::Result<()> {
     if check.tunnel {
-        return match &check.kind {
-            CheckKind::Tcp | CheckKind::Http { .. } => tunnel_syn(target, check),
-            CheckKind::Udp { payload, expect_prefix } => tunnel_udp(target, check, payload, expect_prefix),
-        };
+        // Raw sockets, read with a deadline: on the blocking pool.
+        let (t, c) = (target.clone(), check.clone());
+        return tokio::task::spawn_blocking(move || tunnel_probe(&t, &c)).await?;
     }
+    match tokio::time::timeout(check.timeout, direct_probe(target, check, socket)).await {
+        Ok(result) => result,
+        Err(_) => bail!("no answer within {} ms", check.timeout.as_millis()),
+    }
+}
+
+fn tunnel_probe(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
+    match &check.kind {
+        CheckKind::Tcp | CheckKind::Http { .. } => tunnel_syn(target, check),
+        CheckKind::Udp { payload, expect_prefix } => tunnel_udp(target, check, payload, expect_prefix),
+    }
+}
+
+/// A probe of the backend's own address; the caller bounds it by the timeout.
+async fn direct_probe(target: &Target, check: &HealthCheck, socket: &mut Option<UdpSocket>) -> anyhow::Result<()> {
     let addr = SocketAddr::new(target.backend, check.port);
     match &check.kind {
-        CheckKind::Tcp => TcpStream::connect_timeout(&addr, check.timeout).map(drop).context("connect"),
+        CheckKind::Tcp => TcpStream::connect(addr).await.map(drop).context("connect"),
         CheckKind::Http { method, path, host, expect_status, expect_body } => {
-            let deadline = Instant::now() + check.timeout;
-            let mut s = TcpStream::connect_timeout(&addr, check.timeout).context("connect")?;
-            s.set_read_timeout(Some(check.timeout))?;
-            s.set_write_timeout(Some(check.timeout))?;
+            let mut s = TcpStream::connect(addr).await.context("connect")?;
             let method = match method {
                 HttpMethod::Get => "GET",
                 HttpMethod::Head => "HEAD",
             };
-            let host = host.clone().unwrap_or_else(|| target.vip_address.to_string());
-            write!(
-                s,
+            let host = host.clone().unwrap_or_else(|| target.vip_address.unwrap_or(target.backend).to_string());
+            let request = format!(
                 "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: lb-health\r\n\r\n"
-            )?;
+            );
+            s.write_all(request.as_bytes()).await.context("send")?;
             let mut response = Vec::new();
             let mut buf = [0u8; 4096];
-            while response.len() < 65_536 && Instant::now() < deadline {
-                match s.read(&mut buf) {
+            while response.len() < 65_536 {
+                match s.read(&mut buf).await {
                     Ok(0) => break,
                     Ok(n) => response.extend_from_slice(&buf[..n]),
                     Err(e) if response.is_empty() => return Err(e).context("read"),
@@ -114,12 +166,18 @@ pub fn probe(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
             Ok(())
         }
         CheckKind::Udp { payload, expect_prefix } => {
-            let s = UdpSocket::bind(unspecified(target.backend))?;
-            s.connect(addr)?;
-            s.set_read_timeout(Some(check.timeout))?;
-            s.send(payload)?;
+            let s = if let Some(s) = socket {
+                s
+            } else {
+                let s = UdpSocket::bind(unspecified(target.backend)).await.context("bind")?;
+                s.connect(addr).await.context("connect")?;
+                socket.insert(s)
+            };
+            // No reply of an earlier probe can be waiting: a probe that failed (timed out)
+            // dropped the socket, and the next one has a new port.
             let mut buf = [0u8; 2048];
-            let n = s.recv(&mut buf).context("no reply")?;
+            s.send(payload).await.context("send")?;
+            let n = s.recv(&mut buf).await.context("no reply")?;
             ensure!(buf[..n].starts_with(expect_prefix), "reply does not start with the expected bytes");
             Ok(())
         }
@@ -132,7 +190,7 @@ fn unspecified(like: IpAddr) -> SocketAddr {
 
 /// This host's source address towards `to`, as the kernel would choose it.
 fn source_towards(to: IpAddr) -> anyhow::Result<IpAddr> {
-    let s = UdpSocket::bind(unspecified(to))?;
+    let s = std::net::UdpSocket::bind(unspecified(to))?;
     s.connect(SocketAddr::new(to, 9))?;
     Ok(s.local_addr()?.ip())
 }
@@ -148,22 +206,20 @@ fn send_encapsulated(backend: IpAddr, inner_v4: bool, inner: &[u8]) -> anyhow::R
 }
 
 /// The inner packet's source and a port for the probe's flow.
-fn inner_source(target: &Target) -> anyhow::Result<(IpAddr, u16)> {
+fn inner_source(target: &Target, vip: IpAddr) -> anyhow::Result<(IpAddr, u16)> {
     // The backend answers the inner source directly, so it must be this host's address of the
     // VIP's family, on the path towards the backend's segment.
-    let source = if target.vip_address.is_ipv4() == target.backend.is_ipv4() {
-        source_towards(target.backend)?
-    } else {
-        source_towards(target.vip_address)?
-    };
+    let source =
+        if vip.is_ipv4() == target.backend.is_ipv4() { source_towards(target.backend)? } else { source_towards(vip)? };
     let port = 40_000 + (std::collections::hash_map::RandomState::new().hash_one(Instant::now()) % 20_000) as u16;
     Ok((source, port))
 }
 
 fn tunnel_syn(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
-    let (source, port) = inner_source(target)?;
+    let vip = target.vip()?;
+    let (source, port) = inner_source(target, vip)?;
     let seq = 0x6c62_0001;
-    let builder = match (source, target.vip_address) {
+    let builder = match (source, vip) {
         (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
         (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
         _ => bail!("no source address of the VIP's family"),
@@ -171,21 +227,21 @@ fn tunnel_syn(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
     let mut syn = Vec::new();
     builder.tcp(port, check.port, seq, 64_000).syn().write(&mut syn, &[])?;
     // Listen for the answer before asking.
-    let domain = if target.vip_address.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if vip.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
     let listener = Socket::new(domain, Type::RAW, Some(Protocol::TCP)).context("raw TCP socket (needs root)")?;
     listener.set_read_timeout(Some(check.timeout))?;
-    send_encapsulated(target.backend, target.vip_address.is_ipv4(), &syn)?;
+    send_encapsulated(target.backend, vip.is_ipv4(), &syn)?;
     let deadline = Instant::now() + check.timeout;
     let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
     while Instant::now() < deadline {
         let Ok((n, from)) = listener.recv_from(&mut buf) else { break };
         // SAFETY: recv_from initialised the first n bytes.
         let bytes: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
-        if from.as_socket().map(|a| a.ip()) != Some(target.vip_address) {
+        if from.as_socket().map(|a| a.ip()) != Some(vip) {
             continue;
         }
         // IPv4 raw sockets deliver the IP header, IPv6 ones only the TCP header.
-        let tcp = if target.vip_address.is_ipv4() { &bytes[usize::from(bytes[0] & 0x0f) * 4..] } else { &bytes[..] };
+        let tcp = if vip.is_ipv4() { &bytes[usize::from(bytes[0] & 0x0f) * 4..] } else { &bytes[..] };
         if tcp.len() < 20 {
             continue;
         }
@@ -197,31 +253,32 @@ fn tunnel_syn(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    bail!("no SYN-ACK from {}:{} through the tunnel to {}", target.vip_address, check.port, target.backend)
+    bail!("no SYN-ACK from {}:{} through the tunnel to {}", vip, check.port, target.backend)
 }
 
 fn tunnel_udp(target: &Target, check: &HealthCheck, payload: &[u8], expect_prefix: &[u8]) -> anyhow::Result<()> {
-    let (source, _) = inner_source(target)?;
+    let vip = target.vip()?;
+    let (source, _) = inner_source(target, vip)?;
     // The reply comes back to a normal socket bound to the inner source.
-    let socket = UdpSocket::bind(SocketAddr::new(source, 0)).context("bind probe socket")?;
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(source, 0)).context("bind probe socket")?;
     socket.set_read_timeout(Some(check.timeout))?;
     let port = socket.local_addr()?.port();
-    let builder = match (source, target.vip_address) {
+    let builder = match (source, vip) {
         (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
         (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
         _ => bail!("no source address of the VIP's family"),
     };
     let mut datagram = Vec::new();
     builder.udp(port, check.port).write(&mut datagram, payload)?;
-    send_encapsulated(target.backend, target.vip_address.is_ipv4(), &datagram)?;
+    send_encapsulated(target.backend, vip.is_ipv4(), &datagram)?;
     let mut buf = [0u8; 2048];
     let deadline = Instant::now() + check.timeout;
     while Instant::now() < deadline {
         let (n, from) = socket.recv_from(&mut buf).context("no reply through the tunnel")?;
-        if from == SocketAddr::new(target.vip_address, check.port) {
+        if from == SocketAddr::new(vip, check.port) {
             ensure!(buf[..n].starts_with(expect_prefix), "reply does not start with the expected bytes");
             return Ok(());
         }
     }
-    bail!("no reply from {}:{} through the tunnel to {}", target.vip_address, check.port, target.backend)
+    bail!("no reply from {}:{} through the tunnel to {}", vip, check.port, target.backend)
 }

@@ -15,7 +15,7 @@
 //! transmit what the data plane forwards), [`metrics`] (Prometheus).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -66,11 +66,18 @@ struct Loaded {
 
 /// How often backends' neighbour entries are refreshed (see [`host::warm_neighbours`]).
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(10);
-/// How often, at most, the neighbour entry of a backend that keeps failing its probes is deleted
-/// ([`Agent::forget_neighbour`]).
-const NEIGHBOUR_FORGET: Duration = Duration::from_secs(10);
 /// How often slow starts advance and the configuration file is looked at.
 const TICK: Duration = Duration::from_secs(1);
+
+/// One running probe. VIPs that check a backend the same way share it (see
+/// [`health::Target`]): 40 VIPs on the same 100 backends make 100 probes, not 4000, and
+/// each outcome counts for every pair.
+struct Probe {
+    target: Target,
+    check: HealthCheck,
+    task: JoinHandle<()>,
+    pairs: Vec<HealthKey>,
+}
 
 struct Agent {
     config_path: PathBuf,
@@ -79,7 +86,9 @@ struct Agent {
     balancer: Balancer,
     pins: PinDir,
     health: BTreeMap<HealthKey, Health>,
-    checks: BTreeMap<HealthKey, (HealthCheck, JoinHandle<()>)>,
+    /// The running probes by id, each with the (VIP, backend) pairs that count its outcomes.
+    probes: BTreeMap<u64, Probe>,
+    next_probe: u64,
     outcomes: mpsc::Sender<Outcome>,
     /// What the maps hold: read once at start, then kept up to date as the only writer.
     current: reconcile::Current,
@@ -103,12 +112,10 @@ struct Agent {
     next_hops: NextHops,
     /// Interfaces found down by [`Agent::egress_down`], until a probe through them succeeds.
     links_down: BTreeSet<u32>,
-    /// When each backend's neighbour entry was last forgotten after a failed probe (no entry:
-    /// its last probe succeeded).
-    neighbours_forgotten: BTreeMap<IpAddr, Instant>,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let (mut agent, outcomes) = Agent::start(config_path)?;
     let (request_tx, requests) = mpsc::channel::<control::Pending>(64);
     let socket = agent.config.instance.control_socket.clone();
@@ -128,8 +135,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         "running"
     );
     agent.serve(outcomes, requests).await?;
-    for (_, (_, task)) in std::mem::take(&mut agent.checks) {
-        task.abort();
+    for (_, probe) in std::mem::take(&mut agent.probes) {
+        probe.task.abort();
     }
     let _ = std::fs::remove_file(&socket);
     tracing::info!(
@@ -138,6 +145,22 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         agent.config.instance.name
     );
     Ok(())
+}
+
+/// Each UDP health check keeps a socket open, so thousands of checks need more descriptors
+/// than the usual soft limit (1024): it is raised to the hard limit, as far as that goes.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) != 0 || limit.rlim_cur >= limit.rlim_max {
+            return;
+        }
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) != 0 {
+            tracing::warn!(soft = limit.rlim_cur, "could not raise the open file limit");
+        }
+    }
 }
 
 impl Agent {
@@ -167,7 +190,8 @@ impl Agent {
             balancer,
             pins,
             health: BTreeMap::new(),
-            checks: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            next_probe: 0,
             outcomes: outcome_tx,
             decisions: Vec::new(),
             warnings: Vec::new(),
@@ -179,7 +203,6 @@ impl Agent {
             generation: 0,
             recount_plan: Arc::default(),
             next_hops: NextHops::new().context("opening an rtnetlink socket for next hops")?,
-            neighbours_forgotten: BTreeMap::new(),
             links_down: BTreeSet::new(),
         };
         agent.apply()?;
@@ -284,7 +307,17 @@ impl Agent {
                         self.load(&loaded_tx, None);
                     }
                 }
-                Some(outcome) = outcomes.recv() => self.record(outcome),
+                Some(outcome) = outcomes.recv() => {
+                    // Every outcome already waiting, then one reconciliation for all the health
+                    // changes among them (a backend that many VIPs check fails for all at once).
+                    let mut changed = self.record(outcome);
+                    while let Ok(outcome) = outcomes.try_recv() {
+                        changed |= self.record(outcome);
+                    }
+                    if changed && let Err(e) = self.apply() {
+                        tracing::error!("applying a health change failed: {e:#}");
+                    }
+                }
                 Some(done) = loaded.recv() => self.reload(done),
                 Some((request, reply)) = requests.recv() => match request {
                     Request::Reload => self.load(&loaded_tx, Some(reply)),
@@ -356,73 +389,77 @@ impl Agent {
         host::warm(self.next_hops.unresolved().iter().copied());
     }
 
-    /// Starts, stops and restarts health-check tasks to match the configuration.
+    /// Starts and stops probes to match the configuration; a (VIP, backend) pair no longer
+    /// checked forgets its health.
     fn sync_checks(&mut self) {
-        let mut wanted: BTreeMap<HealthKey, (Target, HealthCheck)> = BTreeMap::new();
+        let mut wanted: HashMap<(Target, HealthCheck), Vec<HealthKey>> = HashMap::new();
         for vip in &self.config.vips {
             for b in &vip.backends {
                 if let Some(check) = vip.check_for(b) {
-                    let target = Target { vip: vip.name.clone(), vip_address: vip.address, backend: b.address };
-                    wanted.insert((vip.name.clone(), b.address), (target, check.clone()));
+                    let target = Target::new(vip.address, b.address, check);
+                    wanted.entry((target, check.clone())).or_default().push((vip.name.clone(), b.address));
                 }
             }
         }
-        let stale: Vec<HealthKey> = self
-            .checks
-            .iter()
-            .filter(|(k, (c, _))| wanted.get(*k).is_none_or(|(_, w)| w != c))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in stale {
-            if let Some((_, task)) = self.checks.remove(&key) {
-                task.abort();
+        let pairs: BTreeSet<HealthKey> = wanted.values().flatten().cloned().collect();
+        self.health.retain(|key, _| pairs.contains(key));
+        self.probes.retain(|_, probe| {
+            if let Some(pairs) = wanted.remove(&(probe.target.clone(), probe.check.clone())) {
+                probe.pairs = pairs;
+                true
+            } else {
+                probe.task.abort();
+                false
             }
-            if !wanted.contains_key(&key) {
-                self.health.remove(&key);
-            }
-        }
-        for (key, (target, check)) in wanted {
-            if !self.checks.contains_key(&key) {
-                let task = tokio::spawn(health::run(target, check.clone(), self.outcomes.clone()));
-                self.checks.insert(key, (check, task));
-            }
+        });
+        for ((target, check), pairs) in wanted {
+            let id = self.next_probe;
+            self.next_probe += 1;
+            let task = tokio::spawn(health::run(id, target.clone(), check.clone(), self.outcomes.clone()));
+            self.probes.insert(id, Probe { target, check, task, pairs });
         }
     }
 
-    fn record(&mut self, outcome: Outcome) {
-        let key = (outcome.target.vip.clone(), outcome.target.backend);
-        let Some((check, _)) = self.checks.get(&key) else { return };
-        let check = check.clone();
-        if !outcome.ok && self.egress_down(outcome.target.backend) {
-            return;
+    /// Counts a probe's outcome for each (VIP, backend) pair that shares the probe; whether a
+    /// pair's health changed (the caller then applies).
+    fn record(&mut self, outcome: Outcome) -> bool {
+        let Some(backend) = self.probes.get(&outcome.probe).map(|p| p.target.backend) else { return false };
+        if !outcome.ok && self.egress_down(backend) {
+            return false;
         }
         if outcome.ok {
-            self.neighbours_forgotten.remove(&outcome.target.backend);
             if !self.links_down.is_empty() {
                 tracing::info!("probes pass again: the interface towards the backends is back");
                 self.links_down.clear();
             }
         } else {
-            self.forget_neighbour(outcome.target.backend);
+            self.forget_neighbour(backend);
         }
-        let health = self.health.entry(key).or_default();
-        health.last_latency = Some(outcome.latency);
-        if let Some(e) = &outcome.error {
-            health.last_error = Some(e.clone());
+        let Some(probe) = self.probes.get(&outcome.probe) else { return false };
+        let now = Instant::now();
+        let mut changed = false;
+        for pair in &probe.pairs {
+            if !self.health.contains_key(pair) {
+                self.health.insert(pair.clone(), Health::default());
+            }
+            let Some(health) = self.health.get_mut(pair) else { continue };
+            health.last_latency = Some(outcome.latency);
+            if let Some(e) = &outcome.error {
+                health.last_error = Some(e.clone());
+            }
+            match health.record(outcome.ok, &probe.check, now) {
+                Some(true) => tracing::info!(vip = %pair.0, %backend, "backend is up"),
+                Some(false) => tracing::warn!(
+                    vip = %pair.0,
+                    %backend,
+                    error = outcome.error.as_deref().unwrap_or(""),
+                    "backend is down"
+                ),
+                None => continue,
+            }
+            changed = true;
         }
-        match health.record(outcome.ok, &check, Instant::now()) {
-            Some(true) => tracing::info!(vip = %outcome.target.vip, backend = %outcome.target.backend, "backend is up"),
-            Some(false) => tracing::warn!(
-                vip = %outcome.target.vip,
-                backend = %outcome.target.backend,
-                error = outcome.error.as_deref().unwrap_or(""),
-                "backend is down"
-            ),
-            None => return,
-        }
-        if let Err(e) = self.apply() {
-            tracing::error!("applying a health change failed: {e:#}");
-        }
+        changed
     }
 
     /// Whether the interface towards `backend` is down, so that its failed probe is not held
@@ -447,16 +484,12 @@ impl Agent {
         }
     }
 
-    /// After the first failed probe since one succeeded, then at most once per
-    /// [`NEIGHBOUR_FORGET`] while they keep failing: the backend's neighbour entry is deleted so that the next probe (and packet) learns its MAC anew. A
-    /// backend replaced by a host with another MAC is then found by the next probe, instead of
-    /// after the kernel's own reachability timers (up to a minute, during which it is down).
+    /// After a failed probe, the backend's neighbour entry is deleted (if it has been settled
+    /// a while, see [`NextHops::forget_neighbour`]) so that the next probe (and packet) learns
+    /// its MAC anew. A backend replaced by a host with another MAC is then found by the next
+    /// probe, instead of after the kernel's own reachability timers (up to a minute, during
+    /// which it is down).
     fn forget_neighbour(&mut self, backend: IpAddr) {
-        let now = Instant::now();
-        if self.neighbours_forgotten.get(&backend).is_some_and(|at| now.duration_since(*at) < NEIGHBOUR_FORGET) {
-            return;
-        }
-        self.neighbours_forgotten.insert(backend, now);
         match self.next_hops.forget_neighbour(backend) {
             Ok(Some(neighbour)) => {
                 tracing::info!(%backend, %neighbour, "a probe failed: the neighbour entry is resolved anew");

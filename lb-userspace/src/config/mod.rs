@@ -220,14 +220,14 @@ impl Named for AdminState {
 
 crate::serde_by_name!(AdminState, Protocol);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HttpMethod {
     Get,
     Head,
 }
 
 /// What a health check sends and expects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CheckKind {
     /// A TCP connection (through the tunnel: a SYN answered by a SYN-ACK).
     Tcp,
@@ -246,7 +246,7 @@ pub enum CheckKind {
 }
 
 /// A health check of the backends of a VIP (or of one backend).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
     pub kind: CheckKind,
     pub port: u16,

@@ -306,6 +306,12 @@ enum Answers {
     Acknowledgement,
 }
 
+/// How long an interface's running state, once read, answers [`NextHops::egress_down`].
+const LINK_STATE_FRESH: Duration = Duration::from_millis(100);
+
+/// How long a neighbour entry must have had the same MAC before a failed probe deletes it.
+pub const NEIGHBOUR_SETTLED: Duration = Duration::from_secs(2);
+
 /// How long a backend's route is trusted before it is looked up again. Neighbour entries are
 /// read on every refresh; routes change rarely and cost a request per backend.
 pub const ROUTE_REFRESH: Duration = Duration::from_secs(10);
@@ -320,6 +326,14 @@ pub struct NextHops {
     tables: Tables,
     /// Backends the last refresh found no usable neighbour entry for.
     unresolved: BTreeSet<IpAddr>,
+    /// Interfaces' running state as last read, and when: thousands of failed probes in a
+    /// second ask about the same interface.
+    links: BTreeMap<u32, (Instant, bool)>,
+    /// Per neighbour entry, its MAC and since when the refreshes have seen it with that MAC.
+    macs_since: BTreeMap<(u32, IpAddr), ([u8; 6], Instant)>,
+    /// What the `NEXT_HOPS` map holds per backend id, as last read or written (the agent is its
+    /// only writer): a refresh compares with this instead of reading thousands of entries.
+    written: BTreeMap<u32, NextHop>,
 }
 
 /// One next hop that [`NextHops::refresh`] changed.
@@ -338,6 +352,9 @@ impl NextHops {
             routes_read: None,
             tables: Tables::default(),
             unresolved: BTreeSet::new(),
+            links: BTreeMap::new(),
+            macs_since: BTreeMap::new(),
+            written: BTreeMap::new(),
         })
     }
 
@@ -354,6 +371,11 @@ impl NextHops {
             self.routes_read = Some(Instant::now());
         }
         self.tables = self.resolver.tables()?;
+        let now = Instant::now();
+        self.macs_since.retain(|key, (mac, _)| self.tables.neighbours.get(key) == Some(mac));
+        for (key, mac) in &self.tables.neighbours {
+            self.macs_since.entry(*key).or_insert((*mac, now));
+        }
         self.unresolved.clear();
         let mut changes = Vec::new();
         for (id, backend) in backends {
@@ -363,11 +385,17 @@ impl NextHops {
             if !hop.is_known() {
                 self.unresolved.insert(address);
             }
-            if map.next_hop(*id)? != hop {
+            let held = match self.written.get(id) {
+                Some(held) => *held,
+                None => map.next_hop(*id)?,
+            };
+            if held != hop {
                 map.set_next_hop(*id, &hop)?;
                 changes.push(Change { id: *id, backend: address, hop });
             }
+            self.written.insert(*id, hop);
         }
+        self.written.retain(|id, _| backends.contains_key(id));
         Ok(changes)
     }
 
@@ -378,16 +406,23 @@ impl NextHops {
     }
 
     /// Deletes the neighbour entry a backend's packets are addressed by (its own, or its
-    /// gateway's), unless an operator set it permanent: the next packet then learns the MAC
-    /// anew. For a backend that stopped answering, since one that was replaced by another host
-    /// with the same address (or moved its address to another NIC) has a new MAC, and the
-    /// kernel would keep sending to the old one for up to a minute. The neighbour whose entry
-    /// was deleted, if one was.
+    /// gateway's): the next packet then learns the MAC anew. For a backend that stopped
+    /// answering, since one that was replaced by another host with the same address (or moved
+    /// its address to another NIC) has a new MAC, and the kernel would keep sending to the old
+    /// one for up to a minute. Only a usable entry that the refreshes have seen with the same
+    /// MAC for [`NEIGHBOUR_SETTLED`] is deleted: one just resolved is as fresh as deleting would
+    /// make it (and thousands of checks failing at once must not delete entries over and over),
+    /// and one an operator set permanent is theirs. The neighbour whose entry was deleted, if
+    /// one was.
     pub fn forget_neighbour(&mut self, backend: IpAddr) -> Result<Option<IpAddr>, NextHopError> {
         let Some(route) = self.route(backend)? else { return Ok(None) };
-        if self.tables.permanent.contains(&(route.ifindex, route.neighbour)) {
+        let key = (route.ifindex, route.neighbour);
+        let settled = self.macs_since.get(&key).is_some_and(|(_, since)| since.elapsed() >= NEIGHBOUR_SETTLED);
+        if !settled || self.tables.permanent.contains(&key) {
             return Ok(None);
         }
+        // Not again until the entry that replaces it has settled.
+        self.macs_since.remove(&key);
         Ok(self.resolver.forget_neighbour(route.ifindex, route.neighbour)?.then_some(route.neighbour))
     }
 
@@ -395,7 +430,15 @@ impl NextHops {
     /// that failed through it says nothing about the backend.
     pub fn egress_down(&mut self, backend: IpAddr) -> Result<Option<u32>, NextHopError> {
         let Some(route) = self.route(backend)? else { return Ok(None) };
-        Ok((!self.resolver.link_running(route.ifindex)?).then_some(route.ifindex))
+        let running = match self.links.get(&route.ifindex) {
+            Some((at, running)) if at.elapsed() < LINK_STATE_FRESH => *running,
+            _ => {
+                let running = self.resolver.link_running(route.ifindex)?;
+                self.links.insert(route.ifindex, (Instant::now(), running));
+                running
+            }
+        };
+        Ok((!running).then_some(route.ifindex))
     }
 
     /// The backend's route, looked up once per [`ROUTE_REFRESH`].
