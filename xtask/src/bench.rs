@@ -3,7 +3,8 @@
 //! the control-plane latency (`tests/benches/control_latency.rs`) and TCP throughput through the
 //! VIP (`tests/benches/tcp_throughput.rs`), nginx's UDP proxy for scale
 //! (`tests/benches/udp_proxy.rs`), and the agent's CPU for 4000 health checks
-//! (`tests/benches/health_scale.rs`), each printing a table and writing JSON under
+//! (`tests/benches/health_scale.rs`), plus validation of a large configuration
+//! (`tests/benches/config_validation.rs`), each printing a table and writing JSON under
 //! target/bench/; with `--ablation`, the live one also measures balancer
 //! builds that stop after each stage of the fast path (built here).
 
@@ -58,6 +59,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     cmd::run(cmd::cargo().args(["bench", "-p", "lb-tests", "--no-run"]))?;
     let rounds = o.rounds.to_string();
     let packets = o.packets.to_string();
+    cmd::run(&mut bench("config_validation", &out, &[]))?;
     cmd::run(&mut bench("xdp_paths", &out, &["--rounds", &rounds, "--packets", &packets]))?;
     let (live_rounds, live_packets) = (o.live_rounds.to_string(), o.live_packets.to_string());
     let mut live = bench("xdp_live", &out, &["--rounds", &live_rounds, "--packets", &live_packets]);

@@ -149,7 +149,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
 /// Each UDP health check keeps a socket open, so thousands of checks need more descriptors
 /// than the usual soft limit (1024): it is raised to the hard limit, as far as that goes.
-fn raise_open_file_limit() {
+pub(crate) fn raise_open_file_limit() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit with a valid rlimit.
     unsafe {
@@ -646,6 +646,15 @@ impl Agent {
             return Err(e);
         }
         self.sync_checks();
+        // And checked again once in the maps: what was detached meanwhile is attached again, or
+        // the answer says why the change does not reach traffic.
+        if !self.self_check() {
+            anyhow::bail!(
+                "the change is in the maps, but the data plane is not as the agent left it ({}): it does not reach \
+                 traffic until that is resolved",
+                self.data_plane.problem.as_deref().unwrap_or("unknown")
+            );
+        }
         Ok(())
     }
 

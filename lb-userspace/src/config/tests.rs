@@ -108,6 +108,12 @@ fn files_too_large_or_not_text_are_refused_with_where() {
     let huge = "#".repeat(MAX_CONFIG_BYTES + 1);
     let e = Config::parse(&huge, "huge.toml").expect_err("too large");
     assert!(e.to_string().contains("is larger than 8388608 bytes"), "{e}");
+    // A 100 MB file (sparse) is refused from its first MAX_CONFIG_BYTES + 1 bytes.
+    let path = std::env::temp_dir().join(format!("lb-config-test-huge-{}.toml", std::process::id()));
+    std::fs::File::create(&path).unwrap().set_len(100 << 20).unwrap();
+    let e = Config::load(&path).expect_err("too large");
+    std::fs::remove_file(&path).unwrap();
+    assert!(e.to_string().contains("is larger than 8388608 bytes"), "{e}");
     let path = std::env::temp_dir().join(format!("lb-config-test-{}.toml", std::process::id()));
     std::fs::write(&path, b"[instance]\nname = \"a\"\nmtu = \xff\n").unwrap();
     let e = Config::load(&path).expect_err("not text");
