@@ -611,6 +611,31 @@ fn detach_under_the_agent_is_repaired(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The balancer's interface deleted and created again under the same name: the pinned link
+/// died with the old one, though it still holds the agent's program. The agent notices within
+/// 2 s, attaches to the new interface, and new connections are served.
+fn recreated_interface_is_attached_again(env: &mut Env) -> anyhow::Result<()> {
+    let before = status()?.data_plane.repairs;
+    env.lab.recreate_balancer_interface()?;
+    let recreated = Instant::now();
+    lb_lab::wait_until(Duration::from_secs(2), "the agent to attach to the new interface", || {
+        status().is_ok_and(|s| s.data_plane.repairs > before && s.data_plane.problem.is_none())
+    })?;
+    let repaired = recreated.elapsed();
+    let served = first_answered_session(Duration::from_secs(3))?;
+    let counts = tally(100, |vip| http_connection(vip, 1), vip(false))?;
+    let last = status()?.data_plane.last_repaired.unwrap_or_default();
+    ensure!(last.contains("eth0's pinned link is defunct"), "repaired: {last}");
+    ensure!(balancer_xdp_mode()? == Some(XdpAttachment::Native), "not native on the new interface");
+    println!(
+        "    eth0 deleted and created again: attached again {:.0} ms later ({last}); first session answered {:.0} ms \
+         after that; then 100 of 100 connections served {counts:?}",
+        repaired.as_secs_f64() * 1000.0,
+        served.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
 /// How the balancer's interface runs XDP now, as the kernel says.
 fn balancer_xdp_mode() -> anyhow::Result<Option<XdpAttachment>> {
     in_namespace(lb_lab::BALANCER, || -> anyhow::Result<_> {
@@ -895,6 +920,7 @@ fn main() -> anyhow::Result<()> {
         ("ops/native_frames_the_peer_cannot_receive_are_reported", undeliverable_native_frames_are_reported),
         ("ops/interface_down_and_up_flows_resume", interface_down_and_up),
         ("ops/backend_mac_change_flows_resume", backend_mac_change),
+        ("ops/recreated_interface_is_attached_again", recreated_interface_is_attached_again),
     ];
     run_trials(env, trials)
 }

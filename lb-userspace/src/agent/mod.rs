@@ -110,6 +110,8 @@ struct Agent {
     recount_plan: Arc<Mutex<RecountPlan>>,
     /// Backends' next hops for the data plane, refreshed every tick and after every change.
     next_hops: NextHops,
+    /// What the last failed repair of the data plane was about, so that it is logged once.
+    failed_repair: Option<String>,
     /// Interfaces found down by [`Agent::egress_down`], until a probe through them succeeds.
     links_down: BTreeSet<u32>,
 }
@@ -204,6 +206,7 @@ impl Agent {
             recount_plan: Arc::default(),
             next_hops: NextHops::new().context("opening an rtnetlink socket for next hops")?,
             links_down: BTreeSet::new(),
+            failed_repair: None,
         };
         agent.apply()?;
         agent.fingerprints = fingerprints(&agent.current, &agent.config);
@@ -507,14 +510,19 @@ impl Agent {
     /// changes are refused until an operator decides. Whether the data plane is as it should be.
     fn self_check(&mut self) -> bool {
         let interfaces = self.config.instance.interfaces.clone();
-        let found = match self.balancer.check_pins(&self.pins, &interfaces) {
+        let checked = self.balancer.check_pins(&self.pins, &interfaces).map_err(anyhow::Error::from);
+        let found = match checked.and_then(|mut found| {
+            found.extend(self.defunct_links(&interfaces, &found)?);
+            Ok(found)
+        }) {
             Ok(found) if found.is_empty() => {
                 self.data_plane.problem = None;
+                self.failed_repair = None;
                 return true;
             }
             Ok(found) => found,
             Err(e) => {
-                self.data_plane.problem = Some(format!("checking the pins failed: {e}"));
+                self.data_plane.problem = Some(format!("checking the pins failed: {e:#}"));
                 return false;
             }
         };
@@ -528,12 +536,29 @@ impl Agent {
             self.data_plane.problem = Some(described);
             return false;
         }
-        tracing::error!("the pinned data plane is not as the agent left it ({described}): repairing");
+        // A repair that keeps failing is logged once, not every second.
+        if self.failed_repair.as_ref() == Some(&described) {
+            tracing::debug!("the pinned data plane is still not as the agent left it ({described}): repairing");
+        } else {
+            tracing::error!("the pinned data plane is not as the agent left it ({described}): repairing");
+        }
+        for problem in &found {
+            if let PinProblem::Defunct(interface) = problem {
+                // A new interface: attached anew, readied as at start, its next hops looked up.
+                let _ = std::fs::remove_file(self.pins.link(interface));
+                host::enable_forwarding(interface);
+                if let Err(e) = host::vlan::keep_vlan_tags(interface) {
+                    tracing::error!("{e}");
+                }
+                self.next_hops.forget_routes();
+            }
+        }
         let repaired = self.balancer.repin(&self.pins).map_err(anyhow::Error::from).and_then(|()| self.attach());
         let still = repaired.and_then(|()| Ok(self.balancer.check_pins(&self.pins, &interfaces)?));
         match still {
             Ok(still) if still.is_empty() => {
                 tracing::info!("repaired the data plane ({described})");
+                self.failed_repair = None;
                 self.data_plane.repairs += 1;
                 self.data_plane.last_repaired = Some(described);
                 self.data_plane.problem = None;
@@ -541,16 +566,50 @@ impl Agent {
             }
             Ok(still) => {
                 let left = describe_pin_problems(&still);
-                tracing::error!("repairing the data plane left: {left}");
+                if self.failed_repair.as_ref() != Some(&described) {
+                    tracing::error!("repairing the data plane left: {left}");
+                }
+                self.failed_repair = Some(described);
                 self.data_plane.problem = Some(left);
                 false
             }
             Err(e) => {
-                tracing::error!("repairing the data plane failed: {e:#}");
+                if self.failed_repair.as_ref() != Some(&described) {
+                    tracing::error!("repairing the data plane failed: {e:#}");
+                }
                 self.data_plane.problem = Some(format!("{described}; repairing failed: {e:#}"));
+                self.failed_repair = Some(described);
                 false
             }
         }
+    }
+
+    /// Interfaces whose pinned link runs this agent's program while the interface itself runs
+    /// none (or another): the link died with an interface that was deleted, perhaps created
+    /// again under the same name. Interfaces `found` already has a problem for are skipped.
+    fn defunct_links(&mut self, interfaces: &[String], found: &[PinProblem]) -> anyhow::Result<Vec<PinProblem>> {
+        let ours = self.balancer.program_id()?;
+        let mut resolver = Resolver::new()?;
+        let mut defunct = Vec::new();
+        for interface in interfaces {
+            let known = found.iter().any(|p| match p {
+                PinProblem::NotAttached(i) | PinProblem::Defunct(i) | PinProblem::OtherProgram { interface: i, .. } => {
+                    i == interface
+                }
+                PinProblem::MapNotPinned(_) => false,
+            });
+            if known {
+                continue;
+            }
+            let running = match crate::dataplane::ifindex(interface) {
+                Ok(ifindex) => resolver.xdp_program(ifindex)?,
+                Err(_) => None,
+            };
+            if running != Some(ours) {
+                defunct.push(PinProblem::Defunct(interface.clone()));
+            }
+        }
+        Ok(defunct)
     }
 
     /// Reads the interfaces' XDP transmit errors; logs an interface that starts or stops losing

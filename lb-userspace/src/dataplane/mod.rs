@@ -181,6 +181,11 @@ impl Balancer {
     }
 
     /// The loaded XDP program (to attach it, or to run it through `BPF_PROG_RUN`).
+    /// The kernel's id of the balancer program this agent loaded.
+    pub fn program_id(&mut self) -> Result<u32, DataplaneError> {
+        Ok(self.program()?.info()?.id())
+    }
+
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
         program(&mut self.ebpf, "balancer")
     }
@@ -203,6 +208,9 @@ pub enum PinProblem {
     NotAttached(String),
     /// An interface's pinned link runs another program than this agent's.
     OtherProgram { interface: String, program_id: u32 },
+    /// An interface's pinned link runs this agent's program, but not on the interface by that
+    /// name: the interface was deleted (and perhaps created again), and the link died with it.
+    Defunct(String),
 }
 
 impl std::fmt::Display for PinProblem {
@@ -212,6 +220,9 @@ impl std::fmt::Display for PinProblem {
             PinProblem::NotAttached(interface) => write!(f, "{interface} has no balancer attached"),
             PinProblem::OtherProgram { interface, program_id } => {
                 write!(f, "{interface} runs program {program_id}, not this agent's")
+            }
+            PinProblem::Defunct(interface) => {
+                write!(f, "{interface}'s pinned link is defunct (the interface was deleted or created again)")
             }
         }
     }

@@ -162,6 +162,22 @@ impl Resolver {
         Ok(None)
     }
 
+    /// The id of the XDP program running on interface `ifindex`, if one is.
+    pub fn xdp_program(&mut self, ifindex: u32) -> Result<Option<u32>, NextHopError> {
+        let mut message = LinkMessage::default();
+        message.header.index = ifindex;
+        for answer in self.request("link lookup", RouteNetlinkMessage::GetLink(message), Answers::One)? {
+            let RouteNetlinkMessage::NewLink(link) = answer else { continue };
+            for attribute in &link.attributes {
+                let LinkAttribute::Xdp(xdp) = attribute else { continue };
+                if let Some(id) = xdp.iter().find_map(|x| if let LinkXdp::ProgId(id) = x { Some(*id) } else { None }) {
+                    return Ok(Some(id));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Whether interface `ifindex` is up with a carrier (`IFF_RUNNING`).
     pub fn link_running(&mut self, ifindex: u32) -> Result<bool, NextHopError> {
         let mut message = LinkMessage::default();
@@ -397,6 +413,13 @@ impl NextHops {
         }
         self.written.retain(|id, _| backends.contains_key(id));
         Ok(changes)
+    }
+
+    /// Looks every backend's route up again at the next refresh (an interface was replaced,
+    /// and routes name interfaces by index).
+    pub fn forget_routes(&mut self) {
+        self.routes_read = None;
+        self.links.clear();
     }
 
     /// The backends the last refresh found without a usable neighbour entry (never resolved,

@@ -167,6 +167,19 @@ impl Lab {
         })
     }
 
+    /// Deletes the balancer's interface and creates it again as `up` did (a new ifindex, no
+    /// XDP program), as a network manager that rebuilds an interface would.
+    pub fn recreate_balancer_interface(&self) -> anyhow::Result<()> {
+        let port = BALANCER.trim_start_matches("lblab-");
+        ns(BALANCER, "ip", &["link", "del", "eth0"])?;
+        ip(&["link", "add", "eth0", "netns", BALANCER, "type", "veth", "peer", "name", port, "netns", SWITCH])?;
+        ns(SWITCH, "ip", &["link", "set", port, "master", "br0", "mtu", &WIDE_MTU.to_string(), "up"])?;
+        ns(BALANCER, "ip", &["link", "set", "eth0", "mtu", &WIDE_MTU.to_string(), "up"])?;
+        ns(BALANCER, "ip", &["addr", "add", &format!("{BALANCER_V4}/24"), "dev", "eth0"])?;
+        ns(BALANCER, "ip", &["addr", "add", &format!("{BALANCER_V6}/64"), "dev", "eth0", "nodad"])?;
+        self.balancer_port_runs_xdp(true)
+    }
+
     /// Gives the balancer's bridge port (its veth's peer) its pass program, or takes it away:
     /// without one, the veth cannot deliver the frames the balancer sends back out natively.
     pub fn balancer_port_runs_xdp(&self, on: bool) -> anyhow::Result<()> {
