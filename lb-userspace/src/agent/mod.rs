@@ -54,7 +54,7 @@ use crate::{
     label::{show_addr, show_mac, show_vip},
     reconcile::{
         self, Op,
-        policy::{self, BackendDecision, Health, HealthKey},
+        policy::{self, BackendDecision, Health, HealthKey, HealthStates},
     },
 };
 
@@ -85,7 +85,7 @@ struct Agent {
     config: Config,
     balancer: Balancer,
     pins: PinDir,
-    health: BTreeMap<HealthKey, Health>,
+    health: HealthStates,
     /// The running probes by id, each with the (VIP, backend) pairs that count its outcomes.
     probes: BTreeMap<u64, Probe>,
     next_probe: u64,
@@ -102,6 +102,8 @@ struct Agent {
     /// The interfaces' drivers' XDP transmit errors, read every tick.
     delivery: DeliveryWatch,
     ramping: bool,
+    /// The tables built for the VIPs' current members (see [`reconcile::TableCache`]).
+    tables: reconcile::TableCache,
     /// Table fingerprints per VIP name (a hash of the table's backend addresses, slot by slot:
     /// equal on every balancer with the same configuration and health).
     fingerprints: BTreeMap<String, String>,
@@ -191,7 +193,7 @@ impl Agent {
             config,
             balancer,
             pins,
-            health: BTreeMap::new(),
+            health: HealthStates::new(),
             probes: BTreeMap::new(),
             next_probe: 0,
             outcomes: outcome_tx,
@@ -201,6 +203,7 @@ impl Agent {
             data_plane: DataPlaneHealth::default(),
             delivery: DeliveryWatch::default(),
             ramping: false,
+            tables: reconcile::TableCache::default(),
             fingerprints: BTreeMap::new(),
             generation: 0,
             recount_plan: Arc::default(),
@@ -353,7 +356,7 @@ impl Agent {
         self.warnings = decision.warnings;
         self.ramping = decision.ramping;
         self.decisions = decision.backends;
-        let ops = reconcile::plan(&decision.desired, &self.current)?;
+        let ops = reconcile::plan_cached(&decision.desired, &self.current, &mut self.tables)?;
         for op in &ops {
             log_op(op);
             self.balancer.apply(op)?;
@@ -361,7 +364,7 @@ impl Agent {
         }
         if !ops.is_empty() {
             self.generation += 1;
-            self.fingerprints = fingerprints(&self.current, &self.config);
+            self.update_fingerprints(&ops);
         }
         if let Ok(mut plan) = self.recount_plan.lock() {
             *plan = RecountPlan::new(&self.current, IdleTimeouts::of(&self.config.instance));
@@ -370,6 +373,24 @@ impl Agent {
             self.refresh_next_hops();
         }
         Ok(())
+    }
+
+    /// The fingerprints of the VIPs whose tables `ops` installed (all of them when the
+    /// configuration's VIPs differ from those fingerprinted).
+    fn update_fingerprints(&mut self, ops: &[Op]) {
+        let same_vips = self.fingerprints.len() == self.config.vips.len()
+            && self.config.vips.iter().all(|v| self.fingerprints.contains_key(&v.name));
+        if !same_vips {
+            self.fingerprints = fingerprints(&self.current, &self.config);
+            return;
+        }
+        for op in ops {
+            let Op::InstallVip { key, .. } = op else { continue };
+            let Some(vip) = self.config.vips.iter().find(|v| v.key() == *key) else { continue };
+            if let Some(print) = fingerprint(&self.current, *key) {
+                self.fingerprints.insert(vip.name.clone(), print);
+            }
+        }
     }
 
     /// Brings the data plane's next hops in step with the kernel's route and neighbour tables.
@@ -443,6 +464,7 @@ impl Agent {
         let mut changed = false;
         for pair in &probe.pairs {
             if !self.health.contains_key(pair) {
+                // Once per pair: the first outcome.
                 self.health.insert(pair.clone(), Health::default());
             }
             let Some(health) = self.health.get_mut(pair) else { continue };
@@ -779,18 +801,19 @@ const FINGERPRINT_SEED: u32 = 0x4c42_5846;
 
 /// Per VIP name: a hash of the live table as backend addresses, slot by slot.
 fn fingerprints(current: &reconcile::Current, config: &Config) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for vip in &config.vips {
-        let Some(reconcile::VipTable { table, .. }) = current.vips.get(&vip.key()) else { continue };
-        let mut h = FINGERPRINT_SEED;
-        for id in table {
-            let addr = current.backends.get(id).map_or([0; 16], |b| b.addr);
-            let words = lb_common::hash::le_words::<4>(&addr);
-            h = murmur3_words(&[h, words[0], words[1], words[2], words[3]], 0);
-        }
-        out.insert(vip.name.clone(), if table.is_empty() { "empty".to_string() } else { format!("{h:08x}") });
+    config.vips.iter().filter_map(|vip| Some((vip.name.clone(), fingerprint(current, vip.key())?))).collect()
+}
+
+/// A hash of VIP `key`'s live table as backend addresses, slot by slot.
+fn fingerprint(current: &reconcile::Current, key: lb_common::vip::VipKey) -> Option<String> {
+    let reconcile::VipTable { table, .. } = current.vips.get(&key)?;
+    let mut h = FINGERPRINT_SEED;
+    for id in table {
+        let addr = current.backends.get(id).map_or([0; 16], |b| b.addr);
+        let words = lb_common::hash::le_words::<4>(&addr);
+        h = murmur3_words(&[h, words[0], words[1], words[2], words[3]], 0);
     }
-    out
+    Some(if table.is_empty() { "empty".to_string() } else { format!("{h:08x}") })
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {

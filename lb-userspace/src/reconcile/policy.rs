@@ -11,7 +11,7 @@
 //! - slow start: a backend that comes back ramps its weight in 10% steps over `slow_start_secs`.
 
 use std::{
-    collections::BTreeMap,
+    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -99,7 +99,7 @@ const RESPONSE_SCALE: f64 = 100.0;
 /// least-response-time: moves each backend's share factor towards (fastest latency / its
 /// latency), by at most a factor of two per call and only when the target differs by more than
 /// 20%. Returns whether any factor changed (the table then needs rebuilding).
-pub fn update_response_factors(config: &Config, health: &mut BTreeMap<HealthKey, Health>) -> bool {
+pub fn update_response_factors(config: &Config, health: &mut HealthStates) -> bool {
     let mut changed = false;
     for vip in config.vips.iter().filter(|v| v.scheduler == Scheduler::LeastResponseTime) {
         let latencies: Vec<(IpAddr, f64)> = vip
@@ -148,6 +148,10 @@ crate::serde_by_name!(HealthState);
 /// Key of a checked backend.
 pub type HealthKey = (String, IpAddr);
 
+/// The health of every checked (VIP, backend) pair. Hashed: the agent looks a pair up for
+/// every probe outcome, thousands a second.
+pub type HealthStates = HashMap<HealthKey, Health>;
+
 /// What policy decided for one backend.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BackendDecision {
@@ -178,10 +182,10 @@ pub struct Decision {
 /// admin state says, at full weight. What `lb plan` compares against the maps, and what the agent
 /// applies first: both go through [`decide`], so a plan shows what the agent would do.
 pub fn desired(config: &Config) -> Desired {
-    decide(config, &BTreeMap::new(), Instant::now()).desired
+    decide(config, &HealthStates::new(), Instant::now()).desired
 }
 
-pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instant) -> Decision {
+pub fn decide(config: &Config, health: &HealthStates, now: Instant) -> Decision {
     let mut decision = Decision {
         desired: Desired { dataplane: config.instance.dataplane_config(), vips: Vec::new() },
         backends: Vec::new(),
@@ -230,7 +234,7 @@ pub fn decide(config: &Config, health: &BTreeMap<HealthKey, Health>, now: Instan
 /// The admin-up backends of `vip` that failing checks take out: the longest down first, no
 /// more than `max_ejected_percent`, and none if all fail and the VIP fails open (`warnings`
 /// says why).
-fn guard_rail(vip: &Vip, health: &BTreeMap<HealthKey, Health>, warnings: &mut Vec<String>) -> Vec<IpAddr> {
+fn guard_rail(vip: &Vip, health: &HealthStates, warnings: &mut Vec<String>) -> Vec<IpAddr> {
     let state_of = |address: IpAddr| health.get(&(vip.name.clone(), address));
     // Admin-up backends whose checks fail, longest down first.
     let admin_up: Vec<_> = vip.backends.iter().filter(|b| b.state == AdminState::Up).collect();
@@ -335,7 +339,7 @@ mod tests {
         Config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn down(health: &mut BTreeMap<HealthKey, Health>, address: &str, at: Instant) {
+    fn down(health: &mut HealthStates, address: &str, at: Instant) {
         let h = health.entry(("web".into(), address.parse().unwrap())).or_default();
         h.up = false;
         h.down_since = Some(at);
@@ -365,7 +369,7 @@ mod tests {
     #[test]
     fn a_failing_backend_leaves_the_table_and_sheds_its_flows() {
         let c = config("", &[("198.18.0.21", ""), ("198.18.0.22", ""), ("198.18.0.23", ""), ("198.18.0.24", "")]);
-        let mut health = BTreeMap::new();
+        let mut health = HealthStates::new();
         let now = Instant::now();
         down(&mut health, "198.18.0.22", now);
         let d = decide(&c, &health, now);
@@ -377,7 +381,7 @@ mod tests {
     #[test]
     fn the_guard_rail_ejects_at_most_half_longest_down_first() {
         let c = config("", &[("198.18.0.21", ""), ("198.18.0.22", ""), ("198.18.0.23", ""), ("198.18.0.24", "")]);
-        let mut health = BTreeMap::new();
+        let mut health = HealthStates::new();
         let t0 = Instant::now();
         down(&mut health, "198.18.0.23", t0);
         down(&mut health, "198.18.0.21", t0 + Duration::from_secs(1));
@@ -392,7 +396,7 @@ mod tests {
     #[test]
     fn all_down_fails_open_unless_closed() {
         let backends = [("198.18.0.21", ""), ("198.18.0.22", "")];
-        let mut health = BTreeMap::new();
+        let mut health = HealthStates::new();
         let now = Instant::now();
         down(&mut health, "198.18.0.21", now);
         down(&mut health, "198.18.0.22", now);
@@ -409,7 +413,7 @@ mod tests {
             "",
             &[("198.18.0.21", "state = \"drain\""), ("198.18.0.22", "state = \"disabled\""), ("198.18.0.23", "")],
         );
-        let d = decide(&c, &BTreeMap::new(), Instant::now());
+        let d = decide(&c, &HealthStates::new(), Instant::now());
         assert_eq!(state(&d, "198.18.0.21"), (0, true));
         assert_eq!(state(&d, "198.18.0.22"), (0, false));
         assert_eq!(state(&d, "198.18.0.23"), (1, true));
@@ -418,11 +422,11 @@ mod tests {
     #[test]
     fn least_response_time_shifts_weight_in_bounded_steps_with_hysteresis() {
         let c = config("scheduler = \"least-response-time\"\n", &[("198.18.0.21", ""), ("198.18.0.22", "")]);
-        let mut health = BTreeMap::new();
+        let mut health = HealthStates::new();
         let key = |a: &str| ("web".to_string(), a.parse::<IpAddr>().unwrap());
         health.insert(key("198.18.0.21"), Health { latency_ewma: Some(0.001), ..Health::default() });
         health.insert(key("198.18.0.22"), Health { latency_ewma: Some(0.051), ..Health::default() });
-        let factor = |h: &BTreeMap<HealthKey, Health>| h[&key("198.18.0.22")].response_factor;
+        let factor = |h: &HealthStates| h[&key("198.18.0.22")].response_factor;
         assert!(update_response_factors(&c, &mut health));
         assert!((factor(&health) - 0.5).abs() < 1e-9, "at most halved per step");
         for _ in 0..10 {
@@ -443,7 +447,7 @@ mod tests {
     #[test]
     fn slow_start_ramps_in_steps() {
         let c = config("slow_start_secs = 10\n", &[("198.18.0.21", "weight = 100"), ("198.18.0.22", "weight = 100")]);
-        let mut health = BTreeMap::new();
+        let mut health = HealthStates::new();
         let t0 = Instant::now();
         health
             .insert(("web".into(), "198.18.0.21".parse().unwrap()), Health { up_since: Some(t0), ..Health::default() });
