@@ -9,14 +9,14 @@
 //! delays nothing), a slow-start tick. On SIGTERM or SIGINT the agent exits and the data
 //! plane keeps forwarding; the next `lb run` adopts it. `lb detach` removes it.
 //!
-//! Rooms: this file (the loop and the state it owns), [`control`] (the socket's protocol, its
-//! server and its client), [`status`] (what the agent tells about itself, typed), [`health`]
-//! (probes), [`active`] (the recount of active flows), [`delivery`] (whether the drivers
-//! transmit what the data plane forwards), [`metrics`] (Prometheus).
+//! Rooms: this file (the loop and the state it owns), `upkeep.rs` (attaching, the self-check
+//! and its repairs), `checks.rs` (running the probes and counting their outcomes), [`control`]
+//! (the socket's protocol, its server and its client), [`status`] (what the agent tells about
+//! itself, typed), [`health`] (probes), [`active`] (the recount of active flows), [`delivery`]
+//! (whether the drivers transmit what the data plane forwards), [`metrics`] (Prometheus).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::IpAddr,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -27,34 +27,33 @@ use lb_common::hash::murmur3_words;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
-    task::JoinHandle,
 };
 
 pub mod active;
+mod checks;
 pub mod control;
 pub mod delivery;
 pub mod health;
 pub mod metrics;
 pub mod status;
+mod upkeep;
 
 use self::{
     active::{IdleTimeouts, RecountPlan},
+    checks::Probe,
     control::{Request, Response},
-    delivery::{DeliveryWatch, Transition},
-    health::{Outcome, Target},
+    delivery::DeliveryWatch,
+    health::Outcome,
     status::{Changed, DataPlaneHealth},
 };
 use crate::{
-    config::{Config, HealthCheck, Named as _, XdpMode},
-    dataplane::{Balancer, BalancerSizes, PinDir, PinProblem, attach::Attached, describe_pin_problems},
-    host::{
-        self,
-        nexthop::{NextHops, Resolver, XdpAttachment},
-    },
+    config::Config,
+    dataplane::{Balancer, BalancerSizes, PinDir},
+    host::{self, nexthop::NextHops},
     label::{show_addr, show_mac, show_vip},
     reconcile::{
         self, Op,
-        policy::{self, BackendDecision, Health, HealthKey, HealthStates},
+        policy::{self, BackendDecision, HealthStates},
     },
 };
 
@@ -68,16 +67,6 @@ struct Loaded {
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(10);
 /// How often slow starts advance and the configuration file is looked at.
 const TICK: Duration = Duration::from_secs(1);
-
-/// One running probe. VIPs that check a backend the same way share it (see
-/// [`health::Target`]): 40 VIPs on the same 100 backends make 100 probes, not 4000, and
-/// each outcome counts for every pair.
-struct Probe {
-    target: Target,
-    check: HealthCheck,
-    task: JoinHandle<()>,
-    pairs: Vec<HealthKey>,
-}
 
 struct Agent {
     config_path: PathBuf,
@@ -242,50 +231,6 @@ impl Agent {
         }
     }
 
-    /// Attaches the balancer to every interface, or replaces the program in their pinned links.
-    fn attach(&mut self) -> anyhow::Result<()> {
-        for interface in &self.config.instance.interfaces {
-            self.unpin_link_of_another_mode(interface)?;
-            let attached = self
-                .balancer
-                .attach(interface, self.config.instance.xdp_mode, &self.pins)
-                .with_context(|| format!("attaching the balancer to {interface}"))?;
-            match attached {
-                Attached::New(mode) => tracing::info!(interface, ?mode, "attached the balancer"),
-                Attached::Replaced => tracing::info!(interface, "replaced the balancer program inside the pinned link"),
-            }
-        }
-        Ok(())
-    }
-
-    /// A pinned link in another XDP mode than the configured one (native asked, generic
-    /// pinned, or the reverse) is removed, so that [`Agent::attach`] attaches anew in the
-    /// configured mode: traffic on the interface pauses between the two. `auto` takes either
-    /// mode as it finds it.
-    fn unpin_link_of_another_mode(&self, interface: &str) -> anyhow::Result<()> {
-        let link = self.pins.link(interface);
-        if !link.exists() {
-            return Ok(());
-        }
-        let ifindex = crate::dataplane::ifindex(interface)?;
-        let now = Resolver::new()?.xdp_attachment(ifindex)?;
-        let wanted = self.config.instance.xdp_mode;
-        let differs = matches!(
-            (wanted, now),
-            (XdpMode::Native, Some(XdpAttachment::Generic)) | (XdpMode::Generic, Some(XdpAttachment::Native))
-        );
-        if differs {
-            tracing::warn!(
-                interface,
-                pinned = ?now,
-                configured = wanted.name(),
-                "the pinned link runs in another XDP mode than configured: attaching again (traffic pauses briefly)"
-            );
-            std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
-        }
-        Ok(())
-    }
-
     /// The loop that owns all state, until SIGTERM or SIGINT.
     async fn serve(
         &mut self,
@@ -411,258 +356,6 @@ impl Agent {
         // Resolved now rather than at the next warming round (an interface that came back up
         // has lost every entry).
         host::warm(self.next_hops.unresolved().iter().copied());
-    }
-
-    /// Starts and stops probes to match the configuration; a (VIP, backend) pair no longer
-    /// checked forgets its health.
-    fn sync_checks(&mut self) {
-        let mut wanted: HashMap<(Target, HealthCheck), Vec<HealthKey>> = HashMap::new();
-        for vip in &self.config.vips {
-            for b in &vip.backends {
-                if let Some(check) = vip.check_for(b) {
-                    let target = Target::new(vip.address, b.address, check);
-                    wanted.entry((target, check.clone())).or_default().push((vip.name.clone(), b.address));
-                }
-            }
-        }
-        let pairs: BTreeSet<HealthKey> = wanted.values().flatten().cloned().collect();
-        self.health.retain(|key, _| pairs.contains(key));
-        self.probes.retain(|_, probe| {
-            if let Some(pairs) = wanted.remove(&(probe.target.clone(), probe.check.clone())) {
-                probe.pairs = pairs;
-                true
-            } else {
-                probe.task.abort();
-                false
-            }
-        });
-        for ((target, check), pairs) in wanted {
-            let id = self.next_probe;
-            self.next_probe += 1;
-            let task = tokio::spawn(health::run(id, target.clone(), check.clone(), self.outcomes.clone()));
-            self.probes.insert(id, Probe { target, check, task, pairs });
-        }
-    }
-
-    /// Counts a probe's outcome for each (VIP, backend) pair that shares the probe; whether a
-    /// pair's health changed (the caller then applies).
-    fn record(&mut self, outcome: Outcome) -> bool {
-        let Some(backend) = self.probes.get(&outcome.probe).map(|p| p.target.backend) else { return false };
-        if !outcome.ok && self.egress_down(backend) {
-            return false;
-        }
-        if outcome.ok {
-            if !self.links_down.is_empty() {
-                tracing::info!("probes pass again: the interface towards the backends is back");
-                self.links_down.clear();
-            }
-        } else {
-            self.forget_neighbour(backend);
-        }
-        let Some(probe) = self.probes.get(&outcome.probe) else { return false };
-        let now = Instant::now();
-        let mut changed = false;
-        for pair in &probe.pairs {
-            if !self.health.contains_key(pair) {
-                // Once per pair: the first outcome.
-                self.health.insert(pair.clone(), Health::default());
-            }
-            let Some(health) = self.health.get_mut(pair) else { continue };
-            health.last_latency = Some(outcome.latency);
-            if let Some(e) = &outcome.error {
-                health.last_error = Some(e.clone());
-            }
-            match health.record(outcome.ok, &probe.check, now) {
-                Some(true) => tracing::info!(vip = %pair.0, %backend, "backend is up"),
-                Some(false) => tracing::warn!(
-                    vip = %pair.0,
-                    %backend,
-                    error = outcome.error.as_deref().unwrap_or(""),
-                    "backend is down"
-                ),
-                None => continue,
-            }
-            changed = true;
-        }
-        changed
-    }
-
-    /// Whether the interface towards `backend` is down, so that its failed probe is not held
-    /// against it: when the balancer's own link goes, every backend would otherwise be marked
-    /// down and every established flow moved. Logged once per interface and outage.
-    fn egress_down(&mut self, backend: IpAddr) -> bool {
-        match self.next_hops.egress_down(backend) {
-            Ok(Some(ifindex)) => {
-                if self.links_down.insert(ifindex) {
-                    tracing::warn!(
-                        ifindex,
-                        "the interface towards the backends is down: failed probes through it are not counted"
-                    );
-                }
-                true
-            }
-            Ok(None) => false,
-            Err(e) => {
-                tracing::debug!(%backend, error = %e, "reading the egress interface's state failed");
-                false
-            }
-        }
-    }
-
-    /// After a failed probe, the backend's neighbour entry is deleted (if it has been settled
-    /// a while, see [`NextHops::forget_neighbour`]) so that the next probe (and packet) learns
-    /// its MAC anew. A backend replaced by a host with another MAC is then found by the next
-    /// probe, instead of after the kernel's own reachability timers (up to a minute, during
-    /// which it is down).
-    fn forget_neighbour(&mut self, backend: IpAddr) {
-        match self.next_hops.forget_neighbour(backend) {
-            Ok(Some(neighbour)) => {
-                tracing::info!(%backend, %neighbour, "a probe failed: the neighbour entry is resolved anew");
-                // Until then packets go by the FIB, which resolves it too.
-                self.refresh_next_hops();
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(%backend, error = %e, "forgetting the neighbour entry failed"),
-        }
-    }
-
-    /// Checks that the pins hold this agent's maps and that every interface runs this agent's
-    /// program from its pinned link; repairs what is missing (maps pinned again, interfaces
-    /// attached again). A link running another program is not fought over: it is reported, and
-    /// changes are refused until an operator decides. Whether the data plane is as it should be.
-    fn self_check(&mut self) -> bool {
-        let interfaces = self.config.instance.interfaces.clone();
-        let checked = self.balancer.check_pins(&self.pins, &interfaces).map_err(anyhow::Error::from);
-        let found = match checked.and_then(|mut found| {
-            found.extend(self.defunct_links(&interfaces, &found)?);
-            Ok(found)
-        }) {
-            Ok(found) if found.is_empty() => {
-                self.data_plane.problem = None;
-                self.failed_repair = None;
-                return true;
-            }
-            Ok(found) => found,
-            Err(e) => {
-                self.data_plane.problem = Some(format!("checking the pins failed: {e:#}"));
-                return false;
-            }
-        };
-        let described = describe_pin_problems(&found);
-        if found.iter().any(|p| matches!(p, PinProblem::OtherProgram { .. })) {
-            if self.data_plane.problem.as_ref() != Some(&described) {
-                tracing::error!(
-                    "{described}: another agent or tool took the interface; changes are refused until it is resolved"
-                );
-            }
-            self.data_plane.problem = Some(described);
-            return false;
-        }
-        // A repair that keeps failing is logged once, not every second.
-        if self.failed_repair.as_ref() == Some(&described) {
-            tracing::debug!("the pinned data plane is still not as the agent left it ({described}): repairing");
-        } else {
-            tracing::error!("the pinned data plane is not as the agent left it ({described}): repairing");
-        }
-        for problem in &found {
-            if let PinProblem::Defunct(interface) = problem {
-                // A new interface: attached anew, readied as at start, its next hops looked up.
-                let _ = std::fs::remove_file(self.pins.link(interface));
-                host::enable_forwarding(interface);
-                if let Err(e) = host::vlan::keep_vlan_tags(interface) {
-                    tracing::error!("{e}");
-                }
-                self.next_hops.forget_routes();
-            }
-        }
-        let repaired = self.balancer.repin(&self.pins).map_err(anyhow::Error::from).and_then(|()| self.attach());
-        let still = repaired.and_then(|()| Ok(self.balancer.check_pins(&self.pins, &interfaces)?));
-        match still {
-            Ok(still) if still.is_empty() => {
-                tracing::info!("repaired the data plane ({described})");
-                self.failed_repair = None;
-                self.data_plane.repairs += 1;
-                self.data_plane.last_repaired = Some(described);
-                self.data_plane.problem = None;
-                true
-            }
-            Ok(still) => {
-                let left = describe_pin_problems(&still);
-                if self.failed_repair.as_ref() != Some(&described) {
-                    tracing::error!("repairing the data plane left: {left}");
-                }
-                self.failed_repair = Some(described);
-                self.data_plane.problem = Some(left);
-                false
-            }
-            Err(e) => {
-                if self.failed_repair.as_ref() != Some(&described) {
-                    tracing::error!("repairing the data plane failed: {e:#}");
-                }
-                self.data_plane.problem = Some(format!("{described}; repairing failed: {e:#}"));
-                self.failed_repair = Some(described);
-                false
-            }
-        }
-    }
-
-    /// Interfaces whose pinned link runs this agent's program while the interface itself runs
-    /// none (or another): the link died with an interface that was deleted, perhaps created
-    /// again under the same name. Interfaces `found` already has a problem for are skipped.
-    fn defunct_links(&mut self, interfaces: &[String], found: &[PinProblem]) -> anyhow::Result<Vec<PinProblem>> {
-        let ours = self.balancer.program_id()?;
-        let mut resolver = Resolver::new()?;
-        let mut defunct = Vec::new();
-        for interface in interfaces {
-            let known = found.iter().any(|p| match p {
-                PinProblem::NotAttached(i) | PinProblem::Defunct(i) | PinProblem::OtherProgram { interface: i, .. } => {
-                    i == interface
-                }
-                PinProblem::MapNotPinned(_) => false,
-            });
-            if known {
-                continue;
-            }
-            let running = match crate::dataplane::ifindex(interface) {
-                Ok(ifindex) => resolver.xdp_program(ifindex)?,
-                Err(_) => None,
-            };
-            if running != Some(ours) {
-                defunct.push(PinProblem::Defunct(interface.clone()));
-            }
-        }
-        Ok(defunct)
-    }
-
-    /// Reads the interfaces' XDP transmit errors; logs an interface that starts or stops losing
-    /// the frames the balancer forwards.
-    fn watch_delivery(&mut self) {
-        let readings: Vec<(String, Option<u64>)> = self
-            .config
-            .instance
-            .interfaces
-            .iter()
-            .map(|interface| {
-                let errors = host::ethtool::xdp_transmit_errors(interface).unwrap_or_else(|e| {
-                    tracing::debug!(interface, error = %e, "reading the driver's statistics failed");
-                    None
-                });
-                (interface.clone(), errors)
-            })
-            .collect();
-        for change in self.delivery.observe(&readings, Instant::now()) {
-            match change {
-                Transition::Failing { interface, lost } => tracing::error!(
-                    interface,
-                    lost,
-                    "the driver could not transmit XDP frames the balancer forwarded: traffic is lost. In native \
-                     mode a veth delivers only if its peer runs an XDP program"
-                ),
-                Transition::Delivering { interface, lost } => {
-                    tracing::info!(interface, lost, "the driver transmits the balancer's frames again");
-                }
-            }
-        }
     }
 
     /// Next hops, response-time weights, slow starts; whether the configuration file changed.
