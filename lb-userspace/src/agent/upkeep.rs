@@ -57,7 +57,7 @@ impl Agent {
                 configured = wanted.name(),
                 "the pinned link runs in another XDP mode than configured: attaching again (traffic pauses briefly)"
             );
-            std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+            crate::dataplane::attach::unpin_link(&link)?;
         }
         Ok(())
     }

@@ -54,6 +54,18 @@ pub fn attach(program: &mut Xdp, interface: &str, mode: XdpMode, link_pin: &Path
     Ok(Attached::New(used))
 }
 
+/// Removes the link pinned at `link_pin`, detaching its program before returning. Unpinning
+/// alone drops the kernel's last reference from a work queue, a moment later, and an attach in
+/// the other XDP mode meanwhile fails with "File exists"; holding the link open across the
+/// unpin makes this process's close the last reference, which detaches at once.
+pub fn unpin_link(link_pin: &Path) -> Result<(), DataplaneError> {
+    let held = PinnedLink::from_pin(link_pin).map_err(|e| DataplaneError::Link(e.to_string()))?;
+    std::fs::remove_file(link_pin)
+        .map_err(|e| DataplaneError::Link(format!("removing {}: {e}", link_pin.display())))?;
+    drop(held);
+    Ok(())
+}
+
 /// The id of the program running in the link pinned at `link_pin`.
 pub fn pinned_program(link_pin: &Path) -> Result<u32, DataplaneError> {
     let pinned = PinnedLink::from_pin(link_pin).map_err(|e| DataplaneError::Link(e.to_string()))?;

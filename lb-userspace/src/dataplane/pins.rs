@@ -54,6 +54,14 @@ impl PinDir {
 
     /// Removes every pin (a link whose last pin goes is detached) and the directory.
     pub fn remove(&self) -> io::Result<()> {
+        // Links first, each detached before the next step (see `attach::unpin_link`), so that
+        // the interfaces run nothing by the time this returns.
+        for entry in std::fs::read_dir(&self.root)? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link-")) {
+                super::attach::unpin_link(&path).map_err(io::Error::other)?;
+            }
+        }
         std::fs::remove_dir_all(&self.root)
     }
 }
