@@ -11,6 +11,7 @@ use cli::{
     backend::BackendCommand,
     config::{ConfigCommand, ReloadArgs},
     decap::DecapCommand,
+    fleet::FleetCommand,
     plan::PlanArgs,
     run::{CheckArgs, DetachArgs, RunArgs},
     stats::StatsArgs,
@@ -57,6 +58,9 @@ enum Command {
     /// Backend side: the decapsulation program.
     #[command(subcommand)]
     Decap(DecapCommand),
+    /// Several balancers: whether their tables are the same.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Trace(args) => cli::trace::run(args).map(|()| ExitCode::SUCCESS),
         Command::Plan(args) => cli::plan::run(args).map(|()| ExitCode::SUCCESS),
         Command::Decap(command) => cli::decap::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Fleet(command) => cli::fleet::run(command),
     };
     done.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -451,6 +451,7 @@ fn metrics(_env: &mut Env) -> anyhow::Result<()> {
         "lb_vip_packets_total{vip=\"198.18.100.1:80/tcp\"}",
         "lb_reason_packets_total{reason=\"tx_fib\"}",
         "lb_table_generation ",
+        "lb_vip_table_info{vip=\"web\",fingerprint=\"",
     ] {
         ensure!(body.contains(expected), "no {expected:?} in the metrics:\n{body}");
     }
@@ -888,6 +889,44 @@ fn checks_at_scale_detect_in_time(env: &mut Env) -> anyhow::Result<()> {
     result.and(restored)
 }
 
+/// `lb fleet diff` of the agent's control socket and its own metrics endpoint: the same
+/// tables. Then against a stand-in member serving those metrics with one weight changed: the
+/// difference and why, exit status 1.
+fn fleet_diff(env: &mut Env) -> anyhow::Result<()> {
+    let lb = env.lab.lb.to_string_lossy().into_owned();
+    let same = lb_lab::ns(lb_lab::BALANCER, &lb, &["fleet", "diff", CONTROL_SOCKET, "127.0.0.1:9120"])?;
+    ensure!(same.contains("every table is the same"), "lb fleet diff said: {same}");
+    let doctored = metrics_text()?.split_once("\r\n\r\n").context("no metrics body")?.1.replace(
+        "lb_backend_effective_weight{vip=\"web\",backend=\"198.18.0.21\"} 1",
+        "lb_backend_effective_weight{vip=\"web\",backend=\"198.18.0.21\"} 5",
+    );
+    let stand_in = lb_lab::spawn_in_namespace(lb_lab::BALANCER, move || {
+        use std::io::{Read as _, Write as _};
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:9199") else { return };
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request);
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{doctored}", doctored.len());
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let output = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lb_lab::BALANCER))
+        .args([lb.as_str(), "fleet", "diff", CONTROL_SOCKET, "http://127.0.0.1:9199/metrics"])
+        .output()?;
+    stand_in.join().map_err(|_| anyhow::anyhow!("stand-in panicked"))??;
+    let said = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.code() == Some(1), "exit status {:?}: {said}", output.status.code());
+    ensure!(
+        said.contains(
+            "web              backend 198.18.0.21 weight 1 on /run/lb/lab.sock, 5 on http://127.0.0.1:9199/metrics"
+        ),
+        "lb fleet diff said: {said}"
+    );
+    println!("    lb fleet diff: the agent's socket and metrics agree; a stand-in with one weight changed:\n{said}");
+    Ok(())
+}
+
 /// The agent's Prometheus exposition, from inside the balancer's namespace.
 fn metrics_text() -> anyhow::Result<String> {
     in_namespace(lb_lab::BALANCER, || -> anyhow::Result<String> {
@@ -913,6 +952,7 @@ fn main() -> anyhow::Result<()> {
         ("health/all_checks_failing_fails_open", all_checks_failing_fails_open),
         ("health/4000_checks_detect_a_dead_backend_in_time", checks_at_scale_detect_in_time),
         ("ops/prometheus_metrics", metrics),
+        ("ops/fleet_diff_compares_sockets_and_metrics", fleet_diff),
         ("ops/sighup_reloads_the_file", sighup_reloads),
         ("ops/reload_storm_keeps_health_detection_time", reload_storm_keeps_detection_time),
         ("ops/detach_under_the_agent_is_repaired", detach_under_the_agent_is_repaired),

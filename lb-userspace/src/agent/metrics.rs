@@ -35,7 +35,7 @@ pub async fn serve(listener: TcpListener, requests: ControlSender, pins: PinDir)
 }
 
 /// The agent's metric families: name, type, help.
-const AGENT_FAMILIES: [(&str, &str, &str); 12] = [
+const AGENT_FAMILIES: [(&str, &str, &str); 13] = [
     (
         "lb_data_plane_healthy",
         "gauge",
@@ -53,6 +53,12 @@ const AGENT_FAMILIES: [(&str, &str, &str); 12] = [
     ("lb_backend_effective_weight", "gauge", "Weight in the Maglev table after health, slow start and admin state."),
     ("lb_backend_active_flows", "gauge", "Flows counted active (least connections compares these)."),
     ("lb_health_check_latency_seconds", "gauge", "Duration of the last health probe."),
+    (
+        "lb_vip_table_info",
+        "gauge",
+        "1 per VIP with a table, labelled with its fingerprint, size and scheduler: equal on every balancer of a \
+         fleet with the same configuration and health (`lb fleet diff` compares them).",
+    ),
     ("lb_vip_flood_cpus", "gauge", "CPUs on which the VIP is in flood mode (new flows get no flow-table entry)."),
     ("lb_vip_untracked_flows_total", "counter", "New flows forwarded in flood mode without a flow-table entry."),
     (
@@ -105,6 +111,13 @@ fn render(pins: &PinDir, status: Option<&Status>) -> String {
     }
     for v in &status.vips {
         let labels = format!("vip=\"{}\"", v.name);
+        if let Some(fingerprint) = &v.fingerprint {
+            let _ = writeln!(
+                s,
+                "lb_vip_table_info{{{labels},fingerprint=\"{fingerprint}\",table_size=\"{}\",scheduler=\"{}\"}} 1",
+                v.table_size, v.scheduler
+            );
+        }
         let _ = writeln!(s, "lb_vip_flood_cpus{{{labels}}} {}", v.flooding_cpus);
         let _ = writeln!(s, "lb_vip_untracked_flows_total{{{labels}}} {}", v.untracked_flows);
         for (reason, n) in &v.admission.refused {

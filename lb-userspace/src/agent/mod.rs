@@ -12,7 +12,8 @@
 //! Rooms: this file (the loop and the state it owns), `upkeep.rs` (attaching, the self-check
 //! and its repairs), `checks.rs` (running the probes and counting their outcomes), [`control`]
 //! (the socket's protocol, its server and its client), [`status`] (what the agent tells about
-//! itself, typed), [`health`] (probes), [`active`] (the recount of active flows), [`delivery`]
+//! itself, typed), [`fleet`] (comparing balancers' tables), [`health`] (probes), [`active`]
+//! (the recount of active flows), [`delivery`]
 //! (whether the drivers transmit what the data plane forwards), [`metrics`] (Prometheus).
 
 use std::{
@@ -33,6 +34,7 @@ pub mod active;
 mod checks;
 pub mod control;
 pub mod delivery;
+pub mod fleet;
 pub mod health;
 pub mod metrics;
 pub mod status;

@@ -4,6 +4,7 @@
 //! - [`status`], [`vip`], [`backend`], [`config`]: the running agent, asked over its control socket.
 //! - [`stats`], [`trace`], [`plan`]: read-only views from the pinned maps.
 //! - [`decap`]: the backends' decapsulation program.
+//! - [`fleet`]: comparing the tables of several balancers.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 pub mod backend;
 pub mod config;
 pub mod decap;
+pub mod fleet;
 pub mod plan;
 pub mod run;
 pub mod stats;
