@@ -61,9 +61,9 @@ pub struct Outcome {
 /// Runs `check` against `target` forever, sending every outcome, marked `id`, to `report`.
 pub async fn run(id: u64, target: Target, check: HealthCheck, report: mpsc::Sender<Outcome>) {
     let hasher = std::collections::hash_map::RandomState::new();
-    // Start anywhere in the first interval; then probes start an interval (+/- 10%) apart,
-    // however long each took, so a backend that stops answering is down at most
-    // fall x interval x 1.1 + timeout after.
+    // Start anywhere in the first interval; then probes start an interval (+/- 10%) apart on
+    // the slot grid, however long each took, so a backend that stops answering is down at most
+    // fall x (interval x 1.1 + PROBE_SLOT) + timeout after.
     let mut next = tokio::time::Instant::now() + check.interval.mul_f64(fraction(hasher.hash_one((&target, 0u32))));
     let mut socket = None;
     for round in 1u32.. {
