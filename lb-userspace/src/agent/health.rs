@@ -16,7 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail, ensure};
 use etherparse::PacketBuilder;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::{
@@ -43,9 +42,44 @@ impl Target {
         Self { backend, vip_address: depends_on_vip.then_some(vip_address) }
     }
 
-    fn vip(&self) -> anyhow::Result<IpAddr> {
-        self.vip_address.context("a probe through the tunnel needs the VIP's address")
+    fn vip(&self) -> Result<IpAddr, ProbeError> {
+        self.vip_address.ok_or(ProbeError::NoVip)
     }
+}
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// A socket operation failed: which step, and how.
+    #[error("{step}: {error}")]
+    Io { step: &'static str, error: std::io::Error },
+    #[error("no HTTP status line")]
+    NoStatusLine,
+    #[error("status {got}, expected {expected}")]
+    Status { got: u16, expected: u16 },
+    #[error("body does not contain {0:?}")]
+    Body(String),
+    #[error("reply does not start with the expected bytes")]
+    Prefix,
+    #[error("the VIP answered the SYN with flags {0:#04x}, not SYN-ACK")]
+    NotSynAck(u8),
+    #[error("no {what} from {vip}:{port} through the tunnel to {backend}")]
+    NoTunnelAnswer { what: &'static str, vip: IpAddr, port: u16, backend: IpAddr },
+    #[error("no source address of the VIP's family")]
+    NoSource,
+    #[error("a probe through the tunnel needs the VIP's address")]
+    NoVip,
+    #[error("building the probe packet: {0}")]
+    Build(String),
+    #[error("the probe's task ended: {0}")]
+    Task(String),
+}
+
+/// The [`ProbeError::Io`] of `step`.
+fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> ProbeError {
+    move |error| ProbeError::Io { step, error }
 }
 
 /// One probe's outcome.
@@ -110,19 +144,21 @@ fn fraction(hash: u64) -> f64 {
 
 /// One probe, bounded by the check's timeout. A UDP check keeps its connected socket in
 /// `socket` from one probe to the next (a probe is then one send and one receive).
-pub async fn probe(target: &Target, check: &HealthCheck, socket: &mut Option<UdpSocket>) -> anyhow::Result<()> {
+pub async fn probe(target: &Target, check: &HealthCheck, socket: &mut Option<UdpSocket>) -> Result<(), ProbeError> {
     if check.tunnel {
         // Raw sockets, read with a deadline: on the blocking pool.
         let (t, c) = (target.clone(), check.clone());
-        return tokio::task::spawn_blocking(move || tunnel_probe(&t, &c)).await?;
+        return tokio::task::spawn_blocking(move || tunnel_probe(&t, &c))
+            .await
+            .map_err(|e| ProbeError::Task(e.to_string()))?;
     }
     match tokio::time::timeout(check.timeout, direct_probe(target, check, socket)).await {
         Ok(result) => result,
-        Err(_) => bail!("no answer within {} ms", check.timeout.as_millis()),
+        Err(_) => Err(ProbeError::Timeout(check.timeout)),
     }
 }
 
-fn tunnel_probe(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
+fn tunnel_probe(target: &Target, check: &HealthCheck) -> Result<(), ProbeError> {
     match &check.kind {
         CheckKind::Tcp | CheckKind::Http { .. } => tunnel_syn(target, check),
         CheckKind::Udp { payload, expect_prefix } => tunnel_udp(target, check, payload, expect_prefix),
@@ -130,12 +166,12 @@ fn tunnel_probe(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
 }
 
 /// A probe of the backend's own address; the caller bounds it by the timeout.
-async fn direct_probe(target: &Target, check: &HealthCheck, socket: &mut Option<UdpSocket>) -> anyhow::Result<()> {
+async fn direct_probe(target: &Target, check: &HealthCheck, socket: &mut Option<UdpSocket>) -> Result<(), ProbeError> {
     let addr = SocketAddr::new(target.backend, check.port);
     match &check.kind {
-        CheckKind::Tcp => TcpStream::connect(addr).await.map(drop).context("connect"),
+        CheckKind::Tcp => TcpStream::connect(addr).await.map(drop).map_err(io("connect")),
         CheckKind::Http { method, path, host, expect_status, expect_body } => {
-            let mut s = TcpStream::connect(addr).await.context("connect")?;
+            let mut s = TcpStream::connect(addr).await.map_err(io("connect"))?;
             let method = match method {
                 HttpMethod::Get => "GET",
                 HttpMethod::Head => "HEAD",
@@ -144,24 +180,28 @@ async fn direct_probe(target: &Target, check: &HealthCheck, socket: &mut Option<
             let request = format!(
                 "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: lb-health\r\n\r\n"
             );
-            s.write_all(request.as_bytes()).await.context("send")?;
+            s.write_all(request.as_bytes()).await.map_err(io("send"))?;
             let mut response = Vec::new();
             let mut buf = [0u8; 4096];
             while response.len() < 65_536 {
                 match s.read(&mut buf).await {
                     Ok(0) => break,
                     Ok(n) => response.extend_from_slice(&buf[..n]),
-                    Err(e) if response.is_empty() => return Err(e).context("read"),
+                    Err(e) if response.is_empty() => return Err(io("read")(e)),
                     Err(_) => break,
                 }
             }
             let text = String::from_utf8_lossy(&response);
             let status: u16 =
-                text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status line")?;
-            ensure!(status == *expect_status, "status {status}, expected {expect_status}");
+                text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(ProbeError::NoStatusLine)?;
+            if status != *expect_status {
+                return Err(ProbeError::Status { got: status, expected: *expect_status });
+            }
             if let Some(needle) = expect_body {
                 let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-                ensure!(body.contains(needle.as_str()), "body does not contain {needle:?}");
+                if !body.contains(needle.as_str()) {
+                    return Err(ProbeError::Body(needle.clone()));
+                }
             }
             Ok(())
         }
@@ -169,17 +209,16 @@ async fn direct_probe(target: &Target, check: &HealthCheck, socket: &mut Option<
             let s = if let Some(s) = socket {
                 s
             } else {
-                let s = UdpSocket::bind(unspecified(target.backend)).await.context("bind")?;
-                s.connect(addr).await.context("connect")?;
+                let s = UdpSocket::bind(unspecified(target.backend)).await.map_err(io("bind"))?;
+                s.connect(addr).await.map_err(io("connect"))?;
                 socket.insert(s)
             };
             // No reply of an earlier probe can be waiting: a probe that failed (timed out)
             // dropped the socket, and the next one has a new port.
             let mut buf = [0u8; 2048];
-            s.send(payload).await.context("send")?;
-            let n = s.recv(&mut buf).await.context("no reply")?;
-            ensure!(buf[..n].starts_with(expect_prefix), "reply does not start with the expected bytes");
-            Ok(())
+            s.send(payload).await.map_err(io("send"))?;
+            let n = s.recv(&mut buf).await.map_err(io("no reply"))?;
+            if buf[..n].starts_with(expect_prefix) { Ok(()) } else { Err(ProbeError::Prefix) }
         }
     }
 }
@@ -189,24 +228,24 @@ fn unspecified(like: IpAddr) -> SocketAddr {
 }
 
 /// This host's source address towards `to`, as the kernel would choose it.
-fn source_towards(to: IpAddr) -> anyhow::Result<IpAddr> {
-    let s = std::net::UdpSocket::bind(unspecified(to))?;
-    s.connect(SocketAddr::new(to, 9))?;
-    Ok(s.local_addr()?.ip())
+fn source_towards(to: IpAddr) -> Result<IpAddr, ProbeError> {
+    let s = std::net::UdpSocket::bind(unspecified(to)).map_err(io("bind"))?;
+    s.connect(SocketAddr::new(to, 9)).map_err(io("route towards the backend"))?;
+    Ok(s.local_addr().map_err(io("local address"))?.ip())
 }
 
 /// Sends `inner` (an IP packet from this host to the VIP) to the backend inside an outer header
 /// built by the kernel: a raw socket of protocol 4 (inner IPv4) or 41 (inner IPv6).
-fn send_encapsulated(backend: IpAddr, inner_v4: bool, inner: &[u8]) -> anyhow::Result<()> {
+fn send_encapsulated(backend: IpAddr, inner_v4: bool, inner: &[u8]) -> Result<(), ProbeError> {
     let domain = if backend.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
     let protocol = Protocol::from(if inner_v4 { libc::IPPROTO_IPIP } else { libc::IPPROTO_IPV6 });
-    let raw = Socket::new(domain, Type::RAW, Some(protocol)).context("raw socket (needs root)")?;
-    raw.send_to(inner, &SockAddr::from(SocketAddr::new(backend, 0))).context("send encapsulated probe")?;
+    let raw = Socket::new(domain, Type::RAW, Some(protocol)).map_err(io("raw socket (needs root)"))?;
+    raw.send_to(inner, &SockAddr::from(SocketAddr::new(backend, 0))).map_err(io("send encapsulated probe"))?;
     Ok(())
 }
 
 /// The inner packet's source and a port for the probe's flow.
-fn inner_source(target: &Target, vip: IpAddr) -> anyhow::Result<(IpAddr, u16)> {
+fn inner_source(target: &Target, vip: IpAddr) -> Result<(IpAddr, u16), ProbeError> {
     // The backend answers the inner source directly, so it must be this host's address of the
     // VIP's family, on the path towards the backend's segment.
     let source =
@@ -215,21 +254,25 @@ fn inner_source(target: &Target, vip: IpAddr) -> anyhow::Result<(IpAddr, u16)> {
     Ok((source, port))
 }
 
-fn tunnel_syn(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
+fn tunnel_syn(target: &Target, check: &HealthCheck) -> Result<(), ProbeError> {
     let vip = target.vip()?;
     let (source, port) = inner_source(target, vip)?;
     let seq = 0x6c62_0001;
     let builder = match (source, vip) {
         (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
         (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
-        _ => bail!("no source address of the VIP's family"),
+        _ => return Err(ProbeError::NoSource),
     };
     let mut syn = Vec::new();
-    builder.tcp(port, check.port, seq, 64_000).syn().write(&mut syn, &[])?;
+    builder
+        .tcp(port, check.port, seq, 64_000)
+        .syn()
+        .write(&mut syn, &[])
+        .map_err(|e| ProbeError::Build(e.to_string()))?;
     // Listen for the answer before asking.
     let domain = if vip.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-    let listener = Socket::new(domain, Type::RAW, Some(Protocol::TCP)).context("raw TCP socket (needs root)")?;
-    listener.set_read_timeout(Some(check.timeout))?;
+    let listener = Socket::new(domain, Type::RAW, Some(Protocol::TCP)).map_err(io("raw TCP socket (needs root)"))?;
+    listener.set_read_timeout(Some(check.timeout)).map_err(io("set a timeout"))?;
     send_encapsulated(target.backend, vip.is_ipv4(), &syn)?;
     let deadline = Instant::now() + check.timeout;
     let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
@@ -249,36 +292,34 @@ fn tunnel_syn(target: &Target, check: &HealthCheck) -> anyhow::Result<()> {
         let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
         let flags = tcp[13];
         if sport == check.port && dport == port && ack == seq.wrapping_add(1) {
-            ensure!(flags & 0x12 == 0x12, "the VIP answered the SYN with flags {flags:#04x}, not SYN-ACK");
-            return Ok(());
+            return if flags & 0x12 == 0x12 { Ok(()) } else { Err(ProbeError::NotSynAck(flags)) };
         }
     }
-    bail!("no SYN-ACK from {}:{} through the tunnel to {}", vip, check.port, target.backend)
+    Err(ProbeError::NoTunnelAnswer { what: "SYN-ACK", vip, port: check.port, backend: target.backend })
 }
 
-fn tunnel_udp(target: &Target, check: &HealthCheck, payload: &[u8], expect_prefix: &[u8]) -> anyhow::Result<()> {
+fn tunnel_udp(target: &Target, check: &HealthCheck, payload: &[u8], expect_prefix: &[u8]) -> Result<(), ProbeError> {
     let vip = target.vip()?;
     let (source, _) = inner_source(target, vip)?;
     // The reply comes back to a normal socket bound to the inner source.
-    let socket = std::net::UdpSocket::bind(SocketAddr::new(source, 0)).context("bind probe socket")?;
-    socket.set_read_timeout(Some(check.timeout))?;
-    let port = socket.local_addr()?.port();
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(source, 0)).map_err(io("bind probe socket"))?;
+    socket.set_read_timeout(Some(check.timeout)).map_err(io("set a timeout"))?;
+    let port = socket.local_addr().map_err(io("local address"))?.port();
     let builder = match (source, vip) {
         (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
         (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
-        _ => bail!("no source address of the VIP's family"),
+        _ => return Err(ProbeError::NoSource),
     };
     let mut datagram = Vec::new();
-    builder.udp(port, check.port).write(&mut datagram, payload)?;
+    builder.udp(port, check.port).write(&mut datagram, payload).map_err(|e| ProbeError::Build(e.to_string()))?;
     send_encapsulated(target.backend, vip.is_ipv4(), &datagram)?;
     let mut buf = [0u8; 2048];
     let deadline = Instant::now() + check.timeout;
     while Instant::now() < deadline {
-        let (n, from) = socket.recv_from(&mut buf).context("no reply through the tunnel")?;
+        let (n, from) = socket.recv_from(&mut buf).map_err(io("no reply through the tunnel"))?;
         if from == SocketAddr::new(vip, check.port) {
-            ensure!(buf[..n].starts_with(expect_prefix), "reply does not start with the expected bytes");
-            return Ok(());
+            return if buf[..n].starts_with(expect_prefix) { Ok(()) } else { Err(ProbeError::Prefix) };
         }
     }
-    bail!("no reply from {}:{} through the tunnel to {}", vip, check.port, target.backend)
+    Err(ProbeError::NoTunnelAnswer { what: "reply", vip, port: check.port, backend: target.backend })
 }
