@@ -140,52 +140,47 @@ impl Resolver {
         Ok(None)
     }
 
+    /// The kernel's record of interface `ifindex`, if it has one.
+    fn link(&mut self, ifindex: u32) -> Result<Option<LinkMessage>, NextHopError> {
+        let mut message = LinkMessage::default();
+        message.header.index = ifindex;
+        let answers = self.request("link lookup", RouteNetlinkMessage::GetLink(message), Answers::One)?;
+        Ok(answers.into_iter().find_map(|a| if let RouteNetlinkMessage::NewLink(link) = a { Some(link) } else { None }))
+    }
+
+    /// The XDP attributes of interface `ifindex` (empty when nothing is attached).
+    fn xdp_attributes(&mut self, ifindex: u32) -> Result<Vec<LinkXdp>, NextHopError> {
+        let Some(link) = self.link(ifindex)? else { return Ok(Vec::new()) };
+        Ok(link
+            .attributes
+            .into_iter()
+            .filter_map(|a| if let LinkAttribute::Xdp(xdp) = a { Some(xdp) } else { None })
+            .flatten()
+            .collect())
+    }
+
     /// How XDP is attached to interface `ifindex` now: in the driver (native), in the generic
     /// path, or not at all (`None`; also for hardware or several programs, which the balancer
     /// never attaches).
     pub fn xdp_attachment(&mut self, ifindex: u32) -> Result<Option<XdpAttachment>, NextHopError> {
-        let mut message = LinkMessage::default();
-        message.header.index = ifindex;
-        for answer in self.request("link lookup", RouteNetlinkMessage::GetLink(message), Answers::One)? {
-            let RouteNetlinkMessage::NewLink(link) = answer else { continue };
-            for attribute in &link.attributes {
-                let LinkAttribute::Xdp(xdp) = attribute else { continue };
-                for x in xdp {
-                    match x {
-                        LinkXdp::Attached(XdpAttached::Driver) => return Ok(Some(XdpAttachment::Native)),
-                        LinkXdp::Attached(XdpAttached::SocketBuffer) => return Ok(Some(XdpAttachment::Generic)),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        Ok(None)
+        Ok(self.xdp_attributes(ifindex)?.iter().find_map(|x| match x {
+            LinkXdp::Attached(XdpAttached::Driver) => Some(XdpAttachment::Native),
+            LinkXdp::Attached(XdpAttached::SocketBuffer) => Some(XdpAttachment::Generic),
+            _ => None,
+        }))
     }
 
     /// The id of the XDP program running on interface `ifindex`, if one is.
     pub fn xdp_program(&mut self, ifindex: u32) -> Result<Option<u32>, NextHopError> {
-        let mut message = LinkMessage::default();
-        message.header.index = ifindex;
-        for answer in self.request("link lookup", RouteNetlinkMessage::GetLink(message), Answers::One)? {
-            let RouteNetlinkMessage::NewLink(link) = answer else { continue };
-            for attribute in &link.attributes {
-                let LinkAttribute::Xdp(xdp) = attribute else { continue };
-                if let Some(id) = xdp.iter().find_map(|x| if let LinkXdp::ProgId(id) = x { Some(*id) } else { None }) {
-                    return Ok(Some(id));
-                }
-            }
-        }
-        Ok(None)
+        Ok(self
+            .xdp_attributes(ifindex)?
+            .iter()
+            .find_map(|x| if let LinkXdp::ProgId(id) = x { Some(*id) } else { None }))
     }
 
     /// Whether interface `ifindex` is up with a carrier (`IFF_RUNNING`).
     pub fn link_running(&mut self, ifindex: u32) -> Result<bool, NextHopError> {
-        let mut message = LinkMessage::default();
-        message.header.index = ifindex;
-        let answers = self.request("link lookup", RouteNetlinkMessage::GetLink(message), Answers::One)?;
-        Ok(answers
-            .iter()
-            .any(|a| matches!(a, RouteNetlinkMessage::NewLink(link) if link.header.flags.contains(LinkFlags::Running))))
+        Ok(self.link(ifindex)?.is_some_and(|link| link.header.flags.contains(LinkFlags::Running)))
     }
 
     /// The neighbour tables (IPv4 and IPv6) and every interface's MAC.

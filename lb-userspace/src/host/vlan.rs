@@ -33,7 +33,7 @@ pub enum VlanError {
 pub fn keep_vlan_tags(interface: &str) -> Result<Vec<&'static str>, VlanError> {
     let io = |error| VlanError::Ioctl { interface: interface.to_string(), error };
     let socket = socket().map_err(io)?;
-    let names = feature_names(&socket, interface).map_err(io)?;
+    let names = string_set(&socket, interface, ETH_SS_FEATURES).map_err(io)?;
     let mut turned_off = Vec::new();
     for feature in RECEIVE_VLAN_OFFLOADS {
         let Some(bit) = names.iter().position(|n| n == feature) else { continue };
@@ -57,14 +57,9 @@ pub fn keep_vlan_tags(interface: &str) -> Result<Vec<&'static str>, VlanError> {
 /// interface has no such feature.
 pub fn receive_offload(interface: &str, feature: &str) -> std::io::Result<Option<bool>> {
     let socket = socket()?;
-    let names = feature_names(&socket, interface)?;
+    let names = string_set(&socket, interface, ETH_SS_FEATURES)?;
     let Some(bit) = names.iter().position(|n| n == feature) else { return Ok(None) };
     Ok(Some(features(&socket, interface, names.len())?.active(bit)))
-}
-
-/// The names of the interface's features, by bit.
-fn feature_names(socket: &std::net::UdpSocket, interface: &str) -> std::io::Result<Vec<String>> {
-    string_set(socket, interface, ETH_SS_FEATURES)
 }
 
 /// The features' words: per 32 features, (available, requested, active, never changed).
