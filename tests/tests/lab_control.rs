@@ -900,28 +900,31 @@ fn fleet_diff(env: &mut Env) -> anyhow::Result<()> {
         "lb_backend_effective_weight{vip=\"web\",backend=\"198.18.0.21\"} 1",
         "lb_backend_effective_weight{vip=\"web\",backend=\"198.18.0.21\"} 5",
     );
-    let stand_in = lb_lab::spawn_in_namespace(lb_lab::BALANCER, move || {
+    // Listening before `lb` is started: the stand-in's socket is bound in the balancer's
+    // namespace here, and served from a thread of this one.
+    let listener = in_namespace(lb_lab::BALANCER, || std::net::TcpListener::bind("127.0.0.1:9199"))?
+        .context("binding the stand-in member")?;
+    let stand_in = std::thread::spawn(move || -> std::io::Result<()> {
         use std::io::{Read as _, Write as _};
-        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:9199") else { return };
-        if let Ok((mut s, _)) = listener.accept() {
-            let mut request = [0u8; 1024];
-            let _ = s.read(&mut request);
-            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{doctored}", doctored.len());
-        }
+        let (mut s, _) = listener.accept()?;
+        let mut request = [0u8; 1024];
+        let _ = s.read(&mut request)?;
+        write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{doctored}", doctored.len())
     });
-    std::thread::sleep(Duration::from_millis(100));
     let output = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lb_lab::BALANCER))
         .args([lb.as_str(), "fleet", "diff", CONTROL_SOCKET, "http://127.0.0.1:9199/metrics"])
         .output()?;
-    stand_in.join().map_err(|_| anyhow::anyhow!("stand-in panicked"))??;
+    let served = stand_in.join().map_err(|_| anyhow::anyhow!("stand-in panicked"))?;
     let said = String::from_utf8_lossy(&output.stdout);
-    ensure!(output.status.code() == Some(1), "exit status {:?}: {said}", output.status.code());
+    let errors = String::from_utf8_lossy(&output.stderr);
+    served.context("serving the stand-in's metrics")?;
+    ensure!(output.status.code() == Some(1), "exit status {:?}: {said}{errors}", output.status.code());
     ensure!(
         said.contains(
             "web              backend 198.18.0.21 weight 1 on /run/lb/lab.sock, 5 on http://127.0.0.1:9199/metrics"
         ),
-        "lb fleet diff said: {said}"
+        "lb fleet diff said: {said}{errors}"
     );
     println!("    lb fleet diff: the agent's socket and metrics agree; a stand-in with one weight changed:\n{said}");
     Ok(())

@@ -71,7 +71,9 @@ fn metrics(endpoint: &str) -> anyhow::Result<String> {
     let mut stream =
         TcpStream::connect_timeout(&address, timeout).with_context(|| format!("connecting to {endpoint}"))?;
     stream.set_read_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    // One write: the agent's metrics server answers after the first read.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).with_context(|| format!("sending to {endpoint}"))?;
     let mut response = String::new();
     stream.read_to_string(&mut response).with_context(|| format!("reading {endpoint}"))?;
     let (head, body) = response.split_once("\r\n\r\n").with_context(|| format!("{endpoint}: not an HTTP response"))?;
