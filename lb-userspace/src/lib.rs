@@ -7,12 +7,14 @@
 //! - [`dataplane`]: everything that touches kernel objects: the embedded programs, typed handles
 //!   on their maps, pins on bpffs, attachment through pinned links.
 //! - [`host`]: the kernel around the data plane: forwarding, neighbours, next hops, VLAN offload.
+//! - [`bgp`]: announcing VIPs through BIRD: the file the agent writes for it, its control socket.
 //! - [`inspect`]: the read-only views (`lb trace`, `lb plan`, `lb stats`), from the pinned maps.
 //! - [`agent`]: the long-running process: its loop, the control socket, health checks, the
 //!   active-flow recount and the metrics server.
 //!
 //! The `lb` binary's command line lives beside this library, in `src/cli/`.
 pub mod agent;
+pub mod bgp;
 pub mod config;
 pub mod dataplane;
 pub mod host;

@@ -12,6 +12,7 @@ use cli::{
     config::{ConfigCommand, ReloadArgs},
     decap::DecapCommand,
     fleet::FleetCommand,
+    node::NodeCommand,
     plan::PlanArgs,
     run::{CheckArgs, DetachArgs, RunArgs},
     stats::StatsArgs,
@@ -61,6 +62,9 @@ enum Command {
     /// Several balancers: whether their tables are the same.
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// This balancer in its fleet: withdraw its VIPs from the routers (drain) or announce them again.
+    #[command(subcommand)]
+    Node(NodeCommand),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => cli::plan::run(args).map(|()| ExitCode::SUCCESS),
         Command::Decap(command) => cli::decap::run(command).map(|()| ExitCode::SUCCESS),
         Command::Fleet(command) => cli::fleet::run(command),
+        Command::Node(command) => cli::node::run(command),
     };
     done.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

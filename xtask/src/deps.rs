@@ -21,6 +21,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bind9-dnsutils", "dig, the lab client's DNS queries"),
     ("iperf3", "the benchmark's TCP throughput through the VIP in the lab"),
     ("libnginx-mod-stream", "the benchmark's userspace UDP proxy (nginx stream) next to the balancer"),
+    ("bird2", "the BGP daemon: the balancer's VIP announcements and the fleet lab's router"),
     ("fonts-dejavu-core", "the text of the benchmark's figures in docs/performance.md"),
 ];
 

@@ -31,13 +31,42 @@ pub enum Request {
     ConfigDump,
     Reload,
     VipList,
-    VipAdd { name: String, address: String, port: i64, protocol: String, table_size: Option<i64> },
-    VipRemove { name: String },
-    BackendList { vip: Option<String> },
-    BackendAdd { vip: String, address: String, weight: Option<i64> },
-    BackendRemove { vip: String, address: String },
-    BackendWeight { vip: String, address: String, weight: i64 },
-    BackendState { vip: String, address: String, state: AdminState },
+    VipAdd {
+        name: String,
+        address: String,
+        port: i64,
+        protocol: String,
+        table_size: Option<i64>,
+    },
+    VipRemove {
+        name: String,
+    },
+    BackendList {
+        vip: Option<String>,
+    },
+    BackendAdd {
+        vip: String,
+        address: String,
+        weight: Option<i64>,
+    },
+    BackendRemove {
+        vip: String,
+        address: String,
+    },
+    BackendWeight {
+        vip: String,
+        address: String,
+        weight: i64,
+    },
+    BackendState {
+        vip: String,
+        address: String,
+        state: AdminState,
+    },
+    /// `lb node drain` (`drain`) or `lb node undrain`; answered with `announce::BgpStatus`.
+    Node {
+        drain: bool,
+    },
 }
 
 /// The agent's answer: an error, or a body whose type the request decides (`status::Status` for
@@ -130,7 +159,12 @@ pub fn edit(config: &Config, request: &Request) -> Result<Option<Config>, String
             })
     };
     match request {
-        Request::Status | Request::ConfigDump | Request::Reload | Request::VipList | Request::BackendList { .. } => {
+        Request::Status
+        | Request::ConfigDump
+        | Request::Reload
+        | Request::VipList
+        | Request::BackendList { .. }
+        | Request::Node { .. } => {
             return Ok(None);
         }
         Request::VipAdd { name, address, port, protocol, table_size } => {

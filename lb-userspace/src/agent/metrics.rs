@@ -35,7 +35,7 @@ pub async fn serve(listener: TcpListener, requests: ControlSender, pins: PinDir)
 }
 
 /// The agent's metric families: name, type, help.
-const AGENT_FAMILIES: [(&str, &str, &str); 13] = [
+const AGENT_FAMILIES: [(&str, &str, &str); 18] = [
     (
         "lb_data_plane_healthy",
         "gauge",
@@ -67,6 +67,15 @@ const AGENT_FAMILIES: [(&str, &str, &str); 13] = [
         "Packets the VIP's admission refused (source lists, spoofed sources, per-source rates), by reason.",
     ),
     ("lb_source_buckets", "gauge", "Client prefixes with per-source rate buckets now."),
+    (
+        "lb_vip_announced",
+        "gauge",
+        "1 if the VIP address is announced over BGP, 0 if withdrawn (with the reason as a label).",
+    ),
+    ("lb_node_drained", "gauge", "1 while `lb node drain` keeps every VIP withdrawn."),
+    ("lb_bgp_applied", "gauge", "1 if BIRD accepted the agent's current announcements file."),
+    ("lb_bgp_session_established", "gauge", "1 per peer whose BGP session is Established."),
+    ("lb_bgp_bfd_up", "gauge", "1 per peer whose BFD session is Up (absent without BFD)."),
 ];
 
 fn render(pins: &PinDir, status: Option<&Status>) -> String {
@@ -122,6 +131,22 @@ fn render(pins: &PinDir, status: Option<&Status>) -> String {
         let _ = writeln!(s, "lb_vip_untracked_flows_total{{{labels}}} {}", v.untracked_flows);
         for (reason, n) in &v.admission.refused {
             let _ = writeln!(s, "lb_vip_admission_refused_packets_total{{{labels},reason=\"{reason}\"}} {n}");
+        }
+    }
+    if let Some(bgp) = &status.bgp {
+        let _ = writeln!(s, "lb_node_drained {}", u8::from(bgp.drained));
+        let _ = writeln!(s, "lb_bgp_applied {}", u8::from(bgp.speaking.applied && bgp.speaking.problem.is_none()));
+        for r in &bgp.routes {
+            let reason = r.withdrawn.map_or("", crate::bgp::Withdrawn::label);
+            let announced = u8::from(r.withdrawn.is_none());
+            let _ = writeln!(s, "lb_vip_announced{{address=\"{}\",reason=\"{reason}\"}} {announced}", r.address);
+        }
+        for p in &bgp.speaking.sessions {
+            let labels = format!("peer=\"{}\",address=\"{}\"", p.protocol, p.address);
+            let _ = writeln!(s, "lb_bgp_session_established{{{labels}}} {}", u8::from(p.established()));
+            if let Some(bfd) = &p.bfd {
+                let _ = writeln!(s, "lb_bgp_bfd_up{{{labels}}} {}", u8::from(bfd == "Up"));
+            }
         }
     }
     for b in &status.backends {

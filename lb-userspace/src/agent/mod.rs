@@ -14,7 +14,8 @@
 //! (the socket's protocol, its server and its client), [`status`] (what the agent tells about
 //! itself, typed), [`fleet`] (comparing balancers' tables), [`health`] (probes), [`active`]
 //! (the recount of active flows), [`delivery`]
-//! (whether the drivers transmit what the data plane forwards), [`metrics`] (Prometheus).
+//! (whether the drivers transmit what the data plane forwards), [`announce`] (the VIPs' BGP
+//! announcements and the task that hands them to BIRD), [`metrics`] (Prometheus).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,6 +32,7 @@ use tokio::{
 };
 
 pub mod active;
+pub mod announce;
 mod checks;
 pub mod control;
 pub mod delivery;
@@ -107,6 +109,14 @@ struct Agent {
     failed_repair: Option<String>,
     /// Interfaces found down by [`Agent::egress_down`], until a probe through them succeeds.
     links_down: BTreeSet<u32>,
+    /// Announcements start once the data plane is attached.
+    announcing: bool,
+    /// `lb node drain`: every VIP address withdrawn.
+    drained: bool,
+    /// The VIP addresses and whether they are announced, as last handed to the speaker.
+    routes: Vec<crate::bgp::Route>,
+    /// The task that hands announcements to BIRD; started with the first.
+    speaker: Option<announce::Speaker>,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -201,11 +211,18 @@ impl Agent {
             next_hops: NextHops::new().context("opening an rtnetlink socket for next hops")?,
             links_down: BTreeSet::new(),
             failed_repair: None,
+            announcing: false,
+            drained: false,
+            routes: Vec::new(),
+            speaker: None,
         };
+        agent.drained = crate::bgp::drained_path(&agent.config.instance.name).exists();
         agent.apply()?;
         agent.fingerprints = fingerprints(&agent.current, &agent.config);
         agent.ready_host();
         agent.attach()?;
+        agent.announcing = true;
+        agent.announce();
         agent.sync_checks();
         active::spawn(agent.pins.clone(), Arc::clone(&agent.recount_plan)).context("starting the recount thread")?;
         Ok((agent, outcome_rx))
@@ -319,6 +336,7 @@ impl Agent {
         if !ops.is_empty() {
             self.refresh_next_hops();
         }
+        self.announce();
         Ok(())
     }
 
@@ -363,6 +381,7 @@ impl Agent {
     /// Next hops, response-time weights, slow starts; whether the configuration file changed.
     fn tick(&mut self) -> bool {
         self.self_check();
+        self.announce();
         self.watch_delivery();
         self.refresh_next_hops();
         if policy::update_response_factors(&self.config, &mut self.health)
@@ -438,6 +457,25 @@ impl Agent {
         match &request {
             Request::Status => return Response::answer(&self.status()),
             Request::ConfigDump => return Response::answer(&self.config.to_toml()),
+            Request::Node { drain } => {
+                if self.config.bgp.is_none() {
+                    return Response::error(format!(
+                        "instance {} announces nothing (its configuration has no [bgp]): there is nothing to {}",
+                        self.config.instance.name,
+                        if *drain { "withdraw" } else { "announce" }
+                    ));
+                }
+                return match self.set_drained(*drain) {
+                    Ok(()) => {
+                        tracing::warn!(drained = drain, "node {}", if *drain { "drained" } else { "undrained" });
+                        Response::answer(&self.bgp_status())
+                    }
+                    Err(e) => Response::error(format!(
+                        "recording the drain at {}: {e}",
+                        crate::bgp::drained_path(&self.config.instance.name).display()
+                    )),
+                };
+            }
             Request::VipList => return Response::answer(&self.vip_rows()),
             Request::BackendList { vip } => {
                 let mut rows = self.backend_rows();

@@ -29,6 +29,9 @@ pub struct Status {
     pub data_plane: DataPlaneHealth,
     pub vips: Vec<VipStatus>,
     pub backends: Vec<BackendStatus>,
+    /// The VIPs' announcements, if the configuration has `[bgp]`.
+    #[serde(default)]
+    pub bgp: Option<super::announce::BgpStatus>,
 }
 
 /// The agent's self-check of its data plane: pinned maps, and each interface's program.
@@ -151,6 +154,7 @@ impl Agent {
             },
             vips: self.vip_rows(),
             backends: self.backend_rows(),
+            bgp: self.bgp_status(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`stats`], [`trace`], [`plan`]: read-only views from the pinned maps.
 //! - [`decap`]: the backends' decapsulation program.
 //! - [`fleet`]: comparing the tables of several balancers.
+//! - [`node`]: draining this balancer out of the fleet and back.
 
 use std::path::PathBuf;
 
@@ -18,6 +19,7 @@ pub mod backend;
 pub mod config;
 pub mod decap;
 pub mod fleet;
+pub mod node;
 pub mod plan;
 pub mod run;
 pub mod stats;
@@ -37,6 +39,10 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// Sends `request` and reads the answer as the type the request answers with.
     fn ask<T: DeserializeOwned>(&self, request: Request) -> anyhow::Result<T> {
         let socket = self.socket.clone().unwrap_or_else(|| PathBuf::from(format!("/run/lb/{}.sock", self.instance)));

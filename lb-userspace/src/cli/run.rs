@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use lb_userspace::{agent, config::Config, dataplane::PinDir};
+use lb_userspace::{agent, bgp, config::Config, dataplane::PinDir};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -47,5 +47,23 @@ pub fn detach(args: DetachArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(pins.exists(), "no instance {instance}: nothing pinned at {}", pins.root().display());
     pins.remove().with_context(|| format!("removing {}", pins.root().display()))?;
     println!("detached instance {instance} and removed {}", pins.root().display());
+    withdraw(&instance)
+}
+
+/// Withdraws the instance's announcements, if it made any: its file for BIRD is left without
+/// sessions or routes, and BIRD is told to read it.
+fn withdraw(instance: &str) -> anyhow::Result<ExitCode> {
+    let include = bgp::include_path(instance);
+    let Ok(text) = std::fs::read_to_string(&include) else { return Ok(ExitCode::SUCCESS) };
+    let Some(socket) = bgp::render::socket_of(&text).map(std::path::Path::to_path_buf) else {
+        anyhow::bail!("{} is not a file lb wrote; its announcements were left alone", include.display());
+    };
+    bgp::write_if_changed(&include, &bgp::render::render_detached(instance, &socket))
+        .with_context(|| format!("writing {}", include.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async { bgp::bird::Bird::connect(&socket).await?.configure().await }).with_context(|| {
+        format!("withdrawing the VIPs: {} says nothing now, but BIRD did not read it", include.display())
+    })?;
+    println!("withdrew its VIPs from BGP (BIRD at {})", socket.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use lb_userspace::agent::{control::Request, status::Status};
+use lb_userspace::agent::{announce::BgpStatus, control::Request, status::Status};
 
 use super::{AgentArgs, backend, cell, vip};
 
@@ -50,9 +50,38 @@ fn table(status: &Status) -> String {
     for w in &status.warnings {
         let _ = writeln!(s, "WARNING: {w}");
     }
+    if let Some(bgp) = &status.bgp {
+        s += &announcements(bgp);
+    }
     s += "\n";
     s += &vip::table(&status.vips);
     s += "\n";
     s += &backend::table(&status.backends);
+    s
+}
+
+/// The node's announcements and its peers' sessions.
+fn announcements(bgp: &BgpStatus) -> String {
+    let mut s = String::new();
+    if bgp.drained {
+        let _ = writeln!(s, "NODE DRAINED: every VIP withdrawn (`lb node undrain` announces them again)");
+    }
+    match &bgp.speaking.problem {
+        Some(problem) => {
+            let _ = writeln!(s, "BGP NOT APPLIED: {problem}");
+        }
+        None if !bgp.speaking.applied => {
+            let _ = writeln!(s, "bgp: handing the announcements to BIRD");
+        }
+        None => {}
+    }
+    for r in &bgp.routes {
+        let state = r.withdrawn.map_or_else(|| "announced".to_string(), |w| format!("withdrawn: {}", w.describe()));
+        let _ = writeln!(s, "route {} ({}): {state}", r.address, r.vips.join(", "));
+    }
+    for p in &bgp.speaking.sessions {
+        let bfd = p.bfd.as_ref().map(|b| format!(", BFD {b}")).unwrap_or_default();
+        let _ = writeln!(s, "peer {} AS{} ({}): {} {}{bfd}", p.address, p.asn, p.protocol, p.state, p.info);
+    }
     s
 }

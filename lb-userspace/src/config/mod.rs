@@ -5,11 +5,13 @@
 //! allowed. A file with any problem yields no [`Config`] at all, so nothing of it can be applied.
 //!
 //! Rooms: this file (the model types), `raw` (the file as serde reads it), `validate/` (the
-//! validator), `admission` (`[vip.admission]`: its types and their validation), `names` (enum
+//! validator), `admission` (`[vip.admission]`: its types and their validation), [`bgp`] (`[bgp]`
+//! and `[vip.bgp]`: the same for announcing VIPs), `names` (enum
 //! names, spelled once), `render` (back to TOML, for `lb config dump`), `data_plane` (the
 //! configuration's values as the data plane holds them).
 
 mod admission;
+pub mod bgp;
 mod data_plane;
 mod names;
 mod raw;
@@ -271,6 +273,8 @@ pub struct SourcePrefix<A> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub instance: Instance,
+    /// Announcing the VIPs over BGP; None: the balancer announces nothing.
+    pub bgp: Option<bgp::Bgp>,
     pub vips: Vec<Vip>,
 }
 
@@ -322,6 +326,8 @@ pub struct Vip {
     pub new_flow_budget: u32,
     /// Whom the VIP serves: source lists and per-source rates.
     pub admission: Admission,
+    /// Attributes of the VIP address's route when `[bgp]` announces it.
+    pub route: bgp::RouteAttributes,
     pub health: Option<HealthCheck>,
     pub backends: Vec<Backend>,
 }

@@ -9,7 +9,60 @@ use toml::Spanned;
 pub struct File {
     pub instance: Spanned<Instance>,
     #[serde(default)]
+    pub bgp: Option<Spanned<Bgp>>,
+    #[serde(default)]
     pub vip: Vec<Spanned<Vip>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bgp {
+    pub local_asn: Spanned<i64>,
+    #[serde(default)]
+    pub router_id: Option<Spanned<String>>,
+    #[serde(default)]
+    pub bird_socket: Option<Spanned<String>>,
+    #[serde(default)]
+    pub next_hop_v4: Option<Spanned<String>>,
+    #[serde(default)]
+    pub next_hop_v6: Option<Spanned<String>>,
+    #[serde(default)]
+    pub communities: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub drain_grace_secs: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub hold_time_secs: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub bfd_interval_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub bfd_multiplier: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub peer: Vec<Spanned<Peer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub address: Spanned<String>,
+    pub asn: Spanned<i64>,
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub password: Option<Spanned<String>>,
+    #[serde(default)]
+    pub bfd: Option<Spanned<bool>>,
+}
+
+/// `[vip.bgp]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipBgp {
+    #[serde(default)]
+    pub med: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub local_pref: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub communities: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +123,8 @@ pub struct Vip {
     pub health: Option<Spanned<Health>>,
     #[serde(default)]
     pub admission: Option<Spanned<Admission>>,
+    #[serde(default)]
+    pub bgp: Option<Spanned<VipBgp>>,
     #[serde(default)]
     pub backend: Vec<Spanned<Backend>>,
 }

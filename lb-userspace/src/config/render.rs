@@ -3,7 +3,10 @@
 
 use std::fmt::Write as _;
 
-use super::{AdminState, CheckKind, Config, HealthCheck, HttpMethod, Named as _, Scheduler};
+use super::{
+    AdminState, CheckKind, Config, HealthCheck, HttpMethod, Named as _, Scheduler,
+    bgp::{Bgp, Community, RouteAttributes},
+};
 
 impl Config {
     pub fn to_toml(&self) -> String {
@@ -33,6 +36,9 @@ impl Config {
         if let Some([k0, k1]) = i.flow_hash_key {
             let _ = writeln!(s, "flow_hash_key = \"{k0:016x}{k1:016x}\"");
         }
+        if let Some(b) = &self.bgp {
+            bgp(&mut s, b);
+        }
         for v in &self.vips {
             let _ = writeln!(s, "\n[[vip]]");
             let _ = writeln!(s, "name = {}", quote(&v.name));
@@ -55,6 +61,17 @@ impl Config {
             }
             if !v.admission.admits_all() {
                 admission(&mut s, &v.admission);
+            }
+            if v.route != RouteAttributes::default() {
+                let r = &v.route;
+                let _ = writeln!(s, "[vip.bgp]");
+                if let Some(med) = r.med {
+                    let _ = writeln!(s, "med = {med}");
+                }
+                if let Some(pref) = r.local_pref {
+                    let _ = writeln!(s, "local_pref = {pref}");
+                }
+                let _ = writeln!(s, "communities = [{}]", communities(&r.communities));
             }
             for b in &v.backends {
                 let _ = writeln!(s, "[[vip.backend]]");
@@ -110,6 +127,39 @@ fn health(s: &mut String, h: &HealthCheck) {
             }
         }
     }
+}
+
+fn bgp(s: &mut String, b: &Bgp) {
+    let _ = writeln!(s, "\n[bgp]");
+    let _ = writeln!(s, "local_asn = {}", b.local_asn);
+    if let Some(id) = b.router_id {
+        let _ = writeln!(s, "router_id = \"{id}\"");
+    }
+    let _ = writeln!(s, "bird_socket = {}", quote(&b.bird_socket.to_string_lossy()));
+    for (key, hop) in [("next_hop_v4", b.next_hop_v4), ("next_hop_v6", b.next_hop_v6)] {
+        if let Some(hop) = hop {
+            let _ = writeln!(s, "{key} = \"{hop}\"");
+        }
+    }
+    let _ = writeln!(s, "communities = [{}]", communities(&b.communities));
+    let _ = writeln!(s, "drain_grace_secs = {}", b.drain_grace.as_secs());
+    let _ = writeln!(s, "hold_time_secs = {}", b.hold_time_secs);
+    let _ = writeln!(s, "bfd_interval_ms = {}", b.bfd_interval.as_millis());
+    let _ = writeln!(s, "bfd_multiplier = {}", b.bfd_multiplier);
+    for p in &b.peers {
+        let _ = writeln!(s, "[[bgp.peer]]");
+        let _ = writeln!(s, "name = {}", quote(&p.name));
+        let _ = writeln!(s, "address = \"{}\"", p.address);
+        let _ = writeln!(s, "asn = {}", p.asn);
+        if let Some(password) = &p.password {
+            let _ = writeln!(s, "password = {}", quote(password));
+        }
+        let _ = writeln!(s, "bfd = {}", p.bfd);
+    }
+}
+
+fn communities(list: &[Community]) -> String {
+    list.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -202,7 +202,16 @@ impl Validator<'_> {
                 format!("{} VIPs, at most {MAX_VIPS} are supported", file.vip.len()),
             );
         }
-        let config = Config { instance: instance?, vips };
+        let bgp = match &file.bgp {
+            None => Some(None),
+            Some(b) => self.bgp(b.get_ref(), file.instance.get_ref().name.get_ref()).map(Some),
+        };
+        if self.problems.is_empty()
+            && let Some(Some(bgp)) = &bgp
+        {
+            self.announcements(&file, bgp, &vips);
+        }
+        let config = Config { instance: instance?, bgp: bgp?, vips };
         if config.backend_count() > MAX_BACKENDS as usize {
             self.problem(
                 0..0,

@@ -51,6 +51,10 @@ impl Validator<'_> {
             None => Some(Admission::default()),
             Some(a) => self.admission(a, &format!("{field}.admission"), vip_address),
         };
+        let route = match &raw.bgp {
+            None => Some(crate::config::bgp::RouteAttributes::default()),
+            Some(b) => self.route_attributes(b.get_ref(), &format!("{field}.bgp")),
+        };
         let backends = self.backends(&raw.backend, field, vip_port);
         let table_size = table_size.map(|size| size.unwrap_or_else(|| default_table_size(raw.backend.len())));
         if let Some(size) = table_size
@@ -75,6 +79,7 @@ impl Validator<'_> {
             slow_start: std::time::Duration::from_secs(slow_start_secs? as u64),
             new_flow_budget: new_flow_budget? as u32,
             admission: admission?,
+            route: route?,
             health: vip_health?,
             backends,
         })
