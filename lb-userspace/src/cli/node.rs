@@ -36,7 +36,7 @@ pub enum NodeCommand {
 pub struct DrainArgs {
     #[command(flatten)]
     agent: AgentArgs,
-    /// How long to wait at most for new flows to stop (default: [bgp] drain_grace_secs).
+    /// How long to wait at most for new flows to stop (default: `drain_grace_secs` of `[bgp]`).
     #[arg(long, value_name = "SECONDS")]
     grace: Option<u64>,
     /// Withdraw and return at once, without watching the traffic.
