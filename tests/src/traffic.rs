@@ -30,11 +30,16 @@ fn fresh_port() -> anyhow::Result<u16> {
 
 impl Http {
     pub fn connect(vip: IpAddr) -> anyhow::Result<Self> {
+        Self::connect_port(vip, 80)
+    }
+
+    /// A connection to `vip` port `port`.
+    pub fn connect_port(vip: IpAddr, port: u16) -> anyhow::Result<Self> {
         let domain = if vip.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
         let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
         let any = if vip.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) };
         socket.bind(&SocketAddr::new(any, fresh_port()?).into()).context("bind a fresh client port")?;
-        socket.connect_timeout(&SocketAddr::new(vip, 80).into(), TIMEOUT).context("connect")?;
+        socket.connect_timeout(&SocketAddr::new(vip, port).into(), TIMEOUT).context("connect")?;
         let stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;

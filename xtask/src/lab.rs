@@ -1,10 +1,11 @@
-//! `cargo xtask lab up|down` and `cargo xtask demo`: the balancer in the namespaced lab
-//! (`lb-lab`) with real servers and real clients.
+//! `cargo xtask lab up|down` and `cargo xtask demo [--fleet]`: the balancer in the namespaced
+//! lab (`lb-lab`) with real servers and real clients; with `--fleet`, two balancers behind a
+//! router that learns the VIPs from them over BGP.
 
 use std::{collections::BTreeMap, time::Duration};
 
-use anyhow::bail;
-use lb_lab::{BACKEND_NAMES, CLIENT, INSTANCE, Lab, VIP_V4, VIP_V6, ns};
+use anyhow::{Context as _, bail};
+use lb_lab::{BACKEND_NAMES, CLIENT, FAR_CLIENT, INSTANCE, Lab, ROUTER, VIP_V4, VIP_V6, fleet::MEMBERS, ns};
 
 use crate::cmd;
 
@@ -153,4 +154,116 @@ fn dig(server: &str) -> Vec<String> {
         .iter()
         .map(ToString::to_string)
         .collect()
+}
+
+/// New requests the fleet demo sends in each phase.
+const FLEET_REQUESTS: usize = 60;
+
+pub fn demo_fleet() -> anyhow::Result<()> {
+    let lab = lab()?;
+    let mut agents = Vec::new();
+    let result = demo_fleet_in(&lab, &mut agents);
+    for agent in agents.into_iter().flatten() {
+        let _ = lab.stop_agent(agent);
+    }
+    lab.down();
+    result
+}
+
+fn demo_fleet_in(lab: &Lab, agents: &mut Vec<Option<std::process::Child>>) -> anyhow::Result<()> {
+    println!("== lab up, with a router (BIRD, AS 65000) and two balancers (BIRD, AS 65010) on its segment");
+    lab.up()?;
+    lab.fleet_up()?;
+    let template = cmd::workspace_root().join("config/fleet.toml");
+    for (i, member) in MEMBERS.iter().enumerate() {
+        let config = lab.member_config(&template, i)?;
+        let log = lab.member_log(i);
+        let _ = std::fs::remove_file(&log);
+        println!("== {}: lb run --config {}", member.instance, config.display());
+        agents.push(Some(lab.start_member_agent(i, &config, &log)?));
+    }
+    let vip = std::net::IpAddr::V4(VIP_V4);
+    let both: Vec<std::net::IpAddr> = MEMBERS.iter().map(|m| m.v4.into()).collect();
+    lab.wait_for_next_hops(vip, &both, Duration::from_secs(30))?;
+    println!("\n== the router's route to {VIP_V4} (learnt over BGP, ECMP over both members)");
+    print!("{}", ns(ROUTER, "ip", &["route", "show", &VIP_V4.to_string()])?);
+    let members_line = |lab: &Lab, label: &str| -> anyhow::Result<String> {
+        let before = new_flows(lab)?;
+        let failed = far_requests(FLEET_REQUESTS);
+        let after = new_flows(lab)?;
+        Ok(format!("{label:<44}{:>10}{:>10}{:>8}", after[0] - before[0], after[1] - before[1], failed))
+    };
+    let mut summary =
+        vec![format!("{:<44}{:>10}{:>10}{:>8}", "phase (60 new connections each)", "fleet-a", "fleet-b", "failed")];
+    summary.push(members_line(lab, "both members announce")?);
+
+    println!("\n== lb fleet diff (the members' tables)");
+    let sockets: Vec<String> = MEMBERS.iter().map(|m| format!("/run/lb/{}.sock", m.instance)).collect();
+    print!(
+        "{}",
+        cmd::output(std::process::Command::new(&lab.lb).args(["fleet", "diff", &sockets[0], &sockets[1]]))
+            .unwrap_or_default()
+    );
+    println!("\n== lb status --instance fleet-a");
+    print!(
+        "{}",
+        cmd::output(std::process::Command::new(&lab.lb).args(["status", "--instance", "fleet-a"])).unwrap_or_default()
+    );
+
+    println!("\n== lb node drain --instance fleet-a --grace 10");
+    let drained = std::process::Command::new(&lab.lb)
+        .args(["node", "drain", "--instance", "fleet-a", "--grace", "10"])
+        .status()?;
+    print!("{}", ns(ROUTER, "ip", &["route", "show", &VIP_V4.to_string()])?);
+    summary.push(members_line(lab, "fleet-a drained")?);
+    println!("\n== lb node undrain --instance fleet-a");
+    cmd::run(std::process::Command::new(&lab.lb).args(["node", "undrain", "--instance", "fleet-a"]))?;
+    lab.wait_for_next_hops(vip, &both, Duration::from_secs(30))?;
+    summary.push(members_line(lab, "fleet-a undrained")?);
+
+    println!("\n== fleet-b dies the hard way: its agent SIGKILLed, its link down");
+    if let Some(mut agent) = agents.get_mut(1).and_then(Option::take) {
+        agent.kill()?;
+        agent.wait()?;
+    }
+    lab.member_link(1, false)?;
+    let start = std::time::Instant::now();
+    lab.wait_for_next_hops(vip, &both[..1], Duration::from_secs(10))?;
+    println!("the router stopped using fleet-b {} ms after its link went down (BFD)", start.elapsed().as_millis());
+    summary.push(members_line(lab, "fleet-b dead")?);
+
+    println!("\n== summary: new flows per member, requests that failed");
+    for line in &summary {
+        println!("{line}");
+    }
+    println!("agent logs: {} and {}", lab.member_log(0).display(), lab.member_log(1).display());
+    let failed: usize = summary[1..].iter().filter_map(|l| l.split_whitespace().last()?.parse::<usize>().ok()).sum();
+    if failed > 0 || !drained.success() {
+        bail!("{failed} requests failed{}", if drained.success() { "" } else { "; the drain did not complete" });
+    }
+    Ok(())
+}
+
+/// New flows each member's data plane counted, from `lb stats --json`.
+fn new_flows(lab: &Lab) -> anyhow::Result<Vec<u64>> {
+    MEMBERS
+        .iter()
+        .map(|m| {
+            let out =
+                cmd::output(std::process::Command::new(&lab.lb).args(["stats", "--instance", m.instance, "--json"]))
+                    .with_context(|| format!("lb stats --instance {}", m.instance))?;
+            let stats: serde_json::Value = serde_json::from_str(&out)?;
+            Ok(stats["vips"].as_array().map_or(0, |vips| vips.iter().filter_map(|v| v["new_flows"].as_u64()).sum()))
+        })
+        .collect()
+}
+
+/// `count` new HTTP connections from the far client; how many failed.
+fn far_requests(count: usize) -> usize {
+    (0..count)
+        .filter(|_| {
+            ns(FAR_CLIENT, "curl", &["-s", "--max-time", "3", &format!("http://{VIP_V4}/")])
+                .map_or(true, |answer| !BACKEND_NAMES.contains(&answer.trim()))
+        })
+        .count()
 }

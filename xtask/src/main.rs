@@ -44,7 +44,11 @@ enum Command {
         seed: Option<u64>,
     },
     /// The balancer in the namespaced lab with real servers and clients, then a summary (needs root).
-    Demo,
+    Demo {
+        /// Two balancers behind a BGP router instead: ECMP, a drain and a member's death.
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Bring the namespaced lab up or down (needs root).
     Lab {
         #[arg(value_enum)]
@@ -93,9 +97,9 @@ fn main() -> anyhow::Result<()> {
             deps::ensure()?;
             test::fuzz(packets, seed)
         }
-        Command::Demo => {
+        Command::Demo { fleet } => {
             deps::ensure()?;
-            lab::demo()
+            if fleet { lab::demo_fleet() } else { lab::demo() }
         }
         Command::Lab { action } => {
             deps::ensure()?;

@@ -71,8 +71,8 @@ pub fn render(instance: &str, bgp: &Bgp, routes: &[Announced<'_>]) -> String {
         let _ = writeln!(s, "protocol bgp {name} {{");
         let _ = writeln!(s, "  local as {};\n  neighbor {} as {};", bgp.local_asn, p.address, p.asn);
         let _ = writeln!(s, "  hold time {}; keepalive time {keepalive};", bgp.hold_time_secs);
-        // Reconnect soon after an error, backing off to 30 s.
-        let _ = writeln!(s, "  error wait time 5, 30;");
+        // Reconnect within seconds (BIRD waits 120 s by default), backing off to 30 s after errors.
+        let _ = writeln!(s, "  connect retry time 5; error wait time 5, 30;");
         if p.bfd {
             let _ = writeln!(s, "  bfd on;");
         }

@@ -39,6 +39,8 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
+pub mod fleet;
+
 pub const PREFIX: &str = "lblab";
 pub const SWITCH: &str = "lblab-sw";
 pub const CLIENT: &str = "lblab-client";
@@ -73,6 +75,11 @@ pub const BALANCER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const BALANCER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
+
+/// Ports of the fleet's least-connections and round-robin VIPs (config/fleet.toml) at
+/// [`VIP_V4`]; every backend's HTTP server listens on them.
+pub const FLEET_LC_PORT: u16 = 8080;
+pub const FLEET_RR_PORT: u16 = 8081;
 
 pub fn backend_v4(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 21 + i as u8)
@@ -195,31 +202,7 @@ impl Lab {
     /// them do: an IPv6 router on the segment made the first connections of a thousand fresh
     /// client addresses stall (as a lab-wide change it made the source-hash test flaky).
     pub fn far_client_up(&self) -> anyhow::Result<()> {
-        ip(&["netns", "add", ROUTER])?;
-        ip(&["link", "add", "eth0", "netns", ROUTER, "type", "veth", "peer", "name", "rt", "netns", SWITCH])?;
-        ns(SWITCH, "ip", &["link", "set", "rt", "master", "br0", "up"])?;
-        ns(ROUTER, "ip", &["link", "set", "lo", "up"])?;
-        ns(ROUTER, "ip", &["link", "set", "eth0", "up"])?;
-        ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_V4}/24"), "dev", "eth0"])?;
-        ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_V6}/64"), "dev", "eth0", "nodad"])?;
-        ip(&["netns", "add", FAR_CLIENT])?;
-        ip(&["link", "add", "eth1", "netns", ROUTER, "type", "veth", "peer", "name", "eth0", "netns", FAR_CLIENT])?;
-        for (key, value) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
-            ns(ROUTER, "sysctl", &["-qw", &format!("{key}={value}")])?;
-        }
-        let far_mtu = FAR_LINK_MTU.to_string();
-        ns(ROUTER, "ip", &["link", "set", "eth1", "mtu", &far_mtu, "up"])?;
-        ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_FAR_V4}/24"), "dev", "eth1"])?;
-        ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_FAR_V6}/64"), "dev", "eth1", "nodad"])?;
-        ns(ROUTER, "ip", &["route", "add", "198.18.100.0/24", "via", &BALANCER_V4.to_string()])?;
-        ns(ROUTER, "ip", &["-6", "route", "add", "fd00:100::/64", "via", &BALANCER_V6.to_string()])?;
-        ns(FAR_CLIENT, "ip", &["link", "set", "lo", "up"])?;
-        ns(FAR_CLIENT, "ip", &["link", "set", "eth0", "up"])?;
-        ns(FAR_CLIENT, "ip", &["addr", "add", &format!("{FAR_CLIENT_V4}/24"), "dev", "eth0"])?;
-        ns(FAR_CLIENT, "ip", &["addr", "add", &format!("{FAR_CLIENT_V6}/64"), "dev", "eth0", "nodad"])?;
-        ns(FAR_CLIENT, "ip", &["route", "add", "default", "via", &ROUTER_FAR_V4.to_string()])?;
-        ns(FAR_CLIENT, "ip", &["-6", "route", "add", "default", "via", &ROUTER_FAR_V6.to_string()])?;
-        ns(FAR_CLIENT, "ethtool", &["-K", "eth0", "tx", "off"]).map(drop)
+        router_up(true)
     }
 
     fn backend_up(&self, i: usize, backend: &str) -> anyhow::Result<()> {
@@ -261,6 +244,7 @@ impl Lab {
                  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                  keepalive_timeout 65;\n  keepalive_requests 1000000;\n\
                  server {{\n    listen {VIP_V4}:80;\n    listen [{VIP_V6}]:80;\n    listen {own_v4}:80;\n    listen [{own_v6}]:80;\n\
+                 listen {FLEET_LC_PORT};\n    listen {FLEET_RR_PORT};\n\
                  location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n\
                  location = /big {{ default_type application/octet-stream; alias {d}/big; }}\n\
                  }}\n}}\n"
@@ -344,11 +328,13 @@ impl Lab {
         let name = decap_name(i);
         let (v4, v6) = (VIP_V4.to_string(), VIP_V6.to_string());
         let (own4, own6) = (BALANCER_V4.to_string(), BALANCER_V6.to_string());
+        let (b4, b6) = (fleet::BALANCER_B_V4.to_string(), fleet::BALANCER_B_V6.to_string());
         #[rustfmt::skip]
         let args = [
             "decap", "attach", "--name", &name, "--interface", "eth0", "--vip", &v4, "--vip", &v6,
             "--balancer-source", LAB_ENCAP_SOURCE_V4, "--balancer-source", LAB_ENCAP_SOURCE_V6,
             "--balancer-source", &own4, "--balancer-source", &own6,
+            "--balancer-source", &b4, "--balancer-source", &b6,
         ];
         in_netns(BACKENDS[i], &lb, &args)
     }
@@ -372,6 +358,10 @@ impl Lab {
     /// Starts `lb run` in the balancer's namespace (pins stay on the machine's bpffs), appending
     /// its log to `log`, and waits until it reports that it runs.
     pub fn start_agent(&self, config: &Path, log: &Path) -> anyhow::Result<Child> {
+        self.start_agent_in(BALANCER, config, log)
+    }
+
+    fn start_agent_in(&self, netns: &str, config: &Path, log: &Path) -> anyhow::Result<Child> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -379,7 +369,7 @@ impl Lab {
             .with_context(|| format!("opening {}", log.display()))?;
         let logged_before = out.metadata()?.len() as usize;
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{BALANCER}"))
+            .arg(format!("--net=/run/netns/{netns}"))
             .arg(&self.lb)
             .args(["run", "--config"])
             .arg(config)
@@ -425,7 +415,14 @@ impl Lab {
         for (i, _) in BACKENDS.iter().enumerate() {
             let _ = quiet(Command::new(&self.lb).args(["decap", "detach", "--name", &decap_name(i)]));
         }
-        let _ = quiet(Command::new(&self.lb).args(["detach", "--instance", INSTANCE]));
+        for instance in std::iter::once(INSTANCE).chain(fleet::MEMBERS.iter().map(|m| m.instance)) {
+            let _ = quiet(Command::new(&self.lb).args(["detach", "--instance", instance]));
+        }
+        for m in &fleet::MEMBERS {
+            for file in [format!("{}.bird.conf", m.instance), format!("{}.drained", m.instance)] {
+                let _ = std::fs::remove_file(Path::new("/run/lb").join(file));
+            }
+        }
         for name in BACKEND_NAMES {
             for pid_file in ["nginx.pid", "dnsmasq.pid"] {
                 if let Some(pid) = std::fs::read_to_string(self.dir.join(name).join(pid_file))
@@ -438,7 +435,7 @@ impl Lab {
             }
         }
         // Anything still running inside the lab's namespaces.
-        for host in [CLIENT, BALANCER, ROUTER, FAR_CLIENT].iter().chain(BACKENDS.iter()) {
+        for host in [CLIENT, BALANCER, fleet::BALANCER_B, ROUTER, FAR_CLIENT].iter().chain(BACKENDS.iter()) {
             if let Ok(out) = Command::new("ip").args(["netns", "pids", host]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok())
                 {
@@ -447,10 +444,42 @@ impl Lab {
                 }
             }
         }
-        for host in [SWITCH, CLIENT, BALANCER, ROUTER, FAR_CLIENT].iter().chain(BACKENDS.iter()) {
+        for host in [SWITCH, CLIENT, BALANCER, fleet::BALANCER_B, ROUTER, FAR_CLIENT].iter().chain(BACKENDS.iter()) {
             let _ = quiet(Command::new("ip").args(["netns", "del", host]));
         }
     }
+}
+
+/// The router and the far client; the router routes the VIPs to the balancer if
+/// `static_vip_routes`, else it learns them (the fleet lab's BGP).
+fn router_up(static_vip_routes: bool) -> anyhow::Result<()> {
+    ip(&["netns", "add", ROUTER])?;
+    ip(&["link", "add", "eth0", "netns", ROUTER, "type", "veth", "peer", "name", "rt", "netns", SWITCH])?;
+    ns(SWITCH, "ip", &["link", "set", "rt", "master", "br0", "up"])?;
+    ns(ROUTER, "ip", &["link", "set", "lo", "up"])?;
+    ns(ROUTER, "ip", &["link", "set", "eth0", "up"])?;
+    ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_V4}/24"), "dev", "eth0"])?;
+    ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_V6}/64"), "dev", "eth0", "nodad"])?;
+    ip(&["netns", "add", FAR_CLIENT])?;
+    ip(&["link", "add", "eth1", "netns", ROUTER, "type", "veth", "peer", "name", "eth0", "netns", FAR_CLIENT])?;
+    for (key, value) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
+        ns(ROUTER, "sysctl", &["-qw", &format!("{key}={value}")])?;
+    }
+    let far_mtu = FAR_LINK_MTU.to_string();
+    ns(ROUTER, "ip", &["link", "set", "eth1", "mtu", &far_mtu, "up"])?;
+    ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_FAR_V4}/24"), "dev", "eth1"])?;
+    ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_FAR_V6}/64"), "dev", "eth1", "nodad"])?;
+    if static_vip_routes {
+        ns(ROUTER, "ip", &["route", "add", "198.18.100.0/24", "via", &BALANCER_V4.to_string()])?;
+        ns(ROUTER, "ip", &["-6", "route", "add", "fd00:100::/64", "via", &BALANCER_V6.to_string()])?;
+    }
+    ns(FAR_CLIENT, "ip", &["link", "set", "lo", "up"])?;
+    ns(FAR_CLIENT, "ip", &["link", "set", "eth0", "up"])?;
+    ns(FAR_CLIENT, "ip", &["addr", "add", &format!("{FAR_CLIENT_V4}/24"), "dev", "eth0"])?;
+    ns(FAR_CLIENT, "ip", &["addr", "add", &format!("{FAR_CLIENT_V6}/64"), "dev", "eth0", "nodad"])?;
+    ns(FAR_CLIENT, "ip", &["route", "add", "default", "via", &ROUTER_FAR_V4.to_string()])?;
+    ns(FAR_CLIENT, "ip", &["-6", "route", "add", "default", "via", &ROUTER_FAR_V6.to_string()])?;
+    ns(FAR_CLIENT, "ethtool", &["-K", "eth0", "tx", "off"]).map(drop)
 }
 
 fn decap_name(i: usize) -> String {
@@ -466,6 +495,14 @@ pub fn ns(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
 /// machine's mounts: pins made there land on the machine's bpffs and outlive the command.
 pub fn in_netns(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
     run(Command::new("nsenter").arg(format!("--net=/run/netns/{netns}")).arg(program).args(args)).map(drop)
+}
+
+/// Sends `signal` to the process a pid file names, if there is one.
+fn quiet_kill_pid_file(pid_file: &Path, signal: i32) {
+    if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+        // SAFETY: signalling a process of the lab's by its pid file.
+        unsafe { libc::kill(pid, signal) };
+    }
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<String> {

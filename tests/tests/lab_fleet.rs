@@ -1,0 +1,496 @@
+//! End-to-end tests of a fleet: two balancers (`config/fleet.toml`) announce their VIPs over
+//! BGP through BIRD to a router running BIRD, which spreads the far client's flows over both by
+//! ECMP with an L4 hash (`lb_lab::fleet`). Members are killed hard, brought back, drained, and
+//! made to differ, while long-lived TCP connections and UDP sessions run. Needs root; never
+//! skips; the lab is removed at the end.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use lb_lab::{
+    FAR_CLIENT, FLEET_LC_PORT, FLEET_RR_PORT, Lab, VIP_V4,
+    fleet::{MEMBERS, ROUTER_ASN},
+    in_namespace,
+};
+use lb_tests::traffic::{Dns, Http};
+use lb_userspace::{
+    agent::{
+        control::{self, Request},
+        status::Status,
+    },
+    dataplane::PinDir,
+    inspect::PinnedStats,
+};
+
+/// How long the router may take to use both members once their agents run (BGP's first
+/// connection and BFD).
+const CONVERGE: Duration = Duration::from_secs(30);
+/// New connections that measure the members' shares.
+const CONNECTIONS: usize = 300;
+
+struct Fleet {
+    lab: Lab,
+    configs: [PathBuf; 2],
+    agents: [Option<Child>; 2],
+}
+
+impl Fleet {
+    fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let log = self.lab.member_log(i);
+        self.agents[i] = Some(self.lab.start_member_agent(i, &self.configs[i], &log)?);
+        Ok(())
+    }
+
+    /// Runs `lb ARGS`; its output, or a failure with its stderr.
+    fn lb(&self, args: &[&str]) -> anyhow::Result<String> {
+        lb_lab::run(Command::new(&self.lab.lb).args(args))
+    }
+
+    fn status(i: usize) -> anyhow::Result<Status> {
+        control::request(&MEMBERS[i].control_socket(), &Request::Status)?.into_answer()
+    }
+
+    /// New flows member `i`'s data plane counted, over all VIPs.
+    fn new_flows(i: usize) -> anyhow::Result<u64> {
+        let stats = PinnedStats::open(&PinDir::instance(MEMBERS[i].instance))?;
+        Ok(stats.snapshot()?.vips.iter().map(|v| v.new_flows).sum())
+    }
+
+    /// New flows member `i`'s data plane counted per VIP (`ADDRESS:PORT/PROTOCOL`).
+    fn new_flows_by_vip(i: usize) -> anyhow::Result<BTreeMap<String, u64>> {
+        let stats = PinnedStats::open(&PinDir::instance(MEMBERS[i].instance))?;
+        Ok(stats.snapshot()?.vips.into_iter().map(|v| (v.name, v.new_flows)).collect())
+    }
+
+    /// The members' addresses, as the router's next hops to the VIPs.
+    fn hops(members: &[usize]) -> Vec<IpAddr> {
+        members.iter().map(|&i| IpAddr::V4(MEMBERS[i].v4)).collect()
+    }
+
+    /// Member `i`'s Prometheus metrics.
+    fn metrics(i: usize) -> anyhow::Result<String> {
+        lb_lab::ns(MEMBERS[i].netns, "curl", &["-s", "--max-time", "3", "http://127.0.0.1:9120/metrics"])
+    }
+}
+
+/// A long-lived connection or session of the far client and the backend that first answered.
+struct Tcp {
+    vip: &'static str,
+    conn: Http,
+    first: String,
+    /// Why it stopped working: broken, or answered by another backend.
+    fault: Option<String>,
+}
+
+struct Udp {
+    dns: Dns,
+    first: String,
+    /// Queries that got no answer (lost while the routers moved the session).
+    lost: usize,
+    moved: Option<String>,
+}
+
+struct Load {
+    tcp: Vec<Tcp>,
+    udp: Vec<Udp>,
+    rounds: usize,
+}
+
+impl Load {
+    /// `tcp`: (VIP name, port, connections); `udp` DNS sessions. Call in the far client's namespace.
+    fn open(tcp: &[(&'static str, u16, usize)], udp: usize) -> anyhow::Result<Self> {
+        let mut load = Load { tcp: Vec::new(), udp: Vec::new(), rounds: 0 };
+        for &(vip, port, count) in tcp {
+            for _ in 0..count {
+                let mut conn =
+                    Http::connect_port(IpAddr::V4(VIP_V4), port).with_context(|| format!("connecting to {vip}"))?;
+                let first = conn.get()?;
+                load.tcp.push(Tcp { vip, conn, first, fault: None });
+            }
+        }
+        for _ in 0..udp {
+            let mut dns = Dns::with_timeout(IpAddr::V4(VIP_V4), Duration::from_millis(300))?;
+            let first = dns.ask()?;
+            load.udp.push(Udp { dns, first, lost: 0, moved: None });
+        }
+        Ok(load)
+    }
+
+    /// One request on every connection that still works and one query per session.
+    fn round(&mut self) {
+        for t in self.tcp.iter_mut().filter(|t| t.fault.is_none()) {
+            match t.conn.get() {
+                Ok(name) if name == t.first => {}
+                Ok(name) => t.fault = Some(format!("moved {} -> {name}", t.first)),
+                Err(e) => t.fault = Some(format!("broken ({}): {e:#}", t.first)),
+            }
+        }
+        for u in &mut self.udp {
+            match u.dns.ask() {
+                Ok(name) if name == u.first => {}
+                Ok(name) => u.moved = Some(format!("moved {} -> {name}", u.first)),
+                Err(_) => u.lost += 1,
+            }
+        }
+        self.rounds += 1;
+    }
+
+    /// Per VIP: (connections, connections that kept working on their backend).
+    fn survival(&self) -> BTreeMap<&'static str, (usize, usize)> {
+        let mut out: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+        for t in &self.tcp {
+            let e = out.entry(t.vip).or_default();
+            e.0 += 1;
+            e.1 += usize::from(t.fault.is_none());
+        }
+        out
+    }
+
+    fn report(&self) -> String {
+        let mut parts: Vec<String> =
+            self.survival().iter().map(|(vip, (n, kept))| format!("{vip} {kept}/{n} TCP kept")).collect();
+        let moved = self.udp.iter().filter(|u| u.moved.is_some()).count();
+        let lost: usize = self.udp.iter().map(|u| u.lost).sum();
+        parts.push(format!(
+            "dns {}/{} UDP kept their backend ({lost} queries lost)",
+            self.udp.len() - moved,
+            self.udp.len()
+        ));
+        format!("{} over {} rounds", parts.join(", "), self.rounds)
+    }
+
+    fn faults(&self, vip: &str) -> Vec<String> {
+        self.tcp.iter().filter(|t| t.vip == vip).filter_map(|t| t.fault.clone()).take(5).collect()
+    }
+
+    fn moved_udp(&self) -> Vec<String> {
+        self.udp.iter().filter_map(|u| u.moved.clone()).collect()
+    }
+}
+
+/// Runs `change` while `load` goes round in the far client's namespace; returns the load after
+/// one more round, and what `change` returned.
+fn under_load<T>(load: Load, change: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(Load, T)> {
+    let load = Arc::new(Mutex::new(load));
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let (load, stop) = (Arc::clone(&load), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            in_namespace(FAR_CLIENT, move || {
+                while !stop.load(Ordering::Relaxed) {
+                    load.lock().expect("load").round();
+                }
+            })
+        })
+    };
+    let changed = change();
+    stop.store(true, Ordering::Relaxed);
+    runner.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    let changed = changed?;
+    let mut load = Arc::into_inner(load).context("load still shared")?.into_inner().expect("load");
+    let load = in_namespace(FAR_CLIENT, move || {
+        load.round();
+        load
+    })?;
+    Ok((load, changed))
+}
+
+/// Waits until the router's route to the VIP has exactly `hops`; how long that took.
+fn wait_for_hops(f: &Fleet, hops: &[IpAddr], limit: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut wanted = hops.to_vec();
+    wanted.sort();
+    loop {
+        let mut now = f.lab.router_next_hops(IpAddr::V4(VIP_V4))?;
+        now.sort();
+        if now == wanted {
+            return Ok(start.elapsed());
+        }
+        ensure!(
+            start.elapsed() < limit,
+            "the router's route to {VIP_V4} is via {now:?}, not {wanted:?}, after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Both members build identical tables, announce every VIP to an established session, and
+/// each receives at least 30% of 300 new connections.
+fn identical_tables_and_shares(f: &mut Fleet) -> anyhow::Result<()> {
+    let sockets: Vec<String> = MEMBERS.iter().map(|m| m.control_socket().display().to_string()).collect();
+    let same = f.lb(&["fleet", "diff", &sockets[0], &sockets[1]])?;
+    ensure!(same.contains("every table is the same"), "lb fleet diff said: {same}");
+    let statuses = [Fleet::status(0)?, Fleet::status(1)?];
+    for (m, s) in MEMBERS.iter().zip(&statuses) {
+        let bgp = s.bgp.as_ref().context("no bgp in the status")?;
+        ensure!(bgp.routes.iter().all(|r| r.withdrawn.is_none()), "{}: {:?}", m.instance, bgp.routes);
+        ensure!(
+            bgp.speaking.sessions.len() == 2
+                && bgp.speaking.sessions.iter().all(|p| p.established() && p.asn == ROUTER_ASN),
+            "{}: sessions {:?}",
+            m.instance,
+            bgp.speaking.sessions
+        );
+        ensure!(
+            bgp.speaking.sessions.iter().all(|p| p.bfd.as_deref() == Some("Up")),
+            "{}: BFD {:?}",
+            m.instance,
+            bgp.speaking.sessions
+        );
+    }
+    let prints = |s: &Status| s.vips.iter().map(|v| (v.name.clone(), v.fingerprint.clone())).collect::<Vec<_>>();
+    ensure!(
+        prints(&statuses[0]) == prints(&statuses[1]),
+        "fingerprints differ: {:?} / {:?}",
+        prints(&statuses[0]),
+        prints(&statuses[1])
+    );
+    for i in 0..2 {
+        let metrics = Fleet::metrics(i)?;
+        for expected in [
+            "lb_vip_announced{address=\"198.18.100.1\",reason=\"\"} 1",
+            "lb_bgp_session_established{peer=\"lb_fleet_",
+            "lb_node_drained 0",
+            "lb_bgp_applied 1",
+        ] {
+            ensure!(metrics.contains(expected), "member {i}'s metrics lack {expected}");
+        }
+    }
+
+    let before = [Fleet::new_flows(0)?, Fleet::new_flows(1)?];
+    in_namespace(FAR_CLIENT, || -> anyhow::Result<()> {
+        for _ in 0..CONNECTIONS {
+            Http::connect(IpAddr::V4(VIP_V4))?.get()?;
+        }
+        Ok(())
+    })??;
+    let counts = [Fleet::new_flows(0)? - before[0], Fleet::new_flows(1)? - before[1]];
+    let total = counts[0] + counts[1];
+    println!("    {CONNECTIONS} new connections: fleet-a {} and fleet-b {} new flows", counts[0], counts[1]);
+    ensure!(total >= CONNECTIONS as u64, "the members counted {total} new flows for {CONNECTIONS} connections");
+    for (m, n) in MEMBERS.iter().zip(counts) {
+        ensure!(n * 10 >= total * 3, "{} took {n} of {total} new flows, under 30%", m.instance);
+    }
+    Ok(())
+}
+
+/// A member dies the hard way (agent killed by `SIGKILL`, link down): the router stops using it once BFD
+/// notices, and the survivor keeps the Maglev VIPs' connections on their backends.
+fn member_killed_hard(f: &mut Fleet) -> anyhow::Result<()> {
+    let before = Fleet::new_flows_by_vip(0)?;
+    let load = in_namespace(FAR_CLIENT, || {
+        Load::open(&[("web", 80, 200), ("web-lc", FLEET_LC_PORT, 100), ("web-rr", FLEET_RR_PORT, 100)], 50)
+    })??;
+    // The connections that the survivor carries from their start.
+    let after = Fleet::new_flows_by_vip(0)?;
+    let on_survivor = |port: u16| {
+        let key = format!("{VIP_V4}:{port}/tcp");
+        after.get(&key).copied().unwrap_or(0) - before.get(&key).copied().unwrap_or(0)
+    };
+    let survivor_share =
+        [("web", on_survivor(80)), ("web-lc", on_survivor(FLEET_LC_PORT)), ("web-rr", on_survivor(FLEET_RR_PORT))];
+    println!("    connections fleet-a carried before the kill: {survivor_share:?}");
+    let (load, detection) = under_load(load, || {
+        std::thread::sleep(Duration::from_secs(1));
+        let mut agent = f.agents[1].take().context("fleet-b's agent is not running")?;
+        agent.kill()?;
+        agent.wait()?;
+        f.lab.member_link(1, false)?;
+        let detection = wait_for_hops(f, &Fleet::hops(&[0]), Duration::from_secs(10))?;
+        // Everything now runs through fleet-a.
+        std::thread::sleep(Duration::from_secs(3));
+        Ok(detection)
+    })?;
+    println!("    the router stopped sending to the dead member {} ms after its link went down", detection.as_millis());
+    println!("    {}", load.report());
+    let survival = load.survival();
+    let (n, kept) = survival["web"];
+    ensure!(kept * 100 >= n * 99, "only {kept} of {n} Maglev connections survived: {:?}", load.faults("web"));
+    ensure!(load.moved_udp().is_empty(), "UDP sessions moved: {:?}", load.moved_udp());
+    // Of the connections the dead member carried, least connections keeps those whose Maglev
+    // candidate won; round robin those that happen to meet the same backend again. The
+    // survivor's own connections (about half) never move.
+    for (vip, carried) in &survivor_share[1..] {
+        let (n, kept) = survival[vip];
+        ensure!(
+            kept as u64 >= *carried,
+            "{vip}: only {kept} of {n} connections survived, fewer than the {carried} the survivor carried: {:?}",
+            load.faults(vip)
+        );
+    }
+    Ok(())
+}
+
+/// The dead member comes back as after a reboot (no data plane, no announcements, BIRD empty):
+/// the router uses it only once its agent attached and announced, and no connection breaks.
+fn member_returns(f: &mut Fleet) -> anyhow::Result<()> {
+    ensure!(f.agents[1].is_none(), "run after fleet/member_killed_hard");
+    let withdrew = f.lb(&["detach", "--instance", MEMBERS[1].instance])?;
+    ensure!(withdrew.contains("withdrew its VIPs"), "lb detach said: {withdrew}");
+    f.lab.kill_member_bird(1);
+    f.lab.member_link(1, true)?;
+    std::thread::sleep(Duration::from_millis(200));
+    f.lab.start_member_bird(1)?;
+    let load = in_namespace(FAR_CLIENT, || Load::open(&[("web", 80, 100)], 20))??;
+    let (load, (attached, announced)) = under_load(load, || {
+        // BIRD runs, its sessions could come up: without the agent it announces nothing.
+        std::thread::sleep(Duration::from_secs(3));
+        ensure!(
+            f.lab.router_next_hops(IpAddr::V4(VIP_V4))? == Fleet::hops(&[0]),
+            "the router uses fleet-b before its agent runs"
+        );
+        let start = Instant::now();
+        f.start_agent(1)?;
+        let attached = start.elapsed();
+        let announced = wait_for_hops(f, &Fleet::hops(&[0, 1]), CONVERGE)? + attached;
+        std::thread::sleep(Duration::from_secs(2));
+        Ok((attached, announced))
+    })?;
+    println!(
+        "    fleet-b's agent reported running {} ms after its start; the router used it again {} ms after its start",
+        attached.as_millis(),
+        announced.as_millis()
+    );
+    println!("    {}", load.report());
+    ensure!(load.faults("web").is_empty(), "connections broke as the member came back: {:?}", load.faults("web"));
+    ensure!(load.moved_udp().is_empty(), "UDP sessions moved: {:?}", load.moved_udp());
+    let status = Fleet::status(1)?;
+    ensure!(status.data_plane.problem.is_none(), "fleet-b's data plane: {:?}", status.data_plane.problem);
+    Ok(())
+}
+
+/// `lb node drain` withdraws a member: its new flows stop within the grace period and no
+/// connection breaks; `lb node undrain` brings it back into the route.
+fn drain_and_undrain(f: &mut Fleet) -> anyhow::Result<()> {
+    let load = in_namespace(FAR_CLIENT, || Load::open(&[("web", 80, 100)], 20))??;
+    let instance = MEMBERS[0].instance;
+    let (load, said) = under_load(load, || {
+        std::thread::sleep(Duration::from_millis(500));
+        let start = Instant::now();
+        let said = f.lb(&["node", "drain", "--instance", instance, "--grace", "15"])?;
+        let took = start.elapsed();
+        ensure!(
+            f.lab.router_next_hops(IpAddr::V4(VIP_V4))? == Fleet::hops(&[1]),
+            "the router still uses the drained member"
+        );
+        let before = Fleet::new_flows(0)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let after = Fleet::new_flows(0)?;
+        ensure!(after == before, "the drained member counted {} new flows after the drain ended", after - before);
+        Ok(format!("{said}(drain took {} ms)", took.as_millis()))
+    })?;
+    println!("    lb node drain said:\n{}", said.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n"));
+    println!("    {}", load.report());
+    ensure!(load.faults("web").is_empty(), "connections broke in the drain: {:?}", load.faults("web"));
+    ensure!(load.moved_udp().is_empty(), "UDP sessions moved: {:?}", load.moved_udp());
+    let status = Fleet::status(0)?;
+    let bgp = status.bgp.context("no bgp in the status")?;
+    ensure!(bgp.drained && bgp.routes.iter().all(|r| r.withdrawn.is_some()), "status after drain: {bgp:?}");
+    ensure!(Fleet::metrics(0)?.contains("lb_node_drained 1"), "lb_node_drained is not 1");
+
+    let said = f.lb(&["node", "undrain", "--instance", instance])?;
+    ensure!(said.contains("announcing 198.18.100.1"), "lb node undrain said: {said}");
+    let back = wait_for_hops(f, &Fleet::hops(&[0, 1]), CONVERGE)?;
+    println!("    undrained: the router used fleet-a again {} ms later", back.as_millis());
+    Ok(())
+}
+
+/// A backend removed on one member only: `lb fleet diff` names the VIP and why, and the
+/// members' table metrics differ; put back, the tables agree again.
+fn backend_removed_on_one_member(f: &mut Fleet) -> anyhow::Result<()> {
+    let sockets: Vec<String> = MEMBERS.iter().map(|m| m.control_socket().display().to_string()).collect();
+    f.lb(&["backend", "remove", "--instance", MEMBERS[0].instance, "web", "198.18.0.23"])?;
+    let out = Command::new(&f.lab.lb).args(["fleet", "diff", &sockets[0], &sockets[1]]).output()?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.code() == Some(1), "lb fleet diff exited with {} and said: {said}", out.status);
+    ensure!(said.contains("web") && said.contains("198.18.0.23"), "lb fleet diff said: {said}");
+    println!("    lb fleet diff:\n{}", said.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n"));
+    let fingerprint = |metrics: &str, vip: &str| -> Option<String> {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("lb_vip_table_info{{vip=\"{vip}\"")))?;
+        let start = line.find("fingerprint=\"")? + "fingerprint=\"".len();
+        Some(line[start..].split('"').next()?.to_string())
+    };
+    let (a, b) = (Fleet::metrics(0)?, Fleet::metrics(1)?);
+    ensure!(fingerprint(&a, "web") != fingerprint(&b, "web"), "web's lb_vip_table_info is the same on both members");
+    ensure!(
+        fingerprint(&a, "dns").is_some() && fingerprint(&a, "dns") == fingerprint(&b, "dns"),
+        "dns's tables differ"
+    );
+    f.lb(&["backend", "add", "--instance", MEMBERS[0].instance, "web", "198.18.0.23"])?;
+    let same = f.lb(&["fleet", "diff", &sockets[0], &sockets[1]])?;
+    ensure!(same.contains("every table is the same"), "after putting the backend back, lb fleet diff said: {same}");
+    Ok(())
+}
+
+type FleetTrial = (&'static str, fn(&mut Fleet) -> anyhow::Result<()>);
+
+fn main() -> anyhow::Result<()> {
+    lb_tests::privileged::require_root("the fleet tests")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace")?.to_path_buf();
+    let lb = lb_tests::e2e::build_lb(&workspace)?;
+    let lab = Lab::new(&workspace.join("target/lab-fleet"), &lb);
+    let mut fleet = Fleet { lab, configs: [PathBuf::new(), PathBuf::new()], agents: [None, None] };
+    let started = (|| -> anyhow::Result<()> {
+        fleet.lab.up()?;
+        fleet.lab.fleet_up()?;
+        let template = workspace.join("config/fleet.toml");
+        for i in 0..MEMBERS.len() {
+            fleet.configs[i] = fleet.lab.member_config(&template, i)?;
+            let _ = std::fs::remove_file(fleet.lab.member_log(i));
+            fleet.start_agent(i)?;
+        }
+        let converged = wait_for_hops(&fleet, &Fleet::hops(&[0, 1]), CONVERGE)?;
+        println!(
+            "fleet up: the router routes {VIP_V4} over both members {} ms after the agents ran",
+            converged.as_millis()
+        );
+        Ok(())
+    })();
+    if let Err(e) = started {
+        fleet.lab.down();
+        bail!("bringing the fleet lab up: {e:#}");
+    }
+    let trials: Vec<FleetTrial> = vec![
+        ("fleet/identical_tables_and_shares", identical_tables_and_shares),
+        ("fleet/member_killed_hard", member_killed_hard),
+        ("fleet/member_returns", member_returns),
+        ("fleet/drain_and_undrain", drain_and_undrain),
+        ("fleet/backend_removed_on_one_member", backend_removed_on_one_member),
+    ];
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads = Some(1);
+    let fleet = Arc::new(Mutex::new(fleet));
+    let trials = trials
+        .into_iter()
+        .map(|(name, body)| {
+            let fleet = Arc::clone(&fleet);
+            libtest_mimic::Trial::test(name, move || {
+                let mut fleet = fleet.lock().map_err(|_| libtest_mimic::Failed::from("an earlier test panicked"))?;
+                body(&mut fleet).map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    let mut fleet = Arc::try_unwrap(fleet)
+        .map_err(|_| anyhow::anyhow!("fleet still shared"))?
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for agent in fleet.agents.iter_mut().filter_map(Option::take) {
+        let _ = fleet.lab.stop_agent(agent);
+    }
+    fleet.lab.down();
+    if conclusion.has_failed() {
+        eprintln!("agent logs: {} and {}", fleet.lab.member_log(0).display(), fleet.lab.member_log(1).display());
+    }
+    conclusion.exit()
+}
