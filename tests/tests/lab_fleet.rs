@@ -284,6 +284,55 @@ fn identical_tables_and_shares(f: &mut Fleet) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Restarting a member's agent (SIGTERM, then SIGKILL as a crash or a careless upgrade would)
+/// withdraws nothing: the router keeps the member in its route throughout, BIRD keeps the
+/// routes it learnt from it (their age shows), and the agent's file is not rewritten.
+fn agent_restart_withdraws_nothing(f: &mut Fleet) -> anyhow::Result<()> {
+    let include = lb_userspace::bgp::include_path(MEMBERS[0].instance);
+    let written = std::fs::metadata(&include)?.modified()?;
+    let learnt = f.lab.router_bird("show route 198.18.100.1/32")?;
+    let load = in_namespace(FAR_CLIENT, || Load::open(&[("web", 80, 100)], 20))??;
+    let (load, samples) = under_load(load, || {
+        let watching = Arc::new(AtomicBool::new(true));
+        let watcher = {
+            let (watching, router) = (Arc::clone(&watching), Lab::new(&f.lab.dir, &f.lab.lb));
+            std::thread::spawn(move || -> anyhow::Result<usize> {
+                let mut samples = 0;
+                while watching.load(Ordering::Relaxed) {
+                    let hops = router.router_next_hops(IpAddr::V4(VIP_V4))?;
+                    ensure!(hops.contains(&IpAddr::V4(MEMBERS[0].v4)), "the router's route lost fleet-a: {hops:?}");
+                    samples += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(samples)
+            })
+        };
+        let restarted = (|| -> anyhow::Result<()> {
+            let agent = f.agents[0].take().context("fleet-a's agent is not running")?;
+            f.lab.stop_agent(agent)?;
+            f.start_agent(0)?;
+            std::thread::sleep(Duration::from_secs(2));
+            let mut agent = f.agents[0].take().context("fleet-a's agent is not running")?;
+            agent.kill()?;
+            agent.wait()?;
+            f.start_agent(0)?;
+            std::thread::sleep(Duration::from_secs(2));
+            Ok(())
+        })();
+        watching.store(false, Ordering::Relaxed);
+        let samples = watcher.join().map_err(|_| anyhow::anyhow!("watcher panicked"))??;
+        restarted?;
+        Ok(samples)
+    })?;
+    println!("    two restarts of fleet-a's agent: the router's route kept it in {samples} samples 5 ms apart");
+    println!("    {}", load.report());
+    ensure!(load.faults("web").is_empty(), "connections broke: {:?}", load.faults("web"));
+    ensure!(std::fs::metadata(&include)?.modified()? == written, "the agent rewrote {}", include.display());
+    let relearnt = f.lab.router_bird("show route 198.18.100.1/32")?;
+    ensure!(learnt == relearnt, "the router's BIRD learnt the route anew:\n{learnt}\nthen\n{relearnt}");
+    Ok(())
+}
+
 /// A member dies the hard way (agent killed by `SIGKILL`, link down): the router stops using it once BFD
 /// notices, and the survivor keeps the Maglev VIPs' connections on their backends.
 fn member_killed_hard(f: &mut Fleet) -> anyhow::Result<()> {
@@ -462,6 +511,7 @@ fn main() -> anyhow::Result<()> {
     }
     let trials: Vec<FleetTrial> = vec![
         ("fleet/identical_tables_and_shares", identical_tables_and_shares),
+        ("fleet/agent_restart_withdraws_nothing", agent_restart_withdraws_nothing),
         ("fleet/member_killed_hard", member_killed_hard),
         ("fleet/member_returns", member_returns),
         ("fleet/drain_and_undrain", drain_and_undrain),

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use super::Agent;
 use crate::{
     bgp::{
-        self, Route, Withdrawn,
+        self, Route,
         bird::{self, Bird},
         render::{self, Announced},
     },
@@ -186,39 +186,14 @@ pub struct BgpStatus {
 }
 
 impl Agent {
-    /// Every VIP address with the VIPs at it and whether, or why not, it is announced.
-    pub(super) fn routes(&self) -> Vec<Route> {
-        let attached = self.data_plane.problem.is_none();
-        let mut by_address: BTreeMap<IpAddr, Route> = BTreeMap::new();
-        for vip in &self.config.vips {
-            let route = by_address.entry(vip.address).or_insert_with(|| Route {
-                address: vip.address,
-                vips: Vec::new(),
-                withdrawn: Some(Withdrawn::NoServingBackend),
-            });
-            route.vips.push(vip.name.clone());
-            if self.decisions.iter().any(|d| d.vip == vip.name && d.in_table) {
-                route.withdrawn = None;
-            }
-        }
-        let mut routes: Vec<Route> = by_address.into_values().collect();
-        for r in &mut routes {
-            if !attached {
-                r.withdrawn = Some(Withdrawn::NotAttached);
-            } else if self.drained && r.withdrawn.is_none() {
-                r.withdrawn = Some(Withdrawn::Drained);
-            }
-        }
-        routes
-    }
-
     /// Hands the announcements as they should be now to the speaker (which does nothing if they
     /// did not change), and logs each address announced or withdrawn.
     pub(super) fn announce(&mut self) {
         if !self.announcing {
             return;
         }
-        let routes = self.routes();
+        let attached = self.data_plane.problem.is_none();
+        let routes = bgp::routes(&self.config.vips, &self.decisions, attached, self.drained);
         let Some(plan) = self.plan(&routes) else { return };
         for r in &routes {
             let before = self.routes.iter().find(|o| o.address == r.address).map(|o| o.withdrawn);

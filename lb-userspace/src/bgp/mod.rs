@@ -9,18 +9,21 @@
 //! running one and restarts only what changed: a VIP withdrawn or announced changes the static
 //! protocol's routes, never a session.
 //!
-//! Rooms: this file (what is announced and why, the file's place), [`render`] (the file's text,
+//! Rooms: this file (what is announced and why, the files' places), [`render`] (the file's text,
 //! pure), [`bird`] (the control socket's protocol and the replies the agent reads).
 
 pub mod bird;
 pub mod render;
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
+
+use crate::{config::Vip, reconcile::policy::BackendDecision};
 
 /// Where the agent of `instance` writes its part of BIRD's configuration.
 pub fn include_path(instance: &str) -> PathBuf {
@@ -75,6 +78,33 @@ pub struct Route {
     pub withdrawn: Option<Withdrawn>,
 }
 
+/// Every VIP address with the VIPs at it and whether, or why not, it is announced: while the
+/// data plane is `attached`, the node not `drained`, and a VIP at the address has a backend that
+/// the policy's `decisions` put in its table.
+pub fn routes(vips: &[Vip], decisions: &[BackendDecision], attached: bool, drained: bool) -> Vec<Route> {
+    let mut by_address: BTreeMap<IpAddr, Route> = BTreeMap::new();
+    for vip in vips {
+        let route = by_address.entry(vip.address).or_insert_with(|| Route {
+            address: vip.address,
+            vips: Vec::new(),
+            withdrawn: Some(Withdrawn::NoServingBackend),
+        });
+        route.vips.push(vip.name.clone());
+        if decisions.iter().any(|d| d.vip == vip.name && d.in_table) {
+            route.withdrawn = None;
+        }
+    }
+    let mut routes: Vec<Route> = by_address.into_values().collect();
+    for r in &mut routes {
+        if !attached {
+            r.withdrawn = Some(Withdrawn::NotAttached);
+        } else if drained && r.withdrawn.is_none() {
+            r.withdrawn = Some(Withdrawn::Drained);
+        }
+    }
+    routes
+}
+
 /// Writes `text` to `path` whole or not at all (a temporary file renamed over it), unless it
 /// already holds exactly that; returns whether it wrote.
 pub fn write_if_changed(path: &Path, text: &str) -> std::io::Result<bool> {
@@ -90,4 +120,124 @@ pub fn write_if_changed(path: &Path, text: &str) -> std::io::Result<bool> {
     std::fs::write(&temporary, text)?;
     std::fs::rename(&temporary, path)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::{
+        config::Config,
+        reconcile::policy::{self, HealthStates},
+    };
+
+    const CONFIG: &str = r#"
+[instance]
+name = "edge-1"
+interfaces = ["eth0"]
+encap_source_v4 = "198.18.200.0/24"
+encap_source_v6 = "fd00:200::/112"
+
+[[vip]]
+name = "web"
+address = "198.18.100.1"
+port = 80
+protocol = "tcp"
+failure_mode = "closed"
+[vip.health]
+kind = "tcp"
+[[vip.backend]]
+address = "198.18.0.21"
+
+[[vip]]
+name = "dns"
+address = "198.18.100.1"
+port = 53
+protocol = "udp"
+failure_mode = "closed"
+[vip.health]
+kind = "tcp"
+port = 53
+[[vip.backend]]
+address = "198.18.0.22"
+
+[[vip]]
+name = "game"
+address = "198.18.100.2"
+port = 7777
+protocol = "udp"
+[vip.health]
+kind = "tcp"
+port = 7777
+[[vip.backend]]
+address = "198.18.0.23"
+"#;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Health states with `down` failing their checks `fall` times.
+    fn failing(config: &Config, down: &[(&str, &str)]) -> HealthStates {
+        let mut states = HealthStates::new();
+        let now = Instant::now();
+        for (vip, address) in down {
+            let v = config.vips.iter().find(|v| v.name == *vip).expect("vip");
+            let check = v.health.as_ref().expect("check");
+            let state = states.entry(((*vip).to_string(), address.parse().expect("address"))).or_default();
+            for _ in 0..check.fall {
+                state.record(false, check, now + Duration::from_millis(1));
+            }
+        }
+        states
+    }
+
+    fn withdrawn(
+        config: &Config,
+        health: &HealthStates,
+        attached: bool,
+        drained: bool,
+    ) -> Vec<(String, Option<Withdrawn>)> {
+        let decision = policy::decide(config, health, Instant::now());
+        routes(&config.vips, &decision.backends, attached, drained)
+            .into_iter()
+            .map(|r| (r.address.to_string(), r.withdrawn))
+            .collect()
+    }
+
+    #[test]
+    fn an_address_is_announced_while_one_of_its_vips_serves() {
+        let c = config(CONFIG);
+        let all_up = withdrawn(&c, &HealthStates::new(), true, false);
+        assert_eq!(all_up, [("198.18.100.1".into(), None), ("198.18.100.2".into(), None)]);
+        // web's only backend fails (closed): dns still serves the address.
+        let web_down = withdrawn(&c, &failing(&c, &[("web", "198.18.0.21")]), true, false);
+        assert_eq!(web_down[0].1, None);
+        // Both VIPs at the address fail closed: withdrawn.
+        let both_down = withdrawn(&c, &failing(&c, &[("web", "198.18.0.21"), ("dns", "198.18.0.22")]), true, false);
+        assert_eq!(both_down[0].1, Some(Withdrawn::NoServingBackend));
+        // game fails open: its backend stays in the table, so its address stays announced.
+        let open = withdrawn(&c, &failing(&c, &[("game", "198.18.0.23")]), true, false);
+        assert_eq!(open[1].1, None);
+    }
+
+    #[test]
+    fn drained_detached_and_removed_vips_are_withdrawn() {
+        let c = config(CONFIG);
+        let drained = withdrawn(&c, &HealthStates::new(), true, true);
+        assert!(drained.iter().all(|(_, w)| *w == Some(Withdrawn::Drained)), "{drained:?}");
+        let detached = withdrawn(&c, &HealthStates::new(), false, true);
+        assert!(detached.iter().all(|(_, w)| *w == Some(Withdrawn::NotAttached)), "{detached:?}");
+        // A backend drained by its admin state takes no new flows: its only VIP's address goes.
+        let drained_backend =
+            config(&CONFIG.replace("address = \"198.18.0.23\"", "address = \"198.18.0.23\"\nstate = \"drain\""));
+        assert_eq!(
+            withdrawn(&drained_backend, &HealthStates::new(), true, false)[1].1,
+            Some(Withdrawn::NoServingBackend)
+        );
+        // A removed VIP's address is no route at all.
+        let removed = config(&CONFIG[..CONFIG.find("[[vip]]\nname = \"game\"").expect("game")]);
+        assert_eq!(withdrawn(&removed, &HealthStates::new(), true, false).len(), 1);
+    }
 }

@@ -144,6 +144,14 @@ impl Lab {
         quiet_kill_pid_file(&dir.join("bird.pid"), libc::SIGKILL);
     }
 
+    /// What the router's BIRD answers to `command` (`birdc`).
+    pub fn router_bird(&self, command: &str) -> anyhow::Result<String> {
+        let socket = self.dir.join("router-bird").join("bird.ctl");
+        let mut args = vec!["-s", socket.to_str().context("socket path")?];
+        args.extend(command.split_whitespace());
+        ns(ROUTER, "birdc", &args)
+    }
+
     /// The next hops of the router's route to `vip`, as the kernel holds it.
     pub fn router_next_hops(&self, vip: IpAddr) -> anyhow::Result<Vec<IpAddr>> {
         let family = if vip.is_ipv4() { "-4" } else { "-6" };
