@@ -32,14 +32,28 @@ pub fn candidates(hash: u32, table_size: u32, backend_at: impl Fn(u32) -> Option
     Some((first, None))
 }
 
-/// Whether the second candidate wins: strictly fewer active flows per unit of weight. A tie
-/// keeps the first, so a VIP without active flows places new flows exactly as Maglev does.
-/// Counts above `u32::MAX` read as `u32::MAX`, so the products cannot overflow.
+/// How much busier (per unit of weight) than the other the Maglev candidate must be before it
+/// loses a new flow: an eighth (9/8). Within that the Maglev candidate keeps it, which is the
+/// choice every balancer of a fleet computes alike: a connection that ECMP moves to another
+/// member (its member died or was drained) reaches the same backend there whenever its first
+/// choice was the Maglev candidate. Counts that differ by a few flows in thousands are noise the
+/// comparison should not follow; a backend that is an eighth busier is not.
+pub const TOLERANCE_NUMERATOR: u64 = 9;
+pub const TOLERANCE_DENOMINATOR: u64 = 8;
+
+/// Whether the second candidate wins: the first carries more than [`TOLERANCE_NUMERATOR`] /
+/// [`TOLERANCE_DENOMINATOR`] times its active flows per unit of weight. A tie (and anything
+/// within the tolerance) keeps the first, so a VIP without active flows places new flows exactly
+/// as Maglev does. Counts read at most 2^28 and weights at most 2^24 (more than any flow table
+/// or weight holds), so the products cannot overflow.
 #[inline(always)]
 pub fn second_wins(first_active: u64, first_weight: u32, second_active: u64, second_weight: u32) -> bool {
-    let (a, b) = (first_active.min(u64::from(u32::MAX)), second_active.min(u64::from(u32::MAX)));
-    // a / wa > b / wb  <=>  a * wb > b * wa, without dividing.
-    b * u64::from(first_weight) < a * u64::from(second_weight)
+    const MAX_COUNT: u64 = 1 << 28;
+    const MAX_WEIGHT: u64 = 1 << 24;
+    let (a, b) = (first_active.min(MAX_COUNT), second_active.min(MAX_COUNT));
+    let (wa, wb) = (u64::from(first_weight).min(MAX_WEIGHT), u64::from(second_weight).min(MAX_WEIGHT));
+    // a / wa > 9/8 * b / wb  <=>  8 * a * wb > 9 * b * wa, without dividing.
+    TOLERANCE_DENOMINATOR * a * wb > TOLERANCE_NUMERATOR * b * wa
 }
 
 #[cfg(test)]
@@ -71,10 +85,16 @@ mod tests {
         assert!(!second_wins(0, 1, 0, 1));
         assert!(!second_wins(5, 1, 5, 1));
         assert!(second_wins(6, 1, 5, 1));
+        assert!(second_wins(1, 1, 0, 1));
+        // Within an eighth the Maglev candidate keeps the flow.
+        assert!(!second_wins(18, 1, 16, 1));
+        assert!(second_wins(19, 1, 16, 1));
+        assert!(!second_wins(900, 1, 800, 1));
+        assert!(second_wins(901, 1, 800, 1));
         assert!(!second_wins(5, 1, 6, 1));
         // Weight 2 carries twice the flows before it loses.
         assert!(!second_wins(5, 1, 10, 2));
-        assert!(second_wins(5, 1, 9, 2));
+        assert!(second_wins(5, 1, 8, 2));
         // A weight-0 backend (drained) never wins.
         assert!(!second_wins(100, 1, 0, 0));
         assert!(second_wins(u64::MAX, 1, u64::MAX - 1, u32::MAX));

@@ -149,9 +149,10 @@ fn least_connections(
                 name(&b),
                 b.weight,
                 if wins {
-                    "the second has fewer per unit of weight and takes the flow"
+                    "the first (the Maglev choice) has more than 9/8 of the second's per unit of weight: the second \
+                     takes the flow"
                 } else {
-                    "the first has no more per unit of weight and takes the flow"
+                    "the first (the Maglev choice) has at most 9/8 of the second's per unit of weight and takes the flow"
                 }
             );
             (if wins { b } else { a }, why)

@@ -78,8 +78,8 @@ pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
 
 /// Ports of the fleet's least-connections and round-robin VIPs (config/fleet.toml) at
 /// [`VIP_V4`]; every backend's HTTP server listens on them.
-pub const FLEET_LC_PORT: u16 = 8080;
-pub const FLEET_RR_PORT: u16 = 8081;
+pub const FLEET_LC_PORT: u16 = 8180;
+pub const FLEET_RR_PORT: u16 = 8181;
 
 pub fn backend_v4(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 21 + i as u8)

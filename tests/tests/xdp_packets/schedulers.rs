@@ -212,8 +212,9 @@ fn least_connections_udp_counts(env: &mut Env) -> anyhow::Result<()> {
     result
 }
 
-/// The candidate with fewer active flows per unit of weight wins a SYN; a tie keeps the Maglev
-/// choice, and so does a TCP packet without an entry that is no SYN.
+/// The candidate with fewer active flows per unit of weight wins a SYN, unless the Maglev choice
+/// is within an eighth of it (a tie keeps the Maglev choice), and a TCP packet without an entry
+/// that is no SYN takes the Maglev choice.
 fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
     let key = least_connections_key(80, Protocol::Tcp);
     let (index, table) = env.vips[&key].clone();
@@ -243,6 +244,9 @@ fn least_connections_choice(env: &mut Env) -> anyhow::Result<()> {
             (5, 5, 1, first),
             (5, 4, 1, second),
             (4, 5, 1, first),
+            // Within an eighth, the Maglev candidate keeps it.
+            (18, 16, 1, first),
+            (19, 16, 1, second),
             (4, 8, 2, first),
             (4, 7, 2, second),
             (0, 0, 0, first),
