@@ -39,6 +39,7 @@ pub fn candidates(hash: u32, table_size: u32, backend_at: impl Fn(u32) -> Option
 /// choice was the Maglev candidate. Counts that differ by a few flows in thousands are noise the
 /// comparison should not follow; a backend that is an eighth busier is not.
 pub const TOLERANCE_NUMERATOR: u64 = 9;
+/// See [`TOLERANCE_NUMERATOR`].
 pub const TOLERANCE_DENOMINATOR: u64 = 8;
 
 /// Whether the second candidate wins: the first carries more than [`TOLERANCE_NUMERATOR`] /
