@@ -4,7 +4,7 @@
 use std::{fs, path::Path};
 
 /// The rooms, lowest first: each may use those before it.
-const ROOMS: [&str; 7] = ["label", "config", "reconcile", "dataplane", "host", "inspect", "agent"];
+const ROOMS: [&str; 8] = ["label", "config", "reconcile", "dataplane", "host", "inspect", "bgp", "agent"];
 
 /// The rooms a source text names after `crate::`: the first name of each path, or of each item
 /// of a `crate::{...}` group.

@@ -1,6 +1,6 @@
 //! `[bgp]` and `[vip.bgp]`: how the balancer announces its VIPs through a BGP daemon (BIRD 2),
 //! their types and their validation. The agent renders these into the daemon's configuration
-//! (`crate::bgp`), so every value that reaches that text is checked here to be one the daemon's
+//! (the `bgp` room), so every value that reaches that text is checked here to be one the daemon's
 //! grammar reads as meant: addresses, numbers, and names and passwords of a safe alphabet.
 
 use std::{

@@ -302,8 +302,13 @@ fn rendering_parses_back_to_the_same_config() {
     let rendered = config.to_toml();
     let again = Config::parse(&rendered, "rendered").unwrap_or_else(|e| panic!("{e}\n{rendered}"));
     assert_eq!(config, again, "{rendered}");
-    let lab = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/lab.toml")).unwrap();
-    assert_eq!(Config::parse(&lab.to_toml(), "rendered").unwrap(), lab);
+    // Every example configuration, `[bgp]` included.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        let example = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Config::parse(&example.to_toml(), "rendered").unwrap(), example, "{}", path.display());
+    }
 }
 
 #[test]

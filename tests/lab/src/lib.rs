@@ -27,6 +27,8 @@
 //! name, so a reply tells which backend served it.
 //! `config/lab.toml` uses be1..be3; be4 is the spare that tests add to a running service.
 //!
+//! [`fleet`] adds a second balancer and a router that learns the VIPs from both over BGP.
+//!
 //! Used by `cargo xtask lab|demo` and by the end-to-end tests.
 
 use std::{
