@@ -205,21 +205,23 @@ fn under_load<T>(load: Load, change: impl FnOnce() -> anyhow::Result<T>) -> anyh
     Ok((load, changed))
 }
 
-/// Waits until the router's route to the VIP has exactly `hops`; how long that took.
+/// Waits until the router's route to the IPv4 VIP has exactly `hops`; how long that took.
 fn wait_for_hops(f: &Fleet, hops: &[IpAddr], limit: Duration) -> anyhow::Result<Duration> {
+    wait_for_hops_of(f, IpAddr::V4(VIP_V4), hops, limit)
+}
+
+/// Waits until the router's route to `vip` has exactly `hops`; how long that took.
+fn wait_for_hops_of(f: &Fleet, vip: IpAddr, hops: &[IpAddr], limit: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let mut wanted = hops.to_vec();
     wanted.sort();
     loop {
-        let mut now = f.lab.router_next_hops(IpAddr::V4(VIP_V4))?;
+        let mut now = f.lab.router_next_hops(vip)?;
         now.sort();
         if now == wanted {
             return Ok(start.elapsed());
         }
-        ensure!(
-            start.elapsed() < limit,
-            "the router's route to {VIP_V4} is via {now:?}, not {wanted:?}, after {limit:?}"
-        );
+        ensure!(start.elapsed() < limit, "the router's route to {vip} is via {now:?}, not {wanted:?}, after {limit:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -502,6 +504,27 @@ fn backend_removed_on_one_member(f: &mut Fleet) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A VIP removed on one member (its address's only VIP) is withdrawn there and the router routes
+/// the address to the other member alone; a reload of the file brings it back.
+fn removed_vip_is_withdrawn(f: &mut Fleet) -> anyhow::Result<()> {
+    let web6: IpAddr = "fd00:100::1".parse()?;
+    let both: Vec<IpAddr> = MEMBERS.iter().map(|m| IpAddr::V6(m.v6)).collect();
+    wait_for_hops_of(f, web6, &both, CONVERGE)?;
+    f.lb(&["vip", "remove", "--instance", MEMBERS[0].instance, "web6"])?;
+    let withdrawn = wait_for_hops_of(f, web6, &both[1..], Duration::from_secs(10))?;
+    let status = Fleet::status(0)?;
+    let routes = status.bgp.context("no bgp in the status")?.routes;
+    ensure!(routes.iter().all(|r| r.address != web6), "fleet-a still lists a route for {web6}: {routes:?}");
+    f.lb(&["reload", "--instance", MEMBERS[0].instance])?;
+    let back = wait_for_hops_of(f, web6, &both, CONVERGE)?;
+    println!(
+        "    web6 removed on fleet-a: the router routed {web6} to fleet-b alone {} ms later; reloaded: to both {} ms later",
+        withdrawn.as_millis(),
+        back.as_millis()
+    );
+    Ok(())
+}
+
 type FleetTrial = (&'static str, fn(&mut Fleet) -> anyhow::Result<()>);
 
 fn main() -> anyhow::Result<()> {
@@ -545,6 +568,7 @@ fn main() -> anyhow::Result<()> {
         ("fleet/member_returns", member_returns),
         ("fleet/drain_and_undrain", drain_and_undrain),
         ("fleet/backend_removed_on_one_member", backend_removed_on_one_member),
+        ("fleet/removed_vip_is_withdrawn", removed_vip_is_withdrawn),
     ];
     let mut args = libtest_mimic::Arguments::from_args();
     args.test_threads = Some(1);
