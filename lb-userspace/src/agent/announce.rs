@@ -108,6 +108,12 @@ async fn speak(mut plans: watch::Receiver<Option<Plan>>, speaking: Arc<Mutex<Spe
             _ = poll.tick() => {}
         }
         let Some(plan) = plans.borrow_and_update().clone() else { continue };
+        // Someone else rewrote the file (`lb detach` under a running agent, whose data plane the
+        // agent then repairs; a hand edit): the agent's version goes back, and to BIRD.
+        if !pending && std::fs::read(&plan.include).map_or(true, |text| text != plan.text.as_bytes()) {
+            tracing::warn!(file = %plan.include.display(), "the announcements file changed under the agent: writing it again");
+            pending = true;
+        }
         let mut state = Speaking { applied: !pending, ..Speaking::default() };
         let result = async {
             if pending {

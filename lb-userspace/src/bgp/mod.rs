@@ -105,9 +105,16 @@ pub fn routes(vips: &[Vip], decisions: &[BackendDecision], attached: bool, drain
     routes
 }
 
+/// The group Debian's BIRD runs as: the file (which may hold TCP MD5 passwords) is readable by
+/// root and this group only.
+const BIRD_GROUP: &std::ffi::CStr = c"bird";
+
 /// Writes `text` to `path` whole or not at all (a temporary file renamed over it), unless it
-/// already holds exactly that; returns whether it wrote.
+/// already holds exactly that; returns whether it wrote. The file is mode 0640, of group `bird`
+/// where that group exists.
 pub fn write_if_changed(path: &Path, text: &str) -> std::io::Result<bool> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+
     if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
         return Ok(false);
     }
@@ -117,7 +124,15 @@ pub fn write_if_changed(path: &Path, text: &str) -> std::io::Result<bool> {
     // A dot file: a glob such as `/run/lb/*.bird.conf` in bird.conf never reads it half-written.
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = path.with_file_name(format!(".{name}.new"));
-    std::fs::write(&temporary, text)?;
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o640).open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    // SAFETY: getgrnam with a valid C string; the result is read at once, before any other call.
+    let group = unsafe { libc::getgrnam(BIRD_GROUP.as_ptr()).as_ref().map(|g| g.gr_gid) };
+    if let Some(gid) = group {
+        std::os::unix::fs::fchown(&file, None, Some(gid))?;
+    }
+    drop(file);
     std::fs::rename(&temporary, path)?;
     Ok(true)
 }

@@ -83,6 +83,11 @@ impl Lab {
         ] {
             ns(ROUTER, "sysctl", &["-qw", &format!("{key}={value}")])?;
         }
+        // A member's link that goes down and up keeps its IPv6 address (and so its IPv6 session),
+        // as a network manager would arrange.
+        for member in &MEMBERS {
+            ns(member.netns, "sysctl", &["-qw", "net.ipv6.conf.eth0.keep_addr_on_down=1"])?;
+        }
         self.start_router_bird()?;
         for member in 0..MEMBERS.len() {
             self.start_member_bird(member)?;

@@ -421,7 +421,7 @@ impl Lab {
             let _ = quiet(Command::new(&self.lb).args(["detach", "--instance", instance]));
         }
         for m in &fleet::MEMBERS {
-            for file in [format!("{}.bird.conf", m.instance), format!("{}.drained", m.instance)] {
+            for file in ["bird.conf", "drained", "bird.ctl"].map(|suffix| format!("{}.{suffix}", m.instance)) {
                 let _ = std::fs::remove_file(Path::new("/run/lb").join(file));
             }
         }
