@@ -99,5 +99,8 @@ mod tests {
         // A weight-0 backend (drained) never wins.
         assert!(!second_wins(100, 1, 0, 0));
         assert!(second_wins(u64::MAX, 1, u64::MAX - 1, u32::MAX));
+        // Counts and weights past any real one are clamped, never overflow: equal after clamping.
+        assert!(!second_wins(u64::MAX, u32::MAX, u64::MAX - 1, u32::MAX));
+        assert!(second_wins(u64::MAX, u32::MAX, 0, u32::MAX));
     }
 }

@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use lb_common::{addr::to_key, flow::FlowKey};
 use lb_lab::{
     FAR_CLIENT, FLEET_LC_PORT, FLEET_RR_PORT, Lab, VIP_V4,
     fleet::{MEMBERS, ROUTER_ASN},
@@ -28,7 +29,7 @@ use lb_userspace::{
         control::{self, Request},
         status::Status,
     },
-    dataplane::PinDir,
+    dataplane::{BalancerMaps, PinDir},
     inspect::PinnedStats,
 };
 
@@ -66,12 +67,6 @@ impl Fleet {
         Ok(stats.snapshot()?.vips.iter().map(|v| v.new_flows).sum())
     }
 
-    /// New flows member `i`'s data plane counted per VIP (`ADDRESS:PORT/PROTOCOL`).
-    fn new_flows_by_vip(i: usize) -> anyhow::Result<BTreeMap<String, u64>> {
-        let stats = PinnedStats::open(&PinDir::instance(MEMBERS[i].instance))?;
-        Ok(stats.snapshot()?.vips.into_iter().map(|v| (v.name, v.new_flows)).collect())
-    }
-
     /// The members' addresses, as the router's next hops to the VIPs.
     fn hops(members: &[usize]) -> Vec<IpAddr> {
         members.iter().map(|&i| IpAddr::V4(MEMBERS[i].v4)).collect()
@@ -86,6 +81,8 @@ impl Fleet {
 /// A long-lived connection or session of the far client and the backend that first answered.
 struct Tcp {
     vip: &'static str,
+    port: u16,
+    local: std::net::SocketAddr,
     conn: Http,
     first: String,
     /// Why it stopped working: broken, or answered by another backend.
@@ -115,7 +112,8 @@ impl Load {
                 let mut conn =
                     Http::connect_port(IpAddr::V4(VIP_V4), port).with_context(|| format!("connecting to {vip}"))?;
                 let first = conn.get()?;
-                load.tcp.push(Tcp { vip, conn, first, fault: None });
+                let local = conn.local_addr()?;
+                load.tcp.push(Tcp { vip, port, local, conn, first, fault: None });
             }
         }
         for _ in 0..udp {
@@ -124,6 +122,20 @@ impl Load {
             load.udp.push(Udp { dns, first, lost: 0, moved: None });
         }
         Ok(load)
+    }
+
+    /// Per connection: whether member `i`'s flow table has its entry.
+    fn carried_by(&self, i: usize) -> anyhow::Result<Vec<bool>> {
+        let maps = BalancerMaps::open_pinned(&PinDir::instance(MEMBERS[i].instance))?;
+        let (_, vip) = to_key(IpAddr::V4(VIP_V4));
+        Ok(self
+            .tcp
+            .iter()
+            .map(|t| {
+                let (family, client) = to_key(t.local.ip());
+                maps.flow(&FlowKey::new(family, 6, client, t.local.port(), vip, t.port)).is_some()
+            })
+            .collect())
     }
 
     /// One request on every connection that still works and one query per session.
@@ -203,27 +215,6 @@ fn under_load<T>(load: Load, change: impl FnOnce() -> anyhow::Result<T>) -> anyh
         load
     })?;
     Ok((load, changed))
-}
-
-/// Waits until the router's route to the IPv4 VIP has exactly `hops`; how long that took.
-fn wait_for_hops(f: &Fleet, hops: &[IpAddr], limit: Duration) -> anyhow::Result<Duration> {
-    wait_for_hops_of(f, IpAddr::V4(VIP_V4), hops, limit)
-}
-
-/// Waits until the router's route to `vip` has exactly `hops`; how long that took.
-fn wait_for_hops_of(f: &Fleet, vip: IpAddr, hops: &[IpAddr], limit: Duration) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let mut wanted = hops.to_vec();
-    wanted.sort();
-    loop {
-        let mut now = f.lab.router_next_hops(vip)?;
-        now.sort();
-        if now == wanted {
-            return Ok(start.elapsed());
-        }
-        ensure!(start.elapsed() < limit, "the router's route to {vip} is via {now:?}, not {wanted:?}, after {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Both members build identical tables, announce every VIP to an established session, and
@@ -359,26 +350,18 @@ fn learnt_at(show_route: &str) -> Vec<(String, f64)> {
 /// A member dies the hard way (agent killed by `SIGKILL`, link down): the router stops using it once BFD
 /// notices, and the survivor keeps the Maglev VIPs' connections on their backends.
 fn member_killed_hard(f: &mut Fleet) -> anyhow::Result<()> {
-    let before = Fleet::new_flows_by_vip(0)?;
     let load = in_namespace(FAR_CLIENT, || {
         Load::open(&[("web", 80, 200), ("web-lc", FLEET_LC_PORT, 100), ("web-rr", FLEET_RR_PORT, 100)], 50)
     })??;
-    // The connections that the survivor carries from their start.
-    let after = Fleet::new_flows_by_vip(0)?;
-    let on_survivor = |port: u16| {
-        let key = format!("{VIP_V4}:{port}/tcp");
-        after.get(&key).copied().unwrap_or(0) - before.get(&key).copied().unwrap_or(0)
-    };
-    let survivor_share =
-        [("web", on_survivor(80)), ("web-lc", on_survivor(FLEET_LC_PORT)), ("web-rr", on_survivor(FLEET_RR_PORT))];
-    println!("    connections fleet-a carried before the kill: {survivor_share:?}");
+    // Which connections the survivor carries from their start: those with its flow-table entry.
+    let on_survivor = load.carried_by(0)?;
     let (load, detection) = under_load(load, || {
         std::thread::sleep(Duration::from_secs(1));
         let mut agent = f.agents[1].take().context("fleet-b's agent is not running")?;
         agent.kill()?;
         agent.wait()?;
         f.lab.member_link(1, false)?;
-        let detection = wait_for_hops(f, &Fleet::hops(&[0]), Duration::from_secs(10))?;
+        let detection = f.lab.wait_for_next_hops(IpAddr::V4(VIP_V4), &Fleet::hops(&[0]), Duration::from_secs(10))?;
         // Everything now runs through fleet-a.
         std::thread::sleep(Duration::from_secs(3));
         Ok(detection)
@@ -389,15 +372,20 @@ fn member_killed_hard(f: &mut Fleet) -> anyhow::Result<()> {
     let (n, kept) = survival["web"];
     ensure!(kept * 100 >= n * 99, "only {kept} of {n} Maglev connections survived: {:?}", load.faults("web"));
     ensure!(load.moved_udp().is_empty(), "UDP sessions moved: {:?}", load.moved_udp());
-    // Of the connections the dead member carried, least connections keeps those whose Maglev
-    // candidate won; round robin those that happen to meet the same backend again. The
-    // survivor's own connections (about half) never move.
-    for (vip, carried) in &survivor_share[1..] {
-        let (n, kept) = survival[vip];
-        ensure!(
-            kept as u64 >= *carried,
-            "{vip}: only {kept} of {n} connections survived, fewer than the {carried} the survivor carried: {:?}",
-            load.faults(vip)
+    // The survivor's own connections never move, whatever the scheduler. Of those the dead
+    // member carried, least connections keeps those whose Maglev candidate won, round robin those
+    // that happen to meet their backend again.
+    let broken_own: Vec<String> =
+        load.tcp.iter().zip(&on_survivor).filter(|(_, own)| **own).filter_map(|(t, _)| t.fault.clone()).collect();
+    ensure!(broken_own.is_empty(), "connections the survivor carried all along broke: {broken_own:?}");
+    for vip in ["web", "web-lc", "web-rr"] {
+        let moved: Vec<&Tcp> =
+            load.tcp.iter().zip(&on_survivor).filter(|(t, own)| t.vip == vip && !**own).map(|(t, _)| t).collect();
+        let kept = moved.iter().filter(|t| t.fault.is_none()).count();
+        println!(
+            "    {vip}: {} carried by the survivor all along; of the {} the dead member carried, {kept} kept their backend",
+            survival[vip].0 - moved.len(),
+            moved.len()
         );
     }
     Ok(())
@@ -409,13 +397,15 @@ fn member_returns(f: &mut Fleet) -> anyhow::Result<()> {
     ensure!(f.agents[1].is_none(), "run after fleet/member_killed_hard");
     let withdrew = f.lb(&["detach", "--instance", MEMBERS[1].instance])?;
     ensure!(withdrew.contains("withdrew its VIPs"), "lb detach said: {withdrew}");
+    // As a reboot leaves it: no data plane (detached), nothing in /run, BIRD started afresh.
+    std::fs::remove_file(lb_userspace::bgp::include_path(MEMBERS[1].instance))?;
     f.lab.kill_member_bird(1);
     f.lab.member_link(1, true)?;
     std::thread::sleep(Duration::from_millis(200));
     f.lab.start_member_bird(1)?;
     let load = in_namespace(FAR_CLIENT, || Load::open(&[("web", 80, 100)], 20))??;
     let (load, (attached, announced)) = under_load(load, || {
-        // BIRD runs, its sessions could come up: without the agent it announces nothing.
+        // BIRD runs without the agent's file: no session, nothing announced (a sanity check of the lab).
         std::thread::sleep(Duration::from_secs(3));
         ensure!(
             f.lab.router_next_hops(IpAddr::V4(VIP_V4))? == Fleet::hops(&[0]),
@@ -424,7 +414,7 @@ fn member_returns(f: &mut Fleet) -> anyhow::Result<()> {
         let start = Instant::now();
         f.start_agent(1)?;
         let attached = start.elapsed();
-        let announced = wait_for_hops(f, &Fleet::hops(&[0, 1]), CONVERGE)? + attached;
+        let announced = f.lab.wait_for_next_hops(IpAddr::V4(VIP_V4), &Fleet::hops(&[0, 1]), CONVERGE)? + attached;
         std::thread::sleep(Duration::from_secs(2));
         Ok((attached, announced))
     })?;
@@ -446,7 +436,25 @@ fn member_returns(f: &mut Fleet) -> anyhow::Result<()> {
 fn drain_and_undrain(f: &mut Fleet) -> anyhow::Result<()> {
     let load = in_namespace(FAR_CLIENT, || Load::open(&[("web", 80, 100)], 20))??;
     let instance = MEMBERS[0].instance;
-    let (load, said) = under_load(load, || {
+    // New connections all along, one every 20 ms: the drained member must see them stop.
+    let opening = Arc::new(AtomicBool::new(true));
+    let opener = {
+        let opening = Arc::clone(&opening);
+        std::thread::spawn(move || {
+            in_namespace(FAR_CLIENT, move || {
+                let (mut opened, mut failed) = (0, 0);
+                while opening.load(Ordering::Relaxed) {
+                    match Http::connect(IpAddr::V4(VIP_V4)).and_then(|mut c| c.get()) {
+                        Ok(_) => opened += 1,
+                        Err(_) => failed += 1,
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (opened, failed)
+            })
+        })
+    };
+    let drained = under_load(load, || {
         std::thread::sleep(Duration::from_millis(500));
         let start = Instant::now();
         let said = f.lb(&["node", "drain", "--instance", instance, "--grace", "15"])?;
@@ -455,12 +463,27 @@ fn drain_and_undrain(f: &mut Fleet) -> anyhow::Result<()> {
             f.lab.router_next_hops(IpAddr::V4(VIP_V4))? == Fleet::hops(&[1]),
             "the router still uses the drained member"
         );
-        let before = Fleet::new_flows(0)?;
+        let before = [Fleet::new_flows(0)?, Fleet::new_flows(1)?];
         std::thread::sleep(Duration::from_secs(2));
-        let after = Fleet::new_flows(0)?;
-        ensure!(after == before, "the drained member counted {} new flows after the drain ended", after - before);
+        let after = [Fleet::new_flows(0)?, Fleet::new_flows(1)?];
+        ensure!(
+            after[0] == before[0],
+            "the drained member counted {} new flows after the drain ended",
+            after[0] - before[0]
+        );
+        ensure!(after[1] > before[1], "the other member took no new flows either: the test's new connections stopped");
         Ok(format!("{said}(drain took {} ms)", took.as_millis()))
-    })?;
+    });
+    opening.store(false, Ordering::Relaxed);
+    let (opened, failed) = opener.join().map_err(|_| anyhow::anyhow!("opener panicked"))??;
+    let (load, said) = drained?;
+    println!("    {opened} new connections during the drain, {failed} failed");
+    ensure!(failed == 0, "{failed} new connections failed during the drain");
+    let rate_before: u64 = said
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("before the withdrawal: ")?.split(' ').next()?.parse().ok())
+        .context("lb node drain did not say the rate before the withdrawal")?;
+    ensure!(rate_before > 0, "the member took no new flows before the drain, so the drain proves nothing:\n{said}");
     println!("    lb node drain said:\n{}", said.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n"));
     println!("    {}", load.report());
     ensure!(load.faults("web").is_empty(), "connections broke in the drain: {:?}", load.faults("web"));
@@ -472,7 +495,7 @@ fn drain_and_undrain(f: &mut Fleet) -> anyhow::Result<()> {
 
     let said = f.lb(&["node", "undrain", "--instance", instance])?;
     ensure!(said.contains("announcing 198.18.100.1"), "lb node undrain said: {said}");
-    let back = wait_for_hops(f, &Fleet::hops(&[0, 1]), CONVERGE)?;
+    let back = f.lab.wait_for_next_hops(IpAddr::V4(VIP_V4), &Fleet::hops(&[0, 1]), CONVERGE)?;
     println!("    undrained: the router used fleet-a again {} ms later", back.as_millis());
     Ok(())
 }
@@ -509,14 +532,14 @@ fn backend_removed_on_one_member(f: &mut Fleet) -> anyhow::Result<()> {
 fn removed_vip_is_withdrawn(f: &mut Fleet) -> anyhow::Result<()> {
     let web6: IpAddr = "fd00:100::1".parse()?;
     let both: Vec<IpAddr> = MEMBERS.iter().map(|m| IpAddr::V6(m.v6)).collect();
-    wait_for_hops_of(f, web6, &both, CONVERGE)?;
+    f.lab.wait_for_next_hops(web6, &both, CONVERGE)?;
     f.lb(&["vip", "remove", "--instance", MEMBERS[0].instance, "web6"])?;
-    let withdrawn = wait_for_hops_of(f, web6, &both[1..], Duration::from_secs(10))?;
+    let withdrawn = f.lab.wait_for_next_hops(web6, &both[1..], Duration::from_secs(10))?;
     let status = Fleet::status(0)?;
     let routes = status.bgp.context("no bgp in the status")?.routes;
     ensure!(routes.iter().all(|r| r.address != web6), "fleet-a still lists a route for {web6}: {routes:?}");
     f.lb(&["reload", "--instance", MEMBERS[0].instance])?;
-    let back = wait_for_hops_of(f, web6, &both, CONVERGE)?;
+    let back = f.lab.wait_for_next_hops(web6, &both, CONVERGE)?;
     println!(
         "    web6 removed on fleet-a: the router routed {web6} to fleet-b alone {} ms later; reloaded: to both {} ms later",
         withdrawn.as_millis(),
@@ -542,7 +565,7 @@ fn main() -> anyhow::Result<()> {
             let _ = std::fs::remove_file(fleet.lab.member_log(i));
             fleet.start_agent(i)?;
         }
-        let converged = wait_for_hops(&fleet, &Fleet::hops(&[0, 1]), CONVERGE)?;
+        let converged = fleet.lab.wait_for_next_hops(IpAddr::V4(VIP_V4), &Fleet::hops(&[0, 1]), CONVERGE)?;
         println!(
             "fleet up: the router routes {VIP_V4} over both members {} ms after the agents ran",
             converged.as_millis()

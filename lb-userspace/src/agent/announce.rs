@@ -2,11 +2,13 @@
 //! decided in the agent's loop; and the speaker task that hands them to BIRD (file, then
 //! `configure`) and reads the sessions' state every second, so the loop never waits for BIRD.
 //!
-//! An address is announced while the data plane is attached as the agent left it, the node is
-//! not drained, and a VIP at the address has a backend taking new flows (a VIP failing open keeps
-//! its backends in the table, so it stays announced; failing closed empties it). A restarted agent
-//! decides the same from the same configuration (backends start up), so a restart writes the
-//! same file and withdraws nothing; exiting leaves the file as it is.
+//! What is announced is [`bgp::routes`]'s verdict. Backends start "up" when the agent starts, but
+//! an address is announced on that assumption only if the file the previous agent left announced
+//! it: a restart withdraws nothing, and an address that was not announced waits for a passed
+//! check. Exiting leaves the file as it is.
+//!
+//! Plans are numbered; `lb status` shows the latest and the last BIRD took, so `lb node drain`
+//! can wait until the withdrawal is in force.
 
 use std::{
     collections::BTreeMap,
@@ -24,13 +26,16 @@ use crate::{
     bgp::{
         self, Route,
         bird::{self, Bird},
-        render::{self, Announced},
+        render::{self, VipRoute},
     },
     config::bgp::Bgp,
+    reconcile::policy::BackendDecision,
 };
 
-/// How often the speaker reads the sessions' state (and retries a configuration BIRD refused).
+/// How often the speaker reads the sessions' state.
 const POLL: Duration = Duration::from_secs(1);
+/// The longest wait between attempts to hand BIRD a plan it refused or could not be reached for.
+const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// What the speaker hands to BIRD.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,17 +43,29 @@ struct Plan {
     include: PathBuf,
     text: String,
     socket: PathBuf,
-    /// Each peer's protocol name and address, for reading their sessions.
-    peers: Vec<(String, IpAddr, u32)>,
+    /// The peers whose sessions are read.
+    peers: Vec<PeerToRead>,
+    /// The BFD protocol's name, if any peer runs BFD.
+    bfd_protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct PeerToRead {
+    protocol: String,
+    address: IpAddr,
+    asn: u32,
 }
 
 /// What the speaker last learnt from BIRD.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Speaking {
-    /// BIRD accepted the current file.
-    pub applied: bool,
-    /// Why the last configuration or reading failed.
+    /// The number of the last plan BIRD took (the agent numbers its plans from 1).
+    pub applied: u64,
+    /// Why BIRD has not taken the latest plan: the file could not be written, BIRD could not be
+    /// reached, or it refused the configuration.
     pub problem: Option<String>,
+    /// Why the sessions could not be read (the plan may be in force all the same).
+    pub sessions_problem: Option<String>,
     pub sessions: Vec<Session>,
 }
 
@@ -71,15 +88,18 @@ impl Session {
     }
 }
 
+/// The latest plan and its number.
+type Numbered = (u64, Option<Plan>);
+
 /// The agent's handle on its speaker task.
 pub(super) struct Speaker {
-    plans: watch::Sender<Option<Plan>>,
-    pub(super) speaking: Arc<Mutex<Speaking>>,
+    plans: watch::Sender<Numbered>,
+    speaking: Arc<Mutex<Speaking>>,
 }
 
 impl Speaker {
     pub(super) fn spawn() -> Self {
-        let (plans, receiver) = watch::channel(None);
+        let (plans, receiver) = watch::channel((0, None));
         let speaking = Arc::new(Mutex::new(Speaking::default()));
         tokio::spawn(speak(receiver, Arc::clone(&speaking)));
         Self { plans, speaking }
@@ -88,92 +108,113 @@ impl Speaker {
     pub(super) fn speaking(&self) -> Speaking {
         self.speaking.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    /// The number of the latest plan.
+    pub(super) fn latest(&self) -> u64 {
+        self.plans.borrow().0
+    }
+
+    /// Makes `plan` the latest, numbered anew, unless it already is.
+    fn propose(&self, plan: Plan) {
+        self.plans.send_if_modified(|(number, current)| {
+            if current.as_ref() == Some(&plan) {
+                return false;
+            }
+            *number += 1;
+            *current = Some(plan);
+            true
+        });
+    }
 }
 
-/// Hands every new plan to BIRD, retrying until it takes it, and reads the sessions.
-async fn speak(mut plans: watch::Receiver<Option<Plan>>, speaking: Arc<Mutex<Speaking>>) {
+/// Hands every new plan to BIRD (retrying with a growing pause while BIRD refuses it or cannot
+/// be reached) and reads the sessions every second.
+async fn speak(mut plans: watch::Receiver<Numbered>, speaking: Arc<Mutex<Speaking>>) {
     let mut poll = tokio::time::interval(POLL);
-    // The first plan is configured even if the file already holds it: a previous agent may have
-    // written it and stopped before BIRD read it.
-    let mut pending = true;
-    let mut logged: Option<String> = None;
+    // The first plan is handed over even if the file already holds it: a previous agent may
+    // have written it and stopped before BIRD read it.
+    let mut applied = 0;
+    let mut problem: Option<String> = None;
+    let (mut retry_at, mut retry_after) = (tokio::time::Instant::now(), POLL);
     loop {
         tokio::select! {
             changed = plans.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                pending = true;
+                (retry_at, retry_after) = (tokio::time::Instant::now(), POLL);
             }
             _ = poll.tick() => {}
         }
-        let Some(plan) = plans.borrow_and_update().clone() else { continue };
+        let (number, Some(plan)) = plans.borrow_and_update().clone() else { continue };
         // Someone else rewrote the file (`lb detach` under a running agent, whose data plane the
         // agent then repairs; a hand edit): the agent's version goes back, and to BIRD.
-        if !pending && std::fs::read(&plan.include).map_or(true, |text| text != plan.text.as_bytes()) {
+        if applied == number && std::fs::read(&plan.include).map_or(true, |text| text != plan.text.as_bytes()) {
             tracing::warn!(file = %plan.include.display(), "the announcements file changed under the agent: writing it again");
-            pending = true;
+            applied = 0;
         }
-        let mut state = Speaking { applied: !pending, ..Speaking::default() };
-        let result = async {
-            if pending {
-                bgp::write_if_changed(&plan.include, &plan.text)
-                    .map_err(|e| format!("writing {}: {e}", plan.include.display()))?;
-                Bird::connect(&plan.socket)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .configure()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                pending = false;
-                state.applied = true;
-            }
-            state.sessions = sessions(&plan).await.map_err(|e| e.to_string())?;
-            Ok::<(), String>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                if logged.take().is_some() {
-                    tracing::info!(socket = %plan.socket.display(), "BIRD took the announcements again");
+        if applied != number && tokio::time::Instant::now() >= retry_at {
+            match hand_over(&plan).await {
+                Ok(()) => {
+                    if problem.take().is_some() {
+                        tracing::info!(socket = %plan.socket.display(), "BIRD took the announcements");
+                    }
+                    applied = number;
+                    retry_after = POLL;
+                }
+                Err(e) => {
+                    if problem.as_ref() != Some(&e) {
+                        tracing::error!("announcing through BIRD: {e}; retrying, at most every {MAX_RETRY:?}");
+                    }
+                    problem = Some(e);
+                    retry_at = tokio::time::Instant::now() + retry_after;
+                    retry_after = (retry_after * 2).min(MAX_RETRY);
                 }
             }
-            Err(problem) => {
-                if logged.as_ref() != Some(&problem) {
-                    tracing::error!("announcing through BIRD: {problem}");
-                    logged = Some(problem.clone());
-                }
-                state.problem = Some(problem);
-            }
         }
+        let (sessions, sessions_problem) = if plan.peers.is_empty() {
+            (Vec::new(), None)
+        } else {
+            match sessions(&plan).await {
+                Ok(sessions) => (sessions, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            }
+        };
         if let Ok(mut s) = speaking.lock() {
-            *s = state;
+            *s = Speaking { applied, problem: problem.clone(), sessions_problem, sessions };
         }
     }
+}
+
+/// Writes the plan's file and has BIRD read it.
+async fn hand_over(plan: &Plan) -> Result<(), String> {
+    bgp::write_if_changed(&plan.include, &plan.text).map_err(|e| format!("writing {}: {e}", plan.include.display()))?;
+    let mut bird = Bird::connect(&plan.socket).await.map_err(|e| e.to_string())?;
+    bird.configure().await.map_err(|e| e.to_string())
 }
 
 /// The peers' sessions (and BFD sessions) as BIRD reports them now.
 async fn sessions(plan: &Plan) -> Result<Vec<Session>, bird::BirdError> {
     let mut bird = Bird::connect(&plan.socket).await?;
     let protocols = bird::protocols(&bird.command("show protocols").await?);
-    let bfd: BTreeMap<IpAddr, String> = match bird.command("show bfd sessions").await {
-        Ok(reply) => bird::bfd_sessions(&reply).into_iter().collect(),
-        // No BFD protocol configured.
-        Err(bird::BirdError::Refused { .. }) => BTreeMap::new(),
-        Err(e) => return Err(e),
+    let bfd: BTreeMap<IpAddr, String> = match &plan.bfd_protocol {
+        Some(name) => {
+            bird::bfd_sessions(&bird.command(&format!("show bfd sessions {name}")).await?).into_iter().collect()
+        }
+        None => BTreeMap::new(),
     };
     Ok(plan
         .peers
         .iter()
-        .map(|(name, address, asn)| {
-            let row = protocols.iter().find(|p| p.name == *name);
+        .map(|peer| {
+            let row = protocols.iter().find(|p| p.name == peer.protocol);
             Session {
-                protocol: name.clone(),
-                address: *address,
-                asn: *asn,
+                protocol: peer.protocol.clone(),
+                address: peer.address,
+                asn: peer.asn,
                 state: row.map_or_else(|| "missing".into(), |r| r.state.clone()),
                 info: row.map(|r| r.info.clone()).unwrap_or_default(),
-                bfd: bfd.get(address).cloned(),
+                bfd: bfd.get(&peer.address).cloned(),
             }
         })
         .collect())
@@ -187,8 +228,17 @@ pub struct BgpStatus {
     pub bird_socket: PathBuf,
     pub drain_grace_secs: u64,
     pub routes: Vec<Route>,
+    /// The number of the agent's latest plan; BIRD has it when `speaking.applied` reaches it.
+    pub plan: u64,
     #[serde(flatten)]
     pub speaking: Speaking,
+}
+
+impl BgpStatus {
+    /// BIRD has the latest announcements.
+    pub fn applied(&self) -> bool {
+        self.speaking.applied >= self.plan && self.plan > 0
+    }
 }
 
 impl Agent {
@@ -198,26 +248,32 @@ impl Agent {
         if !self.announcing {
             return;
         }
-        let attached = self.data_plane.problem.is_none();
-        let routes = bgp::routes(&self.config.vips, &self.decisions, attached, self.drained);
+        let health = &self.health;
+        let passed = |d: &BackendDecision| health.get(&(d.vip.clone(), d.address)).is_some_and(|h| h.passed);
+        let standing = bgp::Standing {
+            attached: self.data_plane.problem.is_none(),
+            drained: self.drained,
+            announced_at_start: &self.announced_at_start,
+            passed: &passed,
+        };
+        let routes = bgp::routes(&self.config.vips, &self.decisions, &standing);
+        // An address withdrawn for any reason needs evidence to come back.
+        for r in routes.iter().filter(|r| r.withdrawn.is_some()) {
+            self.announced_at_start.remove(&r.address);
+        }
         let Some(plan) = self.plan(&routes) else { return };
         for r in &routes {
             let before = self.routes.iter().find(|o| o.address == r.address).map(|o| o.withdrawn);
             match (before, r.withdrawn) {
                 (Some(Some(_)) | None, None) => tracing::info!(address = %r.address, "announcing"),
                 (Some(None) | None, Some(why)) => {
-                    tracing::warn!(address = %r.address, "withdrawing: {}", why.describe());
+                    tracing::warn!(address = %r.address, "not announcing: {}", why.describe());
                 }
                 _ => {}
             }
         }
         self.routes = routes;
-        let speaker = self.speaker.get_or_insert_with(Speaker::spawn);
-        speaker.plans.send_if_modified(|current| {
-            let changed = current.as_ref() != Some(&plan);
-            *current = Some(plan);
-            changed
-        });
+        self.speaker.get_or_insert_with(Speaker::spawn).propose(plan);
     }
 
     /// The file for BIRD: the configured sessions and the announced routes; without `[bgp]`
@@ -229,25 +285,30 @@ impl Agent {
             let earlier = std::fs::read_to_string(&include).ok()?;
             let socket = render::socket_of(&earlier)?.to_path_buf();
             let text = render::render_detached(instance, &socket);
-            return Some(Plan { include, text, socket, peers: Vec::new() });
+            return Some(Plan { include, text, socket, peers: Vec::new(), bfd_protocol: None });
         };
-        let announced: Vec<Announced<'_>> = routes
+        let vip_routes: Vec<VipRoute<'_>> = routes
             .iter()
-            .filter(|r| r.withdrawn.is_none())
             .filter_map(|r| {
                 let vip = self.config.vips.iter().find(|v| v.address == r.address)?;
-                Some(Announced { address: r.address, attributes: &vip.route })
+                Some(VipRoute { address: r.address, attributes: &vip.route, announced: r.withdrawn.is_none() })
             })
             .collect();
         Some(Plan {
             include,
-            text: render::render(instance, config, &announced),
+            text: render::render(instance, config, &vip_routes),
             socket: config.bird_socket.clone(),
-            peers: config.peers.iter().map(|p| (Bgp::protocol_name(instance, &p.name), p.address, p.asn)).collect(),
+            peers: config
+                .peers
+                .iter()
+                .map(|p| PeerToRead { protocol: Bgp::protocol_name(instance, &p.name), address: p.address, asn: p.asn })
+                .collect(),
+            bfd_protocol: config.peers.iter().any(|p| p.bfd).then(|| render::bfd_protocol_name(instance)),
         })
     }
 
-    /// Drains the node (every address withdrawn) or undrains it; remembered across restarts.
+    /// Drains the node (every address withdrawn) or undrains it; remembered across restarts and
+    /// reboots until undrained.
     pub(super) fn set_drained(&mut self, drained: bool) -> std::io::Result<()> {
         let mark = bgp::drained_path(&self.config.instance.name);
         if drained {
@@ -273,6 +334,7 @@ impl Agent {
             bird_socket: config.bird_socket.clone(),
             drain_grace_secs: config.drain_grace.as_secs(),
             routes: self.routes.clone(),
+            plan: self.speaker.as_ref().map_or(0, Speaker::latest),
             speaking: self.speaker.as_ref().map(Speaker::speaking).unwrap_or_default(),
         })
     }

@@ -135,7 +135,7 @@ fn render(pins: &PinDir, status: Option<&Status>) -> String {
     }
     if let Some(bgp) = &status.bgp {
         let _ = writeln!(s, "lb_node_drained {}", u8::from(bgp.drained));
-        let _ = writeln!(s, "lb_bgp_applied {}", u8::from(bgp.speaking.applied && bgp.speaking.problem.is_none()));
+        let _ = writeln!(s, "lb_bgp_applied {}", u8::from(bgp.applied()));
         for r in &bgp.routes {
             let reason = r.withdrawn.map_or("", crate::bgp::Withdrawn::label);
             let announced = u8::from(r.withdrawn.is_none());

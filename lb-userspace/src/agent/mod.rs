@@ -113,6 +113,8 @@ struct Agent {
     announcing: bool,
     /// `lb node drain`: every VIP address withdrawn.
     drained: bool,
+    /// The addresses the announcements file held when the agent started (see [`announce`]).
+    announced_at_start: BTreeSet<std::net::IpAddr>,
     /// The VIP addresses and whether they are announced, as last handed to the speaker.
     routes: Vec<crate::bgp::Route>,
     /// The task that hands announcements to BIRD; started with the first.
@@ -213,10 +215,14 @@ impl Agent {
             failed_repair: None,
             announcing: false,
             drained: false,
+            announced_at_start: BTreeSet::new(),
             routes: Vec::new(),
             speaker: None,
         };
         agent.drained = crate::bgp::drained_path(&agent.config.instance.name).exists();
+        agent.announced_at_start = std::fs::read_to_string(crate::bgp::include_path(&agent.config.instance.name))
+            .map(|text| crate::bgp::render::announced_in(&text))
+            .unwrap_or_default();
         agent.apply()?;
         agent.fingerprints = fingerprints(&agent.current, &agent.config);
         agent.ready_host();

@@ -1,8 +1,9 @@
 //! BIRD's control socket (what `birdc` speaks): a command per line; a reply is lines of a
 //! four-digit code and text, `-` after the code while more follow and a space on the last, and
-//! lines that begin with a space continue the previous code. Codes from 8000 are errors (9000 and
-//! up: the configuration does not parse). The agent reads only what it needs: `configure`'s
-//! verdict, `show protocols` and `show bfd sessions`.
+//! lines that begin with a space continue the previous code. Codes from 8000 are errors: 8xxx of
+//! the command's execution (8002: the configuration does not parse, with file, line and column),
+//! 9xxx of the command line itself. The agent reads only what it needs: `configure`'s verdict,
+//! `show protocols` and `show bfd sessions`.
 
 use std::{
     net::IpAddr,
@@ -94,18 +95,20 @@ impl Bird {
 async fn read_reply(reader: &mut BufReader<UnixStream>, command: &str, socket: &Path) -> Result<Vec<Line>, BirdError> {
     let mut lines = Vec::new();
     let mut code = 0u16;
-    let mut buffer = String::new();
+    let mut bytes = Vec::new();
     loop {
-        buffer.clear();
+        bytes.clear();
         let n = reader
-            .read_line(&mut buffer)
+            .read_until(b'\n', &mut bytes)
             .await
             .map_err(|source| BirdError::Unreachable { socket: socket.to_path_buf(), source })?;
         let garbled = |line: &str| BirdError::Garbled { command: command.to_string(), line: line.to_string() };
         if n == 0 {
             return Err(garbled("(closed before the reply ended)"));
         }
-        let line = buffer.trim_end_matches('\n');
+        // Names and messages are ASCII; anything else is shown, not fatal.
+        let text = String::from_utf8_lossy(&bytes);
+        let line = text.trim_end_matches('\n');
         if let Some(text) = line.strip_prefix(' ') {
             lines.push(Line { code, text: text.to_string() });
         } else {
@@ -235,7 +238,7 @@ mod tests {
                 "0002-Reading configuration from /etc/bird/bird.conf\n0003 Reconfigured\n",
                 "1002-lb_a_r1    BGP        ---        up     02:05:32.866  Established\n \
                  lb_a_r2    BGP        ---        start  02:05:32.866  Connect\n0000 \n",
-                "0002-Reading configuration from /etc/bird/bird.conf\n9002 /run/lb/a.bird.conf:3:1 syntax error, unexpected '}'\n",
+                "0002-Reading configuration from /etc/bird/bird.conf\n8002 /run/lb/a.bird.conf:3:1 syntax error, unexpected '}'\n",
             ],
         ));
         let mut bird = Bird::connect(&socket).await.expect("connect");

@@ -16,24 +16,27 @@ pub mod bird;
 pub mod render;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Vip, reconcile::policy::BackendDecision};
+use crate::{
+    config::Vip,
+    reconcile::policy::{BackendDecision, HealthState},
+};
 
 /// Where the agent of `instance` writes its part of BIRD's configuration.
 pub fn include_path(instance: &str) -> PathBuf {
     PathBuf::from(format!("/run/lb/{instance}.bird.conf"))
 }
 
-/// The mark of a drained node: it stays drained across agent restarts (not across reboots:
-/// `/run` is emptied).
+/// The mark of a drained node: it stays drained across agent restarts and reboots, until
+/// `lb node undrain`.
 pub fn drained_path(instance: &str) -> PathBuf {
-    PathBuf::from(format!("/run/lb/{instance}.drained"))
+    PathBuf::from(format!("/var/lib/lb/{instance}.drained"))
 }
 
 /// Why a VIP address is not announced.
@@ -47,6 +50,9 @@ pub enum Withdrawn {
     /// No VIP at the address has a backend taking new flows (failing closed, all drained or
     /// weight 0).
     NoServingBackend,
+    /// Its backends take new flows, but none has passed a health check since the agent started
+    /// (and the address was not announced when it started).
+    Unproven,
 }
 
 impl Withdrawn {
@@ -56,14 +62,16 @@ impl Withdrawn {
             Withdrawn::NotAttached => "not_attached",
             Withdrawn::Drained => "drained",
             Withdrawn::NoServingBackend => "no_serving_backend",
+            Withdrawn::Unproven => "unproven",
         }
     }
 
     pub fn describe(self) -> &'static str {
         match self {
-            Withdrawn::NotAttached => "the data plane is not attached",
+            Withdrawn::NotAttached => "the data plane is not as the agent left it",
             Withdrawn::Drained => "the node is drained",
             Withdrawn::NoServingBackend => "no VIP at this address has a serving backend",
+            Withdrawn::Unproven => "no backend has passed a health check yet",
         }
     }
 }
@@ -78,10 +86,24 @@ pub struct Route {
     pub withdrawn: Option<Withdrawn>,
 }
 
+/// What decides the announcements besides the configuration and the policy's decisions.
+pub struct Standing<'a> {
+    /// The data plane is attached as the agent left it.
+    pub attached: bool,
+    /// `lb node drain`.
+    pub drained: bool,
+    /// Addresses announced when the agent started: they stay announced without new evidence
+    /// (a restart withdraws nothing) until they are withdrawn for a reason.
+    pub announced_at_start: &'a BTreeSet<IpAddr>,
+    /// Whether a checked backend has passed a probe since the agent started.
+    pub passed: &'a dyn Fn(&BackendDecision) -> bool,
+}
+
 /// Every VIP address with the VIPs at it and whether, or why not, it is announced: while the
-/// data plane is `attached`, the node not `drained`, and a VIP at the address has a backend that
-/// the policy's `decisions` put in its table.
-pub fn routes(vips: &[Vip], decisions: &[BackendDecision], attached: bool, drained: bool) -> Vec<Route> {
+/// data plane is attached, the node not drained, and a VIP at the address has a backend that the
+/// policy's `decisions` put in its table and that is known to serve (it has no check, or passed
+/// one, or the address was announced when the agent started).
+pub fn routes(vips: &[Vip], decisions: &[BackendDecision], standing: &Standing<'_>) -> Vec<Route> {
     let mut by_address: BTreeMap<IpAddr, Route> = BTreeMap::new();
     for vip in vips {
         let route = by_address.entry(vip.address).or_insert_with(|| Route {
@@ -90,10 +112,21 @@ pub fn routes(vips: &[Vip], decisions: &[BackendDecision], attached: bool, drain
             withdrawn: Some(Withdrawn::NoServingBackend),
         });
         route.vips.push(vip.name.clone());
-        if decisions.iter().any(|d| d.vip == vip.name && d.in_table) {
-            route.withdrawn = None;
+        for d in decisions.iter().filter(|d| d.vip == vip.name && d.in_table) {
+            // Only a backend assumed up (checked, never failed, never passed) needs evidence: one
+            // without a check, or kept failing by the policy (failing open, the guard rail), is
+            // in the table by decision.
+            let known = d.health != HealthState::Up
+                || standing.announced_at_start.contains(&vip.address)
+                || (standing.passed)(d);
+            if known {
+                route.withdrawn = None;
+            } else if route.withdrawn.is_some() {
+                route.withdrawn = Some(Withdrawn::Unproven);
+            }
         }
     }
+    let (attached, drained) = (standing.attached, standing.drained);
     let mut routes: Vec<Route> = by_address.into_values().collect();
     for r in &mut routes {
         if !attached {
@@ -208,17 +241,49 @@ address = "198.18.0.23"
         states
     }
 
+    /// Each address's verdict, every checked backend having passed a probe.
     fn withdrawn(
         config: &Config,
         health: &HealthStates,
         attached: bool,
         drained: bool,
     ) -> Vec<(String, Option<Withdrawn>)> {
+        verdicts(
+            config,
+            health,
+            &Standing { attached, drained, announced_at_start: &BTreeSet::new(), passed: &|_| true },
+        )
+    }
+
+    fn verdicts(config: &Config, health: &HealthStates, standing: &Standing<'_>) -> Vec<(String, Option<Withdrawn>)> {
         let decision = policy::decide(config, health, Instant::now());
-        routes(&config.vips, &decision.backends, attached, drained)
+        routes(&config.vips, &decision.backends, standing)
             .into_iter()
             .map(|r| (r.address.to_string(), r.withdrawn))
             .collect()
+    }
+
+    #[test]
+    fn an_address_waits_for_a_passed_check_unless_announced_at_start() {
+        let c = config(CONFIG);
+        let none = BTreeSet::new();
+        let no_evidence = Standing { attached: true, drained: false, announced_at_start: &none, passed: &|_| false };
+        let all = verdicts(&c, &HealthStates::new(), &no_evidence);
+        assert!(all.iter().all(|(_, w)| *w == Some(Withdrawn::Unproven)), "{all:?}");
+        // One VIP's backend passed: its address goes out; the other still waits.
+        let web_passed = Standing { passed: &|d| d.vip == "web", ..no_evidence };
+        let some = verdicts(&c, &HealthStates::new(), &web_passed);
+        assert_eq!(some, [("198.18.100.1".into(), None), ("198.18.100.2".into(), Some(Withdrawn::Unproven))]);
+        // An address announced when the agent started stays announced (a restart withdraws nothing).
+        let at_start: BTreeSet<IpAddr> = ["198.18.100.2".parse().unwrap()].into();
+        let restarted = Standing { announced_at_start: &at_start, ..no_evidence };
+        assert_eq!(verdicts(&c, &HealthStates::new(), &restarted)[1].1, None);
+        // Failing open needs no evidence either: the policy keeps the failing backend.
+        let open = verdicts(&c, &failing(&c, &[("game", "198.18.0.23")]), &no_evidence);
+        assert_eq!(open[1].1, None);
+        // A backend without a check needs no evidence.
+        let unchecked = config(&CONFIG.replace("[vip.health]\nkind = \"tcp\"\nport = 7777\n", ""));
+        assert_eq!(verdicts(&unchecked, &HealthStates::new(), &no_evidence)[1].1, None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the configuration (`config::bgp`): addresses, numbers, symbols of letters, digits and `_`, and
 //! passwords without quotes or backslashes.
 
-use std::{fmt::Write as _, net::IpAddr, path::Path};
+use std::{collections::BTreeSet, fmt::Write as _, net::IpAddr, path::Path};
 
 use crate::config::bgp::{Bgp, Community, RouteAttributes, symbol};
 
@@ -10,15 +10,18 @@ use crate::config::bgp::{Bgp, Community, RouteAttributes, symbol};
 pub const HEADER: &str = "# Written by lb: this balancer's BGP sessions and VIP routes. Do not edit: lb rewrites it.";
 const SOCKET_LINE: &str = "# bird-socket: ";
 
-/// One announced VIP address and its route's attributes.
-pub struct Announced<'c> {
+/// One VIP address, its route's attributes, and whether it is announced.
+pub struct VipRoute<'c> {
     pub address: IpAddr,
     pub attributes: &'c RouteAttributes,
+    pub announced: bool,
 }
 
-/// The file for `instance` announcing `routes` (withdrawn ones are simply absent).
-pub fn render(instance: &str, bgp: &Bgp, routes: &[Announced<'_>]) -> String {
-    let prefix = symbol(&format!("lb_{instance}"));
+/// The file for `instance` with `routes`. A withdrawn route is absent from the static protocol
+/// only: its attributes stay in the export filter, so that announcing or withdrawing changes
+/// nothing else (BIRD then restarts nothing but the static protocol's routes).
+pub fn render(instance: &str, bgp: &Bgp, routes: &[VipRoute<'_>]) -> String {
+    let prefix = protocol_prefix(instance);
     let mut s = String::new();
     let _ = writeln!(s, "{HEADER}\n# instance: {instance}\n{SOCKET_LINE}{}", bgp.bird_socket.display());
     if let Some(id) = bgp.router_id {
@@ -28,8 +31,9 @@ pub fn render(instance: &str, bgp: &Bgp, routes: &[Announced<'_>]) -> String {
         let interval = bgp.bfd_interval.as_millis();
         let _ = writeln!(
             s,
-            "protocol bfd {prefix}_bfd {{\n  interface \"*\" {{ min rx interval {interval} ms; min tx interval {interval} ms; \
+            "protocol bfd {} {{\n  interface \"*\" {{ min rx interval {interval} ms; min tx interval {interval} ms; \
              multiplier {}; }};\n}}",
+            bfd_protocol_name(instance),
             bgp.bfd_multiplier
         );
     }
@@ -39,7 +43,7 @@ pub fn render(instance: &str, bgp: &Bgp, routes: &[Announced<'_>]) -> String {
         }
         let (family, len, n) = if v6 { ("ipv6", 128, 6) } else { ("ipv4", 32, 4) };
         let _ = writeln!(s, "protocol static {prefix}_vips{n} {{\n  {family};");
-        for r in routes.iter().filter(|r| r.address.is_ipv6() == v6) {
+        for r in routes.iter().filter(|r| r.address.is_ipv6() == v6 && r.announced) {
             let _ = writeln!(s, "  route {}/{len} blackhole;", r.address);
         }
         let _ = writeln!(s, "}}");
@@ -73,6 +77,10 @@ pub fn render(instance: &str, bgp: &Bgp, routes: &[Announced<'_>]) -> String {
         let _ = writeln!(s, "  hold time {}; keepalive time {keepalive};", bgp.hold_time_secs);
         // Reconnect within seconds (BIRD waits 120 s by default), backing off to 30 s after errors.
         let _ = writeln!(s, "  connect retry time 5; error wait time 5, 30;");
+        if p.asn == bgp.local_asn {
+            // Internal BGP is multihop by default; the peers are directly connected routers.
+            let _ = writeln!(s, "  direct;");
+        }
         if p.bfd {
             let _ = writeln!(s, "  bfd on;");
         }
@@ -86,6 +94,24 @@ pub fn render(instance: &str, bgp: &Bgp, routes: &[Announced<'_>]) -> String {
         let _ = writeln!(s, " }};\n}}");
     }
     s
+}
+
+/// The start of the names of the agent's BIRD protocols and filters.
+fn protocol_prefix(instance: &str) -> String {
+    symbol(&format!("lb_{instance}"))
+}
+
+/// The name of the agent's BFD protocol.
+pub fn bfd_protocol_name(instance: &str) -> String {
+    format!("{}_bfd", protocol_prefix(instance))
+}
+
+/// The addresses a file the agent wrote announces (none for a file that is not the agent's).
+pub fn announced_in(text: &str) -> BTreeSet<IpAddr> {
+    if !text.starts_with(HEADER) {
+        return BTreeSet::new();
+    }
+    text.lines().filter_map(|l| l.trim().strip_prefix("route ")?.split('/').next()?.parse().ok()).collect()
 }
 
 /// A file that announces nothing and holds no session: what `lb detach` leaves.
@@ -164,8 +190,8 @@ address = "fd00::21"
     fn renders_sessions_routes_and_attributes() {
         let c = config(BASE);
         let bgp = c.bgp.as_ref().expect("bgp");
-        let routes: Vec<Announced<'_>> =
-            c.vips.iter().map(|v| Announced { address: v.address, attributes: &v.route }).collect();
+        let routes: Vec<VipRoute<'_>> =
+            c.vips.iter().map(|v| VipRoute { address: v.address, attributes: &v.route, announced: true }).collect();
         let text = render("edge-1", bgp, &routes);
         for expected in [
             "router id 198.18.0.2;",
@@ -188,18 +214,32 @@ address = "fd00::21"
         let tor6 = &text[text.find("protocol bgp lb_edge_1_tor6").expect("tor6")..];
         assert!(!tor6.contains("bfd on"));
         assert_eq!(socket_of(&text), Some(Path::new("/run/bird/bird.ctl")));
+        let announced: Vec<String> = announced_in(&text).iter().map(ToString::to_string).collect();
+        assert_eq!(announced, ["198.18.100.1", "fd00:100::1"]);
+        // Internal BGP (the same AS) is made direct: the peers are on the link.
+        let ibgp = render(
+            "edge-1",
+            config(&BASE.replacen("asn = 65000", "asn = 65010", 1)).bgp.as_ref().expect("bgp"),
+            &routes,
+        );
+        let first_peer = &ibgp[ibgp.find("protocol bgp").expect("peer")..];
+        assert!(first_peer[..first_peer.find('}').expect("end")].contains("direct;"), "{ibgp}");
+        assert!(!text.contains("direct;"));
     }
 
     #[test]
     fn withdrawn_routes_leave_the_static_protocol_and_sessions_alone() {
         let c = config(BASE);
         let bgp = c.bgp.as_ref().expect("bgp");
-        let all: Vec<Announced<'_>> =
-            c.vips.iter().map(|v| Announced { address: v.address, attributes: &v.route }).collect();
-        let (announced, withdrawn) = (render("edge-1", bgp, &all), render("edge-1", bgp, &all[1..]));
+        let mut routes: Vec<VipRoute<'_>> =
+            c.vips.iter().map(|v| VipRoute { address: v.address, attributes: &v.route, announced: true }).collect();
+        let announced = render("edge-1", bgp, &routes);
+        routes[0].announced = false;
+        let withdrawn = render("edge-1", bgp, &routes);
         assert!(!withdrawn.contains("route 198.18.100.1/32"));
-        let sessions = |t: &str| t[t.find("protocol bgp").expect("sessions")..].to_string();
-        assert_eq!(sessions(&announced), sessions(&withdrawn), "a withdrawal must not touch a session");
+        // Everything but the static protocol's route is the same: sessions, BFD, the filters.
+        let without_route = |t: &str| t.replace("  route 198.18.100.1/32 blackhole;\n", "");
+        assert_eq!(without_route(&announced), withdrawn, "a withdrawal must change only the static route");
     }
 
     #[test]
@@ -221,6 +261,14 @@ address = "fd00::21"
             ("\"65010:100\"", "\"65010:70000\"", "vip[0].bgp.communities"),
             ("med = 10", "med = -1", "vip[0].bgp.med"),
             ("address = \"fd00::fe\"", "address = \"198.18.0.254\"", "bgp.peer[1].address"),
+            ("address = \"fd00::fe\"", "address = \"fe80::1\"", "bgp.peer[1].address"),
+            ("name = \"tor6\"", "name = \"bfd\"", "bgp.peer[1].name"),
+            (
+                "local_asn = 65010",
+                "local_asn = 65010\nbird_socket = \"/run/x\\nprotocol static evil {}\"",
+                "bgp.bird_socket",
+            ),
+            ("local_asn = 65010", "local_asn = 65010\nbird_socket = \"run/bird.ctl\"", "bgp.bird_socket"),
         ] {
             let text = BASE.replacen(from, to, 1);
             let e = Config::parse(&text, "test.toml").expect_err(to);

@@ -39,10 +39,6 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    fn instance(&self) -> &str {
-        &self.instance
-    }
-
     /// Sends `request` and reads the answer as the type the request answers with.
     fn ask<T: DeserializeOwned>(&self, request: Request) -> anyhow::Result<T> {
         let socket = self.socket.clone().unwrap_or_else(|| PathBuf::from(format!("/run/lb/{}.sock", self.instance)));

@@ -45,16 +45,25 @@ pub fn detach(args: DetachArgs) -> anyhow::Result<ExitCode> {
     let instance = args.instance;
     let pins = PinDir::instance(&instance);
     anyhow::ensure!(pins.exists(), "no instance {instance}: nothing pinned at {}", pins.root().display());
+    // Withdrawn first: VIPs still announced without a data plane behind them would lose their
+    // traffic. Once the file says nothing, BIRD reads nothing else, now or when it restarts.
+    let withdrawn = withdraw(&instance);
     pins.remove().with_context(|| format!("removing {}", pins.root().display()))?;
     println!("detached instance {instance} and removed {}", pins.root().display());
-    withdraw(&instance)
+    match withdrawn {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Withdraws the instance's announcements, if it made any: its file for BIRD is left without
 /// sessions or routes, and BIRD is told to read it.
-fn withdraw(instance: &str) -> anyhow::Result<ExitCode> {
+fn withdraw(instance: &str) -> anyhow::Result<()> {
     let include = bgp::include_path(instance);
-    let Ok(text) = std::fs::read_to_string(&include) else { return Ok(ExitCode::SUCCESS) };
+    let Ok(text) = std::fs::read_to_string(&include) else { return Ok(()) };
     let Some(socket) = bgp::render::socket_of(&text).map(std::path::Path::to_path_buf) else {
         anyhow::bail!("{} is not a file lb wrote; its announcements were left alone", include.display());
     };
@@ -65,5 +74,5 @@ fn withdraw(instance: &str) -> anyhow::Result<ExitCode> {
         format!("withdrawing the VIPs: {} says nothing now, but BIRD did not read it", include.display())
     })?;
     println!("withdrew its VIPs from BGP (BIRD at {})", socket.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

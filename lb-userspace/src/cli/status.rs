@@ -67,13 +67,16 @@ fn announcements(bgp: &BgpStatus) -> String {
         let _ = writeln!(s, "NODE DRAINED: every VIP withdrawn (`lb node undrain` announces them again)");
     }
     match &bgp.speaking.problem {
-        Some(problem) => {
-            let _ = writeln!(s, "BGP NOT APPLIED: {problem}");
+        Some(problem) if !bgp.applied() => {
+            let _ = writeln!(s, "BGP NOT APPLIED (BIRD has not taken the latest announcements): {problem}");
         }
-        None if !bgp.speaking.applied => {
+        _ if !bgp.applied() => {
             let _ = writeln!(s, "bgp: handing the announcements to BIRD");
         }
-        None => {}
+        _ => {}
+    }
+    if let Some(problem) = &bgp.speaking.sessions_problem {
+        let _ = writeln!(s, "BGP SESSIONS UNKNOWN: {problem}");
     }
     for r in &bgp.routes {
         let state = r.withdrawn.map_or_else(|| "announced".to_string(), |w| format!("withdrawn: {}", w.describe()));

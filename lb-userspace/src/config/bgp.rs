@@ -126,9 +126,27 @@ fn asn(n: i64) -> Result<u32, String> {
     }
 }
 
+/// Communities in order, each once (so that two lists of the same communities compare equal).
 fn communities(list: &[Spanned<String>]) -> Result<Vec<Community>, String> {
-    list.iter().map(|c| c.get_ref().parse()).collect()
+    let mut parsed = list.iter().map(|c| c.get_ref().parse()).collect::<Result<Vec<Community>, String>>()?;
+    parsed.sort();
+    parsed.dedup();
+    Ok(parsed)
 }
+
+/// An absolute path of letters, digits and `/._-`: it is written into BIRD's configuration (as
+/// a comment that `lb detach` reads), where anything else could end the comment.
+fn socket_path(s: &str) -> Result<PathBuf, String> {
+    let safe = s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+    if !s.starts_with('/') || !safe {
+        return Err(format!("\"{}\" is not an absolute path of letters, digits and /._-", s.escape_default()));
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// Suffixes of the names the agent gives BIRD's other protocols and filters
+/// (`lb_INSTANCE_bfd`, ...), which a peer's protocol must not take.
+const RESERVED_PEER_NAMES: [&str; 5] = ["bfd", "vips4", "vips6", "export4", "export6"];
 
 impl Validator<'_> {
     pub(super) fn bgp(&mut self, raw: &raw::Bgp, instance: &str) -> Option<Bgp> {
@@ -138,9 +156,8 @@ impl Validator<'_> {
                 .map(Some)
                 .map_err(|_| format!("\"{s}\" is not a router id; write it as an IPv4 address"))
         });
-        let bird_socket = self.optional(&raw.bird_socket, "bgp.bird_socket", PathBuf::from(DEFAULT_BIRD_SOCKET), |s| {
-            if s.starts_with('/') { Ok(PathBuf::from(s)) } else { Err(format!("\"{s}\" is not an absolute path")) }
-        });
+        let bird_socket =
+            self.optional(&raw.bird_socket, "bgp.bird_socket", PathBuf::from(DEFAULT_BIRD_SOCKET), |s| socket_path(s));
         let next_hop_v4 = self.optional(&raw.next_hop_v4, "bgp.next_hop_v4", None, |s| match s.parse::<IpAddr>() {
             Ok(a @ IpAddr::V4(_)) => Ok(Some(a)),
             _ => Err(format!("\"{s}\" is not an IPv4 address")),
@@ -195,14 +212,25 @@ impl Validator<'_> {
     }
 
     fn peer(&mut self, raw: &raw::Peer, field: &str, instance: &str) -> Option<Peer> {
-        let address = self.check(&raw.address, &format!("{field}.address"), |s| super::validate::address(s));
+        let address = self.check(&raw.address, &format!("{field}.address"), |s| {
+            let address = super::validate::address(s)?;
+            match address {
+                IpAddr::V6(a) if a.is_unicast_link_local() => Err(format!(
+                    "{a} is link-local, which BIRD peers with only through a named interface; use the router's \
+                     global or unique local address"
+                )),
+                _ => Ok(address),
+            }
+        });
         let asn = self.check(&raw.asn, &format!("{field}.asn"), |n| asn(*n));
         let default_name = symbol(raw.address.get_ref());
         let name = self.optional(&raw.name, &format!("{field}.name"), default_name.clone(), |s| {
-            if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                Ok(s.clone())
-            } else {
+            if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 Err(format!("\"{s}\" is not a peer name; use letters, digits and '_'"))
+            } else if RESERVED_PEER_NAMES.contains(&s.as_str()) {
+                Err(format!("\"{s}\" names one of the agent's own BIRD protocols; choose another peer name"))
+            } else {
+                Ok(s.clone())
             }
         })?;
         let protocol = Bgp::protocol_name(instance, &name);

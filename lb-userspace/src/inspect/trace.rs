@@ -7,7 +7,7 @@ use lb_common::{
     addr::{from_key, to_key},
     backend::Backend,
     flow::{FlowKey, flow_hash, source_hash},
-    least_connections::{candidates, second_wins},
+    least_connections::{TOLERANCE_DENOMINATOR, TOLERANCE_NUMERATOR, candidates, second_wins},
     maglev::table_slot,
     vip::{VipInfo, find_vip, scheduler},
 };
@@ -149,10 +149,15 @@ fn least_connections(
                 name(&b),
                 b.weight,
                 if wins {
-                    "the first (the Maglev choice) has more than 9/8 of the second's per unit of weight: the second \
-                     takes the flow"
+                    format!(
+                        "the first (the Maglev choice) has more than {TOLERANCE_NUMERATOR}/{TOLERANCE_DENOMINATOR} of \
+                         the second's per unit of weight: the second takes the flow"
+                    )
                 } else {
-                    "the first (the Maglev choice) has at most 9/8 of the second's per unit of weight and takes the flow"
+                    format!(
+                        "the first (the Maglev choice) has at most {TOLERANCE_NUMERATOR}/{TOLERANCE_DENOMINATOR} of the \
+                         second's per unit of weight and takes the flow"
+                    )
                 }
             );
             (if wins { b } else { a }, why)

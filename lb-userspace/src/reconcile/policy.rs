@@ -25,6 +25,9 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Health {
     pub up: bool,
+    /// A probe has passed since the agent started: the backend is known to serve, not only
+    /// assumed to (BGP announces a VIP address only on such evidence, see `bgp::routes`).
+    pub passed: bool,
     successes: u32,
     failures: u32,
     /// When the backend last went down.
@@ -44,6 +47,7 @@ impl Default for Health {
     fn default() -> Self {
         Self {
             up: true,
+            passed: false,
             successes: 0,
             failures: 0,
             down_since: None,
@@ -65,6 +69,7 @@ impl Health {
                 Some(self.latency_ewma.map_or(sample, |e| EWMA_WEIGHT * sample + (1.0 - EWMA_WEIGHT) * e));
         }
         if ok {
+            self.passed = true;
             self.successes += 1;
             self.failures = 0;
             self.last_error = None;

@@ -25,7 +25,7 @@ use anyhow::Context as _;
 
 use super::{
     BALANCER, BALANCER_V4, BALANCER_V6, Lab, ROUTER, ROUTER_V4, SWITCH, WIDE_MTU, attach_pass_program, in_netns, ip,
-    ns, quiet_kill_pid_file, wait_until,
+    ns, quiet_kill_pid_file,
 };
 
 /// The second balancer.
@@ -165,16 +165,24 @@ impl Lab {
         Ok(words.windows(2).filter(|w| w[0] == "via").filter_map(|w| w[1].parse().ok()).collect())
     }
 
-    /// Waits until the router's route to `vip` has exactly the next hops `hops`.
-    pub fn wait_for_next_hops(&self, vip: IpAddr, hops: &[IpAddr], limit: Duration) -> anyhow::Result<()> {
+    /// Waits until the router's route to `vip` has exactly the next hops `hops` (looking every
+    /// 5 ms); how long that took.
+    pub fn wait_for_next_hops(&self, vip: IpAddr, hops: &[IpAddr], limit: Duration) -> anyhow::Result<Duration> {
+        let start = std::time::Instant::now();
         let mut wanted = hops.to_vec();
         wanted.sort();
-        wait_until(limit, &format!("the router's route to {vip} via {hops:?}"), || {
-            self.router_next_hops(vip).is_ok_and(|mut h| {
-                h.sort();
-                h == wanted
-            })
-        })
+        loop {
+            let mut now = self.router_next_hops(vip)?;
+            now.sort();
+            if now == wanted {
+                return Ok(start.elapsed());
+            }
+            anyhow::ensure!(
+                start.elapsed() < limit,
+                "the router's route to {vip} is via {now:?}, not {wanted:?}, after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Writes member `i`'s configuration, `template` (config/fleet.toml, member fleet-a's) with

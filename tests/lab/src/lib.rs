@@ -421,9 +421,11 @@ impl Lab {
             let _ = quiet(Command::new(&self.lb).args(["detach", "--instance", instance]));
         }
         for m in &fleet::MEMBERS {
-            for file in ["bird.conf", "drained", "bird.ctl"].map(|suffix| format!("{}.{suffix}", m.instance)) {
+            for file in ["bird.conf", "bird.ctl"].map(|suffix| format!("{}.{suffix}", m.instance)) {
                 let _ = std::fs::remove_file(Path::new("/run/lb").join(file));
             }
+            // `lb node drain`'s mark, which outlives reboots.
+            let _ = std::fs::remove_file(format!("/var/lib/lb/{}.drained", m.instance));
         }
         for name in BACKEND_NAMES {
             for pid_file in ["nginx.pid", "dnsmasq.pid"] {
