@@ -347,6 +347,42 @@ fn learnt_at(show_route: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// A member's BIRD crashes: the router stops using the member once BFD notices, `lb status`
+/// says BIRD cannot be reached, and BIRD started again announces from the agent's file alone.
+fn bird_crash_and_restart(f: &mut Fleet) -> anyhow::Result<()> {
+    let load = in_namespace(FAR_CLIENT, || Load::open(&[("web", 80, 100)], 20))??;
+    let (load, (gone, noticed, back)) = under_load(load, || {
+        std::thread::sleep(Duration::from_millis(500));
+        f.lab.kill_member_bird(0);
+        let gone = f.lab.wait_for_next_hops(IpAddr::V4(VIP_V4), &Fleet::hops(&[1]), Duration::from_secs(10))?;
+        let start = Instant::now();
+        lb_lab::wait_until(Duration::from_secs(5), "fleet-a's status to say BIRD cannot be reached", || {
+            Fleet::status(0)
+                .ok()
+                .and_then(|s| s.bgp)
+                .and_then(|b| b.speaking.sessions_problem)
+                .is_some_and(|p| p.contains("cannot reach BIRD"))
+        })?;
+        let noticed = start.elapsed();
+        ensure!(Fleet::metrics(0)?.contains("lb_bgp_applied 1"), "BIRD's crash is not a refusal of the plan");
+        f.lab.start_member_bird(0)?;
+        let back = f.lab.wait_for_next_hops(IpAddr::V4(VIP_V4), &Fleet::hops(&[0, 1]), CONVERGE)?;
+        std::thread::sleep(Duration::from_secs(1));
+        Ok((gone, noticed, back))
+    })?;
+    println!(
+        "    fleet-a's BIRD killed: the router stopped using fleet-a {} ms later, the agent said so {} ms after that; \
+         BIRD restarted: in the route again {} ms later, from the file alone",
+        gone.as_millis(),
+        noticed.as_millis(),
+        back.as_millis()
+    );
+    println!("    {}", load.report());
+    ensure!(load.faults("web").is_empty(), "connections broke: {:?}", load.faults("web"));
+    ensure!(load.moved_udp().is_empty(), "UDP sessions moved: {:?}", load.moved_udp());
+    Ok(())
+}
+
 /// A member dies the hard way (agent killed by `SIGKILL`, link down): the router stops using it once BFD
 /// notices, and the survivor keeps the Maglev VIPs' connections on their backends.
 fn member_killed_hard(f: &mut Fleet) -> anyhow::Result<()> {
@@ -587,6 +623,7 @@ fn main() -> anyhow::Result<()> {
     let trials: Vec<FleetTrial> = vec![
         ("fleet/identical_tables_and_shares", identical_tables_and_shares),
         ("fleet/agent_restart_withdraws_nothing", agent_restart_withdraws_nothing),
+        ("fleet/bird_crash_and_restart", bird_crash_and_restart),
         ("fleet/member_killed_hard", member_killed_hard),
         ("fleet/member_returns", member_returns),
         ("fleet/drain_and_undrain", drain_and_undrain),
