@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lb_userspace::agent::control::ControlError;
 
 mod cli;
 
@@ -21,8 +22,16 @@ use cli::{
     vip::VipCommand,
 };
 
+/// Exit statuses, the same for every subcommand.
+const EXIT_STATUSES: &str = "Exit status: 0 done; 1 refused, invalid or failed (a configuration with errors, a change \
+the agent refused, balancers that differ, a drain that did not end); 2 usage (unknown subcommand or flag); 3 the \
+agent could not be reached (no `lb run` for the instance, or not root).";
+
+/// The agent could not be reached.
+const EXIT_UNREACHABLE: u8 = 3;
+
 #[derive(Parser)]
-#[command(name = "lb", version, about = "XDP Layer-4 load balancer")]
+#[command(name = "lb", version, about = "XDP Layer-4 load balancer", after_help = EXIT_STATUSES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,6 +103,38 @@ fn main() -> ExitCode {
     };
     done.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
-        ExitCode::FAILURE
+        let unreachable = e
+            .chain()
+            .any(|cause| matches!(cause.downcast_ref::<ControlError>(), Some(ControlError::Unreachable { .. })));
+        if unreachable { ExitCode::from(EXIT_UNREACHABLE) } else { ExitCode::FAILURE }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Every subcommand and every argument says what it is for in `--help`.
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(path.clone());
+                }
+                for arg in sub.get_arguments().filter(|a| !["help", "version"].contains(&a.get_id().as_str())) {
+                    if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                        missing.push(format!("{path} {}", arg.get_id()));
+                    }
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "lb", &mut missing);
+        assert!(missing.is_empty(), "subcommands and arguments without help:\n{}", missing.join("\n"));
+    }
 }

@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn status() -> anyhow::Result<Status> {
-    control::request(Path::new(CONTROL_SOCKET), &Request::Status)?.into_answer()
+    Ok(control::request(Path::new(CONTROL_SOCKET), &Request::Status)?.into_answer()?)
 }
 
 /// Both cases: VIPs sharing their probes, and every pair probing on its own.

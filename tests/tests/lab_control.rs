@@ -51,7 +51,7 @@ fn dns_check() -> String {
 }
 
 fn ask<T: serde::de::DeserializeOwned>(request: Request) -> anyhow::Result<T> {
-    control::request(Path::new(CONTROL_SOCKET), &request)?.into_answer()
+    Ok(control::request(Path::new(CONTROL_SOCKET), &request)?.into_answer()?)
 }
 
 /// Asks for a change; what it did.

@@ -58,7 +58,7 @@ impl Fleet {
     }
 
     fn status(i: usize) -> anyhow::Result<Status> {
-        control::request(&MEMBERS[i].control_socket(), &Request::Status)?.into_answer()
+        Ok(control::request(&MEMBERS[i].control_socket(), &Request::Status)?.into_answer()?)
     }
 
     /// New flows member `i`'s data plane counted, over all VIPs.

@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -93,17 +93,37 @@ impl Response {
     }
 
     /// The body as the type the request answers with, or the agent's error.
-    pub fn into_answer<T: DeserializeOwned>(self) -> anyhow::Result<T> {
+    pub fn into_answer<T: DeserializeOwned>(self) -> Result<T, ControlError> {
         if let Some(e) = self.error {
-            anyhow::bail!("{e}");
+            return Err(ControlError::Refused(e));
         }
-        serde_json::from_value(self.body).context("the agent's answer is not of the type this request expects")
+        serde_json::from_value(self.body).map_err(ControlError::UnexpectedAnswer)
     }
+}
+
+/// Why a request to the agent did not get the answer it asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No agent listens on the socket (or the caller may not open it).
+    #[error(
+        "cannot reach the agent at {}: {error} (is `lb run` running for this instance, and are you root?)",
+        socket.display()
+    )]
+    Unreachable { socket: PathBuf, error: std::io::Error },
+    #[error("talking to the agent at {}: {error}", socket.display())]
+    Broken { socket: PathBuf, error: std::io::Error },
+    #[error("the agent's answer is not a response: {0}")]
+    Garbled(serde_json::Error),
+    /// The agent refused the request, and says why.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the agent's answer is not of the type this request expects: {0}")]
+    UnexpectedAnswer(serde_json::Error),
 }
 
 /// Sends one request to the agent listening on `socket`; while the agent answers [`BUSY`], tries
 /// again for up to [`REQUEST_TIMEOUT`] and a second.
-pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Response> {
+pub fn request(socket: &Path, request: &Request) -> Result<Response, ControlError> {
     let give_up = std::time::Instant::now() + REQUEST_TIMEOUT + Duration::from_secs(1);
     loop {
         let response = request_once(socket, request)?;
@@ -114,22 +134,23 @@ pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     }
 }
 
-fn request_once(socket: &Path, request: &Request) -> anyhow::Result<Response> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!("connecting to the agent at {} (is `lb run` running, and are you root?)", socket.display())
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+fn request_once(socket: &Path, request: &Request) -> Result<Response, ControlError> {
+    let broken = |error| ControlError::Broken { socket: socket.to_path_buf(), error };
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|error| ControlError::Unreachable { socket: socket.to_path_buf(), error })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(broken)?;
     // An agent that refuses the connection (busy) answers and closes before reading: the answer
     // is there to read even when sending failed.
-    let sent = writeln!(stream, "{}", serde_json::to_string(request)?);
+    let text = serde_json::to_string(request).expect("requests serialize");
+    let sent = writeln!(stream, "{text}");
     let mut line = String::new();
     let read = BufReader::new(stream).read_line(&mut line);
     match (serde_json::from_str(&line), sent) {
         (Ok(response), _) => Ok(response),
-        (Err(_), Err(e)) => Err(e).context("sending the request to the agent"),
+        (Err(_), Err(e)) => Err(broken(e)),
         (Err(e), Ok(())) => {
-            read.context("reading the agent's answer")?;
-            Err(e).context("the agent's answer is not a response")
+            read.map_err(broken)?;
+            Err(ControlError::Garbled(e))
         }
     }
 }
@@ -389,7 +410,7 @@ mod tests {
 
     /// A control socket in a directory of its own, served by a stand-in for the agent's loop
     /// that answers every request with its name.
-    fn serving(name: &str) -> std::path::PathBuf {
+    fn serving(name: &str) -> PathBuf {
         let socket = std::env::temp_dir().join(format!("lb-control-{name}-{}", std::process::id())).join("c.sock");
         let listener = bind(&socket).unwrap();
         let (tx, mut rx) = mpsc::channel::<Pending>(8);

@@ -24,8 +24,8 @@ const MAX_REPLY_LINES: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BirdError {
-    #[error("cannot reach BIRD at {}: {source}; is bird running, and is [bgp] bird_socket its control socket?", socket.display())]
-    Unreachable { socket: PathBuf, source: std::io::Error },
+    #[error("cannot reach BIRD at {}: {error}; is bird running, and is [bgp] bird_socket its control socket?", socket.display())]
+    Unreachable { socket: PathBuf, error: std::io::Error },
     #[error("BIRD at {} did not answer `{command}` within {REPLY_TIMEOUT:?}", socket.display())]
     Timeout { socket: PathBuf, command: String },
     #[error("BIRD refused `{command}`: {message}")]
@@ -50,7 +50,7 @@ pub struct Bird {
 impl Bird {
     /// Connects and reads BIRD's greeting.
     pub async fn connect(socket: &Path) -> Result<Self, BirdError> {
-        let unreachable = |source| BirdError::Unreachable { socket: socket.to_path_buf(), source };
+        let unreachable = |error| BirdError::Unreachable { socket: socket.to_path_buf(), error };
         let stream = tokio::time::timeout(REPLY_TIMEOUT, UnixStream::connect(socket))
             .await
             .map_err(|_| BirdError::Timeout { socket: socket.to_path_buf(), command: "connect".into() })?
@@ -62,7 +62,7 @@ impl Bird {
 
     /// Sends `command` and reads its whole reply; an error code is [`BirdError::Refused`].
     pub async fn command(&mut self, command: &str) -> Result<Vec<Line>, BirdError> {
-        let unreachable = |source| BirdError::Unreachable { socket: self.socket.clone(), source };
+        let unreachable = |error| BirdError::Unreachable { socket: self.socket.clone(), error };
         self.reader.get_mut().write_all(format!("{command}\n").as_bytes()).await.map_err(unreachable)?;
         let lines = self.reply(command).await?;
         match lines.iter().find(|l| l.code >= 8000) {
@@ -101,7 +101,7 @@ async fn read_reply(reader: &mut BufReader<UnixStream>, command: &str, socket: &
         let n = reader
             .read_until(b'\n', &mut bytes)
             .await
-            .map_err(|source| BirdError::Unreachable { socket: socket.to_path_buf(), source })?;
+            .map_err(|error| BirdError::Unreachable { socket: socket.to_path_buf(), error })?;
         let garbled = |line: &str| BirdError::Garbled { command: command.to_string(), line: line.to_string() };
         if n == 0 {
             return Err(garbled("(closed before the reply ended)"));

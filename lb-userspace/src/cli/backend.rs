@@ -13,31 +13,43 @@ use super::{AgentArgs, cell};
 
 #[derive(Subcommand)]
 pub enum BackendCommand {
+    /// Backends with their admin state, health, weights and active flows.
     List {
         #[command(flatten)]
         agent: AgentArgs,
         /// Only this VIP's backends.
         vip: Option<String>,
     },
+    /// Add a backend to a VIP (checked by the VIP's health check, if it has one).
     Add {
         #[command(flatten)]
         agent: AgentArgs,
+        /// The VIP's name.
         vip: String,
+        /// The backend's IP address (of the VIP's family).
         address: String,
+        /// Its weight (0..=65535; default 1; 0 keeps it configured but gives it no new flows).
         #[arg(long, allow_negative_numbers = true)]
         weight: Option<i64>,
     },
+    /// Remove a backend from a VIP: its share of the table moves to the others.
     Remove {
         #[command(flatten)]
         agent: AgentArgs,
+        /// The VIP's name.
         vip: String,
+        /// The backend's IP address.
         address: String,
     },
+    /// Set a backend's weight.
     Weight {
         #[command(flatten)]
         agent: AgentArgs,
+        /// The VIP's name.
         vip: String,
+        /// The backend's IP address.
         address: String,
+        /// The new weight (0..=65535; 0 gives it no new flows).
         #[arg(allow_negative_numbers = true)]
         weight: i64,
     },
@@ -53,7 +65,9 @@ pub enum BackendCommand {
 pub struct StateArgs {
     #[command(flatten)]
     agent: AgentArgs,
+    /// The VIP's name.
     vip: String,
+    /// The backend's IP address.
     address: String,
 }
 

@@ -7,6 +7,7 @@ use super::AgentArgs;
 
 #[derive(Subcommand)]
 pub enum ConfigCommand {
+    /// Print the running configuration, live changes included, as a configuration file.
     Dump {
         #[command(flatten)]
         agent: AgentArgs,

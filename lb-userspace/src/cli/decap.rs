@@ -17,6 +17,7 @@ pub enum DecapCommand {
         /// Name of this attachment (pins under /sys/fs/bpf/lb-decap/NAME).
         #[arg(long)]
         name: String,
+        /// The backend's interface that receives the tunnel packets.
         #[arg(long)]
         interface: String,
         /// A VIP address served by this backend (repeat for several).
@@ -31,11 +32,13 @@ pub enum DecapCommand {
         /// this host's stack (for a host that terminates other tunnels itself).
         #[arg(long, value_enum, default_value = "drop")]
         unlisted_source: UnlistedSource,
+        /// native, generic, or auto (native, else generic with a warning).
         #[arg(long, default_value = "auto", value_parser = XdpMode::parse)]
         xdp_mode: XdpMode,
     },
     /// Detach the decapsulation program and remove its pins.
     Detach {
+        /// The attachment's name, as given to `attach`.
         #[arg(long)]
         name: String,
     },

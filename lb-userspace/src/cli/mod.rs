@@ -42,7 +42,7 @@ impl AgentArgs {
     /// Sends `request` and reads the answer as the type the request answers with.
     fn ask<T: DeserializeOwned>(&self, request: Request) -> anyhow::Result<T> {
         let socket = self.socket.clone().unwrap_or_else(|| PathBuf::from(format!("/run/lb/{}.sock", self.instance)));
-        control::request(&socket, &request)?.into_answer()
+        Ok(control::request(&socket, &request)?.into_answer()?)
     }
 
     /// Sends a change and says what it did.

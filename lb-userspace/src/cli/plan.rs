@@ -10,7 +10,9 @@ use lb_userspace::{
 
 #[derive(clap::Args)]
 pub struct PlanArgs {
+    /// The new configuration, compared with what its instance's pinned maps hold now.
     config: PathBuf,
+    /// The plan as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -7,17 +7,20 @@ use lb_userspace::{agent, bgp, config::Config, dataplane::PinDir};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
+    /// The configuration file (TOML); reloaded on SIGHUP and when it changes.
     #[arg(long, short)]
     config: PathBuf,
 }
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
+    /// The configuration file to validate.
     config: PathBuf,
 }
 
 #[derive(clap::Args)]
 pub struct DetachArgs {
+    /// The instance to remove (its pins are under /sys/fs/bpf/lb/INSTANCE).
     #[arg(long, short)]
     instance: String,
 }

@@ -5,8 +5,10 @@ use lb_userspace::{dataplane::PinDir, inspect::PinnedStats};
 
 #[derive(clap::Args)]
 pub struct StatsArgs {
+    /// The instance whose pinned maps are read.
     #[arg(long, short)]
     instance: String,
+    /// The counters as JSON.
     #[arg(long)]
     json: bool,
     /// Refresh every second.

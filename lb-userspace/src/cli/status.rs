@@ -10,6 +10,7 @@ use super::{AgentArgs, backend, cell, vip};
 pub struct StatusArgs {
     #[command(flatten)]
     agent: AgentArgs,
+    /// The whole status as JSON (`lb_userspace::agent::status::Status`).
     #[arg(long)]
     json: bool,
 }

@@ -10,14 +10,21 @@ use lb_userspace::{
 
 #[derive(clap::Args)]
 pub struct TraceArgs {
+    /// The instance whose pinned maps are read.
     #[arg(long, short)]
     instance: String,
+    /// tcp or udp.
     #[arg(value_parser = Protocol::parse)]
     protocol: Protocol,
+    /// The client's address.
     src: IpAddr,
+    /// The client's port.
     sport: u16,
+    /// The VIP's address.
     dst: IpAddr,
+    /// The VIP's port.
     dport: u16,
+    /// The trace as JSON.
     #[arg(long)]
     json: bool,
 }

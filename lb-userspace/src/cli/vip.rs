@@ -12,26 +12,36 @@ use super::{AgentArgs, cell};
 
 #[derive(Subcommand)]
 pub enum VipCommand {
+    /// VIPs with their schedulers, table sizes, backends, fingerprints and admission.
     List {
         #[command(flatten)]
         agent: AgentArgs,
     },
+    /// Add a VIP without backends (add them with `lb backend add`); Maglev, no health check.
     Add {
         #[command(flatten)]
         agent: AgentArgs,
+        /// Its name (1 to 32 of a-z, 0-9, '-' and '_').
         name: String,
+        /// Its IPv4 or IPv6 address.
         #[arg(long)]
         address: String,
+        /// Its port (0: every port).
         #[arg(long, allow_negative_numbers = true)]
         port: i64,
+        /// tcp or udp.
         #[arg(long)]
         protocol: String,
+        /// Entries of its Maglev table (a prime; default from the number of backends).
         #[arg(long, allow_negative_numbers = true)]
         table_size: Option<i64>,
     },
+    /// Remove a VIP: its traffic is no longer balanced (and its address withdrawn from BGP if
+    /// no other VIP shares it).
     Remove {
         #[command(flatten)]
         agent: AgentArgs,
+        /// The VIP's name.
         name: String,
     },
 }
