@@ -458,6 +458,50 @@ fn metrics(_env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lb stats --rate` while DNS queries run at a known pace: the dns VIP's rate is about that
+/// pace, and the web VIP, idle, shows none.
+fn stats_rate(env: &mut Env) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            in_namespace(CLIENT, move || -> anyhow::Result<usize> {
+                let mut dns = Dns::with_timeout(vip(false), Duration::from_millis(300))?;
+                let mut asked = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    dns.ask()?;
+                    asked += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(asked)
+            })?
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let out = std::process::Command::new(&env.lab.lb)
+        .args(["stats", "--instance", lb_lab::INSTANCE, "--rate", "--interval", "2", "--json"])
+        .output();
+    stop.store(true, Ordering::Relaxed);
+    let asked = sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    let out = out?;
+    ensure!(out.status.success(), "lb stats --rate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let rates: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let rate_of = |vip: &str| {
+        rates["vips"]
+            .as_array()
+            .and_then(|v| v.iter().find(|r| r["name"] == vip))
+            .and_then(|r| r["packets_per_second"].as_f64())
+    };
+    let dns = rate_of("198.18.100.1:53/udp").context("no dns VIP in the rates")?;
+    let web = rate_of("198.18.100.1:80/tcp").context("no web VIP in the rates")?;
+    println!(
+        "    lb stats --rate over 2 s: dns {dns:.0} packets/s, web {web:.0} (queries sent at up to 100/s, {asked} in all)"
+    );
+    ensure!((20.0..=120.0).contains(&dns), "the dns VIP's rate is {dns:.1} packets/s for queries sent every ~10 ms");
+    ensure!(web < 1.0, "the idle web VIP shows {web:.1} packets/s");
+    Ok(())
+}
+
 /// A changed configuration file, announced with SIGHUP, is applied.
 fn sighup_reloads(env: &mut Env) -> anyhow::Result<()> {
     let config_path = status()?.config.display().to_string();
@@ -955,6 +999,7 @@ fn main() -> anyhow::Result<()> {
         ("health/all_checks_failing_fails_open", all_checks_failing_fails_open),
         ("health/4000_checks_detect_a_dead_backend_in_time", checks_at_scale_detect_in_time),
         ("ops/prometheus_metrics", metrics),
+        ("ops/stats_rate_follows_traffic", stats_rate),
         ("ops/fleet_diff_compares_sockets_and_metrics", fleet_diff),
         ("ops/sighup_reloads_the_file", sighup_reloads),
         ("ops/reload_storm_keeps_health_detection_time", reload_storm_keeps_detection_time),
