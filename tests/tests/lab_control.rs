@@ -442,19 +442,40 @@ fn metrics(_env: &mut Env) -> anyhow::Result<()> {
                 .all(|r| r.check_latency_ms.is_some())
         })
     })?;
-    let body = metrics_text()?;
+    let response = metrics_text()?;
     for expected in [
         "HTTP/1.1 200 OK",
-        "lb_backend_healthy{vip=\"web\",backend=\"198.18.0.21\"} 1",
-        "lb_backend_effective_weight{vip=\"web\",backend=\"198.18.0.22\"} 1",
-        "lb_health_check_latency_seconds{vip=\"dns\",backend=\"198.18.0.23\"}",
+        "lb_backend_healthy{backend=\"198.18.0.21\",vip=\"web\"} 1",
+        "lb_backend_effective_weight{backend=\"198.18.0.22\",vip=\"web\"} 1",
+        "lb_health_check_latency_seconds{backend=\"198.18.0.23\",vip=\"dns\"}",
         "lb_vip_packets_total{vip=\"198.18.100.1:80/tcp\"}",
         "lb_reason_packets_total{reason=\"tx_fib\"}",
         "lb_table_generation ",
-        "lb_vip_table_info{vip=\"web\",fingerprint=\"",
+        "lb_vip_table_info{fingerprint=\"",
     ] {
-        ensure!(body.contains(expected), "no {expected:?} in the metrics:\n{body}");
+        ensure!(response.contains(expected), "no {expected:?} in the metrics:\n{response}");
     }
+    // Prometheus's own linter accepts the exposition.
+    let body = response.split_once("\r\n\r\n").context("no body")?.1.to_string();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running promtool (Debian's prometheus package; `cargo xtask deps` installs it)")?;
+    std::io::Write::write_all(&mut promtool.stdin.take().context("promtool's stdin")?, body.as_bytes())?;
+    let checked = promtool.wait_with_output()?;
+    ensure!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // Only /metrics is served.
+    let other = http_get("/")?;
+    ensure!(other.starts_with("HTTP/1.1 404"), "GET / answered: {other}");
+    println!("    promtool check metrics: no problems in {} lines; GET / is 404", body.lines().count());
     Ok(())
 }
 
@@ -941,8 +962,8 @@ fn fleet_diff(env: &mut Env) -> anyhow::Result<()> {
     let same = lb_lab::ns(lb_lab::BALANCER, &lb, &["fleet", "diff", CONTROL_SOCKET, "127.0.0.1:9120"])?;
     ensure!(same.contains("every table is the same"), "lb fleet diff said: {same}");
     let doctored = metrics_text()?.split_once("\r\n\r\n").context("no metrics body")?.1.replace(
-        "lb_backend_effective_weight{vip=\"web\",backend=\"198.18.0.21\"} 1",
-        "lb_backend_effective_weight{vip=\"web\",backend=\"198.18.0.21\"} 5",
+        "lb_backend_effective_weight{backend=\"198.18.0.21\",vip=\"web\"} 1",
+        "lb_backend_effective_weight{backend=\"198.18.0.21\",vip=\"web\"} 5",
     );
     // Listening before `lb` is started: the stand-in's socket is bound in the balancer's
     // namespace here, and served from a thread of this one.
@@ -974,12 +995,18 @@ fn fleet_diff(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agent's Prometheus exposition, from inside the balancer's namespace.
+/// The agent's Prometheus exposition (the whole response), from inside the balancer's namespace.
 fn metrics_text() -> anyhow::Result<String> {
-    in_namespace(lb_lab::BALANCER, || -> anyhow::Result<String> {
+    http_get("/metrics")
+}
+
+/// `GET path` on the agent's metrics address; the whole response.
+fn http_get(path: &'static str) -> anyhow::Result<String> {
+    in_namespace(lb_lab::BALANCER, move || -> anyhow::Result<String> {
         use std::io::{Read as _, Write as _};
         let mut s = std::net::TcpStream::connect("127.0.0.1:9120")?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)

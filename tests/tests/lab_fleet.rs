@@ -252,7 +252,7 @@ fn identical_tables_and_shares(f: &mut Fleet) -> anyhow::Result<()> {
         let metrics = Fleet::metrics(i)?;
         for expected in [
             "lb_vip_announced{address=\"198.18.100.1\",reason=\"\"} 1",
-            "lb_bgp_session_established{peer=\"lb_fleet_",
+            "lb_bgp_session_established{address=\"198.18.0.254\",peer=\"lb_fleet_",
             "lb_node_drained 0",
             "lb_bgp_applied 1",
         ] {
@@ -547,7 +547,8 @@ fn backend_removed_on_one_member(f: &mut Fleet) -> anyhow::Result<()> {
     ensure!(said.contains("web") && said.contains("198.18.0.23"), "lb fleet diff said: {said}");
     println!("    lb fleet diff:\n{}", said.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n"));
     let fingerprint = |metrics: &str, vip: &str| -> Option<String> {
-        let line = metrics.lines().find(|l| l.starts_with(&format!("lb_vip_table_info{{vip=\"{vip}\"")))?;
+        let line =
+            metrics.lines().find(|l| l.starts_with("lb_vip_table_info{") && l.contains(&format!("vip=\"{vip}\"")))?;
         let start = line.find("fingerprint=\"")? + "fingerprint=\"".len();
         Some(line[start..].split('"').next()?.to_string())
     };
