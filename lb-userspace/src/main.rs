@@ -13,6 +13,7 @@ use cli::{
     config::{ConfigCommand, ReloadArgs},
     decap::DecapCommand,
     fleet::FleetCommand,
+    generate::GenerateCommand,
     node::NodeCommand,
     plan::PlanArgs,
     run::{CheckArgs, DetachArgs, RunArgs},
@@ -74,6 +75,9 @@ enum Command {
     /// This balancer in its fleet: withdraw its VIPs from the routers (drain) or announce them again.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Shell completions and man pages, generated from this command line.
+    #[command(subcommand)]
+    Generate(GenerateCommand),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +104,9 @@ fn main() -> ExitCode {
         Command::Decap(command) => cli::decap::run(command).map(|()| ExitCode::SUCCESS),
         Command::Fleet(command) => cli::fleet::run(command),
         Command::Node(command) => cli::node::run(command),
+        Command::Generate(command) => {
+            cli::generate::run(command, <Cli as clap::CommandFactory>::command()).map(|()| ExitCode::SUCCESS)
+        }
     };
     done.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

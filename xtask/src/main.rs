@@ -6,11 +6,13 @@
 //! - [`bench`]: the benchmark suite (`BPF_PROG_RUN` and live frames, optionally by stage).
 //! - [`perfdoc`]: docs/performance.md from the benchmarks' results.
 //! - [`lab`]: the namespaced lab and the demo.
+//! - [`package`]: the Debian package and its install check.
 //! - [`cmd`]: running commands with readable failures.
 mod bench;
 mod cmd;
 mod deps;
 mod lab;
+mod package;
 mod perfdoc;
 mod perfplot;
 mod test;
@@ -49,6 +51,9 @@ enum Command {
         #[arg(long)]
         fleet: bool,
     },
+    /// Build the Debian package (`target/package/lb_VERSION_ARCH.deb`): lb, its systemd unit, an
+    /// example /etc/lb/lb.toml, shell completions and man pages.
+    Package,
     /// Bring the namespaced lab up or down (needs root).
     Lab {
         #[arg(value_enum)]
@@ -100,6 +105,10 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { fleet } => {
             deps::ensure()?;
             if fleet { lab::demo_fleet() } else { lab::demo() }
+        }
+        Command::Package => {
+            deps::ensure()?;
+            package::build().map(drop)
         }
         Command::Lab { action } => {
             deps::ensure()?;

@@ -13,6 +13,8 @@ pub enum Tier {
     Lint,
     /// Host unit tests: hashing, Maglev, layouts, parsing helpers.
     Unit,
+    /// The Debian package: built, installed with dpkg, checked, purged (root).
+    Package,
     /// In-kernel packet tests: the compiled XDP programs through `BPF_PROG_RUN` (root).
     Packet,
     /// End-to-end tests in the namespaced lab with real servers and clients (root).
@@ -35,7 +37,7 @@ struct Outcome {
 pub fn run(only: Option<Tier>) -> anyhow::Result<()> {
     let tiers = match only {
         Some(t) => vec![t],
-        None => vec![Tier::Lint, Tier::Unit, Tier::Packet, Tier::E2e],
+        None => vec![Tier::Lint, Tier::Unit, Tier::Package, Tier::Packet, Tier::E2e],
     };
     let mut outcomes = Vec::new();
     for tier in tiers {
@@ -72,6 +74,7 @@ fn run_tier(tier: Tier) -> anyhow::Result<usize> {
             passed += cargo_test(&["-p", "lb-userspace", "-p", "xtask"])?;
             Ok(passed)
         }
+        Tier::Package => crate::package::check(&crate::package::build()?),
         Tier::Packet => {
             if !cmd::is_root() {
                 bail!(

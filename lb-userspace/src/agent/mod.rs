@@ -141,6 +141,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         control = %socket.display(),
         "running"
     );
+    // Under systemd (Type=notify): ready once attached and reconciled. Elsewhere a no-op.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("telling systemd the agent is ready: {e}");
+    }
     agent.serve(outcomes, requests).await?;
     for (_, probe) in std::mem::take(&mut agent.probes) {
         probe.task.abort();

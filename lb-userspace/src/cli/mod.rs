@@ -6,6 +6,7 @@
 //! - [`decap`]: the backends' decapsulation program.
 //! - [`fleet`]: comparing the tables of several balancers.
 //! - [`node`]: draining this balancer out of the fleet and back.
+//! - [`generate`]: shell completions and man pages.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,7 @@ pub mod backend;
 pub mod config;
 pub mod decap;
 pub mod fleet;
+pub mod generate;
 pub mod node;
 pub mod plan;
 pub mod run;
