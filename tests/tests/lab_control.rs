@@ -523,6 +523,45 @@ fn stats_rate(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Under systemd (`Type=notify`) the agent says READY=1 on `$NOTIFY_SOCKET` once it runs, and
+/// not before the data plane is attached: a datagram socket of the test's stands in for systemd.
+fn agent_notifies_readiness(env: &mut Env) -> anyhow::Result<()> {
+    let config = status()?.config;
+    let agent = env.agent.take().context("no agent")?;
+    env.lab.stop_agent(agent)?;
+    // A fresh start: the agent must attach before it may say it is ready.
+    lb_lab::run(std::process::Command::new(&env.lab.lb).args(["detach", "--instance", lb_lab::INSTANCE]))?;
+    ensure!(balancer_xdp_mode()?.is_none(), "eth0 still runs XDP after lb detach");
+    let socket_path = env.lab.dir.join("notify.sock");
+    let _ = std::fs::remove_file(&socket_path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
+    notify.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let started = Instant::now();
+    let mut agent = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lb_lab::BALANCER))
+        .arg(&env.lab.lb)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut message = [0u8; 256];
+    let received = notify.recv(&mut message);
+    let ready_after = started.elapsed();
+    let attached = balancer_xdp_mode();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    agent.wait()?;
+    env.run_agent(&EQUAL)?;
+    let n = received.context("no notification from the agent within 20 s")?;
+    let text = String::from_utf8_lossy(&message[..n]).into_owned();
+    ensure!(text.lines().any(|l| l == "READY=1"), "the agent notified {text:?}");
+    ensure!(attached?.is_some(), "READY=1 came before eth0 had the balancer attached");
+    println!("    READY=1 on $NOTIFY_SOCKET {} ms after lb run started, eth0 attached", ready_after.as_millis());
+    Ok(())
+}
+
 /// A changed configuration file, announced with SIGHUP, is applied.
 fn sighup_reloads(env: &mut Env) -> anyhow::Result<()> {
     let config_path = status()?.config.display().to_string();
@@ -1027,6 +1066,7 @@ fn main() -> anyhow::Result<()> {
         ("health/4000_checks_detect_a_dead_backend_in_time", checks_at_scale_detect_in_time),
         ("ops/prometheus_metrics", metrics),
         ("ops/stats_rate_follows_traffic", stats_rate),
+        ("ops/agent_notifies_readiness", agent_notifies_readiness),
         ("ops/fleet_diff_compares_sockets_and_metrics", fleet_diff),
         ("ops/sighup_reloads_the_file", sighup_reloads),
         ("ops/reload_storm_keeps_health_detection_time", reload_storm_keeps_detection_time),
