@@ -19,6 +19,7 @@ use cli::{
     run::{CheckArgs, DetachArgs, RunArgs},
     stats::StatsArgs,
     status::StatusArgs,
+    top::TopArgs,
     trace::TraceArgs,
     vip::VipCommand,
 };
@@ -50,6 +51,8 @@ enum Command {
     Status(StatusArgs),
     /// Counters of an instance, read from its pinned maps (works while the agent is stopped).
     Stats(StatsArgs),
+    /// A live view of an instance: rates per VIP, backend and verdict, with health and weights.
+    Top(TopArgs),
     /// List, add or remove VIPs of the running agent.
     #[command(subcommand)]
     Vip(VipCommand),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Detach(args) => cli::run::detach(args),
         Command::Status(args) => cli::status::run(args).map(|()| ExitCode::SUCCESS),
         Command::Stats(args) => cli::stats::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Top(args) => cli::top::run(args).map(|()| ExitCode::SUCCESS),
         Command::Vip(command) => cli::vip::run(command).map(|()| ExitCode::SUCCESS),
         Command::Backend(command) => cli::backend::run(command).map(|()| ExitCode::SUCCESS),
         Command::Config(command) => cli::config::run(command).map(|()| ExitCode::SUCCESS),

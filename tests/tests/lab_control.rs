@@ -523,6 +523,56 @@ fn stats_rate(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lb top` in a terminal multiplexer (tmux) while DNS queries run: the screen shows the lab's
+/// VIPs by address and name, a non-zero rate on the dns VIP, and the backends' health.
+fn top_in_a_multiplexer(env: &mut Env) -> anyhow::Result<()> {
+    let lb = env.lab.lb.display().to_string();
+    const SESSION: &str = "lb-top-test";
+    let tmux = |args: &[&str]| lb_lab::run(std::process::Command::new("tmux").args(args));
+    let _ = tmux(&["kill-session", "-t", SESSION]);
+    let command = format!("{lb} top --instance {}", lb_lab::INSTANCE);
+    tmux(&["new-session", "-d", "-s", SESSION, "-x", "160", "-y", "48", &command])
+        .context("starting lb top in tmux (Debian's tmux; `cargo xtask deps` installs it)")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            in_namespace(CLIENT, move || -> anyhow::Result<()> {
+                let mut dns = Dns::with_timeout(vip(false), Duration::from_millis(300))?;
+                while !stop.load(Ordering::Relaxed) {
+                    dns.ask()?;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(())
+            })?
+        })
+    };
+    // Rates over a full second of traffic, and the screen drawn after it.
+    let mut screen = String::new();
+    let shown = lb_lab::wait_until(Duration::from_secs(8), "lb top to show the dns VIP's rate", || {
+        screen = tmux(&["capture-pane", "-p", "-t", SESSION]).unwrap_or_default();
+        screen.lines().any(|l| {
+            let words: Vec<&str> = l.trim_start_matches('│').split_whitespace().collect();
+            words.first() == Some(&"198.18.100.1:53/udp")
+                && words.get(1) == Some(&"dns")
+                && words.get(2).is_some_and(|rate| *rate != "0")
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))?;
+    let _ = tmux(&["send-keys", "-t", SESSION, "q"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = tmux(&["kill-session", "-t", SESSION]);
+    sent?;
+    shown.with_context(|| format!("the screen:\n{screen}"))?;
+    for expected in ["198.18.100.1:80/tcp", "web", "198.18.0.21 via 198.18.100.1:53/udp", "up", "tx_"] {
+        ensure!(screen.contains(expected), "lb top's screen lacks {expected:?}:\n{screen}");
+    }
+    let dns_row = screen.lines().find(|l| l.contains("198.18.100.1:53/udp") && l.contains("dns")).unwrap_or_default();
+    println!("    lb top in tmux: {}", dns_row.trim_matches(|c: char| c == '│' || c.is_whitespace()));
+    Ok(())
+}
+
 /// Under systemd (`Type=notify`) the agent says READY=1 on `$NOTIFY_SOCKET` once it runs, and
 /// not before the data plane is attached: a datagram socket of the test's stands in for systemd.
 fn agent_notifies_readiness(env: &mut Env) -> anyhow::Result<()> {
@@ -1067,6 +1117,7 @@ fn main() -> anyhow::Result<()> {
         ("ops/prometheus_metrics", metrics),
         ("ops/stats_rate_follows_traffic", stats_rate),
         ("ops/agent_notifies_readiness", agent_notifies_readiness),
+        ("ops/top_in_a_multiplexer", top_in_a_multiplexer),
         ("ops/fleet_diff_compares_sockets_and_metrics", fleet_diff),
         ("ops/sighup_reloads_the_file", sighup_reloads),
         ("ops/reload_storm_keeps_health_detection_time", reload_storm_keeps_detection_time),

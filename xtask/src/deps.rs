@@ -23,6 +23,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("libnginx-mod-stream", "the benchmark's userspace UDP proxy (nginx stream) next to the balancer"),
     ("bird2", "the BGP daemon: the balancer's VIP announcements and the fleet lab's router"),
     ("prometheus", "promtool, which checks the agent's metrics exposition in a test"),
+    ("tmux", "the terminal multiplexer `lb top` is tested in"),
     ("fonts-dejavu-core", "the text of the benchmark's figures in docs/performance.md"),
 ];
 

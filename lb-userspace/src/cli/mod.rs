@@ -2,7 +2,7 @@
 //! and what the command does; `main.rs` only parses and dispatches.
 //! - [`run`]: `lb run`, `lb check` and `lb detach`: an instance's life.
 //! - [`status`], [`vip`], [`backend`], [`config`]: the running agent, asked over its control socket.
-//! - [`stats`], [`trace`], [`plan`]: read-only views from the pinned maps.
+//! - [`stats`], [`trace`], [`plan`]: read-only views from the pinned maps; [`top`] the live one.
 //! - [`decap`]: the backends' decapsulation program.
 //! - [`fleet`]: comparing the tables of several balancers.
 //! - [`node`]: draining this balancer out of the fleet and back.
@@ -26,6 +26,7 @@ pub mod plan;
 pub mod run;
 pub mod stats;
 pub mod status;
+pub mod top;
 pub mod trace;
 pub mod vip;
 

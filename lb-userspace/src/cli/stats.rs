@@ -25,7 +25,7 @@ pub struct StatsArgs {
 }
 
 /// An interval of 0.1 s to an hour.
-fn interval(s: &str) -> Result<f64, String> {
+pub(super) fn interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(secs) if (0.1..=3600.0).contains(&secs) => Ok(secs),
         _ => Err(format!("\"{s}\" is not an interval of 0.1 to 3600 seconds")),

@@ -11,6 +11,6 @@ pub mod trace;
 
 pub use self::{
     plan::{VipPlan, plan},
-    stats::PinnedStats,
+    stats::{PinnedStats, RateRow, Rates, ReasonRate},
     trace::{Trace, trace},
 };
