@@ -526,8 +526,8 @@ fn stats_rate(env: &mut Env) -> anyhow::Result<()> {
 /// `lb top` in a terminal multiplexer (tmux) while DNS queries run: the screen shows the lab's
 /// VIPs by address and name, a non-zero rate on the dns VIP, and the backends' health.
 fn top_in_a_multiplexer(env: &mut Env) -> anyhow::Result<()> {
-    let lb = env.lab.lb.display().to_string();
     const SESSION: &str = "lb-top-test";
+    let lb = env.lab.lb.display().to_string();
     let tmux = |args: &[&str]| lb_lab::run(std::process::Command::new("tmux").args(args));
     let _ = tmux(&["kill-session", "-t", SESSION]);
     let command = format!("{lb} top --instance {}", lb_lab::INSTANCE);

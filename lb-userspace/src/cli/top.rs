@@ -109,7 +109,7 @@ fn sorted(rows: &[RateRow], by: SortBy) -> Vec<&RateRow> {
     rows
 }
 
-/// A rate, short: 1234 -> "1.2k", 12_345_678 -> "12.3M".
+/// A rate, short: 1234 reads "1.2k", 12345678 reads "12.3M".
 fn short(rate: f64) -> String {
     match rate {
         r if r >= 1e9 => format!("{:.1}G", r / 1e9),
