@@ -223,6 +223,24 @@ fn identical_tables_and_shares(f: &mut Fleet) -> anyhow::Result<()> {
     let sockets: Vec<String> = MEMBERS.iter().map(|m| m.control_socket().display().to_string()).collect();
     let same = f.lb(&["fleet", "diff", &sockets[0], &sockets[1]])?;
     ensure!(same.contains("every table is the same"), "lb fleet diff said: {same}");
+    let json: serde_json::Value =
+        serde_json::from_str(&f.lb(&["fleet", "diff", "--json", &sockets[0], &sockets[1]])?)?;
+    ensure!(
+        json["same"] == true && json["vips"] == 5 && json["members"].as_array().is_some_and(|m| m.len() == 2),
+        "{json}"
+    );
+    let vips: serde_json::Value =
+        serde_json::from_str(&f.lb(&["vip", "list", "--instance", MEMBERS[0].instance, "--json"])?)?;
+    ensure!(
+        vips.as_array().is_some_and(|v| v.len() == 5 && v[0]["fingerprint"].is_string()),
+        "lb vip list --json: {vips}"
+    );
+    let backends: serde_json::Value =
+        serde_json::from_str(&f.lb(&["backend", "list", "--instance", MEMBERS[0].instance, "--json", "web"])?)?;
+    ensure!(
+        backends.as_array().is_some_and(|b| b.len() == 3 && b.iter().all(|b| b["vip"] == "web" && b["health"] == "up")),
+        "lb backend list --json web: {backends}"
+    );
     let statuses = [Fleet::status(0)?, Fleet::status(1)?];
     for (m, s) in MEMBERS.iter().zip(&statuses) {
         let bgp = s.bgp.as_ref().context("no bgp in the status")?;
@@ -545,6 +563,9 @@ fn backend_removed_on_one_member(f: &mut Fleet) -> anyhow::Result<()> {
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(out.status.code() == Some(1), "lb fleet diff exited with {} and said: {said}", out.status);
     ensure!(said.contains("web") && said.contains("198.18.0.23"), "lb fleet diff said: {said}");
+    let out = Command::new(&f.lab.lb).args(["fleet", "diff", "--json", &sockets[0], &sockets[1]]).output()?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(out.status.code() == Some(1) && json["same"] == false && json["differences"][0]["vip"] == "web", "{json}");
     println!("    lb fleet diff:\n{}", said.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n"));
     let fingerprint = |metrics: &str, vip: &str| -> Option<String> {
         let line =

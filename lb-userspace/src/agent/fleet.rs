@@ -127,7 +127,7 @@ fn label(labels: &[(String, String)], key: &str) -> Option<String> {
 }
 
 /// What differs for one VIP across the members.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Difference {
     pub vip: String,
     /// Why, in words: the first member compared with each other.

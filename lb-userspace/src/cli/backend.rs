@@ -19,6 +19,9 @@ pub enum BackendCommand {
         agent: AgentArgs,
         /// Only this VIP's backends.
         vip: Option<String>,
+        /// The list as JSON (docs/json.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Add a backend to a VIP (checked by the VIP's health check, if it has one).
     Add {
@@ -79,8 +82,13 @@ impl StateArgs {
 
 pub fn run(command: BackendCommand) -> anyhow::Result<()> {
     match command {
-        BackendCommand::List { agent, vip } => {
-            print!("{}", table(&agent.ask::<Vec<BackendStatus>>(Request::BackendList { vip })?));
+        BackendCommand::List { agent, vip, json } => {
+            let backends = agent.ask::<Vec<BackendStatus>>(Request::BackendList { vip })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&backends)?);
+            } else {
+                print!("{}", table(&backends));
+            }
             Ok(())
         }
         BackendCommand::Add { agent, vip, address, weight } => {

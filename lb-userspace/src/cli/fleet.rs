@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use lb_userspace::agent::{
     control::{self, Request},
-    fleet::{MemberView, diff},
+    fleet::{Difference, MemberView, diff},
     status::Status,
 };
 
@@ -25,13 +25,36 @@ pub enum FleetCommand {
         /// (host:port, or http://host:port/metrics).
         #[arg(required = true, num_args = 2..)]
         members: Vec<String>,
+        /// The comparison as JSON (docs/json.md); the exit status is the same.
+        #[arg(long)]
+        json: bool,
     },
 }
 
+/// `lb fleet diff --json`.
+#[derive(serde::Serialize)]
+struct Comparison<'a> {
+    members: Vec<&'a str>,
+    vips: usize,
+    same: bool,
+    differences: &'a [Difference],
+}
+
 pub fn run(command: FleetCommand) -> anyhow::Result<ExitCode> {
-    let FleetCommand::Diff { members } = command;
+    let FleetCommand::Diff { members, json } = command;
     let views = members.iter().map(|m| read(m)).collect::<anyhow::Result<Vec<_>>>()?;
     let differences = diff(&views);
+    let same = if differences.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    if json {
+        let comparison = Comparison {
+            members: views.iter().map(|v| v.name.as_str()).collect(),
+            vips: views.first().map_or(0, |v| v.vips.len()),
+            same: differences.is_empty(),
+            differences: &differences,
+        };
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+        return Ok(same);
+    }
     if differences.is_empty() {
         let vips = views.first().map_or(0, |v| v.vips.len());
         println!("{} members, {vips} VIPs: every table is the same", views.len());

@@ -16,6 +16,9 @@ pub enum VipCommand {
     List {
         #[command(flatten)]
         agent: AgentArgs,
+        /// The list as JSON (docs/json.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Add a VIP without backends (add them with `lb backend add`); Maglev, no health check.
     Add {
@@ -48,7 +51,14 @@ pub enum VipCommand {
 
 pub fn run(command: VipCommand) -> anyhow::Result<()> {
     match command {
-        VipCommand::List { agent } => print!("{}", table(&agent.ask::<Vec<VipStatus>>(Request::VipList)?)),
+        VipCommand::List { agent, json } => {
+            let vips = agent.ask::<Vec<VipStatus>>(Request::VipList)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&vips)?);
+            } else {
+                print!("{}", table(&vips));
+            }
+        }
         VipCommand::Add { agent, name, address, port, protocol, table_size } => {
             agent.change(Request::VipAdd { name, address, port, protocol, table_size })?;
         }
