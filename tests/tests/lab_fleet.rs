@@ -606,6 +606,48 @@ fn removed_vip_is_withdrawn(f: &mut Fleet) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every metric the Grafana dashboard (docs/grafana/lb-dashboard.json) queries is one a fleet
+/// member exports.
+fn dashboard_queries_exported_metrics(_f: &mut Fleet) -> anyhow::Result<()> {
+    fn exprs<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v.as_str()) {
+                        ("expr", Some(expr)) => out.push(expr),
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana/lb-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)?;
+    let mut queries = Vec::new();
+    exprs(&dashboard, &mut queries);
+    // The metric names in the queries: identifiers starting with lb_, outside quoted label values.
+    let mut queried = std::collections::BTreeSet::new();
+    for query in &queries {
+        let unquoted: String = query.split('"').step_by(2).collect::<Vec<_>>().join(" ");
+        for word in unquoted.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("lb_") {
+                queried.insert(word.to_string());
+            }
+        }
+    }
+    let metrics = Fleet::metrics(0)?;
+    let exported: std::collections::BTreeSet<&str> =
+        metrics.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+    let missing: Vec<&String> = queried.iter().filter(|q| !exported.contains(q.as_str())).collect();
+    ensure!(missing.is_empty(), "the dashboard queries metrics fleet-a does not export: {missing:?}");
+    ensure!(queried.len() >= 20, "the dashboard queries only {} metrics: {queried:?}", queried.len());
+    println!("    the dashboard's {} queries use {} metrics, all exported", queries.len(), queried.len());
+    Ok(())
+}
+
 type FleetTrial = (&'static str, fn(&mut Fleet) -> anyhow::Result<()>);
 
 fn main() -> anyhow::Result<()> {
@@ -644,6 +686,7 @@ fn main() -> anyhow::Result<()> {
     }
     let trials: Vec<FleetTrial> = vec![
         ("fleet/identical_tables_and_shares", identical_tables_and_shares),
+        ("fleet/dashboard_queries_exported_metrics", dashboard_queries_exported_metrics),
         ("fleet/agent_restart_withdraws_nothing", agent_restart_withdraws_nothing),
         ("fleet/bird_crash_and_restart", bird_crash_and_restart),
         ("fleet/member_killed_hard", member_killed_hard),

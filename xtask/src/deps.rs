@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bird2", "the BGP daemon: the balancer's VIP announcements and the fleet lab's router"),
     ("prometheus", "promtool, which checks the agent's metrics exposition in a test"),
     ("tmux", "the terminal multiplexer `lb top` is tested in"),
+    ("systemd", "systemd-analyze, which verifies the package's unit in the package tier"),
     ("fonts-dejavu-core", "the text of the benchmark's figures in docs/performance.md"),
 ];
 
