@@ -289,36 +289,45 @@ pub fn in_lab<T>(dir: &str, health: Health, body: impl FnOnce(&mut Env) -> anyho
     result
 }
 
-/// A named end-to-end test.
-pub type Trial = (&'static str, fn(&mut Env) -> anyhow::Result<()>);
+/// A named end-to-end test on state `S` (an [`Env`] unless a test binary has its own).
+pub type Trial<S = Env> = (&'static str, fn(&mut S) -> anyhow::Result<()>);
 
 /// Runs the trials on `env` one at a time, then stops the agent and removes the lab whatever
 /// happened.
 pub fn run_trials(env: Env, trials: Vec<Trial>) -> anyhow::Result<()> {
+    run_trials_on(env, trials, |mut env, failed| {
+        if let Some(agent) = env.agent.take() {
+            let _ = env.lab.stop_agent(agent);
+        }
+        env.lab.down();
+        if failed {
+            eprintln!("agent log: {}", env.log.display());
+        }
+    })
+}
+
+/// Runs the trials on `state` one at a time (libtest's filters and output), then hands the
+/// state to `clean_up` with whether any trial failed, whatever happened.
+pub fn run_trials_on<S: Send + 'static>(
+    state: S,
+    trials: Vec<Trial<S>>,
+    clean_up: impl FnOnce(S, bool),
+) -> anyhow::Result<()> {
     let mut args = libtest_mimic::Arguments::from_args();
     args.test_threads = Some(1);
-    let env = Arc::new(Mutex::new(env));
+    let state = Arc::new(Mutex::new(state));
     let trials = trials
         .into_iter()
         .map(|(name, body)| {
-            let env = Arc::clone(&env);
+            let state = Arc::clone(&state);
             libtest_mimic::Trial::test(name, move || {
-                let mut env = env.lock().map_err(|_| libtest_mimic::Failed::from("an earlier test panicked"))?;
-                body(&mut env).map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
+                let mut state = state.lock().map_err(|_| libtest_mimic::Failed::from("an earlier test panicked"))?;
+                body(&mut state).map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
             })
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    let mut env = match Arc::try_unwrap(env) {
-        Ok(m) => m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner),
-        Err(_) => bail!("test state still shared"),
-    };
-    if let Some(agent) = env.agent.take() {
-        let _ = env.lab.stop_agent(agent);
-    }
-    env.lab.down();
-    if conclusion.has_failed() {
-        eprintln!("agent log: {}", env.log.display());
-    }
+    let Ok(state) = Arc::try_unwrap(state) else { bail!("test state still shared") };
+    clean_up(state.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner), conclusion.has_failed());
     conclusion.exit()
 }

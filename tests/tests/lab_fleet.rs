@@ -23,7 +23,10 @@ use lb_lab::{
     fleet::{MEMBERS, ROUTER_ASN},
     in_namespace,
 };
-use lb_tests::traffic::{Dns, Http};
+use lb_tests::{
+    e2e::{Trial, run_trials_on},
+    traffic::{Dns, Http},
+};
 use lb_userspace::{
     agent::{
         control::{self, Request},
@@ -648,8 +651,6 @@ fn dashboard_queries_exported_metrics(_f: &mut Fleet) -> anyhow::Result<()> {
     Ok(())
 }
 
-type FleetTrial = (&'static str, fn(&mut Fleet) -> anyhow::Result<()>);
-
 fn main() -> anyhow::Result<()> {
     lb_tests::privileged::require_root("the fleet tests")?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace")?.to_path_buf();
@@ -684,7 +685,7 @@ fn main() -> anyhow::Result<()> {
         fleet.lab.down();
         bail!("bringing the fleet lab up: {e:#}");
     }
-    let trials: Vec<FleetTrial> = vec![
+    let trials: Vec<Trial<Fleet>> = vec![
         ("fleet/identical_tables_and_shares", identical_tables_and_shares),
         ("fleet/dashboard_queries_exported_metrics", dashboard_queries_exported_metrics),
         ("fleet/agent_restart_withdraws_nothing", agent_restart_withdraws_nothing),
@@ -695,30 +696,13 @@ fn main() -> anyhow::Result<()> {
         ("fleet/backend_removed_on_one_member", backend_removed_on_one_member),
         ("fleet/removed_vip_is_withdrawn", removed_vip_is_withdrawn),
     ];
-    let mut args = libtest_mimic::Arguments::from_args();
-    args.test_threads = Some(1);
-    let fleet = Arc::new(Mutex::new(fleet));
-    let trials = trials
-        .into_iter()
-        .map(|(name, body)| {
-            let fleet = Arc::clone(&fleet);
-            libtest_mimic::Trial::test(name, move || {
-                let mut fleet = fleet.lock().map_err(|_| libtest_mimic::Failed::from("an earlier test panicked"))?;
-                body(&mut fleet).map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
-            })
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    let mut fleet = Arc::try_unwrap(fleet)
-        .map_err(|_| anyhow::anyhow!("fleet still shared"))?
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for agent in fleet.agents.iter_mut().filter_map(Option::take) {
-        let _ = fleet.lab.stop_agent(agent);
-    }
-    fleet.lab.down();
-    if conclusion.has_failed() {
-        eprintln!("agent logs: {} and {}", fleet.lab.member_log(0).display(), fleet.lab.member_log(1).display());
-    }
-    conclusion.exit()
+    run_trials_on(fleet, trials, |mut fleet, failed| {
+        for agent in fleet.agents.iter_mut().filter_map(Option::take) {
+            let _ = fleet.lab.stop_agent(agent);
+        }
+        fleet.lab.down();
+        if failed {
+            eprintln!("agent logs: {} and {}", fleet.lab.member_log(0).display(), fleet.lab.member_log(1).display());
+        }
+    })
 }
