@@ -49,8 +49,9 @@ static REASON_STATS: PerCpuArray<ReasonCounter> = PerCpuArray::with_max_entries(
 const ECN_MASK: u8 = 0b11;
 const ECN_CE: u8 = 0b11;
 
+// Named for `bpftool prog`: the balancer's decapsulation, beside other XDP programs on the host.
 #[xdp]
-pub fn decap(ctx: XdpContext) -> u32 {
+pub fn lb_decap(ctx: XdpContext) -> u32 {
     let bytes = frame_len(&ctx) as u64;
     let reason = decapsulate(&ctx);
     count_reason(&REASON_STATS, reason, bytes);

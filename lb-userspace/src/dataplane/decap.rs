@@ -21,7 +21,7 @@ use lb_common::{
 use crate::config::XdpMode;
 
 use super::{
-    DataplaneError, PinDir,
+    DECAP_PROGRAM, DataplaneError, PinDir,
     attach::{Attached, attach},
     ifindex,
     layout::{check_pinned_layouts, migrate_renamed},
@@ -57,7 +57,7 @@ impl Decap {
     }
 
     fn from_ebpf(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
-        let program: &mut Xdp = program(&mut ebpf, "decap")?;
+        let program: &mut Xdp = program(&mut ebpf, DECAP_PROGRAM)?;
         program.load()?;
         Ok(Self {
             vips: take(&mut ebpf, names::DECAP_VIPS)?,
@@ -96,7 +96,7 @@ impl Decap {
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        program(&mut self.ebpf, "decap")
+        program(&mut self.ebpf, DECAP_PROGRAM)
     }
 
     /// Decapsulate tunnel packets whose inner destination is `addr`.

@@ -56,6 +56,11 @@ use crate::{
     reconcile::{Current, ListedPrefix, Op, Scheduling, VipAdmission, VipTable},
 };
 
+/// The balancer's XDP program, as `bpftool prog` names it (its function in lb-ebpf).
+pub const BALANCER_PROGRAM: &str = "lb_balancer";
+/// The backends' decapsulation program.
+pub const DECAP_PROGRAM: &str = "lb_decap";
+
 /// The balancer program and its maps.
 pub struct Balancer {
     ebpf: Ebpf,
@@ -171,7 +176,7 @@ impl Balancer {
     }
 
     fn from_ebpf(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
-        let program: &mut Xdp = program(&mut ebpf, "balancer")?;
+        let program: &mut Xdp = program(&mut ebpf, BALANCER_PROGRAM)?;
         program.load()?;
         let maps = BalancerMaps::open(|name| {
             let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
@@ -187,7 +192,7 @@ impl Balancer {
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        program(&mut self.ebpf, "balancer")
+        program(&mut self.ebpf, BALANCER_PROGRAM)
     }
 
     /// Attaches the balancer to `interface` (or replaces the program in its pinned link) and

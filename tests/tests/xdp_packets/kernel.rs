@@ -29,6 +29,12 @@ pub fn cases() -> Vec<(&'static str, Body)> {
 fn verifier_headroom(env: &mut Env) -> anyhow::Result<()> {
     const LIMIT: u32 = 1_000_000;
     let info = env.balancer.program()?.info()?;
+    // `bpftool prog` shows whose it is.
+    ensure!(
+        info.name_as_str() == Some(lb_userspace::dataplane::BALANCER_PROGRAM),
+        "the program is named {:?}",
+        info.name_as_str()
+    );
     // Type information the kernel refuses is dropped by the loader with a warning; types BTF
     // cannot express (an `Option` of a tuple holding a reference, returned by a subprogram) did.
     ensure!(info.btf_id().is_some(), "the balancer was loaded without its BTF: the kernel refused the object's types");

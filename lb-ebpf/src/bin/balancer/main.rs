@@ -61,8 +61,9 @@ fn stop_after(stage: u8) -> bool {
     STOP_AFTER == stage
 }
 
+// Named for `bpftool prog`: the balancer's, beside other XDP programs on the host.
 #[xdp]
-pub fn balancer(ctx: XdpContext) -> u32 {
+pub fn lb_balancer(ctx: XdpContext) -> u32 {
     let bytes = frame_len(&ctx) as u64;
     let (action, reason) = balance(&ctx, bytes);
     // Packets sent to their next hop count in their backend's counters alone
