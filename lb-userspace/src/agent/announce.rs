@@ -154,7 +154,7 @@ async fn speak(mut plans: watch::Receiver<Numbered>, speaking: Arc<Mutex<Speakin
             applied = 0;
         }
         if applied != number && tokio::time::Instant::now() >= retry_at {
-            match hand_over(&plan).await {
+            match bgp::hand_over(&plan.include, &plan.text, &plan.socket).await.map_err(|e| e.to_string()) {
                 Ok(()) => {
                     if problem.take().is_some() {
                         tracing::info!(socket = %plan.socket.display(), "BIRD took the announcements");
@@ -184,13 +184,6 @@ async fn speak(mut plans: watch::Receiver<Numbered>, speaking: Arc<Mutex<Speakin
             *s = Speaking { applied, problem: problem.clone(), sessions_problem, sessions };
         }
     }
-}
-
-/// Writes the plan's file and has BIRD read it.
-async fn hand_over(plan: &Plan) -> Result<(), String> {
-    bgp::write_if_changed(&plan.include, &plan.text).map_err(|e| format!("writing {}: {e}", plan.include.display()))?;
-    let mut bird = Bird::connect(&plan.socket).await.map_err(|e| e.to_string())?;
-    bird.configure().await.map_err(|e| e.to_string())
 }
 
 /// The peers' sessions (and BFD sessions) as BIRD reports them now.

@@ -138,6 +138,23 @@ pub fn routes(vips: &[Vip], decisions: &[BackendDecision], standing: &Standing<'
     routes
 }
 
+/// Why BIRD did not take a file.
+#[derive(Debug, thiserror::Error)]
+pub enum HandOverError {
+    #[error("writing {}: {error}", path.display())]
+    Write { path: PathBuf, error: std::io::Error },
+    #[error(transparent)]
+    Bird(#[from] bird::BirdError),
+}
+
+/// Writes `text` to `include` (if it differs) and has BIRD at `socket` read its configuration
+/// again: how the agent hands over its announcements, and how `lb detach` withdraws them.
+pub async fn hand_over(include: &Path, text: &str, socket: &Path) -> Result<(), HandOverError> {
+    write_if_changed(include, text).map_err(|error| HandOverError::Write { path: include.to_path_buf(), error })?;
+    bird::Bird::connect(socket).await?.configure().await?;
+    Ok(())
+}
+
 /// The group Debian's BIRD runs as: the file (which may hold TCP MD5 passwords) is readable by
 /// root and this group only.
 const BIRD_GROUP: &std::ffi::CStr = c"bird";

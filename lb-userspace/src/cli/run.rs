@@ -70,12 +70,11 @@ fn withdraw(instance: &str) -> anyhow::Result<()> {
     let Some(socket) = bgp::render::socket_of(&text).map(std::path::Path::to_path_buf) else {
         anyhow::bail!("{} is not a file lb wrote; its announcements were left alone", include.display());
     };
-    bgp::write_if_changed(&include, &bgp::render::render_detached(instance, &socket))
-        .with_context(|| format!("writing {}", include.display()))?;
+    let detached = bgp::render::render_detached(instance, &socket);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async { bgp::bird::Bird::connect(&socket).await?.configure().await }).with_context(|| {
-        format!("withdrawing the VIPs: {} says nothing now, but BIRD did not read it", include.display())
-    })?;
+    runtime
+        .block_on(bgp::hand_over(&include, &detached, &socket))
+        .with_context(|| format!("withdrawing the VIPs of {}", include.display()))?;
     println!("withdrew its VIPs from BGP (BIRD at {})", socket.display());
     Ok(())
 }

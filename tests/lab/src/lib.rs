@@ -429,13 +429,7 @@ impl Lab {
         }
         for name in BACKEND_NAMES {
             for pid_file in ["nginx.pid", "dnsmasq.pid"] {
-                if let Some(pid) = std::fs::read_to_string(self.dir.join(name).join(pid_file))
-                    .ok()
-                    .and_then(|p| p.trim().parse::<i32>().ok())
-                {
-                    // SAFETY: signalling a process of ours by its pid file.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                }
+                quiet_kill_pid_file(&self.dir.join(name).join(pid_file), libc::SIGTERM);
             }
         }
         // Anything still running inside the lab's namespaces.
