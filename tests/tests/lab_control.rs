@@ -236,6 +236,69 @@ fn tunnel_check_catches_missing_decap(env: &mut Env) -> anyhow::Result<()> {
     result
 }
 
+/// An https check of nginx's TLS port, with the lab's CA, reading a chunked status page; then
+/// a name the certificates do not carry, and no certificate check at all.
+fn https_checks(env: &mut Env) -> anyhow::Result<()> {
+    // The page the check reads is chunked on the wire (nginx runs it through SSI).
+    let page =
+        lb_lab::ns(lb_lab::BACKENDS[0], "curl", &["-si", "--max-time", "2", &format!("http://{}/status", be(0))])?;
+    ensure!(page.to_ascii_lowercase().contains("transfer-encoding: chunked"), "the status page is not chunked: {page}");
+    let https = |tls: &str| {
+        format!(
+            "kind = \"https\"\nport = {}\npath = \"/status\"\nexpect_body = \"443 ok\"\n{tls}\n\
+             interval_ms = {INTERVAL_MS}\ntimeout_ms = {PROBE_TIMEOUT_MS}\nrise = {RISE}\nfall = {FALL}",
+            lb_lab::HTTPS_PORT
+        )
+    };
+    let ca = env.lab.ca_file();
+    let result = (|| {
+        env.health.web =
+            Some(https(&format!("tls_server_name = \"{}\"\ntls_ca_file = \"{}\"", lb_lab::TLS_NAME, ca.display())));
+        env.run_agent(&EQUAL)?;
+        for i in 0..3 {
+            wait_health("web", be(i), HealthState::Up, Duration::from_secs(3))?;
+        }
+        env.lab.stop_http(0)?;
+        let took = wait_health("web", be(0), HealthState::Down, Duration::from_secs(3))?;
+        env.lab.start_http(0)?;
+        wait_health("web", be(0), HealthState::Up, Duration::from_secs(3))?;
+        println!(
+            "    https with the lab's CA: all up; nginx stopped on one: down after {:.0} ms, back up when started",
+            took.as_secs_f64() * 1000.0
+        );
+
+        // A name the certificates lack: every probe fails, on the certificate.
+        env.health.web = Some(https(&format!("tls_server_name = \"other.lab\"\ntls_ca_file = \"{}\"", ca.display())));
+        env.run_agent(&EQUAL)?;
+        std::thread::sleep(Duration::from_millis(INTERVAL_MS * (FALL + 3)));
+        let refused = backend("web", be(1))?;
+        let error = refused.last_error.clone().unwrap_or_default();
+        ensure!(
+            refused.decision.health != HealthState::Up && error.contains("certificate"),
+            "a certificate for another name passed: {refused:?}"
+        );
+        println!("    https for a name the certificate lacks: {error}");
+
+        // The system's CA store does not know the lab's CA; without verification it passes.
+        env.health.web = Some(https("tls_server_name = \"web.lab\""));
+        env.run_agent(&EQUAL)?;
+        std::thread::sleep(Duration::from_millis(INTERVAL_MS * (FALL + 3)));
+        let unknown = backend("web", be(1))?;
+        ensure!(unknown.decision.health != HealthState::Up, "a certificate of an unknown CA passed: {unknown:?}");
+        env.health.web = Some(https("tls_verify = false"));
+        env.run_agent(&EQUAL)?;
+        for i in 0..3 {
+            wait_health("web", be(i), HealthState::Up, Duration::from_secs(3))?;
+        }
+        println!("    https, system CA store: {}; tls_verify = false: all up", unknown.last_error.unwrap_or_default());
+        Ok(())
+    })();
+    env.health.web = Some(http_check());
+    let _ = env.lab.start_http(0);
+    env.run_agent(&EQUAL)?;
+    result
+}
+
 fn drain_keeps_connections(_env: &mut Env) -> anyhow::Result<()> {
     in_namespace(CLIENT, || -> anyhow::Result<()> {
         let mut sessions = Sessions::open(0, 0)?;
@@ -1108,6 +1171,7 @@ fn main() -> anyhow::Result<()> {
         ("health/http_server_down_detected_then_no_failed_connections_then_back", http_server_down_and_back),
         ("health/dns_server_down_detected_then_no_failed_udp_sessions_then_back", dns_server_down_and_back),
         ("health/tunnel_check_catches_missing_decapsulation", tunnel_check_catches_missing_decap),
+        ("health/https_checks_verify_the_backends_certificates", https_checks),
         ("control/drain_keeps_50_connections_and_takes_no_new_flow", drain_keeps_connections),
         ("control/200_random_live_changes_keep_established_flows", random_live_changes),
         ("control/plan_predicts_measured_shares", plan_matches_measurement),

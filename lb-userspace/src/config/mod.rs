@@ -233,18 +233,43 @@ pub enum HttpMethod {
 pub enum CheckKind {
     /// A TCP connection (through the tunnel: a SYN answered by a SYN-ACK).
     Tcp,
+    /// An HTTP request (over TLS with `tls`: kind `https`), answered with `expect_status` and,
+    /// when set, a body containing `expect_body` within its first [`HTTP_BODY_LIMIT`] bytes.
     Http {
         method: HttpMethod,
         path: String,
         host: Option<String>,
         expect_status: u16,
         expect_body: Option<String>,
+        tls: Option<Tls>,
     },
     /// A datagram, answered by one starting with `expect_prefix` (any answer when empty).
-    Udp {
-        payload: Vec<u8>,
-        expect_prefix: Vec<u8>,
-    },
+    Udp { payload: Vec<u8>, expect_prefix: Vec<u8> },
+}
+
+/// How much of a body an HTTP check reads looking for `expect_body`: the rest is not read, so a
+/// backend streaming without end costs a probe no more than this.
+pub const HTTP_BODY_LIMIT: usize = 64 * 1024;
+
+/// The TLS side of an `https` check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tls {
+    /// Sent as SNI, and the name the certificate must be valid for; None: the check's `host`,
+    /// else the backend's address.
+    pub server_name: Option<String>,
+    /// Whether the certificate must chain to a trusted CA and be valid for the server name.
+    /// Off, the probe still completes a TLS handshake (a backend without TLS fails).
+    pub verify: bool,
+    /// The CAs trusted: those of the configured `tls_ca_file`, read when the configuration is
+    /// (DER), or None for the system's store.
+    pub ca: Option<TrustedCas>,
+}
+
+/// The CA certificates of a PEM file, as read when the configuration was validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TrustedCas {
+    pub file: std::path::PathBuf,
+    pub certificates: Vec<Vec<u8>>,
 }
 
 /// A health check of the backends of a VIP (or of one backend).

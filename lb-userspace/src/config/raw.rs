@@ -177,6 +177,12 @@ pub struct Health {
     #[serde(default)]
     pub expect_body: Option<Spanned<String>>,
     #[serde(default)]
+    pub tls_server_name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls_verify: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub tls_ca_file: Option<Spanned<String>>,
+    #[serde(default)]
     pub payload_hex: Option<Spanned<String>>,
     #[serde(default)]
     pub expect_prefix_hex: Option<Spanned<String>>,

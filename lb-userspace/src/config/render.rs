@@ -93,7 +93,8 @@ impl Config {
 fn health(s: &mut String, h: &HealthCheck) {
     let kind = match h.kind {
         CheckKind::Tcp => "tcp",
-        CheckKind::Http { .. } => "http",
+        CheckKind::Http { tls: None, .. } => "http",
+        CheckKind::Http { tls: Some(_), .. } => "https",
         CheckKind::Udp { .. } => "udp",
     };
     let _ = writeln!(s, "kind = \"{kind}\"");
@@ -105,7 +106,7 @@ fn health(s: &mut String, h: &HealthCheck) {
     let _ = writeln!(s, "tunnel = {}", h.tunnel);
     match &h.kind {
         CheckKind::Tcp => {}
-        CheckKind::Http { method, path, host, expect_status, expect_body } => {
+        CheckKind::Http { method, path, host, expect_status, expect_body, tls } => {
             let m = match method {
                 HttpMethod::Get => "GET",
                 HttpMethod::Head => "HEAD",
@@ -118,6 +119,15 @@ fn health(s: &mut String, h: &HealthCheck) {
             let _ = writeln!(s, "expect_status = {expect_status}");
             if let Some(b) = expect_body {
                 let _ = writeln!(s, "expect_body = {}", quote(b));
+            }
+            if let Some(tls) = tls {
+                if let Some(name) = &tls.server_name {
+                    let _ = writeln!(s, "tls_server_name = {}", quote(name));
+                }
+                let _ = writeln!(s, "tls_verify = {}", tls.verify);
+                if let Some(ca) = &tls.ca {
+                    let _ = writeln!(s, "tls_ca_file = {}", quote(&ca.file.to_string_lossy()));
+                }
             }
         }
         CheckKind::Udp { payload, expect_prefix } => {

@@ -292,6 +292,69 @@ fn bad_health_checks_are_explained() {
     assert!(only_problem(&all_ports).contains("an all-ports VIP's check needs a `port`"));
 }
 
+/// A PEM file of one CA certificate, in a fresh directory.
+fn ca_file(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("lb-config-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
+    path
+}
+
+#[test]
+fn https_checks_read_their_ca_file() {
+    let ca = ca_file("https");
+    let with = |health: &str| {
+        MINIMAL.replace(
+            "port = 80\nprotocol = \"tcp\"",
+            &format!("port = 80\nprotocol = \"tcp\"\n[vip.health]\nkind = \"https\"\nport = 443\n{health}"),
+        )
+    };
+    let text = with(&format!("tls_server_name = \"web.example\"\ntls_ca_file = \"{}\"", ca.display()));
+    let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    let Some(CheckKind::Http { tls: Some(tls), .. }) = config.vips[0].health.as_ref().map(|h| &h.kind) else {
+        panic!("{config:?}")
+    };
+    assert_eq!((tls.server_name.as_deref(), tls.verify), (Some("web.example"), true));
+    assert_eq!(tls.ca.as_ref().map(|ca| (ca.file.as_path(), ca.certificates.len())), Some((ca.as_path(), 1)));
+    let rendered = config.to_toml();
+    assert_eq!(Config::parse(&rendered, "rendered").unwrap_or_else(|e| panic!("{e}\n{rendered}")), config);
+    let defaults = Config::parse(&with(""), "test.toml").unwrap();
+    assert!(matches!(
+        defaults.vips[0].health.as_ref().map(|h| &h.kind),
+        Some(CheckKind::Http { tls: Some(Tls { server_name: None, verify: true, ca: None }), .. })
+    ));
+
+    let not_pem = ca.with_file_name("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    for (health, expect) in [
+        ("tls_ca_file = \"ca.pem\"".to_string(), "tls_ca_file: \"ca.pem\" is not an absolute path".to_string()),
+        (
+            "tls_ca_file = \"/nonexistent/ca.pem\"".into(),
+            "tls_ca_file: cannot read /nonexistent/ca.pem: No such file".into(),
+        ),
+        (format!("tls_ca_file = \"{}\"", not_pem.display()), format!("{} holds no PEM certificate", not_pem.display())),
+        (
+            format!("tls_verify = false\ntls_ca_file = \"{}\"", ca.display()),
+            "tls_ca_file: has no use with `tls_verify = false`".into(),
+        ),
+        ("tls_server_name = \"a b\"".into(), "\"a b\" is not a DNS name or an IP address".into()),
+        ("payload_hex = \"ab\"".into(), "payload_hex do(es) not apply to a https check".into()),
+    ] {
+        let got = only_problem(&with(&health));
+        assert!(got.contains(&expect), "{health}: {got}");
+    }
+    let http_with_tls = MINIMAL.replace(
+        "port = 80\nprotocol = \"tcp\"",
+        "port = 80\nprotocol = \"tcp\"\n[vip.health]\nkind = \"http\"\ntls_verify = false",
+    );
+    assert!(only_problem(&http_with_tls).contains("tls_verify do(es) not apply to a http check"));
+    let _ = std::fs::remove_dir_all(ca.parent().unwrap());
+}
+
 #[test]
 fn rendering_parses_back_to_the_same_config() {
     let text = MINIMAL.replace(

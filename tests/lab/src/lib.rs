@@ -65,6 +65,9 @@ pub const FAR_LINK_MTU: u32 = 1400;
 pub const WIDE_MTU: u32 = 1600;
 /// Bytes of `/big` on every backend's HTTP server.
 pub const BIG_REPLY_LEN: usize = 256 * 1024;
+/// The backends' HTTPS port (their own addresses only), with certificates for [`TLS_NAME`].
+pub const HTTPS_PORT: u16 = 443;
+pub const TLS_NAME: &str = "web.lab";
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
 /// The balancer's encapsulation source prefixes, as config/lab.toml sets them.
 pub const LAB_ENCAP_SOURCE_V4: &str = "198.18.200.0/24";
@@ -164,8 +167,9 @@ impl Lab {
         ns(CLIENT, "sysctl", &["-qw", "net.ipv4.tcp_tw_reuse=1"])?;
         ns(CLIENT, "ip", &["route", "add", "198.18.100.0/24", "via", &BALANCER_V4.to_string()])?;
         ns(CLIENT, "ip", &["-6", "route", "add", "fd00:100::/64", "via", &BALANCER_V6.to_string()])?;
+        let ca = self.certificate_authority()?;
         for (i, backend) in BACKENDS.iter().enumerate() {
-            self.backend_up(i, backend).with_context(|| format!("setting up {backend}"))?;
+            self.backend_up(i, backend, &ca).with_context(|| format!("setting up {backend}"))?;
         }
         // After the backends' decapsulation programs, whose attachment mounted bpffs.
         self.balancer_port_runs_xdp(true)?;
@@ -207,7 +211,28 @@ impl Lab {
         router_up(true)
     }
 
-    fn backend_up(&self, i: usize, backend: &str) -> anyhow::Result<()> {
+    /// The lab's CA, whose certificate is [`Lab::ca_file`]: it signs each backend's certificate.
+    fn certificate_authority(&self) -> anyhow::Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "lb lab CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate()?)?;
+        std::fs::write(self.ca_file(), ca.pem())?;
+        Ok(ca)
+    }
+
+    /// The PEM file of the CA that signed the backends' HTTPS certificates (valid for
+    /// [`TLS_NAME`] and each backend's addresses).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn backend_up(
+        &self,
+        i: usize,
+        backend: &str,
+        ca: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>,
+    ) -> anyhow::Result<()> {
         ns(backend, "ip", &["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
         ns(backend, "ip", &["-6", "addr", "add", &format!("{VIP_V6}/128"), "dev", "lo"])?;
         // Its link takes the balancer's encapsulated full-size packets; what it sends stays at
@@ -236,6 +261,14 @@ impl Lab {
         let d = dir.display();
         // A large reply, for path-MTU discovery.
         std::fs::write(dir.join("big"), vec![b'x'; BIG_REPLY_LEN])?;
+        // A status page run through SSI, which nginx sends chunked (its length is unknown).
+        std::fs::write(dir.join("status"), format!("{name} <!--# echo var=\"server_port\" --> ok\n"))?;
+        let key = rcgen::KeyPair::generate()?;
+        let certificate =
+            rcgen::CertificateParams::new(vec![TLS_NAME.to_string(), own_v4.to_string(), own_v6.to_string()])?
+                .signed_by(&key, ca)?;
+        std::fs::write(dir.join("cert.pem"), certificate.pem())?;
+        std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
         let nginx_conf = dir.join("nginx.conf");
         std::fs::write(
             &nginx_conf,
@@ -247,7 +280,10 @@ impl Lab {
                  keepalive_timeout 65;\n  keepalive_requests 1000000;\n\
                  server {{\n    listen {VIP_V4}:80;\n    listen [{VIP_V6}]:80;\n    listen {own_v4}:80;\n    listen [{own_v6}]:80;\n\
                  listen {FLEET_LC_PORT};\n    listen {FLEET_RR_PORT};\n\
+                 listen {own_v4}:{HTTPS_PORT} ssl;\n    listen [{own_v6}]:{HTTPS_PORT} ssl;\n\
+                 ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n\
                  location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n\
+                 location = /status {{ default_type text/plain; ssi on; ssi_types *; alias {d}/status; }}\n\
                  location = /big {{ default_type application/octet-stream; alias {d}/big; }}\n\
                  }}\n}}\n"
             ),

@@ -3,7 +3,31 @@
 use toml::Spanned;
 
 use super::{Validator, hex};
-use crate::config::{CHECK_INTERVAL_MS, CHECK_RISE_FALL, CheckKind, HealthCheck, HttpMethod, raw};
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+
+use crate::config::{CHECK_INTERVAL_MS, CHECK_RISE_FALL, CheckKind, HealthCheck, HttpMethod, Tls, TrustedCas, raw};
+
+/// The CA certificates of the PEM file at `path`, each one accepted by rustls as a trust anchor.
+fn read_cas(path: &str) -> Result<TrustedCas, String> {
+    let file = std::path::PathBuf::from(path);
+    if !file.is_absolute() {
+        return Err(format!("\"{path}\" is not an absolute path"));
+    }
+    let text = std::fs::read(&file).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{path} is not a PEM file of certificates: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, certificate) in certificates.iter().enumerate() {
+        roots
+            .add(certificate.clone())
+            .map_err(|e| format!("certificate {} of {path} cannot be a trust anchor: {e}", i + 1))?;
+    }
+    Ok(TrustedCas { file, certificates: certificates.iter().map(|c| c.to_vec()).collect() })
+}
 
 impl Validator<'_> {
     /// A check of a VIP serving `vip_port` (0: every port, and the check names its own).
@@ -43,13 +67,14 @@ impl Validator<'_> {
         self.misplaced_fields(raw, field);
         let kind = match h.kind.get_ref().as_str() {
             "tcp" => Some(CheckKind::Tcp),
-            "http" => self.http(h, field),
+            "http" => self.http(h, field, false),
+            "https" => self.http(h, field, true),
             "udp" => self.udp(raw, field),
             other => {
                 self.problem(
                     h.kind.span(),
                     &format!("{field}.kind"),
-                    format!("\"{other}\" is not a check kind; use \"tcp\", \"http\" or \"udp\""),
+                    format!("\"{other}\" is not a check kind; use \"tcp\", \"http\", \"https\" or \"udp\""),
                 );
                 None
             }
@@ -75,14 +100,22 @@ impl Validator<'_> {
             ("expect_status", h.expect_status.is_some()),
             ("expect_body", h.expect_body.is_some()),
         ];
+        let https_only = [
+            ("tls_server_name", h.tls_server_name.is_some()),
+            ("tls_verify", h.tls_verify.is_some()),
+            ("tls_ca_file", h.tls_ca_file.is_some()),
+        ];
         let udp_only = [("payload_hex", h.payload_hex.is_some()), ("expect_prefix_hex", h.expect_prefix_hex.is_some())];
         let kind_name = h.kind.get_ref().as_str();
-        let misplaced: Vec<&str> = match kind_name {
-            "tcp" => http_only.iter().chain(udp_only.iter()).filter(|(_, set)| *set).map(|(n, _)| *n).collect(),
-            "http" => udp_only.iter().filter(|(_, set)| *set).map(|(n, _)| *n).collect(),
-            "udp" => http_only.iter().filter(|(_, set)| *set).map(|(n, _)| *n).collect(),
-            _ => Vec::new(),
+        let not_for: &[&[(&str, bool)]] = match kind_name {
+            "tcp" => &[&http_only, &https_only, &udp_only],
+            "http" => &[&https_only, &udp_only],
+            "https" => &[&udp_only],
+            "udp" => &[&http_only, &https_only],
+            _ => &[],
         };
+        let misplaced: Vec<&str> =
+            not_for.iter().flat_map(|fields| fields.iter()).filter(|(_, set)| *set).map(|(n, _)| *n).collect();
         if !misplaced.is_empty() {
             self.problem(
                 raw.span(),
@@ -92,7 +125,7 @@ impl Validator<'_> {
         }
     }
 
-    fn http(&mut self, h: &raw::Health, field: &str) -> Option<CheckKind> {
+    fn http(&mut self, h: &raw::Health, field: &str, https: bool) -> Option<CheckKind> {
         let method = self.optional(&h.method, &format!("{field}.method"), HttpMethod::Get, |m| match m.as_str() {
             "GET" => Ok(HttpMethod::Get),
             "HEAD" => Ok(HttpMethod::Head),
@@ -114,13 +147,37 @@ impl Validator<'_> {
         });
         let expect_status = self.ranged(&h.expect_status, &format!("{field}.expect_status"), 100..600, 200);
         let expect_body = h.expect_body.as_ref().map(|b| b.get_ref().clone());
+        let tls = if https { Some(self.tls(h, field)?) } else { None };
         Some(CheckKind::Http {
             method: method?,
             path: path?,
             host: host?,
             expect_status: expect_status? as u16,
             expect_body,
+            tls,
         })
+    }
+
+    fn tls(&mut self, h: &raw::Health, field: &str) -> Option<Tls> {
+        let server_name = self.optional(&h.tls_server_name, &format!("{field}.tls_server_name"), None, |name| {
+            ServerName::try_from(name.as_str())
+                .map(|_| Some(name.clone()))
+                .map_err(|_| format!("\"{name}\" is not a DNS name or an IP address"))
+        });
+        let verify = h.tls_verify.as_ref().is_none_or(|v| *v.get_ref());
+        let ca = match &h.tls_ca_file {
+            None => Some(None),
+            Some(file) if !verify => {
+                self.problem(
+                    file.span(),
+                    &format!("{field}.tls_ca_file"),
+                    "has no use with `tls_verify = false`; remove one of them".into(),
+                );
+                None
+            }
+            Some(file) => self.check(file, &format!("{field}.tls_ca_file"), |path| read_cas(path).map(Some)),
+        };
+        Some(Tls { server_name: server_name?, verify, ca: ca? })
     }
 
     fn udp(&mut self, raw: &Spanned<raw::Health>, field: &str) -> Option<CheckKind> {

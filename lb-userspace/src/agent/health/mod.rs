@@ -3,8 +3,8 @@
 //! Direct probes are asynchronous (thousands of checks cost no thread each, and a UDP check
 //! keeps one connected socket); tunnel probes use raw sockets on tokio's blocking pool.
 //!
-//! Probes: TCP connect; HTTP request (status and optional body substring); UDP request and reply
-//! prefix. With `tunnel`, the probe goes to the VIP through the same encapsulation the balancer
+//! Probes: TCP connect; HTTP or HTTPS request (status and optional body substring, [`http`]);
+//! UDP request and reply prefix. With `tunnel`, the probe goes to the VIP through the same encapsulation the balancer
 //! uses (IPIP or IP6IP6 to the backend, from this host's address), so a backend whose
 //! decapsulation or VIP is missing fails even while its own address answers. Through the tunnel a
 //! TCP or HTTP check is a handshake: a SYN answered by a SYN-ACK (this host's kernel resets it).
@@ -19,12 +19,13 @@ use std::{
 use etherparse::PacketBuilder;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpStream, UdpSocket},
     sync::mpsc,
 };
 
-use crate::config::{CheckKind, HealthCheck, HttpMethod};
+use crate::config::{CheckKind, HealthCheck};
+
+mod http;
 
 /// Where a probe goes. VIPs that check the same backend the same way share one probe, unless
 /// the probe depends on the VIP.
@@ -38,6 +39,8 @@ pub struct Target {
 
 impl Target {
     pub fn new(vip_address: IpAddr, backend: IpAddr, check: &HealthCheck) -> Self {
+        // Without a `host`, an HTTP check's Host header (and an https check's server name) is
+        // the VIP's address.
         let depends_on_vip = check.tunnel || matches!(check.kind, CheckKind::Http { host: None, .. });
         Self { backend, vip_address: depends_on_vip.then_some(vip_address) }
     }
@@ -55,12 +58,14 @@ pub enum ProbeError {
     /// A socket operation failed: which step, and how.
     #[error("{step}: {error}")]
     Io { step: &'static str, error: std::io::Error },
-    #[error("no HTTP status line")]
-    NoStatusLine,
+    #[error("HTTP {step}: {error}")]
+    Http { step: &'static str, error: String },
+    #[error("TLS {0}")]
+    Tls(String),
     #[error("status {got}, expected {expected}")]
     Status { got: u16, expected: u16 },
-    #[error("body does not contain {0:?}")]
-    Body(String),
+    #[error("the body's first {read} bytes do not contain {needle:?}")]
+    Body { needle: String, read: usize },
     #[error("reply does not start with the expected bytes")]
     Prefix,
     #[error("the VIP answered the SYN with flags {0:#04x}, not SYN-ACK")]
@@ -99,15 +104,15 @@ pub async fn run(id: u64, target: Target, check: HealthCheck, report: mpsc::Send
     // the slot grid, however long each took, so a backend that stops answering is down at most
     // fall x (interval x 1.1 + PROBE_SLOT) + timeout after.
     let mut next = tokio::time::Instant::now() + check.interval.mul_f64(fraction(hasher.hash_one((&target, 0u32))));
-    let mut socket = None;
+    let mut kept = Kept::default();
     for round in 1u32.. {
         tokio::time::sleep_until(next).await;
         let start = Instant::now();
-        let result = probe(&target, &check, &mut socket).await;
+        let result = probe(&target, &check, &mut kept).await;
         if result.is_err() {
             // A new socket for the next probe: late replies to this one cannot reach it, and a
             // changed route or source address is picked up.
-            socket = None;
+            kept.udp = None;
         }
         let outcome = Outcome {
             probe: id,
@@ -142,9 +147,18 @@ fn fraction(hash: u64) -> f64 {
     (hash % 10_000) as f64 / 10_000.0
 }
 
-/// One probe, bounded by the check's timeout. A UDP check keeps its connected socket in
-/// `socket` from one probe to the next (a probe is then one send and one receive).
-pub async fn probe(target: &Target, check: &HealthCheck, socket: &mut Option<UdpSocket>) -> Result<(), ProbeError> {
+/// What a check keeps from one probe to the next.
+#[derive(Default)]
+pub struct Kept {
+    /// A UDP check's connected socket (a probe is then one send and one receive), dropped after
+    /// a failed probe.
+    udp: Option<UdpSocket>,
+    /// An `https` check's TLS client (trust store and verifier).
+    tls: Option<http::TlsClient>,
+}
+
+/// One probe, bounded by the check's timeout.
+pub async fn probe(target: &Target, check: &HealthCheck, kept: &mut Kept) -> Result<(), ProbeError> {
     if check.tunnel {
         // Raw sockets, read with a deadline: on the blocking pool.
         let (t, c) = (target.clone(), check.clone());
@@ -152,7 +166,7 @@ pub async fn probe(target: &Target, check: &HealthCheck, socket: &mut Option<Udp
             .await
             .map_err(|e| ProbeError::Task(e.to_string()))?;
     }
-    match tokio::time::timeout(check.timeout, direct_probe(target, check, socket)).await {
+    match tokio::time::timeout(check.timeout, direct_probe(target, check, kept)).await {
         Ok(result) => result,
         Err(_) => Err(ProbeError::Timeout(check.timeout)),
     }
@@ -166,52 +180,28 @@ fn tunnel_probe(target: &Target, check: &HealthCheck) -> Result<(), ProbeError> 
 }
 
 /// A probe of the backend's own address; the caller bounds it by the timeout.
-async fn direct_probe(target: &Target, check: &HealthCheck, socket: &mut Option<UdpSocket>) -> Result<(), ProbeError> {
+async fn direct_probe(target: &Target, check: &HealthCheck, kept: &mut Kept) -> Result<(), ProbeError> {
     let addr = SocketAddr::new(target.backend, check.port);
     match &check.kind {
         CheckKind::Tcp => TcpStream::connect(addr).await.map(drop).map_err(io("connect")),
-        CheckKind::Http { method, path, host, expect_status, expect_body } => {
-            let mut s = TcpStream::connect(addr).await.map_err(io("connect"))?;
-            let method = match method {
-                HttpMethod::Get => "GET",
-                HttpMethod::Head => "HEAD",
+        CheckKind::Http { method, path, host, expect_status, expect_body, tls } => {
+            let check = http::HttpCheck {
+                method: *method,
+                path,
+                host: host.as_deref(),
+                expect_status: *expect_status,
+                expect_body: expect_body.as_deref(),
+                tls: tls.as_ref(),
             };
-            let host = host.clone().unwrap_or_else(|| target.vip_address.unwrap_or(target.backend).to_string());
-            let request = format!(
-                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: lb-health\r\n\r\n"
-            );
-            s.write_all(request.as_bytes()).await.map_err(io("send"))?;
-            let mut response = Vec::new();
-            let mut buf = [0u8; 4096];
-            while response.len() < 65_536 {
-                match s.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => response.extend_from_slice(&buf[..n]),
-                    Err(e) if response.is_empty() => return Err(io("read")(e)),
-                    Err(_) => break,
-                }
-            }
-            let text = String::from_utf8_lossy(&response);
-            let status: u16 =
-                text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(ProbeError::NoStatusLine)?;
-            if status != *expect_status {
-                return Err(ProbeError::Status { got: status, expected: *expect_status });
-            }
-            if let Some(needle) = expect_body {
-                let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-                if !body.contains(needle.as_str()) {
-                    return Err(ProbeError::Body(needle.clone()));
-                }
-            }
-            Ok(())
+            http::probe(addr, target.vip_address.unwrap_or(target.backend), &check, &mut kept.tls).await
         }
         CheckKind::Udp { payload, expect_prefix } => {
-            let s = if let Some(s) = socket {
+            let s = if let Some(s) = &mut kept.udp {
                 s
             } else {
                 let s = UdpSocket::bind(unspecified(target.backend)).await.map_err(io("bind"))?;
                 s.connect(addr).await.map_err(io("connect"))?;
-                socket.insert(s)
+                kept.udp.insert(s)
             };
             // No reply of an earlier probe can be waiting: a probe that failed (timed out)
             // dropped the socket, and the next one has a new port.
