@@ -67,7 +67,7 @@ struct Loaded {
     reply: Option<oneshot::Sender<Response>>,
 }
 
-/// How often backends' neighbour entries are refreshed (see [`host::warm_neighbours`]).
+/// How often backends' neighbour entries are refreshed (see [`NextHops::warm`]).
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(10);
 /// How often slow starts advance and the configuration file is looked at.
 const TICK: Duration = Duration::from_secs(1);
@@ -243,7 +243,7 @@ impl Agent {
         for interface in &self.config.instance.interfaces {
             host::enable_forwarding(interface);
         }
-        host::warm_neighbours(&self.config);
+        self.warm_neighbours();
         // Give the first packets their next hops (entries the warming creates arrive on later ticks).
         self.refresh_next_hops();
         for interface in &self.config.instance.interfaces {
@@ -280,7 +280,7 @@ impl Agent {
                     tracing::info!("SIGHUP: reloading the configuration");
                     self.load(&loaded_tx, None);
                 }
-                _ = refresh.tick() => host::warm_neighbours(&self.config),
+                _ = refresh.tick() => self.warm_neighbours(),
                 _ = tick.tick() => {
                     if self.tick() {
                         tracing::info!(path = %self.config_path.display(), "configuration file changed: reloading");
@@ -385,7 +385,19 @@ impl Agent {
         }
         // Resolved now rather than at the next warming round (an interface that came back up
         // has lost every entry).
-        host::warm(self.next_hops.unresolved().iter().copied());
+        let unresolved: Vec<std::net::IpAddr> = self.next_hops.unresolved().iter().copied().collect();
+        if let Err(e) = self.next_hops.warm(unresolved) {
+            tracing::warn!("resolving next hops failed: {e}");
+        }
+    }
+
+    /// Has the kernel resolve (or confirm) every configured backend's neighbour entry.
+    fn warm_neighbours(&mut self) {
+        let backends: BTreeSet<std::net::IpAddr> =
+            self.config.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect();
+        if let Err(e) = self.next_hops.warm(backends) {
+            tracing::warn!("refreshing neighbour entries failed: {e}");
+        }
     }
 
     /// Next hops, response-time weights, slow starts; whether the configuration file changed.

@@ -5,8 +5,8 @@
 //! its MAC is the neighbour entry's, the source MAC the egress interface's. Only neighbour
 //! entries the kernel considers usable count (reachable, stale, delay, probe, permanent): an
 //! incomplete or failed entry, or none, leaves the backend without a next hop, and the data plane
-//! then asks the FIB per packet, which falls back to the configured MAC. The agent warms the
-//! entries (`agent::warm_neighbours`), since the kernel keeps only entries that traffic uses.
+//! then asks the FIB per packet, which falls back to the configured MAC. [`NextHops::warm`] keeps
+//! the entries resolved (`NTF_USE`), since the kernel keeps only entries that traffic uses.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,11 +15,13 @@ use std::{
 };
 
 use lb_common::{addr::from_key, backend::Backend, nexthop::NextHop};
-use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::{LinkAttribute, LinkFlags, LinkMessage, LinkXdp, XdpAttached},
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -252,6 +254,23 @@ impl Resolver {
         }
     }
 
+    /// Makes the kernel use the neighbour entry of `address` on `ifindex` as a packet to it would
+    /// (`NTF_USE`, as Cilium does): the entry is created if there is none, and one not known
+    /// reachable is resolved or confirmed (an ARP request or a neighbour solicitation). Its MAC
+    /// and state stay the kernel's to set; an operator's permanent entry is left as it is.
+    pub fn use_neighbour(&mut self, ifindex: u32, address: IpAddr) -> Result<(), NextHopError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = family(address);
+        message.header.ifindex = ifindex;
+        message.header.flags = NeighbourFlags::Use;
+        let destination = match address {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        };
+        message.attributes.push(NeighbourAttribute::Destination(destination));
+        self.request("neighbour use", RouteNetlinkMessage::NewNeighbour(message), Answers::Creation).map(drop)
+    }
+
     /// Sends `message` and collects the answers it asks for.
     fn request(
         &mut self,
@@ -267,6 +286,7 @@ impl Resolver {
             Answers::One => NLM_F_REQUEST,
             Answers::All => NLM_F_REQUEST | NLM_F_DUMP,
             Answers::Acknowledgement => NLM_F_REQUEST | NLM_F_ACK,
+            Answers::Creation => NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
         };
         header.sequence_number = self.sequence;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
@@ -315,6 +335,8 @@ enum Answers {
     All,
     /// The kernel's acknowledgement (a change).
     Acknowledgement,
+    /// The kernel's acknowledgement of a change that may create what it changes.
+    Creation,
 }
 
 /// How long an interface's running state, once read, answers [`NextHops::egress_down`].
@@ -444,19 +466,44 @@ impl NextHops {
         Ok(self.resolver.forget_neighbour(route.ifindex, route.neighbour)?.then_some(route.neighbour))
     }
 
+    /// Has the kernel resolve or confirm the neighbour entries (their own, or their gateway's)
+    /// of `backends`: the kernel keeps only entries that traffic uses, and XDP's traffic does
+    /// not count. A backend without a route, or whose interface is down, is skipped: an entry
+    /// made on a down link stays incomplete after the link comes up until the kernel's next
+    /// retransmission (a second), while the first packet after it resolves it at once. The
+    /// first failure ends the round.
+    pub fn warm(&mut self, backends: impl IntoIterator<Item = IpAddr>) -> Result<(), NextHopError> {
+        let mut neighbours = BTreeSet::new();
+        for backend in backends {
+            if let Some(route) = self.route(backend)? {
+                neighbours.insert((route.ifindex, route.neighbour));
+            }
+        }
+        for (ifindex, neighbour) in neighbours {
+            if self.running(ifindex)? {
+                self.resolver.use_neighbour(ifindex, neighbour)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The interface a backend's packets leave by, if it is down (or has no carrier): a probe
     /// that failed through it says nothing about the backend.
     pub fn egress_down(&mut self, backend: IpAddr) -> Result<Option<u32>, NextHopError> {
         let Some(route) = self.route(backend)? else { return Ok(None) };
-        let running = match self.links.get(&route.ifindex) {
-            Some((at, running)) if at.elapsed() < LINK_STATE_FRESH => *running,
-            _ => {
-                let running = self.resolver.link_running(route.ifindex)?;
-                self.links.insert(route.ifindex, (Instant::now(), running));
-                running
-            }
-        };
-        Ok((!running).then_some(route.ifindex))
+        Ok((!self.running(route.ifindex)?).then_some(route.ifindex))
+    }
+
+    /// Whether interface `ifindex` is up with a carrier, as read at most [`LINK_STATE_FRESH`] ago.
+    fn running(&mut self, ifindex: u32) -> Result<bool, NextHopError> {
+        if let Some((at, running)) = self.links.get(&ifindex)
+            && at.elapsed() < LINK_STATE_FRESH
+        {
+            return Ok(*running);
+        }
+        let running = self.resolver.link_running(ifindex)?;
+        self.links.insert(ifindex, (Instant::now(), running));
+        Ok(running)
     }
 
     /// The backend's route, looked up once per [`ROUTE_REFRESH`].

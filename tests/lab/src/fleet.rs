@@ -69,6 +69,7 @@ impl Lab {
         super::router_up(false)?;
         let port = BALANCER_B.trim_start_matches("lblab-");
         ip(&["netns", "add", BALANCER_B])?;
+        crate::no_duplicate_address_detection(BALANCER_B)?;
         ip(&["link", "add", "eth0", "netns", BALANCER_B, "type", "veth", "peer", "name", port, "netns", SWITCH])?;
         ns(SWITCH, "ip", &["link", "set", port, "master", "br0", "mtu", &WIDE_MTU.to_string(), "up"])?;
         ns(BALANCER_B, "ip", &["link", "set", "lo", "up"])?;

@@ -143,6 +143,7 @@ impl Lab {
         for (host, addrs) in &hosts {
             let port = host.trim_start_matches("lblab-");
             ip(&["netns", "add", host])?;
+            no_duplicate_address_detection(host)?;
             ip(&["link", "add", "eth0", "netns", host, "type", "veth", "peer", "name", port, "netns", SWITCH])?;
             ns(SWITCH, "ip", &["link", "set", port, "master", "br0", "up"])?;
             ns(host, "ip", &["link", "set", "lo", "up"])?;
@@ -488,6 +489,7 @@ impl Lab {
 /// `static_vip_routes`, else it learns them (the fleet lab's BGP).
 fn router_up(static_vip_routes: bool) -> anyhow::Result<()> {
     ip(&["netns", "add", ROUTER])?;
+    no_duplicate_address_detection(ROUTER)?;
     ip(&["link", "add", "eth0", "netns", ROUTER, "type", "veth", "peer", "name", "rt", "netns", SWITCH])?;
     ns(SWITCH, "ip", &["link", "set", "rt", "master", "br0", "up"])?;
     ns(ROUTER, "ip", &["link", "set", "lo", "up"])?;
@@ -495,6 +497,7 @@ fn router_up(static_vip_routes: bool) -> anyhow::Result<()> {
     ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_V4}/24"), "dev", "eth0"])?;
     ns(ROUTER, "ip", &["addr", "add", &format!("{ROUTER_V6}/64"), "dev", "eth0", "nodad"])?;
     ip(&["netns", "add", FAR_CLIENT])?;
+    no_duplicate_address_detection(FAR_CLIENT)?;
     ip(&["link", "add", "eth1", "netns", ROUTER, "type", "veth", "peer", "name", "eth0", "netns", FAR_CLIENT])?;
     for (key, value) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
         ns(ROUTER, "sysctl", &["-qw", &format!("{key}={value}")])?;
@@ -514,6 +517,14 @@ fn router_up(static_vip_routes: bool) -> anyhow::Result<()> {
     ns(FAR_CLIENT, "ip", &["route", "add", "default", "via", &ROUTER_FAR_V4.to_string()])?;
     ns(FAR_CLIENT, "ip", &["-6", "route", "add", "default", "via", &ROUTER_FAR_V6.to_string()])?;
     ns(FAR_CLIENT, "ethtool", &["-K", "eth0", "tx", "off"]).map(drop)
+}
+
+/// The lab's addresses are unique by construction: interfaces made in `netns` from now on skip
+/// duplicate address detection, for their link-local addresses too (every address added is
+/// `nodad`), also when a link comes back up. Otherwise a link that comes up cannot solicit
+/// neighbours for a second (the kernel solicits from the link-local address, tentative meanwhile).
+pub fn no_duplicate_address_detection(netns: &str) -> anyhow::Result<()> {
+    ns(netns, "sysctl", &["-qw", "net.ipv6.conf.default.accept_dad=0"]).map(drop)
 }
 
 fn decap_name(i: usize) -> String {
