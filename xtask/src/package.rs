@@ -28,6 +28,7 @@ pub const INSTALLED: &[&str] = &[
     "/usr/share/man/man1/lb-run.1.gz",
     "/usr/share/man/man1/lb-node-drain.1.gz",
     "/usr/share/doc/lb/copyright",
+    "/usr/share/doc/lb/configuration.md",
 ];
 
 /// Builds the package; returns its path.
@@ -73,6 +74,9 @@ pub fn build() -> anyhow::Result<PathBuf> {
           Files: *\nLicense: MIT or GPL-2.0 (the eBPF programs: Dual MIT/GPL)\n",
         0o644,
     )?;
+    let reference =
+        output(Command::new(&lb).args(["generate", "config-reference"])).context("lb generate config-reference")?;
+    put("/usr/share/doc/lb/configuration.md", reference.as_bytes(), 0o644)?;
     let installed_kib = dir_size(&stage)? / 1024;
     put(
         "/DEBIAN/control",

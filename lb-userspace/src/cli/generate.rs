@@ -1,5 +1,6 @@
 //! `lb generate`: shell completions and man pages from the command line's own definition, for
-//! the package (`cargo xtask package`) and for hosts that install `lb` by hand.
+//! the package (`cargo xtask package`) and for hosts that install `lb` by hand; the
+//! configuration reference from the configuration's (docs/configuration.md).
 
 use std::path::PathBuf;
 
@@ -18,6 +19,9 @@ pub enum GenerateCommand {
         /// The directory to write into (created if missing).
         dir: PathBuf,
     },
+    /// Print the configuration reference (Markdown: every field, its type, default and valid
+    /// values) on standard output, as docs/configuration.md holds it.
+    ConfigReference,
 }
 
 pub fn run(command: GenerateCommand, mut cli: clap::Command) -> anyhow::Result<()> {
@@ -29,6 +33,7 @@ pub fn run(command: GenerateCommand, mut cli: clap::Command) -> anyhow::Result<(
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             clap_mangen::generate_to(cli, &dir).with_context(|| format!("writing man pages into {}", dir.display()))?;
         }
+        GenerateCommand::ConfigReference => print!("{}", lb_userspace::config::reference::markdown()),
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod bgp;
 mod data_plane;
 mod names;
 mod raw;
+pub mod reference;
 mod render;
 mod validate;
 
