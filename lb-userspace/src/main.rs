@@ -78,7 +78,7 @@ enum Command {
     /// This balancer in its fleet: withdraw its VIPs from the routers (drain) or announce them again.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Shell completions and man pages, generated from this command line.
+    /// Shell completions and man pages from this command line, the configuration reference from the configuration's types.
     #[command(subcommand)]
     Generate(GenerateCommand),
 }

@@ -3,7 +3,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use lb_userspace::{agent, bgp, config::Config, dataplane::PinDir};
+use lb_userspace::{
+    agent, bgp,
+    config::{CheckReport, Config},
+    dataplane::PinDir,
+};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -16,6 +20,9 @@ pub struct RunArgs {
 pub struct CheckArgs {
     /// The configuration file to validate.
     config: PathBuf,
+    /// Print the result as JSON (a `config::CheckReport`): for editors and deployment pipelines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -32,16 +39,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn check(args: CheckArgs) -> ExitCode {
-    match Config::load(&args.config) {
-        Ok(c) => {
-            println!("{}: ok ({} VIPs, {} backends)", args.config.display(), c.vips.len(), c.backend_count());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
+    let loaded = Config::load(&args.config);
+    let valid = loaded.is_ok();
+    if args.json {
+        let report = CheckReport::of(&args.config, &loaded);
+        println!("{}", serde_json::to_string_pretty(&report).expect("a report serializes"));
+    } else {
+        match &loaded {
+            Ok(c) => println!("{}: ok ({} VIPs, {} backends)", args.config.display(), c.vips.len(), c.backend_count()),
+            Err(e) => eprintln!("{e}"),
         }
     }
+    if valid { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 pub fn detach(args: DetachArgs) -> anyhow::Result<ExitCode> {

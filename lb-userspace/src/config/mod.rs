@@ -34,7 +34,7 @@ use std::{
 use lb_common::capacity::{SEQUENCE_MAX_LEN, TABLES_PER_VIP};
 
 /// One problem in a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Problem {
     /// 1-based; 0 for a problem of the whole file (unreadable, too large).
     pub line: usize,
@@ -42,6 +42,38 @@ pub struct Problem {
     /// Dotted path of the field (`vip[1].backend[0].weight`), empty for syntax errors.
     pub field: String,
     pub message: String,
+}
+
+/// What `lb check --json` prints: whether a file is valid, what it holds, or its problems.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckReport {
+    pub file: String,
+    pub valid: bool,
+    /// VIPs and backends of a valid file (0 for an invalid one).
+    pub vips: usize,
+    pub backends: usize,
+    pub problems: Vec<Problem>,
+    /// Problems not listed (past the first hundred).
+    pub omitted: usize,
+}
+
+impl CheckReport {
+    pub fn of(path: &Path, loaded: &Result<Config, ConfigError>) -> Self {
+        let file = path.display().to_string();
+        match loaded {
+            Ok(c) => Self {
+                file,
+                valid: true,
+                vips: c.vips.len(),
+                backends: c.backend_count(),
+                problems: vec![],
+                omitted: 0,
+            },
+            Err(e) => {
+                Self { file, valid: false, vips: 0, backends: 0, problems: e.problems.clone(), omitted: e.omitted }
+            }
+        }
+    }
 }
 
 /// Every problem found in one file.
