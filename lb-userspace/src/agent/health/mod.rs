@@ -4,9 +4,9 @@
 //! keeps one connected socket); tunnel probes use raw sockets on tokio's blocking pool.
 //!
 //! Probes: TCP connect; HTTP or HTTPS request (status and optional body substring, [`http`]);
-//! UDP request and reply prefix. With `tunnel`, the probe goes to the VIP through the same encapsulation the balancer
-//! uses (IPIP or IP6IP6 to the backend, from this host's address), so a backend whose
-//! decapsulation or VIP is missing fails even while its own address answers. Through the tunnel a
+//! UDP request and reply prefix. With `tunnel`, the probe goes to the VIP through the same
+//! encapsulation the balancer uses (IPIP or IP6IP6 to the backend, from this host's address), so
+//! a backend whose decapsulation or VIP is missing fails even while its own address answers. Through the tunnel a
 //! TCP or HTTP check is a handshake: a SYN answered by a SYN-ACK (this host's kernel resets it).
 
 use std::{
@@ -39,8 +39,7 @@ pub struct Target {
 
 impl Target {
     pub fn new(vip_address: IpAddr, backend: IpAddr, check: &HealthCheck) -> Self {
-        // Without a `host`, an HTTP check's Host header (and an https check's server name) is
-        // the VIP's address.
+        // Without a `host`, an HTTP check's Host header is the VIP's address.
         let depends_on_vip = check.tunnel || matches!(check.kind, CheckKind::Http { host: None, .. });
         Self { backend, vip_address: depends_on_vip.then_some(vip_address) }
     }
