@@ -22,8 +22,10 @@ pub struct DataplaneConfig {
     pub fallback_dst_mac: [u8; 6],
     /// What an ICMP echo request to a VIP address gets ([`icmp_echo`]).
     pub icmp_echo: u8,
-    /// Explicit padding, always zero.
-    pub _pad: [u8; 1],
+    /// Nonzero when some VIP has a session key (`crate::session`): UDP datagrams then look
+    /// their VIP up before the flow table, to be looked up by their session. Zero costs the
+    /// fast path nothing.
+    pub session_keys: u8,
     /// The secret key of the flow and source hashes (`crate::flow::HashKey`).
     pub flow_hash_key: [u64; 2],
 }
@@ -38,7 +40,7 @@ assert_layout!(
     encap_src_v6_host_bits = 31,
     fallback_dst_mac = 32,
     icmp_echo = 38,
-    _pad = 39,
+    session_keys = 39,
     flow_hash_key = 40
 );
 userspace_pod!(DataplaneConfig);

@@ -19,8 +19,10 @@ pub struct FlowKey {
     pub protocol: u8,
     /// Address family ([`crate::family`]).
     pub family: u8,
+    /// What the key is of ([`kind`]): a 5-tuple, or a session (`crate::session`).
+    pub kind: u8,
     /// Explicit padding, always zero: it is hashed and compared as part of the key.
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 1],
 }
 assert_layout!(
     FlowKey,
@@ -31,8 +33,18 @@ assert_layout!(
     dst_port = 34,
     protocol = 36,
     family = 37,
-    _pad = 38
+    kind = 38,
+    _pad = 39
 );
+
+/// What a flow key is of ([`FlowKey::kind`]). Keys of different kinds never compare equal.
+pub mod kind {
+    /// A packet's 5-tuple.
+    pub const FIVE_TUPLE: u8 = 0;
+    /// A session of a VIP with a session key: a digest of the key in place of the client's
+    /// address and port (`crate::session::session_flow`).
+    pub const SESSION: u8 = 1;
+}
 userspace_pod!(FlowKey, FlowState);
 
 impl FlowKey {
@@ -53,7 +65,8 @@ impl FlowKey {
             dst_port: dst_port.to_be_bytes(),
             protocol,
             family,
-            _pad: [0; 2],
+            kind: kind::FIVE_TUPLE,
+            _pad: [0; 1],
         }
     }
 
@@ -177,10 +190,22 @@ pub struct FlowKeyV4 {
     pub dst_port: [u8; 2],
     /// IP protocol number.
     pub protocol: u8,
+    /// As [`FlowKey::kind`].
+    pub kind: u8,
     /// Explicit padding, always zero: it is part of the key the map compares.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
-assert_layout!(FlowKeyV4, size = 16, src_addr = 0, dst_addr = 4, src_port = 8, dst_port = 10, protocol = 12, _pad = 13);
+assert_layout!(
+    FlowKeyV4,
+    size = 16,
+    src_addr = 0,
+    dst_addr = 4,
+    src_port = 8,
+    dst_port = 10,
+    protocol = 12,
+    kind = 13,
+    _pad = 14
+);
 userspace_pod!(FlowKeyV4);
 
 impl FlowKey {
@@ -194,7 +219,8 @@ impl FlowKey {
             src_port: self.src_port,
             dst_port: self.dst_port,
             protocol: self.protocol,
-            _pad: [0; 3],
+            kind: self.kind,
+            _pad: [0; 2],
         }
     }
 }
@@ -213,7 +239,8 @@ impl FlowKeyV4 {
             dst_port: self.dst_port,
             protocol: self.protocol,
             family: crate::family::IPV4,
-            _pad: [0; 2],
+            kind: self.kind,
+            _pad: [0; 1],
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   VIP lookup the data plane, `lb trace`, the recount and the tests share.
 //! - [`backend`]: backend records as the data plane reads them.
 //! - [`nexthop`]: backends' next hops, resolved by the agent.
+//! - [`session`]: session keys: UDP VIPs that balance by bytes of the payload, not the 5-tuple.
 //! - [`dataplane`]: the instance-wide data plane configuration (encapsulation source, MTU, ...).
 //! - [`decap`]: the backends' decapsulation program's accepted tunnel sources.
 //! - [`counters`]: counted reasons for every verdict, and per-VIP/per-backend traffic counters.
@@ -49,6 +50,7 @@ pub mod maps;
 pub mod nexthop;
 #[cfg(feature = "user")]
 pub mod sequence;
+pub mod session;
 pub mod table;
 pub mod vip;
 

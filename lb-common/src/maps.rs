@@ -51,6 +51,8 @@ pub const SOURCE_LISTS: &str = "LB_SOURCE_LISTS";
 pub const RATE_BUCKETS: &str = "LB_RATE_BUCKETS";
 /// Per CPU, per VIP and reason: packets admission refused.
 pub const REFUSALS: &str = "LB_REFUSALS";
+/// Per CPU and VIP: packets too short for the VIP's session key (balanced by their 5-tuple).
+pub const SESSION_MISSES: &str = "LB_SESSION_MISS";
 
 /// VIP addresses a backend decapsulates for.
 pub const DECAP_VIPS: &str = "LB_DECAP_VIPS";
@@ -60,7 +62,7 @@ pub const DECAP_SOURCES: &str = "LB_DECAP_SRCS";
 pub const DECAP_CONFIG: &str = "LB_DECAP_CONFIG";
 
 /// Every map of the balancer program.
-pub const BALANCER: [&str; 20] = [
+pub const BALANCER: [&str; 21] = [
     VIPS,
     VIP_ADDRS,
     BACKENDS,
@@ -81,6 +83,7 @@ pub const BALANCER: [&str; 20] = [
     SOURCE_LISTS,
     RATE_BUCKETS,
     REFUSALS,
+    SESSION_MISSES,
 ];
 
 /// Every map of the decapsulation program.

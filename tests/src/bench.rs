@@ -64,12 +64,12 @@ pub fn balancer(
                 maglev.iter().map(|m| SequenceMember { addr: m.addr, family: m.family, weight: 1, id: m.id }).collect();
             VipTable {
                 index,
-                scheduling: Scheduling { scheduler, source_prefix_len: 0, new_flow_budget, admission: 0 },
+                scheduling: Scheduling { scheduler, new_flow_budget, ..Scheduling::default() },
                 table: smooth_sequence(&members),
             }
         } else {
             let scheduling = if index == 0 {
-                Scheduling { scheduler, source_prefix_len: 32, new_flow_budget, admission: 0 }
+                Scheduling { scheduler, source_prefix_len: 32, new_flow_budget, ..Scheduling::default() }
             } else {
                 Scheduling::default()
             };

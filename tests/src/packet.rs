@@ -30,7 +30,7 @@ pub fn dataplane_config(key: HashKey) -> DataplaneConfig {
         encap_src_v6_host_bits: 16,
         fallback_dst_mac: FALLBACK_MAC,
         icmp_echo: icmp_echo::REPLY,
-        _pad: [0; 1],
+        session_keys: 0,
         flow_hash_key: key,
     }
 }
@@ -105,6 +105,11 @@ impl Default for Shape {
 
 /// A client frame of `flow` with valid checksums.
 pub fn frame(flow: &Flow, shape: &Shape) -> Vec<u8> {
+    frame_with_payload(flow, shape, &vec![0x5a; shape.payload_len])
+}
+
+/// A frame of `flow` shaped by `shape` carrying `payload` (`shape.payload_len` is not used).
+pub fn frame_with_payload(flow: &Flow, shape: &Shape, payload: &[u8]) -> Vec<u8> {
     let ip = match (flow.src, flow.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let mut h = Ipv4Header::new(0, shape.ttl, IpNumber(flow.protocol.number()), s.octets(), d.octets())
@@ -129,7 +134,6 @@ pub fn frame(flow: &Flow, shape: &Shape) -> Vec<u8> {
         _ => panic!("flow mixes address families"),
     };
     let eth = PacketBuilder::ethernet2(CLIENT_MAC, BALANCER_MAC);
-    let payload = vec![0x5a; shape.payload_len];
     let mut out = Vec::new();
     let l3 = match shape.vlan {
         Some(id) => eth.single_vlan(VlanId::try_new(id).expect("12-bit VLAN id")).ip(ip),
@@ -144,9 +148,9 @@ pub fn frame(flow: &Flow, shape: &Shape) -> Vec<u8> {
                 TcpFlags::FinAck => tcp.fin().ack(1),
                 TcpFlags::Rst => tcp.rst(),
             }
-            .write(&mut out, &payload)
+            .write(&mut out, payload)
         }
-        Protocol::Udp => l3.udp(flow.src_port, flow.dst_port).write(&mut out, &payload),
+        Protocol::Udp => l3.udp(flow.src_port, flow.dst_port).write(&mut out, payload),
     }
     .expect("frame fits");
     out

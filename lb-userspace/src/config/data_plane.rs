@@ -43,7 +43,8 @@ impl Instance {
             encap_src_v6_host_bits: self.encap_source_v6.host_bits,
             fallback_dst_mac: self.fallback_mac.unwrap_or([0; 6]),
             icmp_echo: self.icmp_echo.data_plane_value(),
-            _pad: [0; 1],
+            // Set by the policy, which sees the VIPs.
+            session_keys: 0,
             flow_hash_key: self.flow_hash_key.unwrap_or(lb_common::flow::PUBLIC_HASH_KEY),
         }
     }

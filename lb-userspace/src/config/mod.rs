@@ -386,6 +386,9 @@ pub struct Vip {
     pub admission: Admission,
     /// Attributes of the VIP address's route when `[bgp]` announces it.
     pub route: bgp::RouteAttributes,
+    /// A UDP VIP's session key: flows are balanced and kept by these payload bytes instead of
+    /// the 5-tuple (`lb_common::session`); `SessionKey::NONE`: by the 5-tuple.
+    pub session_key: lb_common::session::SessionKey,
     pub health: Option<HealthCheck>,
     pub backends: Vec<Backend>,
 }

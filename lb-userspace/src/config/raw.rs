@@ -126,7 +126,19 @@ pub struct Vip {
     #[serde(default)]
     pub bgp: Option<Spanned<VipBgp>>,
     #[serde(default)]
+    pub session_key: Option<Spanned<SessionKey>>,
+    #[serde(default)]
     pub backend: Vec<Spanned<Backend>>,
+}
+
+/// `[vip.session_key]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionKey {
+    pub offset: Spanned<i64>,
+    pub length: Spanned<i64>,
+    #[serde(default)]
+    pub mask_hex: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -76,7 +76,7 @@ const TABLES: &str = "array of tables";
 
 /// Every table of the file, in the order the reference lists them.
 pub fn tables() -> Vec<Table> {
-    vec![instance(), bgp(), peer(), vip(), vip_bgp(), admission(), health(), backend()]
+    vec![instance(), bgp(), peer(), vip(), vip_bgp(), admission(), session_key(), health(), backend()]
 }
 
 fn instance() -> Table {
@@ -367,6 +367,13 @@ fn vip() -> Table {
             optional("health", TABLE, "none (never checked)", "`[vip.health]`", "The VIP's health check."),
             optional("admission", TABLE, "everyone admitted", "`[vip.admission]`", "Who is served, and how fast."),
             optional("bgp", TABLE, "none", "`[vip.bgp]`", "Attributes of the VIP's announcement."),
+            optional(
+                "session_key",
+                TABLE,
+                "none (the 5-tuple)",
+                "`[vip.session_key]`, udp VIPs",
+                "Balance and keep flows by bytes of the payload (docs/sessions.md).",
+            ),
             required("backend", TABLES, "at least one `[[vip.backend]]`", "The VIP's backends."),
         ],
     }
@@ -450,6 +457,31 @@ fn admission() -> Table {
                 DEFAULT_SOURCE_PREFIX_V6.to_string(),
                 "1..=128",
                 "The IPv6 prefix that counts as one source for the rates.",
+            ),
+        ],
+    }
+}
+
+fn session_key() -> Table {
+    Table {
+        header: "[vip.session_key]",
+        about: "A UDP VIP balances by a session id in the payload instead of the 5-tuple: a client whose NAT \
+                changes its port, or who moves to another address, stays on its backend. A datagram too short for \
+                the key is balanced by its 5-tuple (counted: `session_key_misses`).",
+        fields: vec![
+            required(
+                "offset",
+                INTEGER,
+                format!("0..={}", lb_common::session::MAX_KEY_OFFSET),
+                "Where the key starts, in bytes from the start of the UDP payload.",
+            ),
+            required("length", INTEGER, format!("1..={}", lb_common::session::MAX_KEY_LEN), "The key's bytes."),
+            optional(
+                "mask_hex",
+                STRING,
+                "all ones",
+                "`length` bytes in hexadecimal",
+                "ANDed with the key: bits of the field that are not the session's (flags, a counter) are left out.",
             ),
         ],
     }
@@ -640,6 +672,7 @@ mod tests {
             ("[[vip]]", serde_introspect::<raw::Vip>()),
             ("[vip.bgp]", serde_introspect::<raw::VipBgp>()),
             ("[vip.admission]", serde_introspect::<raw::Admission>()),
+            ("[vip.session_key]", serde_introspect::<raw::SessionKey>()),
             ("[vip.health], [vip.backend.health]", serde_introspect::<raw::Health>()),
             ("[[vip.backend]]", serde_introspect::<raw::Backend>()),
         ] {

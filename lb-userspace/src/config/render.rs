@@ -73,6 +73,13 @@ impl Config {
                 }
                 let _ = writeln!(s, "communities = [{}]", communities(&r.communities));
             }
+            if v.session_key.is_some() {
+                let k = &v.session_key;
+                let _ = writeln!(s, "[vip.session_key]");
+                let _ = writeln!(s, "offset = {}", k.offset);
+                let _ = writeln!(s, "length = {}", k.length);
+                let _ = writeln!(s, "mask_hex = \"{}\"", hex(&k.mask[..usize::from(k.length)]));
+            }
             for b in &v.backends {
                 let _ = writeln!(s, "[[vip.backend]]");
                 let _ = writeln!(s, "address = \"{}\"", b.address);

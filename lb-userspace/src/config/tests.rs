@@ -498,3 +498,37 @@ fn icmp_echo_policy_defaults_to_reply() {
         "3:13: instance.icmp_echo: \"ignore\" is not an echo policy; use \"reply\", \"pass\" or \"drop\""
     );
 }
+
+#[test]
+fn session_keys_parse_and_are_explained() {
+    let udp = |extra: &str| {
+        MINIMAL.replace("port = 80\nprotocol = \"tcp\"", &format!("port = 7777\nprotocol = \"udp\"\n{extra}"))
+    };
+    let text = udp("[vip.session_key]\noffset = 4\nlength = 4\nmask_hex = \"ffff ff00\"");
+    let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    let key = config.vips[0].session_key;
+    assert_eq!((key.offset, key.length), (4, 4));
+    assert_eq!(key.mask[..5], [0xff, 0xff, 0xff, 0, 0]);
+    let rendered = config.to_toml();
+    assert_eq!(Config::parse(&rendered, "rendered").unwrap_or_else(|e| panic!("{e}\n{rendered}")), config);
+    let plain = Config::parse(&udp("[vip.session_key]\noffset = 0\nlength = 16"), "t.toml").unwrap();
+    assert_eq!(plain.vips[0].session_key.mask, [0xff; 16]);
+
+    for (extra, expect) in [
+        ("[vip.session_key]\noffset = 1401\nlength = 4", "session_key.offset: 1401 is out of range 0..=1400"),
+        ("[vip.session_key]\noffset = 0\nlength = 17", "session_key.length: 17 is out of range 1..=16"),
+        ("[vip.session_key]\noffset = 0\nlength = 2\nmask_hex = \"ff\"", "mask_hex: has 1 bytes; the key has 2"),
+        (
+            "scheduler = \"source-hash\"\n[vip.session_key]\noffset = 0\nlength = 4",
+            "does not go with scheduler = \"source-hash\"",
+        ),
+    ] {
+        let got = only_problem(&udp(extra));
+        assert!(got.contains(expect), "{extra}: {got}");
+    }
+    let tcp = MINIMAL.replace(
+        "port = 80\nprotocol = \"tcp\"",
+        "port = 80\nprotocol = \"tcp\"\n[vip.session_key]\noffset = 0\nlength = 4",
+    );
+    assert!(only_problem(&tcp).contains("vip[0].session_key: applies only to a udp VIP"));
+}

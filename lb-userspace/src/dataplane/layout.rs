@@ -23,7 +23,7 @@ use super::{DataplaneError, PinDir};
 
 /// Key and value sizes of the balancer's maps whose layouts this build defines (`LB_EGRESS` is
 /// the kernel's).
-fn map_layouts() -> [(&'static str, usize, usize); 19] {
+fn map_layouts() -> [(&'static str, usize, usize); 20] {
     [
         (names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
         (names::VIP_ADDRS, size_of::<VipAddrKey>(), size_of::<u32>()),
@@ -44,12 +44,13 @@ fn map_layouts() -> [(&'static str, usize, usize); 19] {
         (names::RATE_BUCKETS, size_of::<SourceBucketKey>(), size_of::<SourceBucket>()),
         (names::REFUSALS, size_of::<u32>(), size_of::<u64>()),
         (names::FRAGMENTS, size_of::<FragmentKey>(), size_of::<FragmentOwner>()),
+        (names::SESSION_MISSES, size_of::<u32>(), size_of::<u64>()),
     ]
 }
 
 /// Entries of the balancer's maps whose size is a limit of this build (the flow tables are sized
 /// by the configuration, `LB_REASON_STATS` is checked on its own).
-fn fixed_capacities() -> [(&'static str, u32); 14] {
+fn fixed_capacities() -> [(&'static str, u32); 15] {
     [
         (names::VIPS, MAX_VIPS),
         (names::BACKENDS, MAX_BACKENDS),
@@ -65,6 +66,7 @@ fn fixed_capacities() -> [(&'static str, u32); 14] {
         (names::RATE_BUCKETS, MAX_SOURCE_BUCKETS),
         (names::REFUSALS, REFUSAL_COUNTERS),
         (names::FRAGMENTS, MAX_FRAGMENTED_DATAGRAMS),
+        (names::SESSION_MISSES, MAX_VIPS),
     ]
 }
 

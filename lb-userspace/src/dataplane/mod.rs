@@ -101,6 +101,7 @@ pub struct BalancerMaps {
     pub(crate) source_lists: LpmTrie<MapData, SourceListKey, u32>,
     pub(crate) source_buckets: HashMap<MapData, SourceBucketKey, SourceBucket>,
     pub(crate) refusals: PerCpuArray<MapData, u64>,
+    pub(crate) session_misses: PerCpuArray<MapData, u64>,
 }
 
 /// A VIP's flood mode as the data plane's CPUs see it (`lb_common::flood`).
@@ -320,11 +321,12 @@ impl BalancerMaps {
             source_lists: typed(take(names::SOURCE_LISTS)?)?,
             source_buckets: typed(take(names::RATE_BUCKETS)?)?,
             refusals: typed(take(names::REFUSALS)?)?,
+            session_misses: typed(take(names::SESSION_MISSES)?)?,
         })
     }
 
     /// Every map with its name.
-    fn by_name(&self) -> [(&'static str, &MapData); 18] {
+    fn by_name(&self) -> [(&'static str, &MapData); 19] {
         [
             (names::VIPS, self.vips.map()),
             (names::VIP_ADDRS, self.vip_addrs.map()),
@@ -344,6 +346,7 @@ impl BalancerMaps {
             (names::SOURCE_LISTS, self.source_lists.map()),
             (names::RATE_BUCKETS, self.source_buckets.map()),
             (names::REFUSALS, self.refusals.map()),
+            (names::SESSION_MISSES, self.session_misses.map()),
         ]
     }
 
@@ -463,7 +466,8 @@ impl BalancerMaps {
                 how.new_flow_budget,
                 key.tag(),
             )
-            .with_admission(how.admission),
+            .with_admission(how.admission)
+            .with_session_key(how.session_key),
             0,
         )?;
         if current.is_none() {
@@ -573,11 +577,20 @@ impl BalancerMaps {
                 source_prefix_len: info.source_prefix_len,
                 new_flow_budget: info.new_flow_budget,
                 admission: info.admission,
+                session_key: info.session_key,
             };
             vips.insert(key, VipTable { index: info.index, scheduling, table });
         }
         let admission = self.admissions()?;
         Ok(Current { dataplane, backends, vips, admission })
+    }
+
+    /// Packets to VIP `index` too short for its session key, all CPUs.
+    pub fn session_misses(&self, index: u32) -> Result<u64, DataplaneError> {
+        if index >= MAX_VIPS {
+            return Err(DataplaneError::VipIndex { index });
+        }
+        Ok(self.session_misses.get(&index, 0)?.iter().sum())
     }
 
     /// Packets VIP `index`'s admission refused, per reason (in `lb_common::admission::REFUSALS`

@@ -24,6 +24,7 @@ use lb_common::{
     dataplane::DataplaneConfig,
     maglev::{MaglevBackend, MaglevError, build_table},
     sequence::{SequenceMember, smooth_sequence},
+    session::SessionKey,
     vip::VipKey,
 };
 
@@ -45,6 +46,7 @@ pub struct DesiredVip {
     /// New flows per CPU per flood window ([`flood_budget`]).
     pub new_flow_budget: u32,
     pub admission: VipAdmission,
+    pub session_key: SessionKey,
     pub backends: Vec<DesiredBackend>,
 }
 
@@ -108,7 +110,7 @@ pub struct DesiredBackend {
 /// (per CPU per window) and admission stages `admission`.
 pub fn scheduling(scheduler: Scheduler, new_flow_budget: u32, admission: u8) -> Scheduling {
     let (scheduler, source_prefix_len) = scheduler.data_plane();
-    Scheduling { scheduler, source_prefix_len, new_flow_budget, admission }
+    Scheduling { scheduler, source_prefix_len, new_flow_budget, admission, session_key: SessionKey::NONE }
 }
 
 /// The data plane's flood budget for `vip`: its new flows per second, per CPU per window.
@@ -128,6 +130,8 @@ pub struct Scheduling {
     pub new_flow_budget: u32,
     /// The admission stages the VIP runs (`lb_common::admission::checks`).
     pub admission: u8,
+    /// A UDP VIP's session key (`lb_common::session`); `SessionKey::NONE`: the 5-tuple.
+    pub session_key: SessionKey,
 }
 
 /// A VIP's live table as the maps hold it.
@@ -298,7 +302,10 @@ pub fn plan_cached(desired: &Desired, current: &Current, cache: &mut TableCache)
             members.push(MaglevBackend { addr, family, weight: b.weight, id });
         }
         let table = cache.table(vip, members)?;
-        let how = scheduling(vip.scheduler, vip.new_flow_budget, vip.admission.policy.checks);
+        let how = Scheduling {
+            session_key: vip.session_key,
+            ..scheduling(vip.scheduler, vip.new_flow_budget, vip.admission.policy.checks)
+        };
         let live = VipTable { index, scheduling: how, table };
         if current.vips.get(&vip.key) != Some(&live) {
             tables.push(Op::InstallVip { key: vip.key, vip: live });

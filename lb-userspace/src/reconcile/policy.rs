@@ -192,7 +192,13 @@ pub fn desired(config: &Config) -> Desired {
 
 pub fn decide(config: &Config, health: &HealthStates, now: Instant) -> Decision {
     let mut decision = Decision {
-        desired: Desired { dataplane: config.instance.dataplane_config(), vips: Vec::new() },
+        desired: Desired {
+            dataplane: lb_common::dataplane::DataplaneConfig {
+                session_keys: u8::from(config.vips.iter().any(|v| v.session_key.is_some())),
+                ..config.instance.dataplane_config()
+            },
+            vips: Vec::new(),
+        },
         backends: Vec::new(),
         warnings: Vec::new(),
         ramping: false,
@@ -230,6 +236,7 @@ pub fn decide(config: &Config, health: &HealthStates, now: Instant) -> Decision 
             table_size: vip.table_size,
             new_flow_budget: flood_budget(vip),
             admission: VipAdmission::from_config(&vip.admission),
+            session_key: vip.session_key,
             backends,
         });
     }

@@ -188,6 +188,7 @@ impl Model {
                 source_prefix_len: if family == lb_common::family::IPV4 { 24 } else { 64 },
                 new_flow_budget: vip.flood_budget,
                 admission: checks,
+                session_key: lb_common::session::SessionKey::NONE,
             };
             balancer.install_vip(&key, &VipTable { index, scheduling, table })?;
         }

@@ -160,7 +160,7 @@ impl Env {
         let hashed: Vec<_> = (0..3).map(|i| (70 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
         self.vip(13, VIP4_SOURCE_HASH.into(), 80, Protocol::Tcp, &hashed, 251)?;
         let source_hash =
-            Scheduling { scheduler: scheduler::SOURCE_HASH, source_prefix_len: 24, new_flow_budget: 0, admission: 0 };
+            Scheduling { scheduler: scheduler::SOURCE_HASH, source_prefix_len: 24, ..Scheduling::default() };
         self.reschedule(VIP4_SOURCE_HASH.into(), source_hash)?;
         let dealt: Vec<_> = (0..3).map(|i| (80 + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();
         self.vip(14, VIP4_ROUND_ROBIN.into(), 80, Protocol::Tcp, &dealt, 251)?;
@@ -175,23 +175,13 @@ impl Env {
         let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_ROUND_ROBIN.into()).1, 80, 6);
         let sequence = VipTable {
             index: 14,
-            scheduling: Scheduling {
-                scheduler: scheduler::SEQUENCE,
-                source_prefix_len: 0,
-                new_flow_budget: 0,
-                admission: 0,
-            },
+            scheduling: Scheduling { scheduler: scheduler::SEQUENCE, ..Scheduling::default() },
             table: smooth_sequence(&members),
         };
         self.balancer.install_vip(&key, &sequence)?;
         self.vips.insert(key, (14, sequence.table.clone()));
         self.schedulings.insert(key, sequence.scheduling);
-        let least = Scheduling {
-            scheduler: scheduler::LEAST_CONNECTIONS,
-            source_prefix_len: 0,
-            new_flow_budget: 0,
-            admission: 0,
-        };
+        let least = Scheduling { scheduler: scheduler::LEAST_CONNECTIONS, ..Scheduling::default() };
         for (index, port, protocol, first_id) in [(15, 80, Protocol::Tcp, 90), (16, 53, Protocol::Udp, 93)] {
             let ids: Vec<_> =
                 (0..3).map(|i| (first_id + i, IpAddr::V4(Ipv4Addr::new(198, 18, 10, i as u8 + 1)))).collect();

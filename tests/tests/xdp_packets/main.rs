@@ -9,7 +9,7 @@
 //! One file per concern, each with its `cases()`: [`parse`] (what passes, what is dropped,
 //! truncation), [`encap`] (forwarded bytes, MTU), [`flows`] (the flow table under change),
 //! [`schedulers`], [`nexthop`] (FIB and resolved next hops), [`flood`], [`admission`], [`icmp`],
-//! [`fragments`], [`decap`] (the backends' program) and [`kernel`] (verifier budget, pinned maps,
+//! [`fragments`], [`sessions`] (session keys), [`decap`] (the backends' program) and [`kernel`] (verifier budget, pinned maps,
 //! VLAN offload). [`fixture`] is their harness: the loaded programs, the VIPs every fixture starts
 //! from, and the checks; frame builders shared with the fuzzer are in `lb_tests::packet`.
 
@@ -33,6 +33,7 @@ mod kernel;
 mod nexthop;
 mod parse;
 mod schedulers;
+mod sessions;
 
 fn main() -> anyhow::Result<()> {
     let mut args = Arguments::from_args();
@@ -55,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         .chain(admission::cases())
         .chain(icmp::cases())
         .chain(fragments::cases())
+        .chain(sessions::cases())
         .map(|(name, body)| {
             let env = Arc::clone(&env);
             Trial::test(name, move || {

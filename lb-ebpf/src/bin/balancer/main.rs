@@ -23,6 +23,7 @@ mod icmp;
 mod icmp_in;
 mod maps;
 mod nexthop;
+mod session;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
@@ -108,9 +109,13 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Verdict {
         return verdict::drop(Reason::DropNoEgress);
     };
 
+    // A datagram to a VIP with a session key is found and scheduled by its session.
+    let mut key = ip.flow;
+    session::lookup_key(ctx, &ip, &mut key);
+    (key.family, key.protocol) = (ip.flow.family, ip.flow.protocol);
     // Established flows first: their entry and their backend's record hold all the fast path
     // needs, so a packet of one takes no VIP lookup. Anything else looks its VIP up.
-    let entry = flow_entry(&ip.flow);
+    let entry = flow_entry(&key);
     // A miss goes on, so that the build's first packets fill the table its timed ones hit.
     if stop_after(2) && entry.is_some() {
         return verdict::tx(Reason::TxNextHop);
@@ -129,8 +134,8 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Verdict {
             let Some(vip) = find_vip(&ip.flow) else {
                 return verdict::pass(Reason::PassNotVip);
             };
-            let scheduled =
-                admission::new_flow(&ip.flow, vip, cfg).and_then(|()| schedule(entry, &ip.flow, vip, segment));
+            // Admission judges the client's flow; the scheduler, its session where it has one.
+            let scheduled = admission::new_flow(&ip.flow, vip, cfg).and_then(|()| schedule(entry, &key, vip, segment));
             match scheduled {
                 Ok(target) => target,
                 Err(reason) => {

@@ -134,6 +134,19 @@ pub static RATE_BUCKETS: LruHashMap<SourceBucketKey, SourceBucket> =
 #[map(name = "LB_REFUSALS")]
 pub static REFUSALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REFUSAL_COUNTERS, 0);
 
+/// Per CPU and VIP: packets too short for the VIP's session key (`lb_common::session`).
+#[map(name = "LB_SESSION_MISS")]
+pub static SESSION_MISSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Counts a packet to VIP `vip_index` that the VIP's session key could not be read from.
+#[inline(always)]
+pub fn count_session_miss(vip_index: u32) {
+    if let Some(count) = SESSION_MISSES.get_ptr_mut(vip_index) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { *count += 1 };
+    }
+}
+
 /// Counts a packet to VIP `vip_index` that reached no backend for `reason`: in the VIP's
 /// traffic, and per VIP and reason if admission refused it.
 #[inline(always)]

@@ -5,10 +5,11 @@ use std::{collections::BTreeMap, net::IpAddr};
 use lb_common::{
     capacity::MAGLEV_MAX_TABLE_SIZE,
     maglev::{default_table_size, is_prime},
+    session::{MAX_KEY_LEN, MAX_KEY_OFFSET, SessionKey},
 };
 use toml::Spanned;
 
-use super::{Validator, address, name};
+use super::{Validator, address, hex, name};
 use crate::config::{
     AdminState, Admission, Backend, DEFAULT_MAX_EJECTED_PERCENT, FailureMode, Forwarding, MAX_WEIGHT, Named as _,
     Protocol, SLOW_START_SECS, Scheduler, Vip, raw,
@@ -55,6 +56,10 @@ impl Validator<'_> {
             None => Some(crate::config::bgp::RouteAttributes::default()),
             Some(b) => self.route_attributes(b.get_ref(), &format!("{field}.bgp")),
         };
+        let session_key = match &raw.session_key {
+            None => Some(SessionKey::NONE),
+            Some(k) => self.session_key(k, raw, &format!("{field}.session_key")),
+        };
         let backends = self.backends(&raw.backend, field, vip_port);
         let table_size = table_size.map(|size| size.unwrap_or_else(|| default_table_size(raw.backend.len())));
         if let Some(size) = table_size
@@ -80,9 +85,47 @@ impl Validator<'_> {
             new_flow_budget: new_flow_budget? as u32,
             admission: admission?,
             route: route?,
+            session_key: session_key?,
             health: vip_health?,
             backends,
         })
+    }
+
+    /// `[vip.session_key]` of a UDP VIP whose scheduler looks at flows (not a source hash).
+    fn session_key(&mut self, raw: &Spanned<raw::SessionKey>, vip: &raw::Vip, field: &str) -> Option<SessionKey> {
+        let k = raw.get_ref();
+        if vip.protocol.get_ref() != "udp" {
+            self.problem(raw.span(), field, "applies only to a udp VIP (a TCP connection has its own 5-tuple)".into());
+        }
+        if vip.scheduler.as_ref().is_some_and(|s| s.get_ref() == "source-hash") {
+            self.problem(
+                raw.span(),
+                field,
+                "does not go with scheduler = \"source-hash\", which balances by the client's address".into(),
+            );
+        }
+        let offset = self.check(&k.offset, &format!("{field}.offset"), |n| match u16::try_from(*n) {
+            Ok(o) if o <= MAX_KEY_OFFSET => Ok(o),
+            _ => Err(format!("{n} is out of range 0..={MAX_KEY_OFFSET}")),
+        });
+        let length = self.check(&k.length, &format!("{field}.length"), |n| match usize::try_from(*n) {
+            Ok(l) if (1..=MAX_KEY_LEN).contains(&l) => Ok(l),
+            _ => Err(format!("{n} is out of range 1..={MAX_KEY_LEN}")),
+        });
+        let mask = match (&k.mask_hex, length) {
+            (None, _) => Some([0xff; MAX_KEY_LEN]),
+            (Some(m), Some(length)) => self.check(m, &format!("{field}.mask_hex"), |m| {
+                let bytes = hex(m)?;
+                if bytes.len() != length {
+                    return Err(format!("has {} bytes; the key has {length}", bytes.len()));
+                }
+                let mut mask = [0u8; MAX_KEY_LEN];
+                mask[..length].copy_from_slice(&bytes);
+                Ok(mask)
+            }),
+            (Some(_), None) => None,
+        };
+        Some(SessionKey::new(offset?, length? as u8, mask?))
     }
 
     /// The scheduler and, for a source hash, its prefix length (the whole address of a family of
