@@ -19,15 +19,18 @@ use anyhow::{Context as _, ensure};
 use aya::programs::Xdp;
 use lb_common::{
     capacity::MAX_VIPS,
+    dataplane::DataplaneConfig,
     family,
+    flow::PUBLIC_HASH_KEY,
     maglev::{MaglevBackend, build_table, default_table_size},
     maps::FLOWS_V4,
     nexthop::NextHop,
+    session::SessionKey,
     vip::{VipKey, scheduler as vip_scheduler},
 };
 use lb_tests::{
-    bench::{VIP4, VIP6, balancer as balancer_from, frames as frames_of, median, set_next_hops, write_json},
-    packet::{Protocol, key_addr},
+    bench::{VIP_PORT, VIP4, VIP6, balancer as balancer_from, frames as frames_of, median, set_next_hops, write_json},
+    packet::{Flow, Protocol, Shape, dataplane_config, frame_with_payload, key_addr},
     pin_to_cpu,
     privileged::{enter_private_netns, require_root},
     xdp::{XDP_PASS, XDP_TX, run_once},
@@ -73,6 +76,39 @@ fn resolved(object: &[u8], flow_table_entries: u32, scheduler: u8) -> anyhow::Re
         &NextHop { ifindex: LOOPBACK_IFINDEX, dst_mac: [2, 0, 0, 0, 0, 1], src_mac: [2, 0, 0, 0, 0, 2] },
     )?;
     Ok(b)
+}
+
+/// The benchmark balancer whose IPv4 UDP VIP balances by a 32-bit session id at the start of
+/// the payload (`lb_common::session`); its IPv6 VIP has none.
+fn keyed() -> anyhow::Result<Balancer> {
+    let mut b = balancer(1 << 20)?;
+    let (family, a) = key_addr(IpAddr::V4(VIP4));
+    let key = VipKey::new(family, a, VIP_PORT, 17);
+    let mut vip = b.current()?.vips.get(&key).context("the benchmark's IPv4 UDP VIP")?.clone();
+    vip.scheduling.session_key = SessionKey::new(0, 4, [0xff; 16]);
+    b.install_vip(&key, &vip)?;
+    b.set_config(&DataplaneConfig { session_keys: 1, ..dataplane_config(PUBLIC_HASH_KEY) })?;
+    Ok(b)
+}
+
+/// `n` datagrams to the keyed IPv4 VIP from one client, carrying session ids from `first`.
+fn sessions(first: u32, n: usize) -> Vec<Vec<u8>> {
+    let client = Flow {
+        protocol: Protocol::Udp,
+        src: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)),
+        src_port: 40_000,
+        dst: IpAddr::V4(VIP4),
+        dst_port: VIP_PORT,
+    };
+    (0..n as u32)
+        .map(|i| {
+            frame_with_payload(
+                &client,
+                &Shape::default(),
+                &[&first.wrapping_add(i).to_be_bytes()[..], &[0x5a; 14]].concat(),
+            )
+        })
+        .collect()
 }
 
 /// The loopback device's index in every network namespace.
@@ -284,6 +320,12 @@ fn main() -> anyhow::Result<()> {
         round(hit.program()?, warm, XDP_TX)?;
     }
     round(evicting.program()?, &frames(IpAddr::V4(VIP4), 8192, 7), XDP_TX)?;
+    let mut keyed = keyed()?;
+    // One session, its client changing port with every datagram in the worst case: a session's
+    // datagram never has a 5-tuple entry, so each looks its VIP up and its session's entry.
+    let session_hit = sessions(7, 1).into_iter().cycle().take(o.packets).collect::<Vec<_>>();
+    round(keyed.program()?, &session_hit[..1], XDP_TX)?;
+    round(keyed.program()?, &hit6[..1], XDP_TX)?;
 
     let mut paths = vec![
         Path { name: "xdp_tx_baseline", samples: vec![] },
@@ -299,6 +341,9 @@ fn main() -> anyhow::Result<()> {
         Path { name: "new_flow_ipv4_round_robin", samples: vec![] },
         Path { name: "new_flow_ipv4_least_conns", samples: vec![] },
         Path { name: "flow_hit_ipv4_tcp", samples: vec![] },
+        Path { name: "session_hit_ipv4", samples: vec![] },
+        Path { name: "new_session_ipv4", samples: vec![] },
+        Path { name: "flow_hit_ipv6_beside_session_vip", samples: vec![] },
     ];
     for r in 0..o.rounds {
         let salt = 1000 + r as u32 * 7919;
@@ -321,6 +366,9 @@ fn main() -> anyhow::Result<()> {
         paths[10].samples.push(round(dealt.program()?, &new4, XDP_TX)?);
         paths[11].samples.push(round(least.program()?, &new4, XDP_TX)?);
         paths[12].samples.push(round(hit.program()?, &hit4_tcp, XDP_TX)?);
+        paths[13].samples.push(round(keyed.program()?, &session_hit, XDP_TX)?);
+        paths[14].samples.push(round(keyed.program()?, &sessions(salt << 12, o.packets), XDP_TX)?);
+        paths[15].samples.push(round(keyed.program()?, &hit6, XDP_TX)?);
     }
 
     let json = report(&o, &paths);

@@ -109,9 +109,13 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Verdict {
         return verdict::drop(Reason::DropNoEgress);
     };
 
-    // A datagram to a VIP with a session key is found and scheduled by its session.
+    // A datagram to a VIP with a session key is found and scheduled by its session; only while
+    // some VIP has one do datagrams look their VIP up first.
     let mut key = ip.flow;
-    session::lookup_key(ctx, &ip, &mut key);
+    if cfg.session_keys != 0 && ip.flow.protocol == IPPROTO_UDP {
+        session::rekey(ctx, &ip, &mut key);
+    }
+    session::untrack(&mut key, ip.flow.src_port[1]);
     (key.family, key.protocol) = (ip.flow.family, ip.flow.protocol);
     // Established flows first: their entry and their backend's record hold all the fast path
     // needs, so a packet of one takes no VIP lookup. Anything else looks its VIP up.
