@@ -223,7 +223,7 @@ fn least_connections(env: &mut Env) -> anyhow::Result<()> {
     // `lb trace` predicts a new connection's backend from the same candidates and counts.
     let maps = BalancerMaps::open_pinned(&PinDir::instance("lab"))?;
     let port = 61_000;
-    let predicted = trace(&maps, Protocol::Tcp, IpAddr::V4(CLIENT_V4), port, vip(false), 80)?;
+    let predicted = trace(&maps, Protocol::Tcp, IpAddr::V4(CLIENT_V4), port, vip(false), 80, None)?;
     ensure!(predicted.why.contains("least connections"), "trace: {}", predicted.why);
     let predicted_name = predicted
         .backend

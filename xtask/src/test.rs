@@ -95,7 +95,7 @@ fn run_tier(tier: Tier) -> anyhow::Result<usize> {
                 );
             }
             let mut passed = 0;
-            for binary in ["lab_e2e", "lab_control", "lab_schedulers", "lab_hostile", "lab_fleet"] {
+            for binary in ["lab_e2e", "lab_control", "lab_schedulers", "lab_hostile", "lab_fleet", "lab_sessions"] {
                 passed += cargo_test(&["-p", "lb-tests", "--test", binary])?;
             }
             if passed < MIN_E2E_TESTS {

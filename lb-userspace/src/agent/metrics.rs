@@ -148,7 +148,15 @@ fn agent(m: &Scrape, status: &Status) -> prometheus::Result<()> {
         "Packets the VIP's admission refused (source lists, spoofed sources, per-source rates), by reason.",
         &["vip", "reason"],
     )?;
+    let session_misses = m.counter(
+        "lb_vip_session_key_misses_total",
+        "Datagrams to a VIP with a session key that ended before the key (balanced by their 5-tuple).",
+        &["vip"],
+    )?;
     for v in &status.vips {
+        if let Some(key) = &v.session_key {
+            session_misses.with_label_values(&[&v.name]).inc_by(key.misses);
+        }
         if let Some(fingerprint) = &v.fingerprint {
             table_info.with_label_values(&[&v.name, fingerprint, &v.table_size.to_string(), &v.scheduler]).set(1);
         }

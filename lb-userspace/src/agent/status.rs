@@ -80,6 +80,19 @@ pub struct VipStatus {
     pub flooding_cpus: u32,
     pub untracked_flows: u64,
     pub admission: AdmissionStatus,
+    /// The VIP's session key (`[vip.session_key]`), if it has one.
+    pub session_key: Option<SessionKeyStatus>,
+}
+
+/// A UDP VIP's session key, and the datagrams too short for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionKeyStatus {
+    pub offset: u16,
+    pub length: u8,
+    pub mask_hex: String,
+    /// Datagrams that ended before the key, balanced by their 5-tuple (since the data plane was
+    /// loaded).
+    pub misses: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +192,15 @@ impl Agent {
                     flooding_cpus: flood.flooding_cpus,
                     untracked_flows: flood.untracked,
                     admission: AdmissionStatus::of(v, refused),
+                    session_key: v.session_key.is_some().then(|| SessionKeyStatus {
+                        offset: v.session_key.offset,
+                        length: v.session_key.length,
+                        mask_hex: v.session_key.mask[..usize::from(v.session_key.length)]
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect(),
+                        misses: index.and_then(|i| self.balancer.session_misses(i).ok()).unwrap_or_default(),
+                    }),
                 }
             })
             .collect()

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use clap::Subcommand;
 use lb_userspace::agent::{
     control::Request,
-    status::{AdmissionStatus, VipStatus},
+    status::{AdmissionStatus, SessionKeyStatus, VipStatus},
 };
 
 use super::{AgentArgs, cell};
@@ -69,13 +69,23 @@ pub fn run(command: VipCommand) -> anyhow::Result<()> {
 
 pub fn table(vips: &[VipStatus]) -> String {
     let mut s = format!(
-        "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6} {:<10}  {}\n",
-        "VIP", "address", "port", "proto", "scheduler", "table", "backends", "flood", "fingerprint", "admission"
+        "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6} {:<10} {:<14}  {}\n",
+        "VIP",
+        "address",
+        "port",
+        "proto",
+        "scheduler",
+        "table",
+        "backends",
+        "flood",
+        "fingerprint",
+        "session key",
+        "admission"
     );
     for v in vips {
         let _ = writeln!(
             s,
-            "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6} {:<10}  {}",
+            "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6} {:<10} {:<14}  {}",
             v.name,
             v.address.to_string(),
             v.port,
@@ -85,6 +95,7 @@ pub fn table(vips: &[VipStatus]) -> String {
             v.backends,
             flood(v),
             cell(v.fingerprint.as_ref()),
+            session_key(v.session_key.as_ref()),
             admission(&v.admission)
         );
     }
@@ -97,6 +108,15 @@ fn flood(vip: &VipStatus) -> String {
         (0, _) => "-".into(),
         (_, n) if n > 0 => format!("on:{n}"),
         _ => "off".into(),
+    }
+}
+
+/// A VIP's session key as bytes OFFSET..END of the payload, with its misses; "-" for none.
+fn session_key(key: Option<&SessionKeyStatus>) -> String {
+    match key {
+        None => "-".into(),
+        Some(k) if k.misses > 0 => format!("{}..{} miss:{}", k.offset, k.offset + u16::from(k.length), k.misses),
+        Some(k) => format!("{}..{}", k.offset, k.offset + u16::from(k.length)),
     }
 }
 

@@ -9,6 +9,7 @@ use lb_common::{
     flow::{FlowKey, flow_hash, source_hash},
     least_connections::{TOLERANCE_DENOMINATOR, TOLERANCE_NUMERATOR, candidates, second_wins},
     maglev::table_slot,
+    session::session_flow,
     vip::{VipInfo, find_vip, scheduler},
 };
 use serde::Serialize;
@@ -25,9 +26,12 @@ pub struct Trace {
     pub backend: Option<String>,
     pub why: String,
     pub flow_hash: u32,
+    /// The session key read from the payload (hexadecimal), for a VIP with a session key.
+    pub session_key: Option<String>,
 }
 
-/// Where the data plane sends this flow now, and why.
+/// Where the data plane sends this flow now, and why; `payload` (the UDP payload) matters for
+/// a VIP with a session key.
 pub fn trace(
     maps: &BalancerMaps,
     protocol: Protocol,
@@ -35,6 +39,7 @@ pub fn trace(
     sport: u16,
     dst: IpAddr,
     dport: u16,
+    payload: Option<&[u8]>,
 ) -> Result<Trace, DataplaneError> {
     let (family, s) = to_key(src);
     let (_, d) = to_key(dst);
@@ -44,12 +49,39 @@ pub fn trace(
             backend: None,
             why: "source and destination are of different families".into(),
             flow_hash: 0,
+            session_key: None,
         });
     }
-    let key = FlowKey::new(family, protocol.number(), s, sport, d, dport);
-    let hash_key = maps.config.get(&0, 0)?.flow_hash_key;
+    let five_tuple = FlowKey::new(family, protocol.number(), s, sport, d, dport);
+    let config = maps.config.get(&0, 0)?;
+    let hash_key = config.flow_hash_key;
+    let matched = find_vip(&five_tuple, |k| maps.vips.get(k, 0).ok().map(|v| (*k, v)));
+    // As the data plane: a datagram to a VIP with a session key goes by its session, if its
+    // payload holds the key.
+    let spec = matched.map(|(_, v)| v.session_key).filter(|k| k.is_some() && protocol == Protocol::Udp);
+    let mut session_key = None;
+    let key = match (spec, payload) {
+        (Some(_), _) if config.session_keys == 0 => five_tuple,
+        (Some(_), None) => {
+            return Ok(Trace {
+                vip: matched.map(|(k, _)| show_vip(&k)),
+                backend: None,
+                why: "the VIP balances by a session key in the payload: give the datagram's payload (--payload HEX)"
+                    .into(),
+                flow_hash: 0,
+                session_key: None,
+            });
+        }
+        (Some(spec), Some(payload)) => match spec.extract(payload) {
+            Some(bytes) => {
+                session_key = Some(bytes[..usize::from(spec.length)].iter().map(|b| format!("{b:02x}")).collect());
+                session_flow(bytes, &five_tuple, &hash_key)
+            }
+            None => five_tuple,
+        },
+        (None, _) => five_tuple,
+    };
     let hash = flow_hash(&key, &hash_key);
-    let matched = find_vip(&key, |k| maps.vips.get(k, 0).ok().map(|v| (*k, v)));
     // As the data plane: the flow table first, whose entry stands while its backend takes flows
     // and still serves the VIP the flow was scheduled for.
     if let Some(entry) = maps.flow(&key) {
@@ -62,6 +94,7 @@ pub fn trace(
                 backend: Some(from_key(b.family, &b.addr).to_string()),
                 why: format!("flow-table entry (backend id {}); table changes do not move it", entry.backend),
                 flow_hash: entry.hash,
+                session_key,
             });
         }
     }
@@ -71,10 +104,19 @@ pub fn trace(
             backend: None,
             why: "no VIP matches: passed to the kernel (pass_not_vip)".into(),
             flow_hash: hash,
+            session_key: None,
         });
     };
     let vip_name = Some(show_vip(&vip_key));
-    new_flow(maps, vip_name, &vip, &key, hash, &hash_key)
+    let mut trace = new_flow(maps, vip_name, &vip, &key, hash, &hash_key)?;
+    if spec.is_some() && session_key.is_none() && config.session_keys != 0 {
+        trace.why = format!(
+            "the payload ends before the session key: balanced by its 5-tuple (counted as a session key miss); {}",
+            trace.why
+        );
+    }
+    trace.session_key = session_key;
+    Ok(trace)
 }
 
 fn new_flow(
@@ -91,13 +133,14 @@ fn new_flow(
             backend: None,
             why: "the VIP has no backend: dropped (drop_no_backend)".into(),
             flow_hash: hash,
+            session_key: None,
         });
     }
     let (slot, how) = match info.scheduler {
         scheduler::SEQUENCE => {
             let why =
                 format!("round robin: a new flow takes the next of {} entries in its CPU's turn", info.table_size);
-            return Ok(Trace { vip, backend: None, why, flow_hash: hash });
+            return Ok(Trace { vip, backend: None, why, flow_hash: hash, session_key: None });
         }
         scheduler::SOURCE_HASH => {
             let h = source_hash(key, info.source_prefix_len, hash_key);
@@ -117,6 +160,7 @@ fn new_flow(
         backend: Some(from_key(b.family, &b.addr).to_string()),
         why: format!("new flow: {how}, Maglev slot {slot} of {} -> backend id {id}", info.table_size),
         flow_hash: hash,
+        session_key: None,
     })
 }
 
@@ -130,7 +174,13 @@ fn least_connections(
     let table = maps.live_table(info)?;
     let at = |slot: u32| table.get(slot as usize).copied();
     let Some((first, second)) = candidates(hash, info.table_size, at) else {
-        return Ok(Trace { vip, backend: None, why: "the VIP's table is unreadable".into(), flow_hash: hash });
+        return Ok(Trace {
+            vip,
+            backend: None,
+            why: "the VIP's table is unreadable".into(),
+            flow_hash: hash,
+            session_key: None,
+        });
     };
     let load = |id: u32| -> Result<(Backend, u64), DataplaneError> {
         Ok((maps.backends.get(&id, 0)?, maps.active_flows(id)?.max(0) as u64))
@@ -163,5 +213,5 @@ fn least_connections(
             (if wins { b } else { a }, why)
         }
     };
-    Ok(Trace { vip, backend: Some(name(&winner)), why: format!("new flow: {why}"), flow_hash: hash })
+    Ok(Trace { vip, backend: Some(name(&winner)), why: format!("new flow: {why}"), flow_hash: hash, session_key: None })
 }
