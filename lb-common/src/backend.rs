@@ -37,7 +37,10 @@ pub struct Backend {
     /// (`crate::admission::checks::ESTABLISHED`), which take no VIP lookup.
     pub admission: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The served VIP's UDP idle timeout in seconds, read by established flows' packets (which
+    /// take no VIP lookup); 0: the instance's.
+    pub udp_idle_timeout_secs: u16,
 }
 assert_layout!(
     Backend,
@@ -49,7 +52,8 @@ assert_layout!(
     weight = 20,
     vip_tag = 24,
     admission = 28,
-    _pad = 29
+    _pad = 29,
+    udp_idle_timeout_secs = 30
 );
 userspace_pod!(Backend);
 
@@ -65,8 +69,22 @@ impl Backend {
             weight: 1,
             vip_tag,
             admission: 0,
-            _pad: [0; 3],
+            _pad: 0,
+            udp_idle_timeout_secs: 0,
         }
+    }
+
+    /// The same backend of a VIP whose UDP flows idle out after `secs` seconds (0: the
+    /// instance's timeout).
+    pub const fn with_udp_idle_timeout(mut self, secs: u16) -> Self {
+        self.udp_idle_timeout_secs = secs;
+        self
+    }
+
+    /// The UDP idle timeout of this backend's flows: its VIP's, else `instance_ns`.
+    #[inline(always)]
+    pub const fn udp_idle_timeout_ns(&self, instance_ns: u64) -> u64 {
+        if self.udp_idle_timeout_secs == 0 { instance_ns } else { self.udp_idle_timeout_secs as u64 * 1_000_000_000 }
     }
 
     /// The same backend of a VIP whose admission stages are `checks`: it keeps those that apply

@@ -56,8 +56,9 @@ impl IdleTimeouts {
 pub struct RecountPlan {
     /// VIP -> (its index, whether its TCP flows have packet times: least connections).
     pub vips: BTreeMap<VipKey, (u32, bool)>,
-    /// Assigned backend id -> the index of its VIP.
-    pub backends: BTreeMap<u32, u32>,
+    /// Assigned backend id -> the index of its VIP, and the VIP's own UDP idle timeout in
+    /// seconds (0: the instance's).
+    pub backends: BTreeMap<u32, (u32, u16)>,
     pub idle: IdleTimeouts,
 }
 
@@ -69,7 +70,11 @@ impl RecountPlan {
                 .iter()
                 .map(|(key, v)| (*key, (v.index, v.scheduling.scheduler == scheduler::LEAST_CONNECTIONS)))
                 .collect(),
-            backends: current.backends.iter().map(|(id, b)| (*id, u32::from(b.vip_index))).collect(),
+            backends: current
+                .backends
+                .iter()
+                .map(|(id, b)| (*id, (u32::from(b.vip_index), b.udp_idle_timeout_secs)))
+                .collect(),
             idle,
         }
     }
@@ -82,13 +87,15 @@ impl RecountPlan {
         let (index, least_connections) = find_vip(key, |vip| self.vips.get(vip).copied())?;
         // An id freed and given to another VIP's backend: the data plane reschedules the flow.
         let id = u32::from(state.backend);
-        if self.backends.get(&id) != Some(&index) {
+        let &(backend_vip, udp_secs) = self.backends.get(&id)?;
+        if backend_vip != index {
             return None;
         }
         // UDP flows always have packet times; TCP flows only on least-connections VIPs, the
         // others count until their client ends them or the entry goes.
+        let udp_ns = if udp_secs == 0 { self.idle.udp_ns } else { u64::from(udp_secs) * 1_000_000_000 };
         let (timed, limit) =
-            if key.protocol == IPPROTO_UDP { (true, self.idle.udp_ns) } else { (least_connections, self.idle.tcp_ns) };
+            if key.protocol == IPPROTO_UDP { (true, udp_ns) } else { (least_connections, self.idle.tcp_ns) };
         (!timed || state.idle_ns(now_ns) <= limit).then_some(id)
     }
 }
@@ -155,10 +162,17 @@ mod tests {
 
     fn plan() -> RecountPlan {
         RecountPlan {
-            // VIP 0: TCP port 80, least connections; VIP 1: UDP port 53; VIP 2: every TCP port.
-            vips: [(vip(6, 80), (0, true)), (vip(IPPROTO_UDP, 53), (1, false)), (vip(6, 0), (2, false))].into(),
-            // Backend 3 serves VIP 0, 4 VIP 1, 5 VIP 2.
-            backends: [(3, 0), (4, 1), (5, 2)].into(),
+            // VIP 0: TCP port 80, least connections; VIP 1: UDP port 53; VIP 2: every TCP port;
+            // VIP 3: UDP port 7777, with its own idle timeout of an hour.
+            vips: [
+                (vip(6, 80), (0, true)),
+                (vip(IPPROTO_UDP, 53), (1, false)),
+                (vip(6, 0), (2, false)),
+                (vip(IPPROTO_UDP, 7777), (3, false)),
+            ]
+            .into(),
+            // Backend 3 serves VIP 0, 4 VIP 1, 5 VIP 2, 6 VIP 3.
+            backends: [(3, (0, 0)), (4, (1, 0)), (5, (2, 0)), (6, (3, 3600))].into(),
             idle: IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: 30_000_000_000 },
         }
     }
@@ -180,6 +194,10 @@ mod tests {
         assert_eq!(p.counts_for(&tcp, &seen(3, 1, stage::ENDED), NOW), None);
         assert_eq!(p.counts_for(&udp, &seen(4, 29, stage::ACTIVE), NOW), Some(4));
         assert_eq!(p.counts_for(&udp, &seen(4, 31, stage::ACTIVE), NOW), None);
+        // A VIP's own timeout replaces the instance's.
+        let long = key(IPPROTO_UDP, 7777);
+        assert_eq!(p.counts_for(&long, &seen(6, 3599, stage::ACTIVE), NOW), Some(6));
+        assert_eq!(p.counts_for(&long, &seen(6, 3601, stage::ACTIVE), NOW), None);
         // An entry touched after `now` was read (another CPU) is not idle.
         assert_eq!(
             p.counts_for(&udp, &FlowState::new(4, 0, NOW + 5, stage::ACTIVE, FLOW_TRACKS_TIME, 0), NOW),

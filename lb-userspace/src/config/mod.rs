@@ -389,6 +389,8 @@ pub struct Vip {
     /// A UDP VIP's session key: flows are balanced and kept by these payload bytes instead of
     /// the 5-tuple (`lb_common::session`); `SessionKey::NONE`: by the 5-tuple.
     pub session_key: lb_common::session::SessionKey,
+    /// A UDP VIP's own idle timeout (seconds), replacing the instance's for its flows.
+    pub udp_idle_timeout_secs: Option<u16>,
     pub health: Option<HealthCheck>,
     pub backends: Vec<Backend>,
 }
@@ -425,6 +427,8 @@ pub const DEFAULT_IPV6_FLOW_TABLE_ENTRIES: u32 = lb_common::capacity::IPV6_FLOW_
 pub const FLOW_TABLE_ENTRIES: Range<i64> = 1024..(1 << 26) + 1;
 pub const DEFAULT_UDP_IDLE_TIMEOUT_SECS: u32 = 30;
 pub const UDP_IDLE_TIMEOUT_SECS: Range<i64> = 1..86_401;
+/// A VIP's own UDP idle timeout: up to about 18 hours (the backend record's 16 bits).
+pub const VIP_UDP_IDLE_TIMEOUT_SECS: Range<i64> = 1..65_536;
 /// As long as IPVS keeps an established TCP connection without packets.
 pub const DEFAULT_TCP_IDLE_TIMEOUT_SECS: u32 = 900;
 pub const TCP_IDLE_TIMEOUT_SECS: Range<i64> = 1..604_801;

@@ -126,6 +126,8 @@ pub struct Vip {
     #[serde(default)]
     pub bgp: Option<Spanned<VipBgp>>,
     #[serde(default)]
+    pub udp_idle_timeout_secs: Option<Spanned<i64>>,
+    #[serde(default)]
     pub session_key: Option<Spanned<SessionKey>>,
     #[serde(default)]
     pub backend: Vec<Spanned<Backend>>,

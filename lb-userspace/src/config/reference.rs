@@ -368,6 +368,13 @@ fn vip() -> Table {
             optional("admission", TABLE, "everyone admitted", "`[vip.admission]`", "Who is served, and how fast."),
             optional("bgp", TABLE, "none", "`[vip.bgp]`", "Attributes of the VIP's announcement."),
             optional(
+                "udp_idle_timeout_secs",
+                INTEGER,
+                "the instance's",
+                format!("{}, udp VIPs", range(super::VIP_UDP_IDLE_TIMEOUT_SECS)),
+                "The VIP's own UDP idle timeout, for long sessions (or short ones) next to other VIPs.",
+            ),
+            optional(
                 "session_key",
                 TABLE,
                 "none (the 5-tuple)",

@@ -55,6 +55,9 @@ impl Config {
             let _ = writeln!(s, "max_ejected_percent = {}", v.max_ejected_percent);
             let _ = writeln!(s, "slow_start_secs = {}", v.slow_start.as_secs());
             let _ = writeln!(s, "new_flow_budget = {}", v.new_flow_budget);
+            if let Some(secs) = v.udp_idle_timeout_secs {
+                let _ = writeln!(s, "udp_idle_timeout_secs = {secs}");
+            }
             if let Some(h) = &v.health {
                 let _ = writeln!(s, "[vip.health]");
                 health(&mut s, h);

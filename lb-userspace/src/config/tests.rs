@@ -532,3 +532,18 @@ fn session_keys_parse_and_are_explained() {
     );
     assert!(only_problem(&tcp).contains("vip[0].session_key: applies only to a udp VIP"));
 }
+
+#[test]
+fn a_udp_vip_may_have_its_own_idle_timeout() {
+    let udp = |extra: &str| {
+        MINIMAL.replace("port = 80\nprotocol = \"tcp\"", &format!("port = 7777\nprotocol = \"udp\"\n{extra}"))
+    };
+    let config = Config::parse(&udp("udp_idle_timeout_secs = 3600"), "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.vips[0].udp_idle_timeout_secs, Some(3600));
+    assert_eq!(Config::parse(&config.to_toml(), "rendered").unwrap(), config);
+    assert_eq!(Config::parse(&udp(""), "t.toml").unwrap().vips[0].udp_idle_timeout_secs, None);
+    assert!(only_problem(&udp("udp_idle_timeout_secs = 65536")).contains("65536 is out of range 1..=65535"));
+    let tcp =
+        MINIMAL.replace("port = 80\nprotocol = \"tcp\"", "port = 80\nprotocol = \"tcp\"\nudp_idle_timeout_secs = 60");
+    assert!(only_problem(&tcp).contains("udp_idle_timeout_secs: applies only to a udp VIP"));
+}

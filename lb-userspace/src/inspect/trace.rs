@@ -87,7 +87,7 @@ pub fn trace(
     if let Some(entry) = maps.flow(&key) {
         let b = maps.backends.get(&u32::from(entry.backend), 0)?;
         let idle_ns = entry.idle_ns(crate::dataplane::monotonic_coarse_ns());
-        let expired = protocol == Protocol::Udp && idle_ns > maps.config.get(&0, 0)?.udp_idle_timeout_ns;
+        let expired = protocol == Protocol::Udp && idle_ns > b.udp_idle_timeout_ns(config.udp_idle_timeout_ns);
         if b.keeps_flows() && b.vip_tag == entry.vip_tag && !expired {
             return Ok(Trace {
                 vip: matched.map(|(k, _)| show_vip(&k)),

@@ -47,6 +47,8 @@ pub struct DesiredVip {
     pub new_flow_budget: u32,
     pub admission: VipAdmission,
     pub session_key: SessionKey,
+    /// The VIP's own UDP idle timeout in seconds; 0: the instance's.
+    pub udp_idle_timeout_secs: u16,
     pub backends: Vec<DesiredBackend>,
 }
 
@@ -282,7 +284,8 @@ pub fn plan_cached(desired: &Desired, current: &Current, cache: &mut TableCache)
             let record = Backend::new(family, addr, index as u16, vip.key.tag())
                 .with_weight(b.weight)
                 .keeping_flows(b.keeps_flows)
-                .with_admission(vip.admission.policy.checks);
+                .with_admission(vip.admission.policy.checks)
+                .with_udp_idle_timeout(vip.udp_idle_timeout_secs);
             let id = if let Some(&id) = existing.get(&(index as u16, family, addr)) {
                 let now = current.backends[&id];
                 if now != record {

@@ -237,6 +237,7 @@ pub fn decide(config: &Config, health: &HealthStates, now: Instant) -> Decision 
             new_flow_budget: flood_budget(vip),
             admission: VipAdmission::from_config(&vip.admission),
             session_key: vip.session_key,
+            udp_idle_timeout_secs: vip.udp_idle_timeout_secs.unwrap_or(0),
             backends,
         });
     }

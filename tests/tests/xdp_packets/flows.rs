@@ -31,6 +31,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
         ("flows/draining_backend_keeps_pinned_flows_down_backend_sheds_them", drain_keeps_down_sheds),
         ("flows/backend_id_reused_by_another_vip_reschedules", reused_id_of_another_vip_reschedules),
         ("flows/udp_idle_timeout_reschedules", udp_idle_timeout),
+        ("flows/a_vips_udp_idle_timeout_replaces_the_instances", vip_udp_idle_timeout),
         ("flows/removed_vip_passes", |e| {
             let key = VipKey::new(lb_common::family::IPV4, key_addr(VIP4_ALL_PORTS.into()).1, 0, 6);
             e.balancer.remove_vip(&key)?;
@@ -309,6 +310,32 @@ fn drain_keeps_down_sheds(env: &mut Env) -> anyhow::Result<()> {
 }
 
 /// UDP flow entries older than the idle timeout are rescheduled (counted as new flows).
+/// A VIP's own UDP idle timeout (in its backends' records) keeps its flows past the instance's.
+fn vip_udp_idle_timeout(env: &mut Env) -> anyhow::Result<()> {
+    let shape = Shape::default();
+    let f = flow(env, Protocol::Udp, VIP4.into(), 53);
+    let input = frame(&f, &shape);
+    let ids = [101, 102, 103];
+    let records = env.balancer.current()?.backends;
+    let set = |env: &mut Env, secs: u16| -> anyhow::Result<()> {
+        for id in ids {
+            env.balancer.set_backend(id, &records[&id].with_udp_idle_timeout(secs))?;
+        }
+        Ok(())
+    };
+    env.balancer.set_config(&DataplaneConfig { udp_idle_timeout_ns: 1, ..config() })?;
+    set(env, 3600)?;
+    let result = (|| {
+        check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        check(env, &input, None, &expect_encap(env, &f, &input, &shape, false)?)
+            .context("second packet, within the VIP's timeout though past the instance's")
+    })();
+    set(env, 0)?;
+    env.balancer.set_config(&config())?;
+    result
+}
+
 fn udp_idle_timeout(env: &mut Env) -> anyhow::Result<()> {
     let shape = Shape::default();
     let f = flow(env, Protocol::Udp, VIP4.into(), 53);

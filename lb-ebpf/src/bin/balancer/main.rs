@@ -353,6 +353,8 @@ fn continue_flow(state: *mut FlowState, key: &FlowKey, segment: Segment, udp_idl
     if !backend.keeps_flows() || backend.vip_tag != known.vip_tag {
         return Continued::Rescheduled;
     }
+    // The VIP's own UDP idle timeout, where it has one.
+    let udp_idle_timeout_ns = backend.udp_idle_timeout_ns(udp_idle_timeout_ns);
     // Packet times cost a clock read: kept only where they are used (`FLOW_TRACKS_TIME`).
     // SAFETY: helper without arguments.
     let now = if known.tracks_time() { unsafe { bpf_ktime_get_coarse_ns() } } else { 0 };

@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::{Validator, address, hex, name};
 use crate::config::{
     AdminState, Admission, Backend, DEFAULT_MAX_EJECTED_PERCENT, FailureMode, Forwarding, MAX_WEIGHT, Named as _,
-    Protocol, SLOW_START_SECS, Scheduler, Vip, raw,
+    Protocol, SLOW_START_SECS, Scheduler, VIP_UDP_IDLE_TIMEOUT_SECS, Vip, raw,
 };
 
 impl Validator<'_> {
@@ -56,6 +56,24 @@ impl Validator<'_> {
             None => Some(crate::config::bgp::RouteAttributes::default()),
             Some(b) => self.route_attributes(b.get_ref(), &format!("{field}.bgp")),
         };
+        let udp_idle_timeout_secs = match &raw.udp_idle_timeout_secs {
+            None => Some(None),
+            Some(t) if raw.protocol.get_ref() != "udp" => {
+                self.problem(t.span(), &format!("{field}.udp_idle_timeout_secs"), "applies only to a udp VIP".into());
+                None
+            }
+            Some(t) => self.check(t, &format!("{field}.udp_idle_timeout_secs"), |n| {
+                if VIP_UDP_IDLE_TIMEOUT_SECS.contains(n) {
+                    Ok(Some(*n as u16))
+                } else {
+                    Err(format!(
+                        "{n} is out of range {}..={}",
+                        VIP_UDP_IDLE_TIMEOUT_SECS.start,
+                        VIP_UDP_IDLE_TIMEOUT_SECS.end - 1
+                    ))
+                }
+            }),
+        };
         let session_key = match &raw.session_key {
             None => Some(SessionKey::NONE),
             Some(k) => self.session_key(k, raw, &format!("{field}.session_key")),
@@ -86,6 +104,7 @@ impl Validator<'_> {
             admission: admission?,
             route: route?,
             session_key: session_key?,
+            udp_idle_timeout_secs: udp_idle_timeout_secs?,
             health: vip_health?,
             backends,
         })
