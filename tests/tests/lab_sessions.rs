@@ -151,6 +151,10 @@ fn clients_keep_their_backend_through_nat_rebinds(env: &mut Env) -> anyhow::Resu
         );
         ensure!(stayed == CLIENTS as usize, "{} sessions moved: {keyed:?}", CLIENTS as usize - stayed);
         ensure!(used.len() >= 2, "every session on one backend: {used:?}");
+        // Each session is one flow, active from its first datagram.
+        let active = vips(env)?.iter().find(|v| v.name == "game").map(|v| v.active_flows).context("the game VIP")?;
+        println!("    the game VIP counts {active} active sessions");
+        ensure!(active == i64::from(CLIENTS), "{active} active sessions counted, {CLIENTS} expected");
 
         // lb trace, given the payload, names each session's backend.
         let (session, names) = keyed.iter().next().context("a session")?;

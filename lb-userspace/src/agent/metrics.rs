@@ -153,7 +153,10 @@ fn agent(m: &Scrape, status: &Status) -> prometheus::Result<()> {
         "Datagrams to a VIP with a session key that ended before the key (balanced by their 5-tuple).",
         &["vip"],
     )?;
+    let vip_active =
+        m.gauge("lb_vip_active_flows", "Flows (sessions) the VIP's backends count active, summed.", &["vip"])?;
     for v in &status.vips {
+        vip_active.with_label_values(&[&v.name]).set(v.active_flows);
         if let Some(key) = &v.session_key {
             session_misses.with_label_values(&[&v.name]).inc_by(key.misses);
         }

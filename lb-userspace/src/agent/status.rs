@@ -82,6 +82,10 @@ pub struct VipStatus {
     pub admission: AdmissionStatus,
     /// The VIP's session key (`[vip.session_key]`), if it has one.
     pub session_key: Option<SessionKeyStatus>,
+    /// The VIP's own UDP idle timeout in seconds, if it has one (else the instance's).
+    pub udp_idle_timeout_secs: Option<u16>,
+    /// Flows (sessions) its backends count active, summed (`BackendStatus::active_flows`).
+    pub active_flows: i64,
 }
 
 /// A UDP VIP's session key, and the datagrams too short for it.
@@ -172,6 +176,11 @@ impl Agent {
     }
 
     pub(super) fn vip_rows(&self) -> Vec<VipStatus> {
+        let mut active: BTreeMap<&str, i64> = BTreeMap::new();
+        let backends = self.backend_rows();
+        for b in &backends {
+            *active.entry(b.decision.vip.as_str()).or_default() += b.active_flows.unwrap_or(0);
+        }
         self.config
             .vips
             .iter()
@@ -201,6 +210,8 @@ impl Agent {
                             .collect(),
                         misses: index.and_then(|i| self.balancer.session_misses(i).ok()).unwrap_or_default(),
                     }),
+                    udp_idle_timeout_secs: v.udp_idle_timeout_secs,
+                    active_flows: active.get(v.name.as_str()).copied().unwrap_or(0),
                 }
             })
             .collect()

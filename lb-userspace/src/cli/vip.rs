@@ -69,7 +69,7 @@ pub fn run(command: VipCommand) -> anyhow::Result<()> {
 
 pub fn table(vips: &[VipStatus]) -> String {
     let mut s = format!(
-        "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6} {:<10} {:<14}  {}\n",
+        "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:>8} {:<6} {:<10} {:<14}  {}\n",
         "VIP",
         "address",
         "port",
@@ -77,6 +77,7 @@ pub fn table(vips: &[VipStatus]) -> String {
         "scheduler",
         "table",
         "backends",
+        "active",
         "flood",
         "fingerprint",
         "session key",
@@ -85,7 +86,7 @@ pub fn table(vips: &[VipStatus]) -> String {
     for v in vips {
         let _ = writeln!(
             s,
-            "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:<6} {:<10} {:<14}  {}",
+            "{:<12} {:<26} {:>6} {:<5} {:<20} {:>7} {:>9} {:>8} {:<6} {:<10} {:<14}  {}",
             v.name,
             v.address.to_string(),
             v.port,
@@ -93,6 +94,7 @@ pub fn table(vips: &[VipStatus]) -> String {
             v.scheduler,
             v.table_size,
             v.backends,
+            v.active_flows,
             flood(v),
             cell(v.fingerprint.as_ref()),
             session_key(v.session_key.as_ref()),
