@@ -1,5 +1,5 @@
 //! The data plane the fuzzer runs against: VIPs of both families and protocols, every
-//! scheduler, admission of every kind, an empty VIP; and what the invariants need to know of it.
+//! scheduler, admission of every kind, a session key, an empty VIP; and what the invariants need to know of it.
 
 use std::{
     collections::BTreeMap,
@@ -13,6 +13,7 @@ use lb_common::{
     decap::unlisted_source,
     maglev::{MaglevBackend, build_table},
     sequence::{SequenceMember, smooth_sequence},
+    session::SessionKey,
     vip::{VipAddrKey, VipKey, scheduler},
 };
 use lb_tests::packet::{Protocol, key_addr};
@@ -30,6 +31,8 @@ pub struct VipModel {
     scheduler: u8,
     admission: VipAdmission,
     flood_budget: u32,
+    /// Balanced by these payload bytes (`lb_common::session`), or by the 5-tuple.
+    session_key: SessionKey,
 }
 
 pub struct Model {
@@ -82,6 +85,7 @@ impl Model {
             scheduler,
             admission,
             flood_budget,
+            session_key: SessionKey::NONE,
         };
         let vips = vec![
             vip(
@@ -98,15 +102,20 @@ impl Model {
                 ),
                 0,
             ),
-            vip(
-                vip4,
-                53,
-                Protocol::Udp,
-                v4_backends(3),
-                scheduler::MAGLEV,
-                lists(&[], &[], Some((200, 20)), Some((50, 10))),
-                0,
-            ),
+            // Balanced by payload bytes 2..8 (a masked session id): fuzzed datagrams end before
+            // it, in it and past it.
+            VipModel {
+                session_key: SessionKey::new(2, 6, [0xff, 0xff, 0xf0, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                ..vip(
+                    vip4,
+                    53,
+                    Protocol::Udp,
+                    v4_backends(3),
+                    scheduler::MAGLEV,
+                    lists(&[], &[], Some((200, 20)), Some((50, 10))),
+                    0,
+                )
+            },
             vip(
                 Ipv4Addr::new(198, 18, 1, 2).into(),
                 0,
@@ -146,7 +155,10 @@ impl Model {
                 0,
             ),
         ];
-        let config = lb_tests::packet::dataplane_config([0xf0f0_1234_5678_9abc, 0x0fed_cba9_8765_4321]);
+        let config = DataplaneConfig {
+            session_keys: 1,
+            ..lb_tests::packet::dataplane_config([0xf0f0_1234_5678_9abc, 0x0fed_cba9_8765_4321])
+        };
         Self {
             vips,
             config,
@@ -188,7 +200,7 @@ impl Model {
                 source_prefix_len: if family == lb_common::family::IPV4 { 24 } else { 64 },
                 new_flow_budget: vip.flood_budget,
                 admission: checks,
-                session_key: lb_common::session::SessionKey::NONE,
+                session_key: vip.session_key,
             };
             balancer.install_vip(&key, &VipTable { index, scheduling, table })?;
         }
