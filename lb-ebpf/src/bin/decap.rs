@@ -157,7 +157,9 @@ fn propagate_congestion(ctx: &XdpContext, inner: usize, inner_family: u8) {
         // SAFETY: ptr_at_mut checked the header is inside the packet.
         unsafe {
             let old_tos = (*h).tos;
-            if old_tos & ECN_MASK == 0 {
+            // Not ECN-capable, or already marked: nothing to write. (Rewriting an unchanged field
+            // would still turn a checksum of 0xffff into its other form, 0x0000.)
+            if old_tos & ECN_MASK == 0 || old_tos & ECN_MASK == ECN_CE {
                 return;
             }
             let new_tos = old_tos | ECN_CE;

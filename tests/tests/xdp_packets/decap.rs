@@ -22,6 +22,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
         ("decap/ce_copied_to_ect_inner_v4", |e| decap_case(e, VIP4.into(), "198.18.10.1", 0b10, 0b11, true)),
         ("decap/ce_copied_to_ect_inner_v6", |e| decap_case(e, VIP6.into(), "fd00:10::1", 0b01, 0b11, true)),
         ("decap/ce_not_copied_to_not_ect_inner", |e| decap_case(e, VIP4.into(), "198.18.10.1", 0, 0b11, true)),
+        ("decap/ce_inner_under_ce_is_left_as_it_is", ce_inner_left_as_it_is),
         ("decap/unknown_inner_vip_passes_untouched", |e| {
             decap_case(e, VIP4_ALL_PORTS.into(), "198.18.10.1", 0, 0, false)
         }),
@@ -116,6 +117,20 @@ fn decap_case(
     let want = frame(&f, &inner_shape);
     let mut expected = tunnel[..12].to_vec();
     expected.extend_from_slice(&want[12..]);
+    decap_check(env, &tunnel, Some(&expected), Reason::DecapPass)
+}
+
+/// An inner packet already marked CE is not written: rewriting its unchanged TOS would turn a
+/// header checksum of 0xffff into 0x0000 (the fuzzer found one).
+fn ce_inner_left_as_it_is(env: &mut Env) -> anyhow::Result<()> {
+    let f = flow(env, Protocol::Tcp, VIP4.into(), 80);
+    let mut input = frame(&f, &Shape { tos: 0x20 | 0b11, ..Shape::default() });
+    input[14 + 10..14 + 12].copy_from_slice(&[0xff, 0xff]);
+    let mut tunnel = encapsulated(&input, 14, &encap_to("198.18.10.1"));
+    tunnel[15] |= 0b11;
+    fix_ipv4_checksum(&mut tunnel, 14);
+    let mut expected = tunnel[..12].to_vec();
+    expected.extend_from_slice(&input[12..]);
     decap_check(env, &tunnel, Some(&expected), Reason::DecapPass)
 }
 
