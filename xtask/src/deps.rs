@@ -17,6 +17,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter: running lb in a lab namespace while pinning on the machine's bpffs"),
     ("nginx", "the lab backends' HTTP servers"),
     ("dnsmasq-base", "the lab backends' DNS servers"),
+    ("mosquitto", "the lab backends' MQTT brokers, bridged into a cluster (lab_sessions)"),
     ("curl", "the lab client's HTTP requests"),
     ("bind9-dnsutils", "dig, the lab client's DNS queries"),
     ("iperf3", "the benchmark's TCP throughput through the VIP in the lab"),

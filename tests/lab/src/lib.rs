@@ -68,6 +68,8 @@ pub const BIG_REPLY_LEN: usize = 256 * 1024;
 /// The backends' HTTPS port (their own addresses only), with certificates for [`TLS_NAME`].
 pub const HTTPS_PORT: u16 = 443;
 pub const TLS_NAME: &str = "web.lab";
+/// The backends' MQTT port ([`Lab::start_mqtt_cluster`]).
+pub const MQTT_PORT: u16 = 1883;
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
 /// The balancer's encapsulation source prefixes, as config/lab.toml sets them.
 pub const LAB_ENCAP_SOURCE_V4: &str = "198.18.200.0/24";
@@ -326,6 +328,51 @@ impl Lab {
         ns(BACKENDS[i], "dnsmasq", &args.iter().map(String::as_str).collect::<Vec<_>>()).map(drop)
     }
 
+    /// Starts an MQTT broker (mosquitto, port [`MQTT_PORT`] on every address) on each of the
+    /// first three backends, bridged into one cluster: backends 2 and 3 bridge every topic both
+    /// ways to backend 1 (a star has no loops; `try_private` keeps a bridged message from coming
+    /// back), so a message published on any broker reaches the subscribers of all. The brokers
+    /// run as root, like the lab's other servers (as another user they could not write the lab's
+    /// directory).
+    pub fn start_mqtt_cluster(&self) -> anyhow::Result<()> {
+        for (i, name) in BACKEND_NAMES[..3].iter().enumerate() {
+            let dir = self.dir.join(name);
+            let d = dir.display();
+            let mut conf = format!(
+                "user root\npid_file {d}/mosquitto.pid\nlog_dest file {d}/mosquitto.log\npersistence false\n\
+                 listener {MQTT_PORT}\nallow_anonymous true\n"
+            );
+            if i > 0 {
+                conf += &format!(
+                    // Its own client id at the hub: the namespaces share one host name, which the
+                    // default id is made of, and a second bridge of that id would take the first's.
+                    "connection hub\nremote_clientid bridge-{name}\naddress {}:{MQTT_PORT}\ntopic # both 1\ntry_private true\ncleansession true\n\
+                     notifications false\nrestart_timeout 1\nbridge_protocol_version mqttv311\n",
+                    backend_v4(0)
+                );
+            }
+            std::fs::write(dir.join("mosquitto.conf"), conf)?;
+            self.start_mqtt(i)?;
+        }
+        Ok(())
+    }
+
+    /// Starts backend `i`'s MQTT broker (configured by [`Lab::start_mqtt_cluster`]).
+    pub fn start_mqtt(&self, i: usize) -> anyhow::Result<()> {
+        let conf = self.dir.join(BACKEND_NAMES[i]).join("mosquitto.conf");
+        ns(BACKENDS[i], "mosquitto", &["-d", "-c", &conf.to_string_lossy()]).map(drop)
+    }
+
+    /// Kills backend `i`'s MQTT broker (SIGKILL, a crash) and waits until it is gone.
+    pub fn kill_mqtt(&self, i: usize) -> anyhow::Result<()> {
+        let pid_file = self.dir.join(BACKEND_NAMES[i]).join("mosquitto.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+        // SAFETY: signalling the lab's own broker by its pid file.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // SAFETY: signal 0 only probes for existence.
+        wait_until(Duration::from_secs(5), "mosquitto to die", || unsafe { libc::kill(pid, 0) } != 0)
+    }
+
     /// Stops backend `i`'s DNS server and waits until it is gone.
     pub fn stop_dns(&self, i: usize) -> anyhow::Result<()> {
         self.stop(i, "dnsmasq")
@@ -465,7 +512,7 @@ impl Lab {
             let _ = std::fs::remove_file(format!("/var/lib/lb/{}.drained", m.instance));
         }
         for name in BACKEND_NAMES {
-            for pid_file in ["nginx.pid", "dnsmasq.pid"] {
+            for pid_file in ["nginx.pid", "dnsmasq.pid", "mosquitto.pid"] {
                 quiet_kill_pid_file(&self.dir.join(name).join(pid_file), libc::SIGTERM);
             }
         }
