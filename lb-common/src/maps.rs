@@ -53,6 +53,9 @@ pub const RATE_BUCKETS: &str = "LB_RATE_BUCKETS";
 pub const REFUSALS: &str = "LB_REFUSALS";
 /// Per CPU and VIP: packets too short for the VIP's session key (balanced by their 5-tuple).
 pub const SESSION_MISSES: &str = "LB_SESSION_MISS";
+/// Per VIP index: its session key (`crate::session`), in a map of its own so that the VIP
+/// record keeps the layout of the releases before session keys (an upgrade adopts it).
+pub const SESSION_KEYS: &str = "LB_SESSION_KEYS";
 
 /// VIP addresses a backend decapsulates for.
 pub const DECAP_VIPS: &str = "LB_DECAP_VIPS";
@@ -62,7 +65,7 @@ pub const DECAP_SOURCES: &str = "LB_DECAP_SRCS";
 pub const DECAP_CONFIG: &str = "LB_DECAP_CONFIG";
 
 /// Every map of the balancer program.
-pub const BALANCER: [&str; 21] = [
+pub const BALANCER: [&str; 22] = [
     VIPS,
     VIP_ADDRS,
     BACKENDS,
@@ -84,6 +87,7 @@ pub const BALANCER: [&str; 21] = [
     RATE_BUCKETS,
     REFUSALS,
     SESSION_MISSES,
+    SESSION_KEYS,
 ];
 
 /// Every map of the decapsulation program.

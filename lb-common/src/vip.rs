@@ -4,7 +4,6 @@ use crate::{
     assert_layout,
     flow::FlowKey,
     hash::{le_words, murmur3_words},
-    session::SessionKey,
     userspace_pod,
 };
 
@@ -149,14 +148,10 @@ pub struct VipInfo {
     pub new_flow_budget: u32,
     /// [`VipKey::tag`] of the VIP's key, given to the flow-table entries of its new flows.
     pub tag: u32,
-    /// A UDP VIP's session key ([`crate::session`]); `length` 0: none.
-    pub session_key: SessionKey,
-    /// Explicit padding to the record's 8-byte alignment, always zero.
-    pub _pad_end: [u8; 4],
 }
 assert_layout!(
     VipInfo,
-    size = 48,
+    size = 24,
     index = 0,
     table_size = 4,
     active_table = 8,
@@ -165,9 +160,7 @@ assert_layout!(
     admission = 14,
     _pad = 15,
     new_flow_budget = 16,
-    tag = 20,
-    session_key = 24,
-    _pad_end = 44
+    tag = 20
 );
 userspace_pod!(VipKey, VipAddrKey, VipInfo);
 
@@ -192,15 +185,7 @@ impl VipInfo {
             _pad: [0; 1],
             new_flow_budget,
             tag,
-            session_key: SessionKey::NONE,
-            _pad_end: [0; 4],
         }
-    }
-
-    /// The same VIP balancing by `key` ([`crate::session`]).
-    pub const fn with_session_key(mut self, key: SessionKey) -> Self {
-        self.session_key = key;
-        self
     }
 
     /// The same VIP running admission stages `checks` (`crate::admission::checks`).

@@ -15,6 +15,7 @@ use lb_common::{
     flow::{FlowKey, FlowKeyV4, FlowState, FragmentKey, FragmentOwner},
     maps::{self as names, RETIRED},
     nexthop::NextHop,
+    session::SessionKey,
     table::TableChunk,
     vip::{VipAddrKey, VipInfo, VipKey},
 };
@@ -23,7 +24,7 @@ use super::{DataplaneError, PinDir};
 
 /// Key and value sizes of the balancer's maps whose layouts this build defines (`LB_EGRESS` is
 /// the kernel's).
-fn map_layouts() -> [(&'static str, usize, usize); 20] {
+fn map_layouts() -> [(&'static str, usize, usize); 21] {
     [
         (names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
         (names::VIP_ADDRS, size_of::<VipAddrKey>(), size_of::<u32>()),
@@ -45,12 +46,13 @@ fn map_layouts() -> [(&'static str, usize, usize); 20] {
         (names::REFUSALS, size_of::<u32>(), size_of::<u64>()),
         (names::FRAGMENTS, size_of::<FragmentKey>(), size_of::<FragmentOwner>()),
         (names::SESSION_MISSES, size_of::<u32>(), size_of::<u64>()),
+        (names::SESSION_KEYS, size_of::<u32>(), size_of::<SessionKey>()),
     ]
 }
 
 /// Entries of the balancer's maps whose size is a limit of this build (the flow tables are sized
 /// by the configuration, `LB_REASON_STATS` is checked on its own).
-fn fixed_capacities() -> [(&'static str, u32); 15] {
+fn fixed_capacities() -> [(&'static str, u32); 16] {
     [
         (names::VIPS, MAX_VIPS),
         (names::BACKENDS, MAX_BACKENDS),
@@ -67,6 +69,7 @@ fn fixed_capacities() -> [(&'static str, u32); 15] {
         (names::REFUSALS, REFUSAL_COUNTERS),
         (names::FRAGMENTS, MAX_FRAGMENTED_DATAGRAMS),
         (names::SESSION_MISSES, MAX_VIPS),
+        (names::SESSION_KEYS, MAX_VIPS),
     ]
 }
 

@@ -34,6 +34,7 @@ use lb_common::{
     flow::{FlowKey, FlowKeyV4, FlowState},
     maps as names,
     nexthop::NextHop,
+    session::SessionKey,
     table::{MAX_CHUNKS_PER_TABLE, TableChunk, chunk_key, chunks},
     vip::{VipAddrKey, VipInfo, VipKey},
 };
@@ -102,6 +103,7 @@ pub struct BalancerMaps {
     pub(crate) source_buckets: HashMap<MapData, SourceBucketKey, SourceBucket>,
     pub(crate) refusals: PerCpuArray<MapData, u64>,
     pub(crate) session_misses: PerCpuArray<MapData, u64>,
+    pub(crate) session_keys: Array<MapData, SessionKey>,
 }
 
 /// A VIP's flood mode as the data plane's CPUs see it (`lb_common::flood`).
@@ -322,11 +324,12 @@ impl BalancerMaps {
             source_buckets: typed(take(names::RATE_BUCKETS)?)?,
             refusals: typed(take(names::REFUSALS)?)?,
             session_misses: typed(take(names::SESSION_MISSES)?)?,
+            session_keys: typed(take(names::SESSION_KEYS)?)?,
         })
     }
 
     /// Every map with its name.
-    fn by_name(&self) -> [(&'static str, &MapData); 19] {
+    fn by_name(&self) -> [(&'static str, &MapData); 20] {
         [
             (names::VIPS, self.vips.map()),
             (names::VIP_ADDRS, self.vip_addrs.map()),
@@ -347,6 +350,7 @@ impl BalancerMaps {
             (names::RATE_BUCKETS, self.source_buckets.map()),
             (names::REFUSALS, self.refusals.map()),
             (names::SESSION_MISSES, self.session_misses.map()),
+            (names::SESSION_KEYS, self.session_keys.map()),
         ]
     }
 
@@ -466,10 +470,10 @@ impl BalancerMaps {
                 how.new_flow_budget,
                 key.tag(),
             )
-            .with_admission(how.admission)
-            .with_session_key(how.session_key),
+            .with_admission(how.admission),
             0,
         )?;
+        self.session_keys.set(index, how.session_key, 0)?;
         if current.is_none() {
             let addr = VipAddrKey::new(key.family, key.addr);
             let count = self.vip_addrs.get(&addr, 0).unwrap_or(0);
@@ -577,7 +581,7 @@ impl BalancerMaps {
                 source_prefix_len: info.source_prefix_len,
                 new_flow_budget: info.new_flow_budget,
                 admission: info.admission,
-                session_key: info.session_key,
+                session_key: self.session_keys.get(&info.index, 0)?,
             };
             vips.insert(key, VipTable { index: info.index, scheduling, table });
         }

@@ -9,7 +9,7 @@ use lb_common::{
     flow::{FlowKey, flow_hash, source_hash},
     least_connections::{TOLERANCE_DENOMINATOR, TOLERANCE_NUMERATOR, candidates, second_wins},
     maglev::table_slot,
-    session::session_flow,
+    session::{SessionKey, session_flow},
     vip::{VipInfo, find_vip, scheduler},
 };
 use serde::Serialize;
@@ -58,7 +58,11 @@ pub fn trace(
     let matched = find_vip(&five_tuple, |k| maps.vips.get(k, 0).ok().map(|v| (*k, v)));
     // As the data plane: a datagram to a VIP with a session key goes by its session, if its
     // payload holds the key.
-    let spec = matched.map(|(_, v)| v.session_key).filter(|k| k.is_some() && protocol == Protocol::Udp);
+    let spec = match matched {
+        Some((_, v)) if protocol == Protocol::Udp => Some(maps.session_keys.get(&v.index, 0)?),
+        _ => None,
+    }
+    .filter(SessionKey::is_some);
     let mut session_key = None;
     let key = match (spec, payload) {
         (Some(_), _) if config.session_keys == 0 => five_tuple,

@@ -20,6 +20,7 @@ use lb_common::{
     flood::FloodState,
     flow::{FlowKey, FlowKeyV4, FlowState, FragmentKey, FragmentOwner},
     nexthop::NextHop,
+    session::SessionKey,
     table::{TableChunk, chunk_key, locate},
     vip::{VipAddrKey, VipInfo, VipKey},
 };
@@ -137,6 +138,10 @@ pub static REFUSALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REFUSAL_CO
 /// Per CPU and VIP: packets too short for the VIP's session key (`lb_common::session`).
 #[map(name = "LB_SESSION_MISS")]
 pub static SESSION_MISSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per VIP index: its session key (`lb_common::session`; length 0: none).
+#[map(name = "LB_SESSION_KEYS")]
+pub static SESSION_KEYS: Array<SessionKey> = Array::with_max_entries(MAX_VIPS, 0);
 
 /// Counts a packet to VIP `vip_index` that the VIP's session key could not be read from.
 #[inline(always)]

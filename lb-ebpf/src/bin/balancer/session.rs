@@ -8,7 +8,7 @@ use lb_common::{
 };
 use lb_ebpf::l3::Ip;
 
-use crate::maps::{self, CONFIG};
+use crate::maps::{self, CONFIG, SESSION_KEYS};
 
 /// The UDP header's length.
 const UDP_HEADER_LEN: usize = 8;
@@ -20,7 +20,7 @@ const UDP_HEADER_LEN: usize = 8;
 #[inline(never)]
 pub fn rekey(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) {
     let (Some(vip), Some(cfg)) = (crate::find_vip(&ip.flow), CONFIG.get(0)) else { return };
-    let spec = vip.session_key;
+    let Some(&spec) = SESSION_KEYS.get(vip.index) else { return };
     if !spec.is_some() {
         return;
     }
