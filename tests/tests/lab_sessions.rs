@@ -29,8 +29,14 @@ const REBINDS: usize = 10;
 
 /// The game VIP, its session id in the first 4 bytes of each datagram when `keyed`.
 fn game_vip(keyed: bool) -> String {
+    game_vip_idling_out_after(keyed, None)
+}
+
+/// The game VIP, with its own UDP idle timeout if `idle_secs` says so.
+fn game_vip_idling_out_after(keyed: bool, idle_secs: Option<u16>) -> String {
+    let idle = idle_secs.map_or(String::new(), |s| format!("udp_idle_timeout_secs = {s}\n"));
     let mut vip = format!(
-        "\n[[vip]]\nname = \"game\"\naddress = \"{VIP_V4}\"\nport = {GAME_PORT}\nprotocol = \"udp\"\n\
+        "\n[[vip]]\nname = \"game\"\naddress = \"{VIP_V4}\"\nport = {GAME_PORT}\nprotocol = \"udp\"\n{idle}\
          [vip.health]\nkind = \"udp\"\npayload_hex = \"00000000 70696e67\"\ninterval_ms = 200\ntimeout_ms = 100\n"
     );
     if keyed {
@@ -46,15 +52,17 @@ fn game_vip(keyed: bool) -> String {
 /// and the datagram's first 4 bytes (its session id).
 struct GameServers {
     stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl GameServers {
     fn start() -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
         for (i, netns) in BACKENDS[..3].iter().enumerate() {
             let stop = Arc::clone(&stop);
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            spawn_in_namespace(netns, move || {
+            threads.push(spawn_in_namespace(netns, move || {
                 let socket = match UdpSocket::bind(("0.0.0.0", GAME_PORT)) {
                     Ok(s) => s,
                     Err(e) => {
@@ -73,28 +81,38 @@ impl GameServers {
                         let _ = socket.send_to(&reply, from);
                     }
                 }
-            });
+            }));
             ready_rx.recv()?.map_err(|e| anyhow::anyhow!("game server in {netns}: {e}"))?;
         }
-        Ok(Self { stop })
+        Ok(Self { stop, threads })
     }
 }
 
 impl Drop for GameServers {
+    /// Stops the servers and waits until their sockets are closed (the next trial binds again).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
 /// Each client (session id) sends from a new source port `1 + REBINDS` times; the backends that
 /// answered each one, in order.
 fn play() -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
-    in_namespace(CLIENT, || -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
+    play_sessions(0x6761_0000, CLIENTS, 1 + REBINDS)
+}
+
+/// Sessions `first..first + count` each send `rounds` datagrams, each from a new source port;
+/// the backends that answered each session, in order.
+fn play_sessions(first: u32, count: u32, rounds: usize) -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
+    in_namespace(CLIENT, move || -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
         let vip = SocketAddr::from((VIP_V4, GAME_PORT));
         let mut answered: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-        for _ in 0..=REBINDS {
-            for client in 0..CLIENTS {
-                let session = 0x6761_0000 + client;
+        for _ in 0..rounds {
+            for client in 0..count {
+                let session = first + client;
                 // A new socket: a new source port, as after the client's NAT rebound.
                 let socket = UdpSocket::bind("0.0.0.0:0")?;
                 socket.set_read_timeout(Some(Duration::from_millis(300)))?;
@@ -194,6 +212,72 @@ fn clients_keep_their_backend_through_nat_rebinds(env: &mut Env) -> anyhow::Resu
         ensure!(
             stayed < CLIENTS as usize / 3,
             "without the key {stayed} sessions still stayed: the test proves nothing"
+        );
+        Ok(())
+    })();
+    env.health.more_vips.clear();
+    env.run_agent(&EQUAL)?;
+    result
+}
+
+/// Backend 1's active sessions on the game VIP, as `lb backend list` counts them.
+fn be1_sessions(env: &Env) -> anyhow::Result<i64> {
+    let out = std::process::Command::new(&env.lab.lb)
+        .args(["backend", "list", "--instance", lb_lab::INSTANCE, "--json", "game"])
+        .output()?;
+    ensure!(out.status.success(), "lb backend list: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<lb_userspace::agent::status::BackendStatus> = serde_json::from_slice(&out.stdout)?;
+    let be1 = std::net::IpAddr::V4(lb_lab::backend_v4(0));
+    rows.iter().find(|r| r.decision.address == be1).and_then(|r| r.active_flows).context("be1's active flows")
+}
+
+/// A drained backend keeps its sessions (from any source port) while they last, takes no new
+/// one, and its count of active sessions falls to 0 once they idle out (the VIP's own timeout,
+/// 3 s); then those sessions go elsewhere.
+fn drained_backend_keeps_its_sessions_until_they_idle_out(env: &mut Env) -> anyhow::Result<()> {
+    const IDLE_SECS: u16 = 3;
+    let _servers = GameServers::start()?;
+    env.health.more_vips = game_vip_idling_out_after(true, Some(IDLE_SECS));
+    env.run_agent(&EQUAL)?;
+    let result = (|| {
+        lb_lab::wait_until(Duration::from_secs(5), "the game VIP", || {
+            vips(env).is_ok_and(|v| v.iter().any(|v| v.name == "game" && v.session_key.is_some()))
+        })?;
+        std::thread::sleep(Duration::from_millis(800));
+        let first = 0x6472_0000;
+        let before = play_sessions(first, CLIENTS, 1)?;
+        let on_be1: BTreeSet<u32> = before.iter().filter(|(_, b)| b[0] == "be1").map(|(s, _)| *s).collect();
+        ensure!(!on_be1.is_empty(), "no session on be1: {before:?}");
+        let drained = std::process::Command::new(&env.lab.lb)
+            .args(["backend", "drain", "--instance", lb_lab::INSTANCE, "game"])
+            .arg(lb_lab::backend_v4(0).to_string())
+            .output()?;
+        ensure!(drained.status.success(), "lb backend drain: {}", String::from_utf8_lossy(&drained.stderr));
+        // Established sessions keep their backends, from new source ports too; new ones avoid be1.
+        let again = play_sessions(first, CLIENTS, 2)?;
+        for (session, backends) in &again {
+            ensure!(backends.iter().all(|b| *b == before[session][0]), "session {session:#x} moved: {backends:?}");
+        }
+        let fresh = play_sessions(first + 0x1000, 2 * CLIENTS, 1)?;
+        ensure!(fresh.values().all(|b| b[0] != "be1"), "a new session went to the drained backend");
+        let active = be1_sessions(env)?;
+        ensure!(active >= on_be1.len() as i64, "be1 counts {active} active sessions, {} expected", on_be1.len());
+        // Silence: the sessions idle out, and the recount takes them off.
+        let quiet = Instant::now();
+        lb_lab::wait_until(Duration::from_secs(20), "be1's sessions to idle out", || {
+            be1_sessions(env).is_ok_and(|n| n == 0)
+        })?;
+        let gone = quiet.elapsed();
+        let after = play_sessions(first, CLIENTS, 1)?;
+        ensure!(after.values().all(|b| b[0] != "be1"), "an idle session came back to the drained backend");
+        println!(
+            "    be1 drained with {} sessions: they stayed through 2 rebinds each, {} new sessions avoided it; its active \
+             flows (earlier trials' too) went from {active} to 0 {:.1} s after they fell silent (idle timeout \
+             {IDLE_SECS} s, recount every {} s); then they went elsewhere",
+            on_be1.len(),
+            2 * CLIENTS,
+            gone.as_secs_f64(),
+            lb_userspace::agent::active::RECOUNT_EVERY.as_secs()
         );
         Ok(())
     })();
@@ -391,6 +475,10 @@ fn main() -> anyhow::Result<()> {
     let env = start("lab-sessions", Health::default())?;
     let trials: Vec<Trial> = vec![
         ("sessions/clients_keep_their_backend_through_10_nat_rebinds", clients_keep_their_backend_through_nat_rebinds),
+        (
+            "sessions/drained_backend_keeps_its_sessions_until_they_idle_out",
+            drained_backend_keeps_its_sessions_until_they_idle_out,
+        ),
         ("mqtt/cluster_behind_the_vip_delivers_and_survives_a_killed_broker", mqtt_cluster_behind_the_vip),
     ];
     run_trials(env, trials)
