@@ -2,6 +2,8 @@
 
 /// Most VIPs one balancer instance serves (per-VIP arrays are sized by this).
 pub const MAX_VIPS: u32 = 512;
+/// Most QUIC server ids over all VIPs (one per backend of a QUIC VIP at most).
+pub const MAX_QUIC_SERVERS: u32 = 8192;
 /// Entries of the VIP counter map: below [`MAX_VIPS`], what the data plane counts for a VIP
 /// itself (its packets that reach no backend); from [`MAX_VIPS`] on, per VIP index, the agent's
 /// totals of the VIP's backends that were removed. A VIP's traffic is both plus its backends'.

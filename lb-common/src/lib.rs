@@ -10,6 +10,7 @@
 //! - [`backend`]: backend records as the data plane reads them.
 //! - [`nexthop`]: backends' next hops, resolved by the agent.
 //! - [`session`]: session keys: UDP VIPs that balance by bytes of the payload, not the 5-tuple.
+//! - [`quic`]: QUIC VIPs route short-header packets by the server id in their connection id.
 //! - [`dataplane`]: the instance-wide data plane configuration (encapsulation source, MTU, ...).
 //! - [`decap`]: the backends' decapsulation program's accepted tunnel sources.
 //! - [`counters`]: counted reasons for every verdict, and per-VIP/per-backend traffic counters.
@@ -48,6 +49,7 @@ pub mod least_connections;
 pub mod maglev;
 pub mod maps;
 pub mod nexthop;
+pub mod quic;
 #[cfg(feature = "user")]
 pub mod sequence;
 pub mod session;

@@ -56,6 +56,8 @@ pub const SESSION_MISSES: &str = "LB_SESSION_MISS";
 /// Per VIP index: its session key (`crate::session`), in a map of its own so that the VIP
 /// record keeps the layout of the releases before session keys (an upgrade adopts it).
 pub const SESSION_KEYS: &str = "LB_SESSION_KEYS";
+/// (VIP index, QUIC server id) -> backend id (`crate::quic`).
+pub const QUIC_SERVERS: &str = "LB_QUIC_SERVERS";
 
 /// VIP addresses a backend decapsulates for.
 pub const DECAP_VIPS: &str = "LB_DECAP_VIPS";
@@ -65,7 +67,7 @@ pub const DECAP_SOURCES: &str = "LB_DECAP_SRCS";
 pub const DECAP_CONFIG: &str = "LB_DECAP_CONFIG";
 
 /// Every map of the balancer program.
-pub const BALANCER: [&str; 22] = [
+pub const BALANCER: [&str; 23] = [
     VIPS,
     VIP_ADDRS,
     BACKENDS,
@@ -88,6 +90,7 @@ pub const BALANCER: [&str; 22] = [
     REFUSALS,
     SESSION_MISSES,
     SESSION_KEYS,
+    QUIC_SERVERS,
 ];
 
 /// Every map of the decapsulation program.

@@ -547,6 +547,9 @@ fn log_op(op: &Op) {
             listed = admission.lists.len(),
             "set admission"
         ),
+        Op::SetQuicServers { index, servers } => {
+            tracing::info!(vip_index = index, server_ids = servers.len(), "set QUIC server ids");
+        }
     }
 }
 

@@ -91,6 +91,8 @@ pub struct VipStatus {
 /// A UDP VIP's session key, and the datagrams too short for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionKeyStatus {
+    /// `payload` (a session key) or `quic_server_id`.
+    pub kind: String,
     pub offset: u16,
     pub length: u8,
     pub mask_hex: String,
@@ -202,6 +204,11 @@ impl Agent {
                     untracked_flows: flood.untracked,
                     admission: AdmissionStatus::of(v, refused),
                     session_key: v.session_key.is_some().then(|| SessionKeyStatus {
+                        kind: if v.session_key.kind == lb_common::session::kind::QUIC_SERVER_ID {
+                            "quic_server_id".into()
+                        } else {
+                            "payload".into()
+                        },
                         offset: v.session_key.offset,
                         length: v.session_key.length,
                         mask_hex: v.session_key.mask[..usize::from(v.session_key.length)]

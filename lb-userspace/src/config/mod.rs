@@ -403,6 +403,9 @@ pub struct Backend {
     pub state: AdminState,
     /// Overrides the VIP's health check for this backend.
     pub health: Option<HealthCheck>,
+    /// On a QUIC VIP: the server id the backend puts in its connection ids (zero past the VIP's
+    /// server id length).
+    pub quic_server_id: Option<[u8; 8]>,
 }
 
 impl Vip {

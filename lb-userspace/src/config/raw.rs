@@ -130,7 +130,17 @@ pub struct Vip {
     #[serde(default)]
     pub session_key: Option<Spanned<SessionKey>>,
     #[serde(default)]
+    pub quic: Option<Spanned<Quic>>,
+    #[serde(default)]
     pub backend: Vec<Spanned<Backend>>,
+}
+
+/// `[vip.quic]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quic {
+    pub server_id_offset: Spanned<i64>,
+    pub server_id_length: Spanned<i64>,
 }
 
 /// `[vip.session_key]`.
@@ -212,4 +222,6 @@ pub struct Backend {
     pub state: Option<Spanned<String>>,
     #[serde(default)]
     pub health: Option<Spanned<Health>>,
+    #[serde(default)]
+    pub quic_server_id: Option<Spanned<String>>,
 }

@@ -76,7 +76,7 @@ const TABLES: &str = "array of tables";
 
 /// Every table of the file, in the order the reference lists them.
 pub fn tables() -> Vec<Table> {
-    vec![instance(), bgp(), peer(), vip(), vip_bgp(), admission(), session_key(), health(), backend()]
+    vec![instance(), bgp(), peer(), vip(), vip_bgp(), admission(), session_key(), quic(), health(), backend()]
 }
 
 fn instance() -> Table {
@@ -381,6 +381,13 @@ fn vip() -> Table {
                 "`[vip.session_key]`, udp VIPs",
                 "Balance and keep flows by bytes of the payload (docs/sessions.md).",
             ),
+            optional(
+                "quic",
+                TABLE,
+                "none",
+                "`[vip.quic]`, udp VIPs, not with `session_key`",
+                "Route QUIC packets by the server id in their connection id (docs/sessions.md).",
+            ),
             required("backend", TABLES, "at least one `[[vip.backend]]`", "The VIP's backends."),
         ],
     }
@@ -489,6 +496,29 @@ fn session_key() -> Table {
                 "all ones",
                 "`length` bytes in hexadecimal",
                 "ANDed with the key: bits of the field that are not the session's (flags, a counter) are left out.",
+            ),
+        ],
+    }
+}
+
+fn quic() -> Table {
+    Table {
+        header: "[vip.quic]",
+        about: "A UDP VIP in front of QUIC servers that encode their server id in the connection ids they issue \
+                (QUIC-LB, plaintext): a short-header packet goes to the backend its server id names, whatever the \
+                client's address and port (migration, NAT rebinding); long headers and unknown ids go by the 5-tuple.",
+        fields: vec![
+            required(
+                "server_id_offset",
+                INTEGER,
+                format!("0..={} - server_id_length", lb_common::quic::MAX_CID_LEN),
+                "Where the server id starts in the destination connection id (QUIC-LB: 1, after the first octet).",
+            ),
+            required(
+                "server_id_length",
+                INTEGER,
+                format!("1..={}", lb_common::quic::MAX_SERVER_ID_LEN),
+                "The server id's bytes; every backend's `quic_server_id` has this many.",
             ),
         ],
     }
@@ -623,6 +653,13 @@ fn backend() -> Table {
                 "`[vip.backend.health]`",
                 "This backend's own check, replacing the VIP's.",
             ),
+            optional(
+                "quic_server_id",
+                STRING,
+                "none (required on a QUIC VIP)",
+                "`server_id_length` bytes in hexadecimal, unique in the VIP",
+                "The server id this backend puts in its connection ids.",
+            ),
         ],
     }
 }
@@ -680,6 +717,7 @@ mod tests {
             ("[vip.bgp]", serde_introspect::<raw::VipBgp>()),
             ("[vip.admission]", serde_introspect::<raw::Admission>()),
             ("[vip.session_key]", serde_introspect::<raw::SessionKey>()),
+            ("[vip.quic]", serde_introspect::<raw::Quic>()),
             ("[vip.health], [vip.backend.health]", serde_introspect::<raw::Health>()),
             ("[[vip.backend]]", serde_introspect::<raw::Backend>()),
         ] {

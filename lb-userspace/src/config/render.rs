@@ -76,7 +76,11 @@ impl Config {
                 }
                 let _ = writeln!(s, "communities = [{}]", communities(&r.communities));
             }
-            if v.session_key.is_some() {
+            if v.session_key.kind == lb_common::session::kind::QUIC_SERVER_ID {
+                let _ = writeln!(s, "[vip.quic]");
+                let _ = writeln!(s, "server_id_offset = {}", v.session_key.offset - 1);
+                let _ = writeln!(s, "server_id_length = {}", v.session_key.length);
+            } else if v.session_key.is_some() {
                 let k = &v.session_key;
                 let _ = writeln!(s, "[vip.session_key]");
                 let _ = writeln!(s, "offset = {}", k.offset);
@@ -89,6 +93,9 @@ impl Config {
                 let _ = writeln!(s, "weight = {}", b.weight);
                 if b.state != AdminState::Up {
                     let _ = writeln!(s, "state = \"{}\"", b.state.name());
+                }
+                if let Some(id) = b.quic_server_id {
+                    let _ = writeln!(s, "quic_server_id = \"{}\"", hex(&id[..usize::from(v.session_key.length)]));
                 }
                 if let Some(h) = &b.health {
                     let _ = writeln!(s, "[vip.backend.health]");

@@ -51,7 +51,13 @@ fn minimal_config_gets_defaults() {
     );
     assert_eq!(
         vip.backends[0],
-        Backend { address: "198.18.0.21".parse().unwrap(), weight: 1, state: AdminState::Up, health: None }
+        Backend {
+            address: "198.18.0.21".parse().unwrap(),
+            weight: 1,
+            state: AdminState::Up,
+            health: None,
+            quic_server_id: None
+        }
     );
     assert_eq!(vip.backends[1].weight, 3);
     assert_eq!(c.backend_count(), 2);
@@ -546,4 +552,54 @@ fn a_udp_vip_may_have_its_own_idle_timeout() {
     let tcp =
         MINIMAL.replace("port = 80\nprotocol = \"tcp\"", "port = 80\nprotocol = \"tcp\"\nudp_idle_timeout_secs = 60");
     assert!(only_problem(&tcp).contains("udp_idle_timeout_secs: applies only to a udp VIP"));
+}
+
+#[test]
+fn quic_vips_name_their_backends_server_ids() {
+    let quic = |vip_extra: &str, first: &str, second: &str| {
+        MINIMAL
+            .replace("port = 80\nprotocol = \"tcp\"", &format!("port = 443\nprotocol = \"udp\"\n{vip_extra}"))
+            .replace("address = \"198.18.0.21\"", &format!("address = \"198.18.0.21\"\n{first}"))
+            .replace("weight = 3", &format!("weight = 3\n{second}"))
+    };
+    let spec = "[vip.quic]\nserver_id_offset = 1\nserver_id_length = 2";
+    let text = quic(spec, "quic_server_id = \"ab01\"", "quic_server_id = \"ab02\"");
+    let config = Config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    let vip = &config.vips[0];
+    assert_eq!((vip.session_key.kind, vip.session_key.offset, vip.session_key.length), (1, 2, 2));
+    assert_eq!(vip.backends[0].quic_server_id, Some([0xab, 1, 0, 0, 0, 0, 0, 0]));
+    let rendered = config.to_toml();
+    assert_eq!(Config::parse(&rendered, "rendered").unwrap_or_else(|e| panic!("{e}\n{rendered}")), config);
+
+    for (text, expect) in [
+        (quic(spec, "quic_server_id = \"ab01\"", ""), "a QUIC VIP's backend needs `quic_server_id`"),
+        (
+            quic(spec, "quic_server_id = \"ab01\"", "quic_server_id = \"ab01\""),
+            "quic_server_id: is already vip[0].backend[0]'s",
+        ),
+        (
+            quic(spec, "quic_server_id = \"ab\"", "quic_server_id = \"ab02\""),
+            "has 1 bytes; the VIP's server_id_length is 2",
+        ),
+        (
+            quic(
+                "[vip.quic]\nserver_id_offset = 19\nserver_id_length = 2",
+                "quic_server_id = \"ab01\"",
+                "quic_server_id = \"ab02\"",
+            ),
+            "server_id_offset: 19 is out of range 0..=18",
+        ),
+        (quic("", "quic_server_id = \"ab01\"", ""), "quic_server_id: applies only to a VIP with [vip.quic]"),
+        (
+            quic(
+                &format!("{spec}\n[vip.session_key]\noffset = 0\nlength = 4"),
+                "quic_server_id = \"ab01\"",
+                "quic_server_id = \"ab02\"",
+            ),
+            "session_key: does not go with [vip.quic]",
+        ),
+    ] {
+        let got = only_problem(&text);
+        assert!(got.contains(expect), "{got}");
+    }
 }

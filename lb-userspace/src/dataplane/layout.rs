@@ -6,8 +6,8 @@ use lb_common::{
     admission::{AdmissionPolicy, REFUSAL_COUNTERS, SourceBucket, SourceBucketKey, SourceListKey},
     backend::Backend,
     capacity::{
-        MAX_BACKENDS, MAX_FRAGMENTED_DATAGRAMS, MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES, MAX_TABLE_CHUNKS,
-        MAX_VIPS, VIP_COUNTER_ENTRIES,
+        MAX_BACKENDS, MAX_FRAGMENTED_DATAGRAMS, MAX_QUIC_SERVERS, MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES,
+        MAX_TABLE_CHUNKS, MAX_VIPS, VIP_COUNTER_ENTRIES,
     },
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
@@ -15,6 +15,7 @@ use lb_common::{
     flow::{FlowKey, FlowKeyV4, FlowState, FragmentKey, FragmentOwner},
     maps::{self as names, RETIRED},
     nexthop::NextHop,
+    quic::QuicServerKey,
     session::SessionKey,
     table::TableChunk,
     vip::{VipAddrKey, VipInfo, VipKey},
@@ -24,7 +25,7 @@ use super::{DataplaneError, PinDir};
 
 /// Key and value sizes of the balancer's maps whose layouts this build defines (`LB_EGRESS` is
 /// the kernel's).
-fn map_layouts() -> [(&'static str, usize, usize); 21] {
+fn map_layouts() -> [(&'static str, usize, usize); 22] {
     [
         (names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
         (names::VIP_ADDRS, size_of::<VipAddrKey>(), size_of::<u32>()),
@@ -47,12 +48,13 @@ fn map_layouts() -> [(&'static str, usize, usize); 21] {
         (names::FRAGMENTS, size_of::<FragmentKey>(), size_of::<FragmentOwner>()),
         (names::SESSION_MISSES, size_of::<u32>(), size_of::<u64>()),
         (names::SESSION_KEYS, size_of::<u32>(), size_of::<SessionKey>()),
+        (names::QUIC_SERVERS, size_of::<QuicServerKey>(), size_of::<u32>()),
     ]
 }
 
 /// Entries of the balancer's maps whose size is a limit of this build (the flow tables are sized
 /// by the configuration, `LB_REASON_STATS` is checked on its own).
-fn fixed_capacities() -> [(&'static str, u32); 16] {
+fn fixed_capacities() -> [(&'static str, u32); 17] {
     [
         (names::VIPS, MAX_VIPS),
         (names::BACKENDS, MAX_BACKENDS),
@@ -70,6 +72,7 @@ fn fixed_capacities() -> [(&'static str, u32); 16] {
         (names::FRAGMENTS, MAX_FRAGMENTED_DATAGRAMS),
         (names::SESSION_MISSES, MAX_VIPS),
         (names::SESSION_KEYS, MAX_VIPS),
+        (names::QUIC_SERVERS, MAX_QUIC_SERVERS),
     ]
 }
 

@@ -34,6 +34,7 @@ use lb_common::{
     flow::{FlowKey, FlowKeyV4, FlowState},
     maps as names,
     nexthop::NextHop,
+    quic::QuicServerKey,
     session::SessionKey,
     table::{MAX_CHUNKS_PER_TABLE, TableChunk, chunk_key, chunks},
     vip::{VipAddrKey, VipInfo, VipKey},
@@ -104,6 +105,7 @@ pub struct BalancerMaps {
     pub(crate) refusals: PerCpuArray<MapData, u64>,
     pub(crate) session_misses: PerCpuArray<MapData, u64>,
     pub(crate) session_keys: Array<MapData, SessionKey>,
+    pub(crate) quic_servers: HashMap<MapData, QuicServerKey, u32>,
 }
 
 /// A VIP's flood mode as the data plane's CPUs see it (`lb_common::flood`).
@@ -325,11 +327,12 @@ impl BalancerMaps {
             refusals: typed(take(names::REFUSALS)?)?,
             session_misses: typed(take(names::SESSION_MISSES)?)?,
             session_keys: typed(take(names::SESSION_KEYS)?)?,
+            quic_servers: typed(take(names::QUIC_SERVERS)?)?,
         })
     }
 
     /// Every map with its name.
-    fn by_name(&self) -> [(&'static str, &MapData); 20] {
+    fn by_name(&self) -> [(&'static str, &MapData); 21] {
         [
             (names::VIPS, self.vips.map()),
             (names::VIP_ADDRS, self.vip_addrs.map()),
@@ -351,6 +354,7 @@ impl BalancerMaps {
             (names::REFUSALS, self.refusals.map()),
             (names::SESSION_MISSES, self.session_misses.map()),
             (names::SESSION_KEYS, self.session_keys.map()),
+            (names::QUIC_SERVERS, self.quic_servers.map()),
         ]
     }
 
@@ -586,7 +590,39 @@ impl BalancerMaps {
             vips.insert(key, VipTable { index: info.index, scheduling, table });
         }
         let admission = self.admissions()?;
-        Ok(Current { dataplane, backends, vips, admission })
+        let mut quic_servers: BTreeMap<u32, BTreeMap<[u8; 8], u32>> = BTreeMap::new();
+        for entry in &self.quic_servers {
+            let (key, backend) = entry?;
+            quic_servers.entry(key.vip_index).or_default().insert(key.server_id, backend);
+        }
+        Ok(Current { dataplane, backends, vips, admission, quic_servers })
+    }
+
+    /// Makes VIP `index`'s QUIC server ids those of `servers` (server id -> backend id): adds
+    /// and changes first, then removes what is no longer there.
+    pub fn set_quic_servers(&mut self, index: u32, servers: &BTreeMap<[u8; 8], u32>) -> Result<(), DataplaneError> {
+        let now = self.quic_servers_of(index)?;
+        for (id, backend) in servers {
+            if now.get(id) != Some(backend) {
+                self.quic_servers.insert(QuicServerKey::new(index, *id), backend, 0)?;
+            }
+        }
+        for id in now.keys().filter(|id| !servers.contains_key(*id)) {
+            self.quic_servers.remove(&QuicServerKey::new(index, *id))?;
+        }
+        Ok(())
+    }
+
+    /// VIP `index`'s QUIC server ids (server id -> backend id).
+    pub fn quic_servers_of(&self, index: u32) -> Result<BTreeMap<[u8; 8], u32>, DataplaneError> {
+        let mut out = BTreeMap::new();
+        for entry in &self.quic_servers {
+            let (key, backend) = entry?;
+            if key.vip_index == index {
+                out.insert(key.server_id, backend);
+            }
+        }
+        Ok(out)
     }
 
     /// Packets to VIP `index` too short for its session key, all CPUs.
@@ -677,6 +713,7 @@ impl BalancerMaps {
             Op::RemoveVip { key } => self.remove_vip(key),
             Op::ClearBackend { id } => self.clear_backend(*id),
             Op::SetAdmission { index, admission } => self.set_admission(*index, admission),
+            Op::SetQuicServers { index, servers } => self.set_quic_servers(*index, servers),
         }
     }
 

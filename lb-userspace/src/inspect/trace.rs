@@ -9,7 +9,8 @@ use lb_common::{
     flow::{FlowKey, flow_hash, source_hash},
     least_connections::{TOLERANCE_DENOMINATOR, TOLERANCE_NUMERATOR, candidates, second_wins},
     maglev::table_slot,
-    session::{SessionKey, session_flow},
+    quic::QuicServerKey,
+    session::{self, SessionKey, session_flow},
     vip::{VipInfo, find_vip, scheduler},
 };
 use serde::Serialize;
@@ -64,7 +65,30 @@ pub fn trace(
     }
     .filter(SessionKey::is_some);
     let mut session_key = None;
+    if let (Some(spec), Some(payload), Some((vip_key, vip))) = (spec, payload, matched)
+        && config.session_keys != 0
+        && spec.kind == session::kind::QUIC_SERVER_ID
+        && let Some(server_id) = spec.quic_server_id(payload)
+    {
+        let hex: String = server_id[..usize::from(spec.length)].iter().map(|b| format!("{b:02x}")).collect();
+        if let Ok(id) = maps.quic_servers.get(&QuicServerKey::new(vip.index, server_id), 0) {
+            let b = maps.backends.get(&id, 0)?;
+            if b.keeps_flows() {
+                return Ok(Trace {
+                    vip: Some(show_vip(&vip_key)),
+                    backend: Some(from_key(b.family, &b.addr).to_string()),
+                    why: format!(
+                        "QUIC short header: server id {hex} names backend id {id}, and its 5-tuple goes there"
+                    ),
+                    flow_hash: lb_common::quic::client_hash(&five_tuple),
+                    session_key: Some(hex),
+                });
+            }
+        }
+        session_key = Some(hex);
+    }
     let key = match (spec, payload) {
+        (Some(spec), _) if spec.kind == session::kind::QUIC_SERVER_ID => five_tuple,
         (Some(_), _) if config.session_keys == 0 => five_tuple,
         (Some(_), None) => {
             return Ok(Trace {
@@ -113,7 +137,14 @@ pub fn trace(
     };
     let vip_name = Some(show_vip(&vip_key));
     let mut trace = new_flow(maps, vip_name, &vip, &key, hash, &hash_key)?;
-    if spec.is_some() && session_key.is_none() && config.session_keys != 0 {
+    if let Some(spec) = spec
+        && spec.kind == session::kind::QUIC_SERVER_ID
+    {
+        trace.why = match &session_key {
+            Some(id) => format!("QUIC server id {id} names no backend that takes flows: by the 5-tuple; {}", trace.why),
+            None => format!("QUIC long header (or too short for a server id): by the 5-tuple; {}", trace.why),
+        };
+    } else if spec.is_some() && session_key.is_none() && config.session_keys != 0 {
         trace.why = format!(
             "the payload ends before the session key: balanced by its 5-tuple (counted as a session key miss); {}",
             trace.why

@@ -106,6 +106,8 @@ pub struct DesiredBackend {
     pub weight: u32,
     /// Whether flows already pinned to it continue (up, draining) or move (down, disabled).
     pub keeps_flows: bool,
+    /// Its QUIC server id (zero past the VIP's server id length), on a QUIC VIP.
+    pub quic_server_id: Option<[u8; 8]>,
 }
 
 /// How the data plane reads a table built for `scheduler`, with flood budget `new_flow_budget`
@@ -154,6 +156,8 @@ pub struct Current {
     pub vips: BTreeMap<VipKey, VipTable>,
     /// VIP index -> admission, where it is not the default.
     pub admission: BTreeMap<u32, VipAdmission>,
+    /// VIP index -> its QUIC server ids (server id -> backend id), for QUIC VIPs.
+    pub quic_servers: BTreeMap<u32, BTreeMap<[u8; 8], u32>>,
 }
 
 impl Current {
@@ -179,6 +183,13 @@ impl Current {
                     self.admission.remove(index);
                 } else {
                     self.admission.insert(*index, admission.clone());
+                }
+            }
+            Op::SetQuicServers { index, servers } => {
+                if servers.is_empty() {
+                    self.quic_servers.remove(index);
+                } else {
+                    self.quic_servers.insert(*index, servers.clone());
                 }
             }
         }
@@ -207,6 +218,11 @@ pub enum Op {
     SetAdmission {
         index: u32,
         admission: VipAdmission,
+    },
+    /// VIP `index`'s QUIC server ids: server id -> backend id (none clears them).
+    SetQuicServers {
+        index: u32,
+        servers: BTreeMap<[u8; 8], u32>,
     },
 }
 
@@ -277,8 +293,10 @@ pub fn plan_cached(desired: &Desired, current: &Current, cache: &mut TableCache)
     let (mut keep_again, mut shed) = (Vec::new(), Vec::new());
     let mut wanted_ids = BTreeSet::new();
     let mut tables = Vec::new();
+    let mut quic = Vec::new();
     for (vip, &index) in desired.vips.iter().zip(&indexes) {
         let mut members = Vec::new();
+        let mut servers = BTreeMap::new();
         for b in &vip.backends {
             let (family, addr) = to_key(b.address);
             let record = Backend::new(family, addr, index as u16, vip.key.tag())
@@ -302,7 +320,13 @@ pub fn plan_cached(desired: &Desired, current: &Current, cache: &mut TableCache)
                 id
             };
             wanted_ids.insert(id);
+            if let Some(server_id) = b.quic_server_id {
+                servers.insert(server_id, id);
+            }
             members.push(MaglevBackend { addr, family, weight: b.weight, id });
+        }
+        if current.quic_servers.get(&index).unwrap_or(&BTreeMap::new()) != &servers {
+            quic.push(Op::SetQuicServers { index, servers });
         }
         let table = cache.table(vip, members)?;
         let how = Scheduling {
@@ -314,14 +338,19 @@ pub fn plan_cached(desired: &Desired, current: &Current, cache: &mut TableCache)
             tables.push(Op::InstallVip { key: vip.key, vip: live });
         }
     }
+    // Server ids name records that exist by then, and stop naming records before they go.
     ops.extend(keep_again);
     ops.extend(tables);
+    ops.extend(quic);
     ops.extend(shed);
     let desired_keys: BTreeSet<VipKey> = desired.vips.iter().map(|v| v.key).collect();
     for (key, vip) in current.vips.iter().filter(|(k, _)| !desired_keys.contains(k)) {
         ops.push(Op::RemoveVip { key: *key });
         if current.admission.contains_key(&vip.index) {
             ops.push(Op::SetAdmission { index: vip.index, admission: VipAdmission::default() });
+        }
+        if current.quic_servers.contains_key(&vip.index) {
+            ops.push(Op::SetQuicServers { index: vip.index, servers: BTreeMap::new() });
         }
     }
     for id in current.backends.keys().filter(|id| !wanted_ids.contains(id)) {
@@ -596,8 +625,12 @@ mod tests {
         let mut desired = desired(&c);
         let ops = plan(&desired, &current).unwrap();
         apply(&mut current, &ops);
-        desired.vips[0].backends[0] =
-            DesiredBackend { address: "198.18.0.21".parse().unwrap(), weight: 0, keeps_flows: false };
+        desired.vips[0].backends[0] = DesiredBackend {
+            address: "198.18.0.21".parse().unwrap(),
+            weight: 0,
+            keeps_flows: false,
+            quic_server_id: None,
+        };
         let ops = plan(&desired, &current).unwrap();
         let install = ops.iter().position(|o| matches!(o, Op::InstallVip { .. })).unwrap();
         let shed =

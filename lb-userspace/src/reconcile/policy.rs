@@ -227,7 +227,12 @@ pub fn decide(config: &Config, health: &HealthStates, now: Instant) -> Decision 
                 in_table: effective > 0,
                 keeps_flows: keeps,
             });
-            backends.push(DesiredBackend { address: b.address, weight: effective, keeps_flows: keeps });
+            backends.push(DesiredBackend {
+                address: b.address,
+                weight: effective,
+                keeps_flows: keeps,
+                quic_server_id: b.quic_server_id,
+            });
         }
         decision.desired.vips.push(DesiredVip {
             key: vip.key(),

@@ -38,7 +38,90 @@ pub fn cases() -> Vec<(&'static str, Body)> {
         ("sessions/ipv6_client_moves", |e| with_sessions(e, ipv6_client_moves)),
         ("sessions/other_udp_vips_keep_their_5_tuples", |e| with_sessions(e, other_vips_unchanged)),
         ("sessions/not_looked_for_unless_the_config_says_a_vip_has_one", not_looked_for),
+        ("quic/short_header_goes_to_the_server_its_id_names_from_any_address", |e| with_sessions(e, quic_routed)),
+        ("quic/long_header_goes_by_its_5_tuple", |e| with_sessions(e, quic_long_header)),
+        ("quic/unknown_server_id_goes_by_its_5_tuple_and_is_counted", |e| with_sessions(e, quic_unknown_server_id)),
+        ("quic/truncated_short_header_goes_by_its_5_tuple_and_is_counted", |e| with_sessions(e, quic_truncated)),
     ]
+}
+
+const VIP4_QUIC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 22);
+const QUIC_INDEX: u32 = 43;
+/// Backend ids of the QUIC VIP; server ids 0xab01, 0xab02, 0xab03.
+const QUIC_FIRST_ID: u32 = 1131;
+
+/// The QUIC VIP: server ids of 2 bytes at byte 1 of the connection id, one per backend.
+fn quic_vip(env: &mut Env) -> anyhow::Result<VipKey> {
+    let vip = session_vip(env, QUIC_INDEX, VIP4_QUIC.into(), QUIC_FIRST_ID, SessionKey::quic(1, 2))?;
+    let servers = (0..3u8).map(|i| ([0xab, i + 1, 0, 0, 0, 0, 0, 0], QUIC_FIRST_ID + u32::from(i))).collect();
+    env.balancer.set_quic_servers(QUIC_INDEX, &servers)?;
+    Ok(vip)
+}
+
+/// A short-header packet whose connection id (8 bytes: a first octet, the server id, the rest)
+/// carries `server_id`.
+fn short_header(server_id: [u8; 2]) -> Vec<u8> {
+    [&[0x41, 0x07][..], &server_id, &[0x5e; 5], b"protected payload"].concat()
+}
+
+/// Short headers go to the backend their server id names, as packets of an established flow,
+/// from the first client address and port and from any other (migration).
+fn quic_routed(env: &mut Env) -> anyhow::Result<()> {
+    quic_vip(env)?;
+    let first = flow(env, Protocol::Udp, VIP4_QUIC.into(), PORT);
+    let migrated = Flow { src: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 99)), src_port: env.port(), ..first };
+    for (f, id) in [(&first, QUIC_FIRST_ID + 1), (&migrated, QUIC_FIRST_ID + 1), (&first, QUIC_FIRST_ID + 2)] {
+        let server_id = [0xab, (id - QUIC_FIRST_ID + 1) as u8];
+        let input = frame_with_payload(f, &Shape::default(), &short_header(server_id));
+        let hash = lb_common::quic::client_hash(&f.key());
+        let expect = sent_to(
+            &input,
+            l3_offset(&Shape::default()),
+            env.backends[&id],
+            hash,
+            Reason::TxFallback,
+            (QUIC_INDEX, id, false),
+        );
+        check(env, &input, None, &expect)?;
+    }
+    Ok(())
+}
+
+/// A long header (an Initial) goes by its 5-tuple, uncounted.
+fn quic_long_header(env: &mut Env) -> anyhow::Result<()> {
+    quic_vip(env)?;
+    let before = env.balancer.session_misses(QUIC_INDEX)?;
+    let f = flow(env, Protocol::Udp, VIP4_QUIC.into(), PORT);
+    let shape = Shape::default();
+    let initial = [&[0xc3, 0, 0, 0, 1, 8][..], &[0xab, 0x02, 0, 0, 0, 0, 0, 0], b"initial"].concat();
+    let input = frame_with_payload(&f, &shape, &initial);
+    check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
+    ensure!(env.balancer.session_misses(QUIC_INDEX)? == before, "a long header was counted as a miss");
+    Ok(())
+}
+
+/// A server id no backend has goes by the 5-tuple, and is counted.
+fn quic_unknown_server_id(env: &mut Env) -> anyhow::Result<()> {
+    quic_vip(env)?;
+    let before = env.balancer.session_misses(QUIC_INDEX)?;
+    let f = flow(env, Protocol::Udp, VIP4_QUIC.into(), PORT);
+    let shape = Shape::default();
+    let input = frame_with_payload(&f, &shape, &short_header([0x99, 0x99]));
+    check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
+    ensure!(env.balancer.session_misses(QUIC_INDEX)? == before + 1);
+    Ok(())
+}
+
+/// A short header that ends before its server id goes by the 5-tuple, and is counted.
+fn quic_truncated(env: &mut Env) -> anyhow::Result<()> {
+    quic_vip(env)?;
+    let before = env.balancer.session_misses(QUIC_INDEX)?;
+    let f = flow(env, Protocol::Udp, VIP4_QUIC.into(), PORT);
+    let shape = Shape::default();
+    let input = frame_with_payload(&f, &shape, &[0x41, 0x07, 0xab]);
+    check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
+    ensure!(env.balancer.session_misses(QUIC_INDEX)? == before + 1);
+    Ok(())
 }
 
 /// Runs `body` with the instance's flag that some VIP has a session key (as the agent sets it).

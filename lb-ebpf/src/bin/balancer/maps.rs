@@ -12,14 +12,15 @@ use lb_common::{
     backend::Backend,
     capacity::{
         FLOW_TABLE_DEFAULT_ENTRIES, IPV6_FLOW_TABLE_DEFAULT_ENTRIES, MAX_BACKENDS, MAX_EGRESS_INTERFACES,
-        MAX_FRAGMENTED_DATAGRAMS, MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES, MAX_TABLE_CHUNKS, MAX_VIPS,
-        VIP_COUNTER_ENTRIES,
+        MAX_FRAGMENTED_DATAGRAMS, MAX_QUIC_SERVERS, MAX_SOURCE_BUCKETS, MAX_SOURCE_LIST_ENTRIES, MAX_TABLE_CHUNKS,
+        MAX_VIPS, VIP_COUNTER_ENTRIES,
     },
     counters::{Reason, ReasonCounter, TrafficCounters},
     dataplane::DataplaneConfig,
     flood::FloodState,
     flow::{FlowKey, FlowKeyV4, FlowState, FragmentKey, FragmentOwner},
     nexthop::NextHop,
+    quic::QuicServerKey,
     session::SessionKey,
     table::{TableChunk, chunk_key, locate},
     vip::{VipAddrKey, VipInfo, VipKey},
@@ -142,6 +143,10 @@ pub static SESSION_MISSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_
 /// Per VIP index: its session key (`lb_common::session`; length 0: none).
 #[map(name = "LB_SESSION_KEYS")]
 pub static SESSION_KEYS: Array<SessionKey> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// (VIP index, QUIC server id) -> the backend id that server id names (`lb_common::quic`).
+#[map(name = "LB_QUIC_SERVERS")]
+pub static QUIC_SERVERS: HashMap<QuicServerKey, u32> = HashMap::with_max_entries(MAX_QUIC_SERVERS, 0);
 
 /// Counts a packet to VIP `vip_index` that the VIP's session key could not be read from.
 #[inline(always)]

@@ -1,35 +1,62 @@
 //! Session keys in the fast path (`lb_common::session`): the flow-table key of a datagram to a
-//! VIP that balances by a key of its payload.
+//! VIP that balances by a key of its payload, and the flow-table entry of a QUIC short header
+//! whose server id names its backend (`lb_common::quic`).
 
-use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
 use lb_common::{
-    flow::FlowKey,
-    session::{MAX_KEY_LEN, session_flow},
+    family,
+    flow::{FLOW_TRACKS_TIME, FlowKey, FlowState, stage},
+    quic::{LONG_HEADER, MAX_SERVER_ID_LEN, QuicServerKey, client_hash},
+    session::{MAX_KEY_LEN, SessionKey, kind, make_session_flow},
+    vip::VipInfo,
 };
 use lb_ebpf::l3::Ip;
 
-use crate::maps::{self, CONFIG, SESSION_KEYS};
+use crate::maps::{self, BACKENDS, CONFIG, FLOWS_V4, FLOWS_V6, QUIC_SERVERS, SESSION_KEYS};
 
 /// The UDP header's length.
 const UDP_HEADER_LEN: usize = 8;
 
-/// Replaces `key` (the datagram's 5-tuple) by its session's key if `ip`'s datagram goes to a
-/// VIP with a session key and its payload holds the key; a payload that ends before the key is
-/// counted per VIP in `LB_SESSION_MISS` and keeps its 5-tuple. A subprogram: the VIP lookup
-/// and the digest stay out of the fast path's frame.
+/// For `ip`'s datagram to a VIP with a session key: replaces `key` (its 5-tuple) by its
+/// session's key, if its payload holds the key; for a QUIC VIP, points the 5-tuple's flow-table
+/// entry at the backend its short header's server id names, if one does. A datagram that ends
+/// before the key, or whose server id no backend has, is counted per VIP in `LB_SESSION_MISS`
+/// and goes by its 5-tuple (a long header too, uncounted). A subprogram, and each kind of key
+/// one of its own: the VIP lookup, the buffers and the digest stay out of the fast path's frame
+/// (a call chain may take 512 bytes of stack).
 #[inline(never)]
 pub fn rekey(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) {
-    let (Some(vip), Some(cfg)) = (crate::find_vip(&ip.flow), CONFIG.get(0)) else { return };
-    let Some(&spec) = SESSION_KEYS.get(vip.index) else { return };
+    let Some(vip) = crate::find_vip(&ip.flow) else { return };
+    let Some(spec) = SESSION_KEYS.get(vip.index) else { return };
     if !spec.is_some() {
         return;
     }
+    if spec.kind == kind::QUIC_SERVER_ID {
+        route_quic(ctx, ip, vip, spec);
+    } else {
+        payload_key(ctx, ip, vip, spec, key);
+    }
+}
+
+/// Where `ip`'s UDP payload starts, and where its IP packet ends (not its frame: a short frame
+/// may be padded).
+#[inline(always)]
+fn payload_bounds(ip: &Ip) -> (usize, usize) {
+    (ip.l3_offset + ip.header_len() + UDP_HEADER_LEN, ip.l3_offset + usize::from(ip.packet_len))
+}
+
+/// Writes the session key of `ip`'s datagram to `vip` into `key`, or counts a miss.
+#[inline(never)]
+fn payload_key(ctx: &XdpContext, ip: &Ip, vip: &VipInfo, spec: &SessionKey, key: &mut FlowKey) {
+    let Some(cfg) = CONFIG.get(0) else { return };
+    let (payload, end) = payload_bounds(ip);
     // 1..=16 by arithmetic the verifier follows (comparisons the compiler may move); the agent
-    // writes lengths in that range, and 0 was ruled out above.
+    // writes lengths in that range, and 0 was ruled out by the caller.
     let length = (usize::from(spec.length).wrapping_sub(1) & (MAX_KEY_LEN - 1)) + 1;
-    let start = ip.l3_offset + ip.header_len() + UDP_HEADER_LEN + usize::from(spec.offset);
-    // The IP packet's end, not the frame's: a short frame may be padded.
-    let end = ip.l3_offset + usize::from(ip.packet_len);
+    let start = payload + usize::from(spec.offset);
     let mut raw = [0u8; MAX_KEY_LEN];
     // The helper checks the frame's bounds.
     let loaded = start + length <= end
@@ -39,7 +66,70 @@ pub fn rekey(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) {
         maps::count_session_miss(vip.index);
         return;
     }
-    *key = session_flow(spec.masked(raw), &ip.flow, &cfg.flow_hash_key);
+    make_session_flow(key, spec.masked(raw), &cfg.flow_hash_key);
+}
+
+/// Points the 5-tuple's flow-table entry of `ip`'s QUIC datagram at the backend its short
+/// header's server id names (`lb_common::quic`), if that backend takes flows: the packet then
+/// continues as one of an established flow, from any address and port the client moved to. A
+/// long header is left to the 5-tuple; a payload that ends before the server id, or an id no
+/// backend has, too, and is counted.
+#[inline(never)]
+fn route_quic(ctx: &XdpContext, ip: &Ip, vip: &VipInfo, spec: &SessionKey) {
+    let (payload, end) = payload_bounds(ip);
+    let mut first = [0u8; 1];
+    // SAFETY: one byte into a one-byte buffer; the helper checks the frame's bounds.
+    let read =
+        payload < end && unsafe { bpf_xdp_load_bytes(ctx.ctx, payload as u32, first.as_mut_ptr().cast(), 1) } == 0;
+    if read && first[0] & LONG_HEADER != 0 {
+        return;
+    }
+    // 1..=8 by arithmetic the verifier follows.
+    let length = (usize::from(spec.length).wrapping_sub(1) & (MAX_SERVER_ID_LEN - 1)) + 1;
+    let start = payload + usize::from(spec.offset);
+    let mut server_id = [0u8; MAX_SERVER_ID_LEN];
+    let found = read
+        && start + length <= end
+        // SAFETY: `server_id` has room for MAX_SERVER_ID_LEN >= length bytes.
+        && unsafe { bpf_xdp_load_bytes(ctx.ctx, start as u32, server_id.as_mut_ptr().cast(), length as u32) } == 0;
+    // SAFETY: plain data; the agent replaces an entry with one map update.
+    let named =
+        if found { unsafe { QUIC_SERVERS.get(QuicServerKey::new(vip.index, server_id)) }.copied() } else { None };
+    let Some(id) = named else {
+        maps::count_session_miss(vip.index);
+        return;
+    };
+    let Some(backend) = BACKENDS.get(id) else { return };
+    if !backend.keeps_flows() {
+        return;
+    }
+    let entry = crate::flow_entry(&ip.flow);
+    if let Some(state) = entry {
+        // SAFETY: LRU values are plain data; this CPU's packet of the flow updates its entry.
+        let known = unsafe { *state };
+        if u32::from(known.backend) == id && known.vip_tag == backend.vip_tag {
+            return;
+        }
+        if known.stage == stage::ACTIVE {
+            maps::add_active_flows(u32::from(known.backend), -1);
+        }
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Opening: the packet continues it, and the flow counts active from there.
+    let fresh =
+        FlowState::new(id as u16, client_hash(&ip.flow), now, stage::OPENING, FLOW_TRACKS_TIME, backend.vip_tag);
+    match entry {
+        // SAFETY: as above.
+        Some(state) => unsafe { *state = fresh },
+        // A full table evicts its least recently used entry; an insert error only costs stickiness.
+        None if ip.flow.family == family::IPV4 => {
+            let _ = FLOWS_V4.insert(ip.flow.v4(), fresh, 0);
+        }
+        None => {
+            let _ = FLOWS_V6.insert(ip.flow, fresh, 0);
+        }
+    }
 }
 
 /// Rewrites two bytes of `key` with themselves, at indexes taken from `varying` (any packet

@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use lb_common::{
     capacity::MAGLEV_MAX_TABLE_SIZE,
     maglev::{default_table_size, is_prime},
+    quic::{MAX_CID_LEN, MAX_SERVER_ID_LEN},
     session::{MAX_KEY_LEN, MAX_KEY_OFFSET, SessionKey},
 };
 use toml::Spanned;
@@ -74,11 +75,31 @@ impl Validator<'_> {
                 }
             }),
         };
-        let session_key = match &raw.session_key {
-            None => Some(SessionKey::NONE),
-            Some(k) => self.session_key(k, raw, &format!("{field}.session_key")),
+        let quic = match &raw.quic {
+            None => Some(None),
+            Some(q) => self.quic(q, raw, &format!("{field}.quic")).map(Some),
         };
-        let backends = self.backends(&raw.backend, field, vip_port);
+        let session_key = match (&raw.session_key, quic) {
+            (Some(k), Some(Some(_))) => {
+                self.problem(
+                    k.span(),
+                    &format!("{field}.session_key"),
+                    "does not go with [vip.quic]: a VIP keys its sessions one way".into(),
+                );
+                None
+            }
+            (Some(k), _) => self.session_key(k, raw, &format!("{field}.session_key")),
+            (None, Some(Some(quic))) => Some(quic),
+            (None, _) => Some(SessionKey::NONE),
+        };
+        // A QUIC VIP whose [vip.quic] is wrong has its problem told; its backends' ids are not
+        // checked against it.
+        let quic_len = match (&raw.quic, quic.flatten()) {
+            (None, _) => QuicIds::NotQuic,
+            (Some(_), None) => QuicIds::Unchecked,
+            (Some(_), Some(q)) => QuicIds::Length(usize::from(q.length)),
+        };
+        let backends = self.backends(&raw.backend, field, vip_port, quic_len);
         let table_size = table_size.map(|size| size.unwrap_or_else(|| default_table_size(raw.backend.len())));
         if let Some(size) = table_size
             && backends.len() as u64 > u64::from(size)
@@ -108,6 +129,29 @@ impl Validator<'_> {
             health: vip_health?,
             backends,
         })
+    }
+
+    /// `[vip.quic]` of a UDP VIP: where its backends' server ids are in their connection ids.
+    fn quic(&mut self, raw: &Spanned<raw::Quic>, vip: &raw::Vip, field: &str) -> Option<SessionKey> {
+        let q = raw.get_ref();
+        if vip.protocol.get_ref() != "udp" {
+            self.problem(raw.span(), field, "applies only to a udp VIP (QUIC runs over UDP)".into());
+        }
+        let length =
+            self.check(&q.server_id_length, &format!("{field}.server_id_length"), |n| match u8::try_from(*n) {
+                Ok(l) if (1..=MAX_SERVER_ID_LEN as u8).contains(&l) => Ok(l),
+                _ => Err(format!("{n} is out of range 1..={MAX_SERVER_ID_LEN}")),
+            });
+        let offset = self.check(&q.server_id_offset, &format!("{field}.server_id_offset"), |n| {
+            let max = MAX_CID_LEN as i64 - i64::from(length.unwrap_or(1));
+            match u8::try_from(*n) {
+                Ok(o) if i64::from(o) <= max => Ok(o),
+                _ => Err(format!(
+                    "{n} is out of range 0..={max} (the server id must end within a connection id of {MAX_CID_LEN} bytes)"
+                )),
+            }
+        });
+        Some(SessionKey::quic(offset?, length?))
     }
 
     /// `[vip.session_key]` of a UDP VIP whose scheduler looks at flows (not a source hash).
@@ -193,9 +237,18 @@ impl Validator<'_> {
     }
 
     /// The VIP's backends that are valid, each address once.
-    fn backends(&mut self, raw: &[Spanned<raw::Backend>], field: &str, vip_port: i64) -> Vec<Backend> {
+    /// `quic_len`: whether the VIP is a QUIC VIP, and its server id length, which every
+    /// backend's `quic_server_id` has.
+    fn backends(
+        &mut self,
+        raw: &[Spanned<raw::Backend>],
+        field: &str,
+        vip_port: i64,
+        quic_len: QuicIds,
+    ) -> Vec<Backend> {
         let mut backends = Vec::new();
         let mut seen: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        let mut server_ids: BTreeMap<[u8; 8], usize> = BTreeMap::new();
         for (i, b) in raw.iter().enumerate() {
             let bfield = format!("{field}.backend[{i}]");
             let b = b.get_ref();
@@ -221,12 +274,57 @@ impl Validator<'_> {
                 None => Some(None),
                 Some(h) => self.health(h, &format!("{bfield}.health"), vip_port).map(Some),
             };
-            if let (Some(address), Some(weight), Some(state), Some(health)) = (backend_address, weight, state, health) {
-                backends.push(Backend { address, weight, state, health });
+            let quic_field = format!("{bfield}.quic_server_id");
+            let quic_server_id = match (&b.quic_server_id, quic_len) {
+                (None, QuicIds::NotQuic) => Some(None),
+                (Some(v), QuicIds::NotQuic) => {
+                    self.problem(v.span(), &quic_field, "applies only to a VIP with [vip.quic]".into());
+                    None
+                }
+                (None, _) => {
+                    self.problem(
+                        raw[i].span(),
+                        &bfield,
+                        "a QUIC VIP's backend needs `quic_server_id`, the server id it puts in its connection ids"
+                            .into(),
+                    );
+                    None
+                }
+                (Some(_), QuicIds::Unchecked) => None,
+                (Some(v), QuicIds::Length(len)) => self.check(v, &quic_field, |s| {
+                    let bytes = hex(s)?;
+                    if bytes.len() != len {
+                        return Err(format!("has {} bytes; the VIP's server_id_length is {len}", bytes.len()));
+                    }
+                    let mut id = [0u8; 8];
+                    id[..len].copy_from_slice(&bytes);
+                    Ok(Some(id))
+                }),
+            };
+            if let (Some(Some(id)), Some(v)) = (quic_server_id, &b.quic_server_id)
+                && let Some(first) = server_ids.insert(id, i)
+            {
+                self.problem(v.span(), &quic_field, format!("is already {field}.backend[{first}]'s"));
+            }
+            if let (Some(address), Some(weight), Some(state), Some(health), Some(quic_server_id)) =
+                (backend_address, weight, state, health, quic_server_id)
+            {
+                backends.push(Backend { address, weight, state, health, quic_server_id });
             }
         }
         backends
     }
+}
+
+/// What a VIP's backends' `quic_server_id`s are checked against.
+#[derive(Clone, Copy)]
+enum QuicIds {
+    /// Not a QUIC VIP: they have none.
+    NotQuic,
+    /// A QUIC VIP whose `[vip.quic]` has a problem (told already): not checked.
+    Unchecked,
+    /// A QUIC VIP's server id length.
+    Length(usize),
 }
 
 /// A Maglev table size: a prime the data plane supports.
