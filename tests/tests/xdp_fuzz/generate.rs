@@ -5,7 +5,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_tests::packet::{BALANCER_MAC, CLIENT_MAC, Flow, Protocol, Shape, TcpFlags, fix_ipv4_checksum, frame};
+use lb_tests::packet::{
+    BALANCER_MAC, CLIENT_MAC, Flow, Protocol, Shape, TcpFlags, fix_ipv4_checksum, frame, frame_with_payload,
+};
 use rand::{Rng, RngCore, seq::IndexedRandom};
 use rand_chacha::ChaCha8Rng;
 
@@ -145,7 +147,18 @@ impl Generator {
     fn flow_packet(&mut self, model: &Model) -> Vec<u8> {
         let flow = self.flow(model);
         let shape = self.shape();
-        frame(&flow, &shape)
+        if flow.protocol != Protocol::Udp || self.rng.random_bool(0.5) {
+            return frame(&flow, &shape);
+        }
+        // A payload a session key or a QUIC header reads: a first byte of either header form
+        // (or any), then ids from a small set, so that sessions and server ids recur.
+        let first = *[0x40, 0x41, 0x7f, 0xc3, 0x80, self.rng.random()].choose(&mut self.rng).expect("first bytes");
+        let mut payload = vec![first];
+        for _ in 0..8 {
+            payload.push(*[0, 1, 2, 3, 0xff, self.rng.random()].choose(&mut self.rng).expect("id bytes"));
+        }
+        payload.resize(shape.payload_len, 0x5a);
+        frame_with_payload(&flow, &shape, &payload)
     }
 
     /// A first or later fragment of a datagram, IPv4 or IPv6.

@@ -1,5 +1,5 @@
 //! The data plane the fuzzer runs against: VIPs of both families and protocols, every
-//! scheduler, admission of every kind, a session key, an empty VIP; and what the invariants need to know of it.
+//! scheduler, admission of every kind, a session key, QUIC server ids, an empty VIP; and what the invariants need to know of it.
 
 use std::{
     collections::BTreeMap,
@@ -145,6 +145,20 @@ impl Model {
                 2,
             ),
             vip(Ipv4Addr::new(198, 18, 1, 4).into(), 80, Protocol::Tcp, Vec::new(), scheduler::MAGLEV, plain(), 0),
+            // QUIC: short headers go to the backend their server id (2 bytes at byte 1 of the
+            // connection id) names; fuzzed datagrams carry known, unknown and cut-off ids.
+            VipModel {
+                session_key: SessionKey::quic(1, 2),
+                ..vip(
+                    Ipv4Addr::new(198, 18, 1, 4).into(),
+                    443,
+                    Protocol::Udp,
+                    v4_backends(3),
+                    scheduler::MAGLEV,
+                    plain(),
+                    0,
+                )
+            },
             vip(
                 Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2).into(),
                 0,
@@ -203,6 +217,13 @@ impl Model {
                 session_key: vip.session_key,
             };
             balancer.install_vip(&key, &VipTable { index, scheduling, table })?;
+            if vip.session_key.kind == lb_common::session::kind::QUIC_SERVER_ID {
+                // Server ids 0x0001, 0x0002, ... name the backends in order.
+                let servers = (0..vip.backends.len())
+                    .map(|i| ([0, i as u8 + 1, 0, 0, 0, 0, 0, 0], 100 * index + i as u32))
+                    .collect();
+                balancer.set_quic_servers(index, &servers)?;
+            }
         }
         for addr in &self.decap_vips {
             let (family, a) = key_addr(*addr);
