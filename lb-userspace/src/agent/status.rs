@@ -211,10 +211,7 @@ impl Agent {
                         },
                         offset: v.session_key.offset,
                         length: v.session_key.length,
-                        mask_hex: v.session_key.mask[..usize::from(v.session_key.length)]
-                            .iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect(),
+                        mask_hex: crate::label::show_hex(&v.session_key.mask[..usize::from(v.session_key.length)]),
                         misses: index.and_then(|i| self.balancer.session_misses(i).ok()).unwrap_or_default(),
                     }),
                     udp_idle_timeout_secs: v.udp_idle_timeout_secs,

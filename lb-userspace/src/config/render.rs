@@ -189,9 +189,7 @@ fn communities(list: &[Community]) -> String {
     list.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::label::show_hex as hex;
 
 /// A TOML basic string.
 fn admission(s: &mut String, a: &super::Admission) {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::{
     config::Protocol,
     dataplane::{BalancerMaps, DataplaneError},
-    label::show_vip,
+    label::{show_hex, show_vip},
 };
 
 #[derive(Debug, Serialize)]
@@ -70,7 +70,7 @@ pub fn trace(
         && spec.kind == session::kind::QUIC_SERVER_ID
         && let Some(server_id) = spec.quic_server_id(payload)
     {
-        let hex: String = server_id[..usize::from(spec.length)].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = show_hex(&server_id[..usize::from(spec.length)]);
         if let Ok(id) = maps.quic_servers.get(&QuicServerKey::new(vip.index, server_id), 0) {
             let b = maps.backends.get(&id, 0)?;
             if b.keeps_flows() {
@@ -102,7 +102,7 @@ pub fn trace(
         }
         (Some(spec), Some(payload)) => match spec.extract(payload) {
             Some(bytes) => {
-                session_key = Some(bytes[..usize::from(spec.length)].iter().map(|b| format!("{b:02x}")).collect());
+                session_key = Some(show_hex(&bytes[..usize::from(spec.length)]));
                 session_flow(bytes, &five_tuple, &hash_key)
             }
             None => five_tuple,

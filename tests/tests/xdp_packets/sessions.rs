@@ -102,23 +102,21 @@ fn quic_long_header(env: &mut Env) -> anyhow::Result<()> {
 
 /// A server id no backend has goes by the 5-tuple, and is counted.
 fn quic_unknown_server_id(env: &mut Env) -> anyhow::Result<()> {
-    quic_vip(env)?;
-    let before = env.balancer.session_misses(QUIC_INDEX)?;
-    let f = flow(env, Protocol::Udp, VIP4_QUIC.into(), PORT);
-    let shape = Shape::default();
-    let input = frame_with_payload(&f, &shape, &short_header([0x99, 0x99]));
-    check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
-    ensure!(env.balancer.session_misses(QUIC_INDEX)? == before + 1);
-    Ok(())
+    quic_miss(env, &short_header([0x99, 0x99]))
 }
 
 /// A short header that ends before its server id goes by the 5-tuple, and is counted.
 fn quic_truncated(env: &mut Env) -> anyhow::Result<()> {
+    quic_miss(env, &[0x41, 0x07, 0xab])
+}
+
+/// A datagram with `payload` to the QUIC VIP is a new flow by its 5-tuple, counted as a miss.
+fn quic_miss(env: &mut Env, payload: &[u8]) -> anyhow::Result<()> {
     quic_vip(env)?;
     let before = env.balancer.session_misses(QUIC_INDEX)?;
     let f = flow(env, Protocol::Udp, VIP4_QUIC.into(), PORT);
     let shape = Shape::default();
-    let input = frame_with_payload(&f, &shape, &[0x41, 0x07, 0xab]);
+    let input = frame_with_payload(&f, &shape, payload);
     check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
     ensure!(env.balancer.session_misses(QUIC_INDEX)? == before + 1);
     Ok(())

@@ -269,13 +269,7 @@ pub(super) fn prefix<A: std::str::FromStr>(s: &str) -> Result<(A, u8), String> {
     Ok((addr, len))
 }
 
-pub(super) fn hex(s: &str) -> Result<Vec<u8>, String> {
-    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if !s.len().is_multiple_of(2) || !s.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("\"{s}\" is not hexadecimal bytes (pairs of 0-9, a-f)"));
-    }
-    Ok((0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("checked")).collect())
-}
+pub(super) use crate::label::parse_hex as hex;
 
 /// A flow hash key: 32 hexadecimal digits (128 bits), not all zero.
 pub(super) fn hash_key(s: &str) -> Result<lb_common::flow::HashKey, String> {
