@@ -462,6 +462,9 @@ impl BalancerMaps {
         }
         let next = current.map_or(0, |info| 1 - (info.active_table & 1));
         self.write_table(index * TABLES_PER_VIP + next, table)?;
+        if current.is_none() {
+            self.clear_vip_counters(index)?;
+        }
         let how = vip.scheduling;
         self.vips.insert(
             key,
@@ -484,6 +487,21 @@ impl BalancerMaps {
             self.vip_addrs.insert(addr, count + 1, 0)?;
         }
         Ok(())
+    }
+
+    /// Zeroes the counters kept by VIP index `index` (its traffic, its removed backends', its
+    /// admission's refusals, its session key's misses), for a VIP new at that index: an index is
+    /// given again once its VIP is removed, and the new VIP must not start with the old one's
+    /// counts.
+    fn clear_vip_counters(&mut self, index: u32) -> Result<(), DataplaneError> {
+        for slot in [index, MAX_VIPS + index] {
+            set_agent_total(&mut self.vip_stats, slot, TrafficCounters::default())?;
+        }
+        for reason in REFUSALS {
+            let slot = refusal_slot(index, reason).ok_or(DataplaneError::VipIndex { index })?;
+            set_agent_total(&mut self.refusals, slot, 0)?;
+        }
+        set_agent_total(&mut self.session_misses, index, 0)
     }
 
     /// Writes `entries` into table `table` (VIP index x 2 + which), chunk by chunk, and removes

@@ -42,6 +42,7 @@ pub fn cases() -> Vec<(&'static str, Body)> {
         ("quic/long_header_goes_by_its_5_tuple", |e| with_sessions(e, quic_long_header)),
         ("quic/unknown_server_id_goes_by_its_5_tuple_and_is_counted", |e| with_sessions(e, quic_unknown_server_id)),
         ("quic/truncated_short_header_goes_by_its_5_tuple_and_is_counted", |e| with_sessions(e, quic_truncated)),
+        ("counters/a_vip_new_at_a_freed_index_counts_from_zero", |e| with_sessions(e, new_vip_counts_from_zero)),
     ]
 }
 
@@ -119,6 +120,28 @@ fn quic_miss(env: &mut Env, payload: &[u8]) -> anyhow::Result<()> {
     let input = frame_with_payload(&f, &shape, payload);
     check(env, &input, None, &expect_encap(env, &f, &input, &shape, true)?)?;
     ensure!(env.balancer.session_misses(QUIC_INDEX)? == before + 1);
+    Ok(())
+}
+
+/// A VIP removed, and one installed at its index (the agent gives freed indexes again), starts
+/// with none of the old one's counts: its misses, its traffic.
+fn new_vip_counts_from_zero(env: &mut Env) -> anyhow::Result<()> {
+    quic_truncated(env)?;
+    ensure!(env.balancer.session_misses(QUIC_INDEX)? > 0 && env.balancer.vip_counters(QUIC_INDEX)?.packets > 0);
+    // Removed as the agent removes a VIP: the record, then its backends.
+    let key = quic_vip(env)?;
+    env.balancer.remove_vip(&key)?;
+    for id in QUIC_FIRST_ID..QUIC_FIRST_ID + 3 {
+        env.balancer.clear_backend(id)?;
+    }
+    quic_vip(env)?;
+    let (misses, traffic) = (env.balancer.session_misses(QUIC_INDEX)?, env.balancer.vip_counters(QUIC_INDEX)?);
+    ensure!(misses == 0, "the new VIP starts with {misses} misses");
+    ensure!(traffic.packets == 0, "the new VIP starts with {} packets", traffic.packets);
+    // An installed VIP that is written again (a changed table) keeps its counts.
+    quic_truncated(env)?;
+    quic_vip(env)?;
+    ensure!(env.balancer.session_misses(QUIC_INDEX)? == 1, "a VIP written again lost its counts");
     Ok(())
 }
 
