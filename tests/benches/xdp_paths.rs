@@ -91,6 +91,41 @@ fn keyed() -> anyhow::Result<Balancer> {
     Ok(b)
 }
 
+/// The benchmark balancer whose IPv4 UDP VIP routes QUIC short headers by a 2-byte server id at
+/// byte 1 of the connection id (`lb_common::quic`), one per backend; its flow table is small
+/// (the paths measured insert at most a round's packets per round).
+fn quic() -> anyhow::Result<(Balancer, [u8; 2])> {
+    let mut b = balancer(1 << 17)?;
+    let (family, a) = key_addr(IpAddr::V4(VIP4));
+    let key = VipKey::new(family, a, VIP_PORT, 17);
+    let mut vip = b.current()?.vips.get(&key).context("the benchmark's IPv4 UDP VIP")?.clone();
+    vip.scheduling.session_key = SessionKey::quic(1, 2);
+    b.install_vip(&key, &vip)?;
+    let ids: std::collections::BTreeSet<u32> = vip.table.iter().copied().collect();
+    let servers = ids.iter().enumerate().map(|(n, id)| ([0x51, n as u8 + 1, 0, 0, 0, 0, 0, 0], *id)).collect();
+    b.set_quic_servers(vip.index, &servers)?;
+    b.set_config(&DataplaneConfig { session_keys: 1, ..dataplane_config(PUBLIC_HASH_KEY) })?;
+    Ok((b, [0x51, 1]))
+}
+
+/// `n` QUIC short-header datagrams to the IPv4 VIP carrying `server_id`, from one client whose
+/// source port starts at `first_port` and moves by `step` with every datagram.
+fn short_headers(server_id: [u8; 2], first_port: u16, step: u16, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let client = Flow {
+                protocol: Protocol::Udp,
+                src: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 2)),
+                src_port: first_port.wrapping_add(step.wrapping_mul(i as u16)),
+                dst: IpAddr::V4(VIP4),
+                dst_port: VIP_PORT,
+            };
+            let payload = [&[0x41, 0x07][..], &server_id, &[0x5e; 5], &[0x17; 40]].concat();
+            frame_with_payload(&client, &Shape::default(), &payload)
+        })
+        .collect()
+}
+
 /// `n` datagrams to the keyed IPv4 VIP from one client, carrying session ids from `first`.
 fn sessions(first: u32, n: usize) -> Vec<Vec<u8>> {
     let client = Flow {
@@ -326,6 +361,11 @@ fn main() -> anyhow::Result<()> {
     let session_hit = sessions(7, 1).into_iter().cycle().take(o.packets).collect::<Vec<_>>();
     round(keyed.program()?, &session_hit[..1], XDP_TX)?;
     round(keyed.program()?, &hit6[..1], XDP_TX)?;
+    let (mut quic, server_id) = quic()?;
+    // A connection's short headers from one address: the 5-tuple's entry already names the
+    // server, so each takes the VIP lookup, the server id's, and the flow's.
+    let quic_hit = short_headers(server_id, 40_000, 0, o.packets);
+    round(quic.program()?, &quic_hit[..1], XDP_TX)?;
 
     let mut paths = vec![
         Path { name: "xdp_tx_baseline", samples: vec![] },
@@ -344,6 +384,8 @@ fn main() -> anyhow::Result<()> {
         Path { name: "session_hit_ipv4", samples: vec![] },
         Path { name: "new_session_ipv4", samples: vec![] },
         Path { name: "flow_hit_ipv6_beside_session_vip", samples: vec![] },
+        Path { name: "quic_short_header_ipv4", samples: vec![] },
+        Path { name: "quic_migrated_ipv4", samples: vec![] },
     ];
     for r in 0..o.rounds {
         let salt = 1000 + r as u32 * 7919;
@@ -369,6 +411,10 @@ fn main() -> anyhow::Result<()> {
         paths[13].samples.push(round(keyed.program()?, &session_hit, XDP_TX)?);
         paths[14].samples.push(round(keyed.program()?, &sessions(salt << 12, o.packets), XDP_TX)?);
         paths[15].samples.push(round(keyed.program()?, &hit6, XDP_TX)?);
+        paths[16].samples.push(round(quic.program()?, &quic_hit, XDP_TX)?);
+        // Every datagram from a port not seen before (a migration each): its entry is written.
+        let migrated = short_headers(server_id, (salt as u16) ^ 0x8000, 1, o.packets);
+        paths[17].samples.push(round(quic.program()?, &migrated, XDP_TX)?);
     }
 
     let json = report(&o, &paths);
