@@ -20,24 +20,77 @@ use crate::maps::{self, BACKENDS, CONFIG, FLOWS_V4, FLOWS_V6, QUIC_SERVERS, SESS
 /// The UDP header's length.
 const UDP_HEADER_LEN: usize = 8;
 
-/// For `ip`'s datagram to a VIP with a session key: replaces `key` (its 5-tuple) by its
-/// session's key, if its payload holds the key; for a QUIC VIP, points the 5-tuple's flow-table
-/// entry at the backend its short header's server id names, if one does. A datagram that ends
-/// before the key, or whose server id no backend has, is counted per VIP in `LB_SESSION_MISS`
-/// and goes by its 5-tuple (a long header too, uncounted). A subprogram, and each kind of key
-/// one of its own: the VIP lookup, the buffers and the digest stay out of the fast path's frame
-/// (a call chain may take 512 bytes of stack).
+/// What a datagram's flow-table entry is, where some VIP has a session key or routes QUIC
+/// ([`lookup`]). A plain struct with a nullable pointer, as `Choice` in the fast path: BTF has
+/// no form for an enum holding a pointer.
+#[repr(C)]
+pub struct Found {
+    /// Its session's entry; null: none (see `what`).
+    pub entry: *mut FlowState,
+    /// A session's VIP (for a new session, which is scheduled next); null otherwise.
+    pub vip: *const VipInfo,
+    /// [`found::FIVE_TUPLE`], [`found::SESSION`].
+    pub what: u8,
+}
+
+/// What [`Found`] says.
+pub mod found {
+    /// The datagram goes by its 5-tuple's entry: not a session's (or too short for its key), or
+    /// a QUIC datagram, whose 5-tuple's entry [`super::lookup`] pointed at its server.
+    pub const FIVE_TUPLE: u8 = 0;
+    /// A session's datagram: `entry` is its session's, or null for a new session (which a
+    /// 5-tuple's entry must not stand in for).
+    pub const SESSION: u8 = 1;
+}
+
+impl Found {
+    /// The datagram goes by its 5-tuple.
+    pub const FIVE_TUPLE: Self = Self { entry: core::ptr::null_mut(), vip: core::ptr::null(), what: found::FIVE_TUPLE };
+}
+
+/// The entry of `ip`'s datagram to a VIP with a session key: its session's, if its payload holds
+/// the key; for a QUIC VIP, points the 5-tuple's flow-table entry at the backend its short
+/// header's server id names, if one does. A datagram that ends before the key, or whose server
+/// id no backend has, is counted per VIP in `LB_SESSION_MISS` and goes by its 5-tuple (a long
+/// header too, uncounted). Only an entry comes back: the session's key is made again for a new
+/// flow ([`rekey`]), so that an established flow's packet carries no key through the fast path.
+/// A subprogram, and each kind of key one of its own: the VIP lookup, the buffers and the digest
+/// stay out of the fast path's frame (a call chain may take 512 bytes of stack).
 #[inline(never)]
-pub fn rekey(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) {
-    let Some(vip) = crate::find_vip(&ip.flow) else { return };
-    let Some(spec) = SESSION_KEYS.get(vip.index) else { return };
+pub fn lookup(ctx: &XdpContext, ip: &Ip) -> Found {
+    let Some(vip) = crate::find_vip(&ip.flow) else { return Found::FIVE_TUPLE };
+    let Some(spec) = SESSION_KEYS.get(vip.index) else { return Found::FIVE_TUPLE };
     if !spec.is_some() {
-        return;
+        return Found::FIVE_TUPLE;
     }
     if spec.kind == kind::QUIC_SERVER_ID {
         route_quic(ctx, ip, vip, spec);
-    } else {
-        payload_key(ctx, ip, vip, spec, key);
+        return Found::FIVE_TUPLE;
+    }
+    session_entry(ctx, ip, vip, spec)
+}
+
+/// The entry of `ip`'s session ([`lookup`]), or a miss counted.
+#[inline(never)]
+fn session_entry(ctx: &XdpContext, ip: &Ip, vip: &VipInfo, spec: &SessionKey) -> Found {
+    let mut key = ip.flow;
+    if !payload_key(ctx, ip, spec, &mut key) {
+        maps::count_session_miss(vip.index);
+        return Found::FIVE_TUPLE;
+    }
+    let entry = crate::flow_entry(&key).unwrap_or(core::ptr::null_mut());
+    Found { entry, vip, what: found::SESSION }
+}
+
+/// For a new flow of a session ([`found::SESSION`]) of `vip`: replaces `key` (its 5-tuple) by
+/// its session's key, as [`lookup`] made it.
+#[inline(never)]
+pub fn rekey(ctx: &XdpContext, ip: &Ip, vip: &VipInfo, key: &mut FlowKey) {
+    if let Some(spec) = SESSION_KEYS.get(vip.index)
+        && spec.is_some()
+        && spec.kind == kind::PAYLOAD
+    {
+        payload_key(ctx, ip, spec, key);
     }
 }
 
@@ -48,10 +101,10 @@ fn payload_bounds(ip: &Ip) -> (usize, usize) {
     (ip.l3_offset + ip.header_len() + UDP_HEADER_LEN, ip.l3_offset + usize::from(ip.packet_len))
 }
 
-/// Writes the session key of `ip`'s datagram to `vip` into `key`, or counts a miss.
-#[inline(never)]
-fn payload_key(ctx: &XdpContext, ip: &Ip, vip: &VipInfo, spec: &SessionKey, key: &mut FlowKey) {
-    let Some(cfg) = CONFIG.get(0) else { return };
+/// Writes the session key of `ip`'s datagram into `key`; false if the payload ends before it.
+#[inline(always)]
+fn payload_key(ctx: &XdpContext, ip: &Ip, spec: &SessionKey, key: &mut FlowKey) -> bool {
+    let Some(cfg) = CONFIG.get(0) else { return false };
     let (payload, end) = payload_bounds(ip);
     // 1..=16 by arithmetic the verifier follows (comparisons the compiler may move); the agent
     // writes lengths in that range, and 0 was ruled out by the caller.
@@ -62,11 +115,10 @@ fn payload_key(ctx: &XdpContext, ip: &Ip, vip: &VipInfo, spec: &SessionKey, key:
     let loaded = start + length <= end
         // SAFETY: `raw` has room for MAX_KEY_LEN >= length bytes.
         && unsafe { bpf_xdp_load_bytes(ctx.ctx, start as u32, raw.as_mut_ptr().cast(), length as u32) } == 0;
-    if !loaded {
-        maps::count_session_miss(vip.index);
-        return;
+    if loaded {
+        make_session_flow(key, spec.masked(raw), &cfg.flow_hash_key);
     }
-    make_session_flow(key, spec.masked(raw), &cfg.flow_hash_key);
+    loaded
 }
 
 /// Points the 5-tuple's flow-table entry of `ip`'s QUIC datagram at the backend its short
@@ -135,7 +187,7 @@ fn route_quic(ctx: &XdpContext, ip: &Ip, vip: &VipInfo, spec: &SessionKey) {
 /// Rewrites two bytes of `key` with themselves, at indexes taken from `varying` (any packet
 /// byte): nothing changes, but the verifier stops tracking what the key's bytes hold (a store
 /// at an offset it cannot tell makes every byte it may reach untracked), so a session's key and
-/// a 5-tuple reach the rest of the fast path as one case. Tracked apart, they doubled the paths
+/// a 5-tuple reach the scheduling of a new flow as one case. Tracked apart, they doubled the paths
 /// it explores, past the kernel's budget. The caller sets again the fields it branches on.
 #[inline(always)]
 pub fn untrack(key: &mut FlowKey, varying: u8) {
