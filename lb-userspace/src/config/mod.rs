@@ -278,6 +278,9 @@ pub enum CheckKind {
     },
     /// A datagram, answered by one starting with `expect_prefix` (any answer when empty).
     Udp { payload: Vec<u8>, expect_prefix: Vec<u8> },
+    /// A QUIC packet of a version no server speaks, answered by a Version Negotiation packet
+    /// (`agent::health::quic`).
+    Quic,
 }
 
 /// How much of a body an HTTP check reads looking for `expect_body`: the rest is not read, so a

@@ -532,8 +532,8 @@ fn health() -> Table {
             required(
                 "kind",
                 STRING,
-                "`\"tcp\"`, `\"http\"`, `\"https\"`, `\"udp\"`",
-                "What a probe sends and expects.",
+                "`\"tcp\"`, `\"http\"`, `\"https\"`, `\"udp\"`, `\"quic\"`",
+                "What a probe sends and expects (`quic`: a packet of a reserved version, answered by a QUIC server's Version Negotiation).",
             ),
             optional(
                 "port",

@@ -113,6 +113,7 @@ fn health(s: &mut String, h: &HealthCheck) {
         CheckKind::Http { tls: None, .. } => "http",
         CheckKind::Http { tls: Some(_), .. } => "https",
         CheckKind::Udp { .. } => "udp",
+        CheckKind::Quic => "quic",
     };
     let _ = writeln!(s, "kind = \"{kind}\"");
     let _ = writeln!(s, "port = {}", h.port);
@@ -122,7 +123,7 @@ fn health(s: &mut String, h: &HealthCheck) {
     let _ = writeln!(s, "fall = {}", h.fall);
     let _ = writeln!(s, "tunnel = {}", h.tunnel);
     match &h.kind {
-        CheckKind::Tcp => {}
+        CheckKind::Tcp | CheckKind::Quic => {}
         CheckKind::Http { method, path, host, expect_status, expect_body, tls } => {
             let m = match method {
                 HttpMethod::Get => "GET",

@@ -274,6 +274,10 @@ fn health_checks_and_backend_states_parse() {
         matches!(&vip.check_for(b).unwrap().kind, CheckKind::Udp { payload, expect_prefix } if payload == &[0xab, 0xcd, 1] && expect_prefix == &[0xab, 0xcd])
     );
     assert_eq!(vip.check_for(&vip.backends[0]), vip.health.as_ref());
+    let quic = MINIMAL
+        .replace("port = 80\nprotocol = \"tcp\"", "port = 443\nprotocol = \"udp\"\n[vip.health]\nkind = \"quic\"");
+    let c = Config::parse(&quic, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.vips[0].health.as_ref().map(|h| (&h.kind, h.port)), Some((&CheckKind::Quic, 443)));
 }
 
 #[test]
@@ -286,6 +290,7 @@ fn bad_health_checks_are_explained() {
         ("kind = \"icmp\"", "\"icmp\" is not a check kind"),
         ("kind = \"udp\"", "a udp check needs `payload_hex`"),
         ("kind = \"tcp\"\npath = \"/\"", "path do(es) not apply to a tcp check"),
+        ("kind = \"quic\"\npayload_hex = \"ab\"", "payload_hex do(es) not apply to a quic check"),
         ("kind = \"http\"\ninterval_ms = 100\ntimeout_ms = 200", "timeout_ms: 200 is out of range 10..=100"),
         ("kind = \"udp\"\npayload_hex = \"xyz\"", "is not hexadecimal bytes"),
         ("kind = \"http\"\nrise = 0", "rise: 0 is out of range 1..=10"),

@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, ensure};
@@ -45,11 +45,21 @@ fn server_id(i: usize) -> [u8; SERVER_ID_LEN] {
     [0x51, 1 + i as u8]
 }
 
-/// The QUIC VIP in front of backends 1-3; routed by the servers' ids when `routed`, else by the
-/// 5-tuple alone.
+/// How often the QUIC VIP's check probes, how long it waits, and the failures that take a
+/// backend down.
+const CHECK_INTERVAL_MS: u64 = 200;
+const CHECK_TIMEOUT_MS: u64 = 100;
+const CHECK_FALL: u64 = 2;
+
+/// The QUIC VIP in front of backends 1-3, checked by QUIC version negotiation through the
+/// tunnel (the servers answer at the VIP's address only); routed by the servers' ids when
+/// `routed`, else by the 5-tuple alone.
 fn quic_vip(routed: bool) -> String {
-    let mut vip =
-        format!("\n[[vip]]\nname = \"quic\"\naddress = \"{VIP_V4}\"\nport = {QUIC_PORT}\nprotocol = \"udp\"\n");
+    let mut vip = format!(
+        "\n[[vip]]\nname = \"quic\"\naddress = \"{VIP_V4}\"\nport = {QUIC_PORT}\nprotocol = \"udp\"\n\
+         [vip.health]\nkind = \"quic\"\ntunnel = true\ninterval_ms = {CHECK_INTERVAL_MS}\ntimeout_ms = {CHECK_TIMEOUT_MS}\n\
+         fall = {CHECK_FALL}\n"
+    );
     if routed {
         vip += &format!("[vip.quic]\nserver_id_offset = {SERVER_ID_OFFSET}\nserver_id_length = {SERVER_ID_LEN}\n");
     }
@@ -163,6 +173,16 @@ async fn answer(incoming: quinn::Incoming, name: &'static str) {
     }
 }
 
+impl QuicServers {
+    /// Stops backend `i`'s server.
+    fn stop(&mut self, i: usize) {
+        if let Some(stop) = self.stops.get_mut(i) {
+            let (gone, _) = oneshot::channel();
+            let _ = std::mem::replace(stop, gone).send(());
+        }
+    }
+}
+
 impl Drop for QuicServers {
     /// Stops the servers and waits until their sockets are closed.
     fn drop(&mut self) {
@@ -257,6 +277,30 @@ async fn ask(connection: &quinn::Connection, request: &str) -> anyhow::Result<St
     Ok(String::from_utf8(recv.read_to_end(64).await?)?)
 }
 
+/// The QUIC VIP's backends, as `lb backend list` shows them.
+fn backends(env: &Env) -> anyhow::Result<Vec<lb_userspace::agent::status::BackendStatus>> {
+    let out = std::process::Command::new(&env.lab.lb)
+        .args(["backend", "list", "--instance", lb_lab::INSTANCE, "--json", "quic"])
+        .output()?;
+    ensure!(out.status.success(), "lb backend list: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The QUIC VIP's backends whose last check passed (a backend starts up before its first).
+fn passing(env: &Env) -> anyhow::Result<Vec<std::net::IpAddr>> {
+    let rows = backends(env)?;
+    Ok(rows
+        .iter()
+        .filter(|r| r.check_latency_ms.is_some() && r.last_error.is_none())
+        .map(|r| r.decision.address)
+        .collect())
+}
+
+/// The QUIC VIP's backends that take new flows.
+fn taking_flows(env: &Env) -> anyhow::Result<Vec<std::net::IpAddr>> {
+    Ok(backends(env)?.iter().filter(|r| r.decision.in_table).map(|r| r.decision.address).collect())
+}
+
 /// Connections that survived, and the backends that served them.
 fn summary(journeys: &[Journey]) -> (usize, BTreeMap<String, usize>) {
     let mut used = BTreeMap::new();
@@ -272,14 +316,14 @@ fn summary(journeys: &[Journey]) -> (usize, BTreeMap<String, usize>) {
 /// connection.
 pub fn connections_survive_client_migrations(env: &mut Env) -> anyhow::Result<()> {
     let certificate = certificate()?;
-    let _servers = QuicServers::start(&certificate)?;
+    let mut servers = QuicServers::start(&certificate)?;
     env.health.more_vips = quic_vip(true);
     env.run_agent(&EQUAL)?;
     let result = (|| {
-        lb_lab::wait_until(Duration::from_secs(5), "the QUIC VIP", || {
-            vips(env).is_ok_and(|v| v.iter().any(|v| v.name == "quic" && v.session_key.is_some()))
+        lb_lab::wait_until(Duration::from_secs(5), "the QUIC servers to pass their checks", || {
+            passing(env).is_ok_and(|up| up.len() == 3)
         })?;
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(Duration::from_millis(300));
         let routed = migrate_all(&certificate.0)?;
         let (survived, used) = summary(&routed);
         println!(
@@ -292,6 +336,20 @@ pub fn connections_survive_client_migrations(env: &mut Env) -> anyhow::Result<()
         let key = vips(env)?.into_iter().find(|v| v.name == "quic").and_then(|v| v.session_key).context("the key")?;
         ensure!(key.kind == "quic_server_id", "the QUIC VIP's key is of kind {}", key.kind);
         ensure!(key.misses == 0, "{} short headers with an unknown or cut server id", key.misses);
+
+        // The check sees a server stop.
+        servers.stop(2);
+        let stopped = Instant::now();
+        let bound = Duration::from_millis(CHECK_FALL * (CHECK_INTERVAL_MS * 11 / 10 + 10) + CHECK_TIMEOUT_MS);
+        let be3 = std::net::IpAddr::from(lb_lab::backend_v4(2));
+        lb_lab::wait_until(bound + Duration::from_secs(1), "be3 to fail its QUIC check", || {
+            taking_flows(env).is_ok_and(|up| up.len() == 2 && !up.contains(&be3))
+        })?;
+        println!(
+            "    be3's QUIC server stopped: its check took it out {:.0} ms later (detection bound {} ms)",
+            stopped.elapsed().as_secs_f64() * 1000.0,
+            bound.as_millis()
+        );
 
         // By the 5-tuple alone, a moved client lands where its new address hashes.
         env.health.more_vips = quic_vip(false);

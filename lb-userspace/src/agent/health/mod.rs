@@ -4,7 +4,7 @@
 //! keeps one connected socket); tunnel probes use raw sockets on tokio's blocking pool.
 //!
 //! Probes: TCP connect; HTTP or HTTPS request (status and optional body substring, [`http`]);
-//! UDP request and reply prefix. With `tunnel`, the probe goes to the VIP through the same
+//! UDP request and reply prefix; QUIC version negotiation ([`quic`]). With `tunnel`, the probe goes to the VIP through the same
 //! encapsulation the balancer uses (IPIP or IP6IP6 to the backend, from this host's address), so
 //! a backend whose decapsulation or VIP is missing fails even while its own address answers. Through the tunnel a
 //! TCP or HTTP check is a handshake: a SYN answered by a SYN-ACK (this host's kernel resets it).
@@ -26,6 +26,7 @@ use tokio::{
 use crate::config::{CheckKind, HealthCheck};
 
 mod http;
+pub mod quic;
 
 /// Where a probe goes. VIPs that check the same backend the same way share one probe, unless
 /// the probe depends on the VIP.
@@ -67,6 +68,8 @@ pub enum ProbeError {
     Body { needle: String, read: usize },
     #[error("reply does not start with the expected bytes")]
     Prefix,
+    #[error("the reply is not a QUIC Version Negotiation packet answering the probe")]
+    NotVersionNegotiation,
     #[error("the VIP answered the SYN with flags {0:#04x}, not SYN-ACK")]
     NotSynAck(u8),
     #[error("no {what} from {vip}:{port} through the tunnel to {backend}")]
@@ -174,7 +177,8 @@ pub async fn probe(target: &Target, check: &HealthCheck, kept: &mut Kept) -> Res
 fn tunnel_probe(target: &Target, check: &HealthCheck) -> Result<(), ProbeError> {
     match &check.kind {
         CheckKind::Tcp | CheckKind::Http { .. } => tunnel_syn(target, check),
-        CheckKind::Udp { payload, expect_prefix } => tunnel_udp(target, check, payload, expect_prefix),
+        CheckKind::Udp { payload, expect_prefix } => tunnel_udp(target, check, payload, &expect(expect_prefix)),
+        CheckKind::Quic => tunnel_udp(target, check, &quic::probe(), &quic_answer),
     }
 }
 
@@ -194,22 +198,41 @@ async fn direct_probe(target: &Target, check: &HealthCheck, kept: &mut Kept) -> 
             };
             http::probe(addr, target.vip_address.unwrap_or(target.backend), &check, &mut kept.tls).await
         }
-        CheckKind::Udp { payload, expect_prefix } => {
-            let s = if let Some(s) = &mut kept.udp {
-                s
-            } else {
-                let s = UdpSocket::bind(unspecified(target.backend)).await.map_err(io("bind"))?;
-                s.connect(addr).await.map_err(io("connect"))?;
-                kept.udp.insert(s)
-            };
-            // No reply of an earlier probe can be waiting: a probe that failed (timed out)
-            // dropped the socket, and the next one has a new port.
-            let mut buf = [0u8; 2048];
-            s.send(payload).await.map_err(io("send"))?;
-            let n = s.recv(&mut buf).await.map_err(io("no reply"))?;
-            if buf[..n].starts_with(expect_prefix) { Ok(()) } else { Err(ProbeError::Prefix) }
-        }
+        CheckKind::Udp { payload, expect_prefix } => exchange(kept, addr, payload, &expect(expect_prefix)).await,
+        CheckKind::Quic => exchange(kept, addr, &quic::probe(), &quic_answer).await,
     }
+}
+
+/// Sends `payload` on the check's connected UDP socket (kept between probes) and judges the reply.
+async fn exchange(
+    kept: &mut Kept,
+    addr: SocketAddr,
+    payload: &[u8],
+    judge: &(dyn Fn(&[u8]) -> Result<(), ProbeError> + Sync),
+) -> Result<(), ProbeError> {
+    let s = if let Some(s) = &mut kept.udp {
+        s
+    } else {
+        let s = UdpSocket::bind(unspecified(addr.ip())).await.map_err(io("bind"))?;
+        s.connect(addr).await.map_err(io("connect"))?;
+        kept.udp.insert(s)
+    };
+    // No reply of an earlier probe can be waiting: a probe that failed (timed out) dropped the
+    // socket, and the next one has a new port.
+    let mut buf = [0u8; 2048];
+    s.send(payload).await.map_err(io("send"))?;
+    let n = s.recv(&mut buf).await.map_err(io("no reply"))?;
+    judge(&buf[..n])
+}
+
+/// A udp check's judge: the reply starts with `prefix`.
+fn expect(prefix: &[u8]) -> impl Fn(&[u8]) -> Result<(), ProbeError> + Sync + '_ {
+    move |reply| if reply.starts_with(prefix) { Ok(()) } else { Err(ProbeError::Prefix) }
+}
+
+/// A quic check's judge.
+fn quic_answer(reply: &[u8]) -> Result<(), ProbeError> {
+    if quic::answers(reply) { Ok(()) } else { Err(ProbeError::NotVersionNegotiation) }
 }
 
 fn unspecified(like: IpAddr) -> SocketAddr {
@@ -287,7 +310,12 @@ fn tunnel_syn(target: &Target, check: &HealthCheck) -> Result<(), ProbeError> {
     Err(ProbeError::NoTunnelAnswer { what: "SYN-ACK", vip, port: check.port, backend: target.backend })
 }
 
-fn tunnel_udp(target: &Target, check: &HealthCheck, payload: &[u8], expect_prefix: &[u8]) -> Result<(), ProbeError> {
+fn tunnel_udp(
+    target: &Target,
+    check: &HealthCheck,
+    payload: &[u8],
+    judge: &dyn Fn(&[u8]) -> Result<(), ProbeError>,
+) -> Result<(), ProbeError> {
     let vip = target.vip()?;
     let (source, _) = inner_source(target, vip)?;
     // The reply comes back to a normal socket bound to the inner source.
@@ -307,7 +335,7 @@ fn tunnel_udp(target: &Target, check: &HealthCheck, payload: &[u8], expect_prefi
     while Instant::now() < deadline {
         let (n, from) = socket.recv_from(&mut buf).map_err(io("no reply through the tunnel"))?;
         if from == SocketAddr::new(vip, check.port) {
-            return if buf[..n].starts_with(expect_prefix) { Ok(()) } else { Err(ProbeError::Prefix) };
+            return judge(&buf[..n]);
         }
     }
     Err(ProbeError::NoTunnelAnswer { what: "reply", vip, port: check.port, backend: target.backend })

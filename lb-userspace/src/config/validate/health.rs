@@ -70,11 +70,12 @@ impl Validator<'_> {
             "http" => self.http(h, field, false),
             "https" => self.http(h, field, true),
             "udp" => self.udp(raw, field),
+            "quic" => Some(CheckKind::Quic),
             other => {
                 self.problem(
                     h.kind.span(),
                     &format!("{field}.kind"),
-                    format!("\"{other}\" is not a check kind; use \"tcp\", \"http\", \"https\" or \"udp\""),
+                    format!("\"{other}\" is not a check kind; use \"tcp\", \"http\", \"https\", \"udp\" or \"quic\""),
                 );
                 None
             }
@@ -108,7 +109,7 @@ impl Validator<'_> {
         let udp_only = [("payload_hex", h.payload_hex.is_some()), ("expect_prefix_hex", h.expect_prefix_hex.is_some())];
         let kind_name = h.kind.get_ref().as_str();
         let not_for: &[&[(&str, bool)]] = match kind_name {
-            "tcp" => &[&http_only, &https_only, &udp_only],
+            "tcp" | "quic" => &[&http_only, &https_only, &udp_only],
             "http" => &[&https_only, &udp_only],
             "https" => &[&udp_only],
             "udp" => &[&http_only, &https_only],
