@@ -106,7 +106,8 @@ fn certificate() -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'stat
 /// The test's QUIC server on backends 1-3, at the VIP's address: each request (a stream) is
 /// answered with the backend's name and the request.
 struct QuicServers {
-    stops: Vec<oneshot::Sender<()>>,
+    /// Each server's stop; taken once it is stopped.
+    stops: Vec<Option<oneshot::Sender<()>>>,
     threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -123,10 +124,17 @@ impl QuicServers {
                     let _ = ready_tx.send(Err(format!("{e:#}")));
                 }
             }));
-            stops.push(stop);
+            stops.push(Some(stop));
             ready_rx.recv()?.map_err(|e| anyhow::anyhow!("QUIC server in {netns}: {e}"))?;
         }
         Ok(Self { stops, threads })
+    }
+
+    /// Stops backend `i`'s server.
+    fn stop(&mut self, i: usize) {
+        if let Some(stop) = self.stops.get_mut(i).and_then(Option::take) {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -173,20 +181,10 @@ async fn answer(incoming: quinn::Incoming, name: &'static str) {
     }
 }
 
-impl QuicServers {
-    /// Stops backend `i`'s server.
-    fn stop(&mut self, i: usize) {
-        if let Some(stop) = self.stops.get_mut(i) {
-            let (gone, _) = oneshot::channel();
-            let _ = std::mem::replace(stop, gone).send(());
-        }
-    }
-}
-
 impl Drop for QuicServers {
     /// Stops the servers and waits until their sockets are closed.
     fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
+        for stop in self.stops.drain(..).flatten() {
             let _ = stop.send(());
         }
         for thread in self.threads.drain(..) {

@@ -4,10 +4,11 @@
 //! keeps one connected socket); tunnel probes use raw sockets on tokio's blocking pool.
 //!
 //! Probes: TCP connect; HTTP or HTTPS request (status and optional body substring, [`http`]);
-//! UDP request and reply prefix; QUIC version negotiation ([`quic`]). With `tunnel`, the probe goes to the VIP through the same
-//! encapsulation the balancer uses (IPIP or IP6IP6 to the backend, from this host's address), so
-//! a backend whose decapsulation or VIP is missing fails even while its own address answers. Through the tunnel a
-//! TCP or HTTP check is a handshake: a SYN answered by a SYN-ACK (this host's kernel resets it).
+//! UDP request and reply prefix; QUIC version negotiation ([`quic`]). With `tunnel`, the probe
+//! goes to the VIP through the same encapsulation the balancer uses (IPIP or IP6IP6 to the
+//! backend, from this host's address), so a backend whose decapsulation or VIP is missing fails
+//! even while its own address answers. Through the tunnel a TCP or HTTP check is a handshake: a
+//! SYN answered by a SYN-ACK (this host's kernel resets it).
 
 use std::{
     hash::BuildHasher as _,
@@ -26,7 +27,7 @@ use tokio::{
 use crate::config::{CheckKind, HealthCheck};
 
 mod http;
-pub mod quic;
+mod quic;
 
 /// Where a probe goes. VIPs that check the same backend the same way share one probe, unless
 /// the probe depends on the VIP.
@@ -178,7 +179,7 @@ fn tunnel_probe(target: &Target, check: &HealthCheck) -> Result<(), ProbeError> 
     match &check.kind {
         CheckKind::Tcp | CheckKind::Http { .. } => tunnel_syn(target, check),
         CheckKind::Udp { payload, expect_prefix } => tunnel_udp(target, check, payload, &expect(expect_prefix)),
-        CheckKind::Quic => tunnel_udp(target, check, &quic::probe(), &quic_answer),
+        CheckKind::Quic => tunnel_udp(target, check, &quic::PROBE, &quic_answer),
     }
 }
 
@@ -199,7 +200,7 @@ async fn direct_probe(target: &Target, check: &HealthCheck, kept: &mut Kept) -> 
             http::probe(addr, target.vip_address.unwrap_or(target.backend), &check, &mut kept.tls).await
         }
         CheckKind::Udp { payload, expect_prefix } => exchange(kept, addr, payload, &expect(expect_prefix)).await,
-        CheckKind::Quic => exchange(kept, addr, &quic::probe(), &quic_answer).await,
+        CheckKind::Quic => exchange(kept, addr, &quic::PROBE, &quic_answer).await,
     }
 }
 

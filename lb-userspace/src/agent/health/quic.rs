@@ -15,20 +15,31 @@ const DESTINATION_CID: [u8; 8] = *b"lb-probe";
 const SOURCE_CID: [u8; 8] = *b"lb-check";
 
 /// The probe datagram's payload.
-pub fn probe() -> Vec<u8> {
-    let mut p = Vec::with_capacity(PROBE_LEN);
+pub const PROBE: [u8; PROBE_LEN] = probe();
+
+const fn probe() -> [u8; PROBE_LEN] {
+    let mut p = [0u8; PROBE_LEN];
     // Long header, fixed bit; the type bits mean nothing in an unknown version.
-    p.push(0xc0);
-    p.extend_from_slice(&PROBE_VERSION.to_be_bytes());
-    p.push(DESTINATION_CID.len() as u8);
-    p.extend_from_slice(&DESTINATION_CID);
-    p.push(SOURCE_CID.len() as u8);
-    p.extend_from_slice(&SOURCE_CID);
-    p.resize(PROBE_LEN, 0);
+    p[0] = 0xc0;
+    let version = PROBE_VERSION.to_be_bytes();
+    let mut i = 0;
+    while i < 4 {
+        p[1 + i] = version[i];
+        i += 1;
+    }
+    p[5] = DESTINATION_CID.len() as u8;
+    p[14] = SOURCE_CID.len() as u8;
+    let mut i = 0;
+    while i < 8 {
+        p[6 + i] = DESTINATION_CID[i];
+        p[15 + i] = SOURCE_CID[i];
+        i += 1;
+    }
+    // The rest stays zero: padding.
     p
 }
 
-/// Whether `reply` is a Version Negotiation packet answering [`probe`]: a long header of version
+/// Whether `reply` is a Version Negotiation packet answering [`PROBE`]: a long header of version
 /// 0, the probe's ids swapped, and at least one 4-byte version.
 pub fn answers(reply: &[u8]) -> bool {
     let Some((&first, rest)) = reply.split_first() else { return false };
@@ -53,7 +64,7 @@ fn connection_id(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 mod tests {
     use super::*;
 
-    /// A Version Negotiation packet as a server builds it for `probe`: the client's ids swapped,
+    /// A Version Negotiation packet as a server builds it for [`PROBE`]: the client's ids swapped,
     /// then the versions it speaks.
     fn negotiation(first: u8, version: [u8; 4], versions: &[u32]) -> Vec<u8> {
         let mut v = vec![first];
@@ -70,8 +81,7 @@ mod tests {
 
     #[test]
     fn the_probe_is_a_padded_long_header_of_a_reserved_version() {
-        let p = probe();
-        assert_eq!(p.len(), PROBE_LEN);
+        let p = PROBE;
         assert_eq!(p[0] & 0xc0, 0xc0);
         assert_eq!(&p[1..5], &[0x1a, 0x2a, 0x3a, 0x4a]);
         // Reserved: every byte's low nibble is 0xa.
