@@ -35,7 +35,7 @@ pub mod kind {
     pub const QUIC_SERVER_ID: u8 = 1;
 }
 
-/// A VIP's key extractor, as the data plane reads it in the VIP's record: `length` bytes at
+/// A VIP's key extractor, as the data plane reads it in `LB_SESSION_KEYS`: `length` bytes at
 /// `offset` of the UDP payload, each combined by AND with its byte of `mask`, and what they
 /// are ([`kind`]). `length` 0: none.
 #[repr(C)]
@@ -107,9 +107,7 @@ impl SessionKey {
         raw[..length].copy_from_slice(bytes);
         Some(self.masked(raw))
     }
-}
 
-impl SessionKey {
     /// The server id of a QUIC datagram whose UDP payload is `payload`, for a VIP of kind
     /// [`kind::QUIC_SERVER_ID`]: None for a long header, or a payload that ends before the id.
     pub fn quic_server_id(&self, payload: &[u8]) -> Option<[u8; crate::quic::MAX_SERVER_ID_LEN]> {

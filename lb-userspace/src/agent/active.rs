@@ -56,9 +56,9 @@ impl IdleTimeouts {
 pub struct RecountPlan {
     /// VIP -> (its index, whether its TCP flows have packet times: least connections).
     pub vips: BTreeMap<VipKey, (u32, bool)>,
-    /// Assigned backend id -> the index of its VIP, and the VIP's own UDP idle timeout in
-    /// seconds (0: the instance's).
-    pub backends: BTreeMap<u32, (u32, u16)>,
+    /// Assigned backend id -> the index of its VIP, and its flows' UDP idle timeout in ns (the
+    /// VIP's own, else the instance's: `Backend::udp_idle_timeout_ns`, as the data plane reads it).
+    pub backends: BTreeMap<u32, (u32, u64)>,
     pub idle: IdleTimeouts,
 }
 
@@ -73,7 +73,7 @@ impl RecountPlan {
             backends: current
                 .backends
                 .iter()
-                .map(|(id, b)| (*id, (u32::from(b.vip_index), b.udp_idle_timeout_secs)))
+                .map(|(id, b)| (*id, (u32::from(b.vip_index), b.udp_idle_timeout_ns(idle.udp_ns))))
                 .collect(),
             idle,
         }
@@ -87,13 +87,12 @@ impl RecountPlan {
         let (index, least_connections) = find_vip(key, |vip| self.vips.get(vip).copied())?;
         // An id freed and given to another VIP's backend: the data plane reschedules the flow.
         let id = u32::from(state.backend);
-        let &(backend_vip, udp_secs) = self.backends.get(&id)?;
+        let &(backend_vip, udp_ns) = self.backends.get(&id)?;
         if backend_vip != index {
             return None;
         }
         // UDP flows always have packet times; TCP flows only on least-connections VIPs, the
         // others count until their client ends them or the entry goes.
-        let udp_ns = if udp_secs == 0 { self.idle.udp_ns } else { u64::from(udp_secs) * 1_000_000_000 };
         let (timed, limit) =
             if key.protocol == IPPROTO_UDP { (true, udp_ns) } else { (least_connections, self.idle.tcp_ns) };
         (!timed || state.idle_ns(now_ns) <= limit).then_some(id)
@@ -160,6 +159,9 @@ mod tests {
         VipKey::new(family::IPV4, [2; 16], port, protocol)
     }
 
+    /// The instance's UDP idle timeout in the tests' plan.
+    const UDP_NS: u64 = 30_000_000_000;
+
     fn plan() -> RecountPlan {
         RecountPlan {
             // VIP 0: TCP port 80, least connections; VIP 1: UDP port 53; VIP 2: every TCP port;
@@ -172,8 +174,8 @@ mod tests {
             ]
             .into(),
             // Backend 3 serves VIP 0, 4 VIP 1, 5 VIP 2, 6 VIP 3.
-            backends: [(3, (0, 0)), (4, (1, 0)), (5, (2, 0)), (6, (3, 3600))].into(),
-            idle: IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: 30_000_000_000 },
+            backends: [(3, (0, UDP_NS)), (4, (1, UDP_NS)), (5, (2, UDP_NS)), (6, (3, 3_600_000_000_000))].into(),
+            idle: IdleTimeouts { tcp_ns: 900_000_000_000, udp_ns: UDP_NS },
         }
     }
 

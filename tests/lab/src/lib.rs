@@ -305,7 +305,7 @@ impl Lab {
 
     /// Stops backend `i`'s HTTP server and waits until it is gone.
     pub fn stop_http(&self, i: usize) -> anyhow::Result<()> {
-        self.stop(i, "nginx")
+        self.stop(i, "nginx", libc::SIGTERM)
     }
 
     /// Starts backend `i`'s DNS server (dnsmasq daemonizes), answering `whoami.lab` with its name.
@@ -365,17 +365,12 @@ impl Lab {
 
     /// Kills backend `i`'s MQTT broker (SIGKILL, a crash) and waits until it is gone.
     pub fn kill_mqtt(&self, i: usize) -> anyhow::Result<()> {
-        let pid_file = self.dir.join(BACKEND_NAMES[i]).join("mosquitto.pid");
-        let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
-        // SAFETY: signalling the lab's own broker by its pid file.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        // SAFETY: signal 0 only probes for existence.
-        wait_until(Duration::from_secs(5), "mosquitto to die", || unsafe { libc::kill(pid, 0) } != 0)
+        self.stop(i, "mosquitto", libc::SIGKILL)
     }
 
     /// Stops backend `i`'s DNS server and waits until it is gone.
     pub fn stop_dns(&self, i: usize) -> anyhow::Result<()> {
-        self.stop(i, "dnsmasq")
+        self.stop(i, "dnsmasq", libc::SIGTERM)
     }
 
     /// Gives backend `i`'s interface another MAC, as a replaced host or NIC would have; it
@@ -397,11 +392,11 @@ impl Lab {
         Ok(())
     }
 
-    fn stop(&self, i: usize, server: &str) -> anyhow::Result<()> {
+    fn stop(&self, i: usize, server: &str, signal: i32) -> anyhow::Result<()> {
         let pid_file = self.dir.join(BACKEND_NAMES[i]).join(format!("{server}.pid"));
         let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
         // SAFETY: signalling the lab's own server by its pid file.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        unsafe { libc::kill(pid, signal) };
         // SAFETY: signal 0 only probes for existence.
         wait_until(Duration::from_secs(5), &format!("{server} to stop"), || unsafe { libc::kill(pid, 0) } != 0)
     }

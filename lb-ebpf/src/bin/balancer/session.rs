@@ -1,6 +1,6 @@
-//! Session keys in the fast path (`lb_common::session`): the flow-table key of a datagram to a
-//! VIP that balances by a key of its payload, and the flow-table entry of a QUIC short header
-//! whose server id names its backend (`lb_common::quic`).
+//! Session keys in the fast path (`lb_common::session`): the flow-table entry of a datagram to a
+//! VIP that balances by a key of its payload (and the key, for a new session), and the
+//! flow-table entry of a QUIC short header whose server id names its backend (`lb_common::quic`).
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
